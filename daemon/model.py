@@ -1,0 +1,204 @@
+"""The normalised market and trading model shared by every layer.
+
+Adapters produce `Quote` and `Trade`; strategies consume them and return `Decision`s
+carrying `OrderIntent`s; executors answer with `OrderAck` and `Fill`. Everything is a
+slots dataclass: cheap to create on the hot path, easy to serialise for the decision log.
+
+Prices and sizes are float64. Times are integer nanoseconds since the epoch:
+`exchange_ts_ns` is the venue's event time (0 when the venue does not send one) and
+`local_ts_ns` the local receive time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+#: Venue ids the daemon knows natively; any ccxt exchange id is accepted besides these.
+NATIVE_VENUES = ("binance_spot", "binance_usdm", "bybit_spot", "bybit_linear")
+
+
+def now_ns() -> int:
+    """Wall-clock time in integer nanoseconds (the daemon's one clock source in live mode)."""
+    return time.time_ns()
+
+
+def is_perp_symbol(symbol: str) -> bool:
+    """ccxt unified symbols of linear perpetuals carry the settle currency: `BTC/USDT:USDT`."""
+    return ":" in symbol
+
+
+def venue_symbol(symbol: str) -> str:
+    """ccxt unified symbol -> the venues' concatenated form: `BTC/USDT:USDT` -> `BTCUSDT`."""
+    return symbol.split(":", 1)[0].replace("/", "")
+
+
+def split_symbol(symbol: str) -> tuple[str, str]:
+    """`BTC/USDT` or `BTC/USDT:USDT` -> (`BTC`, `USDT`)."""
+    base, _, quote = symbol.split(":", 1)[0].partition("/")
+    return base, quote
+
+
+@dataclass(slots=True)
+class Quote:
+    """Top of book of one (exchange, symbol)."""
+
+    exchange: str
+    symbol: str
+    bid: float
+    bid_qty: float
+    ask: float
+    ask_qty: float
+    exchange_ts_ns: int
+    local_ts_ns: int
+    seq: int = 0
+    #: Set by the staleness watchdog: no fresh update for too long; never act on it.
+    stale: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.exchange, self.symbol)
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) * 0.5
+
+    @property
+    def spread(self) -> float:
+        return self.ask - self.bid
+
+    @property
+    def spread_bps(self) -> float:
+        mid = self.mid
+        return (self.ask - self.bid) / mid * 1e4 if mid > 0 else float("nan")
+
+    @property
+    def crossed(self) -> bool:
+        return self.bid >= self.ask
+
+
+@dataclass(slots=True)
+class Trade:
+    """One public trade print. `side` is the taker's side: "buy" lifted the ask."""
+
+    exchange: str
+    symbol: str
+    price: float
+    qty: float
+    side: str
+    exchange_ts_ns: int
+    local_ts_ns: int
+    trade_id: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.exchange, self.symbol)
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class OrderType(StrEnum):
+    LIMIT = "limit"
+    MARKET = "market"
+    IOC = "ioc"
+    POST_ONLY = "post_only"
+
+
+class OrderStatus(StrEnum):
+    NEW = "new"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+@dataclass(slots=True)
+class OrderIntent:
+    """What a strategy wants done. The risk gate and an executor decide what happens."""
+
+    venue: str
+    symbol: str
+    side: Side
+    type: OrderType
+    qty: float
+    price: float | None = None
+    client_order_id: str = ""
+    strategy: str = ""
+    reason: str = ""
+
+    @property
+    def notional(self) -> float:
+        return self.qty * (self.price or 0.0)
+
+
+@dataclass(slots=True)
+class OrderAck:
+    """An executor's answer to a submit or cancel."""
+
+    client_order_id: str
+    venue: str
+    symbol: str
+    status: OrderStatus
+    ts_ns: int
+    exchange_order_id: str = ""
+    reason: str = ""
+    filled_qty: float = 0.0
+
+
+@dataclass(slots=True)
+class Fill:
+    """An execution of (part of) our order."""
+
+    client_order_id: str
+    venue: str
+    symbol: str
+    side: Side
+    price: float
+    qty: float
+    fee: float
+    fee_asset: str
+    liquidity: str  # "maker" | "taker"
+    ts_ns: int
+    strategy: str = ""
+    trade_id: str = ""
+
+    @property
+    def notional(self) -> float:
+        return self.price * self.qty
+
+
+@dataclass(slots=True)
+class Decision:
+    """One decision of a strategy, taken or skipped, with the numbers it was based on.
+
+    `action` is a short verb ("quote", "arbitrage", "hedge", "warehouse", "skip", ...);
+    `inputs` a flat snapshot of what the strategy looked at; `expected` the edge or cost
+    the strategy expected (in quote currency or bps as `inputs` documents).
+    """
+
+    strategy: str
+    ts_ns: int
+    action: str
+    reason: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    expected: float = 0.0
+    intents: list[OrderIntent] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+
+    @property
+    def taken(self) -> bool:
+        return bool(self.intents or self.cancels)
