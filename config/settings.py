@@ -1,0 +1,512 @@
+"""Settings: one frozen pydantic-settings model, layered from five sources.
+
+Precedence, highest first (each level wins over the next):
+
+1. command-line flags (`--venues`, `--symbols`, `--live`, ...), passed in as overrides;
+2. environment variables, `CRYPTOPIPE_` prefix, `__` for nesting
+   (`CRYPTOPIPE_VENUES__BINANCE_SPOT__WS_URL=ws://127.0.0.1:8765/ws`);
+3. a `.env` file in the working directory (same names);
+4. secret files for API keys: a directory (`CRYPTOPIPE_SECRETS_DIR`, default
+   `/run/secrets` when present) of files named like the environment variables;
+5. the TOML file given with `--config`, layered over the shipped `config/default.toml`;
+6. the defaults written here.
+
+Venue ids are `binance_spot`, `binance_usdm`, `bybit_spot`, `bybit_linear`, plus any
+exchange id ccxt supports (those run through the ccxt.pro feed). A venue given only
+partly (say just its `ws_url` from the environment) is completed from its built-in
+defaults, so overriding one field never loses the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from daemon.model import NATIVE_VENUES, is_perp_symbol
+
+DEFAULT_TOML = Path(__file__).with_name("default.toml")
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like `90`, `90s`, `6m`, `24h`, `1d`."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"invalid duration {value!r} (use seconds or e.g. '90s', '6m', '24h')")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Bps = Annotated[float, Field(ge=0.0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VenueSettings(_Frozen):
+    """One trading venue: where to connect, what it costs, and the keys to trade there."""
+
+    enabled: bool = False
+    #: "native" uses our own WebSocket adapter (binance, bybit); "ccxt" the ccxt.pro feed.
+    feed: Literal["native", "ccxt"] = "ccxt"
+    #: ccxt exchange id used for markets, orders and the ccxt feed (e.g. "binanceusdm").
+    ccxt_id: str = ""
+    market_type: Literal["spot", "linear"] = "spot"
+    ws_url: str = ""
+    rest_url: str = ""
+    maker_fee_bps: Bps = 10.0
+    taker_fee_bps: Bps = 10.0
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+    #: Top-of-book depth to subscribe to where the venue lets us choose (Bybit orderbook.N).
+    book_depth: int = Field(default=1, ge=1, le=1000)
+    #: A quote older than this is flagged stale and must not be acted on.
+    stale_after_s: Duration = 10.0
+    #: No message at all on the connection for this long: reconnect (half-open socket).
+    silence_timeout_s: Duration = 30.0
+    #: Paper trading: starting balances per asset on this venue.
+    balances: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
+    #: Paper trading market rules per unified symbol: {"tick": 0.01, "lot": 0.00001}.
+    markets: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.api_key and self.api_secret)
+
+
+_NATIVE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "binance_spot": {
+        "feed": "native",
+        "ccxt_id": "binance",
+        "market_type": "spot",
+        "ws_url": "wss://stream.binance.com:9443/ws",
+        "rest_url": "https://api.binance.com",
+        "maker_fee_bps": 10.0,
+        "taker_fee_bps": 10.0,
+    },
+    "binance_usdm": {
+        "feed": "native",
+        "ccxt_id": "binanceusdm",
+        "market_type": "linear",
+        "ws_url": "wss://fstream.binance.com/ws",
+        "rest_url": "https://fapi.binance.com",
+        "maker_fee_bps": 2.0,
+        "taker_fee_bps": 5.0,
+    },
+    "bybit_spot": {
+        "feed": "native",
+        "ccxt_id": "bybit",
+        "market_type": "spot",
+        "ws_url": "wss://stream.bybit.com/v5/public/spot",
+        "rest_url": "https://api.bybit.com",
+        "maker_fee_bps": 10.0,
+        "taker_fee_bps": 10.0,
+    },
+    "bybit_linear": {
+        "feed": "native",
+        "ccxt_id": "bybit",
+        "market_type": "linear",
+        "ws_url": "wss://stream.bybit.com/v5/public/linear",
+        "rest_url": "https://api.bybit.com",
+        "maker_fee_bps": 2.0,
+        "taker_fee_bps": 5.5,
+    },
+}
+
+
+def known_ccxt_exchanges() -> frozenset[str]:
+    import ccxt  # imported lazily: ccxt is large and only needed to vet extra venue ids
+
+    return frozenset(ccxt.exchanges)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _complete_venues(raw: Any) -> dict[str, Any]:
+    """Fill each venue from its built-in defaults; reject ids that are neither native nor ccxt."""
+    given = dict(raw or {})
+    venues: dict[str, Any] = {}
+    for venue_id, defaults in _NATIVE_DEFAULTS.items():
+        override = given.pop(venue_id, {})
+        if isinstance(override, VenueSettings):
+            override = override.model_dump(exclude_unset=True)
+        venues[venue_id] = _merge(defaults, override) if isinstance(override, dict) else override
+    if given:
+        ccxt_ids = known_ccxt_exchanges()
+        for venue_id, override in given.items():
+            if venue_id not in ccxt_ids:
+                raise ValueError(
+                    f"unknown venue {venue_id!r} (known: {', '.join(NATIVE_VENUES)} "
+                    "or any ccxt exchange id)"
+                )
+            if isinstance(override, VenueSettings):
+                override = override.model_dump(exclude_unset=True)
+            venues[venue_id] = _merge({"feed": "ccxt", "ccxt_id": venue_id}, override)
+    return venues
+
+
+class ArbitrageSettings(_Frozen):
+    #: Act when the net edge after all costs is at least this many bps.
+    min_net_edge_bps: Bps = 2.0
+    #: Slippage estimate per leg, bps of notional.
+    slippage_bps: Bps = 1.0
+    max_notional: Annotated[float, Field(gt=0)] = 1_000.0
+    #: "inventory": pre-funded on both venues; "transfer": buy, move, sell.
+    mode: Literal["inventory", "transfer"] = "inventory"
+    #: Transfer mode: price risk over the transfer time, sigma from the ring, times z.
+    transfer_risk_z: Annotated[float, Field(ge=0)] = 2.0
+    cooldown_s: Annotated[float, Field(ge=0)] = 1.0
+    #: Inventory mode: rebalance when a venue's share of an asset drifts past this fraction.
+    rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
+
+
+class InventoryMMSettings(_Frozen):
+    venue: str = "binance_spot"
+    symbol: str = "BTC/USDT"
+    gamma: Annotated[float, Field(gt=0)] = 0.1
+    #: Order-arrival decay k; "auto" estimates it from trade arrivals around the mid.
+    k: float | Literal["auto"] = 1.5
+    #: Rolling horizon (T - t) for a 24/7 market.
+    horizon_s: Duration = 60.0
+    volatility_window_s: Duration = 360.0
+    order_qty: Annotated[float, Field(gt=0)] = 0.001
+    #: Order size shrinks as exp(-size_decay * q / max_inventory) on the side that adds risk.
+    size_decay: Annotated[float, Field(ge=0)] = 1.0
+    max_inventory: Annotated[float, Field(gt=0)] = 0.01
+    min_market_spread_bps: Bps = 0.0
+    delta_price_bps: Bps = 1.0
+    delta_size: Annotated[float, Field(ge=0, le=1)] = 0.2
+    max_loss: Annotated[float, Field(gt=0)] = 100.0
+    requote_interval_s: Duration = 1.0
+
+
+class InternalizeSettings(_Frozen):
+    venue: str = "binance_spot"
+    symbol: str = "ETH/USDT"
+    source: Literal["file", "websocket", "synthetic"] = "synthetic"
+    file: Path | None = None
+    gamma: Annotated[float, Field(gt=0)] = 0.1
+    horizon_s: Duration = 300.0
+    max_inventory: Annotated[float, Field(gt=0)] = 50.0
+    slippage_coefficient: Annotated[float, Field(ge=0)] = 0.0005
+    #: Synthetic flow: client fills per second and seed.
+    synthetic_rate_hz: Annotated[float, Field(gt=0)] = 0.5
+    synthetic_mean_qty: Annotated[float, Field(gt=0)] = 1.0
+    seed: int = 7
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = Field(default=8766, ge=0, le=65535)
+    ingest_token: SecretStr | None = None
+    initial_balances: dict[str, float] = Field(
+        default_factory=lambda: {"ETH": 100.0, "USDT": 100_000.0}
+    )
+
+
+class StrategySettings(_Frozen):
+    arbitrage: ArbitrageSettings = ArbitrageSettings()
+    inventory_mm: InventoryMMSettings = InventoryMMSettings()
+    internalize: InternalizeSettings = InternalizeSettings()
+
+
+class RiskSettings(_Frozen):
+    max_order_notional: Annotated[float, Field(gt=0)] = 5_000.0
+    #: Max absolute position per asset (base units), e.g. {"BTC": 0.5}; "*" for the rest.
+    max_position: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"*": 1e12}
+    )
+    max_open_orders: Annotated[int, Field(gt=0)] = 20
+    price_collar_bps: Bps = 100.0
+    stale_quote_s: Duration = 5.0
+    max_orders_per_s: Annotated[float, Field(gt=0)] = 20.0
+    daily_loss_limit: Annotated[float, Field(gt=0)] = 1_000.0
+    kill_switch_file: Path | None = None
+    flatten_on_kill: bool = False
+
+
+class ExecutionSettings(_Frozen):
+    mode: Literal["paper", "live"] = "paper"
+    submit_latency_ms: Annotated[float, Field(ge=0)] = 20.0
+    cancel_latency_ms: Annotated[float, Field(ge=0)] = 20.0
+    #: On start, open orders carrying our prefix are cancelled or adopted.
+    reconcile: Literal["cancel", "adopt"] = "cancel"
+    #: Live transfers/withdrawals only to these addresses.
+    withdrawal_whitelist: list[str] = Field(default_factory=list)
+    #: Paper transfers: delay and fee per asset.
+    transfer_delay_s: dict[str, Duration] = Field(
+        default_factory=lambda: {"BTC": 360.0, "ETH": 180.0, "USDT": 60.0}
+    )
+    transfer_fee: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"BTC": 0.0001, "ETH": 0.001, "USDT": 1.0}
+    )
+
+
+class RingSettings(_Frozen):
+    #: Rows/s per (venue, symbol) the buffer is sized for (capacity = retention x rate).
+    max_rate_hz: Annotated[float, Field(gt=0)] = 200.0
+    snapshot_interval_s: Duration = 600.0
+
+
+class LoggingSettings(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: "auto": JSON lines when stdout is not a terminal, readable console when it is.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class MetricsSettings(_Frozen):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class BookSocketSettings(_Frozen):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8767, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class PostMortemSettings(_Frozen):
+    flush_interval_ms: Annotated[float, Field(gt=0)] = 200.0
+    queue_size: Annotated[int, Field(gt=0)] = 100_000
+    balance_snapshot_interval_s: Duration = 10.0
+
+
+class Settings(BaseSettings):
+    """Everything the daemon can be told. Field names are a contract: keep them stable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CRYPTOPIPE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        frozen=True,
+        extra="forbid",
+    )
+
+    venues: dict[str, VenueSettings] = Field(default_factory=dict)
+    #: ccxt unified symbols; each venue takes those of its own market type.
+    symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT"])
+    strategies: StrategySettings = StrategySettings()
+    risk: RiskSettings = RiskSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    data_dir: Path = Path("data")
+    #: How much top-of-book history the ring buffer keeps in memory (e.g. 86400, "24h").
+    retention: Duration = 86_400.0
+    ring: RingSettings = RingSettings()
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    book_socket: BookSocketSettings = BookSocketSettings()
+    postmortem: PostMortemSettings = PostMortemSettings()
+
+    @field_validator("venues", mode="before")
+    @classmethod
+    def _complete_venues(cls, value: Any) -> dict[str, Any]:
+        return _complete_venues(value)
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: list[str]) -> list[str]:
+        for symbol in value:
+            base, slash, rest = symbol.partition("/")
+            if not base or not slash or not rest.split(":")[0]:
+                raise ValueError(
+                    f"{symbol!r} is not a ccxt unified symbol (e.g. 'BTC/USDT', 'BTC/USDT:USDT')"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_live_keys(self) -> Settings:
+        if self.execution.mode == "live":
+            keyless = [v for v, s in self.venues.items() if s.enabled and not s.has_keys]
+            if keyless:
+                raise ValueError(
+                    "execution.mode is 'live' but these enabled venues have no api_key/api_secret: "
+                    + ", ".join(keyless)
+                )
+        return self
+
+    def enabled_venues(self) -> list[str]:
+        return [venue_id for venue_id, venue in self.venues.items() if venue.enabled]
+
+    def symbols_for(self, venue_id: str) -> list[str]:
+        """The configured symbols of this venue's market type (spot `A/B`, linear `A/B:C`)."""
+        want_perp = self.venues[venue_id].market_type == "linear"
+        return [s for s in self.symbols if is_perp_symbol(s) == want_perp]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            _SecretFilesSource(settings_cls, _secrets_dir()),
+            _TomlSource(settings_cls, _toml_files.get()),
+        )
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used. `str()` is one readable line for the operator."""
+
+
+_toml_files: ContextVar[tuple[Path, ...]] = ContextVar("toml_files", default=(DEFAULT_TOML,))
+
+
+def _secrets_dir() -> Path | None:
+    configured = os.environ.get("CRYPTOPIPE_SECRETS_DIR")
+    if configured:
+        return Path(configured)
+    docker_default = Path("/run/secrets")
+    return docker_default if docker_default.is_dir() else None
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """Docker-style secret files named like the environment variables they stand for.
+
+    `/run/secrets/CRYPTOPIPE_VENUES__BINANCE_SPOT__API_KEY` holding the key sets
+    `venues.binance_spot.api_key`; the file content is the value (surrounding whitespace
+    stripped). Keys never need to be in the environment or a config file.
+    """
+
+    prefix = "cryptopipe_"
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if directory is None or not directory.is_dir():
+            return
+        for path in sorted(directory.iterdir()):
+            name = path.name.lower()
+            if not name.startswith(self.prefix) or not path.is_file():
+                continue
+            *parents, leaf = name[len(self.prefix):].split("__")
+            node = self._data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = path.read_text(encoding="utf-8").strip()
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The shipped default.toml with the `--config` file layered on top."""
+
+    def __init__(self, settings_cls: type[BaseSettings], files: tuple[Path, ...]) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        for path in files:
+            self._data = _merge(self._data, read_toml(path))
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: malformed TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+
+
+@contextmanager
+def _toml_layers(config_file: Path | None) -> Iterator[None]:
+    files = (DEFAULT_TOML,) if config_file is None else (DEFAULT_TOML, config_file)
+    token = _toml_files.set(files)
+    try:
+        yield
+    finally:
+        _toml_files.reset(token)
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    config_file: Path | None = None,
+    env_file: Path | None = Path(".env"),
+) -> Settings:
+    """Build the settings from every source; raise `ConfigError` with one readable line."""
+    from pydantic import ValidationError
+
+    try:
+        with _toml_layers(config_file):
+            return Settings(_env_file=env_file, **(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: Any) -> str:
+    """One line per problem joined with '; ': `setting.path: problem (got value)`."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        given = error.get("input")
+        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+        if "secret" in location or "key" in location:
+            shown = ""  # never echo something that may be a credential
+        problems.append(f"{location}: {message}{shown}")
+    return "invalid setting " + "; ".join(problems)

@@ -1,0 +1,134 @@
+"""Runtime wiring and task supervision, shared by every mode.
+
+`run_mode` builds the `App` (bus, ring buffer, market-data feed), runs the chosen mode as
+one task, and stops it cleanly on Ctrl-C, SIGTERM or `--duration`: the mode's task is
+cancelled, its `finally` blocks run, the ring buffer is snapshotted, and the exit status
+is 0. Start-up and crash recovery are one path: the ring snapshot is reloaded before any
+consumer starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.settings import ConfigError, Settings
+from daemon.bus import Bus
+from daemon.logs import configure_logging, get_logger
+from daemon.model import now_ns
+from daemon.ringbuffer import RingStore
+
+log = get_logger("app")
+
+ModeRunner = Callable[["App"], Awaitable[int]]
+
+
+def new_run_id() -> str:
+    """Sortable and unique enough: UTC start time plus 4 random hex digits."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+@dataclass
+class App:
+    """What every mode gets: settings, the bus with its ring buffer, and the feed to run."""
+
+    settings: Settings
+    args: argparse.Namespace
+    run_id: str
+    bus: Bus = field(default_factory=Bus)
+    rings: RingStore | None = None
+    #: Set by the feed: True when market data comes from recordings (watch shows feed time).
+    replaying: bool = False
+
+    @property
+    def ring_dir(self) -> Path:
+        return self.settings.data_dir / "ring"
+
+    def start_rings(self) -> RingStore:
+        """Reload the last snapshot (dropping rows past retention) and attach to the bus."""
+        settings = self.settings
+        self.rings = RingStore.load(
+            self.ring_dir, retention_s=settings.retention, now_ns=now_ns(),
+            max_rate_hz=settings.ring.max_rate_hz,
+        )
+        self.bus.add_sink(on_quote=self.rings.on_quote, on_trade=self.rings.on_trade)
+        return self.rings
+
+    def snapshot_rings(self) -> None:
+        if self.rings is not None:
+            self.rings.snapshot(self.ring_dir)
+
+    def market_data(self) -> Awaitable[object]:
+        """The feed chosen by `--feed`: live adapters, the shipped sample, or recordings."""
+        from daemon.feeds import build_feed
+
+        return build_feed(self)
+
+
+def _modes() -> dict[str, ModeRunner]:
+    from daemon.watch import run_watch
+
+    return {"watch": run_watch}
+
+
+def run_mode(settings: Settings, args: argparse.Namespace) -> int:
+    run_id = args.run_id or new_run_id()
+    configure_logging(run_id, settings.logging.level, settings.logging.format)
+    runner = _modes().get(args.mode)
+    if runner is None:
+        print(f"cryptopipe: --mode {args.mode} is not available in this build yet",
+              file=sys.stderr)
+        return 2
+    app = App(settings=settings, args=args, run_id=run_id)
+    try:
+        return _event_loop_run(_supervise(app, runner))
+    except ConfigError as exc:  # raised by a mode that finds a setting it cannot use
+        print(f"cryptopipe: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        log.exception("crashed", mode=args.mode)
+        return 1
+
+
+def _event_loop_run(main: Awaitable[int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: the stdlib loop works, only slower
+        return asyncio.run(main)  # type: ignore[arg-type]
+    return uvloop.run(main)  # type: ignore[arg-type]
+
+
+async def _supervise(app: App, runner: ModeRunner) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info("start", mode=app.args.mode, strategy=app.args.strategy,
+             venues=app.settings.enabled_venues(), symbols=app.settings.symbols)
+    work = asyncio.create_task(runner(app), name=f"mode:{app.args.mode}")
+    stopper = asyncio.create_task(stop.wait(), name="signals")
+    try:
+        done, _ = await asyncio.wait(
+            {work, stopper}, timeout=app.args.duration, return_when=asyncio.FIRST_COMPLETED
+        )
+        if work in done:
+            return work.result()
+        reason = "signal" if stopper in done else "duration"
+        log.info("stopping", reason=reason)
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        return 0
+    finally:
+        stopper.cancel()
+        app.snapshot_rings()
+        log.info("stopped", bus=app.bus.counters())

@@ -1,0 +1,127 @@
+"""Command line: parse flags, load settings, hand over to the chosen mode.
+
+Exit status: 0 on a clean finish (including Ctrl-C, SIGTERM and `--duration`), 2 for a
+command line or setting that cannot be used (one readable line on stderr, no traceback),
+1 for a runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from config.settings import ConfigError, known_ccxt_exchanges, load_settings
+from daemon.model import NATIVE_VENUES
+
+STRATEGIES = ("arbitrage", "inventory-mm", "internalize")
+MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for bad settings
+        self.exit(EXIT_USAGE, f"cryptopipe: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cryptopipe",
+        description="Async crypto trading daemon: Binance/Bybit top-of-book bus, arbitrage, "
+        "inventory market making, internalize-or-hedge, post-mortem.",
+    )
+    parser.add_argument("--strategy", choices=STRATEGIES, default=None,
+                        help="strategy to run (action, backtest) or report on (post-mortem)")
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="what to do (default: action with a strategy, watch without)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML settings layered over the shipped config/default.toml")
+    parser.add_argument("--venues", default=None,
+                        help="comma-separated venue ids to run, e.g. binance_spot,bybit_linear")
+    parser.add_argument("--symbols", default=None,
+                        help="comma-separated ccxt symbols, e.g. BTC/USDT,BTC/USDT:USDT")
+    parser.add_argument("--duration", type=_positive_seconds, default=None,
+                        help="stop cleanly after this many seconds")
+    parser.add_argument("--feed", default="live",
+                        help="market data: live (default), sample, or "
+                        "replay:FILE[@VENUE:SYMBOL][,FILE...]")
+    parser.add_argument("--speed", type=_speed, default=1.0,
+                        help="replay pace: 1 = real time (default), N = N x, max = no pacing")
+    parser.add_argument("--format", choices=("table", "json"), default=None,
+                        help="output: a live table (default on a terminal) or JSON lines")
+    parser.add_argument("--data", nargs="+", type=Path, default=None,
+                        help="recorded files for --mode backtest")
+    parser.add_argument("--run-id", default=None, help="name of this run (default: generated)")
+    parser.add_argument("--run", default=None, help="post-mortem: report on this run id only")
+    parser.add_argument("--since", default=None, help="post-mortem: from this time (ISO 8601)")
+    parser.add_argument("--until", default=None, help="post-mortem: until this time (ISO 8601)")
+    parser.add_argument("--live", action="store_true",
+                        help="trade for real (needs API keys); without it orders go to paper")
+    return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _speed(text: str) -> float | None:
+    if text.lower() in ("max", "inf", "0"):
+        return None
+    try:
+        value = float(text.rstrip("xX"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a factor or 'max', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive or 'max': {text!r}")
+    return value
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that are settings, as init values (the highest-precedence source)."""
+    overrides: dict[str, Any] = {}
+    if args.venues is not None:
+        chosen = [v.strip() for v in args.venues.split(",") if v.strip()]
+        if not chosen:
+            raise ConfigError("invalid setting venues: --venues is empty")
+        unknown = [v for v in chosen if v not in NATIVE_VENUES and v not in known_ccxt_exchanges()]
+        if unknown:
+            raise ConfigError(
+                f"invalid setting venues: unknown venue {unknown[0]!r} "
+                f"(known: {', '.join(NATIVE_VENUES)} or any ccxt exchange id)"
+            )
+        venues = {v: {"enabled": v in chosen} for v in NATIVE_VENUES}
+        venues.update({v: {"enabled": True} for v in chosen})
+        overrides["venues"] = venues
+    if args.symbols is not None:
+        overrides["symbols"] = args.symbols
+    if args.live:
+        overrides["execution"] = {"mode": "live"}
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.mode is None:
+        args.mode = "action" if args.strategy else "watch"
+    if args.mode in ("action", "backtest") and args.strategy is None:
+        args.strategy = "arbitrage"
+    try:
+        settings = load_settings(settings_overrides(args), config_file=args.config)
+    except ConfigError as exc:
+        print(f"cryptopipe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from daemon.app import run_mode
+
+    return run_mode(settings, args)

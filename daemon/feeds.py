@@ -1,0 +1,46 @@
+"""Market-data feeds selected by `--feed`: live venue adapters or recorded files."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from config.settings import ConfigError
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+REPLAY_PREFIX = "replay:"
+
+
+async def build_feed(app: App) -> object:
+    """Run the chosen feed until it ends (replay) or is cancelled (live)."""
+    feed = app.args.feed
+    if feed == "sample" or feed.startswith(REPLAY_PREFIX):
+        return await _run_replay(app, feed)
+    if feed == "live":
+        raise ConfigError(
+            "live venue adapters are not in this build yet: use --feed sample "
+            "or --feed replay:FILE[@VENUE:SYMBOL]"
+        )
+    raise ConfigError(
+        f"invalid setting feed: {feed!r} (use live, sample or replay:FILE[@VENUE:SYMBOL],...)"
+    )
+
+
+async def _run_replay(app: App, feed: str) -> object:
+    from adapters.replay import ReplayError, ReplayFeed, parse_spec, sample_specs
+
+    if feed == "sample":
+        specs = sample_specs()
+    else:
+        paths = [part for part in feed[len(REPLAY_PREFIX):].split(",") if part.strip()]
+        if not paths:
+            raise ConfigError("invalid setting feed: replay: needs at least one FILE")
+        specs = [parse_spec(part.strip()) for part in paths]
+    app.replaying = True
+    try:
+        replay = ReplayFeed(specs, app.bus.publish_quote, app.bus.publish_trade,
+                            speed=app.args.speed)
+        return await replay.run()
+    except ReplayError as exc:
+        raise ConfigError(f"invalid setting feed: {exc}") from None
