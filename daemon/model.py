@@ -202,3 +202,13 @@ class Decision:
     @property
     def taken(self) -> bool:
         return bool(self.intents or self.cancels)
+
+
+@dataclass(slots=True)
+class BalanceSnapshot:
+    """Balances of one venue account at a moment (periodic, for the decision log)."""
+
+    venue: str
+    ts_ns: int
+    balances: dict[str, float]
+    strategy: str = ""

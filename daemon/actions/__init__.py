@@ -1,0 +1,1 @@
+"""The action layer: everything that mutates an account goes through here."""

@@ -1,0 +1,63 @@
+"""The Strategy contract: plain classes with callbacks that return Decisions.
+
+Strategies import only the model, this module and their own kernels, never an adapter or
+an executor: the runner drives the same callbacks live, on paper and in backtests, and
+injects the clock and read-only views of the market and the account.
+
+Every callback may return a `Decision` (taken or skipped, with its reason and numbers) or
+None when the event did not call for a decision. A Decision's `intents` are submitted and
+its `cancels` (client order ids) cancelled by the runner, after the risk gate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from daemon.model import Decision, Fill, OrderAck, Quote, Trade
+
+Clock = Callable[[], int]  # nanoseconds since the epoch: wall time live, event time in backtests
+
+
+class MarketView(Protocol):
+    """What a strategy may read about the market besides the events it is given."""
+
+    def quote(self, exchange: str, symbol: str) -> Quote | None:
+        """Latest quote (check `.stale` before acting on it)."""
+        ...
+
+    def volatility(self, exchange: str, symbol: str, window_s: float) -> float:
+        """Std of log mid returns per sqrt(second) over the window (ring buffer); NaN if unknown."""
+        ...
+
+    def trade_rate(self, exchange: str, symbol: str, window_s: float) -> float:
+        """Public trades per second over the window."""
+        ...
+
+
+class AccountView(Protocol):
+    """Read-only account state of the executor behind the runner."""
+
+    def balances(self, venue: str) -> Mapping[str, float]: ...
+
+
+class Strategy(Protocol):
+    name: str
+    #: The runner calls `on_timer` this often (seconds of the feed clock); None = never.
+    timer_interval_s: float | None
+
+    def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None: ...
+
+    def on_quote(self, quote: Quote) -> Decision | None: ...
+
+    def on_trade(self, trade: Trade) -> Decision | None: ...
+
+    def on_fill(self, fill: Fill) -> Decision | None: ...
+
+    def on_ack(self, ack: OrderAck) -> Decision | None: ...
+
+    def on_timer(self, now_ns: int) -> Decision | None: ...
+
+    def on_kill(self, reason: str) -> Decision | None:
+        """The kill switch fired: stop quoting for good; optionally return a flatten decision."""
+        ...
