@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import secrets
 import signal
 import sys
@@ -73,16 +74,33 @@ class App:
         return build_feed(self)
 
 
-def _modes() -> dict[str, ModeRunner]:
-    from daemon.watch import run_watch
+#: Each mode is `async def run_<mode>(app: App) -> int` in its own module, imported lazily so
+#: a mode's heavy dependencies (ccxt, duckdb, plotly) load only when it runs.
+MODE_ENTRY_POINTS = {
+    "watch": "daemon.watch:run_watch",
+    "action": "daemon.action:run_action",
+    "record": "daemon.record:run_record",
+    "backtest": "daemon.backtest:run_backtest",
+    "post-mortem": "daemon.postmortem.report:run_postmortem",
+    "calibrate": "daemon.calibrate:run_calibrate",
+}
 
-    return {"watch": run_watch}
+
+def _load_mode(mode: str) -> ModeRunner | None:
+    module_name, _, function = MODE_ENTRY_POINTS[mode].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return None
+    return getattr(module, function, None)
 
 
 def run_mode(settings: Settings, args: argparse.Namespace) -> int:
     run_id = args.run_id or new_run_id()
     configure_logging(run_id, settings.logging.level, settings.logging.format)
-    runner = _modes().get(args.mode)
+    runner = _load_mode(args.mode)
     if runner is None:
         print(f"cryptopipe: --mode {args.mode} is not available in this build yet",
               file=sys.stderr)

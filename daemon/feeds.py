@@ -18,10 +18,14 @@ async def build_feed(app: App) -> object:
     if feed == "sample" or feed.startswith(REPLAY_PREFIX):
         return await _run_replay(app, feed)
     if feed == "live":
-        raise ConfigError(
-            "live venue adapters are not in this build yet: use --feed sample "
-            "or --feed replay:FILE[@VENUE:SYMBOL]"
-        )
+        try:
+            from adapters.live import run_live
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "live venue adapters are not in this build yet: use --feed sample "
+                "or --feed replay:FILE[@VENUE:SYMBOL]"
+            ) from None
+        return await run_live(app.settings, app.bus)
     raise ConfigError(
         f"invalid setting feed: {feed!r} (use live, sample or replay:FILE[@VENUE:SYMBOL],...)"
     )
