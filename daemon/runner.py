@@ -1,0 +1,170 @@
+"""The strategy runner: one code path for live, paper and backtest.
+
+The runner is synchronous and event-driven. Whoever owns the clock feeds it market events
+(`on_quote`, `on_trade`) and time (`advance`): the live loop from a bus subscription, the
+backtest engine straight from recorded frames. For each event it
+
+1. lets the executor see the market first (a paper order resting at the touch is hit by
+   the move that the strategy is about to react to, as on a real venue);
+2. calls the strategy and records its Decision, taken or skipped;
+3. sends cancels, then each intent through the risk gate to the executor; a rejected
+   intent becomes a "reject" Decision and a rejected ack to the strategy;
+4. routes acks and fills, which executors deliver through `ExecutionListener`, to the
+   decision log and back to the strategy.
+
+Callbacks can nest (a paper fill arrives while an intent is being submitted); events that
+arrive during dispatch are queued and handled in order once the current one is done, so
+the strategy never sees a callback inside another.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from daemon.actions.base import Executor
+from daemon.logs import get_logger
+from daemon.model import (
+    Decision,
+    Fill,
+    OrderAck,
+    OrderIntent,
+    OrderStatus,
+    Quote,
+    Trade,
+)
+from daemon.sinks import RecordSink
+from strategies.base import AccountView, Clock, MarketView, Strategy
+
+log = get_logger("runner")
+
+
+class RiskCheck(Protocol):
+    """The risk gate as the runner sees it: a reason to refuse an intent, or None."""
+
+    def check(self, intent: OrderIntent, now_ns: int) -> str | None: ...
+
+
+class StrategyRunner:
+    """Drives one strategy against one executor, recording everything it decides."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        executor: Executor,
+        sink: RecordSink,
+        market: MarketView,
+        account: AccountView,
+        clock: Clock,
+        risk: RiskCheck | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.executor = executor
+        self.sink = sink
+        self.risk = risk
+        self.clock = clock
+        self.killed_reason: str | None = None
+        self._queue: deque[Callable[[], Decision | None]] = deque()
+        self._dispatching = False
+        interval = strategy.timer_interval_s
+        self._timer_ns = int(interval * 1e9) if interval else 0
+        self._next_timer_ns = 0
+        executor.listener = self
+        strategy.bind(market, account, clock)
+
+    # -- market events and time (called by the loop that owns the clock) -----------------
+
+    def on_quote(self, quote: Quote) -> None:
+        self.executor.on_quote(quote)
+        self._dispatch(lambda: self.strategy.on_quote(quote))
+        self._fire_timer(quote.local_ts_ns)
+
+    def on_trade(self, trade: Trade) -> None:
+        self.executor.on_trade(trade)
+        self._dispatch(lambda: self.strategy.on_trade(trade))
+        self._fire_timer(trade.local_ts_ns)
+
+    def advance(self, now_ns: int) -> None:
+        """Time passes without market data: latency, transfers and timers still happen."""
+        self.executor.advance(now_ns)
+        self._fire_timer(now_ns)
+
+    def call(self, callback: Callable[[], Decision | None]) -> None:
+        """Run any other strategy callback (e.g. a client fill) through the same path."""
+        self._dispatch(callback)
+
+    # -- ExecutionListener -----------------------------------------------------------------
+
+    def on_ack(self, ack: OrderAck) -> None:
+        self.sink.record(ack)
+        self._dispatch(lambda: self.strategy.on_ack(ack))
+
+    def on_fill(self, fill: Fill) -> None:
+        self.sink.record(fill)
+        self._dispatch(lambda: self.strategy.on_fill(fill))
+
+    # -- kill switch ---------------------------------------------------------------------
+
+    def kill(self, reason: str) -> None:
+        """Cancel everything, stop quoting for good, and let the strategy flatten if it wants."""
+        if self.killed_reason is not None:
+            return
+        self.killed_reason = reason
+        now = self.clock()
+        log.warning("kill_switch", strategy=self.strategy.name, reason=reason)
+        self.sink.record(Decision(self.strategy.name, now, "kill", reason))
+        self.executor.cancel_all(now)
+        self._dispatch(lambda: self.strategy.on_kill(reason), flatten=True)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _fire_timer(self, now_ns: int) -> None:
+        if not self._timer_ns or now_ns < self._next_timer_ns:
+            return
+        if self._next_timer_ns:  # the first event only arms the timer
+            self._dispatch(lambda: self.strategy.on_timer(now_ns))
+        self._next_timer_ns = now_ns + self._timer_ns
+
+    def _dispatch(self, callback: Callable[[], Decision | None], flatten: bool = False) -> None:
+        self._queue.append(lambda: self._apply(callback(), flatten))  # type: ignore[func-returns-value]
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._queue:
+                self._queue.popleft()()
+        finally:
+            self._dispatching = False
+
+    def _apply(self, decision: Decision | None, flatten: bool = False) -> None:
+        if decision is None:
+            return
+        self.sink.record(decision)
+        now = self.clock()
+        for client_order_id in decision.cancels:
+            self.executor.cancel(client_order_id, now)
+        for intent in decision.intents:
+            reason = self._refusal(intent, now, flatten)
+            if reason is None:
+                self.sink.record(intent)
+                self.executor.submit(intent, now)
+            else:
+                self._reject(intent, reason, now)
+
+    def _refusal(self, intent: OrderIntent, now: int, flatten: bool) -> str | None:
+        if self.killed_reason is not None and not flatten:
+            return f"kill switch: {self.killed_reason}"
+        return self.risk.check(intent, now) if self.risk is not None else None
+
+    def _reject(self, intent: OrderIntent, reason: str, now: int) -> None:
+        self.sink.record(Decision(
+            intent.strategy or self.strategy.name, now, "reject", reason,
+            inputs={"venue": intent.venue, "symbol": intent.symbol, "side": str(intent.side),
+                    "qty": intent.qty, "price": intent.price,
+                    "client_order_id": intent.client_order_id},
+        ))
+        ack = OrderAck(intent.client_order_id, intent.venue, intent.symbol,
+                       OrderStatus.REJECTED, now, reason=reason)
+        self.sink.record(ack)
+        self._queue.append(lambda: self._apply(self.strategy.on_ack(ack)))
