@@ -182,6 +182,38 @@ class Fill:
 
 
 @dataclass(slots=True)
+class ClientFill:
+    """A client's trade that the desk took the other side of (1inch Fusion fill, OTC trade).
+
+    `side` is the **client's** side: "buy" means the client bought base from the desk, so
+    the desk sold and its base inventory falls by `qty`. `qty` is in base units (> 0),
+    `price` in quote per base. `client_id` names the client or the source (e.g. a resolver
+    address, "synthetic"); `fill_id` identifies the fill (e.g. a tx hash) for the log.
+    """
+
+    ts_ns: int
+    symbol: str
+    side: Side
+    qty: float
+    price: float
+    client_id: str = ""
+    fill_id: str = ""
+
+    @property
+    def desk_side(self) -> Side:
+        return self.side.opposite
+
+    @property
+    def desk_base_delta(self) -> float:
+        """Change of the desk's base inventory: +qty when the client sells to us."""
+        return -self.qty if self.side is Side.BUY else self.qty
+
+    @property
+    def notional(self) -> float:
+        return self.price * self.qty
+
+
+@dataclass(slots=True)
 class Decision:
     """One decision of a strategy, taken or skipped, with the numbers it was based on.
 
