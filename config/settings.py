@@ -229,6 +229,14 @@ class InternalizeSettings(_Frozen):
     horizon_s: Duration = 300.0
     max_inventory: Annotated[float, Field(gt=0)] = 50.0
     slippage_coefficient: Annotated[float, Field(ge=0)] = 0.0005
+    #: Window of the volatility (log mid returns per sqrt-second) behind the inventory risk.
+    volatility_window_s: Duration = 360.0
+    #: Half-life of the exponentially weighted net client flow behind the expected offset.
+    flow_halflife_s: Duration = 120.0
+    #: Warehoused inventory is re-evaluated this often (and on quotes, at most every second).
+    reevaluate_interval_s: Duration = 5.0
+    #: Synthetic flow: clients pay the mid plus this markup (their cost, the desk's edge).
+    synthetic_markup_bps: Bps = 5.0
     #: Synthetic flow: client fills per second and seed.
     synthetic_rate_hz: Annotated[float, Field(gt=0)] = 0.5
     synthetic_mean_qty: Annotated[float, Field(gt=0)] = 1.0
