@@ -146,6 +146,36 @@ class OrderIntent:
 
 
 @dataclass(slots=True)
+class TransferIntent:
+    """A move of `amount` of `asset` between two of our venue accounts (a rebalance).
+
+    Strategies return it as a Decision with action "rebalance" whose `inputs` carry these
+    fields under the same names (flat, so the decision log stays plain JSON); the runner
+    rebuilds it with `from_inputs` and hands it to the transfer service. `amount` is what
+    leaves `from_venue`; the network fee is taken from it by the venue.
+    """
+
+    asset: str
+    from_venue: str
+    to_venue: str
+    amount: float
+    client_transfer_id: str = ""
+    strategy: str = ""
+    reason: str = ""
+
+    def as_inputs(self) -> dict[str, Any]:
+        return {"asset": self.asset, "from_venue": self.from_venue, "to_venue": self.to_venue,
+                "amount": self.amount, "client_transfer_id": self.client_transfer_id}
+
+    @classmethod
+    def from_inputs(cls, inputs: dict[str, Any], strategy: str = "",
+                    reason: str = "") -> TransferIntent:
+        return cls(inputs["asset"], inputs["from_venue"], inputs["to_venue"],
+                   float(inputs["amount"]), inputs.get("client_transfer_id", ""),
+                   strategy, reason)
+
+
+@dataclass(slots=True)
 class OrderAck:
     """An executor's answer to a submit or cancel."""
 
