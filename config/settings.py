@@ -198,6 +198,8 @@ class ArbitrageSettings(_Frozen):
     cooldown_s: Annotated[float, Field(ge=0)] = 1.0
     #: Inventory mode: rebalance when a venue's share of an asset drifts past this fraction.
     rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
+    #: Unwinding a failed leg: IOC limit this many bps through the touch (a protected market).
+    unwind_tolerance_bps: Bps = 25.0
 
 
 class InventoryMMSettings(_Frozen):
@@ -218,6 +220,10 @@ class InventoryMMSettings(_Frozen):
     delta_size: Annotated[float, Field(ge=0, le=1)] = 0.2
     max_loss: Annotated[float, Field(gt=0)] = 100.0
     requote_interval_s: Duration = 1.0
+    #: Portfolio rebalancing: target share of the venue's value (at mid) held in the base
+    #: asset; None = off. Trades back to target when the share drifts past the threshold.
+    target_base_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+    rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
 class InternalizeSettings(_Frozen):
