@@ -322,14 +322,14 @@ class BinanceParser:
         if kind is _TICKER:
             try:
                 ticker = self._decode_combined_ticker(frame).data
-            except msgspec.DecodeError:
+            except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
             self._on_book_ticker(ticker, local_ts_ns)
         elif kind is _TRADE:
             try:
                 trade = self._decode_combined_trade(frame).data
-            except msgspec.DecodeError:
+            except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
             self._on_trade(trade, local_ts_ns)
@@ -338,7 +338,7 @@ class BinanceParser:
         else:
             try:
                 record = self._combined_decoders[kind](frame).data
-            except msgspec.DecodeError:
+            except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
             self._handlers[kind](record, local_ts_ns)
@@ -367,7 +367,7 @@ class BinanceParser:
                     return
                 try:
                     record = self._raw_decoders[kind](frame)
-                except msgspec.DecodeError:
+                except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                     self._feed_slow(frame, local_ts_ns)
                     return
                 self._handlers[kind](record, local_ts_ns)
@@ -375,7 +375,7 @@ class BinanceParser:
         elif frame.startswith(b'{"u":'):  # spot raw bookTicker: no "e" at all
             try:
                 ticker = self._raw_decoders[_TICKER](frame)
-            except msgspec.DecodeError:
+            except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
             self._on_book_ticker(ticker, local_ts_ns)
@@ -383,7 +383,7 @@ class BinanceParser:
         elif frame.startswith(b'{"lastUpdateId":'):
             try:
                 snapshot = self._decode_snapshot(frame)
-            except msgspec.DecodeError:
+            except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
             self._on_snapshot(snapshot, snapshot.symbol or None)
@@ -397,7 +397,7 @@ class BinanceParser:
         except msgspec.ValidationError as error:
             self._drop(validation_reason(error))
             return
-        except msgspec.DecodeError:
+        except ValueError:
             self._drop(undecodable_reason(body))
             return
         self._on_snapshot(snapshot, venue_symbol)

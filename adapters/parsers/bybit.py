@@ -141,14 +141,14 @@ class BybitParser:
         if frame.startswith(b'{"topic":"orderbook.'):
             try:
                 message = self._decode_book(frame)
-            except msgspec.DecodeError:
+            except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
             self._on_book(message, local_ts_ns)
         elif frame.startswith(b'{"topic":"publicTrade.'):
             try:
                 trades = self._decode_trades(frame)
-            except msgspec.DecodeError:
+            except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
             self._on_trades(trades, local_ts_ns)
