@@ -171,3 +171,9 @@ def test_arrival_rates_beyond_edge_cases() -> None:
     no_time = kernels.arrival_rates_beyond(empty_i, empty_f, empty_f, empty_i, empty_f, empty_f,
                                            distances, 0.0)
     assert np.isnan(no_time).all()
+
+
+def test_warm_up_compiles_every_ring_kernel() -> None:
+    from daemon.ringbuffer import warm_up_kernels
+
+    assert warm_up_kernels() >= 0.0
