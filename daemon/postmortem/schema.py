@@ -1,0 +1,227 @@
+"""The decision log's record schema, version 1, and its encoder.
+
+One JSON object per line (JSON Lines, UTF-8, `\\n`-terminated). Every line carries an
+envelope and then the fields of the model record it stands for:
+
+    {"v": 1, "type": "<record type>", "run_id": "<run>", "ts_ns": <int>, ...fields}
+
+`ts_ns` is the record's own time (nanoseconds since the epoch, the strategy's clock: wall
+time live, event time in a backtest). An `intent` has no time of its own and takes the time
+of the record before it (its Decision). No field ever holds the time of writing, so the
+same inputs give a byte-identical log.
+
+Record types and their fields (names as in `daemon.model`; floats are float64, NaN and
+infinities are written as `null`):
+
+- `decision`: strategy, action, reason, expected, inputs (object), intents (list of intent
+  objects, without envelope), cancels (list of client order ids).
+- `intent`: an order the runner sent to the executor after the risk gate: venue, symbol,
+  side ("buy"/"sell"), order_type ("limit", "market", "ioc", "post_only"), qty, price
+  (null for market), client_order_id, strategy, reason. The model's `OrderIntent.type` is
+  written as `order_type` (here and inside decisions) because `type` is the envelope's.
+- `ack`: client_order_id, venue, symbol, status ("new", "partially_filled", "filled",
+  "canceled", "rejected", "expired"), exchange_order_id, reason, filled_qty.
+- `fill`: client_order_id, venue, symbol, side, price, qty, fee, fee_asset, liquidity
+  ("maker"/"taker"), strategy, trade_id.
+- `balance`: venue, strategy, balances (object asset -> amount).
+
+Compatibility: readers skip lines whose `v` they do not know (counted, like torn lines).
+Adding a field is compatible and keeps `v`; renaming or re-typing one bumps it.
+
+## Conventions the report relies on
+
+`Decision.action` (what the strategy did or declined to do):
+
+- "arbitrage": took a cross-venue opportunity; its intents are the legs.
+- "quote": placed or replaced market-making quotes (inventory-mm).
+- "hedge" / "warehouse" / "partial_hedge": internalize's answer to a client fill.
+- "rebalance": moved inventory between venues.
+- "skip": saw something and declined (edge too small, stale quote, cooldown...).
+- "reject": the risk gate refused an intent (recorded by the runner).
+- "kill": the kill switch fired (recorded by the runner).
+- "flatten": closing the position after a kill.
+Any other verb is reported as is.
+
+`Decision.inputs` keys the report reads (all optional; absent means "not known"):
+
+- "venue", "symbol": what the decision is about (else the first intent's).
+- "mid": mid price the strategy saw, in quote currency: marks open positions.
+- "inventory": the strategy's position in base units when deciding.
+- "expected_edge_bps": expected net edge of an opportunity, bps of notional.
+- "hedge_cost": quote-currency cost of hedging the whole client fill now (always-hedge).
+- "client_qty": internalize: signed base quantity the client flow gave us.
+- "hedged_qty": internalize: base quantity sent to the venue to hedge.
+`Decision.expected` is the expected profit (positive) or cost (negative) of the action, in
+quote currency.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from daemon.model import BalanceSnapshot, Decision, Fill, OrderAck, OrderIntent
+
+SCHEMA_VERSION = 1
+
+DECISION = "decision"
+INTENT = "intent"
+ACK = "ack"
+FILL = "fill"
+BALANCE = "balance"
+RECORD_TYPES = (DECISION, INTENT, ACK, FILL, BALANCE)
+
+# Decision.action verbs (see the module docstring).
+ARBITRAGE = "arbitrage"
+QUOTE = "quote"
+HEDGE = "hedge"
+WAREHOUSE = "warehouse"
+PARTIAL_HEDGE = "partial_hedge"
+REBALANCE = "rebalance"
+SKIP = "skip"
+REJECT = "reject"
+KILL = "kill"
+FLATTEN = "flatten"
+
+#: Column types for reading every record type into one wide table (DuckDB types).
+#: Nested values stay JSON and are unpacked where a figure needs them.
+COLUMNS: dict[str, str] = {
+    "v": "INTEGER",
+    "type": "VARCHAR",
+    "run_id": "VARCHAR",
+    "ts_ns": "BIGINT",
+    "strategy": "VARCHAR",
+    "action": "VARCHAR",
+    "reason": "VARCHAR",
+    "expected": "DOUBLE",
+    "inputs": "JSON",
+    "intents": "JSON",
+    "cancels": "JSON",
+    "venue": "VARCHAR",
+    "symbol": "VARCHAR",
+    "side": "VARCHAR",
+    "order_type": "VARCHAR",
+    "qty": "DOUBLE",
+    "price": "DOUBLE",
+    "client_order_id": "VARCHAR",
+    "status": "VARCHAR",
+    "exchange_order_id": "VARCHAR",
+    "filled_qty": "DOUBLE",
+    "fee": "DOUBLE",
+    "fee_asset": "VARCHAR",
+    "liquidity": "VARCHAR",
+    "trade_id": "VARCHAR",
+    "balances": "JSON",
+}
+
+_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+
+
+def _fallback(value: Any) -> Any:
+    """Anything orjson cannot write natively (Decimal, Path, ...) goes in as its text."""
+    return str(value)
+
+
+def intent_fields(intent: OrderIntent) -> dict[str, Any]:
+    return {
+        "venue": intent.venue,
+        "symbol": intent.symbol,
+        "side": intent.side,
+        "order_type": intent.type,
+        "qty": intent.qty,
+        "price": intent.price,
+        "client_order_id": intent.client_order_id,
+        "strategy": intent.strategy,
+        "reason": intent.reason,
+    }
+
+
+def _decision(record: Decision, envelope: dict[str, Any]) -> dict[str, Any]:
+    envelope.update(
+        strategy=record.strategy,
+        action=record.action,
+        reason=record.reason,
+        expected=record.expected,
+        inputs=record.inputs,
+        intents=[intent_fields(intent) for intent in record.intents],
+        cancels=record.cancels,
+    )
+    return envelope
+
+
+def _intent(record: OrderIntent, envelope: dict[str, Any]) -> dict[str, Any]:
+    envelope.update(intent_fields(record))
+    return envelope
+
+
+def _ack(record: OrderAck, envelope: dict[str, Any]) -> dict[str, Any]:
+    envelope.update(
+        client_order_id=record.client_order_id,
+        venue=record.venue,
+        symbol=record.symbol,
+        status=record.status,
+        exchange_order_id=record.exchange_order_id,
+        reason=record.reason,
+        filled_qty=record.filled_qty,
+    )
+    return envelope
+
+
+def _fill(record: Fill, envelope: dict[str, Any]) -> dict[str, Any]:
+    envelope.update(
+        client_order_id=record.client_order_id,
+        venue=record.venue,
+        symbol=record.symbol,
+        side=record.side,
+        price=record.price,
+        qty=record.qty,
+        fee=record.fee,
+        fee_asset=record.fee_asset,
+        liquidity=record.liquidity,
+        strategy=record.strategy,
+        trade_id=record.trade_id,
+    )
+    return envelope
+
+
+def _balance(record: BalanceSnapshot, envelope: dict[str, Any]) -> dict[str, Any]:
+    envelope.update(venue=record.venue, strategy=record.strategy, balances=record.balances)
+    return envelope
+
+
+_ENCODERS: dict[type, tuple[str, Callable[[Any, dict[str, Any]], dict[str, Any]]]] = {
+    Decision: (DECISION, _decision),
+    OrderIntent: (INTENT, _intent),
+    OrderAck: (ACK, _ack),
+    Fill: (FILL, _fill),
+    BalanceSnapshot: (BALANCE, _balance),
+}
+
+
+def own_time_ns(record: object) -> int:
+    """The record's own time, or 0 when it has none (an intent)."""
+    return getattr(record, "ts_ns", 0) or 0
+
+
+def encode_record(record: object, run_id: str, ts_ns: int) -> bytes:
+    """One log line, newline included. Raises TypeError for anything not in the schema."""
+    try:
+        record_type, fields = _ENCODERS[type(record)]
+    except KeyError:
+        raise TypeError(f"not a decision-log record: {type(record).__name__}") from None
+    envelope = {"v": SCHEMA_VERSION, "type": record_type, "run_id": run_id, "ts_ns": ts_ns}
+    return orjson.dumps(fields(record, envelope), default=_fallback, option=_OPTIONS)
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
+
+
+def log_file_name(run_id: str) -> str:
+    """`<run_id>.jsonl`; a run id is a file name, so no path separators or dot-dot."""
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"run id {run_id!r} cannot name a log file "
+                         "(letters, digits and . _ : + - only)")
+    return f"{run_id}.jsonl"

@@ -1,0 +1,438 @@
+"""The decision log writer: every Decision, OrderIntent, OrderAck, Fill and BalanceSnapshot,
+durably appended, at a cost the trading hot path does not notice.
+
+File layout: `<data_dir>/decisions/<UTC date>/<run_id>.jsonl`, the date being that of the
+records (a run that crosses midnight continues in the next day's directory; a backtest
+writes under the date of its data). The schema is in `daemon.postmortem.schema`.
+
+Why JSON Lines (orjson) rather than Arrow IPC segments:
+- a torn tail is trivial to detect and costs exactly one record: the last line lacks its
+  newline or does not parse, and the reader skips it. A torn IPC batch loses the whole
+  batch and needs a recovery scan for the last good message;
+- appending is just `write(2)` of bytes; no per-segment schema, so a strategy can add keys
+  to `Decision.inputs` freely;
+- DuckDB reads it in parallel (`read_ndjson`), and people can `grep` and `jq` it.
+It costs ~2-3x the bytes of IPC and slower parsing, which is fine at post-mortem sizes
+(a million decisions report in a few seconds).
+
+How it works. `record()` runs on the caller's thread (the event loop): it encodes the
+record with orjson at once (about 1-2 µs), so the log holds what the strategy saw even if
+it later mutates its inputs dict, and appends the line to an in-memory batch. A writer
+task seals the batch every `flush_interval_ms` (or sooner when the queue fills up) and
+hands it to a dedicated thread that writes and fsyncs it, so neither encoding nor the disk
+ever stalls the loop in normal operation. Batches are written strictly in order under one
+lock, whoever writes them.
+
+Back-pressure, never a silent drop. The queue (records encoded but not yet written) is
+bounded by `queue_size`:
+- `await writer.wait_room()` is the cooperative way: a runner that awaits it between
+  events yields to the writer while the queue is over half full (alert logged, counted);
+- `record()` is the hard bound: when the queue is full it blocks its caller and writes the
+  backlog itself, then returns (alert logged, counted, blocked time measured). The loop
+  stalls for as long as the disk needs, which is the point: trading must not outrun its
+  own audit trail. A disk error surfaces there as an exception rather than a lost record.
+
+Crash safety: a record is durable once `durable_records` counts it (written and
+fsync'd); a crash loses at most the records of the current interval. A torn last line
+(the write was cut short) is skipped by the reader, and the next writer appending to the
+same file first terminates it with a newline so its own first record stays intact.
+
+Synchronous mode (`synchronous=True`, for backtests): no task and no thread; records are
+written when `queue_size` of them have accumulated and at `close()`. Nothing in a record
+depends on the wall clock, so the same inputs give a byte-identical log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from daemon.logs import get_logger
+from daemon.model import BalanceSnapshot, now_ns
+from daemon.postmortem.schema import encode_record, log_file_name, own_time_ns
+from daemon.sinks import Record, RecordSink
+
+log = get_logger("decision_log")
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+DECISIONS_DIR = "decisions"
+#: At most one back-pressure alert line per this many seconds (every block is counted).
+ALERT_EVERY_S = 1.0
+
+
+def decisions_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / DECISIONS_DIR
+
+
+def day_name(day: int) -> str:
+    """Days since the epoch -> `YYYY-MM-DD` (UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Encoded lines of one UTC day, joined, waiting for the disk."""
+
+    day: int
+    payload: bytes
+    records: int
+
+
+class DecisionLogWriter:
+    """Durable RecordSink. Construct, `await start()` (or `async with`), `record()`, close.
+
+    In synchronous mode use it as a plain context manager (or call `close()`).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        run_id: str,
+        *,
+        flush_interval_ms: float = 200.0,
+        queue_size: int = 100_000,
+        synchronous: bool = False,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        if flush_interval_ms <= 0 or queue_size <= 0:
+            raise ValueError("flush_interval_ms and queue_size must be positive")
+        self.run_id = run_id
+        self.root = decisions_dir(data_dir)
+        self._file_name = log_file_name(run_id)
+        self._interval_s = flush_interval_ms / 1000.0
+        self._queue_size = queue_size
+        self._synchronous = synchronous
+        #: Only for a record with no time of its own when no record came before it.
+        self._clock = clock
+        self._closed = False
+        # Producer side: touched on the caller's thread only.
+        self._previous_ts = 0
+        self._day = -1
+        self._pending: list[bytes] = []
+        self._enqueued = 0
+        self._wake_at = max(1, queue_size // 4)
+        self._room_at = max(1, queue_size // 2)
+        # Handed over: deque append/popleft are atomic; the head is touched under the lock.
+        self._batches: deque[_Batch] = deque()
+        # Disk side: touched only while holding the lock.
+        self._disk_lock = threading.Lock()
+        self._fd = -1
+        self._fd_day = -1
+        self._written = 0
+        self._durable = 0
+        self.path: Path | None = None
+        # Async side.
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        # Counters (exported by `counters()`).
+        self.flushes = 0
+        self.backpressure_blocks = 0
+        self.backpressure_waits = 0
+        self.backpressure_blocked_ns = 0
+        self.write_errors = 0
+        self.torn_tails_repaired = 0
+        self.max_queued = 0
+        self._last_alert = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: object, run_id: str, *, synchronous: bool = False,
+                      clock: Callable[[], int] = now_ns) -> DecisionLogWriter:
+        """Built from `Settings` (data_dir and the [postmortem] table)."""
+        postmortem = settings.postmortem  # type: ignore[attr-defined]
+        return cls(
+            settings.data_dir,  # type: ignore[attr-defined]
+            run_id,
+            flush_interval_ms=postmortem.flush_interval_ms,
+            queue_size=postmortem.queue_size,
+            synchronous=synchronous,
+            clock=clock,
+        )
+
+    # -- producer side (hot path) ------------------------------------------------------
+
+    def record(self, record: Record) -> None:
+        """Encode and queue one record; blocks only when the queue is full (see module doc)."""
+        if self._closed:
+            raise RuntimeError(f"decision log {self.run_id} is closed; record not written")
+        ts_ns = own_time_ns(record) or self._previous_ts or self._clock()
+        self._previous_ts = ts_ns
+        line = encode_record(record, self.run_id, ts_ns)
+        day = ts_ns // NS_PER_DAY
+        if day > self._day:  # never back: a late ack stays in today's file
+            self._seal()
+            self._day = day
+        self._pending.append(line)
+        self._enqueued += 1
+        queued = self._enqueued - self._written
+        if queued >= self._queue_size:
+            self._on_full(queued)
+        elif queued >= self._wake_at and self._wake is not None:
+            self._wake.set()
+
+    async def wait_room(self) -> None:
+        """Yield to the writer while the queue is over half full (cooperative back-pressure)."""
+        if self._enqueued - self._written < self._room_at or self._room is None:
+            return
+        self.backpressure_waits += 1
+        self._alert("wait")
+        while self._enqueued - self._written >= self._room_at and self._running():
+            assert self._wake is not None
+            self._wake.set()
+            self._room.clear()
+            await self._room.wait()
+
+    @property
+    def durable_records(self) -> int:
+        """Records written and fsync'd: they survive a crash."""
+        return self._durable
+
+    @property
+    def queued(self) -> int:
+        """Records accepted but not yet written."""
+        return self._enqueued - self._written
+
+    def counters(self) -> dict[str, float]:
+        return {
+            "records": self._enqueued,
+            "durable_records": self._durable,
+            "queued": self.queued,
+            "max_queued": self.max_queued,
+            "flushes": self.flushes,
+            "backpressure_blocks": self.backpressure_blocks,
+            "backpressure_waits": self.backpressure_waits,
+            "backpressure_blocked_s": self.backpressure_blocked_ns / 1e9,
+            "write_errors": self.write_errors,
+            "torn_tails_repaired": self.torn_tails_repaired,
+        }
+
+    def _seal(self) -> None:
+        """Move the pending lines into the ordered hand-over queue as one batch."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        self._batches.append(_Batch(self._day, b"".join(pending), len(pending)))
+
+    def _on_full(self, queued: int) -> None:
+        self.max_queued = max(self.max_queued, queued)
+        if self._synchronous:
+            self.flush()
+            return
+        started = time.perf_counter_ns()
+        self.flush()
+        self.backpressure_blocks += 1
+        self.backpressure_blocked_ns += time.perf_counter_ns() - started
+        self._alert("block")
+
+    def _alert(self, how: str) -> None:
+        now = time.monotonic()
+        if now - self._last_alert < ALERT_EVERY_S:
+            return
+        self._last_alert = now
+        log.warning(
+            "decision_log_backpressure", how=how, run_id=self.run_id, queued=self.queued,
+            queue_size=self._queue_size, blocks=self.backpressure_blocks,
+            waits=self.backpressure_waits,
+            blocked_s=round(self.backpressure_blocked_ns / 1e9, 3),
+            hint="the disk cannot keep up with the decision log; trading is being slowed",
+        )
+
+    # -- disk side (any thread, under the lock) ----------------------------------------
+
+    def flush(self) -> None:
+        """Write and fsync everything recorded so far, on the caller's thread."""
+        self._seal()
+        self._write_batches()
+
+    def _write_batches(self) -> None:
+        with self._disk_lock:
+            wrote = 0
+            while self._batches:
+                batch = self._batches[0]
+                self._open_day(batch.day)
+                self._write_all(batch)
+                self._batches.popleft()
+                self._written += batch.records
+                wrote += batch.records
+            if wrote:
+                os.fsync(self._fd)
+                self._durable = self._written
+                self.flushes += 1
+
+    def _write_all(self, batch: _Batch) -> None:
+        view = memoryview(batch.payload)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError:
+            # Keep what is left at the head, in order, for the next attempt.
+            self._batches[0] = _Batch(batch.day, bytes(view[done:]), batch.records)
+            raise
+
+    def _open_day(self, day: int) -> None:
+        if self._fd >= 0 and self._fd_day == day:
+            return
+        self._close_file()
+        directory = self.root / day_name(day)
+        fresh_directory = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / self._file_name
+        fresh_file = not path.exists()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._fd_day = day
+        self.path = path
+        if fresh_file:  # make the new directory entry itself survive a crash
+            _fsync_directory(directory)
+            if fresh_directory:
+                _fsync_directory(self.root)
+        else:
+            self._terminate_torn_tail(path)
+
+    def _terminate_torn_tail(self, path: Path) -> None:
+        """A previous run died mid-line: end that line so our first record is not glued on."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with open(path, "rb") as handle:
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+        os.write(self._fd, b"\n")
+        self.torn_tails_repaired += 1
+        log.warning("decision_log_torn_tail", path=str(path),
+                    hint="a previous writer of this run stopped mid-record; that line is skipped")
+
+    def _close_file(self) -> None:
+        if self._fd < 0:
+            return
+        if self._durable < self._written:
+            os.fsync(self._fd)
+            self._durable = self._written
+        os.close(self._fd)
+        self._fd = -1
+
+    # -- async writer task -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer task (asynchronous mode)."""
+        if self._synchronous:
+            raise RuntimeError("a synchronous decision log has no writer task")
+        if self._task is not None:
+            return
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision-log")
+        self._task = asyncio.create_task(self._run(), name=f"decision-log:{self.run_id}")
+
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._room is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = loop.time() + self._interval_s
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
+            self._wake.clear()
+            self.max_queued = max(self.max_queued, self.queued)
+            self._seal()
+            if self._batches:
+                try:
+                    await loop.run_in_executor(self._thread, self._write_batches)
+                except OSError as exc:  # kept in order and retried next interval
+                    self.write_errors += 1
+                    log.error("decision_log_write_failed", run_id=self.run_id,
+                              error=str(exc), queued=self.queued)
+            self._room.set()
+
+    async def aclose(self) -> None:
+        """Stop the task, write and fsync whatever is left, close the file."""
+        if self._closed:
+            return
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.close()
+
+    def close(self) -> None:
+        """Write and fsync whatever is left and close the file (waits for the writer thread)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+        finally:
+            with self._disk_lock:
+                self._close_file()
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
+            if self._room is not None:
+                self._room.set()  # release anyone still in wait_room()
+
+    async def __aenter__(self) -> DecisionLogWriter:
+        if not self._synchronous:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> DecisionLogWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BalanceSource(Protocol):
+    def balances(self, venue: str) -> Mapping[str, float]: ...
+
+
+class BalanceSnapshots:
+    """Records each venue's balances every `interval_s` of the strategy clock.
+
+    Call `maybe_record(now_ns)` on every event (it is one comparison when nothing is due);
+    in a backtest `now_ns` is event time, so snapshots land at the same places every run.
+    """
+
+    def __init__(self, sink: RecordSink, account: BalanceSource, venues: Sequence[str],
+                 interval_s: float, strategy: str = "") -> None:
+        self.sink = sink
+        self.account = account
+        self.venues = list(venues)
+        self.strategy = strategy
+        self._interval_ns = int(interval_s * 1e9)
+        self._next_ns = 0
+
+    def maybe_record(self, now_ns: int) -> None:
+        if now_ns < self._next_ns:
+            return
+        self.record_now(now_ns)
+
+    def record_now(self, now_ns: int) -> None:
+        self._next_ns = now_ns + self._interval_ns
+        for venue in self.venues:
+            balances = dict(self.account.balances(venue))
+            self.sink.record(BalanceSnapshot(venue, now_ns, balances, self.strategy))
