@@ -462,18 +462,17 @@ class ReplayFeed:
             if meta.session is not None:
                 self._on_meta(index, meta)
                 continue
+            if paced:  # wait for the frame's turn, then publish it
+                delay = wall_start + (ts - first_ts) / 1e9 / speed - clock()
+                if delay >= MIN_SLEEP_S:
+                    await sleep(delay)
+            elif frames % yield_every == yield_every - 1:
+                await sleep(0)
             parser = parsers.get((index, meta.venue))
             if parser is None:
                 parser = self._new_parser(index, meta.venue)
             parser.feed(frame, ts)
             frames += 1
-            if paced:
-                delay = wall_start + (ts - first_ts) / 1e9 / speed - clock()
-                if delay >= MIN_SLEEP_S:
-                    await sleep(delay)
-                    continue
-            if frames % yield_every == 0:
-                await sleep(0)
         stats.frames = frames
         stats.first_ts_ns, stats.last_ts_ns = first_ts, (ts if first_ts is not None else None)
         stats.wall_seconds = time.perf_counter() - started
