@@ -369,8 +369,10 @@ class _Ring:
         Each chunk is copied, then `_total` is read: any row the event-loop thread wrote
         or was writing during the copy has an absolute number below `_total`, and it
         overwrote the row `capacity` earlier, so rows below `_total - capacity` may be
-        torn and are dropped. Rows are visited oldest first, exactly the order in which
-        the writer overwrites them, so only a prefix of the snapshot can ever be dropped.
+        torn and are dropped. Rows are visited oldest first, the order in which the
+        writer overwrites them, so dropped rows are always the oldest of the history
+        (about a day old in a full 24 h ring); what is saved stays in time order, every
+        row intact, with at most a gap among those oldest rows.
         """
         end = self._total
         row = end - min(end, self.capacity)
