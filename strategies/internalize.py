@@ -1,0 +1,524 @@
+"""Internalize-or-hedge: for each client fill, offset it on a venue now or warehouse it.
+
+The desk has taken the other side of a client's trade (a 1inch Fusion fill, an OTC
+trade). Its inventory `q` (base units, + long) can be offset at once by crossing a hedge
+venue's touch, or held in the hope that opposite client flow offsets it for free.
+
+Costs, all in the quote currency (USDT), for a hedge of `h` base units:
+
+- **hedge cost** `C(h) = c*h + k*h^2`: crossing from the mid to the touch and paying the
+  taker fee on the average price, which the formulaic model moves by
+  `slippage_coefficient * h` (a fraction of the touch per base unit):
+  `avg = touch * (1 + sign * coefficient * h)` (sign +1 buying, -1 selling), so
+  `c = sign*(touch - mid) + fee*touch` (quote per base) and
+  `k = (1 + sign*fee) * coefficient * touch` (quote per base^2). When the market view can
+  walk the venue's depth (`DepthMarketView.walk`), the walked average price replaces the
+  formula (and sets an effective coefficient for the optimisation).
+- **warehouse cost** `W(q) = A * max(0, |q| - o)^2` over the horizon: the inventory risk
+  `A*q^2` with `A = gamma * sigma_price^2 * horizon_s` (gamma: risk aversion per quote
+  unit; sigma_price = mid * sigma, sigma the std of log mid returns per sqrt-second), minus
+  the value of the expected natural offset `o`: the part of the inventory that recent net
+  client flow, if opposite to it, should offset within the horizon. The flow is an
+  exponentially weighted rate (base/s) whose forecast fades with its own half-life.
+
+The hedge minimising `C(h) + W(q - h)` has a closed form (`optimal_hedge_qty`); the desk
+hedges that (partial hedge: the part of the inventory beyond what is optimal to hold),
+more if the inventory limit requires it. Outcomes: "warehouse" (no hedge), "hedge" (at
+least the whole fill is offset), "partial_hedge" (less). Hedges are IOC orders at the
+touch; an unfilled remainder expires and the inventory is re-evaluated on the timer and
+on quotes (throttled), as are warehoused positions when prices move.
+
+The runner drives `on_client_fill` for every client fill (one Decision each, always).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from daemon.model import (
+    ClientFill,
+    Decision,
+    Fill,
+    OrderAck,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    Trade,
+)
+from strategies.base import AccountView, Clock, MarketView
+from strategies.portfolio import Portfolio
+
+NS_PER_SECOND = 1_000_000_000
+FEE_PER_BPS = 1e-4
+LN2 = math.log(2.0)
+_TERMINAL = frozenset({OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
+
+
+@runtime_checkable
+class DepthMarketView(Protocol):
+    """Optional extra of a market view that keeps depth books."""
+
+    def walk(self, exchange: str, symbol: str, side: str, qty: float) -> float | None:
+        """Average price for a taker `side` ("buy" lifts asks) of `qty`; None if too thin."""
+        ...
+
+
+# --- pure maths ---------------------------------------------------------------------------
+
+
+def formula_price(side: Side, qty: float, bid: float, ask: float, coefficient: float) -> float:
+    """Average price of taking `qty` base: the touch moved by `coefficient * qty` (fraction)."""
+    if side is Side.BUY:
+        return ask * (1.0 + coefficient * qty)
+    return bid * (1.0 - coefficient * qty)
+
+
+def crossing_cost(side: Side, qty: float, avg_price: float, mid: float,
+                  fee_rate: float) -> tuple[float, float]:
+    """(cost, fee) in quote of taking `qty` at `avg_price` against the mid; fee on notional."""
+    fee = fee_rate * qty * avg_price
+    return side.sign * (avg_price - mid) * qty + fee, fee
+
+
+def expected_offset(inventory: float, expected_flow: float) -> float:
+    """Base units of `inventory` that an expected desk-side flow (base) would offset."""
+    if inventory > 0.0:
+        return min(inventory, max(0.0, -expected_flow))
+    if inventory < 0.0:
+        return min(-inventory, max(0.0, expected_flow))
+    return 0.0
+
+
+def warehouse_cost(inventory: float, risk_per_base2: float, expected_flow: float) -> float:
+    """A * (|q| - offset)^2: the inventory risk minus the value of the expected offset."""
+    residual = abs(inventory) - expected_offset(inventory, expected_flow)
+    return risk_per_base2 * residual * residual
+
+
+def optimal_hedge_qty(inventory: float, unit_cost: float, impact: float,
+                      risk_per_base2: float, offset: float) -> float:
+    """Base units to hedge now (>= 0, reducing |inventory|) minimising C(h) + W(q - h).
+
+    For h below |q| - o the derivative is c + 2*k*h - 2*A*(|q| - o - h), zero at
+    h* = (2*A*(|q| - o) - c) / (2*(k + A)); beyond |q| - o warehousing costs nothing more
+    and hedging only adds cost. Unknown risk (A NaN or inf) hedges everything.
+    """
+    if not math.isfinite(risk_per_base2):
+        return abs(inventory)
+    excess = abs(inventory) - offset
+    if excess <= 0.0:
+        return 0.0
+    denominator = 2.0 * (impact + risk_per_base2)
+    if denominator <= 0.0:
+        return 0.0
+    hedge = (2.0 * risk_per_base2 * excess - unit_cost) / denominator
+    return min(max(hedge, 0.0), excess)
+
+
+class FlowImbalance:
+    """Exponentially weighted net client flow from the desk's view (base per second).
+
+    Each fill adds `desk_qty / tau` and the rate decays as exp(-dt / tau), tau =
+    half-life / ln 2. The forecast over a horizon H assumes the imbalance keeps fading:
+    expected flow = rate * tau * (1 - exp(-H / tau)) base units.
+    """
+
+    __slots__ = ("_rate", "_tau_ns", "_tau_s", "_ts_ns")
+
+    def __init__(self, halflife_s: float) -> None:
+        self._tau_s = halflife_s / LN2
+        self._tau_ns = self._tau_s * NS_PER_SECOND
+        self._rate = 0.0
+        self._ts_ns = 0
+
+    def rate(self, now_ns: int) -> float:
+        if self._rate == 0.0 or now_ns <= self._ts_ns:
+            return self._rate
+        return self._rate * math.exp((self._ts_ns - now_ns) / self._tau_ns)
+
+    def add(self, now_ns: int, desk_qty: float) -> None:
+        self._rate = self.rate(now_ns) + desk_qty / self._tau_s
+        self._ts_ns = max(self._ts_ns, now_ns)
+
+    def expected(self, now_ns: int, horizon_s: float) -> float:
+        return self.rate(now_ns) * self._tau_s * (1.0 - math.exp(-horizon_s / self._tau_s))
+
+
+# --- the strategy -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Touch:
+    """The hedge venue chosen for a side: its quote and what crossing it costs."""
+
+    venue: str
+    side: Side
+    bid: float
+    ask: float
+    mid: float
+    touch: float
+    fee_rate: float
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The hedge-or-warehouse answer for one inventory."""
+
+    inventory: float
+    hedge_qty: float
+    touch: _Touch | None
+    sigma: float
+    risk_per_base2: float
+    expected_flow: float
+    offset: float
+    coefficient: float
+    slippage_model: str
+    forced: bool
+    reason: str
+
+
+class InternalizeStrategy:
+    """Hedge-or-warehouse for client flow on one symbol, hedged on one or more venues."""
+
+    def __init__(
+        self,
+        symbol: str,
+        hedge_venues: Mapping[str, float],
+        *,
+        gamma: float,
+        horizon_s: float,
+        max_inventory: float,
+        slippage_coefficient: float,
+        initial_balances: Mapping[str, float],
+        volatility_window_s: float = 360.0,
+        flow_halflife_s: float = 120.0,
+        reevaluate_interval_s: float = 5.0,
+        quote_throttle_s: float = 1.0,
+        lot: float = 0.0,
+        order_id_prefix: str = "int",
+        flatten_on_kill: bool = False,
+        name: str = "internalize",
+    ) -> None:
+        """`hedge_venues`: venue id -> taker fee in bps. `gamma`: risk aversion per quote
+        unit (1/USDT). `slippage_coefficient`: fractional price impact per base unit.
+        `lot`: hedge sizes are rounded to it (0: no rounding)."""
+        if not hedge_venues:
+            raise ValueError("InternalizeStrategy needs at least one hedge venue")
+        self.name = name
+        self.symbol = symbol
+        self.timer_interval_s: float | None = reevaluate_interval_s
+        self.gamma = gamma
+        self.horizon_s = horizon_s
+        self.max_inventory = max_inventory
+        self.slippage_coefficient = slippage_coefficient
+        self.volatility_window_s = volatility_window_s
+        self.lot = lot
+        self.order_id_prefix = order_id_prefix
+        self.flatten_on_kill = flatten_on_kill
+        self._fee_rates = {venue: bps * FEE_PER_BPS for venue, bps in hedge_venues.items()}
+        self._primary_venue = next(iter(hedge_venues))
+        self._throttle_ns = int(quote_throttle_s * NS_PER_SECOND)
+        self.portfolio = Portfolio(symbol, initial_balances, horizon_s)
+        self.flow = FlowImbalance(flow_halflife_s)
+        #: Hedge orders in flight: client order id -> base delta still to come (signed).
+        self.pending: dict[str, float] = {}
+        self.killed = False
+        self._market: MarketView | None = None
+        self._walk: Any = None
+        self._clock: Clock = lambda: 0
+        self._order_seq = 0
+        self._sigma = math.nan
+        self._sigma_ts_ns = -1
+        self._last_quote_eval_ns = -(2**62)
+
+    @classmethod
+    def from_settings(cls, settings: Any, name: str = "internalize") -> InternalizeStrategy:
+        """Build from the daemon `Settings` (duck-typed: strategies never import config)."""
+        own = settings.strategies.internalize
+        venue = settings.venues[own.venue]
+        lot = float(venue.markets.get(own.symbol, {}).get("lot", 0.0))
+        return cls(
+            own.symbol, {own.venue: venue.taker_fee_bps}, gamma=own.gamma,
+            horizon_s=own.horizon_s, max_inventory=own.max_inventory,
+            slippage_coefficient=own.slippage_coefficient,
+            initial_balances=own.initial_balances,
+            volatility_window_s=own.volatility_window_s, flow_halflife_s=own.flow_halflife_s,
+            reevaluate_interval_s=own.reevaluate_interval_s, lot=lot,
+            flatten_on_kill=settings.risk.flatten_on_kill, name=name,
+        )
+
+    # -- contract ----------------------------------------------------------------------------
+
+    def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None:
+        self._market = market
+        self._walk = market.walk if isinstance(market, DepthMarketView) else None
+        self._clock = clock
+
+    @property
+    def inventory(self) -> float:
+        """Base units held because of client flow, hedge fills included."""
+        return self.portfolio.inventory
+
+    @property
+    def position(self) -> float:
+        """Inventory plus hedges in flight: what the next decision works on."""
+        return self.portfolio.inventory + sum(self.pending.values())
+
+    def on_client_fill(self, fill: ClientFill) -> Decision:
+        """Always exactly one Decision: hedge, partial_hedge or warehouse."""
+        now = self._clock()
+        before = self.position
+        delta = fill.desk_base_delta
+        after = before + delta
+        self.flow.add(now, delta)
+        plan = self._plan(after, now)
+        touch = plan.touch
+        fill_cost, fill_price, fill_fee = self._fill_hedge_cost(fill, touch, plan)
+        hedged = plan.hedge_qty
+        if self.killed:
+            hedged, reason = 0.0, "kill switch: not hedging"
+        else:
+            reason = plan.reason
+        outcome = _fill_outcome(hedged, fill.qty)
+        mid = touch.mid if touch is not None else math.nan
+        self.portfolio.on_client_fill(fill, mid, outcome, hedged, fill_price, fill_fee)
+        inputs = self._inputs(plan, now, "client_fill", hedged, outcome)
+        warehouse_marginal = (
+            warehouse_cost(after, plan.risk_per_base2, plan.expected_flow)
+            - warehouse_cost(before, plan.risk_per_base2, plan.expected_flow)
+        )
+        inputs.update(
+            client_side=str(fill.side), client_qty=fill.qty, client_price=fill.price,
+            client_id=fill.client_id, fill_id=fill.fill_id, fill_ts_ns=fill.ts_ns,
+            inventory_before=before, inventory_after=after,
+            hedge_cost=fill_cost, warehouse_cost=warehouse_marginal,
+        )
+        return self._decision(now, outcome, reason, plan, hedged, inputs)
+
+    def on_quote(self, quote: Quote) -> Decision | None:
+        """Mark the portfolio and re-evaluate warehoused inventory, at most once a throttle."""
+        if quote.symbol != self.symbol or quote.exchange not in self._fee_rates or quote.stale:
+            return None
+        now = self._clock()
+        if now - self._last_quote_eval_ns < self._throttle_ns:
+            return None
+        self._last_quote_eval_ns = now
+        self.portfolio.mark(now, quote.mid)
+        return self._reevaluate(now, "quote")
+
+    def on_trade(self, trade: Trade) -> Decision | None:
+        return None
+
+    def on_fill(self, fill: Fill) -> Decision | None:
+        """A hedge executed: book it; the in-flight amount shrinks by what filled."""
+        remaining = self.pending.get(fill.client_order_id)
+        if remaining is not None:
+            remaining -= fill.qty if fill.side is Side.BUY else -fill.qty
+            if abs(remaining) <= 1e-12 * max(1.0, fill.qty):
+                del self.pending[fill.client_order_id]
+            else:
+                self.pending[fill.client_order_id] = remaining
+        self.portfolio.on_hedge_fill(fill)
+        return None
+
+    def on_ack(self, ack: OrderAck) -> Decision | None:
+        """An IOC that expired, was cancelled or rejected will not fill any more."""
+        if ack.status in _TERMINAL:
+            self.pending.pop(ack.client_order_id, None)
+        return None
+
+    def on_timer(self, now_ns: int) -> Decision | None:
+        self.portfolio.mark(now_ns, self._mid(), record=True)
+        return self._reevaluate(now_ns, "timer")
+
+    def on_kill(self, reason: str) -> Decision | None:
+        """Stop hedging for good; with flatten_on_kill, offset the whole inventory once."""
+        self.killed = True
+        position = self.position
+        if not self.flatten_on_kill or position == 0.0:
+            return None
+        now = self._clock()
+        plan = self._plan(position, now)
+        if plan.touch is None:
+            return None
+        plan.hedge_qty = self._round_lot(abs(position), up=False)
+        plan.reason = f"kill switch ({reason}): flatten the inventory"
+        inputs = self._inputs(plan, now, "kill", plan.hedge_qty, "hedge")
+        return self._decision(now, "hedge", plan.reason, plan, plan.hedge_qty, inputs)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _reevaluate(self, now: int, trigger: str) -> Decision | None:
+        """Hedge warehoused inventory that is no longer worth holding; None otherwise."""
+        position = self.position
+        if self.killed or self.pending or position == 0.0:
+            return None
+        plan = self._plan(position, now)
+        if plan.hedge_qty <= 0.0:
+            return None
+        outcome = "hedge" if plan.hedge_qty >= abs(position) * (1.0 - 1e-9) else "partial_hedge"
+        inputs = self._inputs(plan, now, trigger, plan.hedge_qty, outcome)
+        hedge_all = self._hedge_cost(plan.touch, abs(position), plan)[0]  # type: ignore[arg-type]
+        inputs.update(inventory_before=position, inventory_after=position, hedge_cost=hedge_all,
+                      warehouse_cost=warehouse_cost(position, plan.risk_per_base2,
+                                                    plan.expected_flow))
+        return self._decision(now, outcome, plan.reason, plan, plan.hedge_qty, inputs)
+
+    def _plan(self, position: float, now: int) -> _Plan:
+        side = Side.SELL if position > 0.0 else Side.BUY
+        touch = self._best_touch(side, abs(position))
+        sigma = self._sigma_at(now)
+        expected_flow = self.flow.expected(now, self.horizon_s)
+        offset = expected_offset(position, expected_flow)
+        if touch is None:
+            return _Plan(position, 0.0, None, sigma, math.nan, expected_flow, offset,
+                         self.slippage_coefficient, "none", False,
+                         "no fresh quote on any hedge venue: warehoused until one arrives")
+        sigma_price = sigma * touch.mid
+        risk = self.gamma * sigma_price * sigma_price * self.horizon_s
+        coefficient, model = self._coefficient(touch, abs(position))
+        sign = side.sign
+        unit_cost = sign * (touch.touch - touch.mid) + touch.fee_rate * touch.touch
+        impact = (1.0 + sign * touch.fee_rate) * coefficient * touch.touch
+        hedge = optimal_hedge_qty(position, unit_cost, impact, risk, offset)
+        reason = ("flat: nothing to hedge" if position == 0.0
+                  else "volatility unknown: risk cannot be priced, hedge all"
+                  if math.isnan(risk)
+                  else "hedge beats warehousing" if hedge > 0.0
+                  else "warehousing beats hedging")
+        forced = abs(position) - hedge > self.max_inventory
+        if forced:
+            hedge = abs(position) - self.max_inventory
+            reason = f"inventory limit {self.max_inventory:g}: hedge back to it"
+        hedge = self._round_lot(hedge, up=forced)
+        return _Plan(position, hedge, touch, sigma, risk, expected_flow, offset, coefficient,
+                     model, forced, reason)
+
+    def _best_touch(self, side: Side, qty: float) -> _Touch | None:
+        """The fresh venue with the lowest formulaic cost for `qty` on `side`."""
+        market = self._market
+        if market is None:
+            return None
+        best: _Touch | None = None
+        best_cost = math.inf
+        for venue, fee_rate in self._fee_rates.items():
+            quote = market.quote(venue, self.symbol)
+            if quote is None or quote.stale or not quote.bid < quote.ask or quote.bid <= 0.0:
+                continue
+            touch = quote.ask if side is Side.BUY else quote.bid
+            candidate = _Touch(venue, side, quote.bid, quote.ask, quote.mid, touch, fee_rate)
+            price = formula_price(side, qty, quote.bid, quote.ask, self.slippage_coefficient)
+            cost = crossing_cost(side, qty, price, 0.0, fee_rate)[0]  # vs 0: comparable
+            if cost < best_cost:
+                best, best_cost = candidate, cost
+        return best
+
+    def _coefficient(self, touch: _Touch, qty: float) -> tuple[float, str]:
+        """Slippage per base unit (fraction): walked from depth when possible, else the setting."""
+        if self._walk is not None and qty > 0.0:
+            walked = self._walk(touch.venue, self.symbol, str(touch.side), qty)
+            if walked is not None and walked > 0.0:
+                return max(0.0, touch.side.sign * (walked / touch.touch - 1.0) / qty), "depth"
+        return self.slippage_coefficient, "formula"
+
+    def _hedge_cost(self, touch: _Touch, qty: float, plan: _Plan) -> tuple[float, float, float]:
+        """(cost, average price, fee) of hedging `qty` at `touch`'s venue now."""
+        price = None
+        if plan.slippage_model == "depth" and self._walk is not None:
+            price = self._walk(touch.venue, self.symbol, str(touch.side), qty)
+        if price is None:
+            price = formula_price(touch.side, qty, touch.bid, touch.ask, self.slippage_coefficient)
+        cost, fee = crossing_cost(touch.side, qty, price, touch.mid, touch.fee_rate)
+        return cost, price, fee
+
+    def _fill_hedge_cost(self, fill: ClientFill, touch: _Touch | None,
+                         plan: _Plan) -> tuple[float, float, float]:
+        """Cost of offsetting just this fill at once: the desk redoes the client's side."""
+        if touch is None:
+            return math.nan, math.nan, math.nan
+        side = fill.side
+        fill_touch = _Touch(touch.venue, side, touch.bid, touch.ask, touch.mid,
+                            touch.ask if side is Side.BUY else touch.bid, touch.fee_rate)
+        return self._hedge_cost(fill_touch, fill.qty, plan)
+
+    def _sigma_at(self, now: int) -> float:
+        """Volatility per sqrt-second from the market view, refreshed at most once a second."""
+        if now - self._sigma_ts_ns >= NS_PER_SECOND or self._sigma_ts_ns < 0:
+            market = self._market
+            self._sigma = (market.volatility(self._primary_venue, self.symbol,
+                                             self.volatility_window_s)
+                           if market is not None else math.nan)
+            self._sigma_ts_ns = now
+        return self._sigma
+
+    def _mid(self) -> float:
+        market = self._market
+        quote = market.quote(self._primary_venue, self.symbol) if market is not None else None
+        return quote.mid if quote is not None and not quote.stale else math.nan
+
+    def _round_lot(self, qty: float, up: bool) -> float:
+        lot = self.lot
+        if lot <= 0.0 or qty <= 0.0:
+            return max(qty, 0.0)
+        lots = qty / lot
+        lots = math.ceil(lots - 1e-9) if up else math.floor(lots + 1e-9)
+        return lots * lot
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _inputs(self, plan: _Plan, now: int, trigger: str, hedged: float,
+                outcome: str) -> dict[str, Any]:
+        touch = plan.touch
+        position = plan.inventory
+        target = position - math.copysign(hedged, position) if hedged else position
+        risk = plan.risk_per_base2
+        return {
+            "trigger": trigger, "symbol": self.symbol, "outcome": outcome,
+            "hedge_venue": touch.venue if touch else "", "bid": touch.bid if touch else math.nan,
+            "ask": touch.ask if touch else math.nan, "mid": touch.mid if touch else math.nan,
+            "sigma": plan.sigma, "sigma_price": plan.sigma * touch.mid if touch else math.nan,
+            "gamma": self.gamma, "horizon_s": self.horizon_s, "risk_per_base2": risk,
+            "flow_rate": self.flow.rate(now), "expected_flow": plan.expected_flow,
+            "expected_offset": plan.offset, "inventory_risk": risk * position * position,
+            "offset_value": risk * position * position
+            - warehouse_cost(position, risk, plan.expected_flow),
+            "slippage_model": plan.slippage_model, "slippage_coefficient": plan.coefficient,
+            "hedge_qty": hedged, "target_inventory": target, "forced": plan.forced,
+            "max_inventory": self.max_inventory,
+        }
+
+    def _decision(self, now: int, outcome: str, reason: str, plan: _Plan, hedged: float,
+                  inputs: dict[str, Any]) -> Decision:
+        """The Decision with its IOC hedge (if any) at the chosen venue's touch."""
+        touch = plan.touch
+        intents: list[OrderIntent] = []
+        expected = warehouse_cost(plan.inventory, plan.risk_per_base2, plan.expected_flow)
+        if hedged > 0.0 and touch is not None:
+            side = Side.SELL if plan.inventory > 0.0 else Side.BUY
+            hedge_touch = _Touch(touch.venue, side, touch.bid, touch.ask, touch.mid,
+                                 touch.ask if side is Side.BUY else touch.bid, touch.fee_rate)
+            cost = self._hedge_cost(hedge_touch, hedged, plan)[0]
+            remaining = plan.inventory + side.sign * hedged
+            expected = cost + warehouse_cost(remaining, plan.risk_per_base2, plan.expected_flow)
+            inputs["hedge_cost_chosen"] = cost
+            intents.append(self._hedge_intent(hedge_touch, hedged, reason))
+        inputs["expected_cost"] = expected
+        return Decision(self.name, now, outcome, reason, inputs, expected, intents)
+
+    def _hedge_intent(self, touch: _Touch, qty: float, reason: str) -> OrderIntent:
+        self._order_seq += 1
+        client_order_id = f"{self.order_id_prefix}-{self._order_seq:08d}"
+        self.pending[client_order_id] = qty * touch.side.sign
+        return OrderIntent(touch.venue, self.symbol, touch.side, OrderType.IOC, qty,
+                           touch.touch, client_order_id, self.name, reason)
+
+
+def _fill_outcome(hedged: float, fill_qty: float) -> str:
+    if hedged <= 0.0:
+        return "warehouse"
+    return "hedge" if hedged >= fill_qty * (1.0 - 1e-9) else "partial_hedge"

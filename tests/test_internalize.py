@@ -1,0 +1,374 @@
+"""Internalize-or-hedge: decisions on constructed cases, hand-computed costs, portfolio."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from daemon.model import (
+    ClientFill,
+    Fill,
+    OrderAck,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+)
+from strategies.internalize import (
+    FlowImbalance,
+    InternalizeStrategy,
+    optimal_hedge_qty,
+    warehouse_cost,
+)
+from strategies.portfolio import INTERNALIZATION_CSV, PORTFOLIO_CSV, write_results
+
+VENUE = "binance_spot"
+SYMBOL = "ETH/USDT"
+S = 1_000_000_000
+BID, ASK, MID = 2999.0, 3001.0, 3000.0
+FEE = 0.001  # 10 bps
+COEFFICIENT = 0.0005  # price moves 5 bps per ETH hedged
+GAMMA, HORIZON = 0.1, 300.0
+
+
+class FakeMarket:
+    """MarketView with settable quotes and volatility (log returns per sqrt-second)."""
+
+    def __init__(self, sigma: float = 1e-5) -> None:
+        self.sigma = sigma
+        self.quotes: dict[tuple[str, str], Quote] = {}
+        self.set_quote(VENUE, BID, ASK)
+
+    def set_quote(self, venue: str, bid: float, ask: float, stale: bool = False) -> Quote:
+        quote = Quote(venue, SYMBOL, bid, 10.0, ask, 10.0, 0, 0, stale=stale)
+        self.quotes[(venue, SYMBOL)] = quote
+        return quote
+
+    def quote(self, exchange: str, symbol: str) -> Quote | None:
+        return self.quotes.get((exchange, symbol))
+
+    def volatility(self, exchange: str, symbol: str, window_s: float) -> float:
+        return self.sigma
+
+    def trade_rate(self, exchange: str, symbol: str, window_s: float) -> float:
+        return 0.0
+
+
+class DepthMarket(FakeMarket):
+    """Adds depth walking: asks 3001 x 1, then 3003 x 10."""
+
+    def walk(self, exchange: str, symbol: str, side: str, qty: float) -> float | None:
+        if side != "buy" or qty > 11:
+            return None
+        first = min(qty, 1.0)
+        return (first * 3001.0 + (qty - first) * 3003.0) / qty
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000 * S
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> int:
+        self.now += int(seconds * S)
+        return self.now
+
+
+class NoAccount:
+    def balances(self, venue: str) -> dict[str, float]:
+        return {}
+
+
+def make(market: FakeMarket | None = None, **overrides: object) -> tuple[
+        InternalizeStrategy, FakeMarket, Clock]:
+    params: dict[str, object] = dict(
+        gamma=GAMMA, horizon_s=HORIZON, max_inventory=50.0,
+        slippage_coefficient=COEFFICIENT,
+        initial_balances={"ETH": 100.0, "USDT": 100_000.0}, flow_halflife_s=120.0,
+    )
+    params.update(overrides)
+    strategy = InternalizeStrategy(SYMBOL, {VENUE: 10.0}, **params)  # type: ignore[arg-type]
+    market = market or FakeMarket()
+    clock = Clock()
+    strategy.bind(market, NoAccount(), clock)
+    return strategy, market, clock
+
+
+def client(side: Side, qty: float, clock: Clock, price: float = MID) -> ClientFill:
+    return ClientFill(clock.now, SYMBOL, side, qty, price, "c1", f"f{clock.now}")
+
+
+# --- hand computations ------------------------------------------------------------------------
+
+
+def test_hedge_cost_of_a_fill_equals_the_hand_computation() -> None:
+    strategy, _, clock = make()
+    decision = strategy.on_client_fill(client(Side.BUY, 2.0, clock))
+    # Client bought 2 ETH: the desk re-buys 2 at ask*(1 + 0.0005*2) = 3004.001.
+    # Crossing 2*(3004.001 - 3000) = 8.002; taker fee 0.001*2*3004.001 = 6.008002.
+    assert decision.inputs["hedge_cost"] == pytest.approx(14.010002, abs=1e-9)
+    assert decision.inputs["slippage_model"] == "formula"
+
+    strategy, _, clock = make()
+    decision = strategy.on_client_fill(client(Side.SELL, 2.0, clock))
+    # Desk re-sells 2 at bid*(1 - 0.001) = 2996.001: 2*3.999 + 0.001*2*2996.001.
+    assert decision.inputs["hedge_cost"] == pytest.approx(7.998 + 5.992002, abs=1e-9)
+
+
+def test_warehouse_cost_equals_the_hand_computation() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-5))
+    decision = strategy.on_client_fill(client(Side.SELL, 2.0, clock))
+    # sigma_price = 3000 * 1e-5 = 0.03 USDT/sqrt(s); A = 0.1 * 0.03^2 * 300 = 0.027 USDT/ETH^2.
+    assert decision.inputs["sigma_price"] == pytest.approx(0.03)
+    assert decision.inputs["risk_per_base2"] == pytest.approx(0.027)
+    assert decision.inputs["warehouse_cost"] == pytest.approx(0.027 * 4)  # from flat: A*q^2
+    assert decision.inputs["expected_offset"] == 0.0  # the only flow is this fill itself
+    assert decision.action == "warehouse" and not decision.intents
+    assert decision.expected == pytest.approx(0.108)
+
+
+def test_chosen_partial_hedge_is_the_closed_form_optimum() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-4))
+    decision = strategy.on_client_fill(client(Side.BUY, 2.0, clock))  # desk short 2
+    risk = GAMMA * (MID * 1e-4) ** 2 * HORIZON  # 2.7 USDT/ETH^2
+    unit_cost = (ASK - MID) + FEE * ASK  # 4.001 USDT/ETH
+    impact = (1 + FEE) * COEFFICIENT * ASK  # USDT/ETH^2
+    expected_qty = (2 * risk * 2.0 - unit_cost) / (2 * (impact + risk))
+    assert decision.action == "partial_hedge"
+    assert decision.inputs["hedge_qty"] == pytest.approx(expected_qty)
+    [intent] = decision.intents
+    assert (intent.venue, intent.side, intent.type, intent.price) == (
+        VENUE, Side.BUY, OrderType.IOC, ASK)
+    assert intent.qty == pytest.approx(expected_qty) and intent.strategy == "internalize"
+    # Cost of the chosen hedge: c*h + k*h^2 is exactly the crossing cost at the formula price.
+    assert decision.inputs["hedge_cost_chosen"] == pytest.approx(
+        unit_cost * expected_qty + impact * expected_qty**2)
+    assert decision.inputs["target_inventory"] == pytest.approx(-2.0 + expected_qty)
+
+
+def test_optimal_hedge_never_overshoots_and_honours_the_offset() -> None:
+    assert optimal_hedge_qty(10.0, 1.0, 0.0, 0.0, 0.0) == 0.0
+    assert optimal_hedge_qty(-10.0, 0.0, 0.0, 5.0, 0.0) == pytest.approx(10.0)
+    assert optimal_hedge_qty(10.0, 0.0, 0.0, 5.0, 4.0) == pytest.approx(6.0)
+    assert optimal_hedge_qty(10.0, 0.0, 0.0, 5.0, 12.0) == 0.0
+    assert optimal_hedge_qty(3.0, 1.0, 1.0, math.nan, 0.0) == 3.0
+    assert warehouse_cost(10.0, 2.0, -4.0) == pytest.approx(2.0 * 36)
+    assert warehouse_cost(10.0, 2.0, +4.0) == pytest.approx(2.0 * 100)  # same side: no help
+
+
+# --- constructed decisions --------------------------------------------------------------------
+
+
+def test_a_fill_that_offsets_existing_inventory_is_warehoused() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=2e-5))
+    first = strategy.on_client_fill(client(Side.SELL, 3.0, clock))
+    assert first.action == "warehouse" and strategy.inventory == pytest.approx(3.0)
+    clock.advance(30)
+    second = strategy.on_client_fill(client(Side.BUY, 2.0, clock))
+    assert second.action == "warehouse" and not second.intents
+    assert second.inputs["inventory_before"] == pytest.approx(3.0)
+    assert second.inputs["inventory_after"] == pytest.approx(1.0)
+    assert second.inputs["warehouse_cost"] < 0.0  # keeping it lowers the expected risk cost
+    assert strategy.inventory == pytest.approx(1.0)
+
+
+def test_a_fill_past_the_inventory_limit_is_hedged_back_to_it() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-6), max_inventory=5.0)
+    assert strategy.on_client_fill(client(Side.SELL, 4.0, clock)).action == "warehouse"
+    clock.advance(1)
+    decision = strategy.on_client_fill(client(Side.SELL, 3.0, clock))  # inventory 7 > 5
+    assert decision.action in ("hedge", "partial_hedge")
+    assert decision.inputs["forced"] is True and "inventory limit" in decision.reason
+    [intent] = decision.intents
+    assert intent.side is Side.SELL and intent.price == BID
+    assert intent.qty == pytest.approx(2.0)
+    assert decision.inputs["target_inventory"] == pytest.approx(5.0)
+
+
+def test_larger_sigma_shifts_decisions_toward_hedging() -> None:
+    hedged, outcomes = [], []
+    for sigma in (1e-6, 3e-5, 5e-5, 1e-4, 1e-3):
+        market = FakeMarket(sigma=1e-7)
+        strategy, _, clock = make(market)
+        strategy.on_client_fill(client(Side.SELL, 3.0, clock))  # warehoused while calm
+        market.sigma = sigma
+        clock.advance(2)  # past the one-second volatility cache
+        decision = strategy.on_client_fill(client(Side.SELL, 1.0, clock))
+        hedged.append(decision.inputs["hedge_qty"])
+        outcomes.append(decision.action)
+    assert hedged == sorted(hedged) and hedged[0] == 0.0
+    assert outcomes[0] == "warehouse" and outcomes[-1] == "hedge"
+    assert "partial_hedge" in outcomes
+
+
+def test_recent_opposite_flow_is_expected_to_offset_inventory() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=5e-5))
+    strategy.on_client_fill(client(Side.SELL, 6.0, clock))  # desk long 6 (maybe part hedged)
+    clock.advance(1200)  # ten half-lives: that flow is forgotten
+    for _ in range(3):
+        clock.advance(5)
+        decision = strategy.on_client_fill(client(Side.BUY, 0.5, clock))
+    assert decision.inputs["expected_flow"] < 0.0  # clients keep buying from us
+    assert decision.inputs["expected_offset"] > 0.0
+    assert decision.inputs["offset_value"] > 0.0
+    position = decision.inputs["inventory_after"]
+    risk = decision.inputs["risk_per_base2"]
+    residual = position - decision.inputs["expected_offset"]
+    assert decision.inputs["inventory_risk"] == pytest.approx(risk * position**2)
+    assert decision.inputs["offset_value"] == pytest.approx(risk * (position**2 - residual**2))
+
+
+def test_depth_walk_replaces_the_formula_when_the_view_has_depth() -> None:
+    strategy, _, clock = make(DepthMarket(sigma=1e-6))
+    decision = strategy.on_client_fill(client(Side.BUY, 3.0, clock))
+    walked = (3001.0 + 2 * 3003.0) / 3.0
+    assert decision.inputs["slippage_model"] == "depth"
+    assert decision.inputs["hedge_cost"] == pytest.approx(
+        3.0 * (walked - MID) + FEE * 3.0 * walked)
+
+
+def test_the_cheapest_venue_is_chosen_for_the_hedge() -> None:
+    market = FakeMarket(sigma=1e-3)
+    market.set_quote("bybit_spot", 2998.0, 3000.5)
+    strategy = InternalizeStrategy(
+        SYMBOL, {VENUE: 10.0, "bybit_spot": 10.0}, gamma=GAMMA, horizon_s=HORIZON,
+        max_inventory=50.0, slippage_coefficient=COEFFICIENT,
+        initial_balances={"ETH": 100.0, "USDT": 100_000.0})
+    clock = Clock()
+    strategy.bind(market, NoAccount(), clock)
+    [intent] = strategy.on_client_fill(client(Side.BUY, 2.0, clock)).intents
+    assert (intent.venue, intent.price) == ("bybit_spot", 3000.5)
+
+
+def test_no_fresh_quote_warehouses_and_unknown_volatility_hedges_all() -> None:
+    market = FakeMarket()
+    market.set_quote(VENUE, BID, ASK, stale=True)
+    strategy, _, clock = make(market)
+    decision = strategy.on_client_fill(client(Side.SELL, 80.0, clock))  # past the limit
+    assert decision.action == "warehouse" and "no fresh quote" in decision.reason
+    assert math.isnan(decision.inputs["hedge_cost"])
+
+    strategy, _, clock = make(FakeMarket(sigma=math.nan))
+    decision = strategy.on_client_fill(client(Side.SELL, 2.0, clock))
+    assert decision.action == "hedge" and "volatility unknown" in decision.reason
+    assert decision.intents[0].qty == pytest.approx(2.0)
+
+
+def test_lot_rounding_floors_optimal_hedges_and_ceils_forced_ones() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-4), lot=0.1)
+    decision = strategy.on_client_fill(client(Side.BUY, 2.0, clock))
+    assert decision.intents[0].qty == pytest.approx(0.8)  # optimum ~0.81
+    strategy, _, clock = make(FakeMarket(sigma=1e-7), lot=0.1, max_inventory=4.95)
+    decision = strategy.on_client_fill(client(Side.SELL, 6.0, clock))
+    assert decision.intents[0].qty == pytest.approx(1.1)
+
+
+# --- order lifecycle, re-evaluation, kill -------------------------------------------------------
+
+
+def hedge_fill(intent_id: str, side: Side, qty: float, price: float, ts: int) -> Fill:
+    return Fill(intent_id, VENUE, SYMBOL, side, price, qty, FEE * qty * price, "USDT", "taker",
+                ts, "internalize")
+
+
+def test_pending_hedges_count_until_filled_or_expired_then_the_timer_hedges_the_rest() -> None:
+    market = FakeMarket(sigma=1e-7)
+    strategy, _, clock = make(market, max_inventory=5.0)
+    decision = strategy.on_client_fill(client(Side.SELL, 9.0, clock))
+    [intent] = decision.intents
+    assert intent.qty == pytest.approx(4.0)
+    assert strategy.position == pytest.approx(5.0)  # 9 held, 4 on the way out
+    # Only 1 fills at the touch; the IOC expires with the rest.
+    strategy.on_fill(hedge_fill(intent.client_order_id, Side.SELL, 1.0, BID, clock.now))
+    assert strategy.inventory == pytest.approx(8.0) and strategy.position == pytest.approx(5.0)
+    assert strategy.on_timer(clock.advance(5)) is None  # still in flight: no double hedge
+    strategy.on_ack(OrderAck(intent.client_order_id, VENUE, SYMBOL, OrderStatus.EXPIRED,
+                             clock.now, filled_qty=1.0))
+    assert strategy.pending == {} and strategy.position == pytest.approx(8.0)
+    again = strategy.on_timer(clock.advance(5))
+    assert again is not None and again.inputs["trigger"] == "timer"
+    assert again.intents[0].qty == pytest.approx(3.0) and again.inputs["forced"] is True
+    assert again.intents[0].client_order_id != intent.client_order_id
+
+
+def test_quotes_re_evaluate_warehoused_inventory_at_most_once_a_second() -> None:
+    market = FakeMarket(sigma=1e-6)
+    strategy, _, clock = make(market)
+    assert strategy.on_client_fill(client(Side.SELL, 4.0, clock)).action == "warehouse"
+    market.sigma = 1e-3  # the market turns wild
+    clock.advance(2)
+    first = strategy.on_quote(market.set_quote(VENUE, BID, ASK))
+    assert first is not None and first.inputs["trigger"] == "quote" and first.intents
+    strategy.on_ack(OrderAck(first.intents[0].client_order_id, VENUE, SYMBOL,
+                             OrderStatus.REJECTED, clock.now))
+    clock.advance(0.5)
+    assert strategy.on_quote(market.set_quote(VENUE, BID, ASK)) is None  # throttled
+    clock.advance(0.6)
+    assert strategy.on_quote(market.set_quote(VENUE, BID, ASK)) is not None
+
+
+def test_kill_switch_stops_hedging_and_can_flatten() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-3))
+    assert strategy.on_kill("daily loss") is None
+    decision = strategy.on_client_fill(client(Side.SELL, 2.0, clock))
+    assert decision.action == "warehouse" and "kill switch" in decision.reason
+    assert not decision.intents and strategy.on_timer(clock.advance(5)) is None
+
+    strategy, _, clock = make(FakeMarket(sigma=1e-7), flatten_on_kill=True)
+    strategy.on_client_fill(client(Side.SELL, 2.0, clock))
+    flatten = strategy.on_kill("daily loss")
+    assert flatten is not None and flatten.intents[0].qty == pytest.approx(2.0)
+    assert flatten.intents[0].side is Side.SELL
+
+
+def test_flow_imbalance_decays_with_its_half_life() -> None:
+    flow = FlowImbalance(halflife_s=60.0)
+    flow.add(0, 6.0)
+    tau = 60.0 / math.log(2)
+    assert flow.rate(0) == pytest.approx(6.0 / tau)
+    assert flow.rate(60 * S) == pytest.approx(3.0 / tau)
+    assert flow.expected(0, 1e9) == pytest.approx(6.0)  # all of it, eventually
+
+
+# --- portfolio --------------------------------------------------------------------------------
+
+
+def test_portfolio_books_fills_reconciles_and_exports(tmp_path: Path) -> None:
+    strategy, market, clock = make(FakeMarket(sigma=1e-4))
+    decision = strategy.on_client_fill(client(Side.BUY, 2.0, clock, price=3001.5))
+    [intent] = decision.intents
+    fill = hedge_fill(intent.client_order_id, Side.BUY, intent.qty, ASK, clock.now)
+    strategy.on_fill(fill)
+    book = strategy.portfolio
+    assert book.balances["ETH"] == pytest.approx(100.0 - 2.0 + intent.qty)
+    assert book.balances["USDT"] == pytest.approx(
+        100_000.0 + 2.0 * 3001.5 - intent.qty * ASK - fill.fee)
+    assert all(abs(gap) < 1e-9 for gap in book.reconcile().values())
+    # Sold 2 at 3001.5 (1.5 over the mid), marked at the mid: +3 before hedging costs.
+    assert book.pnl_trading(MID) == pytest.approx(
+        2.0 * 1.5 - intent.qty * (ASK - MID) - fill.fee)
+    trade = book.trades[0]
+    assert trade.outcome == "partial_hedge" and trade.hedge_qty == pytest.approx(intent.qty)
+    # Hedging all 2 at once: re-buy at 3004.001 with fee 6.008002.
+    assert trade.hedge_pnl == pytest.approx(-2.0 * (3004.001 - 3001.5) - 6.008002)
+
+    clock.advance(HORIZON + 1)
+    market.set_quote(VENUE, 2989.0, 2991.0)
+    strategy.on_timer(clock.now)  # marks the portfolio: the fill's mark-out matures
+    assert trade.markout_complete and trade.markout_mid == 2990.0
+    assert trade.warehouse_pnl == pytest.approx(-2.0 * (2990.0 - 3001.5))
+    assert trade.better_in_hindsight == "warehouse"
+
+    trades_path, rows_path = write_results(book, tmp_path)
+    assert (trades_path.name, rows_path.name) == (INTERNALIZATION_CSV, PORTFOLIO_CSV)
+    with open(trades_path, newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["outcome"] == "partial_hedge" and row["better_in_hindsight"] == "warehouse"
+    with open(rows_path, newline="") as handle:
+        events = [r["event"] for r in csv.DictReader(handle)]
+    assert events == ["client_fill", "hedge_fill", "mark"]
