@@ -51,5 +51,9 @@ def _orjson_dumps(obj: object, **_: object) -> str:
 
 
 def get_logger(component: str) -> structlog.typing.FilteringBoundLogger:
-    """A logger whose every line names the component it comes from."""
-    return structlog.get_logger().bind(component=component)
+    """A logger whose every line names the component it comes from.
+
+    Lazy: modules create their logger at import time, before `configure_logging` runs, and
+    the configuration in force when a line is written is the one that applies.
+    """
+    return structlog.get_logger(component=component)
