@@ -23,9 +23,11 @@ from pathlib import Path
 
 from config.settings import ConfigError, Settings
 from daemon.bus import Bus
+from daemon.health import Health
 from daemon.logs import configure_logging, get_logger
+from daemon.metrics import TradingStats, start_operations
 from daemon.model import now_ns
-from daemon.ringbuffer import RingStore
+from daemon.ringbuffer import RingStore, snapshot_every
 
 log = get_logger("app")
 
@@ -48,6 +50,11 @@ class App:
     rings: RingStore | None = None
     #: Set by the feed: True when market data comes from recordings (watch shows feed time).
     replaying: bool = False
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Behind /healthz: required feeds and the kill switch (trip it via health.trip_kill_switch).
+    health: Health = field(default_factory=Health)
+    #: Decision/order/fill/P&L counters for /metrics (daemon/metrics.py says how to feed them).
+    trading: TradingStats = field(default_factory=TradingStats)
 
     @property
     def ring_dir(self) -> Path:
@@ -61,7 +68,16 @@ class App:
             max_rate_hz=settings.ring.max_rate_hz,
         )
         self.bus.add_sink(on_quote=self.rings.on_quote, on_trade=self.rings.on_trade)
+        self._background.append(asyncio.create_task(
+            snapshot_every(self.rings, self.ring_dir, settings.ring.snapshot_interval_s),
+            name="ring-snapshots",
+        ))
         return self.rings
+
+    async def stop_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def snapshot_rings(self) -> None:
         if self.rings is not None:
@@ -132,6 +148,7 @@ async def _supervise(app: App, runner: ModeRunner) -> int:
             loop.add_signal_handler(sig, stop.set)
     log.info("start", mode=app.args.mode, strategy=app.args.strategy,
              venues=app.settings.enabled_venues(), symbols=app.settings.symbols)
+    operations = await start_operations(app)  # /metrics, /healthz, /book (long-running modes)
     work = asyncio.create_task(runner(app), name=f"mode:{app.args.mode}")
     stopper = asyncio.create_task(stop.wait(), name="signals")
     try:
@@ -148,5 +165,6 @@ async def _supervise(app: App, runner: ModeRunner) -> int:
         return 0
     finally:
         stopper.cancel()
+        await operations.aclose()
         app.snapshot_rings()
         log.info("stopped", bus=app.bus.counters())
