@@ -457,27 +457,39 @@ class OperationsServer:
         return HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"
 
 
-async def start_operations(app: App) -> contextlib.AsyncExitStack:
+class Operations:
+    """The endpoints one run started; `aclose()` stops them, the book socket last."""
+
+    def __init__(self) -> None:
+        self.metrics: OperationsServer | None = None
+        self.book_socket: BookSocketServer | None = None
+
+    async def aclose(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+        if self.book_socket is not None:
+            await self.book_socket.close()
+
+
+async def start_operations(app: App) -> Operations:
     """Start the metrics/health server and the `/book` socket as settings ask.
 
-    Returns the stack that stops them (`await stack.aclose()`); empty for batch modes.
+    Nothing starts in batch modes (see `SERVED_MODES`).
     """
-    stack = contextlib.AsyncExitStack()
+    operations = Operations()
     if getattr(app.args, "mode", None) not in SERVED_MODES:
-        return stack
+        return operations
     settings = app.settings
     try:
-        book_socket = None
         if settings.book_socket.enabled:
             from daemon.booksocket import BookSocketServer
 
-            book_socket = BookSocketServer(app.bus, settings.book_socket)
-            await book_socket.start()
-            stack.push_async_callback(book_socket.close)
+            operations.book_socket = BookSocketServer(app.bus, settings.book_socket)
+            await operations.book_socket.start()
         if settings.metrics.enabled:
             app.health.require_configured_feeds(settings)
             server = OperationsServer(settings.metrics.host, settings.metrics.port,
-                                      build_registry(app, book_socket),
+                                      build_registry(app, operations.book_socket),
                                       lambda: health_report(app))
             try:
                 await server.start()
@@ -487,8 +499,8 @@ async def start_operations(app: App) -> contextlib.AsyncExitStack:
                 # A second viewer next to a running daemon: the view matters, not the port.
                 log.warning("metrics_disabled", reason=str(exc))
             else:
-                stack.push_async_callback(server.close)
+                operations.metrics = server
     except BaseException:  # e.g. the port is taken: stop what did start, then report
-        await stack.aclose()
+        await operations.aclose()
         raise
-    return stack
+    return operations
