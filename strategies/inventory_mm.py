@@ -1,0 +1,525 @@
+"""Inventory market making on one venue and symbol (Avellaneda & Stoikov 2008).
+
+Each evaluation turns the market into two passive quotes:
+
+1. sigma: the market view's rolling volatility of log mid returns (per sqrt-second),
+   converted to price units, sigma_abs = mid * sigma_log, as the model wants;
+2. k: configured, or "auto": fitted to the rates at which public trades print at or
+   beyond each distance from the mid, lambda(delta) = A exp(-k delta) (`fit_arrival_decay`);
+3. `as_quotes_rolling_horizon`: reservation price r = mid - q gamma sigma^2 tau and total
+   spread gamma sigma^2 tau + (2/gamma) ln(1 + gamma/k) about r, with a constant rolling
+   horizon tau = `horizon_s` (a 24/7 market has no session end);
+4. prices to the venue tick (bid down, ask up, never through the opposite touch, so a
+   post-only order rests); sizes `order_qty`, shrunk as exp(-size_decay q / max_inventory)
+   on the side that adds risk, capped so no fill can take |q| past `max_inventory`,
+   floored to the lot;
+5. resting orders within `delta_price_bps` / `delta_size` of the target are kept: a
+   Decision carries cancels and new intents only for the sides that changed.
+
+Units: prices in quote currency per base unit, inventory q in base units (the net of this
+strategy's quoting fills; portfolio-rebalancing trades move P&L but not q), P&L in quote
+currency marked at mid, times in seconds of the injected clock.
+
+Decisions (`inputs` documented on `_quote_inputs`):
+- "quote": new intents and/or cancels; "hold": orders already at target (returned by
+  `on_timer` only, so holds are logged once per interval, not per quote);
+- "skip": no quoting, with the reason (stale, crossed or too narrow market, volatility or
+  k unknown); resting orders are cancelled; logged when the reason changes;
+- "max_loss_exit": P&L below -max_loss: cancel all, flatten with a market order, stop;
+- "rebalance": a portfolio trade back to `target_base_weight` (IOC at the touch);
+- "kill": the kill switch fired (flattens only when built with `flatten_on_kill`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from daemon.model import (
+    Decision,
+    Fill,
+    OrderAck,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    Trade,
+    split_symbol,
+)
+from strategies.base import AccountView, Clock, MarketView
+from strategies.kernels_mm import as_quotes, as_quotes_rolling_horizon, fit_arrival_decay
+from strategies.order_ids import OrderIds
+
+if TYPE_CHECKING:  # settings are data handed in by the factory; no runtime dependency
+    from config.settings import InventoryMMSettings, VenueSettings
+
+__all__ = ["InventoryMMStrategy", "as_quotes", "as_quotes_rolling_horizon"]
+
+NS_PER_SECOND = 1_000_000_000
+BPS = 1e-4
+#: k auto: distances from the mid at which arrival rates are counted, in half ticks
+#: (in a one-tick market a trade at the touch prints half a tick from the mid).
+ARRIVAL_GRID_HALF_TICKS = 20
+#: k auto: trades needed in the window before the fit is trusted.
+MIN_TRADES_FOR_K = 30
+#: k auto: ring of (time, distance) of the latest trades; at 200 trades/s it spans 5 min.
+TRADE_HISTORY = 1 << 16
+#: Client order ids remembered after their order closed, so a late fill is still booked.
+KNOWN_ORDER_IDS = 10_000
+_TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
+             OrderStatus.EXPIRED)
+
+
+@dataclass(slots=True)
+class WorkingOrder:
+    """One of our orders until its terminal ack; `qty` is what is still open."""
+
+    client_order_id: str
+    side: Side
+    price: float
+    qty: float
+    kind: str = "quote"  # "quote" | "flatten" | "rebalance"
+    cancelling: bool = False
+
+
+def floor_to_step(value: float, step: float) -> float:
+    """Largest multiple of `step` <= value (a hair of slack absorbs float noise)."""
+    return round(math.floor(value / step + 1e-9) * step, _decimals(step))
+
+
+def ceil_to_step(value: float, step: float) -> float:
+    return round(math.ceil(value / step - 1e-9) * step, _decimals(step))
+
+
+def _decimals(step: float) -> int:
+    return max(0, round(-math.log10(step))) + 2
+
+
+class InventoryMMStrategy:
+    """Avellaneda-Stoikov quoting with inventory limits, max-loss exit and rebalancing."""
+
+    name = "inventory-mm"
+
+    def __init__(self, settings: InventoryMMSettings, venue: VenueSettings,
+                 flatten_on_kill: bool = False) -> None:
+        rules = venue.markets.get(settings.symbol, {})
+        if not rules.get("tick") or not rules.get("lot"):
+            raise ValueError(f"venues.{settings.venue}.markets[{settings.symbol!r}] needs a "
+                             "tick and a lot to round quotes")
+        if settings.k != "auto" and not settings.k > 0:
+            raise ValueError(f"strategies.inventory_mm.k must be > 0 or 'auto', got {settings.k}")
+        self.settings = settings
+        self.venue = settings.venue
+        self.symbol = settings.symbol
+        self.base_asset, self.quote_asset = split_symbol(settings.symbol)
+        self.tick = float(rules["tick"])
+        self.lot = float(rules["lot"])
+        self.stale_after_ns = int(venue.stale_after_s * NS_PER_SECOND)
+        self.flatten_on_kill = flatten_on_kill
+        self.timer_interval_s: float | None = settings.requote_interval_s
+        self._requote_ns = int(settings.requote_interval_s * NS_PER_SECOND)
+        # Account of this strategy's own trades (quote currency, base units).
+        self.inventory = 0.0  # q: net base from quoting and flatten fills
+        self.position = 0.0  # all fills, including portfolio rebalancing
+        self.cash = 0.0  # quote currency received minus paid, fees in quote deducted
+        self.fees_paid = 0.0  # in quote currency (base fees valued at the fill price)
+        self.orders: dict[str, WorkingOrder] = {}
+        self._order_kinds: dict[str, str] = {}  # every recent client order id -> kind
+        self.stopped_reason: str | None = None
+        self._market: MarketView | None = None
+        self._account: AccountView | None = None
+        self._clock: Clock = lambda: 0
+        self._order_ids = OrderIds(self.name, 0)
+        self._last_quote: Quote | None = None
+        self._dirty = True  # inventory or state changed: re-evaluate on the next quote
+        self._last_eval_ns = -(1 << 62)
+        self._last_eval_mid = math.nan
+        self._last_skip: str | None = None
+        self._sigma_log = math.nan
+        self._sigma_ts_ns = -(1 << 62)
+        self._k = math.nan if settings.k == "auto" else float(settings.k)
+        self._k_ts_ns = -(1 << 62)
+        self._arrival_grid = np.arange(1, ARRIVAL_GRID_HALF_TICKS + 1) * (0.5 * self.tick)
+        self._trade_ts = np.full(TRADE_HISTORY, -1, dtype=np.int64)
+        self._trade_distance = np.zeros(TRADE_HISTORY)
+        self._trade_count = 0
+
+    # -- Strategy contract -------------------------------------------------------------------
+
+    def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None:
+        self._market, self._account, self._clock = market, account, clock
+        self._order_ids = OrderIds(self.name, clock())
+
+    def on_quote(self, quote: Quote) -> Decision | None:
+        if quote.exchange != self.venue or quote.symbol != self.symbol:
+            return None
+        self._last_quote = quote
+        if self.stopped_reason is not None:
+            return None
+        now = self._clock()
+        unusable = self._unusable_reason(quote, now)
+        if unusable is not None:
+            return self._skip(now, unusable, quote)
+        exit_decision = self._check_max_loss(now, quote)
+        if exit_decision is not None:
+            return exit_decision
+        if not self._due(now, quote.mid):
+            return None
+        return self._requote(now, quote, log_hold=False)
+
+    def on_trade(self, trade: Trade) -> Decision | None:
+        quote = self._last_quote
+        if (self.settings.k != "auto" or trade.exchange != self.venue
+                or trade.symbol != self.symbol or quote is None or quote.crossed):
+            return None
+        mid = quote.mid
+        # Signed by the taker: a buy lifting offers prints above the mid.
+        distance = trade.price - mid if trade.side == "buy" else mid - trade.price
+        slot = self._trade_count % TRADE_HISTORY
+        self._trade_ts[slot] = trade.local_ts_ns
+        self._trade_distance[slot] = distance
+        self._trade_count += 1
+        return None
+
+    def on_fill(self, fill: Fill) -> Decision | None:
+        kind = self._order_kinds.get(fill.client_order_id)
+        if kind is None:
+            return None
+        self._book_fill(fill, kind)
+        if self.stopped_reason is not None:
+            return None
+        self._dirty = True
+        quote = self._last_quote
+        now = self._clock()
+        if quote is None or self._unusable_reason(quote, now) is not None:
+            return None
+        exit_decision = self._check_max_loss(now, quote)
+        if exit_decision is not None:
+            return exit_decision
+        return self._requote(now, quote, log_hold=False)
+
+    def on_ack(self, ack: OrderAck) -> Decision | None:
+        order = self.orders.get(ack.client_order_id)
+        if order is None:
+            return None
+        if ack.reason.startswith("cancel rejected") and ack.status is OrderStatus.REJECTED:
+            # The cancel failed, not the order (e.g. it raced the order to the venue):
+            # the order may still rest, so let the next evaluation decide about it again.
+            order.cancelling = False
+        elif ack.status in _TERMINAL:
+            del self.orders[ack.client_order_id]
+        # A rejected quote is simply re-placed at the next evaluation; no Decision here,
+        # the runner already logged the ack (and the gate's reason if it refused it).
+        return None
+
+    def on_timer(self, now_ns: int) -> Decision | None:
+        if self.stopped_reason is not None:
+            return None
+        quote = self._last_quote
+        if quote is None:
+            return self._skip(now_ns, "no quote yet", None)
+        unusable = self._unusable_reason(quote, now_ns)
+        if unusable is not None:
+            return self._skip(now_ns, unusable, quote)
+        exit_decision = self._check_max_loss(now_ns, quote)
+        if exit_decision is not None:
+            return exit_decision
+        self._refresh_sigma(now_ns, force=True)
+        self._refresh_k(now_ns, force=True)
+        rebalance = self._rebalance(now_ns, quote)
+        if rebalance is not None:
+            return rebalance
+        return self._requote(now_ns, quote, log_hold=True)
+
+    def on_kill(self, reason: str) -> Decision | None:
+        if self.stopped_reason is not None:
+            return None  # already stopped (max-loss exit): flat or flattening
+        self.stopped_reason = f"kill switch: {reason}"
+        cancels = self._cancel_all()
+        flatten = self._flatten_intent("kill switch") if self.flatten_on_kill else None
+        intents = [flatten] if flatten is not None else []
+        return Decision(self.name, self._clock(), "kill", self.stopped_reason,
+                        inputs=self._account_inputs(), intents=intents, cancels=cancels)
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def _due(self, now: int, mid: float) -> bool:
+        """Re-evaluate on a fill, every requote interval, or when the mid moved a tolerance."""
+        if self._dirty or now - self._last_eval_ns >= self._requote_ns:
+            return True
+        return abs(mid - self._last_eval_mid) > self.settings.delta_price_bps * BPS * mid
+
+    def _unusable_reason(self, quote: Quote, now: int) -> str | None:
+        if quote.stale or now - quote.local_ts_ns > self.stale_after_ns:
+            return "stale quote"
+        if quote.crossed:
+            return "crossed quote"
+        if quote.spread_bps < self.settings.min_market_spread_bps:
+            # A market tighter than this leaves no edge over adverse selection.
+            return (f"market spread {quote.spread_bps:.3f} bps below minimum "
+                    f"{self.settings.min_market_spread_bps} bps")
+        return None
+
+    def _requote(self, now: int, quote: Quote, log_hold: bool) -> Decision | None:
+        self._refresh_sigma(now)
+        self._refresh_k(now)
+        if not self._sigma_log > 0.0:
+            return self._skip(now, "volatility unknown", quote)
+        if not self._k > 0.0:
+            return self._skip(now, f"k not estimated yet (needs {MIN_TRADES_FOR_K} trades "
+                              "in the window and decaying arrival rates)", quote)
+        mid = quote.mid
+        sigma = mid * self._sigma_log  # price per sqrt(second), as the model wants
+        s = self.settings
+        model_bid, model_ask = as_quotes_rolling_horizon(
+            mid, self.inventory, s.horizon_s, sigma, s.gamma, self._k)
+        bid_price, ask_price = self._round_passive(model_bid, model_ask, quote)
+        bid_qty, ask_qty = self._target_sizes(bid_price)
+        changes: list[str] = []
+        cancels: list[str] = []
+        intents: list[OrderIntent] = []
+        self._reconcile(Side.BUY, bid_price, bid_qty, changes, cancels, intents)
+        self._reconcile(Side.SELL, ask_price, ask_qty, changes, cancels, intents)
+        self._last_eval_ns, self._last_eval_mid, self._dirty = now, mid, False
+        self._last_skip = None
+        if not (cancels or intents) and not log_hold:
+            return None
+        inputs = self._quote_inputs(quote, sigma, model_bid, model_ask, bid_price, ask_price,
+                                    bid_qty, ask_qty)
+        if cancels or intents:
+            return Decision(self.name, now, "quote", "; ".join(changes), inputs,
+                            expected=ask_price - bid_price, intents=intents, cancels=cancels)
+        return Decision(self.name, now, "hold", "orders within tolerance of target", inputs,
+                        expected=ask_price - bid_price)
+
+    def _round_passive(self, model_bid: float, model_ask: float,
+                       quote: Quote) -> tuple[float, float]:
+        """Bid down and ask up to the tick, then kept off the opposite touch (post-only)."""
+        bid = floor_to_step(model_bid, self.tick)
+        ask = ceil_to_step(model_ask, self.tick)
+        bid = min(bid, floor_to_step(quote.ask - self.tick, self.tick))
+        ask = max(ask, ceil_to_step(quote.bid + self.tick, self.tick))
+        return bid, ask
+
+    def _target_sizes(self, bid_price: float) -> tuple[float, float]:
+        """exp(-n q) size rule, capped by the inventory limit and the account's balances."""
+        s = self.settings
+        q, q_max = self.inventory, s.max_inventory
+        bid_qty = s.order_qty * math.exp(-s.size_decay * q / q_max) if q > 0 else s.order_qty
+        ask_qty = s.order_qty * math.exp(s.size_decay * q / q_max) if q < 0 else s.order_qty
+        # Orders being cancelled can still fill: leave room for them too, so no sequence
+        # of fills can carry |q| past the limit.
+        pending_buy = sum(o.qty for o in self.orders.values()
+                          if o.cancelling and o.side is Side.BUY)
+        pending_sell = sum(o.qty for o in self.orders.values()
+                           if o.cancelling and o.side is Side.SELL)
+        bid_qty = min(bid_qty, q_max - q - pending_buy)
+        ask_qty = min(ask_qty, q_max + q - pending_sell)
+        balances = self._account.balances(self.venue) if self._account is not None else None
+        if balances is not None:
+            ask_qty = min(ask_qty, balances.get(self.base_asset, 0.0))
+            bid_qty = min(bid_qty, balances.get(self.quote_asset, 0.0) / bid_price)
+        return (max(0.0, floor_to_step(bid_qty, self.lot)),
+                max(0.0, floor_to_step(ask_qty, self.lot)))
+
+    def _reconcile(self, side: Side, price: float, qty: float, changes: list[str],
+                   cancels: list[str], intents: list[OrderIntent]) -> None:
+        """Keep one resting order within tolerance of the target; cancel the rest."""
+        label = "bid" if side is Side.BUY else "ask"
+        price_tolerance = self.settings.delta_price_bps * BPS * price
+        size_tolerance = self.settings.delta_size * qty
+        kept = False
+        for order in self.orders.values():
+            if order.side is not side or order.cancelling or order.kind != "quote":
+                continue
+            if (not kept and qty >= self.lot and abs(order.price - price) <= price_tolerance
+                    and abs(order.qty - qty) <= size_tolerance + 1e-12):
+                kept = True
+                continue
+            order.cancelling = True
+            cancels.append(order.client_order_id)
+            changes.append(f"{label} {order.qty:g}@{order.price:g} off target")
+        if kept:
+            return
+        if qty < self.lot:
+            if changes and changes[-1].startswith(label):  # say why nothing replaces it
+                changes.append(f"no {label}: inventory limit or balance")
+            return
+        intent = self._new_intent(side, OrderType.POST_ONLY, qty, price, "quote", label)
+        intents.append(intent)
+        changes.append(f"{label} {qty:g}@{price:g}")
+
+    # -- risk ------------------------------------------------------------------------------
+
+    def pnl(self, mid: float) -> float:
+        """Mark-to-market P&L of this strategy's trades, quote currency, fees included."""
+        return self.cash + self.position * mid
+
+    def _check_max_loss(self, now: int, quote: Quote) -> Decision | None:
+        pnl = self.pnl(quote.mid)
+        if pnl >= -self.settings.max_loss:
+            return None
+        self.stopped_reason = f"max loss: P&L {pnl:.2f} below -{self.settings.max_loss:g}"
+        cancels = self._cancel_all()
+        flatten = self._flatten_intent("max loss exit")
+        inputs = self._account_inputs()
+        inputs.update(mid=quote.mid, pnl=pnl, max_loss=self.settings.max_loss)
+        return Decision(self.name, now, "max_loss_exit", self.stopped_reason, inputs,
+                        expected=pnl, intents=[flatten] if flatten else [], cancels=cancels)
+
+    def _flatten_intent(self, reason: str) -> OrderIntent | None:
+        qty = floor_to_step(abs(self.inventory), self.lot)
+        if qty < self.lot:
+            return None
+        side = Side.SELL if self.inventory > 0 else Side.BUY
+        return self._new_intent(side, OrderType.MARKET, qty, None, "flatten", reason)
+
+    def _cancel_all(self) -> list[str]:
+        cancels = []
+        for order in self.orders.values():
+            if not order.cancelling and order.kind == "quote":
+                order.cancelling = True
+                cancels.append(order.client_order_id)
+        return cancels
+
+    def _skip(self, now: int, reason: str, quote: Quote | None) -> Decision | None:
+        """Stop quoting for now; logged once per reason, resting quotes cancelled."""
+        cancels = self._cancel_all()
+        self._dirty = True  # requote at once when the market is usable again
+        if reason == self._last_skip and not cancels:
+            return None
+        self._last_skip = reason
+        inputs = self._account_inputs()
+        if quote is not None:
+            inputs.update(bid=quote.bid, ask=quote.ask, stale=quote.stale,
+                          quote_age_s=(now - quote.local_ts_ns) / NS_PER_SECOND)
+        return Decision(self.name, now, "skip", reason, inputs, cancels=cancels)
+
+    # -- portfolio rebalancing ---------------------------------------------------------------
+
+    def _rebalance(self, now: int, quote: Quote) -> Decision | None:
+        """Trade back to the target base weight when the venue's weight drifts too far."""
+        target = self.settings.target_base_weight
+        if target is None or self._account is None:
+            return None
+        if any(order.kind == "rebalance" for order in self.orders.values()):
+            return None  # one at a time: balances are not final while it executes
+        balances = self._account.balances(self.venue)
+        mid = quote.mid
+        base_value = balances.get(self.base_asset, 0.0) * mid
+        total_value = base_value + balances.get(self.quote_asset, 0.0)
+        if total_value <= 0.0:
+            return None
+        weight = base_value / total_value
+        drift = weight - target
+        if abs(drift) <= self.settings.rebalance_threshold:
+            return None
+        side = Side.SELL if drift > 0 else Side.BUY
+        touch_price, touch_qty = (quote.bid, quote.bid_qty) if side is Side.SELL \
+            else (quote.ask, quote.ask_qty)
+        qty = floor_to_step(min(abs(drift) * total_value / mid, touch_qty), self.lot)
+        if qty < self.lot:
+            return None
+        intent = self._new_intent(side, OrderType.IOC, qty, touch_price, "rebalance",
+                                  f"base weight {weight:.3f} vs target {target:.3f}")
+        inputs = {"asset": self.base_asset, "venue": self.venue, "weight": weight,
+                  "target_weight": target, "threshold": self.settings.rebalance_threshold,
+                  "mid": mid, "side": str(side), "qty": qty, "price": touch_price,
+                  "portfolio_value": total_value}
+        return Decision(self.name, now, "rebalance", intent.reason, inputs, intents=[intent])
+
+    # -- market estimates ----------------------------------------------------------------
+
+    def _refresh_sigma(self, now: int, force: bool = False) -> None:
+        # The 6-minute volatility hardly moves within a requote interval: cache it.
+        if self._market is None or (not force and now - self._sigma_ts_ns < self._requote_ns):
+            return
+        self._sigma_log = self._market.volatility(self.venue, self.symbol,
+                                                  self.settings.volatility_window_s)
+        self._sigma_ts_ns = now
+
+    def _refresh_k(self, now: int, force: bool = False) -> None:
+        if self.settings.k != "auto" or (not force and now - self._k_ts_ns < self._requote_ns):
+            return
+        self._k_ts_ns = now
+        window_s = self.settings.volatility_window_s
+        start_ns = now - int(window_s * NS_PER_SECOND)
+        if self._recent_trades(now) < MIN_TRADES_FOR_K:
+            self._k = math.nan
+            return
+        first_ns = self._oldest_trade_ns(start_ns)
+        observed_s = max((now - max(first_ns, start_ns)) / NS_PER_SECOND, 1e-3)
+        _, k, _ = fit_arrival_decay(self._trade_ts, self._trade_distance, start_ns,
+                                    observed_s, self._arrival_grid)
+        self._k = k
+
+    def _recent_trades(self, now: int) -> int:
+        start_ns = now - int(self.settings.volatility_window_s * NS_PER_SECOND)
+        return int(np.count_nonzero(self._trade_ts >= start_ns))
+
+    def _oldest_trade_ns(self, start_ns: int) -> int:
+        recent = self._trade_ts[self._trade_ts >= start_ns]
+        return int(recent.min()) if recent.size else start_ns
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _book_fill(self, fill: Fill, kind: str) -> None:
+        sign = fill.side.sign
+        base_delta = sign * fill.qty
+        cash_delta = -sign * fill.qty * fill.price
+        if fill.fee_asset == self.base_asset:
+            base_delta -= fill.fee
+            self.fees_paid += fill.fee * fill.price
+        elif fill.fee_asset == self.quote_asset:
+            cash_delta -= fill.fee
+            self.fees_paid += fill.fee
+        # Fees in a third asset (BNB) are not marked: we hold no price for it here.
+        self.position += base_delta
+        self.cash += cash_delta
+        if kind != "rebalance":
+            self.inventory += base_delta
+        order = self.orders.get(fill.client_order_id)
+        if order is not None:  # None: the terminal ack came first
+            order.qty -= fill.qty
+            if order.qty <= self.lot * 1e-6:
+                del self.orders[order.client_order_id]
+
+    def _new_intent(self, side: Side, order_type: OrderType, qty: float,
+                    price: float | None, kind: str, reason: str) -> OrderIntent:
+        client_order_id = self._order_ids.next()
+        self._order_kinds[client_order_id] = kind
+        if len(self._order_kinds) > KNOWN_ORDER_IDS:
+            del self._order_kinds[next(iter(self._order_kinds))]  # the oldest
+        self.orders[client_order_id] = WorkingOrder(client_order_id, side, price or 0.0, qty,
+                                                    kind)
+        return OrderIntent(self.venue, self.symbol, side, order_type, qty, price,
+                           client_order_id, self.name, reason)
+
+    def _account_inputs(self) -> dict[str, object]:
+        return {"venue": self.venue, "symbol": self.symbol, "inventory": self.inventory,
+                "position": self.position, "cash": self.cash, "fees_paid": self.fees_paid,
+                "open_orders": len(self.orders)}
+
+    def _quote_inputs(self, quote: Quote, sigma: float, model_bid: float, model_ask: float,
+                      bid_price: float, ask_price: float, bid_qty: float,
+                      ask_qty: float) -> dict[str, object]:
+        """Flat snapshot: prices in quote currency, sigma in price per sqrt-second, k in
+        1/price, inventory in base units, horizon in seconds, P&L marked at mid."""
+        mid = quote.mid
+        return {
+            "venue": self.venue, "symbol": self.symbol, "mid": mid,
+            "market_bid": quote.bid, "market_ask": quote.ask,
+            "market_spread_bps": quote.spread_bps,
+            "sigma": sigma, "sigma_log": self._sigma_log, "k": self._k,
+            "gamma": self.settings.gamma, "horizon_s": self.settings.horizon_s,
+            "inventory": self.inventory,
+            "reservation_price": 0.5 * (model_bid + model_ask),
+            "spread": model_ask - model_bid,
+            "model_bid": model_bid, "model_ask": model_ask,
+            "bid": bid_price, "ask": ask_price, "bid_qty": bid_qty, "ask_qty": ask_qty,
+            "pnl": self.pnl(mid),
+        }
