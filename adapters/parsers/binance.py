@@ -222,8 +222,18 @@ class BinanceParser:
     by quote-currency suffix. `books=True` maintains a depth book per symbol from
     `@depth` diffs and REST snapshots; with `books=False` (the default: top of book comes
     from bookTicker) depth frames are counted as "depth_skipped" without being decoded.
-    `depth_quotes=True` additionally publishes a Quote whenever a book's top changes.
+    `depth_quotes=True` additionally publishes the book's top as a Quote after every
+    applied diff (seq = the diff's final update id).
     """
+
+    # Slots: attribute reads on the per-frame path are measurably cheaper than via __dict__.
+    __slots__ = (
+        "_combined_decoders", "_decode_combined_ticker", "_decode_combined_trade",
+        "_decode_snapshot", "_depth", "_handlers", "_n_depth", "_n_depth_skipped",
+        "_n_other", "_n_quote", "_n_trade", "_orphan_snapshot", "_raw_decoders",
+        "_stream_kinds", "_symbol", "_tickers", "_unified", "_usdm", "depth_quotes",
+        "depth_stats", "dropped", "keep_books", "on_quote", "on_resync", "on_trade", "venue",
+    )
 
     def __init__(
         self,
@@ -250,7 +260,7 @@ class BinanceParser:
         #: Depth sync bookkeeping: applied, stale (older than the snapshot), buffered,
         #: snapshot_requests (on_resync fired), crossed_book.
         self.depth_stats: Counter[str] = Counter()
-        #: venue symbol -> [unified symbol (None: unknown), last bookTicker update id]
+        #: known venue symbol -> [unified symbol, last bookTicker update id]
         self._tickers: dict[str, list[Any]] = {}
         self._unified = self._symbol.cache
         self._depth: dict[str, _DepthState] = {}
@@ -309,23 +319,38 @@ class BinanceParser:
 
     def feed(self, frame: bytes | str, local_ts_ns: int) -> None:
         """Parse one frame; publish what it carries, or count why it is dropped."""
-        if type(frame) is not bytes:
-            frame = as_frame_bytes(frame)
         # A combined-stream frame's first bytes name its stream: one dict lookup on them
         # picks the decoder (learned on first sight), cheaper than searching for the "@".
-        kind = self._stream_kinds.get(frame[:_STREAM_KEY_BYTES])
+        try:
+            kind = self._stream_kinds.get(frame[:_STREAM_KEY_BYTES])
+        except TypeError:  # a bytearray slice is unhashable; not a frame at all
+            kind = None
         if kind is None:
+            if type(frame) is not bytes:  # only str and other types pay for this check
+                frame = as_frame_bytes(frame)
             kind = self._learn_stream(frame)
             if kind is None:
                 self._feed_uncombined(frame, local_ts_ns)
                 return
         if kind is _TICKER:
+            # bookTicker is most of the traffic: handled inline, no further call but the
+            # callback's.
             try:
                 ticker = self._decode_combined_ticker(frame).data
             except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
-                self._feed_slow(frame, local_ts_ns)
+                self._feed_slow(as_frame_bytes(frame), local_ts_ns)
                 return
-            self._on_book_ticker(ticker, local_ts_ns)
+            # The common case inline: a known symbol, not crossed, update id moving forward.
+            # Anything else (first sight of a symbol, a drop) takes `_on_book_ticker`.
+            state = self._tickers.get(ticker.s)
+            update_id = ticker.u
+            if state is None or update_id <= state[1] or ticker.b >= ticker.a:
+                self._on_book_ticker(ticker, local_ts_ns)
+                return
+            state[1] = update_id
+            self._n_quote += 1
+            self.on_quote(Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
+                                (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
         elif kind is _TRADE:
             try:
                 trade = self._decode_combined_trade(frame).data
@@ -450,27 +475,29 @@ class BinanceParser:
     # --- handlers ---------------------------------------------------------------------------
 
     def _on_book_ticker(self, ticker: BookTicker, local_ts_ns: int) -> None:
+        """Every check, in order; `feed` inlines the common case of the same logic."""
         if ticker.b >= ticker.a:
             self.dropped["crossed"] += 1
             return
-        # One dict lookup gives both the unified symbol and the last update id.
+        # One dict lookup gives both the unified symbol and the last update id; only
+        # known symbols get an entry, so an entry is always publishable.
         state = self._tickers.get(ticker.s)
         if state is None:
-            state = self._tickers[ticker.s] = [self._symbol(ticker.s), -1]
-        symbol, last = state
+            symbol = self._symbol(ticker.s)
+            if symbol is None:
+                self.dropped["unknown_symbol"] += 1
+                return
+            state = self._tickers[ticker.s] = [symbol, -1]
         update_id = ticker.u
+        last = state[1]
         if update_id <= last:
             self.dropped["backwards_seq" if update_id < last else "duplicate_seq"] += 1
             return
-        if symbol is None:
-            self.dropped["unknown_symbol"] += 1
-            return
         state[1] = update_id
         self._n_quote += 1
-        # USD-M: T is the matching-engine time of the top change, E when the event left.
-        exchange_ms = ticker.T or ticker.E
-        self.on_quote(Quote(self.venue, symbol, ticker.b, ticker.B, ticker.a, ticker.A,
-                            exchange_ms * NS_PER_MS, local_ts_ns, update_id))
+        # USD-M: T is the matching-engine time of the top change, E when it was sent.
+        self.on_quote(Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
+                            (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
 
     def _on_trade(self, trade: TradeEvent, local_ts_ns: int) -> None:
         symbol = self._unified.get(trade.s) or self._symbol(trade.s)

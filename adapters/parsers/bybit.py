@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -72,7 +72,7 @@ class TradeData(msgspec.Struct, gc=False):
 class TradeMessage(msgspec.Struct, gc=False):
     topic: str
     ts: Millis
-    data: list[TradeData]
+    data: Annotated[list[TradeData], msgspec.Meta(min_length=1)]  # an empty batch is bogus
 
 
 _TAKER_SIDE = {"Buy": "buy", "Sell": "sell"}
