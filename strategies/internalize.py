@@ -153,6 +153,15 @@ class FlowImbalance:
 
 
 @dataclass(slots=True)
+class PendingHedge:
+    """A hedge order sent and not finished: `remaining` is the base delta still to come."""
+
+    intent: OrderIntent
+    remaining: float
+    sent_ns: int
+
+
+@dataclass(slots=True)
 class _Touch:
     """The hedge venue chosen for a side: its quote and what crossing it costs."""
 
@@ -200,7 +209,7 @@ class InternalizeStrategy:
         reevaluate_interval_s: float = 5.0,
         quote_throttle_s: float = 1.0,
         lot: float = 0.0,
-        order_id_prefix: str = "int",
+        pending_timeout_s: float = 30.0,
         flatten_on_kill: bool = False,
         name: str = "internalize",
     ) -> None:
@@ -218,20 +227,19 @@ class InternalizeStrategy:
         self.slippage_coefficient = slippage_coefficient
         self.volatility_window_s = volatility_window_s
         self.lot = lot
-        self.order_id_prefix = order_id_prefix
+        self._pending_timeout_ns = int(pending_timeout_s * NS_PER_SECOND)
         self.flatten_on_kill = flatten_on_kill
         self._fee_rates = {venue: bps * FEE_PER_BPS for venue, bps in hedge_venues.items()}
         self._primary_venue = next(iter(hedge_venues))
         self._throttle_ns = int(quote_throttle_s * NS_PER_SECOND)
         self.portfolio = Portfolio(symbol, initial_balances, horizon_s)
         self.flow = FlowImbalance(flow_halflife_s)
-        #: Hedge orders in flight: client order id -> base delta still to come (signed).
-        self.pending: dict[str, float] = {}
+        #: Hedge orders in flight, oldest first.
+        self.pending: list[PendingHedge] = []
         self.killed = False
         self._market: MarketView | None = None
         self._walk: Any = None
         self._clock: Clock = lambda: 0
-        self._order_seq = 0
         self._sigma = math.nan
         self._sigma_ts_ns = -1
         self._last_quote_eval_ns = -(2**62)
@@ -267,7 +275,7 @@ class InternalizeStrategy:
     @property
     def position(self) -> float:
         """Inventory plus hedges in flight: what the next decision works on."""
-        return self.portfolio.inventory + sum(self.pending.values())
+        return self.portfolio.inventory + sum(hedge.remaining for hedge in self.pending)
 
     def on_client_fill(self, fill: ClientFill) -> Decision:
         """Always exactly one Decision: hedge, partial_hedge or warehouse."""
@@ -284,7 +292,7 @@ class InternalizeStrategy:
             hedged, reason = 0.0, "kill switch: not hedging"
         else:
             reason = plan.reason
-        outcome = _fill_outcome(hedged, fill.qty)
+        outcome = _fill_outcome(hedged, fill.qty, self.lot)
         mid = touch.mid if touch is not None else math.nan
         self.portfolio.on_client_fill(fill, mid, outcome, hedged, fill_price, fill_fee)
         inputs = self._inputs(plan, now, "client_fill", hedged, outcome)
@@ -316,20 +324,20 @@ class InternalizeStrategy:
 
     def on_fill(self, fill: Fill) -> Decision | None:
         """A hedge executed: book it; the in-flight amount shrinks by what filled."""
-        remaining = self.pending.get(fill.client_order_id)
-        if remaining is not None:
-            remaining -= fill.qty if fill.side is Side.BUY else -fill.qty
-            if abs(remaining) <= 1e-12 * max(1.0, fill.qty):
-                del self.pending[fill.client_order_id]
-            else:
-                self.pending[fill.client_order_id] = remaining
+        hedge = self._pending_for(fill.client_order_id)
+        if hedge is not None:
+            hedge.remaining -= fill.qty if fill.side is Side.BUY else -fill.qty
+            if abs(hedge.remaining) <= 1e-9 * hedge.intent.qty:
+                self.pending.remove(hedge)
         self.portfolio.on_hedge_fill(fill)
         return None
 
     def on_ack(self, ack: OrderAck) -> Decision | None:
         """An IOC that expired, was cancelled or rejected will not fill any more."""
         if ack.status in _TERMINAL:
-            self.pending.pop(ack.client_order_id, None)
+            hedge = self._pending_for(ack.client_order_id)
+            if hedge is not None:
+                self.pending.remove(hedge)
         return None
 
     def on_timer(self, now_ns: int) -> Decision | None:
@@ -355,13 +363,14 @@ class InternalizeStrategy:
 
     def _reevaluate(self, now: int, trigger: str) -> Decision | None:
         """Hedge warehoused inventory that is no longer worth holding; None otherwise."""
+        self._expire_pending(now)
         position = self.position
         if self.killed or self.pending or position == 0.0:
             return None
         plan = self._plan(position, now)
         if plan.hedge_qty <= 0.0:
             return None
-        outcome = "hedge" if plan.hedge_qty >= abs(position) * (1.0 - 1e-9) else "partial_hedge"
+        outcome = _fill_outcome(plan.hedge_qty, abs(position), self.lot)
         inputs = self._inputs(plan, now, trigger, plan.hedge_qty, outcome)
         hedge_all = self._hedge_cost(plan.touch, abs(position), plan)[0]  # type: ignore[arg-type]
         inputs.update(inventory_before=position, inventory_after=position, hedge_cost=hedge_all,
@@ -511,14 +520,27 @@ class InternalizeStrategy:
         return Decision(self.name, now, outcome, reason, inputs, expected, intents)
 
     def _hedge_intent(self, touch: _Touch, qty: float, reason: str) -> OrderIntent:
-        self._order_seq += 1
-        client_order_id = f"{self.order_id_prefix}-{self._order_seq:08d}"
-        self.pending[client_order_id] = qty * touch.side.sign
-        return OrderIntent(touch.venue, self.symbol, touch.side, OrderType.IOC, qty,
-                           touch.touch, client_order_id, self.name, reason)
+        intent = OrderIntent(touch.venue, self.symbol, touch.side, OrderType.IOC, qty,
+                             touch.touch, "", self.name, reason)
+        self.pending.append(PendingHedge(intent, qty * touch.side.sign, self._clock()))
+        return intent
+
+    def _pending_for(self, client_order_id: str) -> PendingHedge | None:
+        """The hedge an ack or fill is about. The executor names our intents when it takes
+        them; one refused before that (risk gate) comes back with the empty id."""
+        for hedge in self.pending:
+            if hedge.intent.client_order_id == client_order_id:
+                return hedge
+        return None
+
+    def _expire_pending(self, now: int) -> None:
+        """Forget hedges whose outcome never came (a lost ack): they must not block for ever."""
+        while self.pending and now - self.pending[0].sent_ns > self._pending_timeout_ns:
+            self.pending.pop(0)
 
 
-def _fill_outcome(hedged: float, fill_qty: float) -> str:
+def _fill_outcome(hedged: float, fill_qty: float, lot: float) -> str:
+    """Classify against the fill: within one lot of its size counts as hedging all of it."""
     if hedged <= 0.0:
         return "warehouse"
-    return "hedge" if hedged >= fill_qty * (1.0 - 1e-9) else "partial_hedge"
+    return "hedge" if hedged >= fill_qty - max(lot, fill_qty * 1e-9) else "partial_hedge"

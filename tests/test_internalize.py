@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from daemon.model import (
     ClientFill,
+    Decision,
     Fill,
     OrderAck,
     OrderStatus,
@@ -281,7 +283,8 @@ def test_pending_hedges_count_until_filled_or_expired_then_the_timer_hedges_the_
     strategy, _, clock = make(market, max_inventory=5.0)
     decision = strategy.on_client_fill(client(Side.SELL, 9.0, clock))
     [intent] = decision.intents
-    assert intent.qty == pytest.approx(4.0)
+    assert intent.qty == pytest.approx(4.0) and intent.client_order_id == ""
+    intent.client_order_id = "cpabcdef-internalize-1"  # as the executor names it on submit
     assert strategy.position == pytest.approx(5.0)  # 9 held, 4 on the way out
     # Only 1 fills at the touch; the IOC expires with the rest.
     strategy.on_fill(hedge_fill(intent.client_order_id, Side.SELL, 1.0, BID, clock.now))
@@ -289,11 +292,11 @@ def test_pending_hedges_count_until_filled_or_expired_then_the_timer_hedges_the_
     assert strategy.on_timer(clock.advance(5)) is None  # still in flight: no double hedge
     strategy.on_ack(OrderAck(intent.client_order_id, VENUE, SYMBOL, OrderStatus.EXPIRED,
                              clock.now, filled_qty=1.0))
-    assert strategy.pending == {} and strategy.position == pytest.approx(8.0)
+    assert strategy.pending == [] and strategy.position == pytest.approx(8.0)
     again = strategy.on_timer(clock.advance(5))
     assert again is not None and again.inputs["trigger"] == "timer"
     assert again.intents[0].qty == pytest.approx(3.0) and again.inputs["forced"] is True
-    assert again.intents[0].client_order_id != intent.client_order_id
+    assert again.intents[0] is not intent
 
 
 def test_quotes_re_evaluate_warehoused_inventory_at_most_once_a_second() -> None:
@@ -372,3 +375,133 @@ def test_portfolio_books_fills_reconciles_and_exports(tmp_path: Path) -> None:
     with open(rows_path, newline="") as handle:
         events = [r["event"] for r in csv.DictReader(handle)]
     assert events == ["client_fill", "hedge_fill", "mark"]
+
+
+def test_a_hedge_refused_before_it_was_named_or_never_answered_does_not_block() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-7), max_inventory=5.0,
+                              pending_timeout_s=30.0)
+    [refused] = strategy.on_client_fill(client(Side.SELL, 9.0, clock)).intents
+    # The risk gate refuses it before the executor named it: the ack has the empty id.
+    strategy.on_ack(OrderAck("", VENUE, SYMBOL, OrderStatus.REJECTED, clock.now))
+    assert strategy.pending == [] and strategy.position == pytest.approx(9.0)
+    retry = strategy.on_timer(clock.advance(5))
+    assert retry is not None and retry.intents[0].qty == pytest.approx(4.0)
+    retry.intents[0].client_order_id = "cpabcdef-internalize-2"
+    assert strategy.on_timer(clock.advance(5)) is None  # in flight
+    lost = strategy.on_timer(clock.advance(30))  # no answer for 35 s: given up on
+    assert lost is not None and lost.intents[0].qty == pytest.approx(4.0)
+    assert refused is not retry.intents[0]
+
+
+# --- end to end on paper over the shared Binance recording ------------------------------------
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / \
+    "binance_spot_btcusdt_20240808.gz"
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason=f"shared recording absent: {SHARED}")
+def test_end_to_end_on_paper_over_the_recorded_binance_book(tmp_path: Path) -> None:
+    """Synthetic client flow around the recorded mid, hedged on paper Binance spot.
+
+    Wiring as the daemon does it: frames -> parser -> consolidated view + ring buffer ->
+    runner (paper executor sees the market first) -> strategy; client fills go through
+    `runner.call`. No risk gate here (the brief's gate has its own tests).
+    """
+    paper = pytest.importorskip("daemon.actions.paper")
+    from adapters.parsers.binance import BinanceParser
+    from adapters.replay import iter_frames
+    from config.settings import ExecutionSettings, Settings, VenueSettings
+    from daemon.calibrate import recorded_mids
+    from daemon.flow import SyntheticFlowSource
+    from daemon.market import RingMarketView
+    from daemon.ringbuffer import RingStore
+    from daemon.runner import StrategyRunner
+    from daemon.sinks import MemorySink
+    from daemon.view import ConsolidatedView
+
+    symbol = "BTC/USDT"
+    settings = Settings(_env_file=None, strategies={"internalize": {
+        "symbol": symbol, "gamma": 0.01, "max_inventory": 1.0, "synthetic_rate_hz": 0.5,
+        "synthetic_mean_qty": 0.3, "initial_balances": {"BTC": 10.0, "USDT": 1_000_000.0},
+    }})
+    strategy = InternalizeStrategy.from_settings(settings)
+    venue = VenueSettings(enabled=True, taker_fee_bps=10.0,
+                          balances={"BTC": 50.0, "USDT": 5_000_000.0},
+                          markets={symbol: {"tick": 0.01, "lot": 0.00001}})
+    executor = paper.PaperExecutor({VENUE: venue}, ExecutionSettings(), "cpe2etst")
+    now = [0]
+
+    def clock() -> int:
+        return now[0]
+
+    view, rings, sink = ConsolidatedView(), RingStore(retention_s=3600.0), MemorySink()
+    runner = StrategyRunner(strategy, executor, sink, RingMarketView(view, rings, clock),
+                            executor, clock)
+
+    def on_quote(quote: Quote) -> None:
+        now[0] = quote.local_ts_ns
+        view.update(quote)
+        rings.on_quote(quote)
+        runner.on_quote(quote)
+
+    def on_trade(trade) -> None:  # type: ignore[no-untyped-def]
+        now[0] = trade.local_ts_ns
+        rings.on_trade(trade)
+        runner.on_trade(trade)
+
+    times, mids = recorded_mids(SHARED, symbol)
+    source = SyntheticFlowSource(symbol, 0.5, 0.3, seed=11, markup_bps=5.0)
+    fills = list(source.generate(times[0], times[-1],
+                                 lambda ts: mids[max(0, _index_at(times, ts))]))
+    parser = BinanceParser(VENUE, on_quote, on_trade)
+    pending = iter(fills)
+    upcoming = next(pending, None)
+    for ts_ns, frame, _ in iter_frames(SHARED):
+        while upcoming is not None and upcoming.ts_ns <= ts_ns:
+            now[0] = upcoming.ts_ns
+            runner.advance(upcoming.ts_ns)
+            runner.call(lambda fill=upcoming: strategy.on_client_fill(fill))
+            upcoming = next(pending, None)
+        parser.feed(frame, ts_ns)
+    runner.advance(now[0] + 10 * S)  # the last IOCs arrive and finish
+
+    decisions = sink.of_type(Decision)
+    per_fill = [d for d in decisions if d.inputs.get("trigger") == "client_fill"]
+    assert len(fills) > 100
+    assert sorted(d.inputs["fill_id"] for d in per_fill) == sorted(f.fill_id for f in fills)
+    outcomes = {d.action for d in per_fill}
+    assert "warehouse" in outcomes and outcomes & {"hedge", "partial_hedge"}
+    assert not [d for d in decisions if d.action == "reject"]
+    for decision in per_fill:
+        if decision.inputs["hedge_venue"]:
+            assert abs(decision.inputs["target_inventory"]) <= 1.0 + 1e-9
+
+    # Reconcile from the raw records, independently of the portfolio's own ledgers.
+    hedge_fills = [f for f in sink.of_type(Fill) if f.strategy == "internalize"]
+    assert hedge_fills and all(f.fee_asset == "USDT" for f in hedge_fills)
+    client_base = sum(f.desk_base_delta for f in fills)
+    client_quote = -sum(f.desk_base_delta * f.price for f in fills)
+    hedge_base = sum(f.qty if f.side is Side.BUY else -f.qty for f in hedge_fills)
+    hedge_quote = -sum((f.qty if f.side is Side.BUY else -f.qty) * f.price for f in hedge_fills)
+    fees = sum(f.fee for f in hedge_fills)
+    book = strategy.portfolio
+    assert book.balances["BTC"] == pytest.approx(10.0 + client_base + hedge_base, abs=1e-9)
+    assert book.balances["USDT"] == pytest.approx(
+        1_000_000.0 + client_quote + hedge_quote - fees, abs=1e-6)
+    venue_balances = executor.balances(VENUE)
+    assert venue_balances["BTC"] == pytest.approx(50.0 + hedge_base, abs=1e-9)
+    assert venue_balances["USDT"] == pytest.approx(5_000_000.0 + hedge_quote - fees, abs=1e-6)
+    assert all(abs(gap) < 1e-6 for gap in book.reconcile().values())
+    assert strategy.pending == [] and abs(strategy.inventory) <= 1.0 + 0.5
+
+    trades_path, rows_path = write_results(book, tmp_path)
+    with open(trades_path, newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(fills)
+    with open(rows_path, newline="") as handle:
+        events = [row["event"] for row in csv.DictReader(handle)]
+    assert events.count("client_fill") == len(fills)
+    assert events.count("hedge_fill") == len(hedge_fills)
+
+
+def _index_at(times: list[int], ts_ns: int) -> int:
+    return bisect.bisect_right(times, ts_ns) - 1
