@@ -108,6 +108,7 @@ class _ReplayServer:
         self._running.set()
         self._server: Server | None = None
         self.port = 0
+        self.last_request_at = 0.0
 
     async def start(self) -> _ReplayServer:
         self._server = await serve(self._handle, "127.0.0.1", 0, compression=None,
@@ -181,6 +182,7 @@ class _ReplayServer:
             async for message in connection:
                 request = orjson.loads(message)
                 self.requests.append(request)
+                self.last_request_at = asyncio.get_running_loop().time()
                 await self.on_request(connection, state, request)
         except Exception:
             pass  # a client that goes away mid-request is not the server's problem
@@ -193,6 +195,10 @@ class _ReplayServer:
     async def _send_tape(self, connection: ServerConnection, state: Any) -> None:
         interval = 1.0 / self.rate_hz if self.rate_hz else 0.0
         loop = asyncio.get_running_loop()
+        # Like a venue, send nothing before the client subscribed; wait for a short lull in
+        # its subscribe requests so a tape replays in full to every topic it asked for.
+        while not self.subscribed(state) or loop.time() - self.last_request_at < 0.02:
+            await asyncio.sleep(0.005)
         next_at = loop.time()
         try:
             while self.position < self.tape_length():
@@ -232,6 +238,9 @@ class _ReplayServer:
     # -- per venue ---------------------------------------------------------------------------
 
     def open_state(self, connection: ServerConnection) -> Any:
+        raise NotImplementedError
+
+    def subscribed(self, state: Any) -> bool:
         raise NotImplementedError
 
     def tape_length(self) -> int:
@@ -288,6 +297,9 @@ class BinanceServer(_ReplayServer):
             return _BinanceConnection(True, {s for s in query.split("/") if s})
         tail = parts.path.rsplit("/", 1)[-1]
         return _BinanceConnection(False, {tail} if "@" in tail else set())
+
+    def subscribed(self, state: _BinanceConnection) -> bool:
+        return bool(state.streams)
 
     def frames_at(self, index: int, state: _BinanceConnection) -> Iterator[bytes]:
         frame = self.tape[index]
@@ -362,7 +374,7 @@ def exchange_info(symbols: Iterable[str], spot: bool) -> bytes:
 
 
 @dataclass(slots=True)
-class _Topic:
+class BookTopicState:
     """A subscribed order-book topic on one connection: its sequence and last top."""
 
     update_id: int = 0
@@ -371,9 +383,9 @@ class _Topic:
 
 
 @dataclass(slots=True)
-class _BybitConnection:
+class BybitConnectionState:
     connection_id: str
-    topics: dict[str, _Topic] = field(default_factory=dict)
+    topics: dict[str, BookTopicState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,10 +445,13 @@ class BybitServer(_ReplayServer):
     def tape_length(self) -> int:
         return len(self.events)
 
-    def open_state(self, connection: ServerConnection) -> _BybitConnection:
-        return _BybitConnection(f"test-{next(self._ids)}")
+    def open_state(self, connection: ServerConnection) -> BybitConnectionState:
+        return BybitConnectionState(f"test-{next(self._ids)}")
 
-    def frames_at(self, index: int, state: _BybitConnection) -> Iterator[bytes]:
+    def subscribed(self, state: BybitConnectionState) -> bool:
+        return bool(state.topics)
+
+    def frames_at(self, index: int, state: BybitConnectionState) -> Iterator[bytes]:
         event = self.events[index]
         topic = state.topics.get(event.topic)
         if topic is None:
@@ -448,7 +463,7 @@ class BybitServer(_ReplayServer):
         else:
             yield from _bybit_book(event, topic)
 
-    async def on_request(self, connection: ServerConnection, state: _BybitConnection,
+    async def on_request(self, connection: ServerConnection, state: BybitConnectionState,
                          request: dict[str, Any]) -> None:
         op = request.get("op")
         request_id = request.get("req_id", "")
@@ -469,7 +484,7 @@ class BybitServer(_ReplayServer):
                     if op == "subscribe":
                         self.subscribe_counts[topic] += 1
                         first = self.subscribe_counts[topic] == 1
-                        state.topics[topic] = _Topic(
+                        state.topics[topic] = BookTopicState(
                             snapshot_due=not (self.delta_first and first), update_id=100)
                     else:
                         state.topics.pop(topic, None)
@@ -492,7 +507,7 @@ def _bybit_trade(event: BybitEvent) -> bytes:
     })
 
 
-def _bybit_book(event: BybitEvent, topic: _Topic) -> Iterator[bytes]:
+def _bybit_book(event: BybitEvent, topic: BookTopicState) -> Iterator[bytes]:
     bid, bid_qty, ask, ask_qty = event.payload
     symbol = event.topic.rsplit(".", 1)[1]
     topic.update_id += 1
