@@ -452,27 +452,33 @@ class ReplayFeed:
         speed = self.speed or 1.0
         clock, sleep, yield_every = self._clock, self._sleep, self._yield_every
         parsers = self.parsers
+        parsers.clear()  # a second run starts from scratch, like a new connection
         wall_start = 0.0
         first_ts: int | None = None
         ts = 0
         frames = 0
+        unpaused = 0  # frames published since the loop last got control
         for ts, index, frame, meta in stream:
             if first_ts is None:
                 first_ts, wall_start = ts, clock()
             if meta.session is not None:
                 self._on_meta(index, meta)
                 continue
-            if paced:  # wait for the frame's turn, then publish it
-                delay = wall_start + (ts - first_ts) / 1e9 / speed - clock()
-                if delay >= MIN_SLEEP_S:
-                    await sleep(delay)
-            elif frames % yield_every == yield_every - 1:
+            # Wait for the frame's turn, then publish it. Dense stretches (or a high
+            # speed) may never need a sleep: yield anyway so other tasks run.
+            if paced and (delay := wall_start + (ts - first_ts) / 1e9 / speed
+                          - clock()) >= MIN_SLEEP_S:
+                await sleep(delay)
+                unpaused = 0
+            elif unpaused >= yield_every:
                 await sleep(0)
+                unpaused = 0
             parser = parsers.get((index, meta.venue))
             if parser is None:
                 parser = self._new_parser(index, meta.venue)
             parser.feed(frame, ts)
             frames += 1
+            unpaused += 1
         stats.frames = frames
         stats.first_ts_ns, stats.last_ts_ns = first_ts, (ts if first_ts is not None else None)
         stats.wall_seconds = time.perf_counter() - started

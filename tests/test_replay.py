@@ -371,3 +371,13 @@ def test_bad_speed_is_refused() -> None:
         ReplayFeed(sample_specs(), print, print, speed=0)
     with pytest.raises(ReplayError):
         ReplayFeed([], print, print)
+
+
+async def test_a_fast_paced_replay_still_yields_to_the_loop() -> None:
+    """At 10,000x almost no frame is 1 ms ahead of schedule: yield every N frames anyway."""
+    fake = FakeClock()
+    stats, _ = await replay([ReplaySpec(SAMPLE_FILES[0])], speed=10_000.0, sleep=fake.sleep,
+                            clock=fake.clock, yield_every=500)
+    pauses = len(fake.sleeps)
+    assert pauses >= stats.frames // 500
+    assert sum(fake.sleeps) == pytest.approx(stats.recorded_seconds / 10_000, abs=MIN_SLEEP_S)
