@@ -42,3 +42,17 @@ class Executor(Protocol):
     def on_trade(self, trade: Trade) -> None: ...
 
     def advance(self, now_ns: int) -> None: ...
+
+
+class OrderGateway(Executor, Protocol):
+    """An Executor that also names its orders and tells its clock (paper, live, gated).
+
+    `assign_client_order_id` gives an intent its deterministic id before submission (so a
+    caller can track the order from the start); `now_ns` is the executor's clock: the
+    feed clock on paper, the wall clock live.
+    """
+
+    @property
+    def now_ns(self) -> int: ...
+
+    def assign_client_order_id(self, intent: OrderIntent) -> str: ...
