@@ -251,7 +251,9 @@ def _frames(handle: Any, path: Path, stats: FileStats) -> Iterator[tuple[int, by
                     stats.corrupt_lines += 1
                     continue
             last_ts = ts
-            if b'"cryptopipe"' in frame[:32]:
+            # Meta lines carry the key near the start (the recorder writes it first); venue
+            # frames never do, so a short prefix search keeps the check cheap per line.
+            if b'"cryptopipe"' in frame[:128]:
                 meta = resolver.meta_event(frame)
                 if meta is not None:
                     stats.meta_lines += 1
