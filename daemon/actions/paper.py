@@ -80,6 +80,7 @@ DepthProvider = Callable[[str, str, str], Sequence[tuple[float, float]] | None]
 _NS_PER_MS = 1_000_000
 _ARRIVE = 0
 _CANCEL = 1
+_CALL = 2
 #: Finished orders remembered for late cancels and duplicate-id checks.
 _DONE_MEMORY = 10_000
 _INF = math.inf
@@ -262,7 +263,6 @@ class PaperExecutor(ExecutionEvents):
         self._order_seq = 0
         self._fill_seq = 0
         self._now = 0
-        self._clock_hooks: list[Callable[[int], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, run_id: str, **options: object) -> PaperExecutor:
@@ -371,16 +371,15 @@ class PaperExecutor(ExecutionEvents):
             self._trade_through(book, book.sells, trade)
 
     def advance(self, now_ns: int) -> None:
-        """Move the feed clock: process arrivals and cancels due by `now_ns`."""
+        """Move the feed clock: process arrivals, cancels and timers due by `now_ns`."""
         self._run_due(now_ns)
-        for hook in self._clock_hooks:
-            hook(self._now)
 
     # --- hooks for the other paper components (transfers, tests) ----------------------------
 
-    def add_clock_hook(self, hook: Callable[[int], None]) -> None:
-        """Called with the feed time on every `advance` (paper transfers use it)."""
-        self._clock_hooks.append(hook)
+    def call_at(self, at_ns: int, callback: Callable[[int], None]) -> None:
+        """Run `callback(feed_time)` when the feed clock reaches `at_ns`, in order with
+        order arrivals and cancels (paper transfers arrive this way)."""
+        self._schedule(at_ns, _CALL, callback)
 
     def credit(self, venue: str, asset: str, amount: float) -> None:
         """Add (or with a negative amount, remove) balance outside trading (transfers)."""
@@ -407,8 +406,10 @@ class PaperExecutor(ExecutionEvents):
                 self._now = at_ns
             if kind == _ARRIVE:
                 self._arrive(payload)  # type: ignore[arg-type]
-            else:
+            elif kind == _CANCEL:
                 self._apply_cancel(payload)  # type: ignore[arg-type]
+            else:
+                payload(at_ns)  # type: ignore[operator]
         if now_ns > self._now:
             self._now = now_ns
 
