@@ -100,6 +100,9 @@ class _ReplayServer:
         self.faults = dict(faults or {})
         self.position = 0
         self.connections: list[ServerConnection] = []
+        self.states: dict[ServerConnection, Any] = {}
+        self._cut: list[ServerConnection] = []
+        self._broadcaster: asyncio.Task[None] | None = None
         self.connection_count = 0
         self.requests: list[dict[str, Any]] = []
         self.http_requests: list[str] = []
@@ -118,6 +121,10 @@ class _ReplayServer:
         return self
 
     async def stop(self) -> None:
+        if self._broadcaster is not None:
+            self._broadcaster.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._broadcaster
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -174,10 +181,12 @@ class _ReplayServer:
         return 404, b'{"code":-1,"msg":"not found"}'
 
     async def _handle(self, connection: ServerConnection) -> None:
-        self.connections.append(connection)
-        self.connection_count += 1
         state = self.open_state(connection)
-        sender = asyncio.create_task(self._send_tape(connection, state))
+        self.connections.append(connection)
+        self.states[connection] = state
+        self.connection_count += 1
+        if self._broadcaster is None:
+            self._broadcaster = asyncio.create_task(self._broadcast())
         try:
             async for message in connection:
                 request = orjson.loads(message)
@@ -187,53 +196,71 @@ class _ReplayServer:
         except Exception:
             pass  # a client that goes away mid-request is not the server's problem
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
-            self.connections.remove(connection)
+            if connection in self.connections:
+                self.connections.remove(connection)
+            self.states.pop(connection, None)
 
-    async def _send_tape(self, connection: ServerConnection, state: Any) -> None:
+    def _listening(self) -> list[tuple[ServerConnection, Any]]:
+        return [(c, self.states[c]) for c in self.connections if self.subscribed(self.states[c])]
+
+    async def _broadcast(self) -> None:
+        """Advance the shared cursor, sending each frame to every connection that wants it.
+
+        Like a venue, nothing goes out before a client subscribed. The cursor waits while
+        nobody listens, so a client that reconnects misses nothing it did not miss live
+        (what the dying connection was sent is gone), and a short lull in subscribe
+        requests is awaited so a tape replays in full to every topic asked for.
+        """
         interval = 1.0 / self.rate_hz if self.rate_hz else 0.0
         loop = asyncio.get_running_loop()
-        # Like a venue, send nothing before the client subscribed; wait for a short lull in
-        # its subscribe requests so a tape replays in full to every topic it asked for.
-        while not self.subscribed(state) or loop.time() - self.last_request_at < 0.02:
-            await asyncio.sleep(0.005)
-        next_at = loop.time()
-        try:
-            while self.position < self.tape_length():
-                await self._running.wait()
-                fault = self.faults.pop(self.position, None)
-                if fault is not None and await self._apply(connection, fault):
-                    return
-                for frame in self.frames_at(self.position, state):
-                    await connection.send(frame)
-                self.position += 1
-                if interval:
-                    next_at += interval
-                    delay = next_at - loop.time()
-                    if delay > 0.0005:
-                        await asyncio.sleep(delay)
-                elif self.position % 256 == 0:
-                    await asyncio.sleep(0)
-            self.finished.set()
-        except Exception:
-            return  # the connection died; the next one resumes from the cursor
+        next_at = 0.0
+        while self.position < self.tape_length():
+            await self._running.wait()
+            if not self._listening() or loop.time() - self.last_request_at < 0.02:
+                await asyncio.sleep(0.005)
+                next_at = loop.time()
+                continue
+            fault = self.faults.pop(self.position, None)
+            if fault is not None:
+                await self._apply(fault)
+                continue
+            for connection, state in self._listening():
+                try:
+                    for frame in self.frames_at(self.position, state):
+                        await connection.send(frame)
+                except Exception:
+                    continue  # that connection died; the others go on
+            self.position += 1
+            if interval:
+                next_at += interval
+                delay = next_at - loop.time()
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+                    continue
+            if self.position % 64 == 0:
+                await asyncio.sleep(0)  # frames nobody wants need no send: yield anyway
+        self.finished.set()
 
-    async def _apply(self, connection: ServerConnection, fault: Fault) -> bool:
-        """Run a fault; True when it ended this connection."""
+    async def _apply(self, fault: Fault) -> None:
+        connections = list(self.connections)
         if fault.kind == "close":
-            await connection.close(1001, "going away")
-            return True
-        if fault.kind == "drop":
-            connection.transport.abort()
-            return True
-        if fault.kind == "stall":
+            for connection in connections:
+                await connection.close(1001, "going away")
+        elif fault.kind == "drop":
+            for connection in connections:
+                connection.transport.abort()
+        elif fault.kind == "stall":
             await asyncio.sleep(fault.seconds)
         elif fault.kind == "inject":
-            for frame in fault.frames:
-                await connection.send(frame)
-        return False
+            for connection in connections:
+                for frame in fault.frames:
+                    await connection.send(frame)
+        # A cut connection is gone at once for the broadcaster, as for a venue.
+        if fault.kind in ("close", "drop"):
+            for connection in connections:
+                if connection in self.connections:
+                    self.connections.remove(connection)
+                    self._cut.append(connection)
 
     # -- per venue ---------------------------------------------------------------------------
 
