@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_ingest.py [FILES...] [--repeat N]
 
 Default input: the two Binance recordings in ../shared/data (the shipped sample when
-../shared is absent). Every line is loaded into memory first; then, best of N runs:
+../shared is absent). Every line is loaded into memory first; then, best of N rounds
+(the variants take turns within a round, so load from other processes hits all alike):
 
   (a) a bare `orjson.loads` loop over the frame bytes (the reference: a decode that
       builds dicts and does nothing with them),
@@ -20,9 +21,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,63 +69,90 @@ def frame_kind(frame: bytes) -> str:
     return "other"
 
 
-def best_of(repeat: int, run: Callable[[], object]) -> float:
-    best = float("inf")
+Runner = Callable[[], object]
+
+
+def measure(runners: dict[str, Runner], repeat: int) -> dict[str, float]:
+    """Best time of each runner over `repeat` rounds, the runners taking turns each round:
+    a load spike from another process then hits every variant alike, not just one."""
+    best = dict.fromkeys(runners, float("inf"))
     for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
+        for label, run in runners.items():
+            start = time.perf_counter()
+            run()
+            best[label] = min(best[label], time.perf_counter() - start)
     return best
 
 
-def time_orjson(frames: Frames, repeat: int) -> float:
+def orjson_loop(frames: Frames) -> Runner:
     loads = orjson.loads
 
     def run() -> None:
         for _, frame, _ in frames:
             loads(frame)
 
-    return best_of(repeat, run)
+    return run
 
 
 def _noop(_: object) -> None:
     return None
 
 
-def time_parse(frames: Frames, repeat: int, books: bool) -> float:
+def parse_only(frames: Frames, books: bool) -> Runner:
+    venues = {venue for _, _, venue in frames}
+
     def run() -> None:
-        parsers = {venue: make_parser(venue, _noop, _noop, books=books)
-                   for venue in {v for _, _, v in frames}}
+        parsers = {venue: make_parser(venue, _noop, _noop, books=books) for venue in venues}
         for ts, frame, venue in frames:
             parsers[venue].feed(frame, ts)
 
-    return best_of(repeat, run)
+    return run
 
 
-def whole_path(subscriber: bool) -> Callable[[Frames], Callable[[], object]] | None:
+def whole_path(frames: Frames, subscriber: bool) -> Runner | None:
+    """Parse + bus publish + ring append, or None when those modules are not there."""
     try:
         from daemon.bus import Bus
         from daemon.ringbuffer import RingStore
-    except ImportError as error:
-        print(f"(c) skipped: daemon.bus / daemon.ringbuffer not importable ({error})")
+    except ImportError:
         return None
+    venues = {venue for _, _, venue in frames}
 
-    def make(frames: Frames) -> Callable[[], object]:
-        def run() -> object:
-            bus = Bus()
-            rings = RingStore()
-            bus.add_sink(rings.on_quote, rings.on_trade)
-            if subscriber:
-                bus.subscribe("watch")
-            parsers = {venue: make_parser(venue, bus.publish_quote, bus.publish_trade)
-                       for venue in {v for _, _, v in frames}}
-            for ts, frame, venue in frames:
-                parsers[venue].feed(frame, ts)
-            return rings
+    def run() -> object:
+        bus = Bus()
+        rings = RingStore()
+        bus.add_sink(rings.on_quote, rings.on_trade)
+        if subscriber:
+            bus.subscribe("watch")  # never drained: conflates quotes, overflows trades
+        parsers = {venue: make_parser(venue, bus.publish_quote, bus.publish_trade)
+                   for venue in venues}
+        for ts, frame, venue in frames:
+            parsers[venue].feed(frame, ts)
+        return rings
 
-        return run
+    return run
 
-    return make
+
+def runners_for(frames: Frames, subscriber: bool = True) -> dict[str, Runner]:
+    runners: dict[str, Runner] = {
+        A: orjson_loop(frames),
+        B: parse_only(frames, books=False),
+        B_BOOKS: parse_only(frames, books=True),
+    }
+    whole = whole_path(frames, subscriber=False)
+    if whole is not None:
+        runners[C] = whole
+        idle = whole_path(frames, subscriber=True)
+        if subscriber and idle is not None:
+            runners[C_SUBSCRIBER] = idle
+    return runners
+
+
+A = "(a)  orjson.loads loop"
+B = "(b)  parse, top of book"
+B_BOOKS = "(b') parse, depth books on"
+C = "(c)  parse + bus + ring"
+C_SUBSCRIBER = "(c') ... + 1 idle subscriber"
 
 
 def rate(count: int, seconds: float) -> str:
@@ -141,47 +170,35 @@ def main() -> None:
     print(f"{count:,} frames from {', '.join(p.name for p in paths)}; best of {args.repeat}; "
           f"Python {sys.version.split()[0]}, gc {'on' if gc.isenabled() else 'off'}")
 
-    rows: list[tuple[str, float]] = []
-    reference = time_orjson(frames, args.repeat)
-    rows.append(("(a)  orjson.loads loop", reference))
-    rows.append(("(b)  parse, top of book", time_parse(frames, args.repeat, books=False)))
-    rows.append(("(b') parse, depth books on", time_parse(frames, args.repeat, books=True)))
-    for label, subscriber in (("(c)  parse + bus + ring", False),
-                              ("(c') ... + 1 idle subscriber", True)):
-        make = whole_path(subscriber)
-        if make is not None:
-            rows.append((label, best_of(args.repeat, make(frames))))
+    timings = measure(runners_for(frames), args.repeat)
+    if C not in timings:
+        print("(c) skipped: daemon.bus / daemon.ringbuffer are not importable")
+    reference = timings[A]
     print()
-    for label, seconds in rows:
+    for label, seconds in timings.items():
         print(f"{label:30s} {rate(count, seconds)}   x{reference / seconds:5.2f} vs (a)")
-    timings = dict(rows)
-    if "(c)  parse + bus + ring" in timings:
-        c, b = timings["(c)  parse + bus + ring"], timings["(b)  parse, top of book"]
-        print(f"\nratio (c)/(a) throughput: {reference / c:.2f}   "
-              f"(b)/(a): {reference / b:.2f}   (target: (c)/(a) >= 1)")
+    if C in timings:
+        print(f"\nthroughput ratio (c)/(a): {reference / timings[C]:.2f}   "
+              f"(b)/(a): {reference / timings[B]:.2f}   (target: (c)/(a) >= 1)")
 
     # Where the time goes: the same measurements per frame kind.
     by_kind: dict[str, Frames] = defaultdict(list)
     for row in frames:
         by_kind[frame_kind(row[1])].append(row)
-    make_whole = whole_path(False)
-    print(f"\n{'kind':14s} {'frames':>8s} {'bytes/frame':>11s}   {'orjson':>8s} "
-          f"{'parse':>8s} {'+books':>8s} {'whole':>8s}  (ns/frame; share of (a) | of (c))")
-    totals: Counter[str] = Counter()
-    for kind, rows_of_kind in sorted(by_kind.items(), key=lambda item: -len(item[1])):
-        n = len(rows_of_kind)
-        size = sum(len(f) for _, f, _ in rows_of_kind) / n
-        a = time_orjson(rows_of_kind, args.repeat)
-        b = time_parse(rows_of_kind, args.repeat, books=False)
-        books = time_parse(rows_of_kind, args.repeat, books=True)
-        c = best_of(args.repeat, make_whole(rows_of_kind)) if make_whole else float("nan")
-        totals.update({"a": a, "c": c})
-        print(f"{kind:14s} {n:8,d} {size:11.0f}   {a / n * 1e9:8.0f} {b / n * 1e9:8.0f} "
-              f"{books / n * 1e9:8.0f} {c / n * 1e9:8.0f}  "
-              f"({a / reference:4.0%} | {c / timings.get('(c)  parse + bus + ring', c):4.0%})")
-    print("\n(depth frames are not decoded on the top-of-book path: bookTicker already "
-          "carries the top; `books=True` decodes and applies them)")
-
+    header = "".join(f"{column:>8s}" for column in ("(a)", "(b)", "(b')", "(c)"))
+    print(f"\n{'kind':12s} {'frames':>8s} {'bytes':>6s}  {header}   "
+          "ns/frame; the kind's share of the (a) | (c) totals")
+    for kind, rows in sorted(by_kind.items(), key=lambda item: -len(item[1])):
+        n = len(rows)
+        size = sum(len(frame) for _, frame, _ in rows) / n
+        kind_timings = measure(runners_for(rows, subscriber=False), args.repeat)
+        a, c = kind_timings[A], kind_timings.get(C, math.nan)
+        cells = "".join(f"{kind_timings.get(label, math.nan) / n * 1e9:8.0f}"
+                        for label in (A, B, B_BOOKS, C))
+        print(f"{kind:12s} {n:8,d} {size:6.0f}  {cells}   "
+              f"{a / reference:4.0%} | {c / timings.get(C, math.nan):4.0%}")
+    print("\n(b) does not decode depth diffs: bookTicker already carries the top of book; "
+          "(b') decodes and applies them to the depth books.")
 
 if __name__ == "__main__":
     main()
