@@ -6,9 +6,15 @@ Each evaluation turns the market into two passive quotes:
    converted to price units, sigma_abs = mid * sigma_log, as the model wants;
 2. k: configured, or "auto": fitted to the rates at which public trades print at or
    beyond each distance from the mid, lambda(delta) = A exp(-k delta) (`fit_arrival_decay`);
-3. `as_quotes_rolling_horizon`: reservation price r = mid - q gamma sigma^2 tau and total
-   spread gamma sigma^2 tau + (2/gamma) ln(1 + gamma/k) about r, with a constant rolling
-   horizon tau = `horizon_s` (a 24/7 market has no session end);
+3. `as_quotes_rolling_horizon` with a constant rolling horizon tau = `horizon_s` (a 24/7
+   market has no session end). The model's unit of inventory is one order of `order_qty`
+   (Delta), as in the paper where each fill moves q by one: the kernel gets q / Delta
+   lots and gamma * Delta, which gives, per base unit,
+       r      = mid - q gamma sigma^2 tau                      (q in base units)
+       spread = gamma Delta sigma^2 tau + (2 / (gamma Delta)) ln(1 + gamma Delta / k).
+   Passing q in base units with gamma unscaled would price the spread term per
+   (base unit)^2: for BTC it would be hundreds of dollars at any useful gamma, or the
+   inventory skew would vanish;
 4. prices to the venue tick (bid down, ask up, never through the opposite touch, so a
    post-only order rests); sizes `order_qty`, shrunk as exp(-size_decay q / max_inventory)
    on the side that adds risk, capped so no fill can take |q| past `max_inventory`,
@@ -275,8 +281,10 @@ class InventoryMMStrategy:
         mid = quote.mid
         sigma = mid * self._sigma_log  # price per sqrt(second), as the model wants
         s = self.settings
+        # One order is the model's unit of inventory (see the module docstring).
         model_bid, model_ask = as_quotes_rolling_horizon(
-            mid, self.inventory, s.horizon_s, sigma, s.gamma, self._k)
+            mid, self.inventory / s.order_qty, s.horizon_s, sigma, s.gamma * s.order_qty,
+            self._k)
         bid_price, ask_price = self._round_passive(model_bid, model_ask, quote)
         bid_qty, ask_qty = self._target_sizes(bid_price)
         changes: list[str] = []
@@ -342,7 +350,7 @@ class InventoryMMStrategy:
                 continue
             order.cancelling = True
             cancels.append(order.client_order_id)
-            changes.append(f"{label} {order.qty:g}@{order.price:g} off target")
+            changes.append(f"{label} {order.qty:g}@{order.price} off target")
         if kept:
             return
         if qty < self.lot:
@@ -351,7 +359,7 @@ class InventoryMMStrategy:
             return
         intent = self._new_intent(side, OrderType.POST_ONLY, qty, price, "quote", label)
         intents.append(intent)
-        changes.append(f"{label} {qty:g}@{price:g}")
+        changes.append(f"{label} {qty:g}@{price}")
 
     # -- risk ------------------------------------------------------------------------------
 
@@ -508,7 +516,8 @@ class InventoryMMStrategy:
                       bid_price: float, ask_price: float, bid_qty: float,
                       ask_qty: float) -> dict[str, object]:
         """Flat snapshot: prices in quote currency, sigma in price per sqrt-second, k in
-        1/price, inventory in base units, horizon in seconds, P&L marked at mid."""
+        1/price, inventory in base units (and in orders), horizon in seconds, P&L marked
+        at mid; model_gamma = gamma * order_qty is what the kernel got."""
         mid = quote.mid
         return {
             "venue": self.venue, "symbol": self.symbol, "mid": mid,
@@ -516,7 +525,9 @@ class InventoryMMStrategy:
             "market_spread_bps": quote.spread_bps,
             "sigma": sigma, "sigma_log": self._sigma_log, "k": self._k,
             "gamma": self.settings.gamma, "horizon_s": self.settings.horizon_s,
+            "model_gamma": self.settings.gamma * self.settings.order_qty,
             "inventory": self.inventory,
+            "inventory_lots": self.inventory / self.settings.order_qty,
             "reservation_price": 0.5 * (model_bid + model_ask),
             "spread": model_ask - model_bid,
             "model_bid": model_bid, "model_ask": model_ask,

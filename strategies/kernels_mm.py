@@ -89,7 +89,9 @@ def fit_arrival_decay(
     count(distance >= delta_j) / observed_s, in trades per second.
 
     The fit is least squares of ln(rate) on delta, weighted by the count at each point
-    (a Poisson count n has Var(ln n) ~ 1/n, so sparse far points must not dominate).
+    (a Poisson count n has Var(ln n) ~ 1/n, so sparse far points must not dominate),
+    over the grid from the last point that still counts every trade (closer points only
+    see the flat part inside the spread, where the exponential law does not apply).
     Returns (A in trades/s, k in 1/price, points used); NaN, NaN when fewer than two grid
     points have trades or the rates do not decay.
     """
@@ -107,11 +109,16 @@ def fit_arrival_decay(
                 counts[j] += 1.0
             else:
                 break  # the grid is increasing: no further point can count this trade
+    # No trade prints inside the spread: the rate is flat out to the touch. Fit from the
+    # last grid point that still sees every trade, or the flat part would bias k down.
+    first = 0
+    while first + 1 < point_count and counts[first + 1] == counts[0]:
+        first += 1
     weight_sum = 0.0
     x_mean = 0.0
     y_mean = 0.0
     used = 0
-    for j in range(point_count):
+    for j in range(first, point_count):
         if counts[j] > 0.0:
             used += 1
             weight_sum += counts[j]
@@ -123,7 +130,7 @@ def fit_arrival_decay(
     y_mean /= weight_sum
     sxx = 0.0
     sxy = 0.0
-    for j in range(point_count):
+    for j in range(first, point_count):
         if counts[j] > 0.0:
             dx = grid[j] - x_mean
             sxx += counts[j] * dx * dx
