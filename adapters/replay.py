@@ -5,8 +5,9 @@ Formats (see ../shared/data/README.md), plain or gzip (by the `.gz` suffix):
 - `<local receive ns> <frame JSON>` per line: the shared Binance recordings and the
   project's own recordings. A line whose JSON has a top-level "cryptopipe" key is a meta
   event written by the recorder, not a venue frame; `{"cryptopipe": "session",
-  "venue": "bybit_spot", ...}` sets the venue of the frames that follow (and a new
-  session starts the parsers over: sequence numbers restart with a connection).
+  "venue": "bybit_spot", ...}` sets the venue of the frames that follow; a "session" or
+  "connect" event starts the parsers over (sequences and books restart with a
+  connection); other events ("disconnect", ...) are passed on and otherwise ignored.
 - `<frame JSON>` per line (Bybit's `.jsonl` history): no receive time, so the message's
   own `ts` (ms) stands in for it.
 
@@ -66,6 +67,9 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _DEFAULT_BYBIT_VENUE = "bybit_linear"
 # The venue's own time in a frame without a receive time: Bybit "ts", Binance "E"/"T" (ms).
 _MESSAGE_TIME = re.compile(rb'"(?:ts|E|T)":(\d{1,19})')
+
+#: Recorder meta events after which frames come from a new connection.
+_NEW_CONNECTION = frozenset({"session", "connect"})
 
 PublishQuote = Callable[[Quote], None]
 PublishTrade = Callable[[Trade], None]
@@ -497,8 +501,9 @@ class ReplayFeed:
         return parser
 
     def _on_meta(self, index: int, meta: FrameMeta) -> None:
-        """A new recording session starts each of the file's parsers over."""
-        if meta.session is not None and meta.session.get("cryptopipe") == "session":
+        """A new session or connection starts the file's parsers over, as a live adapter
+        resets its parser on reconnect (sequences and books restart with a connection)."""
+        if meta.session is not None and meta.session.get("cryptopipe") in _NEW_CONNECTION:
             for (parser_index, _), parser in self.parsers.items():
                 if parser_index == index:
                     parser.reset()

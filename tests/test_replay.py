@@ -273,7 +273,7 @@ async def test_gzip_members_appended_by_a_restarted_recorder_are_all_read(
 # --- recorder meta lines -----------------------------------------------------------------
 
 
-async def test_session_meta_lines_set_the_venue_and_restart_the_parsers(
+async def test_recorder_meta_lines_set_the_venue_and_a_reconnect_restarts_parsers(
     shared_file: SharedFile, tmp_path: Path
 ) -> None:
     frames = [line for line in shared_file(BYBIT).read_bytes().splitlines() if line]
@@ -287,19 +287,24 @@ async def test_session_meta_lines_set_the_venue_and_restart_the_parsers(
     recording = [
         line(0, session),
         *(line(i + 1, frame) for i, frame in enumerate(frames[:10])),
-        # the recorder reconnected: a new session replays the snapshot and deltas
-        line(20, session),
-        *(line(21 + i, frame) for i, frame in enumerate(frames[:5])),
+        # the recorder reconnected: the new connection replays the snapshot and deltas
+        line(20, orjson.dumps({"cryptopipe": "disconnect", "venue": "bybit_spot",
+                               "reason": "silence"})),
+        line(21, orjson.dumps({"cryptopipe": "connect", "venue": "bybit_spot",
+                               "url": "wss://stream.bybit.com/v5/public/spot"})),
+        *(line(22 + i, frame) for i, frame in enumerate(frames[:5])),
     ]
     path = write_gz(tmp_path / "recording.gz", recording)
     stats, out = await replay([ReplaySpec(path)])
     (file,) = stats.files
-    assert file.meta_lines == 2 and file.frames == 15
+    assert file.meta_lines == 3 and file.frames == 15
     assert stats.dropped == {}  # the second snapshot and its deltas apply after the reset
     assert stats.counts["snapshot"] == 2 and stats.counts["delta"] == 9 + 4
     assert {(q.exchange, q.symbol) for q in out.quotes} == {("bybit_spot", "XRP/USDT")}
     metas = [meta for _, _, meta in iter_frames(path) if meta.session is not None]
-    assert [m.session["venue"] for m in metas if m.session] == ["bybit_spot", "bybit_spot"]
+    assert [m.session["cryptopipe"] for m in metas if m.session] == [
+        "session", "disconnect", "connect"]
+    assert {m.venue for m in metas} == {"bybit_spot"}
 
 
 # --- pacing (fake clock, no real sleep) ----------------------------------------------------
@@ -381,3 +386,18 @@ async def test_a_fast_paced_replay_still_yields_to_the_loop() -> None:
     pauses = len(fake.sleeps)
     assert pauses >= stats.frames // 500
     assert sum(fake.sleeps) == pytest.approx(stats.recorded_seconds / 10_000, abs=MIN_SLEEP_S)
+
+
+async def test_a_connect_event_resets_sequence_checks(tmp_path: Path) -> None:
+    """Frames after a reconnect are judged afresh: here the same 50 bookTicker/trade lines
+    again, which a continuing parser would drop as old update ids."""
+    lines = [line for line in sample_lines(0, 200) if b"@bookTicker" in line[:60]][:50]
+    connect = b"%s %s\n" % (lines[-1].split(b" ", 1)[0],
+                            orjson.dumps({"cryptopipe": "connect", "venue": "binance_spot"}))
+    path = write_gz(tmp_path / "binance_spot_btcusdt_reconnect.gz", [*lines, connect, *lines])
+    stats, out = await replay([ReplaySpec(path)])
+    assert stats.dropped == {} and len(out.quotes) == 100
+    without = write_gz(tmp_path / "binance_spot_btcusdt_overlap.gz", [*lines, *lines])
+    stats, out = await replay([ReplaySpec(without)])
+    assert stats.dropped == {"backwards_seq": 49, "duplicate_seq": 1}
+    assert len(out.quotes) == 50
