@@ -296,7 +296,7 @@ class ConnectionSupervisor:
             try:
                 listener(event)
             except Exception:
-                log.exception("feed_listener_failed", venue=self.venue, event=kind)
+                log.exception("feed_listener_failed", venue=self.venue, feed_event=kind)
 
     def resync(self, key: str, reason: str) -> None:
         """A session resynchronises a book (resubscribe, snapshot refetch)."""

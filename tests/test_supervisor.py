@@ -1,0 +1,316 @@
+"""ConnectionSupervisor with scripted sessions: backoff, retry policy, cancellation, and
+both watchdogs. No sockets: each session is a coroutine that does what the test says."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import websockets
+from websockets.datastructures import Headers
+from websockets.frames import Close
+from websockets.http11 import Response
+
+from adapters.stats import VenueStats, registry, stats_for
+from adapters.supervisor import (
+    BackoffPolicy,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectionSupervisor,
+    FeedEvent,
+    FeedTimings,
+    Link,
+    RateLimited,
+    SilenceTimeout,
+    SubscriptionRejected,
+    VenueRefused,
+    classify_error,
+)
+from daemon.bus import Bus
+from daemon.model import Quote
+
+VENUE = "binance_spot"
+
+
+class ScriptedSession:
+    """Each attempt runs the next step: a callable given the link and the session."""
+
+    def __init__(self, steps: list[Callable[[Link, ScriptedSession], Awaitable[None]]],
+                 stats: VenueStats) -> None:
+        self.venue = VENUE
+        self.steps = steps
+        self.stats = stats
+        self.attempts = 0
+        self.attempt_times: list[float] = []
+
+    async def serve(self, link: Link) -> None:
+        self.attempts += 1
+        self.attempt_times.append(time.monotonic())
+        step = self.steps[min(self.attempts, len(self.steps)) - 1]
+        await step(link, self)
+
+
+def fail_with(error: BaseException, connect: bool = False):
+    async def step(link: Link, session: ScriptedSession) -> None:
+        if connect:
+            link.connected(url="scripted")
+        raise error
+    return step
+
+
+def stream_forever(interval_s: float = 0.01):
+    async def step(link: Link, session: ScriptedSession) -> None:
+        link.connected(url="scripted")
+        while True:
+            session.stats.last_frame_ns = time.time_ns()
+            session.stats.frames += 1
+            await asyncio.sleep(interval_s)
+    return step
+
+
+def go_silent():
+    async def step(link: Link, session: ScriptedSession) -> None:
+        link.connected(url="scripted")
+        await asyncio.Event().wait()  # a half-open socket: nothing, ever
+    return step
+
+
+def make_supervisor(timings: FeedTimings, symbols: tuple[str, ...] = ("BTC/USDT",)
+                    ) -> tuple[ConnectionSupervisor, Bus, list[FeedEvent]]:
+    bus = Bus()
+    events: list[FeedEvent] = []
+    supervisor = ConnectionSupervisor(VENUE, bus, list(symbols), timings,
+                                      stats=VenueStats(VENUE), listeners=[events.append],
+                                      rng=random.Random(7))
+    return supervisor, bus, events
+
+
+FAST = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0,
+                   backoff=BackoffPolicy(initial_s=0.02, max_s=0.08, healthy_after_s=0.2))
+
+
+# --- backoff and taxonomy -------------------------------------------------------------------
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    policy = BackoffPolicy(initial_s=0.5, max_s=30.0, multiplier=2.0, jitter=0.5)
+    rng = random.Random(1)
+    for attempt, base in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (60, 30.0)]:
+        delays = [policy.delay(attempt, rng) for _ in range(200)]
+        assert all(base * 0.5 <= d <= base for d in delays)
+        assert max(delays) - min(delays) > base * 0.3  # actually jittered
+    assert BackoffPolicy(jitter=0.0).delay(3) == 4.0
+
+
+def _invalid_status(status: int, headers: Headers | None = None) -> websockets.InvalidStatus:
+    return websockets.InvalidStatus(Response(status, "x", headers or Headers(), b""))
+
+
+@pytest.mark.parametrize(("error", "kind", "retry"), [
+    (_invalid_status(429, Headers([("Retry-After", "7")])), RateLimited, True),
+    (_invalid_status(418), RateLimited, True),
+    (_invalid_status(451), VenueRefused, False),
+    (_invalid_status(404), VenueRefused, False),
+    (_invalid_status(503), ConnectFailed, True),
+    (ConnectionRefusedError(111, "refused"), ConnectFailed, True),
+    (TimeoutError(), ConnectFailed, True),
+    (websockets.ConnectionClosedError(None, None), ConnectionLost, True),
+    (websockets.ConnectionClosedOK(Close(1000, "bye"), None), ConnectionLost, True),
+    (websockets.ConnectionClosedError(Close(1008, "too many requests"), None), RateLimited, True),
+    (websockets.InvalidURI("nope", "bad"), VenueRefused, False),
+    (SubscriptionRejected(VENUE, "orderbook.1.X", "no"), SubscriptionRejected, False),
+    (ValueError("surprise"), ConnectionLost, True),
+])
+def test_errors_are_classified_with_a_retry_answer(error, kind, retry) -> None:
+    classified = classify_error(VENUE, error)
+    assert isinstance(classified, kind)
+    assert classified.should_retry is retry
+    assert str(classified).startswith(VENUE)
+
+
+def test_rate_limit_waits_at_least_retry_after() -> None:
+    error = classify_error(VENUE, _invalid_status(429, Headers([("Retry-After", "7")])))
+    assert error.retry_after_s == 7.0
+
+
+def test_stats_registry_and_drop_sources() -> None:
+    stats = stats_for("bybit_linear")
+    assert registry()["bybit_linear"] is stats and stats_for("bybit_linear") is stats
+    parser_drops = {"crossed": 2}
+    stats.attach_drops(parser_drops)
+    stats.attach_drops(parser_drops)  # attaching twice counts once
+    stats.drop("bad_value")
+    assert stats.parse_errors == {"crossed": 2, "bad_value": 1}
+    assert stats.as_dict()["parse_errors"] == {"crossed": 2, "bad_value": 1}
+
+
+# --- the run loop ---------------------------------------------------------------------------
+
+
+async def test_retries_with_growing_delays_then_resets_after_a_healthy_connection() -> None:
+    supervisor, _, events = make_supervisor(FAST)
+    lost = ConnectionLost(VENUE, "gone")
+
+    async def healthy_then_lost(link: Link, session: ScriptedSession) -> None:
+        link.connected(url="scripted")
+        await asyncio.sleep(0.25)  # longer than healthy_after_s
+        raise lost
+
+    steps = [fail_with(ConnectionRefusedError())] * 3 + [healthy_then_lost, stream_forever()]
+    session = ScriptedSession(steps, supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    await asyncio.sleep(0.6)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert session.attempts == 5
+    gaps = [b - a for a, b in zip(session.attempt_times, session.attempt_times[1:], strict=False)]
+    assert 0.01 <= gaps[0] <= 0.03 and 0.02 <= gaps[1] <= 0.05 and 0.04 <= gaps[2] <= 0.09
+    # After the healthy connection the delay starts from initial_s again.
+    assert gaps[3] - 0.25 < 0.04
+    kinds = [e.kind for e in events]
+    assert kinds.count("connect_failed") == 3 and kinds.count("connect") == 2
+    assert supervisor.stats.connects == 2 and supervisor.stats.reconnects == 1
+
+
+async def test_a_non_retryable_error_is_raised_and_not_retried() -> None:
+    supervisor, _, events = make_supervisor(FAST)
+    rejected = SubscriptionRejected(VENUE, "btcusdt@nope", "unknown stream")
+    session = ScriptedSession([fail_with(rejected, connect=True)], supervisor.stats)
+    with pytest.raises(SubscriptionRejected, match="btcusdt@nope"):
+        await asyncio.wait_for(supervisor.run(session), 2)
+    assert session.attempts == 1
+    assert events[-1].kind == "gave_up"
+
+
+@pytest.mark.parametrize("when", ["serving", "backing_off", "connecting"])
+async def test_cancellation_always_propagates(when: str) -> None:
+    timings = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0,
+                          backoff=BackoffPolicy(initial_s=10.0, max_s=10.0))
+    supervisor, _, _ = make_supervisor(timings)
+
+    async def hang_connecting(link: Link, session: ScriptedSession) -> None:
+        await asyncio.Event().wait()
+
+    step = {"serving": stream_forever(), "backing_off": fail_with(ConnectionRefusedError()),
+            "connecting": hang_connecting}[when]
+    session = ScriptedSession([step], supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+    assert task.cancelled()
+
+
+async def test_a_session_that_swallows_errors_cannot_hide_cancellation() -> None:
+    supervisor, _, _ = make_supervisor(FAST)
+
+    async def stubborn(link: Link, session: ScriptedSession) -> None:
+        link.connected(url="scripted")
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return  # a badly written session: the supervisor must still stop
+
+    session = ScriptedSession([stubborn], supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
+
+
+async def test_planned_reconnect_has_no_backoff() -> None:
+    supervisor, _, events = make_supervisor(
+        FeedTimings(backoff=BackoffPolicy(initial_s=5.0, max_s=5.0)))
+
+    async def rotate(link: Link, session: ScriptedSession) -> None:
+        link.connected(url="scripted")
+        await asyncio.sleep(0.01)  # returns normally: a planned reconnect
+
+    session = ScriptedSession([rotate, rotate, stream_forever()], supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert session.attempts == 3
+    assert [e.details["reason"] for e in events if e.kind == "disconnect"][:2] == [
+        "planned", "planned"]
+
+
+# --- watchdogs ------------------------------------------------------------------------------
+
+
+async def test_silence_watchdog_tears_down_a_half_open_connection() -> None:
+    timings = FeedTimings(silence_timeout_s=0.1, stale_after_s=5.0, backoff=FAST.backoff)
+    supervisor, _, events = make_supervisor(timings)
+    session = ScriptedSession([go_silent(), stream_forever()], supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert session.attempts == 2
+    assert supervisor.stats.silences == 1
+    disconnect = next(e for e in events if e.kind == "disconnect")
+    assert disconnect.details["reason"] == SilenceTimeout.kind
+
+
+async def test_frames_keep_the_silence_watchdog_quiet() -> None:
+    timings = FeedTimings(silence_timeout_s=0.1, stale_after_s=5.0, backoff=FAST.backoff)
+    supervisor, _, _ = make_supervisor(timings)
+    session = ScriptedSession([stream_forever(0.02)], supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    await asyncio.sleep(0.4)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert session.attempts == 1 and supervisor.stats.silences == 0
+
+
+def _quote(local_ts_ns: int, symbol: str = "BTC/USDT") -> Quote:
+    return Quote(VENUE, symbol, 100.0, 1.0, 100.5, 1.0, 0, local_ts_ns, 1)
+
+
+def test_quote_age_watchdog_flags_and_notices_the_clear() -> None:
+    supervisor, bus, events = make_supervisor(FAST, symbols=("BTC/USDT", "ETH/USDT"))
+    second = 1_000_000_000
+    supervisor._started_ns = 0
+    bus.publish_quote(_quote(10 * second))
+    bus.publish_quote(_quote(10 * second, "ETH/USDT"))
+    supervisor.check_quotes(now_ns=12 * second, stale_ns=3 * second)
+    assert not bus.view.quote(VENUE, "BTC/USDT").stale
+    bus.publish_quote(_quote(14 * second, "ETH/USDT"))
+    supervisor.check_quotes(now_ns=14 * second, stale_ns=3 * second)
+    assert bus.view.quote(VENUE, "BTC/USDT").stale
+    assert not bus.view.quote(VENUE, "ETH/USDT").stale
+    supervisor.check_quotes(now_ns=15 * second, stale_ns=3 * second)  # flagged once only
+    assert supervisor.stats.stale_events == 1 and bus.stale_marks == 1
+    bus.publish_quote(_quote(16 * second))  # the bus clears the flag by itself
+    supervisor.check_quotes(now_ns=16 * second, stale_ns=3 * second)
+    assert [e.kind for e in events] == ["stale", "fresh"]
+    assert events[0].details == {"symbol": "BTC/USDT", "reason": "quote_age", "age_s": 4.0}
+
+
+def test_a_symbol_that_never_quotes_is_reported_once() -> None:
+    supervisor, _, events = make_supervisor(FAST, symbols=("DOGE/USDT",))
+    supervisor._started_ns = 0
+    for now in (1, 5, 9):
+        supervisor.check_quotes(now_ns=now * 1_000_000_000, stale_ns=3 * 1_000_000_000)
+    assert [e.kind for e in events] == ["no_quotes"]
+
+
+def test_a_failing_listener_does_not_break_the_feed() -> None:
+    supervisor, _, events = make_supervisor(FAST)
+
+    def broken(event: FeedEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    supervisor.listeners.insert(0, broken)
+    supervisor.emit("resync", key="x")
+    assert [e.kind for e in events] == ["resync"]
