@@ -126,7 +126,9 @@ class RiskGate:
         if market is None:
             market = self._markets[key] = _Market(split_symbol(fill.symbol)[0])
         market.qty += sign * fill.qty
-        market.cash -= sign * fill.price * fill.qty + fill.fee
+        # Binance charges buys in the asset received: a fee in base is worth fee x price.
+        fee = fill.fee * fill.price if fill.fee_asset == market.asset else fill.fee
+        market.cash -= sign * fill.price * fill.qty + fee
         quote = self._quotes.get(fill.venue, {}).get(fill.symbol)
         market.mark = quote.mid if quote is not None and not quote.stale else fill.price
         self._positions[market.asset] = self._positions.get(market.asset, 0.0) + sign * fill.qty
