@@ -430,6 +430,7 @@ def test_redactor_removes_every_secret() -> None:
 async def test_api_keys_never_appear_in_logs_errors_reprs_or_decisions(
         server: FakeBinance, caplog: pytest.LogCaptureFixture) -> None:
     captured = io.StringIO()
+    saved = structlog.get_config()
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer()],
@@ -464,7 +465,7 @@ async def test_api_keys_never_appear_in_logs_errors_reprs_or_decisions(
         texts += [str(failed.value), repr(failed.value), repr(wrong)]
         assert failed.value.kind is ErrorKind.AUTH
     finally:
-        structlog.reset_defaults()
+        structlog.configure(**saved)
     logs = captured.getvalue()
     assert "submit not confirmed" in logs and "intent refused" in logs  # we did capture
     # ccxt logs request headers at DEBUG: the key is there, scrubbed.

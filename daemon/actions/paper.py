@@ -47,6 +47,8 @@ No funding, no liquidation.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import heapq
 import math
 from collections import OrderedDict
@@ -136,10 +138,10 @@ class _Order:
         self.intent = intent
         self.venue = intent.venue
         self.symbol = intent.symbol
-        self.side = Side(intent.side)
-        self.kind = OrderType(intent.type)
-        self.base, self.quote = split_symbol(intent.symbol)
-        self.perp = is_perp_symbol(intent.symbol)
+        side, kind = intent.side, intent.type
+        self.side = side if type(side) is Side else Side(side)
+        self.kind = kind if type(kind) is OrderType else OrderType(kind)
+        self.base, self.quote, self.perp = _symbol_assets(intent.symbol)
         self.price = intent.price if intent.price is not None else math.nan
         self.qty = intent.qty
         self.filled = 0.0
@@ -157,6 +159,21 @@ class _Order:
         return self.qty - self.filled
 
 
+@functools.lru_cache(maxsize=1024)
+def _symbol_assets(symbol: str) -> tuple[str, str, bool]:
+    """(base, quote, is linear perp) of a unified symbol; cached, it runs per order."""
+    base, quote = split_symbol(symbol)
+    return base, quote, is_perp_symbol(symbol)
+
+
+def _price(order: _Order) -> float:
+    return order.price
+
+
+def _minus_price(order: _Order) -> float:
+    return -order.price
+
+
 class _Book:
     """What we know of one market: the last quote, our resting orders, liquidity we took."""
 
@@ -172,12 +189,11 @@ class _Book:
         self.taken_bids: dict[float, float] = {}
 
     def add(self, order: _Order) -> None:
+        # insort puts an order after those at the same price: time priority within a price.
         if order.side is Side.BUY:
-            self.buys.append(order)
-            self.buys.sort(key=lambda o: -o.price)  # stable: time priority within a price
+            bisect.insort(self.buys, order, key=_minus_price)
         else:
-            self.sells.append(order)
-            self.sells.sort(key=lambda o: o.price)
+            bisect.insort(self.sells, order, key=_price)
         self._refresh()
 
     def remove(self, order: _Order) -> None:

@@ -29,6 +29,7 @@ gate.py) wires all of that in front of an executor.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from config.settings import RiskSettings
@@ -107,7 +108,7 @@ class RiskGate:
 
     def on_submitted(self, intent: OrderIntent) -> None:
         """An intent passed the gate and went to the executor: count it as open."""
-        pending = _Pending(split_symbol(intent.symbol)[0], intent.side == Side.BUY, intent.qty)
+        pending = _Pending(_base_asset(intent.symbol), intent.side == Side.BUY, intent.qty)
         self._pending[intent.client_order_id] = pending
         totals = self._pending_buy if pending.buy else self._pending_sell
         totals[pending.asset] = totals.get(pending.asset, 0.0) + intent.qty
@@ -124,7 +125,7 @@ class RiskGate:
         key = (fill.venue, fill.symbol)
         market = self._markets.get(key)
         if market is None:
-            market = self._markets[key] = _Market(split_symbol(fill.symbol)[0])
+            market = self._markets[key] = _Market(_base_asset(fill.symbol))
         market.qty += sign * fill.qty
         # Binance charges buys in the asset received: a fee in base is worth fee x price.
         fee = fill.fee * fill.price if fill.fee_asset == market.asset else fill.fee
@@ -190,7 +191,7 @@ class RiskGate:
         return None
 
     def _check_position(self, intent: OrderIntent) -> str | None:
-        asset = split_symbol(intent.symbol)[0]
+        asset = _base_asset(intent.symbol)
         limit = self.max_position(asset)
         position = self._positions.get(asset, 0.0)
         if intent.side == Side.BUY:
@@ -266,6 +267,11 @@ class RiskGate:
         pending.qty -= qty
         totals = self._pending_buy if pending.buy else self._pending_sell
         totals[pending.asset] = totals.get(pending.asset, 0.0) - qty
+
+
+@functools.lru_cache(maxsize=1024)
+def _base_asset(symbol: str) -> str:
+    return split_symbol(symbol)[0]
 
 
 def rejection_decision(intent: OrderIntent, reason: str, now_ns: int) -> Decision:
