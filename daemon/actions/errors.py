@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 from enum import StrEnum
 
-import ccxt
-
 #: Venue messages meaning "an order with this client id already exists".
 _DUPLICATE_MARKERS = (
     "duplicate order sent",  # Binance spot/futures -2010 / -4015 style text
@@ -53,6 +51,8 @@ def classify(error: BaseException) -> ErrorKind:
     """The kind of an exception raised by a ccxt call (or the transport under it)."""
     if isinstance(error, ExecutionError):
         return error.kind
+    import ccxt  # here, not at the top: paper trading and backtests never load ccxt
+
     text = str(error).lower()
     if isinstance(error, ccxt.DuplicateOrderId) or any(m in text for m in _DUPLICATE_MARKERS):
         return ErrorKind.DUPLICATE

@@ -34,9 +34,6 @@ class FillStream(AsyncIterator[Fill]):
         self._queue: asyncio.Queue[Fill] = asyncio.Queue()
         owner._fill_queues.append(self._queue)
 
-    def _put(self, fill: Fill) -> None:
-        self._queue.put_nowait(fill)
-
     def __aiter__(self) -> FillStream:
         return self
 

@@ -54,7 +54,8 @@ class GatedExecutor(ExecutionEvents):
         super().__init__()
         self.executor = executor
         self.gate = gate
-        self.kill_switch = kill_switch or KillSwitch(gate.settings)
+        self.kill_switch = kill_switch or KillSwitch(gate.settings,
+                                                     clock=lambda: executor.now_ns)
         self.sink = sink
         executor.listener = self  # acks and fills come back through the gate
         self.kill_switch.on_fire(self._on_kill)
