@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING
 
 from daemon.model import (
@@ -184,6 +185,15 @@ class ArbitrageStrategy:
         self._venues_of = {s: [v for v, vs in self.venues.items()
                                if (vs.market_type == "linear") == is_perp_symbol(s)]
                            for s in self.symbols}
+        # Per-event constants, looked up once here rather than on every quote.
+        self._assets_of = {s: split_symbol(s) for s in self.symbols}
+        self._taker_fee = {v: vs.taker_fee_bps * BPS for v, vs in self.venues.items()}
+        self._max_age_ns = {v: vs.stale_after_s * NS_PER_SECOND for v, vs in self.venues.items()}
+        self._lots = {(v, s): float(vs.markets.get(s, {}).get("lot", 0.0))
+                      for v, vs in self.venues.items() for s in self.symbols}
+        self._dusts = {s: max(min((self._lots[(v, s)] for v in venues), default=0.0)
+                              * (1.0 - 1e-9), _DUST)
+                       for s, venues in self._venues_of.items()}
         self._quotes: dict[str, dict[str, Quote]] = {s: {} for s in self.symbols}
         self._last_skip: dict[str, tuple[object, ...]] = {}
         self._cooldown_until: dict[tuple[str, str, str], int] = {}
@@ -273,19 +283,27 @@ class ArbitrageStrategy:
                          if v not in usable)
             return self._skip(symbol, now, ("unusable", *bad), "no tradable pair (" +
                               "; ".join(bad) + ")")
-        best: Opportunity | None = None
+        # Rank the directions on their per-unit net after fees and slippage, then size
+        # and cost only the best (the size-dependent network fee of the transfer mode
+        # could reorder directions only when their edges are nearly equal).
+        slippage = self.settings.slippage_bps * BPS
+        best_pair: tuple[Quote, Quote] | None = None
+        best_unit_net = -math.inf
         for buy_venue, buy in usable.items():
+            cost = buy.ask * (1.0 + self._taker_fee[buy_venue] + slippage)
             for sell_venue, sell in usable.items():
                 if buy_venue == sell_venue:
                     continue
-                opportunity = self._cost(symbol, buy, sell, now)
-                if opportunity is not None and (best is None
-                                                or opportunity.net > best.net):
-                    best = opportunity
-        if best is None:
+                unit_net = sell.bid * (1.0 - self._taker_fee[sell_venue] - slippage) - cost
+                if unit_net > best_unit_net:
+                    best_pair, best_unit_net = (buy, sell), unit_net
+        if best_pair is None:  # only with non-finite prices, which parsers drop anyway
+            return self._skip(symbol, now, ("unpriced",), "no finite price to compare")
+        opportunity = self._cost(symbol, best_pair[0], best_pair[1], now)
+        if opportunity is None:
             return self._skip(symbol, now, ("no volatility",),
                               "transfer price risk unknown (no volatility)")
-        return self._decide(best, now)
+        return self._decide(opportunity, now)
 
     def _decide(self, opportunity: Opportunity, now: int) -> Decision | None:
         s = self.settings
@@ -309,8 +327,8 @@ class ArbitrageStrategy:
 
     def _cost(self, symbol: str, buy: Quote, sell: Quote, now: int) -> Opportunity | None:
         """Cost one direction at the size we could trade; None if its risk is unknown."""
-        fee_buy = self.venues[buy.exchange].taker_fee_bps * BPS
-        fee_sell = self.venues[sell.exchange].taker_fee_bps * BPS
+        fee_buy = self._taker_fee[buy.exchange]
+        fee_sell = self._taker_fee[sell.exchange]
         qty, size_limit, extra = self._size(symbol, buy, sell, fee_buy)
         opportunity = Opportunity(
             symbol, buy, sell, qty, size_limit,
@@ -320,7 +338,7 @@ class ArbitrageStrategy:
             extra=extra,
         )
         if self.settings.mode == "transfer":
-            base = split_symbol(symbol)[0]
+            base = self._assets_of[symbol][0]
             transfer_s = self.transfer_time_s.get(base, DEFAULT_TRANSFER_S)
             sigma_log = self._volatility(sell.exchange, symbol, now)
             if not sigma_log >= 0.0:
@@ -338,22 +356,21 @@ class ArbitrageStrategy:
     def _size(self, symbol: str, buy: Quote, sell: Quote,
               fee_buy: float) -> tuple[float, str, dict[str, float]]:
         """Largest size both books, both balances and the notional cap allow, to the lot."""
-        base, quote_asset = split_symbol(symbol)
-        buy_balances = self._balances(buy.exchange)
-        sell_balances = self._balances(sell.exchange)
-        quote_available = buy_balances.get(quote_asset, 0.0)
-        base_available = sell_balances.get(base, 0.0)
-        limits = {
-            "displayed ask": buy.ask_qty,
-            "displayed bid": sell.bid_qty,
-            "buy venue quote balance": quote_available / (buy.ask * (1.0 + fee_buy)),
-            "max notional": self.settings.max_notional / buy.ask,
-        }
-        if self.settings.mode == "inventory":  # transfer mode sells what it moves
-            limits["sell venue base balance"] = base_available
-        size_limit = min(limits, key=limits.__getitem__)
-        lot = max(self._lot(buy.exchange, symbol), self._lot(sell.exchange, symbol))
-        qty = max(0.0, _floor_to(limits[size_limit], lot))
+        base, quote_asset = self._assets_of[symbol]
+        quote_available = self._balances(buy.exchange).get(quote_asset, 0.0)
+        base_available = self._balances(sell.exchange).get(base, 0.0)
+        size, size_limit = buy.ask_qty, "displayed ask"
+        for limit, name in ((sell.bid_qty, "displayed bid"),
+                            (quote_available / (buy.ask * (1.0 + fee_buy)),
+                             "buy venue quote balance"),
+                            (self.settings.max_notional / buy.ask, "max notional")):
+            if limit < size:
+                size, size_limit = limit, name
+        # Transfer mode sells what it moves: the sell venue's base does not bind.
+        if self.settings.mode == "inventory" and base_available < size:
+            size, size_limit = base_available, "sell venue base balance"
+        lot = max(self._lots[(buy.exchange, symbol)], self._lots[(sell.exchange, symbol)])
+        qty = max(0.0, _floor_to(size, lot))
         extra = {"buy_quote_balance": quote_available, "sell_base_balance": base_available}
         return qty, size_limit, extra
 
@@ -535,8 +552,7 @@ class ArbitrageStrategy:
 
     def _unusable(self, quote: Quote, now: int) -> str | None:
         # The feed watchdog flags stale quotes; the age check covers a watchdog that lags.
-        max_age_ns = self.venues[quote.exchange].stale_after_s * NS_PER_SECOND
-        if quote.stale or now - quote.local_ts_ns > max_age_ns:
+        if quote.stale or now - quote.local_ts_ns > self._max_age_ns[quote.exchange]:
             return "stale"
         if quote.crossed:
             return "crossed"
@@ -598,12 +614,11 @@ class ArbitrageStrategy:
 
     def _lot(self, venue: str, symbol: str) -> float:
         """The venue's lot for the symbol; 0 (no rounding) when the market is not configured."""
-        return float(self.venues[venue].markets.get(symbol, {}).get("lot", 0.0))
+        return self._lots[(venue, symbol)]
 
     def _dust(self, symbol: str) -> float:
         """Below the smallest lot of any venue: too small to trade, treated as zero."""
-        lots = [self._lot(v, symbol) for v in self._venues_of.get(symbol, ())]
-        return max(min(lots, default=0.0) * (1.0 - 1e-9), _DUST)
+        return self._dusts[symbol]
 
     @staticmethod
     def _pair_key(symbol: str, venue_a: str, venue_b: str) -> tuple[str, str, str]:
@@ -618,5 +633,9 @@ def _floor_to(value: float, step: float) -> float:
     """Largest multiple of `step` <= value; no rounding when step is 0 (lot unknown)."""
     if step <= 0.0:
         return value
-    decimals = max(0, round(-math.log10(step))) + 2
-    return round(math.floor(value / step + 1e-9) * step, decimals)
+    return round(math.floor(value / step + 1e-9) * step, _decimals(step))
+
+
+@cache
+def _decimals(step: float) -> int:
+    return max(0, round(-math.log10(step))) + 2

@@ -39,7 +39,9 @@ Decisions (`inputs` documented on `_quote_inputs`):
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,7 +59,12 @@ from daemon.model import (
     split_symbol,
 )
 from strategies.base import AccountView, Clock, MarketView
-from strategies.kernels_mm import as_quotes, as_quotes_rolling_horizon, fit_arrival_decay
+from strategies.kernels_mm import (
+    as_quotes,
+    as_quotes_rolling_horizon,
+    fit_arrival_decay,
+    trades_since,
+)
 from strategies.order_ids import OrderIds
 
 if TYPE_CHECKING:  # settings are data handed in by the factory; no runtime dependency
@@ -101,6 +108,7 @@ def ceil_to_step(value: float, step: float) -> float:
     return round(math.ceil(value / step - 1e-9) * step, _decimals(step))
 
 
+@cache
 def _decimals(step: float) -> int:
     return max(0, round(-math.log10(step))) + 2
 
@@ -134,7 +142,9 @@ class InventoryMMStrategy:
         self.cash = 0.0  # quote currency received minus paid, fees in quote deducted
         self.fees_paid = 0.0  # in quote currency (base fees valued at the fill price)
         self.orders: dict[str, WorkingOrder] = {}
-        self._order_kinds: dict[str, str] = {}  # every recent client order id -> kind
+        # Every recent client order id -> kind, oldest first. An OrderedDict because
+        # popping the head of a plain dict again and again degrades to O(n) per pop.
+        self._order_kinds: OrderedDict[str, str] = OrderedDict()
         self.stopped_reason: str | None = None
         self._market: MarketView | None = None
         self._account: AccountView | None = None
@@ -443,35 +453,29 @@ class InventoryMMStrategy:
     # -- market estimates ----------------------------------------------------------------
 
     def _refresh_sigma(self, now: int, force: bool = False) -> None:
-        # The 6-minute volatility hardly moves within a requote interval: cache it.
-        if self._market is None or (not force and now - self._sigma_ts_ns < self._requote_ns):
+        # The 6-minute volatility hardly moves within a requote interval: the timer
+        # refreshes it, the quote path only when the timer has not (twice the interval).
+        if self._market is None or (not force and now - self._sigma_ts_ns < 2 * self._requote_ns):
             return
         self._sigma_log = self._market.volatility(self.venue, self.symbol,
                                                   self.settings.volatility_window_s)
         self._sigma_ts_ns = now
 
     def _refresh_k(self, now: int, force: bool = False) -> None:
-        if self.settings.k != "auto" or (not force and now - self._k_ts_ns < self._requote_ns):
+        if self.settings.k != "auto" or (not force and now - self._k_ts_ns < 2 * self._requote_ns):
             return
         self._k_ts_ns = now
-        window_s = self.settings.volatility_window_s
-        start_ns = now - int(window_s * NS_PER_SECOND)
-        if self._recent_trades(now) < MIN_TRADES_FOR_K:
+        start_ns = now - int(self.settings.volatility_window_s * NS_PER_SECOND)
+        filled = min(self._trade_count, TRADE_HISTORY)
+        trade_ts = self._trade_ts[:filled]
+        count, oldest_ns = trades_since(trade_ts, start_ns)
+        if count < MIN_TRADES_FOR_K:
             self._k = math.nan
             return
-        first_ns = self._oldest_trade_ns(start_ns)
-        observed_s = max((now - max(first_ns, start_ns)) / NS_PER_SECOND, 1e-3)
-        _, k, _ = fit_arrival_decay(self._trade_ts, self._trade_distance, start_ns,
+        observed_s = max((now - oldest_ns) / NS_PER_SECOND, 1e-3)
+        _, k, _ = fit_arrival_decay(trade_ts, self._trade_distance[:filled], start_ns,
                                     observed_s, self._arrival_grid)
         self._k = k
-
-    def _recent_trades(self, now: int) -> int:
-        start_ns = now - int(self.settings.volatility_window_s * NS_PER_SECOND)
-        return int(np.count_nonzero(self._trade_ts >= start_ns))
-
-    def _oldest_trade_ns(self, start_ns: int) -> int:
-        recent = self._trade_ts[self._trade_ts >= start_ns]
-        return int(recent.min()) if recent.size else start_ns
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -501,7 +505,7 @@ class InventoryMMStrategy:
         client_order_id = self._order_ids.next()
         self._order_kinds[client_order_id] = kind
         if len(self._order_kinds) > KNOWN_ORDER_IDS:
-            del self._order_kinds[next(iter(self._order_kinds))]  # the oldest
+            self._order_kinds.popitem(last=False)  # the oldest
         self.orders[client_order_id] = WorkingOrder(client_order_id, side, price or 0.0, qty,
                                                     kind)
         return OrderIntent(self.venue, self.symbol, side, order_type, qty, price,

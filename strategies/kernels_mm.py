@@ -139,3 +139,16 @@ def fit_arrival_decay(
         return math.nan, math.nan, used
     slope = sxy / sxx
     return math.exp(y_mean - slope * x_mean), -slope, used
+
+
+@njit(cache=True)
+def trades_since(trade_ts_ns: np.ndarray, start_ns: int) -> tuple[int, int]:
+    """(count, oldest time) of the rows with `trade_ts_ns >= start_ns`; (0, start_ns) if none."""
+    count = 0
+    oldest = np.iinfo(np.int64).max
+    for row in range(trade_ts_ns.shape[0]):
+        ts_ns = trade_ts_ns[row]
+        if ts_ns >= start_ns:
+            count += 1
+            oldest = min(oldest, ts_ns)
+    return count, (oldest if count else start_ns)
