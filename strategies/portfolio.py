@@ -233,11 +233,15 @@ class Portfolio:
     def _record(self, ts_ns: int, event: str, side: str, qty: float, price: float,
                 fee: float) -> None:
         mid = self.last_mid
+        base_balance = self.balances[self.base]
+        quote_balance = self.balances[self.quote]
+        equity = quote_balance + base_balance * mid
+        # Positional: this runs once per fill, and keyword construction costs twice as much.
         self.rows.append(PortfolioRow(
-            ts_ns=ts_ns, event=event, side=side, qty=qty, price=price, fee=fee,
-            base_balance=self.balances[self.base], quote_balance=self.balances[self.quote],
-            inventory=self.inventory, mid=mid, equity=self.equity(mid),
-            pnl_trading=self.pnl_trading(mid), pnl_total=self.pnl_total(mid),
+            ts_ns, event, side, qty, price, fee, base_balance, quote_balance,
+            base_balance - self.initial_base, mid, equity,
+            equity - (self.initial_quote + self.initial_base * mid),
+            equity - (self.initial_quote + self.initial_base * self.first_mid),
         ))
 
 
