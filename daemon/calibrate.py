@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from daemon.app import App
 
 SLIPPAGE_CSV = "slippage_comparison_vs_orderbook.csv"
+#: Depth books come from the Binance parser (spot and USD-M recordings).
+BINANCE_VENUES = ("binance_spot", "binance_usdm")
 #: Rows shown in the printed table (all of them go to the CSV).
 TABLE_ROWS = 25
 
@@ -134,6 +136,8 @@ def recorded_mids(recording: Path, symbol: str) -> tuple[list[int], list[float]]
     quotes: list[Quote] = []
     parsers: dict[str, BinanceParser] = {}
     for ts_ns, frame, venue in _frames(recording):
+        if venue not in BINANCE_VENUES:
+            continue
         parser = parsers.get(venue) or parsers.setdefault(venue, _parser(venue, False, quotes))
         parser.feed(frame, ts_ns)
     picked = [q for q in quotes if q.symbol == symbol]
@@ -153,7 +157,7 @@ def calibrate_slippage(recording: Path, fills: Iterable[ClientFill], symbol: str
         while index < len(pending) and pending[index].ts_ns < ts_ns:
             _walk_fill(result, pending[index], parsers, wanted, coefficient)
             index += 1
-        if venue not in ("binance_spot", "binance_usdm"):
+        if venue not in BINANCE_VENUES:
             continue
         parser = parsers.get(venue) or parsers.setdefault(venue, _parser(venue, True))
         parser.feed(frame, ts_ns)

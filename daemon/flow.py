@@ -426,9 +426,11 @@ def _excerpt(message: str | bytes, limit: int = 200) -> str:
 # --- wiring -----------------------------------------------------------------------------------
 
 
+AnyFlowSource = FileFlowSource | SyntheticFlowSource | WebSocketFlowSource
+
+
 def build_flow_source(settings: Any, mid: MidSource | None = None,
-                      clock: Callable[[], int] = now_ns) -> FileFlowSource | \
-        SyntheticFlowSource | WebSocketFlowSource:
+                      clock: Callable[[], int] = now_ns) -> AnyFlowSource:
     """The source chosen by `strategies.internalize.source` (settings: the daemon Settings)."""
     own = settings.strategies.internalize
     if own.source == "file":

@@ -28,7 +28,18 @@ least the whole fill is offset), "partial_hedge" (less). Hedges are IOC orders a
 touch; an unfilled remainder expires and the inventory is re-evaluated on the timer and
 on quotes (throttled), as are warehoused positions when prices move.
 
-The runner drives `on_client_fill` for every client fill (one Decision each, always).
+The runner drives `on_client_fill` for every client fill (one Decision each, always:
+action "hedge" | "partial_hedge" | "warehouse"); `on_timer` and `on_quote` return a
+Decision only when they hedge. Decision `inputs` (flat; money in quote, sizes in base):
+trigger (client_fill | timer | quote | kill), client_side/qty/price/id, fill_id,
+inventory_before/after (including hedges in flight), bid/ask/mid and hedge_venue, sigma
+(log return per sqrt-second), sigma_price (quote per base per sqrt-second),
+risk_per_base2 (A), flow_rate (base/s), expected_flow and expected_offset (base),
+inventory_risk and offset_value (quote), hedge_cost (offsetting the fill, or for timer and
+quote the whole inventory, now), warehouse_cost (for a fill: W(after) - W(before); else
+W(inventory)), slippage_model and slippage_coefficient, hedge_qty, target_inventory,
+forced (the limit decided), hedge_cost_chosen, expected_cost (= `Decision.expected`: cost
+of the chosen plan, C(hedge) + W(what stays)), outcome.
 """
 
 from __future__ import annotations
