@@ -264,6 +264,9 @@ class InternalizeStrategy:
     def from_settings(cls, settings: Any, name: str = "internalize") -> InternalizeStrategy:
         """Build from the daemon `Settings` (duck-typed: strategies never import config)."""
         own = settings.strategies.internalize
+        if own.venue not in settings.venues:
+            raise ValueError(f"strategies.internalize.venue {own.venue!r} is not a configured "
+                             "venue")
         venue = settings.venues[own.venue]
         lot = float(venue.markets.get(own.symbol, {}).get("lot", 0.0))
         return cls(

@@ -505,3 +505,18 @@ def test_end_to_end_on_paper_over_the_recorded_binance_book(tmp_path: Path) -> N
 
 def _index_at(times: list[int], ts_ns: int) -> int:
     return bisect.bisect_right(times, ts_ns) - 1
+
+
+def test_from_settings_takes_fee_lot_and_limits_from_the_configuration() -> None:
+    from config.settings import Settings
+
+    settings = Settings(_env_file=None, strategies={"internalize": {
+        "symbol": "BTC/USDT", "gamma": 0.5, "max_inventory": 3.0}})
+    strategy = InternalizeStrategy.from_settings(settings)
+    assert (strategy.symbol, strategy.gamma, strategy.max_inventory) == ("BTC/USDT", 0.5, 3.0)
+    assert strategy.lot == 0.00001  # config/default.toml: binance_spot BTC/USDT lot
+    assert strategy.timer_interval_s == 5.0
+    assert strategy.portfolio.initial_balances == {"ETH": 100.0, "USDT": 100_000.0}
+    with pytest.raises(ValueError, match="not a configured venue"):
+        InternalizeStrategy.from_settings(Settings(
+            _env_file=None, strategies={"internalize": {"venue": "kraken_x"}}))
