@@ -296,18 +296,21 @@ class InventoryMMStrategy:
             mid, self.inventory / s.order_qty, s.horizon_s, sigma, s.gamma * s.order_qty,
             self._k)
         bid_price, ask_price = self._round_passive(model_bid, model_ask, quote)
-        bid_qty, ask_qty = self._target_sizes(bid_price)
+        wanted_bid, wanted_ask = self._target_sizes()
         changes: list[str] = []
         cancels: list[str] = []
         intents: list[OrderIntent] = []
-        self._reconcile(Side.BUY, bid_price, bid_qty, changes, cancels, intents)
-        self._reconcile(Side.SELL, ask_price, ask_qty, changes, cancels, intents)
+        bid_qty, bid_room = self._reconcile(Side.BUY, bid_price, wanted_bid, changes, cancels,
+                                            intents)
+        ask_qty, ask_room = self._reconcile(Side.SELL, ask_price, wanted_ask, changes, cancels,
+                                            intents)
         self._last_eval_ns, self._last_eval_mid, self._dirty = now, mid, False
         self._last_skip = None
         if not (cancels or intents) and not log_hold:
             return None
         inputs = self._quote_inputs(quote, sigma, model_bid, model_ask, bid_price, ask_price,
                                     bid_qty, ask_qty)
+        inputs.update(bid_room=bid_room, ask_room=ask_room)
         if cancels or intents:
             return Decision(self.name, now, "quote", "; ".join(changes), inputs,
                             expected=ask_price - bid_price, intents=intents, cancels=cancels)
@@ -323,53 +326,69 @@ class InventoryMMStrategy:
         ask = max(ask, ceil_to_step(quote.bid + self.tick, self.tick))
         return bid, ask
 
-    def _target_sizes(self, bid_price: float) -> tuple[float, float]:
-        """exp(-n q) size rule, capped by the inventory limit and the account's balances."""
+    def _target_sizes(self) -> tuple[float, float]:
+        """The exp(-n q) rule: full `order_qty`, shrunk on the side that adds to |q|."""
         s = self.settings
         q, q_max = self.inventory, s.max_inventory
         bid_qty = s.order_qty * math.exp(-s.size_decay * q / q_max) if q > 0 else s.order_qty
         ask_qty = s.order_qty * math.exp(s.size_decay * q / q_max) if q < 0 else s.order_qty
-        # Orders being cancelled can still fill: leave room for them too, so no sequence
-        # of fills can carry |q| past the limit.
-        pending_buy = sum(o.qty for o in self.orders.values()
-                          if o.cancelling and o.side is Side.BUY)
-        pending_sell = sum(o.qty for o in self.orders.values()
-                           if o.cancelling and o.side is Side.SELL)
-        bid_qty = min(bid_qty, q_max - q - pending_buy)
-        ask_qty = min(ask_qty, q_max + q - pending_sell)
-        balances = self._account.balances(self.venue) if self._account is not None else None
-        if balances is not None:
-            ask_qty = min(ask_qty, balances.get(self.base_asset, 0.0))
-            bid_qty = min(bid_qty, balances.get(self.quote_asset, 0.0) / bid_price)
-        return (max(0.0, floor_to_step(bid_qty, self.lot)),
-                max(0.0, floor_to_step(ask_qty, self.lot)))
+        return bid_qty, ask_qty
 
-    def _reconcile(self, side: Side, price: float, qty: float, changes: list[str],
-                   cancels: list[str], intents: list[OrderIntent]) -> None:
-        """Keep one resting order within tolerance of the target; cancel the rest."""
+    def _side_room(self, side: Side, price: float) -> float:
+        """Most one side may have resting: the inventory headroom and the balance."""
+        q_max = self.settings.max_inventory
+        balances = self._account.balances(self.venue) if self._account is not None else {}
+        if side is Side.BUY:
+            return min(q_max - self.inventory, balances.get(self.quote_asset, 0.0) / price)
+        return min(q_max + self.inventory, balances.get(self.base_asset, 0.0))
+
+    def _reconcile(self, side: Side, price: float, wanted: float, changes: list[str],
+                   cancels: list[str], intents: list[OrderIntent]) -> tuple[float, float]:
+        """Keep one resting order near the target, cancel the rest, place one if none is
+        kept. Returns (target size, room) of the side.
+
+        Room: what `max_inventory` (and the balance) leaves once every other order of the
+        side that can still fill is counted, those being cancelled included; no sequence
+        of fills can then carry |q| past the limit. An order is kept when its price is
+        within `delta_price_bps` of the target, all open orders of the side fit in the
+        room, and its size is within `delta_size` of the target or no replacement could
+        be larger (the orders we cancel still take room until their cancel lands).
+        """
         label = "bid" if side is Side.BUY else "ask"
-        price_tolerance = self.settings.delta_price_bps * BPS * price
-        size_tolerance = self.settings.delta_size * qty
-        kept = False
+        room = self._side_room(side, price)
+        candidates: list[WorkingOrder] = []
         for order in self.orders.values():
-            if order.side is not side or order.cancelling or order.kind != "quote":
-                continue
-            if (not kept and qty >= self.lot and abs(order.price - price) <= price_tolerance
-                    and abs(order.qty - qty) <= size_tolerance + 1e-12):
-                kept = True
+            if order.side is side:
+                if order.cancelling or order.kind != "quote":
+                    room -= order.qty
+                else:
+                    candidates.append(order)
+        target = max(0.0, floor_to_step(min(wanted, room), self.lot))
+        left = room - sum(order.qty for order in candidates)
+        replacement = max(0.0, floor_to_step(min(target, left), self.lot))
+        price_tolerance = self.settings.delta_price_bps * BPS * price
+        size_tolerance = self.settings.delta_size * target + 1e-12
+        kept: WorkingOrder | None = None
+        for order in candidates:
+            if (kept is None and target >= self.lot and left >= -1e-12
+                    and abs(order.price - price) <= price_tolerance
+                    and (abs(order.qty - target) <= size_tolerance
+                         or order.qty >= replacement)):
+                kept = order
                 continue
             order.cancelling = True
             cancels.append(order.client_order_id)
             changes.append(f"{label} {order.qty:g}@{order.price} off target")
-        if kept:
-            return
-        if qty < self.lot:
+        if kept is not None:
+            return target, room
+        if replacement < self.lot:
             if changes and changes[-1].startswith(label):  # say why nothing replaces it
-                changes.append(f"no {label}: inventory limit or balance")
-            return
-        intent = self._new_intent(side, OrderType.POST_ONLY, qty, price, "quote", label)
-        intents.append(intent)
-        changes.append(f"{label} {qty:g}@{price}")
+                changes.append(f"no {label}: inventory limit, balance or orders in flight")
+            return target, room
+        intents.append(self._new_intent(side, OrderType.POST_ONLY, replacement, price, "quote",
+                                        label))
+        changes.append(f"{label} {replacement:g}@{price}")
+        return target, room
 
     # -- risk ------------------------------------------------------------------------------
 
@@ -521,7 +540,8 @@ class InventoryMMStrategy:
                       ask_qty: float) -> dict[str, object]:
         """Flat snapshot: prices in quote currency, sigma in price per sqrt-second, k in
         1/price, inventory in base units (and in orders), horizon in seconds, P&L marked
-        at mid; model_gamma = gamma * order_qty is what the kernel got."""
+        at mid; model_gamma = gamma * order_qty is what the kernel got; bid_qty/ask_qty
+        are the target sizes, bid_room/ask_room what the limit leaves a side."""
         mid = quote.mid
         return {
             "venue": self.venue, "symbol": self.symbol, "mid": mid,

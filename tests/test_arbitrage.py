@@ -11,9 +11,10 @@ so the net edge is T bps of a exactly when b = a (1.0011 + T / 1e4) / 0.9989.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
-from strategy_fakes import FakeAccount, FakeClock, FakeMarket
+from strategy_fakes import NS, FakeAccount, FakeClock, FakeMarket, load_binance_recording
 
 from config.settings import ArbitrageSettings, VenueSettings
 from daemon.model import Fill, OrderAck, OrderStatus, OrderType, Quote, Side, TransferIntent
@@ -362,3 +363,54 @@ def test_registry_builds_arbitrage_over_the_enabled_venues() -> None:
     assert isinstance(strategy, ArbitrageStrategy)
     assert set(strategy.venues) == {A, B}
     assert strategy.transfer_time_s["BTC"] == 360.0
+
+
+# --- the real event path -------------------------------------------------------------------
+
+RECORDING = Path(__file__).resolve().parents[1].parent / "shared" / "data" / \
+    "binance_spot_btcusdt_20240808.gz"
+
+
+def test_recorded_quotes_against_a_drifting_copy_through_runner_and_paper() -> None:
+    """Venue A replays Binance spot; venue B is a copy 50 ms later at a premium swinging
+    +-6 bps over 20 s. With 1 bps fees the edge opens and closes; the paper executor's
+    20 ms latency makes some legs miss, so unwinds must leave every residual hedged."""
+    from config.settings import ExecutionSettings
+    from daemon.actions.paper import PaperExecutor
+    from daemon.model import Decision
+    from daemon.runner import StrategyRunner
+    from daemon.sinks import MemorySink
+
+    if not RECORDING.is_file():
+        pytest.skip(f"../shared/data not present: {RECORDING} missing")
+    quotes = [e for e in load_binance_recording(RECORDING, limit=15_000)
+              if isinstance(e, Quote)]
+    start = quotes[0].local_ts_ns
+    merged: list[Quote] = []
+    for quote in quotes:
+        merged.append(quote)
+        ts = quote.local_ts_ns + 50_000_000
+        premium = 1.0 + 6e-4 * math.sin(2 * math.pi * (ts - start) / 20e9)
+        merged.append(Quote(B, SYMBOL, round(quote.bid * premium, 2), quote.bid_qty,
+                            round(quote.ask * premium, 2), quote.ask_qty, 0, ts))
+    merged.sort(key=lambda q: q.local_ts_ns)
+    venue = VenueSettings(enabled=True, taker_fee_bps=1.0,
+                          markets={SYMBOL: {"tick": TICK, "lot": 0.00001}},
+                          balances={"BTC": 1.0, "USDT": 100_000.0})
+    venues = {A: venue, B: venue}
+    paper = PaperExecutor(venues, ExecutionSettings())
+    strategy = ArbitrageStrategy(ArbitrageSettings(min_net_edge_bps=2.0, slippage_bps=0.5,
+                                                   max_notional=1_000.0), venues, [SYMBOL])
+    market, clock, sink = FakeMarket(), FakeClock(start), MemorySink()
+    runner = StrategyRunner(strategy, paper, sink, market, paper, clock)
+    for quote in merged:
+        clock.now_ns = quote.local_ts_ns
+        market.publish(quote)
+        runner.on_quote(quote)
+    runner.advance(clock.now_ns + NS)
+    actions = [d.action for d in sink.of_type(Decision)]
+    assert actions.count("arbitrage") > 10
+    assert "unwind_failed" not in actions and strategy.halted_reason is None
+    assert strategy._residual[SYMBOL] == 0.0 and not strategy._executions
+    net_btc = sum(paper.balances(v)["BTC"] for v in venues) - 2.0
+    assert net_btc == pytest.approx(0.0, abs=1e-9)  # every leg matched or hedged
