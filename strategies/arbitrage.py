@@ -241,7 +241,7 @@ class ArbitrageStrategy:
             return None
         leg = next(leg for leg in execution.legs if leg.client_order_id == fill.client_order_id)
         leg.filled += fill.qty
-        if fill.fee_asset == split_symbol(execution.symbol)[0]:
+        if fill.fee_asset == self._assets_of[execution.symbol][0]:
             leg.fee_base += fill.fee
         return None
 

@@ -33,7 +33,10 @@ Decisions (`inputs` documented on `_quote_inputs`):
   k unknown); resting orders are cancelled; logged when the reason changes;
 - "max_loss_exit": P&L below -max_loss: cancel all, flatten with a market order, stop;
 - "rebalance": a portfolio trade back to `target_base_weight` (IOC at the touch);
-- "kill": the kill switch fired (flattens only when built with `flatten_on_kill`).
+- "flatten": after the kill switch, a market order closing the inventory (only when built
+  with `flatten_on_kill`; the runner itself logs the kill and cancels the orders).
+`Decision.expected` is the quoted spread (price) for "quote"/"hold" and the P&L (quote
+currency) for "max_loss_exit".
 """
 
 from __future__ import annotations
@@ -252,14 +255,18 @@ class InventoryMMStrategy:
         return self._requote(now_ns, quote, log_hold=True)
 
     def on_kill(self, reason: str) -> Decision | None:
+        """Stop for good. The runner has logged the kill and cancelled every open order;
+        all that is left to decide is whether to flatten the inventory."""
         if self.stopped_reason is not None:
             return None  # already stopped (max-loss exit): flat or flattening
         self.stopped_reason = f"kill switch: {reason}"
-        cancels = self._cancel_all()
+        for order in self.orders.values():
+            order.cancelling = True
         flatten = self._flatten_intent("kill switch") if self.flatten_on_kill else None
-        intents = [flatten] if flatten is not None else []
-        return Decision(self.name, self._clock(), "kill", self.stopped_reason,
-                        inputs=self._account_inputs(), intents=intents, cancels=cancels)
+        if flatten is None:
+            return None
+        return Decision(self.name, self._clock(), "flatten", self.stopped_reason,
+                        inputs=self._account_inputs(), intents=[flatten])
 
     # -- evaluation ------------------------------------------------------------------------
 

@@ -252,10 +252,16 @@ def test_kill_switch_stops_quoting_and_flattens_when_configured() -> None:
     h.ack_all(first)
     h.fill(side_intent(first, Side.SELL))
     decision = h.strategy.on_kill("daily loss limit")
-    assert decision.action == "kill" and decision.cancels
+    assert decision.action == "flatten" and not decision.cancels  # the runner cancels
     (flatten,) = decision.intents
     assert (flatten.side, flatten.type, flatten.qty) == (Side.BUY, OrderType.MARKET, 0.001)
     assert h.quote(after_s=1.0) is None
+    assert h.strategy.on_kill("again") is None
+
+    quiet = Harness()  # not configured to flatten: it just stops
+    quiet.quote()
+    assert quiet.strategy.on_kill("daily loss limit") is None
+    assert quiet.quote(after_s=1.0) is None
 
 
 def test_k_auto_is_fitted_from_trade_arrivals() -> None:
