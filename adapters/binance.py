@@ -12,9 +12,11 @@ With `book_depth > 1` also `<sym>@depth@100ms`, plus the REST depth snapshot the
 asks for (`on_resync`) to build a local book by Binance's documented procedure.
 
 Protocol duties: the server pings every 20 s (spot) / 3 min (futures) and drops a
-client that does not pong: websockets answers pings by itself. Binance closes every
-connection at 24 h, so we reconnect proactively before that (`max_connection_age_s`,
-default 23 h) and at once when the server announces a shutdown (`serverShutdown`).
+client that does not pong: our WebSocket client answers every ping as it reads it (and
+pings the server itself every 20 s, to tell a dead TCP connection from a quiet market).
+Binance closes every connection at 24 h, so we reconnect proactively before that
+(`max_connection_age_s`, default 23 h) and at once when the server announces a shutdown
+(`serverShutdown`).
 Control messages are limited (5/s spot, 10/s futures): ours are paced. Backwards or
 repeated bookTicker update ids (`u`) are dropped by the parser.
 """
@@ -28,7 +30,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from websockets.asyncio.client import ClientConnection
 
 from adapters.parsers.binance import BINANCE_VENUES, BinanceParser
 from adapters.stats import VenueStats
@@ -44,6 +45,7 @@ from adapters.supervisor import (
     timings_from_settings,
     wait_for_reply,
 )
+from adapters.wsclient import FrameConnection
 from config.settings import VenueSettings
 from daemon.bus import Bus
 from daemon.logs import get_logger
@@ -130,7 +132,7 @@ class BinanceAdapter(WebSocketSession):
     def url(self) -> str:
         return combined_stream_url(self.settings.ws_url, self.streams)
 
-    async def on_open(self, ws: ClientConnection) -> None:
+    async def on_open(self, ws: FrameConnection) -> None:
         # The URL subscribed us; nothing to send. Frames are already flowing.
         return None
 
@@ -171,7 +173,7 @@ class BinanceAdapter(WebSocketSession):
         if removed:
             await self._request(ws, "UNSUBSCRIBE", removed)
 
-    async def _request(self, ws: ClientConnection, method: str, streams: list[str]) -> None:
+    async def _request(self, ws: FrameConnection, method: str, streams: list[str]) -> None:
         async with self._control_lock:
             # Pace control messages under Binance's per-connection limit.
             wait = self._last_control_send + CONTROL_MESSAGE_INTERVAL_S - time.monotonic()
@@ -211,7 +213,8 @@ class BinanceAdapter(WebSocketSession):
 
     def _on_resync(self, symbol: str) -> None:
         """The parser needs a REST snapshot for `symbol` (first diff, or lost sync)."""
-        if symbol in self._snapshots_in_flight or self.ws is None:
+        # No check on self.ws: the first diffs may arrive before open_connection returns.
+        if symbol in self._snapshots_in_flight:
             return
         self._snapshots_in_flight.add(symbol)
         if symbol in self._books_loaded:

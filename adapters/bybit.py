@@ -26,7 +26,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection
 
 from adapters.parsers.bybit import BYBIT_VENUES, BybitParser
 from adapters.stats import VenueStats
@@ -41,6 +40,7 @@ from adapters.supervisor import (
     timings_from_settings,
     wait_for_reply,
 )
+from adapters.wsclient import FrameConnection
 from config.settings import VenueSettings
 from daemon.bus import Bus
 from daemon.logs import get_logger
@@ -70,6 +70,9 @@ def topics_for(symbols: Iterable[str], depth: int) -> list[str]:
 class BybitAdapter(WebSocketSession):
     """Bybit spot or linear market data for a set of symbols, supervised; `run()` until
     cancelled. Publishes the order book's top as Quotes, and Trades, to the bus."""
+
+    #: Bybit's keepalive is its application-level `op: ping` (see `_keepalive`).
+    protocol_ping_interval_s = None
 
     def __init__(
         self,
@@ -115,11 +118,7 @@ class BybitAdapter(WebSocketSession):
     def url(self) -> str:
         return self.settings.ws_url
 
-    def connect_options(self) -> dict[str, Any]:
-        # Bybit's keepalive is its application-level ping; no protocol pings needed.
-        return {"ping_interval": None}
-
-    async def on_open(self, ws: ClientConnection) -> None:
+    async def on_open(self, ws: FrameConnection) -> None:
         self.spawn(self._keepalive(ws), "ping")
         await self._subscribe_all(ws, "subscribe", self.topics)
         log.info("subscribed", venue=self.venue, topics=self.topics)
@@ -154,7 +153,7 @@ class BybitAdapter(WebSocketSession):
         await self._subscribe_all(ws, "subscribe", added)
         await self._subscribe_all(ws, "unsubscribe", removed)
 
-    async def _subscribe_all(self, ws: ClientConnection, op: str, topics: list[str]) -> None:
+    async def _subscribe_all(self, ws: FrameConnection, op: str, topics: list[str]) -> None:
         """Send one request per topic, then wait for every acknowledgement."""
         replies = []
         for topic in topics:
@@ -187,7 +186,7 @@ class BybitAdapter(WebSocketSession):
         self.supervisor.resync(topic, reason)
         self.spawn(self._resubscribe(topic), f"resubscribe:{topic}")
 
-    async def _keepalive(self, ws: ClientConnection) -> None:
+    async def _keepalive(self, ws: FrameConnection) -> None:
         while True:
             await asyncio.sleep(self.ping_interval_s)
             self._ping_count += 1

@@ -41,10 +41,16 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-import websockets
-from websockets.asyncio.client import ClientConnection, connect
-
 from adapters.stats import VenueStats, stats_for
+from adapters.wsclient import (
+    ConnectionClosedByPeer,
+    ConnectionDropped,
+    FrameConnection,
+    HandshakeFailed,
+    InvalidURL,
+    WebSocketError,
+    open_connection,
+)
 from daemon.bus import Bus
 from daemon.logs import get_logger
 
@@ -135,32 +141,27 @@ def classify_error(venue: str, error: BaseException) -> FeedError:
     """Map any exception from a session to the taxonomy (unknown ones are retried)."""
     if isinstance(error, FeedError):
         return error
-    if isinstance(error, websockets.InvalidStatus):
-        status = error.response.status_code
+    if isinstance(error, HandshakeFailed):
+        status = error.status
         if status in (418, 429):
-            retry_after = _retry_after_header(error.response.headers.get("Retry-After"))
+            retry_after = _retry_after_header(error.headers.get("retry-after"))
             return RateLimited(venue, f"handshake refused with HTTP {status}", retry_after)
         if status in (400, 401, 403, 404, 410, 451):
             return VenueRefused(venue, f"handshake refused with HTTP {status}")
-        return ConnectFailed(venue, f"handshake refused with HTTP {status}")
-    if isinstance(error, websockets.InvalidURI):
-        return VenueRefused(venue, f"invalid WebSocket URL: {error}")
-    if isinstance(error, websockets.ConnectionClosed):
-        return _closed_error(venue, error)
-    if isinstance(error, websockets.InvalidHandshake | TimeoutError):
-        return ConnectFailed(venue, f"handshake failed: {error or type(error).__name__}")
+        return ConnectFailed(venue, f"handshake failed: {error}")
+    if isinstance(error, InvalidURL):
+        return VenueRefused(venue, str(error))
+    if isinstance(error, ConnectionClosedByPeer):
+        if error.code == 1008:  # policy violation: Binance's "too many requests"
+            return RateLimited(venue, f"closed by venue: 1008 {error.reason}", retry_after_s=10.0)
+        return ConnectionLost(venue, f"closed by venue: {error.code} {error.reason}".rstrip())
+    if isinstance(error, WebSocketError):
+        return ConnectionLost(venue, str(error))
+    if isinstance(error, TimeoutError):
+        return ConnectFailed(venue, f"timed out: {error or 'no answer'}")
     if isinstance(error, OSError):
         return ConnectFailed(venue, f"{type(error).__name__}: {error}")
     return ConnectionLost(venue, f"{type(error).__name__}: {error}")
-
-
-def _closed_error(venue: str, error: websockets.ConnectionClosed) -> FeedError:
-    close = error.rcvd
-    if close is None:
-        return ConnectionLost(venue, "connection dropped without a close frame")
-    if close.code == 1008:  # policy violation: Binance's "too many requests"
-        return RateLimited(venue, f"closed by venue: 1008 {close.reason}", retry_after_s=10.0)
-    return ConnectionLost(venue, f"closed by venue: {close.code} {close.reason}".rstrip())
 
 
 def _retry_after_header(value: str | None) -> float:
@@ -445,26 +446,28 @@ async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
 
 
 class WebSocketSession(ABC):
-    """A native venue connection: one socket, a receive loop, and side tasks.
+    """A native venue connection: one socket, frames handed over as they arrive, and
+    side tasks.
 
     Subclasses say where to connect (`url`), what to do once connected (`on_open`,
     e.g. subscribe and wait for acknowledgements), how to read a frame (`on_frame`,
-    called with the raw bytes and the local receive time in ns), and what to forget
-    when the connection is gone (`on_close`). Side tasks started with `spawn` run
-    beside the receive loop; the first one to fail ends the connection with its error,
-    one that returns `PLANNED_RECONNECT` ends it for an immediate reconnect.
+    called synchronously with the raw bytes and the local receive time in ns), and what
+    to forget when the connection is gone (`on_close`). Side tasks started with `spawn`
+    run beside the connection; the first one to fail ends the connection with its
+    error, one that returns `PLANNED_RECONNECT` ends it for an immediate reconnect.
     """
 
-    #: Frames buffered by websockets before it stops reading the socket.
-    MAX_QUEUE = 4096
-    MAX_FRAME_BYTES = 16 * 1024 * 1024
+    MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+    #: Our own WebSocket pings (None: none). A pong missing for as long again ends the
+    #: connection: the way to tell a dead TCP connection from a quiet market.
+    protocol_ping_interval_s: float | None = 20.0
 
     def __init__(self, venue: str, supervisor: ConnectionSupervisor) -> None:
         self.venue = venue
         self.supervisor = supervisor
         self.stats = supervisor.stats
         self.timings = supervisor.timings
-        self.ws: ClientConnection | None = None
+        self.ws: FrameConnection | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._finished: list[asyncio.Task[Any]] = []
         self._wakeup = asyncio.Event()
@@ -477,7 +480,7 @@ class WebSocketSession(ABC):
         """The URL to connect to now (may depend on the current subscriptions)."""
 
     @abstractmethod
-    async def on_open(self, ws: ClientConnection) -> None:
+    async def on_open(self, ws: FrameConnection) -> None:
         """Connected: subscribe (and wait for acks). Frames flow while this runs."""
 
     @abstractmethod
@@ -486,10 +489,6 @@ class WebSocketSession(ABC):
 
     def on_close(self) -> None:  # noqa: B027 - optional hook
         """The connection is gone: forget per-connection state (sequence numbers, acks)."""
-
-    def connect_options(self) -> dict[str, Any]:
-        """Extra keyword arguments for `websockets.connect` (e.g. ping settings)."""
-        return {}
 
     # -- helpers for subclasses --------------------------------------------------------------
 
@@ -517,71 +516,56 @@ class WebSocketSession(ABC):
     async def serve(self, link: Link) -> None:
         url = self.url()
         self._planned_reconnect = None
-        options: dict[str, Any] = {
-            "open_timeout": self.timings.open_timeout_s,
-            "close_timeout": 1.0,
-            "max_queue": self.MAX_QUEUE,
-            "max_size": self.MAX_FRAME_BYTES,
-            # permessage-deflate costs CPU per frame on the hot path; market data
-            # venues do not need it.
-            "compression": None,
-            "user_agent_header": "cryptopipe",
-        }
-        options.update(self.connect_options())
-        async with connect(url, **options) as ws:
-            self.ws = ws
-            try:
-                link.connected(url=url)
-                self.spawn(self.on_open(ws), "open")
-                if self.timings.max_connection_age_s:
-                    self.spawn(_planned_after(self.timings.max_connection_age_s), "max-age")
-                receiver = asyncio.create_task(self._receive(ws), name=f"{self.venue}:receive")
-                await self._until_first_ends(receiver)
-            finally:
-                self.ws = None
-                await self._stop_side_tasks()
-                self.on_close()
-
-    async def _receive(self, ws: ClientConnection) -> None:
-        # The hot loop: keep it free of anything that is not needed per frame.
-        recv = ws.recv
-        on_frame = self.on_frame
-        stats = self.stats
-        clock = time.time_ns
-        while True:
-            frame = await recv(decode=False)
-            now = clock()
-            stats.last_frame_ns = now
-            stats.frames += 1
-            on_frame(frame, now)  # type: ignore[arg-type]
-
-    async def _until_first_ends(self, receiver: asyncio.Task[Any]) -> None:
-        """Wait until the receive loop or a side task ends; raise its error, if any."""
+        # Frames go straight from the socket to on_frame; the connection counts them
+        # into the venue's stats (frames, last_frame_ns) once per socket read.
+        connection = await open_connection(
+            url, self.on_frame, open_timeout_s=self.timings.open_timeout_s,
+            max_message_bytes=self.MAX_MESSAGE_BYTES, counters=self.stats)
+        self.ws = connection
         try:
-            while True:
-                waiter = asyncio.create_task(self._wakeup.wait())
-                try:
-                    await asyncio.wait({receiver, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                if receiver.done():
-                    receiver.result()  # raises ConnectionClosed & co.
-                    return
-                self._wakeup.clear()
-                finished, self._finished = self._finished, []
-                for task in finished:
-                    self._side_tasks.discard(task)
-                    if task.cancelled():
-                        continue
-                    error = task.exception()
-                    if error is not None:
-                        raise error
-                    if task.result() is PLANNED_RECONNECT:
-                        return
+            link.connected(url=url)
+            self.spawn(self.on_open(connection), "open")
+            if self.timings.max_connection_age_s:
+                self.spawn(_planned_after(self.timings.max_connection_age_s), "max-age")
+            if self.protocol_ping_interval_s:
+                self.spawn(self._keepalive(connection, self.protocol_ping_interval_s), "ping")
+            await self._until_first_ends(connection.closed)
         finally:
-            if not receiver.done():
-                receiver.cancel()
-                await asyncio.wait({receiver})
+            self.ws = None
+            await self._stop_side_tasks()
+            await connection.close(timeout_s=1.0)
+            self.on_close()
+
+    async def _keepalive(self, connection: FrameConnection, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await connection.ping(timeout_s=interval_s)
+            except TimeoutError:
+                raise ConnectionLost(self.venue, f"no pong within {interval_s:g} s") from None
+
+    async def _until_first_ends(self, closed: asyncio.Future[None]) -> None:
+        """Wait until the connection closes or a side task ends; raise its error, if any."""
+        while True:
+            waiter = asyncio.create_task(self._wakeup.wait())
+            try:
+                await asyncio.wait({closed, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if closed.done():
+                closed.result()  # raises ConnectionClosedByPeer, ConnectionDropped, ...
+                raise ConnectionDropped("connection closed")
+            self._wakeup.clear()
+            finished, self._finished = self._finished, []
+            for task in finished:
+                self._side_tasks.discard(task)
+                if task.cancelled():
+                    continue
+                error = task.exception()
+                if error is not None:
+                    raise error
+                if task.result() is PLANNED_RECONNECT:
+                    return
 
     async def _stop_side_tasks(self) -> None:
         tasks, self._side_tasks = self._side_tasks, set()

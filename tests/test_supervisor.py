@@ -9,10 +9,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-import websockets
-from websockets.datastructures import Headers
-from websockets.frames import Close
-from websockets.http11 import Response
 
 from adapters.stats import VenueStats, registry, stats_for
 from adapters.supervisor import (
@@ -28,6 +24,12 @@ from adapters.supervisor import (
     SubscriptionRejected,
     VenueRefused,
     classify_error,
+)
+from adapters.wsclient import (
+    ConnectionClosedByPeer,
+    ConnectionDropped,
+    HandshakeFailed,
+    InvalidURL,
 )
 from daemon.bus import Bus
 from daemon.model import Quote
@@ -105,22 +107,22 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     assert BackoffPolicy(jitter=0.0).delay(3) == 4.0
 
 
-def _invalid_status(status: int, headers: Headers | None = None) -> websockets.InvalidStatus:
-    return websockets.InvalidStatus(Response(status, "x", headers or Headers(), b""))
+def _refused(status: int, headers: dict[str, str] | None = None) -> HandshakeFailed:
+    return HandshakeFailed(status, "x", headers or {})
 
 
 @pytest.mark.parametrize(("error", "kind", "retry"), [
-    (_invalid_status(429, Headers([("Retry-After", "7")])), RateLimited, True),
-    (_invalid_status(418), RateLimited, True),
-    (_invalid_status(451), VenueRefused, False),
-    (_invalid_status(404), VenueRefused, False),
-    (_invalid_status(503), ConnectFailed, True),
+    (_refused(429, {"retry-after": "7"}), RateLimited, True),
+    (_refused(418), RateLimited, True),
+    (_refused(451), VenueRefused, False),
+    (_refused(404), VenueRefused, False),
+    (_refused(503), ConnectFailed, True),
     (ConnectionRefusedError(111, "refused"), ConnectFailed, True),
     (TimeoutError(), ConnectFailed, True),
-    (websockets.ConnectionClosedError(None, None), ConnectionLost, True),
-    (websockets.ConnectionClosedOK(Close(1000, "bye"), None), ConnectionLost, True),
-    (websockets.ConnectionClosedError(Close(1008, "too many requests"), None), RateLimited, True),
-    (websockets.InvalidURI("nope", "bad"), VenueRefused, False),
+    (ConnectionDropped("dropped without a close frame"), ConnectionLost, True),
+    (ConnectionClosedByPeer(1000, "bye"), ConnectionLost, True),
+    (ConnectionClosedByPeer(1008, "too many requests"), RateLimited, True),
+    (InvalidURL("not a WebSocket URL: 'http://x'"), VenueRefused, False),
     (SubscriptionRejected(VENUE, "orderbook.1.X", "no"), SubscriptionRejected, False),
     (ValueError("surprise"), ConnectionLost, True),
 ])
@@ -132,7 +134,7 @@ def test_errors_are_classified_with_a_retry_answer(error, kind, retry) -> None:
 
 
 def test_rate_limit_waits_at_least_retry_after() -> None:
-    error = classify_error(VENUE, _invalid_status(429, Headers([("Retry-After", "7")])))
+    error = classify_error(VENUE, _refused(429, {"retry-after": "7"}))
     assert error.retry_after_s == 7.0
 
 
