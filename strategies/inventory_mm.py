@@ -84,6 +84,8 @@ ARRIVAL_GRID_HALF_TICKS = 20
 MIN_TRADES_FOR_K = 30
 #: k auto: ring of (time, distance) of the latest trades; at 200 trades/s it spans 5 min.
 TRADE_HISTORY = 1 << 16
+#: A move of the mid re-evaluates at most every requote_interval / this.
+REQUOTE_SPACING_DIVISOR = 10
 #: Client order ids remembered after their order closed, so a late fill is still booked.
 KNOWN_ORDER_IDS = 10_000
 _TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
@@ -271,10 +273,14 @@ class InventoryMMStrategy:
     # -- evaluation ------------------------------------------------------------------------
 
     def _due(self, now: int, mid: float) -> bool:
-        """Re-evaluate on a fill, every requote interval, or when the mid moved a tolerance."""
-        if self._dirty or now - self._last_eval_ns >= self._requote_ns:
+        """Re-evaluate on a fill, every requote interval, or when the mid moved a tolerance
+        (at most every tenth of the interval: in a fast market chasing every move would
+        send orders faster than the risk gate's order-rate limit lets through)."""
+        elapsed = now - self._last_eval_ns
+        if self._dirty or elapsed >= self._requote_ns:
             return True
-        return abs(mid - self._last_eval_mid) > self.settings.delta_price_bps * BPS * mid
+        return (elapsed >= self._requote_ns // REQUOTE_SPACING_DIVISOR
+                and abs(mid - self._last_eval_mid) > self.settings.delta_price_bps * BPS * mid)
 
     def _unusable_reason(self, quote: Quote, now: int) -> str | None:
         if quote.stale or now - quote.local_ts_ns > self.stale_after_ns:
