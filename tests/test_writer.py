@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from daemon.model import (
@@ -30,6 +32,14 @@ from daemon.postmortem.writer import DecisionLogWriter
 REPO = Path(__file__).resolve().parents[1]
 DAY_NS = 1_723_161_253_000_000_000  # 2024-08-08T23:54:13Z
 LOG_DAY = "2024-08-08"
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Tests that ran `main()` leave structlog writing to a stream pytest has closed."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def numbered_fill(i: int) -> Fill:
@@ -264,7 +274,8 @@ async def test_a_failing_disk_keeps_records_in_order_and_retries(
         for i in range(300):
             writer.record(numbered_fill(i))
             await asyncio.sleep(0.0005)
-        while failures["left"] and writer.queued:
+        deadline = time.monotonic() + 30
+        while failures["left"] and writer.queued and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
     monkeypatch.setattr(os, "write", real_write)
     assert writer.write_errors >= 1

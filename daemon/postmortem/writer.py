@@ -334,6 +334,7 @@ class DecisionLogWriter:
         self._room = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision-log")
         self._task = asyncio.create_task(self._run(), name=f"decision-log:{self.run_id}")
+        self._task.add_done_callback(self._on_task_done)
 
     def _running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -352,11 +353,20 @@ class DecisionLogWriter:
             if self._batches:
                 try:
                     await loop.run_in_executor(self._thread, self._write_batches)
-                except OSError as exc:  # kept in order and retried next interval
+                except Exception as exc:  # kept in order and retried next interval
                     self.write_errors += 1
                     log.error("decision_log_write_failed", run_id=self.run_id,
-                              error=str(exc), queued=self.queued)
+                              error=repr(exc), queued=self.queued)
             self._room.set()
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """Never leave a producer parked in `wait_room()` behind a dead writer task."""
+        if self._room is not None:
+            self._room.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("decision_log_writer_stopped", run_id=self.run_id,
+                      error=repr(task.exception()), queued=self.queued,
+                      hint="records are still written, by the producer, when the queue fills")
 
     async def aclose(self) -> None:
         """Stop the task, write and fsync whatever is left, close the file."""

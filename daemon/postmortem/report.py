@@ -1,0 +1,337 @@
+"""`--mode post-mortem`: what every strategy decided and what it earned, from the decision log.
+
+    python main.py --mode post-mortem [--strategy S] [--run RUN_ID]
+                   [--since 2024-08-08T23:00] [--until 2024-08-09] [--format json]
+
+Reads `<data_dir>/decisions/*/*.jsonl` with DuckDB (torn and corrupt lines skipped and
+counted), prints tables per strategy and run (or, with `--format json`, the same figures as
+one JSON document on stdout), and writes under `<data_dir>/reports/<run|all-runs>[-S]/`:
+`summary.csv` (one row per strategy and run), `fills.csv`, `decisions.csv` and
+`report.html` (plotly charts, plotly.js inlined so it opens offline). The figures are
+defined in `daemon.postmortem.metrics`.
+
+An empty or missing log is not an error: a clear message and exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from config.settings import ConfigError
+from daemon.logs import get_logger
+from daemon.postmortem.charts import report_html
+from daemon.postmortem.metrics import RunSummary, groups, summarise
+from daemon.postmortem.reader import LoadedLog, LogFilter, load_log, parse_time
+from daemon.postmortem.writer import decisions_dir
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+log = get_logger("postmortem")
+
+REPORTS_DIR = "reports"
+
+
+@dataclass(slots=True)
+class Report:
+    """What a post-mortem found and wrote."""
+
+    log_dir: Path
+    log_filter: LogFilter
+    files: int = 0
+    records: int = 0
+    corrupt_lines: int = 0
+    unsupported_lines: int = 0
+    summaries: list[RunSummary] = field(default_factory=list)
+    exports: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.summaries
+
+    def message(self) -> str:
+        """Why there is nothing to report, in one line an operator can act on."""
+        if not self.files:
+            return f"no decision log under {self.log_dir}{_describe(self.log_filter)}"
+        return (f"no records in {self.files} decision log file(s) under {self.log_dir}"
+                f"{_describe(self.log_filter)}")
+
+    def figures(self) -> dict[str, Any]:
+        """Everything `--format json` prints."""
+        return {
+            "log_dir": str(self.log_dir),
+            "filter": asdict(self.log_filter),
+            "files": self.files,
+            "records": self.records,
+            "skipped_lines": self.corrupt_lines + self.unsupported_lines,
+            "corrupt_lines": self.corrupt_lines,
+            "unsupported_lines": self.unsupported_lines,
+            "runs": [summary.figures() for summary in self.summaries],
+            "exports": {name: str(path) for name, path in self.exports.items()},
+            "message": self.message() if self.empty else "",
+        }
+
+
+def _describe(log_filter: LogFilter) -> str:
+    parts = [f"{name}={value}" for name, value in asdict(log_filter).items() if value is not None]
+    return f" matching {', '.join(parts)}" if parts else ""
+
+
+async def run_postmortem(app: App) -> int:
+    """Mode entry point; the DuckDB work runs in a thread so signals stay responsive."""
+    args = app.args
+    try:
+        log_filter = LogFilter(
+            strategy=args.strategy,
+            run_id=args.run,
+            since_ns=parse_time(args.since) if args.since else None,
+            until_ns=parse_time(args.until) if args.until else None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"post-mortem: {exc}") from None
+    report = await asyncio.to_thread(build_report, app.settings.data_dir, log_filter)
+    if args.format == "json":
+        sys.stdout.buffer.write(orjson.dumps(report.figures(), option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+    else:
+        print_report(report, Console())
+    return 0
+
+
+def build_report(data_dir: Path, log_filter: LogFilter, out_dir: Path | None = None,
+                 charts: bool = True) -> Report:
+    """Read, compute, export. `out_dir` defaults to `<data_dir>/reports/<label>`."""
+    loaded = load_log(Path(data_dir), log_filter)
+    report = Report(decisions_dir(data_dir), log_filter, len(loaded.files), loaded.records,
+                    loaded.corrupt_lines, loaded.unsupported_lines)
+    if loaded.skipped_lines:
+        log.warning("decision_log_lines_skipped", corrupt=loaded.corrupt_lines,
+                    unsupported=loaded.unsupported_lines,
+                    hint="torn (crash mid-write) or corrupt lines; every other record is read")
+    if loaded.records:
+        report.summaries = [summarise(loaded.db, run, strategy)
+                            for run, strategy in groups(loaded.db)]
+    if report.summaries:
+        target = out_dir or Path(data_dir) / REPORTS_DIR / _label(log_filter)
+        report.exports = write_exports(loaded, report, target, charts)
+    loaded.db.close()
+    return report
+
+
+def _label(log_filter: LogFilter) -> str:
+    label = log_filter.run_id or "all-runs"
+    if log_filter.strategy:
+        label += "-" + log_filter.strategy.lower().replace("_", "-")
+    return label
+
+
+# -- exports -----------------------------------------------------------------------------
+
+
+def write_exports(loaded: LoadedLog, report: Report, target: Path, charts: bool = True
+                  ) -> dict[str, Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    exports = {
+        "summary": target / "summary.csv",
+        "fills": target / "fills.csv",
+        "decisions": target / "decisions.csv",
+    }
+    _write_summary_csv(report.summaries, exports["summary"])
+    db = loaded.db
+    db.execute(f"""COPY (
+        SELECT run_id, strategy, make_timestamp_ns(ts_ns) AS time, ts_ns, 'venue' AS kind,
+               venue, symbol, side, price, qty, notional, fee, fee_asset, fee_quote,
+               liquidity, client_order_id, trade_id
+        FROM fills
+        UNION ALL
+        SELECT run_id, strategy, make_timestamp_ns(ts_ns), ts_ns, 'client', 'client', symbol,
+               side, price, qty, price * qty, 0.0, NULL, 0.0, 'client', NULL, NULL
+        FROM client_fills
+        ORDER BY run_id, strategy, ts_ns) TO '{_sql_path(exports["fills"])}' (HEADER)""")
+    db.execute(f"""COPY (
+        SELECT run_id, strategy, make_timestamp_ns(ts_ns) AS time, ts_ns, action, reason,
+               expected, venue, symbol, mid, n_intents AS intents, n_cancels AS cancels,
+               inputs
+        FROM decisions ORDER BY run_id, strategy, ts_ns, decision_id)
+        TO '{_sql_path(exports["decisions"])}' (HEADER)""")
+    if charts:
+        exports["html"] = target / "report.html"
+        notes = [f"{report.files} log file(s), {report.records:,} records, "
+                 f"{report.corrupt_lines + report.unsupported_lines:,} line(s) skipped "
+                 "(torn or corrupt)."]
+        title = f"cryptopipe post-mortem — {_label(report.log_filter)}"
+        exports["html"].write_text(report_html(report.summaries, title, notes), encoding="utf-8")
+    return exports
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def summary_row(summary: RunSummary) -> dict[str, Any]:
+    """One flat CSV row; nested figures prefixed: `orders_fill_rate`, `inventory_BTC/USDT_final`."""
+    figures = summary.figures()
+    row: dict[str, Any] = {}
+    for name, value in figures.items():
+        if name == "actions":
+            row.update({f"action_{action}": count for action, count in value.items()})
+        elif name == "inventory":
+            for stats in value:
+                symbol = stats.pop("symbol")
+                row.update({f"inventory_{symbol}_{k}": v for k, v in stats.items()})
+        elif isinstance(value, dict):
+            row.update({f"{name}_{k}": v for k, v in value.items()})
+        elif value is not None:
+            row[name] = value
+    return row
+
+
+def _write_summary_csv(summaries: list[RunSummary], path: Path) -> None:
+    rows = [summary_row(summary) for summary in summaries]
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(name for name in row if name not in columns)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# -- tables ------------------------------------------------------------------------------
+
+
+def _money(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:,.2f}"
+
+
+def _ratio(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.1%}"
+
+
+def _num(value: float, digits: int = 4) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _time(ts_ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_report(report: Report, console: Console) -> None:
+    if report.empty:
+        console.print(f"post-mortem: {report.message()}")
+        return
+    for table in (_runs_table(report), _actions_table(report), _inventory_table(report),
+                  _orders_table(report), _arbitrage_table(report),
+                  _internalize_table(report)):
+        if table is not None and table.row_count:
+            console.print(table)
+    skipped = report.corrupt_lines + report.unsupported_lines
+    console.print(f"{report.files} log file(s), {report.records:,} records; "
+                  f"{skipped:,} line(s) skipped (torn or corrupt)")
+    for name, path in report.exports.items():
+        console.print(f"{name}: {path}")
+
+
+def _runs_table(report: Report) -> Table:
+    table = Table(title="P&L per strategy and run (quote currency)")
+    for column in ("run", "strategy", "from", "to", "decisions", "intents", "fills", "volume",
+                   "fees", "realised", "unrealised", "total P&L", "max drawdown"):
+        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    for s in report.summaries:
+        table.add_row(s.run_id, s.strategy, _time(s.start_ns), _time(s.end_ns),
+                      f"{s.decisions:,}", f"{s.intents_sent:,}", f"{s.fills:,}",
+                      _money(s.volume), _money(s.fees), _money(s.realised_pnl),
+                      _money(s.unrealised_pnl), _money(s.total_pnl), _money(s.max_drawdown))
+    return table
+
+
+def _actions_table(report: Report) -> Table:
+    table = Table(title="Decisions by action")
+    for column in ("run", "strategy", "action", "count"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for s in report.summaries:
+        for action, count in s.actions.items():
+            table.add_row(s.run_id, s.strategy, action, f"{count:,}")
+    return table
+
+
+def _inventory_table(report: Report) -> Table:
+    table = Table(title="Inventory (base units)")
+    for column in ("run", "strategy", "symbol", "final", "max long", "max short",
+                   "mean |position|", "mark"):
+        table.add_column(column, justify="left" if column in ("run", "strategy", "symbol")
+                         else "right")
+    for s in report.summaries:
+        for i in s.inventory:
+            table.add_row(s.run_id, s.strategy, i.symbol, _num(i.final), _num(i.max_long),
+                          _num(i.max_short), _num(i.mean_abs), _money(i.mark))
+    return table
+
+
+def _orders_table(report: Report) -> Table:
+    table = Table(title="Orders")
+    for column in ("run", "strategy", "orders", "fill rate", "cancel ratio", "avg duration s",
+                   "avg filled duration s", "spread captured", "captured bps", "slippage",
+                   "avg slippage / filled order"):
+        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    for s in report.summaries:
+        o = s.orders
+        if not o.orders:
+            continue
+        table.add_row(s.run_id, s.strategy, f"{o.orders:,}", _ratio(o.fill_rate),
+                      _ratio(o.cancel_ratio), _num(o.avg_order_duration_s, 2),
+                      _num(o.avg_filled_order_duration_s, 2), _money(o.spread_captured),
+                      _num(o.spread_captured_bps, 2), _money(o.slippage),
+                      _money(o.avg_slippage_per_filled_order))
+    return table
+
+
+def _arbitrage_table(report: Report) -> Table | None:
+    rows = [s for s in report.summaries if s.arbitrage is not None]
+    if not rows:
+        return None
+    table = Table(title="Arbitrage")
+    for column in ("run", "strategy", "seen", "taken", "expected edge", "expected bps",
+                   "leg failures", "completed", "expected (completed)", "realised edge",
+                   "realised bps"):
+        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    for s in rows:
+        a = s.arbitrage
+        assert a is not None
+        table.add_row(s.run_id, s.strategy, f"{a.opportunities_seen:,}",
+                      f"{a.opportunities_taken:,}", _money(a.expected_edge),
+                      _num(a.mean_expected_edge_bps, 2), f"{a.leg_failures:,}",
+                      f"{a.completed:,}", _money(a.expected_edge_completed),
+                      _money(a.realised_edge), _num(a.realised_edge_bps, 2))
+    return table
+
+
+def _internalize_table(report: Report) -> Table | None:
+    rows = [s for s in report.summaries if s.internalize is not None]
+    if not rows:
+        return None
+    table = Table(title="Internalize: hedge or warehouse")
+    for column in ("run", "strategy", "client fills", "client volume", "hedge", "warehouse",
+                   "partial hedge", "always-hedge P&L", "strategy P&L", "saved vs always-hedge"):
+        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    for s in rows:
+        i = s.internalize
+        assert i is not None
+        table.add_row(s.run_id, s.strategy, f"{i.client_fills:,}", _money(i.client_volume),
+                      f"{i.hedge:,}", f"{i.warehouse:,}", f"{i.partial_hedge:,}",
+                      _money(i.always_hedge_pnl), _money(s.total_pnl),
+                      _money(i.cost_saved_vs_always_hedge))
+    return table
