@@ -50,6 +50,10 @@ class App:
     rings: RingStore | None = None
     #: Set by the feed: True when market data comes from recordings (watch shows feed time).
     replaying: bool = False
+    #: Replay frames published between two yields to the event loop. A live socket yields
+    #: on every frame; strategy modes set 1 so a max-speed replay conflates no more than
+    #: live traffic would. Viewers keep a large batch: they only need the latest state.
+    replay_yield_every: int = 2048
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     #: Behind /healthz: required feeds and the kill switch (trip it via health.trip_kill_switch).
     health: Health = field(default_factory=Health)
@@ -166,5 +170,6 @@ async def _supervise(app: App, runner: ModeRunner) -> int:
     finally:
         stopper.cancel()
         await operations.aclose()
+        await app.stop_background()
         app.snapshot_rings()
         log.info("stopped", bus=app.bus.counters())

@@ -140,6 +140,8 @@ class Bus:
         self._subscriptions: list[Subscription] = []
         self._trade_subscriptions: list[Subscription] = []
         self._seq = 0
+        #: Delivery counters of subscriptions that have gone (totals stay monotonic).
+        self._departed = {"delivered": 0, "conflated": 0, "trades_dropped": 0}
         self.published_quotes = 0
         self.published_trades = 0
         self.stale_marks = 0
@@ -167,6 +169,8 @@ class Bus:
     def unsubscribe(self, subscription: Subscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
+            for name in self._departed:
+                self._departed[name] += getattr(subscription, name)
         if subscription in self._trade_subscriptions:
             self._trade_subscriptions.remove(subscription)
 
@@ -212,11 +216,12 @@ class Bus:
 
     def counters(self) -> dict[str, int]:
         subs = self._subscriptions
+        gone = self._departed
         return {
             "published_quotes": self.published_quotes,
             "published_trades": self.published_trades,
-            "delivered": sum(s.delivered for s in subs),
-            "conflated": sum(s.conflated for s in subs),
-            "trades_dropped": sum(s.trades_dropped for s in subs),
+            "delivered": gone["delivered"] + sum(s.delivered for s in subs),
+            "conflated": gone["conflated"] + sum(s.conflated for s in subs),
+            "trades_dropped": gone["trades_dropped"] + sum(s.trades_dropped for s in subs),
             "stale_marks": self.stale_marks,
         }

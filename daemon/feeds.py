@@ -44,7 +44,7 @@ async def _run_replay(app: App, feed: str) -> object:
     app.replaying = True
     try:
         replay = ReplayFeed(specs, app.bus.publish_quote, app.bus.publish_trade,
-                            speed=app.args.speed)
+                            speed=app.args.speed, yield_every=app.replay_yield_every)
         return await replay.run()
     except ReplayError as exc:
         raise ConfigError(f"invalid setting feed: {exc}") from None

@@ -107,15 +107,19 @@ class StrategyRunner:
     # -- kill switch ---------------------------------------------------------------------
 
     def kill(self, reason: str) -> None:
-        """Cancel everything, stop quoting for good, and let the strategy flatten if it wants."""
+        """Cancel everything and stop the strategy for good (wired to the kill switch).
+
+        From now on every intent is refused. Flattening the position, when configured, is
+        the gated executor's job: it knows the net position traded in each market.
+        """
         if self.killed_reason is not None:
             return
         self.killed_reason = reason
         now = self.clock()
-        log.warning("kill_switch", strategy=self.strategy.name, reason=reason)
+        log.warning("strategy_killed", strategy=self.strategy.name, reason=reason)
         self.sink.record(Decision(self.strategy.name, now, "kill", reason))
         self.executor.cancel_all(now)
-        self._dispatch(lambda: self.strategy.on_kill(reason), flatten=True)
+        self._dispatch(lambda: self.strategy.on_kill(reason))
 
     # -- internals -----------------------------------------------------------------------
 
@@ -126,8 +130,8 @@ class StrategyRunner:
             self._dispatch(lambda: self.strategy.on_timer(now_ns))
         self._next_timer_ns = now_ns + self._timer_ns
 
-    def _dispatch(self, callback: Callable[[], Decision | None], flatten: bool = False) -> None:
-        self._queue.append(lambda: self._apply(callback(), flatten))  # type: ignore[func-returns-value]
+    def _dispatch(self, callback: Callable[[], Decision | None]) -> None:
+        self._queue.append(lambda: self._apply(callback()))
         if self._dispatching:
             return
         self._dispatching = True
@@ -137,7 +141,7 @@ class StrategyRunner:
         finally:
             self._dispatching = False
 
-    def _apply(self, decision: Decision | None, flatten: bool = False) -> None:
+    def _apply(self, decision: Decision | None) -> None:
         if decision is None:
             return
         self.sink.record(decision)
@@ -145,15 +149,15 @@ class StrategyRunner:
         for client_order_id in decision.cancels:
             self.executor.cancel(client_order_id, now)
         for intent in decision.intents:
-            reason = self._refusal(intent, now, flatten)
+            reason = self._refusal(intent, now)
             if reason is None:
                 self.sink.record(intent)
                 self.executor.submit(intent, now)
             else:
                 self._reject(intent, reason, now)
 
-    def _refusal(self, intent: OrderIntent, now: int, flatten: bool) -> str | None:
-        if self.killed_reason is not None and not flatten:
+    def _refusal(self, intent: OrderIntent, now: int) -> str | None:
+        if self.killed_reason is not None:
             return f"kill switch: {self.killed_reason}"
         return self.risk.check(intent, now) if self.risk is not None else None
 

@@ -41,11 +41,18 @@ def build_inventory_mm(settings: Settings) -> Strategy:
                                flatten_on_kill=settings.risk.flatten_on_kill)
 
 
-#: CLI name -> factory. The internalize strategy registers here as "internalize".
+def build_internalize(settings: Settings) -> Strategy:
+    """Hedge-or-warehouse for client flow on `strategies.internalize.venue` / `.symbol`."""
+    from strategies.internalize import InternalizeStrategy
+
+    return InternalizeStrategy.from_settings(settings)
+
+
+#: CLI name -> factory.
 STRATEGIES: dict[str, Callable[[Settings], Strategy]] = {
     "arbitrage": build_arbitrage,
     "inventory-mm": build_inventory_mm,
-    # "internalize": build_internalize,  # slot: added by the internalize strategy's author
+    "internalize": build_internalize,
 }
 
 

@@ -128,3 +128,13 @@ def test_consolidated_view_has_the_crypto_pipe_shape() -> None:
                        "top_ask": "61681.0", "top_ask_quantity": "0.25"},
     }
     assert next(iter(view)) == "event_time"
+
+
+def test_counters_stay_monotonic_when_a_subscriber_leaves() -> None:
+    bus = Bus()
+    sub = bus.subscribe("s")
+    for i in range(3):
+        bus.publish_quote(quote("a", "BTC/USDT", float(i), i))
+    sub.drain()
+    bus.unsubscribe(sub)
+    assert bus.counters()["delivered"] == 1 and bus.counters()["conflated"] == 2

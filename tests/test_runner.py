@@ -160,14 +160,15 @@ def test_timer_fires_on_the_feed_clock() -> None:
     assert strategy.calls.count("timer") == 2  # at 1.0 and 2.5, armed by the first quote
 
 
-def test_kill_cancels_all_refuses_new_intents_but_lets_the_flatten_through() -> None:
-    runner, _, executor, sink, _ = make_runner()
+def test_kill_cancels_all_tells_the_strategy_and_refuses_every_intent() -> None:
+    runner, strategy, executor, sink, _ = make_runner()
     runner.kill("daily loss limit")
     assert executor.cancel_all_calls == 1
-    assert [i.client_order_id for i in executor.submitted] == ["flat"]
+    assert "kill" in strategy.calls
     runner.on_quote(quote(1))
-    assert [i.client_order_id for i in executor.submitted] == ["flat"]
+    assert executor.submitted == []
     reasons = [d.reason for d in sink.of_type(Decision) if d.action == "reject"]
-    assert reasons == ["kill switch: daily loss limit"]
+    assert reasons == ["kill switch: daily loss limit"] * 2  # the flatten and the buy
+    assert sink.of_type(Decision)[0].action == "kill"
     runner.kill("again")  # idempotent
     assert executor.cancel_all_calls == 1

@@ -1,0 +1,101 @@
+"""`--mode action` end to end: strategies on paper over replayed recordings, decisions logged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "adapters" / "samples"
+
+
+def run_main(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOPIPE_")}
+    environment.update(CRYPTOPIPE_DATA_DIR=str(data_dir), CRYPTOPIPE_METRICS__ENABLED="false",
+                       **env)
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=data_dir.parent,
+                          env=environment, capture_output=True, text=True, timeout=300)
+
+
+def read_log(data_dir: Path) -> list[dict]:
+    files = sorted((data_dir / "decisions").glob("*/*.jsonl"))
+    assert len(files) == 1, files
+    return [orjson.loads(line) for line in files[0].read_bytes().splitlines()]
+
+
+def test_arbitrage_on_paper_over_the_shared_recordings_as_two_venues(
+    tmp_path: Path, shared_file: Callable[[str], Path]
+) -> None:
+    spot = shared_file("binance_spot_btcusdt_20240808.gz")
+    usdm = shared_file("binance_usdm_btcusdt_20240808.gz")
+    data_dir = tmp_path / "data"
+    done = run_main(["--strategy", "arbitrage", "--mode", "action", "--speed", "max",
+                     "--run-id", "e2e", "--feed", f"replay:{spot},{usdm}@bybit_spot:BTC/USDT"],
+                    data_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = read_log(data_dir)
+    kinds = Counter(r["type"] for r in records)
+    assert kinds["decision"] > 100 and kinds["balance"] >= 4
+    decisions = [r for r in records if r["type"] == "decision"]
+    for decision in decisions:
+        assert decision["run_id"] == "e2e" and decision["strategy"] == "arbitrage"
+        assert decision["reason"]
+        if decision["action"] in ("skip", "arbitrage"):
+            inputs = decision["inputs"]
+            for key in ("buy_venue", "sell_venue", "gross_edge_bps", "cost_bps", "net_edge_bps"):
+                assert key in inputs
+    # Spot vs USD-M differ by ~4 bps while taker fees cost 20: the strategy must not trade.
+    assert {d["action"] for d in decisions} <= {"skip"}
+    assert kinds["intent"] == 0 and kinds["fill"] == 0
+
+
+def test_arbitrage_on_paper_over_the_shipped_sample_with_low_fees_trades(tmp_path: Path) -> None:
+    spot = SAMPLES / "binance_spot_btcusdt_20240808_sample.gz"
+    usdm = SAMPLES / "binance_usdm_btcusdt_20240808_sample.gz"
+    data_dir = tmp_path / "data"
+    zero_fees = {f"CRYPTOPIPE_VENUES__{venue}__{fee}": "0"
+                 for venue in ("BINANCE_SPOT", "BYBIT_SPOT")
+                 for fee in ("TAKER_FEE_BPS", "MAKER_FEE_BPS")}
+    done = run_main(["--strategy", "arbitrage", "--mode", "action", "--speed", "max",
+                     "--feed", f"replay:{spot},{usdm}@bybit_spot:BTC/USDT"], data_dir,
+                    CRYPTOPIPE_STRATEGIES__ARBITRAGE__SLIPPAGE_BPS="0",
+                    CRYPTOPIPE_STRATEGIES__ARBITRAGE__MIN_NET_EDGE_BPS="1",
+                    **zero_fees)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = read_log(data_dir)
+    taken = [r for r in records if r["type"] == "decision" and r["action"] == "arbitrage"]
+    assert taken, "a 4 bps spot/perp gap with no fees must be traded"
+    for decision in taken:
+        assert decision["inputs"]["net_edge_bps"] >= 1.0
+        assert len(decision["intents"]) == 2
+    intents = [r for r in records if r["type"] == "intent"]
+    assert {i["order_type"] for i in intents} <= {"ioc", "market"}
+    assert any(r["type"] == "fill" for r in records)
+
+
+def test_live_trading_without_keys_is_refused_with_exit_2(tmp_path: Path) -> None:
+    done = run_main(["--strategy", "arbitrage", "--mode", "action", "--live", "--feed", "sample",
+                     "--duration", "5"], tmp_path / "data")
+    assert done.returncode == 2
+    assert "api_key" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("strategy", ["inventory-mm", "internalize"])
+def test_every_strategy_runs_in_action_mode_on_the_sample(tmp_path: Path, strategy: str) -> None:
+    data_dir = tmp_path / "data"
+    env = {}
+    if strategy == "internalize":
+        env = {"CRYPTOPIPE_STRATEGIES__INTERNALIZE__SYMBOL": "BTC/USDT",
+               "CRYPTOPIPE_STRATEGIES__INTERNALIZE__SYNTHETIC_RATE_HZ": "20",
+               "CRYPTOPIPE_STRATEGIES__INTERNALIZE__SYNTHETIC_MEAN_QTY": "0.01"}
+    done = run_main(["--strategy", strategy, "--mode", "action", "--feed", "sample",
+                     "--speed", "max"], data_dir, **env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any(r["type"] == "decision" for r in read_log(data_dir))
