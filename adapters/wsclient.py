@@ -111,7 +111,9 @@ class FrameConnection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._handshake = b""
-        self._tail = b""
+        self._tail: list[bytes] = []  # the start of a frame cut by the end of a read
+        self._tail_bytes = 0
+        self._tail_needed = 0  # bytes that frame needs in all (0: unknown yet)
         self._fragments: list[bytes] = []
         self._fragment_opcode = 0
         self._fragment_bytes = 0
@@ -145,8 +147,13 @@ class FrameConnection(asyncio.Protocol):
             if not data:
                 return
         if self._tail:
-            data = self._tail + data
-            self._tail = b""
+            # A large frame arriving over many reads is collected, not re-joined per read.
+            self._tail.append(data)
+            self._tail_bytes += len(data)
+            if self._tail_bytes < self._tail_needed:
+                return
+            data = b"".join(self._tail)
+            self._tail = []
         try:
             self._read_frames(data, now)
         except Exception as error:  # a consumer bug or a protocol violation: end it here
@@ -178,28 +185,29 @@ class FrameConnection(asyncio.Protocol):
         size = len(data)
         position = 0
         count = 0
+        self._tail_needed = 0  # a header cut short: any further byte may complete it
         while size - position >= 2:
             first = data[position]
             length = data[position + 1]
             if length & 0x80:
                 raise ConnectionDropped("the server masked a frame (RFC 6455 forbids it)")
             start = position + 2
-            if length == 126:
-                if size - position < 4:
-                    break
-                length = (data[start] << 8) | data[start + 1]
-                start += 2
-            elif length == 127:
-                if size - position < 10:
-                    break
-                (length,) = struct.unpack_from("!Q", data, start)
-                start += 8
+            if length >= 126:  # 16- or 64-bit extended length
+                if length == 126:
+                    if size - position < 4:
+                        break
+                    length = (data[start] << 8) | data[start + 1]
+                    start += 2
+                else:
+                    if size - position < 10:
+                        break
+                    (length,) = struct.unpack_from("!Q", data, start)
+                    start += 8
                 if length > self.max_message_bytes:
                     raise ConnectionDropped(f"frame of {length} bytes exceeds the limit")
             end = start + length
             if end > size:
-                if length > self.max_message_bytes:
-                    raise ConnectionDropped(f"frame of {length} bytes exceeds the limit")
+                self._tail_needed = end - position
                 break
             position = end
             # FIN set and a text or binary opcode: a whole message, the common case.
@@ -209,7 +217,9 @@ class FrameConnection(asyncio.Protocol):
             else:
                 count += self._other_frame(first, data[start:end], now)
         if position < size:
-            self._tail = data[position:]
+            rest = data[position:]
+            self._tail = [rest]
+            self._tail_bytes = len(rest)
         if count:
             counters = self.counters
             counters.frames += count

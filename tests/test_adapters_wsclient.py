@@ -1,0 +1,264 @@
+"""The native adapters' WebSocket client against the websockets server (interop) and a
+raw TCP server that writes exactly the bytes a test wants (framing edge cases)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import struct
+from collections.abc import Awaitable, Callable
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+
+from adapters.wsclient import (
+    ConnectionClosedByPeer,
+    ConnectionDropped,
+    HandshakeFailed,
+    InvalidURL,
+    open_connection,
+)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.times: list[int] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, frame: bytes, local_ts_ns: int) -> None:
+        self.frames.append(frame)
+        self.times.append(local_ts_ns)
+        self.arrived.set()
+
+    async def wait_for(self, count: int, timeout_s: float = 5.0) -> None:
+        async def until() -> None:
+            while len(self.frames) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.wait_for(until(), timeout_s)
+
+
+async def with_server(handler: Callable[[ServerConnection], Awaitable[None]], **options: object):
+    server = await serve(handler, "127.0.0.1", 0, compression=None, **options)
+    return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 300_000])
+async def test_message_sizes_around_the_length_encodings(size: int) -> None:
+    payload = ("x" * size).encode()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(payload.decode())
+        await ws.send(payload, text=False)
+        await ws.wait_closed()
+
+    server, url = await with_server(handler)
+    inbox = Inbox()
+    connection = await open_connection(url, inbox)
+    await inbox.wait_for(2)
+    assert inbox.frames == [payload, payload]
+    await connection.close()
+    server.close()
+
+
+async def test_fragmented_message_is_reassembled() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(['{"stream":', '"btcusdt@trade",', '"data":{}}'])
+        await ws.send("after")
+        await ws.wait_closed()
+
+    server, url = await with_server(handler)
+    inbox = Inbox()
+    connection = await open_connection(url, inbox)
+    await inbox.wait_for(2)
+    assert inbox.frames == [b'{"stream":"btcusdt@trade","data":{}}', b"after"]
+    await connection.close()
+    server.close()
+
+
+async def test_pings_both_ways_and_messages_sent_to_the_server() -> None:
+    received: list[str] = []
+    pong_latency: list[float] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        pong_latency.append(await asyncio.wait_for(await ws.ping(b"hi"), 2))
+        received.append(await ws.recv())
+        await ws.wait_closed()
+
+    server, url = await with_server(handler, ping_interval=None)
+    connection = await open_connection(url, Inbox())
+    assert await connection.ping(timeout_s=2) < 1.0  # the server's pong came back
+    await connection.send('{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}')
+    await asyncio.sleep(0.05)
+    assert received == ['{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}']
+    assert pong_latency and pong_latency[0] < 1.0  # we answered the server's ping
+    await connection.close()
+    server.close()
+
+
+async def test_server_close_surfaces_code_and_reason() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(1001, "going away")
+
+    server, url = await with_server(handler)
+    connection = await open_connection(url, Inbox())
+    with pytest.raises(ConnectionClosedByPeer) as caught:
+        await asyncio.wait_for(connection.wait_closed(), 2)
+    assert (caught.value.code, caught.value.reason) == (1001, "going away")
+    server.close()
+
+
+async def test_abrupt_drop_and_our_own_close() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        if ws.request.path == "/drop":
+            ws.transport.abort()
+        await ws.wait_closed()
+
+    server, url = await with_server(handler)
+    dropped = await open_connection(url.replace("/ws", "/drop"), Inbox())
+    with pytest.raises(ConnectionDropped, match="without a close frame"):
+        await asyncio.wait_for(dropped.wait_closed(), 2)
+    ours = await open_connection(url, Inbox())
+    await ours.close()
+    assert ours.closed.done() and ours.closed.exception() is None
+    server.close()
+
+
+@pytest.mark.parametrize("status", [404, 429, 451, 503])
+async def test_refused_handshake_carries_status_and_headers(status: int) -> None:
+    def refuse(connection: ServerConnection, request: object):
+        response = connection.respond(status, "no")
+        response.headers = Headers([("Retry-After", "3"), ("Content-Length", "2")])
+        return response
+
+    server, url = await with_server(lambda ws: ws.wait_closed(), process_request=refuse)
+    with pytest.raises(HandshakeFailed) as caught:
+        await open_connection(url, Inbox())
+    assert caught.value.status == status and caught.value.headers["retry-after"] == "3"
+    server.close()
+
+
+async def test_not_a_websocket_url() -> None:
+    with pytest.raises(InvalidURL):
+        await open_connection("https://example.invalid/ws", Inbox())
+
+
+# --- byte-exact framing against a raw server ------------------------------------------------
+
+
+def server_frame(payload: bytes, first_byte: int = 0x81, mask: bytes | None = None) -> bytes:
+    length = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if length < 126:
+        header = struct.pack("!BB", first_byte, mask_bit | length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", first_byte, mask_bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", first_byte, mask_bit | 127, length)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        return header + mask + payload
+    return header + payload
+
+
+async def raw_server(body: bytes, chunk: int = 0, accept: bytes | None = None,
+                     after_101: bytes = b"") -> tuple[asyncio.Server, str]:
+    """Answers the handshake, then writes `body` (in `chunk`-byte pieces when chunk > 0)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        key = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                   if line.lower().startswith("sec-websocket-key"))
+        good = base64.b64encode(hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-"
+                                             b"C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + (accept or good)
+                     + b"\r\n\r\n" + after_101)
+        step = chunk or len(body) or 1
+        for start in range(0, len(body), step):
+            writer.write(body[start:start + step])
+            await writer.drain()
+            if chunk:
+                await asyncio.sleep(0)
+        await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/stream"
+
+
+async def test_frames_split_across_reads_at_every_byte() -> None:
+    messages = [b'{"u":%d}' % i for i in range(50)] + [b"y" * 300, b"z" * 70_000]
+    body = b"".join(server_frame(m) for m in messages)
+    server, url = await raw_server(body, chunk=3)
+    inbox = Inbox()
+    connection = await open_connection(url, inbox)
+    await inbox.wait_for(len(messages))
+    assert inbox.frames == messages
+    await connection.close()
+    server.close()
+
+
+async def test_frames_in_the_handshake_packet_are_not_lost() -> None:
+    server, url = await raw_server(b"", after_101=server_frame(b"first") + server_frame(b"2nd"))
+    inbox = Inbox()
+    connection = await open_connection(url, inbox)
+    await inbox.wait_for(2)
+    assert inbox.frames == [b"first", b"2nd"]
+    await connection.close()
+    server.close()
+
+
+async def test_one_read_one_receive_time() -> None:
+    server, url = await raw_server(b"".join(server_frame(b"%d" % i) for i in range(100)))
+    inbox = Inbox()
+    connection = await open_connection(url, inbox)
+    await inbox.wait_for(100)
+    assert len(set(inbox.times)) < 10  # frames of one socket read share its receive time
+    assert inbox.times == sorted(inbox.times)
+    await connection.close()
+    server.close()
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    (server_frame(b"hello", mask=b"\x01\x02\x03\x04"), "masked"),
+    (server_frame(b"x", first_byte=0xC1), "reserved bits"),
+    (server_frame(b"x", first_byte=0x83), "unknown opcode"),
+    (server_frame(b"x", first_byte=0x80), "continuation"),
+])
+async def test_protocol_violations_end_the_connection(body: bytes, match: str) -> None:
+    server, url = await raw_server(body)
+    connection = await open_connection(url, Inbox())
+    with pytest.raises(ConnectionDropped, match=match):
+        await asyncio.wait_for(connection.wait_closed(), 2)
+    server.close()
+
+
+async def test_message_over_the_limit_ends_the_connection() -> None:
+    server, url = await raw_server(server_frame(b"x" * 5_000))
+    connection = await open_connection(url, Inbox(), max_message_bytes=1_000)
+    with pytest.raises(ConnectionDropped, match="exceeds"):
+        await asyncio.wait_for(connection.wait_closed(), 2)
+    server.close()
+
+
+async def test_wrong_accept_key_is_refused() -> None:
+    server, url = await raw_server(b"", accept=b"AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+    with pytest.raises(HandshakeFailed, match="Sec-WebSocket-Accept"):
+        await open_connection(url, Inbox())
+    server.close()
+
+
+async def test_a_consumer_exception_ends_the_connection_with_it() -> None:
+    server, url = await raw_server(server_frame(b"boom"))
+
+    def broken(frame: bytes, ts: int) -> None:
+        raise RuntimeError("consumer bug")
+
+    connection = await open_connection(url, broken)
+    with pytest.raises(RuntimeError, match="consumer bug"):
+        await asyncio.wait_for(connection.wait_closed(), 2)
+    server.close()
