@@ -41,6 +41,8 @@ from daemon.logs import get_logger
 log = get_logger("book_socket")
 
 PATH = "/book"
+#: How long shutdown waits for clients to take the closing handshake before dropping them.
+CLOSE_TIMEOUT_S = 1.0
 
 
 class BookSocketServer:
@@ -53,6 +55,7 @@ class BookSocketServer:
         self._token = token.encode()
         self._server: Server | None = None
         self._subscriptions: set[Subscription] = set()
+        self._connections: set[ServerConnection] = set()
         self._client_ids = itertools.count(1)
         self._sent = 0
         self._conflated_by_gone_clients = 0
@@ -71,6 +74,7 @@ class BookSocketServer:
                 process_request=self._check_request,
                 # Clients only listen; a small inbound limit keeps a misbehaving one cheap.
                 max_size=4096,
+                close_timeout=CLOSE_TIMEOUT_S,
             )
         except OSError as exc:  # port taken, bad host: an operator's fix, not a crash
             raise ConfigError(f"invalid setting book_socket: cannot listen on "
@@ -80,16 +84,29 @@ class BookSocketServer:
                  token_required=bool(self._token))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        try:
+            await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            # A client that stopped reading blocks its closing frame forever (the write
+            # never drains): drop its TCP connection so shutdown goes on.
+            for connection in self._connections:
+                connection.transport.abort()
+            await server.wait_closed()
 
     def stats(self) -> dict[str, int]:
         """Clients now, views sent, quotes conflated for clients (gone ones included)."""
         live = sum(s.conflated for s in self._subscriptions)
         return {"clients": len(self._subscriptions), "sent": self._sent,
                 "conflated": self._conflated_by_gone_clients + live}
+
+    def client_stats(self) -> list[dict[str, int | str]]:
+        """Per connected client: quotes taken, conflated and pending in its subscription."""
+        return [{"client": s.name, "delivered": s.delivered, "conflated": s.conflated,
+                 "pending": s.pending} for s in self._subscriptions]
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -114,6 +131,7 @@ class BookSocketServer:
         client = f"book-socket-{next(self._client_ids)}"
         subscription = self._bus.subscribe(client, trades=False)
         self._subscriptions.add(subscription)
+        self._connections.add(connection)
         log.info("book_client_connected", client=client, peer=str(connection.remote_address))
         sender = asyncio.create_task(self._send_views(connection, subscription), name=client)
         closed = asyncio.create_task(connection.wait_closed(), name=f"{client}-closed")
@@ -128,6 +146,7 @@ class BookSocketServer:
                     await task
             self._bus.unsubscribe(subscription)
             self._subscriptions.discard(subscription)
+            self._connections.discard(connection)
             self._conflated_by_gone_clients += subscription.conflated
             log.info("book_client_disconnected", client=client,
                      conflated=subscription.conflated, delivered=subscription.delivered)
