@@ -102,11 +102,14 @@ class TradingStats:
         self.other_fees: Counter[str] = Counter()
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # the last one is +Inf
         self.latency_sum_s = 0.0
+        #: Live, latency counts from the event's receipt (its wait in the bus included). A
+        #: replay's receive times are the recording's, so there it counts from `tick()`.
+        self.from_receipt = True
         self._tick_ns = 0
 
     def tick(self, local_ts_ns: int) -> None:
         """A market event (received at `local_ts_ns`) is about to reach the strategy."""
-        self._tick_ns = local_ts_ns
+        self._tick_ns = local_ts_ns if self.from_receipt else now_ns()
 
     def tee(self, sink: RecordSink) -> RecordSink:
         """A sink that counts each record, then passes it on to `sink`."""
@@ -488,6 +491,7 @@ async def start_operations(app: App) -> Operations:
             await operations.book_socket.start()
         if settings.metrics.enabled:
             app.health.require_configured_feeds(settings)
+            app.trading.from_receipt = not _replaying(app)
             server = OperationsServer(settings.metrics.host, settings.metrics.port,
                                       build_registry(app, operations.book_socket),
                                       lambda: health_report(app))

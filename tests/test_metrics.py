@@ -259,3 +259,11 @@ async def test_a_taken_port_is_a_config_error_except_for_a_viewer() -> None:
     finally:
         blocker.close()
         await blocker.wait_closed()
+
+
+def test_replay_latency_counts_from_the_tick_not_the_recorded_receive_time() -> None:
+    stats = TradingStats()
+    stats.from_receipt = False  # start_operations sets this for a replay
+    stats.tick(1_723_161_599_999_000_000)  # a receive time from 2024
+    stats.record(Decision("arbitrage", 0, "skip", "no edge"))
+    assert sum(stats.latency_counts[:-1]) == 1  # a real figure, not years in +Inf
