@@ -12,7 +12,6 @@ import pytest
 from venue_servers import BinanceServer, BybitServer, binance_tape, bybit_events_from_binance
 
 from adapters.binance import BinanceAdapter
-from adapters.bybit import BybitAdapter
 from adapters.ccxt_feed import CcxtFeed
 from adapters.live import build_adapters, run_live
 from adapters.stats import reset_registry
