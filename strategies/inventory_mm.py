@@ -106,16 +106,25 @@ class WorkingOrder:
 
 def floor_to_step(value: float, step: float) -> float:
     """Largest multiple of `step` <= value (a hair of slack absorbs float noise)."""
-    return round(math.floor(value / step + 1e-9) * step, _decimals(step))
+    per_unit = _steps_per_unit(step)
+    if per_unit:  # 0.01 -> n / 100: the double nearest the decimal, no 0.1 + 0.2 noise
+        return math.floor(value * per_unit + 1e-9) / per_unit
+    return math.floor(value / step + 1e-9) * step
 
 
 def ceil_to_step(value: float, step: float) -> float:
-    return round(math.ceil(value / step - 1e-9) * step, _decimals(step))
+    """Smallest multiple of `step` >= value."""
+    per_unit = _steps_per_unit(step)
+    if per_unit:
+        return math.ceil(value * per_unit - 1e-9) / per_unit
+    return math.ceil(value / step - 1e-9) * step
 
 
 @cache
-def _decimals(step: float) -> int:
-    return max(0, round(-math.log10(step))) + 2
+def _steps_per_unit(step: float) -> int:
+    """1/step when it is a whole number (ticks and lots like 0.01, 0.5, 1e-5), else 0."""
+    per_unit = round(1.0 / step)
+    return per_unit if per_unit >= 1 and abs(per_unit * step - 1.0) < 1e-9 else 0
 
 
 class InventoryMMStrategy:
