@@ -262,3 +262,63 @@ async def test_a_consumer_exception_ends_the_connection_with_it() -> None:
     with pytest.raises(RuntimeError, match="consumer bug"):
         await asyncio.wait_for(connection.wait_closed(), 2)
     server.close()
+
+
+# --- TLS (the venues are all wss://) --------------------------------------------------------
+
+
+def self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cryptopipe test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+async def test_wss_with_certificate_verification(tmp_path) -> None:
+    import ssl
+
+    pytest.importorskip("cryptography")
+    cert, key = self_signed(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+
+    async def handler(ws: ServerConnection) -> None:
+        for i in range(1_000):
+            await ws.send(f'{{"u":{i},"s":"BTCUSDT"}}')
+        await ws.wait_closed()
+
+    server = await serve(handler, "127.0.0.1", 0, ssl=server_context, compression=None)
+    url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    trusting = ssl.create_default_context(cafile=cert)
+    inbox = Inbox()
+    connection = await open_connection(url, inbox, ssl_context=trusting)
+    await inbox.wait_for(1_000)
+    assert inbox.frames[-1] == b'{"u":999,"s":"BTCUSDT"}'
+    await connection.close()
+    # The default context does not trust a self-signed certificate: verification is on.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await open_connection(url, Inbox())
+    server.close()
