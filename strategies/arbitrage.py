@@ -37,7 +37,9 @@ Decisions: "arbitrage", "unwind", "unwind_failed", "transfer_sell", "rebalance" 
 intents: the runner builds a `daemon.model.TransferIntent` from `inputs` with
 `TransferIntent.from_inputs` and routes it to the transfer service) and "skip" (logged
 when the best cross-venue edge or the blocking reason of a symbol changes, net edge
-rounded to 0.1 bps). `Decision.expected` is the expected profit in quote currency.
+rounded to 0.1 bps). `Decision.expected` is the expected profit in quote currency;
+`inputs` repeat the net edge as `expected_edge_bps` and the buy venue's mid as `mid`,
+the names the post-mortem report reads (daemon/postmortem/schema.py).
 """
 
 from __future__ import annotations
@@ -588,6 +590,8 @@ class ArbitrageStrategy:
             "cost_bps": o.bps(o.fees + o.slippage + o.transfer_fee + o.price_risk),
             "net_edge_bps": o.net_edge_bps, "min_net_edge_bps": self.settings.min_net_edge_bps,
             "expected_profit": o.net * o.qty,
+            # The post-mortem's names: the edge it aggregates, the mid that marks positions.
+            "expected_edge_bps": o.net_edge_bps, "mid": o.buy.mid,
         }
         if self.settings.mode == "transfer":
             inputs.update(sigma_log=o.sigma_log, transfer_s=o.transfer_s,

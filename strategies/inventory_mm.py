@@ -35,8 +35,8 @@ Decisions (`inputs` documented on `_quote_inputs`):
 - "rebalance": a portfolio trade back to `target_base_weight` (IOC at the touch);
 - "flatten": after the kill switch, a market order closing the inventory (only when built
   with `flatten_on_kill`; the runner itself logs the kill and cancels the orders).
-`Decision.expected` is the quoted spread (price) for "quote"/"hold" and the P&L (quote
-currency) for "max_loss_exit".
+`Decision.expected`, in quote currency: for "quote"/"hold" the spread captured against the
+mid if both target orders fill; for "max_loss_exit" the P&L the exit locks in.
 """
 
 from __future__ import annotations
@@ -333,11 +333,13 @@ class InventoryMMStrategy:
         inputs = self._quote_inputs(quote, sigma, model_bid, model_ask, bid_price, ask_price,
                                     bid_qty, ask_qty)
         inputs.update(bid_room=bid_room, ask_room=ask_room)
+        # Spread capture against the mid if both targets fill, in quote currency.
+        expected = (mid - bid_price) * bid_qty + (ask_price - mid) * ask_qty
         if cancels or intents:
             return Decision(self.name, now, "quote", "; ".join(changes), inputs,
-                            expected=ask_price - bid_price, intents=intents, cancels=cancels)
+                            expected=expected, intents=intents, cancels=cancels)
         return Decision(self.name, now, "hold", "orders within tolerance of target", inputs,
-                        expected=ask_price - bid_price)
+                        expected=expected)
 
     def _round_passive(self, model_bid: float, model_ask: float,
                        quote: Quote) -> tuple[float, float]:

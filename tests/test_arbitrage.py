@@ -116,6 +116,7 @@ def test_one_bps_below_the_threshold_skips_and_one_above_acts() -> None:
                 "sell_bid_qty", "qty", "size_limit", "min_net_edge_bps"):
         assert key in inputs
     assert decision.expected == pytest.approx(inputs["net_edge_bps"] * 1e-4 * ASK_A)
+    assert inputs["expected_edge_bps"] == inputs["net_edge_bps"]  # the post-mortem's name
 
 
 def test_the_cheaper_venue_is_bought_whichever_it_is() -> None:

@@ -120,6 +120,8 @@ def test_first_quote_is_avellaneda_stoikov_rounded_to_the_tick() -> None:
     assert inputs["spread"] == pytest.approx(INVENTORY_TERM + ORDER_FLOW_TERM, abs=1e-9)
     assert inputs["reservation_price"] == pytest.approx(MID)
     assert inputs["k"] == 1.5 and inputs["inventory"] == 0.0
+    # Spread capture if both fill: (mid - bid + ask - mid) x 0.001 BTC, in USDT.
+    assert decision.expected == pytest.approx((60_000.75 - 59_999.35) * 0.001)
 
 
 def test_rounding_helpers_bid_down_ask_up() -> None:
