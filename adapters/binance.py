@@ -34,6 +34,7 @@ import orjson
 from adapters.parsers.binance import BINANCE_VENUES, BinanceParser
 from adapters.stats import VenueStats
 from adapters.supervisor import (
+    ConnectionLost,
     ConnectionSupervisor,
     FeedListener,
     FeedTimings,
@@ -45,7 +46,7 @@ from adapters.supervisor import (
     timings_from_settings,
     wait_for_reply,
 )
-from adapters.wsclient import FrameConnection
+from adapters.wsclient import FrameConnection, WebSocketError
 from config.settings import VenueSettings
 from daemon.bus import Bus
 from daemon.logs import get_logger
@@ -145,7 +146,7 @@ class BinanceAdapter(WebSocketSession):
             self._on_other_frame(frame, local_ts_ns)
 
     def on_close(self) -> None:
-        self._replies.cancel_all()
+        self._replies.fail_all(ConnectionLost(self.venue, "connection closed before the reply"))
         self._snapshots_in_flight.clear()
         self._books_loaded.clear()
         self.parser.reset()  # a new connection's update ids start a new sequence
@@ -168,10 +169,14 @@ class BinanceAdapter(WebSocketSession):
         ws = self.ws
         if ws is None:
             return
-        if added:
-            await self._request(ws, "SUBSCRIBE", added)
-        if removed:
-            await self._request(ws, "UNSUBSCRIBE", removed)
+        try:
+            if added:
+                await self._request(ws, "SUBSCRIBE", added)
+            if removed:
+                await self._request(ws, "UNSUBSCRIBE", removed)
+        except (ConnectionLost, WebSocketError):
+            # The next connection's URL carries the new set: nothing is lost.
+            log.info("resubscribe_on_reconnect", venue=self.venue, streams=self.streams)
 
     async def _request(self, ws: FrameConnection, method: str, streams: list[str]) -> None:
         async with self._control_lock:

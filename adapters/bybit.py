@@ -30,6 +30,7 @@ import orjson
 from adapters.parsers.bybit import BYBIT_VENUES, BybitParser
 from adapters.stats import VenueStats
 from adapters.supervisor import (
+    ConnectionLost,
     ConnectionSupervisor,
     FeedListener,
     FeedTimings,
@@ -40,7 +41,7 @@ from adapters.supervisor import (
     timings_from_settings,
     wait_for_reply,
 )
-from adapters.wsclient import FrameConnection
+from adapters.wsclient import FrameConnection, WebSocketError
 from config.settings import VenueSettings
 from daemon.bus import Bus
 from daemon.logs import get_logger
@@ -132,7 +133,7 @@ class BybitAdapter(WebSocketSession):
             self._on_other_frame(frame, local_ts_ns)
 
     def on_close(self) -> None:
-        self._replies.cancel_all()
+        self._replies.fail_all(ConnectionLost(self.venue, "connection closed before the reply"))
         self._resyncing.clear()
         self.parser.reset()  # resubscribing on the next connection sends fresh snapshots
 
@@ -150,8 +151,12 @@ class BybitAdapter(WebSocketSession):
         ws = self.ws
         if ws is None:
             return
-        await self._subscribe_all(ws, "subscribe", added)
-        await self._subscribe_all(ws, "unsubscribe", removed)
+        try:
+            await self._subscribe_all(ws, "subscribe", added)
+            await self._subscribe_all(ws, "unsubscribe", removed)
+        except (ConnectionLost, WebSocketError):
+            # The next connection subscribes the new set in on_open: nothing is lost.
+            log.info("resubscribe_on_reconnect", venue=self.venue, topics=self.topics)
 
     async def _subscribe_all(self, ws: FrameConnection, op: str, topics: list[str]) -> None:
         """Send one request per topic, then wait for every acknowledgement."""

@@ -623,11 +623,13 @@ class PendingReplies:
     def pending(self) -> list[str]:
         return list(self._futures)
 
-    def cancel_all(self) -> None:
-        """The connection is gone: nobody will answer these."""
+    def fail_all(self, error: BaseException) -> None:
+        """The connection is gone: nobody will answer these; their waiters get `error`."""
         futures, self._futures = self._futures, {}
         for future in futures.values():
-            future.cancel()
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: no "never retrieved" noise for no waiter
 
 
 def timings_from_settings(venue_settings: Any, **overrides: Any) -> FeedTimings:
