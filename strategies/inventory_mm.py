@@ -32,7 +32,9 @@ Decisions (`inputs` documented on `_quote_inputs`):
 - "skip": no quoting, with the reason (stale, crossed or too narrow market, volatility or
   k unknown); resting orders are cancelled; logged when the reason changes;
 - "max_loss_exit": P&L below -max_loss: cancel all, flatten with a market order, stop;
-- "rebalance": a portfolio trade back to `target_base_weight` (IOC at the touch);
+- "portfolio_rebalance": a trade back to `target_base_weight` (IOC at the touch); not
+  "rebalance", which is a transfer between venues that the runner routes to the
+  transfer service;
 - "flatten": after the kill switch, a market order closing the inventory (only when built
   with `flatten_on_kill`; the runner itself logs the kill and cancels the orders).
 `Decision.expected`, in quote currency: for "quote"/"hold" the spread captured against the
@@ -491,7 +493,8 @@ class InventoryMMStrategy:
                   "target_weight": target, "threshold": self.settings.rebalance_threshold,
                   "mid": mid, "side": str(side), "qty": qty, "price": touch_price,
                   "portfolio_value": total_value}
-        return Decision(self.name, now, "rebalance", intent.reason, inputs, intents=[intent])
+        return Decision(self.name, now, "portfolio_rebalance", intent.reason, inputs,
+                        intents=[intent])
 
     # -- market estimates ----------------------------------------------------------------
 

@@ -289,7 +289,7 @@ def test_portfolio_rebalances_to_the_target_weight() -> None:
     h.ack_all(first)
     h.clock.advance(1.0)
     decision = h.strategy.on_timer(h.clock())
-    assert decision.action == "rebalance"
+    assert decision.action == "portfolio_rebalance"
     (order,) = decision.intents
     assert (order.side, order.type, order.price) == (Side.BUY, OrderType.IOC, ASK)
     # 0.2 of 100000 $ at the mid, floored to the lot; the displayed 5 BTC do not bind.
