@@ -78,17 +78,25 @@ class _Frozen(BaseModel):
 class VenueSettings(_Frozen):
     """One trading venue: where to connect, what it costs, and the keys to trade there."""
 
+    #: Connect to this venue (market data, and orders in action mode).
     enabled: bool = False
     #: "native" uses our own WebSocket adapter (binance, bybit); "ccxt" the ccxt.pro feed.
     feed: Literal["native", "ccxt"] = "ccxt"
     #: ccxt exchange id used for markets, orders and the ccxt feed (e.g. "binanceusdm").
     ccxt_id: str = ""
+    #: "spot" or "linear" (USDT-margined perpetuals): which symbols the venue takes.
     market_type: Literal["spot", "linear"] = "spot"
+    #: WebSocket endpoint of the market-data feed (point it at a local server to test).
     ws_url: str = ""
+    #: REST endpoint (depth snapshots, orders).
     rest_url: str = ""
+    #: Fee on orders that rest (maker), bps of notional; costs and paper fills use it.
     maker_fee_bps: Bps = 10.0
+    #: Fee on orders that cross (taker), bps of notional.
     taker_fee_bps: Bps = 10.0
+    #: API key for live trading: give it as an environment variable or a secret file.
     api_key: SecretStr | None = None
+    #: API secret for live trading; never logged, never in a config file.
     api_secret: SecretStr | None = None
     #: Top-of-book depth to subscribe to where the venue lets us choose (Bybit orderbook.N).
     book_depth: int = Field(default=1, ge=1, le=1000)
@@ -190,11 +198,13 @@ class ArbitrageSettings(_Frozen):
     min_net_edge_bps: Bps = 2.0
     #: Slippage estimate per leg, bps of notional.
     slippage_bps: Bps = 1.0
+    #: Largest notional (quote currency) one arbitrage may trade.
     max_notional: Annotated[float, Field(gt=0)] = 1_000.0
     #: "inventory": pre-funded on both venues; "transfer": buy, move, sell.
     mode: Literal["inventory", "transfer"] = "inventory"
     #: Transfer mode: price risk over the transfer time, sigma from the ring, times z.
     transfer_risk_z: Annotated[float, Field(ge=0)] = 2.0
+    #: After acting on a venue pair, wait this many seconds before acting on it again.
     cooldown_s: Annotated[float, Field(ge=0)] = 1.0
     #: Inventory mode: rebalance when a venue's share of an asset drifts past this fraction.
     rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
@@ -203,37 +213,57 @@ class ArbitrageSettings(_Frozen):
 
 
 class InventoryMMSettings(_Frozen):
+    #: Venue to quote on.
     venue: str = "binance_spot"
+    #: Symbol to quote.
     symbol: str = "BTC/USDT"
+    #: Risk aversion (Avellaneda-Stoikov gamma): higher skews quotes harder against inventory.
     gamma: Annotated[float, Field(gt=0)] = 0.1
     #: Order-arrival decay k; "auto" estimates it from trade arrivals around the mid.
     k: float | Literal["auto"] = 1.5
     #: Rolling horizon (T - t) for a 24/7 market.
     horizon_s: Duration = 60.0
+    #: Window of the rolling volatility (log mid returns) behind the spread.
     volatility_window_s: Duration = 360.0
+    #: Size of each quote, base units (the model's unit of inventory).
     order_qty: Annotated[float, Field(gt=0)] = 0.001
     #: Order size shrinks as exp(-size_decay * q / max_inventory) on the side that adds risk.
     size_decay: Annotated[float, Field(ge=0)] = 1.0
+    #: Largest absolute inventory, base units; no fill may take it further.
     max_inventory: Annotated[float, Field(gt=0)] = 0.01
+    #: Do not quote when the market's own spread is narrower than this.
     min_market_spread_bps: Bps = 0.0
+    #: Keep a resting order whose price is within this many bps of the target.
     delta_price_bps: Bps = 1.0
+    #: Keep a resting order whose size is within this fraction of the target.
     delta_size: Annotated[float, Field(ge=0, le=1)] = 0.2
+    #: Stop and flatten when P&L (quote currency, marked to mid) falls below -max_loss.
     max_loss: Annotated[float, Field(gt=0)] = 100.0
+    #: Re-evaluate the quotes at least this often.
     requote_interval_s: Duration = 1.0
     #: Portfolio rebalancing: target share of the venue's value (at mid) held in the base
     #: asset; None = off. Trades back to target when the share drifts past the threshold.
     target_base_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+    #: Rebalance when the base share drifts further than this from target_base_weight.
     rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
 class InternalizeSettings(_Frozen):
+    #: Hedge venue.
     venue: str = "binance_spot"
+    #: Symbol the clients trade (and the desk hedges).
     symbol: str = "ETH/USDT"
+    #: Where client fills come from: a CSV file, a local WebSocket endpoint, or synthetic flow.
     source: Literal["file", "websocket", "synthetic"] = "synthetic"
+    #: Client fills for source = "file": a CSV of time, side, qty, price (or a Dune export).
     file: Path | None = None
+    #: Risk aversion per quote unit (1/quote currency): the cost of warehousing inventory.
     gamma: Annotated[float, Field(gt=0)] = 0.1
+    #: Horizon over which warehoused inventory is exposed to price risk.
     horizon_s: Duration = 300.0
+    #: Largest absolute inventory, base units; beyond it the desk hedges back.
     max_inventory: Annotated[float, Field(gt=0)] = 50.0
+    #: Hedge price impact: fraction of the touch per base unit hedged.
     slippage_coefficient: Annotated[float, Field(ge=0)] = 0.0005
     #: Window of the volatility (log mid returns per sqrt-second) behind the inventory risk.
     volatility_window_s: Duration = 360.0
@@ -245,11 +275,17 @@ class InternalizeSettings(_Frozen):
     synthetic_markup_bps: Bps = 5.0
     #: Synthetic flow: client fills per second and seed.
     synthetic_rate_hz: Annotated[float, Field(gt=0)] = 0.5
+    #: Synthetic flow: mean client fill size, base units.
     synthetic_mean_qty: Annotated[float, Field(gt=0)] = 1.0
+    #: Synthetic flow: random seed, so every run sees the same flow.
     seed: int = 7
+    #: source = "websocket": address of the ws://HOST:PORT/flow endpoint.
     ingest_host: str = "127.0.0.1"
+    #: source = "websocket": port of the flow endpoint.
     ingest_port: int = Field(default=8766, ge=0, le=65535)
+    #: source = "websocket": bearer token clients must present (required).
     ingest_token: SecretStr | None = None
+    #: Starting balances of the desk per asset.
     initial_balances: dict[str, float] = Field(
         default_factory=lambda: {"ETH": 100.0, "USDT": 100_000.0}
     )
@@ -262,23 +298,34 @@ class StrategySettings(_Frozen):
 
 
 class RiskSettings(_Frozen):
+    #: Refuse an order whose notional (quote currency) is above this.
     max_order_notional: Annotated[float, Field(gt=0)] = 5_000.0
     #: Max absolute position per asset (base units), e.g. {"BTC": 0.5}; "*" for the rest.
     max_position: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: {"*": 1e12}
     )
+    #: Refuse new orders while this many are open (in flight or resting).
     max_open_orders: Annotated[int, Field(gt=0)] = 20
+    #: Refuse a limit price further than this from mid.
     price_collar_bps: Bps = 100.0
+    #: Refuse orders on a symbol whose quote is older than this.
     stale_quote_s: Duration = 5.0
+    #: Accepted orders per second at most (token bucket, one per account).
     max_orders_per_s: Annotated[float, Field(gt=0)] = 20.0
+    #: Loss (quote currency, marked to mid) that trips the kill switch for the day.
     daily_loss_limit: Annotated[float, Field(gt=0)] = 1_000.0
+    #: The kill switch fires when this file appears (touch it to stop trading).
     kill_switch_file: Path | None = None
+    #: When the kill switch fires, also close positions with market orders.
     flatten_on_kill: bool = False
 
 
 class ExecutionSettings(_Frozen):
+    #: "paper" fills against the live book; "live" sends real orders (needs keys and --live).
     mode: Literal["paper", "live"] = "paper"
+    #: Paper trading: an order reaches the venue this long after it is sent.
     submit_latency_ms: Annotated[float, Field(ge=0)] = 20.0
+    #: Paper trading: a cancel reaches the venue this long after it is sent.
     cancel_latency_ms: Annotated[float, Field(ge=0)] = 20.0
     #: On start, open orders carrying our prefix are cancelled or adopted.
     reconcile: Literal["cancel", "adopt"] = "cancel"
@@ -288,6 +335,7 @@ class ExecutionSettings(_Frozen):
     transfer_delay_s: dict[str, Duration] = Field(
         default_factory=lambda: {"BTC": 360.0, "ETH": 180.0, "USDT": 60.0}
     )
+    #: Paper transfers: fee per asset, in that asset.
     transfer_fee: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"BTC": 0.0001, "ETH": 0.001, "USDT": 1.0}
     )
@@ -296,31 +344,43 @@ class ExecutionSettings(_Frozen):
 class RingSettings(_Frozen):
     #: Rows/s per (venue, symbol) the buffer is sized for (capacity = retention x rate).
     max_rate_hz: Annotated[float, Field(gt=0)] = 200.0
+    #: Snapshot the ring buffer to Feather this often (and at shutdown).
     snapshot_interval_s: Duration = 600.0
 
 
 class LoggingSettings(_Frozen):
+    #: Log level.
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: "auto": JSON lines when stdout is not a terminal, readable console when it is.
     format: Literal["auto", "json", "console"] = "auto"
 
 
 class MetricsSettings(_Frozen):
+    #: Serve Prometheus /metrics and /healthz in watch, record and action modes.
     enabled: bool = True
+    #: Address of the metrics endpoint (0.0.0.0 in the container so it can be scraped).
     host: str = "127.0.0.1"
+    #: Port of /metrics and /healthz (0: any free port).
     port: int = Field(default=9108, ge=0, le=65535)
 
 
 class BookSocketSettings(_Frozen):
+    #: Serve the consolidated view on ws://HOST:PORT/book.
     enabled: bool = False
+    #: Address of the /book data socket.
     host: str = "127.0.0.1"
+    #: Port of the /book data socket (0: any free port).
     port: int = Field(default=8767, ge=0, le=65535)
+    #: When set, clients must present it (?token= or Authorization: Bearer).
     token: SecretStr | None = None
 
 
 class PostMortemSettings(_Frozen):
+    #: The decision log is written and fsync'd this often: a crash loses at most this much.
     flush_interval_ms: Annotated[float, Field(gt=0)] = 200.0
+    #: Records waiting to be written at most; beyond it recording blocks (never drops).
     queue_size: Annotated[int, Field(gt=0)] = 100_000
+    #: Balances are logged this often for the post-mortem's equity curve.
     balance_snapshot_interval_s: Duration = 10.0
 
 
@@ -343,6 +403,7 @@ class Settings(BaseSettings):
     strategies: StrategySettings = StrategySettings()
     risk: RiskSettings = RiskSettings()
     execution: ExecutionSettings = ExecutionSettings()
+    #: Where ring snapshots, recordings, decision logs and reports go.
     data_dir: Path = Path("data")
     #: How much top-of-book history the ring buffer keeps in memory (e.g. 86400, "24h").
     retention: Duration = 86_400.0
