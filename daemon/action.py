@@ -72,7 +72,8 @@ async def run_action(app: App) -> int:
         inner = await _open_executor(settings, app)
         executor = GatedExecutor(inner, RiskGate(settings.risk), sink=sink)
         market = RingMarketView(app.bus.view, rings, clock)
-        runner = StrategyRunner(strategy, executor, sink, market, account=executor, clock=clock)
+        runner = StrategyRunner(strategy, executor, sink, market, account=executor, clock=clock,
+                                transfers=_transfer_service(settings, inner, sink))
         _arm_kill_switch(app, executor, runner)
         log.info("strategy_started", strategy=strategy.name, mode=settings.execution.mode,
                  log=str(writer.root))
@@ -98,6 +99,43 @@ async def _open_executor(settings: Settings, app: App) -> Any:
     except (LiveTradingRefused, ExecutionError) as exc:
         raise ConfigError(str(exc)) from None
     return executor
+
+
+def _transfer_service(settings: Settings, executor: Any, sink: Any) -> Any:
+    """Paper moves balances on the feed clock; live withdraws only to whitelisted addresses."""
+    from daemon.actions.transfers import LiveTransfers, PaperTransfers
+
+    if isinstance(executor, PaperExecutor):
+        return PaperTransfers(executor, settings.execution)
+    exchanges = {venue: executor.exchange(venue) for venue in settings.enabled_venues()}
+    return _BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink)
+
+
+class _BackgroundTransfers:
+    """Runs live transfers as tasks (the runner is synchronous); a failure is recorded."""
+
+    def __init__(self, transfers: Any, sink: Any) -> None:
+        self._transfers = transfers
+        self._sink = sink
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                 now_ns: int) -> None:
+        task = asyncio.create_task(self._send(asset, amount, from_venue, to_venue, now_ns))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                    now_ns: int) -> None:
+        from daemon.model import Decision, TransferIntent
+
+        try:
+            await self._transfers.transfer(asset, amount, from_venue, to_venue)
+        except Exception as exc:  # refused or failed: the log says why, trading goes on
+            log.error("transfer_failed", asset=asset, amount=amount, source=from_venue,
+                      destination=to_venue, error=str(exc))
+            inputs = TransferIntent(asset, from_venue, to_venue, amount).as_inputs()
+            self._sink.record(Decision("transfers", now_ns, "reject", str(exc), inputs=inputs))
 
 
 async def _close_executor(executor: Any) -> None:

@@ -10,7 +10,9 @@ backtest engine straight from recorded frames. For each event it
 3. sends cancels, then each intent through the risk gate to the executor; a rejected
    intent becomes a "reject" Decision and a rejected ack to the strategy;
 4. routes acks and fills, which executors deliver through `ExecutionListener`, to the
-   decision log and back to the strategy.
+   decision log and back to the strategy;
+5. hands a "rebalance" Decision's transfer to the transfer service; a refusal becomes a
+   "reject" Decision.
 
 Callbacks can nest (a paper fill arrives while an intent is being submitted); events that
 arrive during dispatch are queued and handled in order once the current one is done, so
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from daemon.actions.base import Executor
+from daemon.actions.errors import TransferRefused
 from daemon.logs import get_logger
 from daemon.model import (
     Decision,
@@ -33,7 +36,9 @@ from daemon.model import (
     OrderStatus,
     Quote,
     Trade,
+    TransferIntent,
 )
+from daemon.postmortem.schema import REBALANCE
 from daemon.sinks import RecordSink
 from strategies.base import AccountView, Clock, MarketView, Strategy
 
@@ -44,6 +49,13 @@ class RiskCheck(Protocol):
     """The risk gate as the runner sees it: a reason to refuse an intent, or None."""
 
     def check(self, intent: OrderIntent, now_ns: int) -> str | None: ...
+
+
+class TransferService(Protocol):
+    """Moves an asset between two of our venue accounts (raises `TransferRefused`)."""
+
+    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                 now_ns: int) -> object: ...
 
 
 class StrategyRunner:
@@ -58,11 +70,13 @@ class StrategyRunner:
         account: AccountView,
         clock: Clock,
         risk: RiskCheck | None = None,
+        transfers: TransferService | None = None,
     ) -> None:
         self.strategy = strategy
         self.executor = executor
         self.sink = sink
         self.risk = risk
+        self.transfers = transfers
         self.clock = clock
         self.killed_reason: str | None = None
         self._queue: deque[Callable[[], Decision | None]] = deque()
@@ -146,6 +160,8 @@ class StrategyRunner:
             return
         self.sink.record(decision)
         now = self.clock()
+        if decision.action == REBALANCE:
+            self._transfer(decision, now)
         for client_order_id in decision.cancels:
             self.executor.cancel(client_order_id, now)
         for intent in decision.intents:
@@ -155,6 +171,24 @@ class StrategyRunner:
                 self.executor.submit(intent, now)
             else:
                 self._reject(intent, reason, now)
+
+    def _transfer(self, decision: Decision, now: int) -> None:
+        """A "rebalance" Decision carries a TransferIntent in its inputs: send it."""
+        transfer = TransferIntent.from_inputs(decision.inputs, decision.strategy, decision.reason)
+        if self.killed_reason is not None:
+            refusal = f"kill switch: {self.killed_reason}"
+        elif self.transfers is None:
+            refusal = "transfer refused: no transfer service in this mode"
+        else:
+            try:
+                self.transfers.transfer(transfer.asset, transfer.amount, transfer.from_venue,
+                                        transfer.to_venue, now)
+                return
+            except TransferRefused as exc:
+                refusal = str(exc)
+        log.warning("transfer_refused", strategy=decision.strategy, reason=refusal)
+        self.sink.record(Decision(decision.strategy, now, "reject", refusal,
+                                  inputs=transfer.as_inputs()))
 
     def _refusal(self, intent: OrderIntent, now: int) -> str | None:
         if self.killed_reason is not None:

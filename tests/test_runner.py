@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import pytest
+
 from daemon.model import (
     Decision,
     Fill,
@@ -172,3 +174,39 @@ def test_kill_cancels_all_tells_the_strategy_and_refuses_every_intent() -> None:
     assert sink.of_type(Decision)[0].action == "kill"
     runner.kill("again")  # idempotent
     assert executor.cancel_all_calls == 1
+
+
+class RecordingTransfers:
+    def __init__(self, refuse: bool = False) -> None:
+        self.sent: list[tuple] = []
+        self.refuse = refuse
+
+    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                 now_ns: int) -> None:
+        from daemon.actions.errors import TransferRefused
+
+        if self.refuse:
+            raise TransferRefused("withdrawal refused: not whitelisted")
+        self.sent.append((asset, amount, from_venue, to_venue, now_ns))
+
+
+def rebalance_decision() -> Decision:
+    from daemon.model import TransferIntent
+
+    transfer = TransferIntent("BTC", "binance_spot", "bybit_spot", 0.25)
+    return Decision("test", 5, "rebalance", "drift", inputs=transfer.as_inputs())
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_rebalance_decisions_go_to_the_transfer_service(refuse: bool) -> None:
+    runner, *_rest = make_runner()
+    sink = _rest[2]
+    runner.transfers = RecordingTransfers(refuse)
+    runner.call(rebalance_decision)
+    if refuse:
+        assert runner.transfers.sent == []
+        reject = sink.of_type(Decision)[-1]
+        assert reject.action == "reject" and "whitelisted" in reject.reason
+        assert reject.inputs["amount"] == 0.25
+    else:
+        assert runner.transfers.sent == [("BTC", 0.25, "binance_spot", "bybit_spot", 0)]
