@@ -33,7 +33,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from websockets.speedups import apply_mask  # C helper: masking our outgoing frames
+try:  # websockets' C helper for masking our (few, small) outgoing frames
+    from websockets.speedups import apply_mask
+except ImportError:  # a build without the C extension
+
+    def apply_mask(data: bytes, mask: bytes) -> bytes:
+        return bytes(byte ^ mask[i % 4] for i, byte in enumerate(data))
 
 __all__ = [
     "ConnectionClosedByPeer",
