@@ -1,0 +1,117 @@
+"""`--mode watch`: JSON lines in the crypto-pipe shape, the table, clean shutdown."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from daemon.bus import Bus
+from daemon.model import Quote
+from daemon.watch import render_table
+
+REPO = Path(__file__).resolve().parents[1]
+VIEW_KEYS = {"symbol", "top_bid", "top_bid_quantity", "top_ask", "top_ask_quantity"}
+
+
+def environment(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOPIPE_")}
+    env.update(CRYPTOPIPE_DATA_DIR=str(tmp_path / "data"), CRYPTOPIPE_METRICS__PORT="0")
+    return env
+
+
+def watch(tmp_path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "watch", *args],
+                          cwd=cwd or tmp_path, env=environment(tmp_path), capture_output=True,
+                          timeout=300)
+
+
+def last_book_ticker(path: Path) -> dict:
+    last = None
+    with gzip.open(path, "rb") as handle:
+        for line in handle:
+            if b"@bookTicker" in line[:80]:
+                last = line
+    assert last is not None
+    return orjson.loads(last.split(b" ", 1)[1])["data"]
+
+
+def test_json_watch_of_a_replay_prints_every_update_and_ends_on_the_last_book_ticker(
+    tmp_path: Path, shared_file: Callable[[str], Path]
+) -> None:
+    spot = shared_file("binance_spot_btcusdt_20240808.gz")
+    done = watch(tmp_path, "--feed", f"replay:{spot}", "--speed", "max", "--format", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 28_040  # one per bookTicker quote, none conflated away
+    views = [orjson.loads(line) for line in (lines[0], lines[-1])]
+    for view in views:
+        assert next(iter(view)) == "event_time" and set(view["binance_spot"]) == VIEW_KEYS
+    last, expected = views[1]["binance_spot"], last_book_ticker(spot)
+    assert float(last["top_bid"]) == float(expected["b"])
+    assert float(last["top_bid_quantity"]) == float(expected["B"])
+    assert float(last["top_ask"]) == float(expected["a"])
+    assert float(last["top_ask_quantity"]) == float(expected["A"])
+
+
+def test_watch_sample_with_duration_works_without_shared_data(tmp_path: Path) -> None:
+    """From a copy of the package files only: no ../shared next to it."""
+    checkout = tmp_path / "checkout"
+    for package in ("adapters", "config", "daemon", "strategies"):
+        shutil.copytree(REPO / package, checkout / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "main.py", checkout / "main.py")
+    assert not (checkout.parent / "shared").exists()
+    done = subprocess.run(
+        [sys.executable, str(checkout / "main.py"), "--mode", "watch", "--feed", "sample",
+         "--duration", "5", "--format", "json"],
+        cwd=tmp_path, env=environment(tmp_path), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines, "five seconds of the sample at real time give updates"
+    view = orjson.loads(lines[-1])
+    assert {"binance_spot", "binance_usdm"} & set(view)
+    assert (tmp_path / "data" / "ring").is_dir()  # snapshot written at shutdown
+
+
+def test_sigterm_stops_watch_cleanly_with_a_snapshot(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), "--mode", "watch", "--feed", "sample",
+         "--format", "json"],
+        cwd=tmp_path, env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # running and publishing
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    assert b"snapshot_written" in stderr and b"Traceback" not in stderr
+
+
+def test_table_shows_each_venue_and_the_cross_venue_spread() -> None:
+    bus = Bus()
+    now = 1_000_000_000_000
+    bus.publish_quote(Quote("binance_spot", "BTC/USDT", 100.0, 1.0, 100.1, 2.0, 0, now - 5_000_000))
+    bus.publish_quote(Quote("bybit_spot", "BTC/USDT", 100.2, 1.0, 100.3, 2.0, 0, now))
+    bus.mark_stale("binance_spot", "BTC/USDT")
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render_table(bus.view, now))
+    text = console.export_text()
+    assert "binance_spot" in text and "bybit_spot" in text and "5 ms STALE" in text
+    # only bybit is fresh, so no cross-venue figure is claimed
+    assert "n/a" in text
