@@ -33,10 +33,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     NUMBA_CACHE_DIR=/tmp/numba-cache \
     CRYPTOPIPE_DATA_DIR=/data \
     CRYPTOPIPE_METRICS__HOST=0.0.0.0
-RUN useradd --system --no-log-init --user-group --uid 10001 --no-create-home \
+RUN groupadd --gid 10001 cryptopipe \
+    && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home \
         --home-dir /app --shell /usr/sbin/nologin cryptopipe \
     && mkdir -p /data /app \
-    && chown cryptopipe:cryptopipe /data
+    && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /src/main.py /app/main.py
 WORKDIR /app
