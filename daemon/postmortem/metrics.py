@@ -315,7 +315,8 @@ class _Ledger:
         # A decision that names no symbol marks the strategy's only symbol, if it has one.
         only = symbols[0] if len(symbols) == 1 else None
         events = _arrays(db, f"""
-            SELECT ts_ns, seq, symbol, signed_qty, price, fee, is_fill, is_mark FROM (
+            SELECT ts_ns, list_position($symbols, symbol) - 1 AS symbol, signed_qty, price,
+                   fee, is_fill, is_mark FROM (
                 SELECT ts_ns, seq, symbol, signed_qty, price, coalesce(fee_quote, 0) AS fee,
                        true AS is_fill, true AS is_mark
                 FROM fills WHERE {where}
@@ -327,10 +328,8 @@ class _Ledger:
                 SELECT ts_ns, decision_id, coalesce(symbol, $only), 0.0, mid, 0.0, false, true
                 FROM decisions WHERE {where} AND mid > 0 AND isfinite(mid))
             WHERE symbol IS NOT NULL
-            ORDER BY ts_ns, seq, is_fill""", {**key, "only": only})
-        index = {name: i for i, name in enumerate(symbols)}
-        symbol_index = np.fromiter((index[s] for s in events["symbol"]), dtype=np.int64,
-                                   count=len(events["symbol"]))
+            ORDER BY ts_ns, seq, is_fill""", {**key, "only": only, "symbols": symbols})
+        symbol_index = events["symbol"].astype(np.int64)
         client = _scalar(db, f"SELECT count(*) FROM client_fills WHERE {where}", key)
         return cls(symbols, events["ts_ns"].astype(np.int64), symbol_index,
                    events["signed_qty"].astype(np.float64), events["price"].astype(np.float64),
@@ -381,10 +380,11 @@ class _Ledger:
         realised_curve = np.empty(len(fills))
         path_ts: list[list[int]] = [[] for _ in range(count)]
         path_qty: list[list[float]] = [[] for _ in range(count)]
-        ts, symbol, qty, price, fee = (self.ts.tolist(), self.symbol.tolist(),
-                                       self.signed_qty.tolist(), self.price.tolist(),
-                                       self.fee.tolist())
-        for row, event in enumerate(fills.tolist()):
+        # Plain lists of the fills only: marks do not move positions or cost.
+        ts, symbol, qty, price, fee = (self.ts[fills].tolist(), self.symbol[fills].tolist(),
+                                       self.signed_qty[fills].tolist(),
+                                       self.price[fills].tolist(), self.fee[fills].tolist())
+        for event in range(len(fills)):
             s, q, p = symbol[event], qty[event], price[event]
             held = position[s]
             if held == 0.0 or (held > 0.0) == (q > 0.0):  # opening or adding
@@ -398,7 +398,7 @@ class _Ledger:
             if abs(position[s]) < 1e-12 * max(1.0, abs(q)):
                 position[s], cost[s] = 0.0, 0.0
             realised -= fee[event]
-            realised_curve[row] = realised
+            realised_curve[event] = realised
             path_ts[s].append(ts[event])
             path_qty[s].append(position[s])
         marks = self._last_prices()
@@ -515,12 +515,10 @@ def _float(value: Any) -> float:
 def arbitrage_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str
                     ) -> ArbitrageStats:
     row = db.execute(f"""
-        SELECT count(*) FILTER (WHERE action = 'arbitrage'
-                                OR json_exists(inputs, '$.expected_edge_bps')),
+        SELECT count(*) FILTER (WHERE action = 'arbitrage' OR expected_edge_bps IS NOT NULL),
                count(*) FILTER (WHERE action = 'arbitrage'),
                coalesce(sum(expected) FILTER (WHERE action = 'arbitrage'), 0),
-               avg(TRY_CAST(inputs->>'expected_edge_bps' AS DOUBLE))
-                   FILTER (WHERE action = 'arbitrage')
+               avg(expected_edge_bps) FILTER (WHERE action = 'arbitrage')
         FROM decisions WHERE {where}""", key).fetchone()
     assert row is not None
     stats = ArbitrageStats(int(row[0]), int(row[1]), float(row[2]), _float(row[3]))

@@ -6,11 +6,14 @@ id before anything is opened), reads them with DuckDB's `read_ndjson` in paralle
 dropped) and builds these tables in an in-memory database:
 
 - `records`: every valid v1 record in the filters, `seq` keeping file order;
-- `decisions`: + `mid`, `symbol`, `venue` unpacked from inputs (symbol/venue fall back to
-  the first intent's), `n_intents`, `n_cancels`, `decision_id`;
-- `orders`: one row per client order id: intent records (sent after the risk gate) and
-  the intents nested in decisions (what the strategy asked for), the strategy taken from
-  the intent or else from its decision, `submit_ts_ns`, `decision_id`, `decision_mid`;
+- `decisions`: + `mid`, `symbol`, `venue` and the other input keys the report reads,
+  unpacked from `inputs` (symbol/venue fall back to the first intent's), `n_intents`,
+  `n_cancels`, `decision_id` (= the record's `seq`; `inputs` itself stays in `records`);
+- `orders`: one row per client order id (unique within a run, as venues require): intent
+  records (sent after the risk gate) joined to the intents nested in decisions (what the
+  strategy asked for; an intent the gate refused has no record of its own), the strategy
+  taken from the intent or else from its decision, `submit_ts_ns`, `decision_id`,
+  `decision_mid`, `sent`;
 - `fills`: venue fills with `strategy` resolved through the order, `signed_qty`, and
   `fee_quote` (a fee in the base asset valued at the fill price; one in the quote asset as
   is; any other asset is not valued and counted in `fees_unvalued`);
@@ -116,11 +119,11 @@ def load_log(data_dir: Path, log_filter: LogFilter, threads: int | None = None) 
 def _read_records(loaded: LoadedLog, log_filter: LogFilter) -> None:
     columns = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in COLUMNS.items()) + "}"
     db = loaded.db
+    # One parallel pass over the files; `rowid` of the table keeps file order.
     db.execute(
         f"""CREATE TEMP TABLE raw AS
-            SELECT row_number() OVER () AS seq, *
-            FROM read_ndjson($files, columns = {columns}, ignore_errors = true,
-                             format = 'newline_delimited')""",
+            SELECT * FROM read_ndjson($files, columns = {columns}, ignore_errors = true,
+                                      format = 'newline_delimited')""",
         {"files": [str(p) for p in loaded.files]},
     )
     corrupt, unsupported = db.execute(
@@ -130,64 +133,50 @@ def _read_records(loaded: LoadedLog, log_filter: LogFilter) -> None:
     ).fetchone()  # type: ignore[misc]
     loaded.corrupt_lines, loaded.unsupported_lines = int(corrupt), int(unsupported)
     conditions = [f"v = {SCHEMA_VERSION}", "type IS NOT NULL"]
-    params: dict[str, object] = {}
     if log_filter.run_id:
-        conditions.append("run_id = $run_id")
-        params["run_id"] = log_filter.run_id
+        conditions.append(f"run_id = {_literal(log_filter.run_id)}")
     if log_filter.since_ns is not None:
-        conditions.append("ts_ns >= $since")
-        params["since"] = log_filter.since_ns
+        conditions.append(f"ts_ns >= {int(log_filter.since_ns)}")
     if log_filter.until_ns is not None:
-        conditions.append("ts_ns < $until")
-        params["until"] = log_filter.until_ns
-    db.execute(f"CREATE TEMP TABLE records AS SELECT * FROM raw WHERE {' AND '.join(conditions)}",
-               params)
-    db.execute("DROP TABLE raw")
+        conditions.append(f"ts_ns < {int(log_filter.until_ns)}")
+    db.execute(f"""CREATE TEMP VIEW records AS SELECT rowid AS seq, * FROM raw
+                   WHERE {' AND '.join(conditions)}""")
     loaded.records = int(db.execute("SELECT count(*) FROM records").fetchone()[0])  # type: ignore[index]
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 # The strategy filter is applied to every table after attribution (acks and some intents
-# carry no strategy of their own); `$strategy` is NULL for "all strategies".
+# carry no strategy of their own).
 _TABLES = """
 CREATE TEMP TABLE decisions_all AS
-SELECT seq AS decision_id, run_id, ts_ns, strategy, action, reason, expected, inputs,
-       intents, cancels,
-       TRY_CAST(json_extract_string(inputs, '$.mid') AS DOUBLE) AS mid,
-       coalesce(json_extract_string(inputs, '$.symbol'),
-                json_extract_string(intents, '$[0].symbol')) AS symbol,
-       coalesce(json_extract_string(inputs, '$.venue'),
-                json_extract_string(intents, '$[0].venue')) AS venue,
-       coalesce(json_array_length(intents), 0) AS n_intents,
-       coalesce(json_array_length(cancels), 0) AS n_cancels
-FROM records WHERE type = 'decision';
+WITH d AS (
+    SELECT seq, run_id, ts_ns, strategy, action, reason, expected, inputs, intents, cancels,
+           json_extract_string(inputs, ['$.mid', '$.symbol', '$.venue', '$.client_side',
+               '$.client_qty', '$.client_price', '$.hedge_cost', '$.expected_edge_bps'])
+               AS known
+    FROM records WHERE type = 'decision')
+SELECT seq AS decision_id, run_id, ts_ns, strategy, action, reason, expected, intents,
+       TRY_CAST(known[1] AS DOUBLE) AS mid,
+       coalesce(known[2], intents[1].symbol) AS symbol,
+       coalesce(known[3], intents[1].venue) AS venue,
+       known[4] AS client_side,
+       TRY_CAST(known[5] AS DOUBLE) AS client_qty,
+       TRY_CAST(known[6] AS DOUBLE) AS client_price,
+       TRY_CAST(known[7] AS DOUBLE) AS hedge_cost,
+       TRY_CAST(known[8] AS DOUBLE) AS expected_edge_bps,
+       coalesce(len(intents), 0) AS n_intents,
+       coalesce(len(cancels), 0) AS n_cancels
+FROM d;
 
 CREATE TEMP TABLE requested AS
-SELECT d.run_id, d.decision_id, d.ts_ns, d.strategy AS decision_strategy, d.action,
-       d.mid AS decision_mid, i.*
-FROM decisions_all d,
-     unnest(from_json(d.intents, '[{"venue": "VARCHAR", "symbol": "VARCHAR",
-         "side": "VARCHAR", "order_type": "VARCHAR", "qty": "DOUBLE", "price": "DOUBLE",
-         "client_order_id": "VARCHAR", "strategy": "VARCHAR", "reason": "VARCHAR"}]'))
-     AS u(i)
-WHERE d.n_intents > 0;
+SELECT run_id, decision_id, ts_ns, strategy AS decision_strategy, action, mid AS decision_mid,
+       unnest(intents, recursive := true)
+FROM decisions_all WHERE n_intents > 0;
 
 CREATE TEMP TABLE orders_all AS
-WITH sent AS (
-    SELECT run_id, client_order_id, min(ts_ns) AS sent_ts_ns, any_value(strategy) AS strategy,
-           any_value(venue) AS venue, any_value(symbol) AS symbol, any_value(side) AS side,
-           any_value(order_type) AS order_type, any_value(qty) AS qty,
-           any_value(price) AS price
-    FROM records WHERE type = 'intent' GROUP BY run_id, client_order_id
-), asked AS (
-    SELECT run_id, client_order_id, arg_min(decision_id, ts_ns) AS decision_id,
-           min(ts_ns) AS asked_ts_ns, arg_min(decision_strategy, ts_ns) AS decision_strategy,
-           arg_min(strategy, ts_ns) AS strategy, arg_min(action, ts_ns) AS action,
-           arg_min(decision_mid, ts_ns) AS decision_mid, arg_min(venue, ts_ns) AS venue,
-           arg_min(symbol, ts_ns) AS symbol, arg_min(side, ts_ns) AS side,
-           arg_min(order_type, ts_ns) AS order_type, arg_min(qty, ts_ns) AS qty,
-           arg_min(price, ts_ns) AS price
-    FROM requested GROUP BY run_id, client_order_id
-)
 SELECT coalesce(s.run_id, a.run_id) AS run_id,
        coalesce(s.client_order_id, a.client_order_id) AS client_order_id,
        coalesce(nullif(s.strategy, ''), nullif(a.strategy, ''), a.decision_strategy, '')
@@ -195,10 +184,11 @@ SELECT coalesce(s.run_id, a.run_id) AS run_id,
        coalesce(s.venue, a.venue) AS venue, coalesce(s.symbol, a.symbol) AS symbol,
        coalesce(s.side, a.side) AS side, coalesce(s.order_type, a.order_type) AS order_type,
        coalesce(s.qty, a.qty) AS qty, coalesce(s.price, a.price) AS price,
-       coalesce(s.sent_ts_ns, a.asked_ts_ns) AS submit_ts_ns,
+       coalesce(s.ts_ns, a.ts_ns) AS submit_ts_ns,
        s.client_order_id IS NOT NULL AS sent,
        a.decision_id, a.action AS decision_action, a.decision_mid
-FROM sent s FULL OUTER JOIN asked a
+FROM (SELECT * FROM records WHERE type = 'intent') s
+FULL OUTER JOIN requested a
   ON s.run_id = a.run_id AND s.client_order_id = a.client_order_id;
 
 CREATE TEMP TABLE fills_all AS
@@ -218,13 +208,10 @@ WHERE f.type = 'fill';
 
 CREATE TEMP TABLE client_fills_all AS
 SELECT decision_id AS seq, run_id, ts_ns, strategy, symbol,
-       CASE WHEN inputs->>'client_side' = 'buy' THEN 'sell' ELSE 'buy' END AS side,
-       TRY_CAST(inputs->>'client_price' AS DOUBLE) AS price,
-       TRY_CAST(inputs->>'client_qty' AS DOUBLE) AS qty,
-       mid, action,
-       TRY_CAST(inputs->>'hedge_cost' AS DOUBLE) AS hedge_cost
+       CASE WHEN client_side = 'buy' THEN 'sell' ELSE 'buy' END AS side,
+       client_price AS price, client_qty AS qty, mid, action, hedge_cost
 FROM decisions_all
-WHERE inputs->>'client_side' IS NOT NULL AND inputs->>'client_qty' IS NOT NULL;
+WHERE client_side IS NOT NULL AND client_qty IS NOT NULL;
 
 CREATE TEMP TABLE acks_all AS
 SELECT a.seq, a.run_id, a.ts_ns, coalesce(o.strategy, '') AS strategy, a.client_order_id,

@@ -6,7 +6,8 @@
 Reads `<data_dir>/decisions/*/*.jsonl` with DuckDB (torn and corrupt lines skipped and
 counted), prints tables per strategy and run (or, with `--format json`, the same figures as
 one JSON document on stdout), and writes under `<data_dir>/reports/<run|all-runs>[-S]/`:
-`summary.csv` (one row per strategy and run), `fills.csv`, `decisions.csv` and
+`summary.csv` (one row per strategy and run), `fills.csv`, `decisions.csv` (in log order,
+which is time order within a run; with the strategy's whole `inputs` as JSON) and
 `report.html` (plotly charts, plotly.js inlined so it opens offline). The figures are
 defined in `daemon.postmortem.metrics`.
 
@@ -160,10 +161,10 @@ def write_exports(loaded: LoadedLog, report: Report, target: Path, charts: bool 
         FROM client_fills
         ORDER BY run_id, strategy, ts_ns) TO '{_sql_path(exports["fills"])}' (HEADER)""")
     db.execute(f"""COPY (
-        SELECT run_id, strategy, make_timestamp_ns(ts_ns) AS time, ts_ns, action, reason,
-               expected, venue, symbol, mid, n_intents AS intents, n_cancels AS cancels,
-               inputs
-        FROM decisions ORDER BY run_id, strategy, ts_ns, decision_id)
+        SELECT d.run_id, d.strategy, make_timestamp_ns(d.ts_ns) AS time, d.ts_ns, d.action,
+               d.reason, d.expected, d.venue, d.symbol, d.mid, d.n_intents AS intents,
+               d.n_cancels AS cancels, r.inputs
+        FROM decisions d JOIN records r ON r.seq = d.decision_id)
         TO '{_sql_path(exports["decisions"])}' (HEADER)""")
     if charts:
         exports["html"] = target / "report.html"

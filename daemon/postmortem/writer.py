@@ -185,7 +185,7 @@ class DecisionLogWriter:
         if self._enqueued - self._written < self._room_at or self._room is None:
             return
         self.backpressure_waits += 1
-        self._alert("wait")
+        self._alert("wait", self.queued)
         while self._enqueued - self._written >= self._room_at and self._running():
             assert self._wake is not None
             self._wake.set()
@@ -232,15 +232,15 @@ class DecisionLogWriter:
         self.flush()
         self.backpressure_blocks += 1
         self.backpressure_blocked_ns += time.perf_counter_ns() - started
-        self._alert("block")
+        self._alert("block", queued)
 
-    def _alert(self, how: str) -> None:
+    def _alert(self, how: str, queued: int) -> None:
         now = time.monotonic()
         if now - self._last_alert < ALERT_EVERY_S:
             return
         self._last_alert = now
         log.warning(
-            "decision_log_backpressure", how=how, run_id=self.run_id, queued=self.queued,
+            "decision_log_backpressure", how=how, run_id=self.run_id, queued=queued,
             queue_size=self._queue_size, blocks=self.backpressure_blocks,
             waits=self.backpressure_waits,
             blocked_s=round(self.backpressure_blocked_ns / 1e9, 3),
