@@ -84,11 +84,11 @@ def only(keyword: str, stage: int = RUNTIME_STAGE) -> Instruction:
     return found[0]
 
 
-def runtime_env() -> dict[str, str]:
-    """The runtime stage's ENV (KEY=VALUE pairs; $PATH expanded against ours)."""
+def stage_env(stage: int = RUNTIME_STAGE) -> dict[str, str]:
+    """A stage's ENV (KEY=VALUE pairs; $PATH expanded against ours)."""
     env: dict[str, str] = {}
     for instruction in INSTRUCTIONS:
-        if instruction.keyword == "ENV" and instruction.stage == RUNTIME_STAGE:
+        if instruction.keyword == "ENV" and instruction.stage == stage:
             for pair in shlex.split(instruction.arguments):
                 key, _, value = pair.partition("=")
                 env[key] = value.replace("$PATH", os.environ.get("PATH", ""))
@@ -120,7 +120,7 @@ def test_dockerfile_shape() -> None:
     assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]  # multi-stage, one base
     user = only("USER").arguments
     assert user.split(":")[0] not in ("0", "root")
-    assert runtime_env()["CRYPTOPIPE_DATA_DIR"] == "/data"
+    assert stage_env()["CRYPTOPIPE_DATA_DIR"] == "/data"
     assert only("VOLUME").exec_form() == ["/data"]
     assert only("ENTRYPOINT").exec_form() == ["python", "main.py"]
     assert only("CMD").exec_form() == ["--strategy", "arbitrage", "--mode", "action"]
@@ -209,6 +209,8 @@ def test_image_install_and_entry_commands_pass_in_a_fresh_venv(tmp_path: Path) -
 
     # build stage: the context, then every RUN in order (the .pth goes in once the venv exists)
     copy_context(image["/src"])
+    build_env = {**shell_env,
+                 **{key: mapped(value) for key, value in stage_env(BUILD_STAGE).items()}}
     for instruction in INSTRUCTIONS:
         if instruction.stage != BUILD_STAGE or instruction.keyword != "RUN":
             continue
@@ -220,7 +222,7 @@ def test_image_install_and_entry_commands_pass_in_a_fresh_venv(tmp_path: Path) -
             (site / "project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         result = subprocess.run(
             ["sh", "-c", mapped(instruction.arguments)], cwd=image["/src"], capture_output=True,
-            text=True, timeout=300, env={**shell_env, "PIP_NO_DEPS": "1"} if install else shell_env,
+            text=True, timeout=300, env={**build_env, "PIP_NO_DEPS": "1"} if install else build_env,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     venv_python = str(image["/opt/venv"] / "bin/python")
@@ -236,7 +238,7 @@ def test_image_install_and_entry_commands_pass_in_a_fresh_venv(tmp_path: Path) -
                 shutil.copy2(mapped(source), mapped(target))
     assert sorted(p.name for p in image["/app"].iterdir()) == ["main.py"]
     port = free_port()
-    env = {**shell_env, **{key: mapped(value) for key, value in runtime_env().items()},
+    env = {**shell_env, **{key: mapped(value) for key, value in stage_env().items()},
            # the image listens on 0.0.0.0 for -p; a test on a shared machine stays local
            "CRYPTOPIPE_METRICS__HOST": "127.0.0.1", "CRYPTOPIPE_METRICS__PORT": str(port)}
     entrypoint = [mapped(part) for part in only("ENTRYPOINT").exec_form()]
