@@ -158,6 +158,7 @@ class StrategyRunner:
     def _apply(self, decision: Decision | None) -> None:
         if decision is None:
             return
+        self._name_orders(decision)
         self.sink.record(decision)
         now = self.clock()
         if decision.action == REBALANCE:
@@ -171,6 +172,17 @@ class StrategyRunner:
                 self.executor.submit(intent, now)
             else:
                 self._reject(intent, reason, now)
+
+    def _name_orders(self, decision: Decision) -> None:
+        """Give id-less intents their client order id before the decision is recorded, so
+        the decision log links every order to its acks and fills (the log encodes a record
+        when it is recorded; an id assigned later at submit would not be in it)."""
+        assign = getattr(self.executor, "assign_client_order_id", None)
+        if assign is None:
+            return
+        for intent in decision.intents:
+            if not intent.client_order_id:
+                assign(intent)
 
     def _transfer(self, decision: Decision, now: int) -> None:
         """A "rebalance" Decision carries a TransferIntent in its inputs: send it."""
