@@ -106,7 +106,8 @@ async def run_postmortem(app: App) -> int:
         sys.stdout.buffer.write(b"\n")
         sys.stdout.flush()
     else:
-        print_report(report, Console())
+        # Off a terminal rich would wrap at 80 columns; the tables need more.
+        print_report(report, Console(width=None if sys.stdout.isatty() else 200))
     return 0
 
 

@@ -1,0 +1,390 @@
+"""`--mode backtest --data FILE...`: recorded market data through the live strategy code.
+
+    python main.py --strategy inventory-mm --mode backtest --run-id mm-0808 \\
+        --data ../shared/data/binance_spot_btcusdt_20240808.gz [FILE@VENUE:SYMBOL ...]
+
+The recorded frames go through the live parsers (`adapters.replay.ReplayFeed`, files
+merged by receive time, `FILE@VENUE:SYMBOL` relabelling as for `--feed replay:`) into the
+same objects `--mode action` wires: a fresh bus view and ring buffer, the strategy built by
+`strategies.build`, `StrategyRunner`, the risk gate and kill switch, the paper executor and
+paper transfers. Only the clock differs: a simulated clock that is the receive time of the
+event being processed. Nothing waits on it; the replay only yields to the event loop every
+few thousand frames so Ctrl-C and the progress bar stay responsive.
+
+Client flow (internalize): fills from `strategies.internalize.source` ("file": the CSV's
+own times; "synthetic": the seeded Poisson arrivals of `SyntheticFlowSource`, priced off
+the hedge venue's mid at arrival, as live) are delivered in time order between market
+events. A WebSocket source has no place in a backtest and is refused.
+
+Everything goes to the decision log, written synchronously (`DecisionLogWriter`,
+`synchronous=True`) under the date of the data, so `--mode post-mortem --run ID` reports
+on a backtest exactly as on a live run. At the end of the data every open order is
+cancelled and the cancels are let through (one cancel latency later), then balances are
+snapshotted.
+
+Deterministic: the same files, settings, seed and `--run-id` give a byte-identical log (no
+wall-clock time, no ring snapshot from disk, client order ids derived from the run id).
+A run id whose log already exists is refused rather than appended to or overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+import strategies
+from adapters.replay import ReplayError, ReplayFeed, ReplaySpec, ReplayStats, parse_spec
+from config.settings import ConfigError, Settings
+from daemon.actions.gate import GatedExecutor
+from daemon.actions.paper import PaperExecutor
+from daemon.actions.risk import RiskGate
+from daemon.actions.transfers import PaperTransfers
+from daemon.bus import Bus
+from daemon.logs import get_logger
+from daemon.market import RingMarketView
+from daemon.model import ClientFill, Quote, Side, Trade
+from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, decisions_dir
+from daemon.ringbuffer import RingStore
+from daemon.runner import StrategyRunner
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+log = get_logger("backtest")
+
+NS_PER_MS = 1_000_000
+#: The progress bar is refreshed every this many events (a refresh costs ~50 µs).
+PROGRESS_EVERY = 8_192
+#: Synthetic arrivals are drawn up to here; the data's end stops them first.
+_FOREVER_NS = 2**62
+
+
+class SimulatedClock:
+    """The backtest's only clock: the receive time of the latest event (never goes back)."""
+
+    __slots__ = ("now_ns",)
+
+    def __init__(self) -> None:
+        self.now_ns = 0
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def advance_to(self, ts_ns: int) -> None:
+        if ts_ns > self.now_ns:
+            self.now_ns = ts_ns
+
+
+@dataclass(slots=True)
+class BacktestResult:
+    run_id: str
+    strategy: str
+    events: int
+    quotes: int
+    trades: int
+    client_fills: int
+    client_fills_unpriced: int
+    first_ts_ns: int
+    last_ts_ns: int
+    wall_seconds: float
+    records: int
+    log_files: list[Path]
+    corrupt_lines: int
+    dropped: dict[str, int]
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.wall_seconds if self.wall_seconds > 0 else math.nan
+
+    def figures(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["log_files"] = [str(path) for path in self.log_files]
+        data["events_per_second"] = self.events_per_second
+        return data
+
+
+# -- client flow ---------------------------------------------------------------------------
+
+
+class ClientFlow:
+    """Client fills in time order, handed out as the simulated clock passes them."""
+
+    def __init__(self, fills: Iterator[ClientFill],
+                 reprice: Callable[[ClientFill], ClientFill | None] | None = None) -> None:
+        self._fills = fills
+        self._reprice = reprice
+        self._next: ClientFill | None = next(fills, None)
+        self.delivered = 0
+        self.unpriced = 0
+
+    def due(self, until_ns: int) -> Iterator[ClientFill]:
+        """Fills with a time <= until_ns, each priced (if repricing) as it comes due."""
+        while self._next is not None and self._next.ts_ns <= until_ns:
+            fill, self._next = self._next, next(self._fills, None)
+            if self._reprice is not None:
+                priced = self._reprice(fill)
+                if priced is None:
+                    self.unpriced += 1
+                    continue
+                fill = priced
+            self.delivered += 1
+            yield fill
+
+
+def build_client_flow(settings: Settings, bus: Bus, start_ns: int) -> ClientFlow:
+    """The configured client-flow source, as a time-ordered stream for the backtest."""
+    from daemon.flow import FileFlowSource, SyntheticFlowSource
+
+    own = settings.strategies.internalize
+    if own.source == "file":
+        if own.file is None or not Path(own.file).is_file():
+            raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
+                              f"needs an existing CSV path (got {own.file})")
+        fills = sorted(FileFlowSource(Path(own.file), own.symbol), key=lambda f: f.ts_ns)
+        return ClientFlow(iter(fills))
+    if own.source != "synthetic":
+        raise ConfigError(f"strategies.internalize.source {own.source!r} cannot be replayed: "
+                          "use 'file' or 'synthetic' for a backtest")
+    source = SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
+                                 own.seed, own.synthetic_markup_bps)
+    # Arrival times and sizes come from the seeded source; the price is set when the fill
+    # comes due, off the mid at that moment (live prices off the mid at arrival too).
+    arrivals = source.generate(start_ns, _FOREVER_NS, lambda _ts: 1.0)
+
+    def reprice(fill: ClientFill) -> ClientFill | None:
+        quote = bus.view.quote(own.venue, own.symbol)
+        if quote is None or quote.stale or not quote.mid > 0.0:
+            return None  # no market: the client would not have been quoted
+        sign = 1.0 if fill.side is Side.BUY else -1.0
+        return dataclasses.replace(fill, price=quote.mid * (1.0 + sign * source.markup))
+
+    return ClientFlow(arrivals, reprice)
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+class Backtest:
+    """One strategy over recorded files on a simulated clock, logging every record."""
+
+    def __init__(self, settings: Settings, strategy_name: str, specs: list[ReplaySpec],
+                 run_id: str, progress: Callable[[int, int], None] | None = None,
+                 bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.run_id = run_id
+        self.clock = SimulatedClock()
+        self.bus = bus or Bus()
+        # Fresh history: a backtest never reads the live ring snapshot.
+        self.rings = RingStore(retention_s=settings.retention,
+                               max_rate_hz=settings.ring.max_rate_hz)
+        self.bus.add_sink(on_quote=self.rings.on_quote, on_trade=self.rings.on_trade)
+        self.strategy = strategies.build(strategy_name, settings)
+        self.writer = DecisionLogWriter.from_settings(settings, run_id, synchronous=True,
+                                                      clock=self.clock)
+        self.paper = PaperExecutor.from_settings(settings, run_id)
+        self.executor = GatedExecutor(self.paper, RiskGate(settings.risk), sink=self.writer)
+        market = RingMarketView(self.bus.view, self.rings, self.clock)
+        self.runner = StrategyRunner(
+            self.strategy, self.executor, self.writer, market, account=self.executor,
+            clock=self.clock, transfers=PaperTransfers(self.paper, settings.execution),
+        )
+        self.executor.kill_switch.on_fire(lambda why, _now: self.runner.kill(why))
+        self.snapshots = BalanceSnapshots(
+            self.writer, self.executor, settings.enabled_venues(),
+            settings.postmortem.balance_snapshot_interval_s, self.strategy.name)
+        self._on_client_fill = getattr(self.strategy, "on_client_fill", None)
+        self.flow: ClientFlow | None = None
+        self._progress = progress
+        self.events = 0
+
+    async def run(self) -> BacktestResult:
+        started = time.perf_counter()
+        feed = ReplayFeed(self.specs, self.on_quote, self.on_trade, speed=None)
+        try:
+            stats = await feed.run()
+            self._finish()
+        finally:
+            self.writer.close()
+        return self._result(stats, time.perf_counter() - started)
+
+    # -- per event (the hot path) ------------------------------------------------------
+
+    def on_quote(self, quote: Quote) -> None:
+        now = quote.local_ts_ns
+        self._before(now)
+        self.bus.publish_quote(quote)
+        self.runner.on_quote(quote)
+        self._after(now)
+
+    def on_trade(self, trade: Trade) -> None:
+        now = trade.local_ts_ns
+        self._before(now)
+        self.bus.publish_trade(trade)
+        self.runner.on_trade(trade)
+        self._after(now)
+
+    def _before(self, now: int) -> None:
+        if self._on_client_fill is not None:
+            self._deliver_client_fills(now)
+        self.clock.advance_to(now)
+
+    def _after(self, now: int) -> None:
+        self.snapshots.maybe_record(now)
+        self.events += 1
+        if self._progress is not None and self.events % PROGRESS_EVERY == 0:
+            self._progress(self.events, now)
+
+    def _deliver_client_fills(self, until_ns: int) -> None:
+        """Client fills due before this market event, each at its own time."""
+        if self.flow is None:
+            self.flow = build_client_flow(self.settings, self.bus, until_ns)
+        on_client_fill = self._on_client_fill
+        for fill in self.flow.due(until_ns):
+            self.clock.advance_to(fill.ts_ns)
+            self.runner.advance(self.clock.now_ns)
+            self.runner.call(lambda fill=fill: on_client_fill(fill))
+
+    # -- the end of the data -----------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Cancel what is still open, let the cancels through, snapshot the balances."""
+        end = self.clock.now_ns
+        if end == 0:
+            return  # no market data at all
+        self.executor.cancel_all(end)
+        execution = self.settings.execution
+        settle_ns = int((execution.submit_latency_ms + execution.cancel_latency_ms) * NS_PER_MS)
+        self.clock.advance_to(end + settle_ns)
+        self.runner.advance(self.clock.now_ns)
+        self.snapshots.record_now(self.clock.now_ns)
+
+    def _result(self, stats: ReplayStats, wall_seconds: float) -> BacktestResult:
+        flow = self.flow
+        return BacktestResult(
+            run_id=self.run_id,
+            strategy=self.strategy.name,
+            events=self.events,
+            quotes=stats.quotes,
+            trades=stats.trades,
+            client_fills=flow.delivered if flow else 0,
+            client_fills_unpriced=flow.unpriced if flow else 0,
+            first_ts_ns=stats.first_ts_ns or 0,
+            last_ts_ns=stats.last_ts_ns or 0,
+            wall_seconds=wall_seconds,
+            records=self.writer.durable_records,
+            log_files=existing_logs(self.settings.data_dir, self.run_id),
+            corrupt_lines=stats.corrupt_lines,
+            dropped=dict(stats.dropped),
+        )
+
+
+def existing_logs(data_dir: Path, run_id: str) -> list[Path]:
+    """Decision-log files of this run id, any day."""
+    return sorted(decisions_dir(data_dir).glob(f"*/{run_id}.jsonl"))
+
+
+# -- the mode ------------------------------------------------------------------------------
+
+
+async def run_backtest(app: App) -> int:
+    """Mode entry point: check the inputs, run with a progress bar on a terminal, report."""
+    settings, args = app.settings, app.args
+    specs = _specs(args.data)
+    previous = existing_logs(settings.data_dir, app.run_id)
+    if previous:
+        raise ConfigError(f"backtest run {app.run_id!r} already has a decision log "
+                          f"({previous[0]}); choose another --run-id or remove it")
+    try:
+        backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting strategies: {exc}") from None
+    log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])
+    with _progress_bar(enabled=sys.stderr.isatty()) as progress:
+        backtest._progress = progress
+        result = await backtest.run()
+    if args.format == "json":
+        sys.stdout.buffer.write(orjson.dumps(result.figures(), option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+    else:
+        _print_result(result)
+    return 0
+
+
+def _specs(data: list[Path] | None) -> list[ReplaySpec]:
+    if not data:
+        raise ConfigError("--mode backtest needs recorded files: --data FILE [FILE...]")
+    try:
+        specs = [parse_spec(str(path)) for path in data]
+    except ReplayError as exc:
+        raise ConfigError(str(exc)) from None
+    missing = [str(spec.path) for spec in specs if not spec.path.is_file()]
+    if missing:
+        raise ConfigError(f"--data: no such file: {', '.join(missing)}")
+    return specs
+
+
+class _progress_bar:
+    """A rich progress line on stderr (events, events/s, feed time); nothing off a TTY."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+        self._started = 0.0
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("backtest"),
+            TextColumn("{task.completed:>12,.0f} events"),
+            TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+            TextColumn("feed {task.fields[feed_time]}"), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("backtest", total=None, rate=0.0, feed_time="")
+        self._started = time.perf_counter()
+        return self.update
+
+    def update(self, events: int, feed_ns: int) -> None:
+        elapsed = time.perf_counter() - self._started
+        self._progress.update(self._task, completed=events,
+                              rate=events / elapsed if elapsed > 0 else 0.0,
+                              feed_time=time.strftime("%Y-%m-%d %H:%M:%S",
+                                                      time.gmtime(feed_ns / 1e9)))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _print_result(result: BacktestResult) -> None:
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    span = (result.last_ts_ns - result.first_ts_ns) / 1e9
+    console.print(
+        f"backtest {result.run_id} ({result.strategy}): {result.events:,} events "
+        f"({result.quotes:,} quotes, {result.trades:,} trades) over {span:,.0f} s of data "
+        f"in {result.wall_seconds:.2f} s = {result.events_per_second:,.0f} events/s"
+    )
+    if result.client_fills or result.client_fills_unpriced:
+        console.print(f"client fills: {result.client_fills:,} delivered, "
+                      f"{result.client_fills_unpriced:,} without a market to price them")
+    console.print(f"decision log: {result.records:,} records in "
+                  f"{', '.join(str(p) for p in result.log_files) or '(none)'}")
+    console.print(f"report: python main.py --mode post-mortem --run {result.run_id}")
