@@ -103,7 +103,11 @@ def _day_text(ts_ns: int | None) -> str | None:
 
 
 def load_log(data_dir: Path, log_filter: LogFilter, threads: int | None = None) -> LoadedLog:
-    """Read the logs in the filter into a fresh in-memory DuckDB; see the module doc."""
+    """Read the logs in the filter into a fresh in-memory DuckDB; see the module doc.
+
+    The tables are plain (not TEMP) so that other cursors of the connection see them: the
+    report writes its CSV exports on one while it computes the figures on another.
+    """
     db = duckdb.connect(":memory:")
     if threads:
         db.execute(f"SET threads = {int(threads)}")
@@ -121,7 +125,7 @@ def _read_records(loaded: LoadedLog, log_filter: LogFilter) -> None:
     db = loaded.db
     # One parallel pass over the files; `rowid` of the table keeps file order.
     db.execute(
-        f"""CREATE TEMP TABLE raw AS
+        f"""CREATE TABLE raw AS
             SELECT * FROM read_ndjson($files, columns = {columns}, ignore_errors = true,
                                       format = 'newline_delimited')""",
         {"files": [str(p) for p in loaded.files]},
@@ -139,7 +143,7 @@ def _read_records(loaded: LoadedLog, log_filter: LogFilter) -> None:
         conditions.append(f"ts_ns >= {int(log_filter.since_ns)}")
     if log_filter.until_ns is not None:
         conditions.append(f"ts_ns < {int(log_filter.until_ns)}")
-    db.execute(f"""CREATE TEMP VIEW records AS SELECT rowid AS seq, * FROM raw
+    db.execute(f"""CREATE VIEW records AS SELECT rowid AS seq, * FROM raw
                    WHERE {' AND '.join(conditions)}""")
     loaded.records = int(db.execute("SELECT count(*) FROM records").fetchone()[0])  # type: ignore[index]
 
@@ -151,32 +155,35 @@ def _literal(text: str) -> str:
 # The strategy filter is applied to every table after attribution (acks and some intents
 # carry no strategy of their own).
 _TABLES = """
-CREATE TEMP TABLE decisions_all AS
+CREATE TABLE decisions_all AS
 WITH d AS (
-    SELECT seq, run_id, ts_ns, strategy, action, reason, expected, inputs, intents, cancels,
+    SELECT seq, run_id, ts_ns, strategy, action, reason, expected,
+           intents[1].symbol AS first_symbol, intents[1].venue AS first_venue,
+           coalesce(len(intents), 0) AS n_intents, coalesce(len(cancels), 0) AS n_cancels,
+           -- one parse of the inputs for every key the report reads
            json_extract_string(inputs, ['$.mid', '$.symbol', '$.venue', '$.client_side',
                '$.client_qty', '$.client_price', '$.hedge_cost', '$.expected_edge_bps'])
                AS known
     FROM records WHERE type = 'decision')
-SELECT seq AS decision_id, run_id, ts_ns, strategy, action, reason, expected, intents,
+SELECT seq AS decision_id, run_id, ts_ns, strategy, action, reason, expected,
        TRY_CAST(known[1] AS DOUBLE) AS mid,
-       coalesce(known[2], intents[1].symbol) AS symbol,
-       coalesce(known[3], intents[1].venue) AS venue,
+       coalesce(known[2], first_symbol) AS symbol,
+       coalesce(known[3], first_venue) AS venue,
        known[4] AS client_side,
        TRY_CAST(known[5] AS DOUBLE) AS client_qty,
        TRY_CAST(known[6] AS DOUBLE) AS client_price,
        TRY_CAST(known[7] AS DOUBLE) AS hedge_cost,
        TRY_CAST(known[8] AS DOUBLE) AS expected_edge_bps,
-       coalesce(len(intents), 0) AS n_intents,
-       coalesce(len(cancels), 0) AS n_cancels
+       n_intents, n_cancels
 FROM d;
 
-CREATE TEMP TABLE requested AS
-SELECT run_id, decision_id, ts_ns, strategy AS decision_strategy, action, mid AS decision_mid,
-       unnest(intents, recursive := true)
-FROM decisions_all WHERE n_intents > 0;
+CREATE TABLE requested AS
+SELECT r.run_id, r.seq AS decision_id, r.ts_ns, r.strategy AS decision_strategy, r.action,
+       d.mid AS decision_mid, unnest(r.intents, recursive := true)
+FROM records r JOIN decisions_all d ON d.decision_id = r.seq
+WHERE r.type = 'decision' AND len(r.intents) > 0;
 
-CREATE TEMP TABLE orders_all AS
+CREATE TABLE orders_all AS
 SELECT coalesce(s.run_id, a.run_id) AS run_id,
        coalesce(s.client_order_id, a.client_order_id) AS client_order_id,
        coalesce(nullif(s.strategy, ''), nullif(a.strategy, ''), a.decision_strategy, '')
@@ -191,7 +198,7 @@ FROM (SELECT * FROM records WHERE type = 'intent') s
 FULL OUTER JOIN requested a
   ON s.run_id = a.run_id AND s.client_order_id = a.client_order_id;
 
-CREATE TEMP TABLE fills_all AS
+CREATE TABLE fills_all AS
 SELECT f.seq, f.run_id, f.ts_ns,
        coalesce(nullif(f.strategy, ''), o.strategy, '') AS strategy,
        f.venue, f.symbol, f.side, f.price, f.qty,
@@ -206,21 +213,21 @@ FROM records f LEFT JOIN orders_all o
   ON f.run_id = o.run_id AND f.client_order_id = o.client_order_id
 WHERE f.type = 'fill';
 
-CREATE TEMP TABLE client_fills_all AS
+CREATE TABLE client_fills_all AS
 SELECT decision_id AS seq, run_id, ts_ns, strategy, symbol,
        CASE WHEN client_side = 'buy' THEN 'sell' ELSE 'buy' END AS side,
        client_price AS price, client_qty AS qty, mid, action, hedge_cost
 FROM decisions_all
 WHERE client_side IS NOT NULL AND client_qty IS NOT NULL;
 
-CREATE TEMP TABLE acks_all AS
+CREATE TABLE acks_all AS
 SELECT a.seq, a.run_id, a.ts_ns, coalesce(o.strategy, '') AS strategy, a.client_order_id,
        a.venue, a.symbol, a.status, a.reason, a.filled_qty
 FROM records a LEFT JOIN orders_all o
   ON a.run_id = o.run_id AND a.client_order_id = o.client_order_id
 WHERE a.type = 'ack';
 
-CREATE TEMP TABLE balances_all AS
+CREATE TABLE balances_all AS
 SELECT seq, run_id, ts_ns, strategy, venue, balances FROM records WHERE type = 'balance';
 """
 
@@ -239,10 +246,10 @@ def _build_tables(db: duckdb.DuckDBPyConnection, strategy: str | None) -> None:
     wanted = normalise_strategy(strategy) if strategy else None
     for name, source in _FILTERED.items():
         if wanted is None:
-            db.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM {source}")
+            db.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
         else:
             db.execute(
-                f"""CREATE TEMP TABLE {name} AS SELECT * FROM {source}
+                f"""CREATE TABLE {name} AS SELECT * FROM {source}
                     WHERE lower(replace(trim(strategy), '_', '-')) = $wanted""",
                 {"wanted": wanted},
             )

@@ -20,10 +20,12 @@ import asyncio
 import csv
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import orjson
 from rich.console import Console
 from rich.table import Table
@@ -62,10 +64,12 @@ class Report:
 
     def message(self) -> str:
         """Why there is nothing to report, in one line an operator can act on."""
+        where = f"{self.log_dir}{_describe(self.log_filter)}"
         if not self.files:
-            return f"no decision log under {self.log_dir}{_describe(self.log_filter)}"
-        return (f"no records in {self.files} decision log file(s) under {self.log_dir}"
-                f"{_describe(self.log_filter)}")
+            return f"no decision log under {where}"
+        if not self.records:
+            return f"no records in {self.files} decision log file(s) under {where}"
+        return f"no decisions or fills among {self.records:,} records under {where}"
 
     def figures(self) -> dict[str, Any]:
         """Everything `--format json` prints."""
@@ -115,19 +119,40 @@ def build_report(data_dir: Path, log_filter: LogFilter, out_dir: Path | None = N
                  charts: bool = True) -> Report:
     """Read, compute, export. `out_dir` defaults to `<data_dir>/reports/<label>`."""
     loaded = load_log(Path(data_dir), log_filter)
+    try:
+        return compile_report(loaded, Path(data_dir), log_filter, out_dir, charts)
+    finally:
+        loaded.db.close()
+
+
+def compile_report(loaded: LoadedLog, data_dir: Path, log_filter: LogFilter,
+                   out_dir: Path | None = None, charts: bool = True) -> Report:
+    """Figures and exports from a loaded log.
+
+    The fills and decisions CSVs are written by DuckDB on a second cursor in a worker
+    thread while this thread computes the figures (DuckDB releases the GIL), so the two
+    largest pieces of work overlap on a multi-core machine.
+    """
     report = Report(decisions_dir(data_dir), log_filter, len(loaded.files), loaded.records,
                     loaded.corrupt_lines, loaded.unsupported_lines)
     if loaded.skipped_lines:
         log.warning("decision_log_lines_skipped", corrupt=loaded.corrupt_lines,
                     unsupported=loaded.unsupported_lines,
                     hint="torn (crash mid-write) or corrupt lines; every other record is read")
-    if loaded.records:
-        report.summaries = [summarise(loaded.db, run, strategy)
-                            for run, strategy in groups(loaded.db)]
-    if report.summaries:
-        target = out_dir or Path(data_dir) / REPORTS_DIR / _label(log_filter)
-        report.exports = write_exports(loaded, report, target, charts)
-    loaded.db.close()
+    if not loaded.records:
+        return report
+    target = out_dir or data_dir / REPORTS_DIR / _label(log_filter)
+    target.mkdir(parents=True, exist_ok=True)
+    cursor = loaded.db.cursor()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postmortem-csv") as pool:
+            tables = pool.submit(export_tables, cursor, target)
+            report.summaries = [summarise(loaded.db, run, strategy)
+                                for run, strategy in groups(loaded.db)]
+            report.exports = tables.result()
+    finally:
+        cursor.close()
+    report.exports.update(write_summary_and_html(report, target, charts))
     return report
 
 
@@ -141,16 +166,9 @@ def _label(log_filter: LogFilter) -> str:
 # -- exports -----------------------------------------------------------------------------
 
 
-def write_exports(loaded: LoadedLog, report: Report, target: Path, charts: bool = True
-                  ) -> dict[str, Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    exports = {
-        "summary": target / "summary.csv",
-        "fills": target / "fills.csv",
-        "decisions": target / "decisions.csv",
-    }
-    _write_summary_csv(report.summaries, exports["summary"])
-    db = loaded.db
+def export_tables(db: duckdb.DuckDBPyConnection, target: Path) -> dict[str, Path]:
+    """fills.csv (venue and client fills) and decisions.csv (with the whole inputs)."""
+    exports = {"fills": target / "fills.csv", "decisions": target / "decisions.csv"}
     db.execute(f"""COPY (
         SELECT run_id, strategy, make_timestamp_ns(ts_ns) AS time, ts_ns, 'venue' AS kind,
                venue, symbol, side, price, qty, notional, fee, fee_asset, fee_quote,
@@ -167,7 +185,15 @@ def write_exports(loaded: LoadedLog, report: Report, target: Path, charts: bool 
                d.n_cancels AS cancels, r.inputs
         FROM decisions d JOIN records r ON r.seq = d.decision_id)
         TO '{_sql_path(exports["decisions"])}' (HEADER)""")
-    if charts:
+    return exports
+
+
+def write_summary_and_html(report: Report, target: Path, charts: bool = True
+                           ) -> dict[str, Path]:
+    """summary.csv (one row per strategy and run) and, with charts, report.html."""
+    exports = {"summary": target / "summary.csv"}
+    _write_summary_csv(report.summaries, exports["summary"])
+    if charts and report.summaries:
         exports["html"] = target / "report.html"
         notes = [f"{report.files} log file(s), {report.records:,} records, "
                  f"{report.corrupt_lines + report.unsupported_lines:,} line(s) skipped "
