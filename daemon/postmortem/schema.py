@@ -19,6 +19,8 @@ infinities are written as `null`):
   side ("buy"/"sell"), order_type ("limit", "market", "ioc", "post_only"), qty, price
   (null for market), client_order_id, strategy, reason. The model's `OrderIntent.type` is
   written as `order_type` (here and inside decisions) because `type` is the envelope's.
+  A record is encoded when it is recorded, so the runner names an id-less intent before
+  recording its decision: the id is what links an order to its acks and fills.
 - `ack`: client_order_id, venue, symbol, status ("new", "partially_filled", "filled",
   "canceled", "rejected", "expired"), exchange_order_id, reason, filled_qty.
 - `fill`: client_order_id, venue, symbol, side, price, qty, fee, fee_asset, liquidity
@@ -30,29 +32,39 @@ Adding a field is compatible and keeps `v`; renaming or re-typing one bumps it.
 
 ## Conventions the report relies on
 
-`Decision.action` (what the strategy did or declined to do):
+Agreed with the strategies in `strategies/` (their module docstrings list their verbs and
+inputs); the report reads only what is listed here and shows every other verb as is.
 
-- "arbitrage": took a cross-venue opportunity; its intents are the legs.
-- "quote": placed or replaced market-making quotes (inventory-mm).
-- "hedge" / "warehouse" / "partial_hedge": internalize's answer to a client fill.
-- "rebalance": moved inventory between venues.
-- "skip": saw something and declined (edge too small, stale quote, cooldown...).
-- "reject": the risk gate refused an intent (recorded by the runner).
-- "kill": the kill switch fired (recorded by the runner).
-- "flatten": closing the position after a kill.
-Any other verb is reported as is.
+`Decision.action`, what the strategy did or declined to do:
+
+- every strategy: "skip" (saw something and declined: edge too small, stale quote,
+  cooldown...); recorded by the runner or the risk gate: "reject" (an intent or transfer
+  refused) and "kill" (the kill switch fired);
+- arbitrage: "arbitrage" (an opportunity taken; its intents are the legs), "unwind" (a
+  failed or partial leg hedged), "unwind_failed", "transfer_sell", "rebalance" (a transfer
+  between venues, no intents);
+- inventory-mm: "quote" (quotes placed or replaced), "hold" (orders already at target),
+  "max_loss_exit", "portfolio_rebalance";
+- internalize: "hedge", "warehouse", "partial_hedge" (the answer to a client fill or a
+  re-evaluation of the inventory).
 
 `Decision.inputs` keys the report reads (all optional; absent means "not known"):
 
-- "venue", "symbol": what the decision is about (else the first intent's).
-- "mid": mid price the strategy saw, in quote currency: marks open positions.
-- "inventory": the strategy's position in base units when deciding.
-- "expected_edge_bps": expected net edge of an opportunity, bps of notional.
-- "hedge_cost": quote-currency cost of hedging the whole client fill now (always-hedge).
-- "client_qty": internalize: signed base quantity the client flow gave us.
-- "hedged_qty": internalize: base quantity sent to the venue to hedge.
+- "venue", "symbol": what the decision is about (else its first intent's);
+- "mid": the mid price the strategy saw (quote currency); with fill prices, it marks
+  open positions and is the reference for spread captured and market-order slippage;
+- "expected_edge_bps": an evaluated opportunity's expected net edge, bps (arbitrage; a
+  "skip" that carries it counts as an opportunity seen and not taken);
+- "client_side", "client_qty", "client_price": a client fill the desk took the other side
+  of (internalize; the client's side, base quantity, price): booked as the desk's fill;
+- "hedge_cost": the quote-currency cost of offsetting that client fill at once
+  (crossing, slippage and fee against the mid): the always-hedge baseline.
 `Decision.expected` is the expected profit (positive) or cost (negative) of the action, in
 quote currency.
+
+Known gaps: transfer network fees move balances, not fills, so they appear in portfolio
+value but not in P&L; a fee in an asset other than the symbol's base or quote is counted
+(`fees_unvalued`) but not valued.
 """
 
 from __future__ import annotations
@@ -84,7 +96,6 @@ REBALANCE = "rebalance"
 SKIP = "skip"
 REJECT = "reject"
 KILL = "kill"
-FLATTEN = "flatten"
 
 #: DuckDB type of an intent inside a decision.
 INTENT_STRUCT = (
