@@ -226,12 +226,15 @@ class InternalizeStrategy:
         quote_throttle_s: float = 1.0,
         lot: float = 0.0,
         pending_timeout_s: float = 30.0,
+        max_order_notional: float = math.inf,
         flatten_on_kill: bool = False,
         name: str = "internalize",
     ) -> None:
         """`hedge_venues`: venue id -> taker fee in bps. `gamma`: risk aversion per quote
         unit (1/USDT). `slippage_coefficient`: fractional price impact per base unit.
-        `lot`: hedge sizes are rounded to it (0: no rounding)."""
+        `lot`: hedge sizes are rounded to it (0: no rounding). `max_order_notional` (quote):
+        one hedge order is capped at it, as the risk gate would refuse more; the rest
+        follows on the next re-evaluation."""
         if not hedge_venues:
             raise ValueError("InternalizeStrategy needs at least one hedge venue")
         self.name = name
@@ -244,6 +247,7 @@ class InternalizeStrategy:
         self.volatility_window_s = volatility_window_s
         self.lot = lot
         self._pending_timeout_ns = int(pending_timeout_s * NS_PER_SECOND)
+        self.max_order_notional = max_order_notional
         self.flatten_on_kill = flatten_on_kill
         self._fee_rates = {venue: bps * FEE_PER_BPS for venue, bps in hedge_venues.items()}
         self._primary_venue = next(iter(hedge_venues))
@@ -276,6 +280,7 @@ class InternalizeStrategy:
             initial_balances=own.initial_balances,
             volatility_window_s=own.volatility_window_s, flow_halflife_s=own.flow_halflife_s,
             reevaluate_interval_s=own.reevaluate_interval_s, lot=lot,
+            max_order_notional=settings.risk.max_order_notional,
             flatten_on_kill=settings.risk.flatten_on_kill, name=name,
         )
 
@@ -371,7 +376,9 @@ class InternalizeStrategy:
         plan = self._plan(position, now)
         if plan.touch is None:
             return None
-        plan.hedge_qty = self._round_lot(abs(position), up=False)
+        plan.hedge_qty = self._round_lot(min(abs(position),
+                                             self.max_order_notional / plan.touch.touch),
+                                         up=False)
         plan.reason = f"kill switch ({reason}): flatten the inventory"
         inputs = self._inputs(plan, now, "kill", plan.hedge_qty, "hedge")
         return self._decision(now, "hedge", plan.reason, plan, plan.hedge_qty, inputs)
@@ -421,6 +428,10 @@ class InternalizeStrategy:
             hedge = abs(position) - self.max_inventory
             reason = f"inventory limit {self.max_inventory:g}: hedge back to it"
         hedge = self._round_lot(hedge, up=forced)
+        if hedge * touch.touch > self.max_order_notional:
+            hedge = self._round_lot(self.max_order_notional / touch.touch * (1.0 - 1e-9),
+                                    up=False)
+            reason += f"; capped at the max order notional {self.max_order_notional:g}"
         residual = abs(position) - offset
         return _Plan(position, hedge, touch, sigma, risk, expected_flow, offset,
                      risk * residual * residual, coefficient, model, forced, reason)

@@ -423,7 +423,7 @@ def test_end_to_end_on_paper_over_the_recorded_binance_book(tmp_path: Path) -> N
     settings = Settings(_env_file=None, strategies={"internalize": {
         "symbol": symbol, "gamma": 0.01, "max_inventory": 1.0, "synthetic_rate_hz": 0.5,
         "synthetic_mean_qty": 0.3, "initial_balances": {"BTC": 10.0, "USDT": 1_000_000.0},
-    }})
+    }}, risk={"max_order_notional": 250_000.0})  # a desk sized for BTC hedges
     strategy = InternalizeStrategy.from_settings(settings)
     venue = VenueSettings(enabled=True, taker_fee_bps=10.0,
                           balances={"BTC": 50.0, "USDT": 5_000_000.0},
@@ -520,3 +520,16 @@ def test_from_settings_takes_fee_lot_and_limits_from_the_configuration() -> None
     with pytest.raises(ValueError, match="not a configured venue"):
         InternalizeStrategy.from_settings(Settings(
             _env_file=None, strategies={"internalize": {"venue": "kraken_x"}}))
+
+
+def test_hedges_are_capped_at_the_max_order_notional_and_the_rest_follows() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-7), max_inventory=5.0, lot=0.001,
+                              max_order_notional=6_000.0)
+    decision = strategy.on_client_fill(client(Side.SELL, 9.0, clock))  # 4 to hedge
+    [first] = decision.intents
+    assert first.qty == pytest.approx(2.0) and first.qty * first.price <= 6_000.0
+    assert "capped" in decision.reason
+    first.client_order_id = "cpabcdef-internalize-1"
+    strategy.on_fill(hedge_fill(first.client_order_id, Side.SELL, 2.0, BID, clock.now))
+    [second] = strategy.on_timer(clock.advance(5)).intents  # type: ignore[union-attr]
+    assert second.qty == pytest.approx(2.0) and strategy.position == pytest.approx(5.0)
