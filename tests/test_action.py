@@ -99,3 +99,7 @@ def test_every_strategy_runs_in_action_mode_on_the_sample(tmp_path: Path, strate
                      "--speed", "max"], data_dir, **env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert any(r["type"] == "decision" for r in read_log(data_dir))
+    if strategy == "internalize":
+        (run_dir,) = (data_dir / "reports").iterdir()
+        assert (run_dir / "flow_internalization_results.csv").is_file()
+        assert (run_dir / "portfolio_tracking_results.csv").is_file()
