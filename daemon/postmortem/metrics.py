@@ -592,7 +592,8 @@ def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: 
     """Value of the recorded balances (all venues) at each snapshot, at the marks then.
 
     A venue's latest snapshot stands until its next one. Quote and stable assets count at
-    1; a base asset at the last mark of a symbol with that base; others are left out.
+    1; a base asset at the last mark of a symbol with that base (the first mark for a
+    snapshot taken before any); others are left out.
     """
     rows = db.execute(
         f"SELECT ts_ns, venue, balances FROM balances WHERE {where} ORDER BY ts_ns, seq",
@@ -613,8 +614,13 @@ def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: 
         index = base_symbol.get(asset)
         if index is None:
             return math.nan
+        prices = mark_prices[index]
+        if not len(prices):
+            return math.nan
+        # The last mark at or before the snapshot; before the first mark, the first one
+        # (a run snapshots its balances before the strategy has recorded any price).
         at = int(np.searchsorted(mark_times[index], ts_ns, side="right")) - 1
-        return float(mark_prices[index][at]) if at >= 0 else math.nan
+        return float(prices[max(at, 0)])
 
     latest: dict[str, dict[str, float]] = {}
     times, values = [], []
