@@ -169,6 +169,7 @@ class FrameConnection(asyncio.Protocol):
             self.opened.set_exception(ConnectionDropped(
                 f"connection lost during the handshake: {exc or 'closed by the server'}"))
         if not self.closed.done():
+            self.closed.add_done_callback(_retrieved)  # whoever cares awaits it; no noise
             if self._error is not None:
                 self.closed.set_exception(self._error)
             elif self._close_first:
@@ -391,6 +392,11 @@ class FrameConnection(asyncio.Protocol):
     async def wait_closed(self) -> None:
         """Until the connection is over; raises why, unless we closed it ourselves."""
         await asyncio.shield(self.closed)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def open_connection(
