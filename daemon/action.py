@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import strategies
@@ -26,6 +25,7 @@ from daemon.actions.errors import ExecutionError, LiveTradingRefused
 from daemon.actions.gate import GatedExecutor
 from daemon.actions.paper import PaperExecutor
 from daemon.actions.risk import RiskGate
+from daemon.exports import write_strategy_exports
 from daemon.logs import get_logger
 from daemon.market import RingMarketView
 from daemon.model import Quote, now_ns
@@ -88,18 +88,6 @@ async def run_action(app: App) -> int:
         await writer.aclose()
         log.info("strategy_stopped", strategy=strategy.name, records=writer.durable_records)
     return 0
-
-
-def write_strategy_exports(strategy: object, data_dir: Path, run_id: str) -> None:
-    """Strategies that keep a desk portfolio (internalize) export it per run, beside the
-    post-mortem reports: flow_internalization_results.csv, portfolio_tracking_results.csv."""
-    portfolio = getattr(strategy, "portfolio", None)
-    if portfolio is None:
-        return
-    from strategies.portfolio import write_results
-
-    paths = write_results(portfolio, data_dir / "reports" / run_id)
-    log.info("portfolio_exported", files=[str(path) for path in paths])
 
 
 async def _open_executor(settings: Settings, app: App) -> Any:

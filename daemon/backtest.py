@@ -48,6 +48,7 @@ from daemon.actions.paper import PaperExecutor
 from daemon.actions.risk import RiskGate
 from daemon.actions.transfers import PaperTransfers
 from daemon.bus import Bus
+from daemon.exports import write_strategy_exports
 from daemon.logs import get_logger
 from daemon.market import RingMarketView
 from daemon.model import ClientFill, Quote, Side, Trade
@@ -311,6 +312,7 @@ async def run_backtest(app: App) -> int:
     with _progress_bar(enabled=sys.stderr.isatty()) as progress:
         backtest._progress = progress
         result = await backtest.run()
+    write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
     if args.format == "json":
         sys.stdout.buffer.write(orjson.dumps(result.figures(), option=orjson.OPT_INDENT_2))
         sys.stdout.buffer.write(b"\n")
