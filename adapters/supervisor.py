@@ -24,10 +24,11 @@ Every connect, disconnect, silence, stale and resync is a structured log event, 
 counter in the venue's `VenueStats`, and a `FeedEvent` handed to the listeners (the
 recorder writes them into recordings as meta lines).
 
-`WebSocketSession` is the socket part every native adapter shares: connect, hand each
-frame with its local receive time to `on_frame`, keep the connection's side tasks
-(subscription, keepalive, age limit) running beside the receive loop, and turn the ways
-a connection dies into `FeedError`s.
+`WebSocketSession` is the socket part every native adapter shares: connect (with the
+receive-optimised client of adapters/wsclient.py), have each frame handed to `on_frame`
+with its local receive time as the socket is read, keep the connection's side tasks
+(subscription, keepalive, age limit) running beside it, and turn the ways a connection
+dies into `FeedError`s.
 """
 
 from __future__ import annotations
@@ -224,6 +225,10 @@ class FeedTimings:
     open_timeout_s: float = 10.0
     #: How long a subscription may wait for its acknowledgement.
     ack_timeout_s: float = 10.0
+    #: A planned reconnect (age limit, shutdown notice) skips the backoff only after a
+    #: connection that lasted this long: a venue that keeps saying "go" must not make
+    #: us spin.
+    min_planned_up_s: float = 1.0
     backoff: BackoffPolicy = BackoffPolicy()
 
 
@@ -316,7 +321,10 @@ class ConnectionSupervisor:
                 error = await self._run_once(session, link)
                 self._after_connection(link, error)
                 if error is None:
-                    continue  # planned reconnect: no backoff
+                    if _up_for(link) >= self.timings.min_planned_up_s:
+                        continue  # planned reconnect: no backoff
+                    # A venue that asks us to go right after connecting: do not spin.
+                    error = ConnectionLost(self.venue, "told to reconnect right after connecting")
                 if not error.should_retry:
                     self.emit("gave_up", level="error", error=error.kind, detail=error.detail)
                     raise error
@@ -429,6 +437,10 @@ class ConnectionSupervisor:
         self._stale.add(symbol)
         self.stats.stale_events += 1
         self.emit("stale", level="warning", symbol=symbol, reason=reason, **details)
+
+
+def _up_for(link: Link) -> float:
+    return 0.0 if link.connected_at is None else time.monotonic() - link.connected_at
 
 
 def _check_interval(limit_s: float) -> float:

@@ -228,7 +228,7 @@ async def test_a_session_that_swallows_errors_cannot_hide_cancellation() -> None
 
 async def test_planned_reconnect_has_no_backoff() -> None:
     supervisor, _, events = make_supervisor(
-        FeedTimings(backoff=BackoffPolicy(initial_s=5.0, max_s=5.0)))
+        FeedTimings(backoff=BackoffPolicy(initial_s=5.0, max_s=5.0), min_planned_up_s=0.0))
 
     async def rotate(link: Link, session: ScriptedSession) -> None:
         link.connected(url="scripted")
@@ -243,6 +243,22 @@ async def test_planned_reconnect_has_no_backoff() -> None:
     assert session.attempts == 3
     assert [e.details["reason"] for e in events if e.kind == "disconnect"][:2] == [
         "planned", "planned"]
+
+
+async def test_a_venue_that_keeps_asking_to_reconnect_gets_backoff() -> None:
+    supervisor, _, _ = make_supervisor(
+        FeedTimings(backoff=BackoffPolicy(initial_s=5.0, max_s=5.0), min_planned_up_s=1.0))
+
+    async def rotate_at_once(link: Link, session: ScriptedSession) -> None:
+        link.connected(url="scripted")
+
+    session = ScriptedSession([rotate_at_once], supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert session.attempts == 1  # waiting out the backoff, not spinning
 
 
 # --- watchdogs ------------------------------------------------------------------------------
