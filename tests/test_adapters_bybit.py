@@ -217,3 +217,18 @@ async def test_malformed_frames_are_dropped_and_counted(btc_events) -> None:
 
 def _last_quote(events: list) -> int:
     return max(i for i, e in enumerate(events) if e.kind == "quote")
+
+
+async def test_live_symbol_change_subscribes_and_unsubscribes(btc_events) -> None:
+    async with BybitServer(btc_events[:4_000], rate_hz=4_000) as server:
+        adapter, _, seen = make_adapter(server, symbols=("ETH/USDT",))
+        async with running(adapter):
+            await wait_until(lambda: adapter.ws is not None and server.requests, what="open")
+            await adapter.set_symbols(["ETH/USDT", "BTC/USDT"])
+            await wait_until(lambda: len(seen.quotes) > 10, what="BTC quotes")
+            await adapter.set_symbols(["BTC/USDT"])
+    ops = [(r["op"], r["args"][0]) for r in server.requests if r["op"] != "ping"]
+    assert ops == [("subscribe", "orderbook.1.ETHUSDT"), ("subscribe", "publicTrade.ETHUSDT"),
+                   ("subscribe", "orderbook.1.BTCUSDT"), ("subscribe", "publicTrade.BTCUSDT"),
+                   ("unsubscribe", "orderbook.1.ETHUSDT"), ("unsubscribe", "publicTrade.ETHUSDT")]
+    assert {q.symbol for q in seen.quotes} == {"BTC/USDT"}
