@@ -43,6 +43,7 @@ from adapters.supervisor import (
     ProtocolViolation,
     SubscriptionRejected,
     WebSocketSession,
+    remap_symbols,
     timings_from_settings,
     wait_for_reply,
 )
@@ -165,7 +166,7 @@ class BinanceAdapter(WebSocketSession):
         self.symbols = list(symbols)
         self.streams = wanted
         self.supervisor.symbols = list(symbols)
-        self.parser = self._new_parser()
+        remap_symbols(self.parser, symbols)
         ws = self.ws
         if ws is None:
             return

@@ -38,6 +38,7 @@ from adapters.supervisor import (
     PendingReplies,
     SubscriptionRejected,
     WebSocketSession,
+    remap_symbols,
     timings_from_settings,
     wait_for_reply,
 )
@@ -147,7 +148,7 @@ class BybitAdapter(WebSocketSession):
         self.symbols = list(symbols)
         self.topics = wanted
         self.supervisor.symbols = list(symbols)
-        self.parser = self._new_parser()
+        remap_symbols(self.parser, symbols)
         ws = self.ws
         if ws is None:
             return

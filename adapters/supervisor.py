@@ -54,6 +54,7 @@ from adapters.wsclient import (
 )
 from daemon.bus import Bus
 from daemon.logs import get_logger
+from daemon.model import venue_symbol
 
 log = get_logger("feed")
 
@@ -656,3 +657,20 @@ def timings_from_settings(venue_settings: Any, **overrides: Any) -> FeedTimings:
 
 #: Receives every raw frame of a venue with its local receive time (the recorder).
 FrameTap = Callable[[bytes, int], None]
+
+
+def remap_symbols(parser: Any, symbols: Sequence[str]) -> None:
+    """Point a native parser's explicit venue -> unified symbol mapping at a new set,
+    keeping its books and sequence state (a new parser would make every Bybit book
+    resubscribe). Symbols dropped from the set map to None: their frames still in
+    flight are counted as unknown_symbol instead of published.
+
+    Reaches into `parser._symbol` (a `SymbolMapper`): the parsers have no public
+    setter for their mapping yet.
+    """
+    cache = parser._symbol.cache
+    wanted = {venue_symbol(symbol): symbol for symbol in symbols}
+    for name in list(cache):
+        if name not in wanted:
+            cache[name] = None
+    cache.update(wanted)

@@ -232,3 +232,4 @@ async def test_live_symbol_change_subscribes_and_unsubscribes(btc_events) -> Non
                    ("subscribe", "orderbook.1.BTCUSDT"), ("subscribe", "publicTrade.BTCUSDT"),
                    ("unsubscribe", "orderbook.1.ETHUSDT"), ("unsubscribe", "publicTrade.ETHUSDT")]
     assert {q.symbol for q in seen.quotes} == {"BTC/USDT"}
+    assert "resync" not in seen.kinds()  # the BTC book survived the change
