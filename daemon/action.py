@@ -68,6 +68,7 @@ async def run_action(app: App) -> int:
     clock = FeedClock(replaying=app.args.feed != "live")
     writer = DecisionLogWriter.from_settings(settings, app.run_id, clock=clock)
     await writer.start()
+    app.decision_log = writer
     sink = app.trading.tee(writer)
     try:
         inner = await _open_executor(settings, app)

@@ -27,6 +27,7 @@ from daemon.health import Health
 from daemon.logs import configure_logging, get_logger
 from daemon.metrics import TradingStats, start_operations
 from daemon.model import now_ns
+from daemon.postmortem.writer import DecisionLogWriter
 from daemon.ringbuffer import RingStore, snapshot_every
 
 log = get_logger("app")
@@ -59,6 +60,8 @@ class App:
     health: Health = field(default_factory=Health)
     #: Decision/order/fill/P&L counters for /metrics (daemon/metrics.py says how to feed them).
     trading: TradingStats = field(default_factory=TradingStats)
+    #: The decision log writer of a strategy mode (its counters go to /metrics).
+    decision_log: DecisionLogWriter | None = None
 
     @property
     def ring_dir(self) -> Path:

@@ -350,6 +350,38 @@ class BookSocketCollector(Collector):
                                   value=stats["conflated"])
 
 
+class DecisionLogCollector(Collector):
+    """The decision log writer: records durable, queue depth, back-pressure, write errors.
+
+    The app may have no writer (watch, record) or get one after the server starts
+    (action): read it at scrape time.
+    """
+
+    #: writer counter -> (metric suffix, help, is a counter)
+    _FIELDS: ClassVar[dict[str, tuple[str, str, bool]]] = {
+        "records": ("records", "Records handed to the decision log.", True),
+        "durable_records": ("durable_records", "Records written and fsync'd.", True),
+        "queued": ("queued", "Records waiting for the disk now.", False),
+        "backpressure_blocks": ("backpressure_blocks",
+                                "Times a full queue blocked the producer.", True),
+        "backpressure_blocked_s": ("backpressure_blocked_seconds",
+                                   "Time producers spent blocked on a full queue.", True),
+        "write_errors": ("write_errors", "Failed writes (retried, never dropped).", True),
+    }
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        writer = self._app.decision_log
+        if writer is None:
+            return
+        counters = writer.counters()
+        for key, (suffix, help_text, is_counter) in self._FIELDS.items():
+            family = CounterMetricFamily if is_counter else GaugeMetricFamily
+            yield family(f"cryptopipe_decision_log_{suffix}", help_text, value=counters[key])
+
+
 def build_registry(app: App, book_socket: BookSocketServer | None = None) -> CollectorRegistry:
     """A registry of its own per app (not the global one), so tests can run several."""
     registry = CollectorRegistry(auto_describe=False)
@@ -359,6 +391,7 @@ def build_registry(app: App, book_socket: BookSocketServer | None = None) -> Col
     registry.register(FeedCollector(app.bus.view, lambda: health_report(app), _feed_clock(app)))
     registry.register(VenueStatsCollector())
     registry.register(TradingCollector(app.trading, app.bus.view))
+    registry.register(DecisionLogCollector(app))
     if book_socket is not None:
         registry.register(BookSocketCollector(book_socket))
     return registry

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib.util
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -267,3 +268,25 @@ def test_replay_latency_counts_from_the_tick_not_the_recorded_receive_time() -> 
     stats.tick(1_723_161_599_999_000_000)  # a receive time from 2024
     stats.record(Decision("arbitrage", 0, "skip", "no edge"))
     assert sum(stats.latency_counts[:-1]) == 1  # a real figure, not years in +Inf
+
+
+async def test_decision_log_counters_are_exported(tmp_path: Path) -> None:
+    from daemon.model import Decision
+    from daemon.postmortem.writer import DecisionLogWriter
+
+    app = make_app(mode="action")
+    async with operations(app) as port:
+        assert not any(k.startswith("cryptopipe_decision_log") for k in await scrape(port))
+        writer = DecisionLogWriter(tmp_path, "metrics-test", flush_interval_ms=10)
+        await writer.start()
+        app.decision_log = writer
+        try:
+            for i in range(5):
+                writer.record(Decision("test", 1_000 + i, "skip", "why"))
+            writer.flush()
+            samples = await scrape(port)
+        finally:
+            await writer.aclose()
+    assert samples["cryptopipe_decision_log_records_total"] == 5
+    assert samples["cryptopipe_decision_log_write_errors_total"] == 0
+    assert "cryptopipe_decision_log_queued" in samples
