@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from daemon.actions.base import Executor
 from daemon.actions.errors import TransferRefused
@@ -43,6 +43,8 @@ from daemon.sinks import RecordSink
 from strategies.base import AccountView, Clock, MarketView, Strategy
 
 log = get_logger("runner")
+
+T = TypeVar("T")
 
 
 class RiskCheck(Protocol):
@@ -91,12 +93,12 @@ class StrategyRunner:
 
     def on_quote(self, quote: Quote) -> None:
         self.executor.on_quote(quote)
-        self._dispatch(lambda: self.strategy.on_quote(quote))
+        self._deliver(self.strategy.on_quote, quote)
         self._fire_timer(quote.local_ts_ns)
 
     def on_trade(self, trade: Trade) -> None:
         self.executor.on_trade(trade)
-        self._dispatch(lambda: self.strategy.on_trade(trade))
+        self._deliver(self.strategy.on_trade, trade)
         self._fire_timer(trade.local_ts_ns)
 
     def advance(self, now_ns: int) -> None:
@@ -112,11 +114,11 @@ class StrategyRunner:
 
     def on_ack(self, ack: OrderAck) -> None:
         self.sink.record(ack)
-        self._dispatch(lambda: self.strategy.on_ack(ack))
+        self._deliver(self.strategy.on_ack, ack)
 
     def on_fill(self, fill: Fill) -> None:
         self.sink.record(fill)
-        self._dispatch(lambda: self.strategy.on_fill(fill))
+        self._deliver(self.strategy.on_fill, fill)
 
     # -- kill switch ---------------------------------------------------------------------
 
@@ -141,8 +143,30 @@ class StrategyRunner:
         if not self._timer_ns or now_ns < self._next_timer_ns:
             return
         if self._next_timer_ns:  # the first event only arms the timer
-            self._dispatch(lambda: self.strategy.on_timer(now_ns))
+            self._deliver(self.strategy.on_timer, now_ns)
         self._next_timer_ns = now_ns + self._timer_ns
+
+    def _deliver(self, callback: Callable[[T], Decision | None], event: T) -> None:
+        """`_dispatch(lambda: callback(event))`, without the two closures when idle.
+
+        Market events mostly arrive with nothing being dispatched: then the callback runs
+        at once, exactly where the queue would have run it, and the queue is drained
+        after it as before. Anything already queued (left by a callback that raised)
+        keeps its turn: then it goes through the queue. Why: this is the per-event path
+        of every backtest, and the two lambdas and the deque round trip were 0.27 µs of
+        the 3.05 µs per event the inventory-mm backtest spent on top of parsing.
+        """
+        if self._dispatching or self._queue:
+            self._dispatch(lambda: callback(event))
+            return
+        self._dispatching = True
+        try:
+            decision = callback(event)
+            if decision is not None:
+                self._apply(decision)
+            self._drain()
+        finally:
+            self._dispatching = False
 
     def _dispatch(self, callback: Callable[[], Decision | None]) -> None:
         self._queue.append(lambda: self._apply(callback()))
@@ -150,10 +174,15 @@ class StrategyRunner:
             return
         self._dispatching = True
         try:
-            while self._queue:
-                self._queue.popleft()()
+            self._drain()
         finally:
             self._dispatching = False
+
+    def _drain(self) -> None:
+        """Run what callbacks queued while one was being dispatched, in order."""
+        queue = self._queue
+        while queue:
+            queue.popleft()()
 
     def _apply(self, decision: Decision | None) -> None:
         if decision is None:
