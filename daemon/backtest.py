@@ -219,27 +219,33 @@ class Backtest:
 
     # -- per event (the hot path) ------------------------------------------------------
 
+    # Once per event, so the clock's `advance_to` and the snapshots' `maybe_record` are
+    # written out inline, with no helper between them: those calls were 0.15 µs of the
+    # 2.6 µs per event the inventory-mm backtest spent on top of parsing.
+
     def on_quote(self, quote: Quote) -> None:
         now = quote.local_ts_ns
-        self._before(now)
+        if self._on_client_fill is not None:
+            self._deliver_client_fills(now)
+        if now > self.clock.now_ns:  # SimulatedClock.advance_to: time never goes back
+            self.clock.now_ns = now
         self.bus.publish_quote(quote)
         self.runner.on_quote(quote)
         self._after(now)
 
     def on_trade(self, trade: Trade) -> None:
         now = trade.local_ts_ns
-        self._before(now)
+        if self._on_client_fill is not None:
+            self._deliver_client_fills(now)
+        if now > self.clock.now_ns:
+            self.clock.now_ns = now
         self.bus.publish_trade(trade)
         self.runner.on_trade(trade)
         self._after(now)
 
-    def _before(self, now: int) -> None:
-        if self._on_client_fill is not None:
-            self._deliver_client_fills(now)
-        self.clock.advance_to(now)
-
     def _after(self, now: int) -> None:
-        self.snapshots.maybe_record(now)
+        if now >= self.snapshots.next_ns:  # BalanceSnapshots.maybe_record, inline
+            self.snapshots.record_now(now)
         self.events += 1
         if self._progress is not None and self.events % PROGRESS_EVERY == 0:
             self._progress(self.events, now)

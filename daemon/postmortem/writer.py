@@ -434,15 +434,16 @@ class BalanceSnapshots:
         self.venues = list(venues)
         self.strategy = strategy
         self._interval_ns = int(interval_s * 1e9)
-        self._next_ns = 0
+        #: When the next snapshot is due (a backtest's per-event loop compares it inline).
+        self.next_ns = 0
 
     def maybe_record(self, now_ns: int) -> None:
-        if now_ns < self._next_ns:
+        if now_ns < self.next_ns:
             return
         self.record_now(now_ns)
 
     def record_now(self, now_ns: int) -> None:
-        self._next_ns = now_ns + self._interval_ns
+        self.next_ns = now_ns + self._interval_ns
         for venue in self.venues:
             balances = dict(self.account.balances(venue))
             self.sink.record(BalanceSnapshot(venue, now_ns, balances, self.strategy))
