@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from daemon.logs import get_logger
 from daemon.model import Quote, Trade

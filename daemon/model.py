@@ -2,7 +2,14 @@
 
 Adapters produce `Quote` and `Trade`; strategies consume them and return `Decision`s
 carrying `OrderIntent`s; executors answer with `OrderAck` and `Fill`. Everything is a
-slots dataclass: cheap to create on the hot path, easy to serialise for the decision log.
+slots dataclass, cheap to create and easy to serialise for the decision log, except the
+two records made once per market event: `Quote` and `Trade` are `msgspec.Struct`s, built
+in C. Same fields, defaults, positional/keyword construction, mutability and equality;
+copy one with `msgspec.structs.replace` (not `dataclasses.replace`). Why: creating a
+Quote costs 53 ns against 186 ns for the slots dataclass (Python 3.11, 9 positional
+arguments; the dataclass pays a type call plus a Python `__init__`), and the parse-only
+pass of bench/bench_ingest.py went from 995 to 832 ns a frame. `gc=False`: they hold
+only str, float, int and bool, so the cyclic GC need not track them.
 
 Prices and sizes are float64. Times are integer nanoseconds since the epoch:
 `exchange_ts_ns` is the venue's event time (0 when the venue does not send one) and
@@ -15,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+import msgspec
 
 #: Venue ids the daemon knows natively; any ccxt exchange id is accepted besides these.
 NATIVE_VENUES = ("binance_spot", "binance_usdm", "bybit_spot", "bybit_linear")
@@ -41,8 +50,7 @@ def split_symbol(symbol: str) -> tuple[str, str]:
     return base, quote
 
 
-@dataclass(slots=True)
-class Quote:
+class Quote(msgspec.Struct, gc=False):
     """Top of book of one (exchange, symbol)."""
 
     exchange: str
@@ -79,8 +87,7 @@ class Quote:
         return self.bid >= self.ask
 
 
-@dataclass(slots=True)
-class Trade:
+class Trade(msgspec.Struct, gc=False):
     """One public trade print. `side` is the taker's side: "buy" lifted the ask."""
 
     exchange: str
