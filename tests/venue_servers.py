@@ -245,7 +245,8 @@ class _ReplayServer:
         connections = list(self.connections)
         if fault.kind == "close":
             for connection in connections:
-                await connection.close(1001, "going away")
+                with contextlib.suppress(Exception):
+                    await connection.close(1001, "going away")
         elif fault.kind == "drop":
             for connection in connections:
                 connection.transport.abort()
@@ -253,8 +254,9 @@ class _ReplayServer:
             await asyncio.sleep(fault.seconds)
         elif fault.kind == "inject":
             for connection in connections:
-                for frame in fault.frames:
-                    await connection.send(frame)
+                with contextlib.suppress(Exception):  # a dying connection: the others go on
+                    for frame in fault.frames:
+                        await connection.send(frame)
         # A cut connection is gone at once for the broadcaster, as for a venue.
         if fault.kind in ("close", "drop"):
             for connection in connections:
