@@ -99,6 +99,7 @@ class BlastServer:
         self.paced: tuple[float, float] | None = None  # (rate, seconds) for latency runs
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        control: asyncio.Task[None] | None = None
         sock = writer.get_extra_info("socket")
         if sock is not None:  # small frames must leave at once, not wait for Nagle
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -135,6 +136,8 @@ class BlastServer:
             pass
         finally:
             writer.close()
+            if control is not None:
+                control.cancel()
 
     def answer_http(self, path: str, writer: asyncio.StreamWriter) -> None:
         found = "exchangeInfo" in path
@@ -180,7 +183,7 @@ class BlastServer:
         count = int(rate * seconds)
         start = time.perf_counter()
         index = 0
-        while index < count:
+        while index < count and not transport.is_closing():  # until the client goes
             due = min(count, int((time.perf_counter() - start) / interval) + 1)
             while index < due:
                 prefix, suffix = stamped[index % len(stamped)]
