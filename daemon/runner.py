@@ -94,12 +94,14 @@ class StrategyRunner:
     def on_quote(self, quote: Quote) -> None:
         self.executor.on_quote(quote)
         self._deliver(self.strategy.on_quote, quote)
-        self._fire_timer(quote.local_ts_ns)
+        if quote.local_ts_ns >= self._next_timer_ns:  # most events: no timer due, no call
+            self._fire_timer(quote.local_ts_ns)
 
     def on_trade(self, trade: Trade) -> None:
         self.executor.on_trade(trade)
         self._deliver(self.strategy.on_trade, trade)
-        self._fire_timer(trade.local_ts_ns)
+        if trade.local_ts_ns >= self._next_timer_ns:
+            self._fire_timer(trade.local_ts_ns)
 
     def advance(self, now_ns: int) -> None:
         """Time passes without market data: latency, transfers and timers still happen."""

@@ -98,13 +98,17 @@ class GatedExecutor(ExecutionEvents):
     def on_quote(self, quote: Quote) -> None:
         breach = self.gate.on_quote(quote)
         self.executor.on_quote(quote)
+        kill_switch = self.kill_switch
         if breach is not None:
-            self.kill_switch.fire(breach, quote.local_ts_ns)
-        self.kill_switch.poll(quote.local_ts_ns)
+            kill_switch.fire(breach, quote.local_ts_ns)
+        # Without a flag file `poll` has nothing to do: skip the call on the per-event path.
+        if kill_switch.flag_file is not None:
+            kill_switch.poll(quote.local_ts_ns)
 
     def on_trade(self, trade: Trade) -> None:
         self.executor.on_trade(trade)
-        self.kill_switch.poll(trade.local_ts_ns)
+        if self.kill_switch.flag_file is not None:
+            self.kill_switch.poll(trade.local_ts_ns)
 
     def advance(self, now_ns: int) -> None:
         self.executor.advance(now_ns)
