@@ -575,3 +575,30 @@ def test_recorded_session_replays_deterministically_with_resting_quotes() -> Non
     first, second = run(), run()
     assert first == second
     assert first, "a 2 bps quote gets filled in a busy BTCUSDT minute"
+
+
+def test_taken_liquidity_is_kept_exactly_until_the_touch_moves_past_it() -> None:
+    """Quotes at the touch on a busy recorded minute: after every quote, the levels still
+    marked taken are the ones the touch has not passed, and the book's lowest taken ask /
+    highest taken bid (which spare `on_quote` a look at every level) are their extremes."""
+    events = recorded_events()[:6000]
+    executor, _ = paper(venue_settings=recorded_venue())
+    next_quote_ns = 0
+    levels_seen = 0
+    for event in events:
+        if not isinstance(event, Quote):
+            executor.on_trade(event)
+            continue
+        executor.on_quote(event)
+        book = executor._books[VENUE][SYMBOL]
+        assert all(price >= event.ask for price in book.taken_asks)
+        assert all(price <= event.bid for price in book.taken_bids)
+        assert book.lowest_taken_ask == min(book.taken_asks, default=float("inf"))
+        assert book.highest_taken_bid == max(book.taken_bids, default=float("-inf"))
+        levels_seen = max(levels_seen, len(book.taken_asks) + len(book.taken_bids))
+        if event.local_ts_ns >= next_quote_ns:  # join the touch every 200 ms
+            next_quote_ns = event.local_ts_ns + 200 * MS
+            executor.cancel_all(event.local_ts_ns)
+            for side, price in ((Side.BUY, event.bid), (Side.SELL, event.ask)):
+                executor.submit(intent(side, OrderType.LIMIT, 0.002, price), event.local_ts_ns)
+    assert levels_seen > 1, "orders at the touch take liquidity at several levels"
