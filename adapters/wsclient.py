@@ -1,18 +1,25 @@
-"""A receive-optimised WebSocket client (RFC 6455) for market-data connections.
+"""The market-data WebSocket client: picows underneath, frames handed over synchronously.
 
 Why not `websockets.connect` and `await ws.recv()`: that path costs an await, a future and
 a generator-driven frame parser per message, about 5 us a frame, more than parsing the
-frame's JSON into a Quote. Here the frames of every TCP read are cut out of the bytes in
-one tight loop inside `data_received` and handed to `on_frame(payload, local_ts_ns)`
-synchronously, all with the receive time of that read (which is the true local receive
-time). The venue sends many small frames; we send a handful of control messages.
+frame's JSON into a Quote. picows (Cython) parses the frames of every socket read in one
+loop and calls `on_ws_frame` for each, in the same call stack; here each data message goes
+on to `on_frame(payload, local_ts_ns)` at once. picows exposes no read timestamp, so the
+receive time is taken once per socket read (at its first frame; picows marks the last one
+with `last_in_buffer`): every frame of a read gets the same, true local receive time, and
+the counters (frames, last_frame_ns) are bumped once per read.
 
-What it does: the opening handshake (plain or TLS, `Sec-WebSocket-Accept` checked), text
-and binary messages (fragmented ones reassembled), pings answered at once with the same
-payload (Binance drops clients that do not pong), pongs matched to our own pings, the
-closing handshake both ways, a maximum message size. What it leaves out on purpose:
-extensions (no permessage-deflate: it would cost CPU on every frame), subprotocols,
-HTTP proxies.
+What picows does: the opening handshake (plain or TLS with certificate verification,
+`Sec-WebSocket-Accept` checked), frame parsing and masking, the per-frame size limit and
+RFC 6455 framing checks (masked server frames, bad opcodes, bad lengths, bad close codes:
+it sends a close frame with the error and disconnects). What this module adds on top:
+reassembly of fragmented messages (picows hands over raw frames) with a maximum message
+size, the reserved-bit check (no extension is negotiated; picows does not check them),
+answering pings (done here, not with picows's `enable_auto_pong`, which swallows the ping
+before the listener sees it and so would hide the end of a read), our own pings with their
+round-trip time, the closing handshake both ways, and the mapping of all of it to the
+errors below. Left out on purpose: extensions (no permessage-deflate: CPU on every frame),
+subprotocols, HTTP proxies, redirects.
 
 Errors raised (the supervisor maps them to its taxonomy): `HandshakeFailed` (a non-101
 answer, with its status and headers), `ConnectionClosedByPeer` (a close frame, with its
@@ -23,22 +30,25 @@ peer broke the protocol).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import os
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-try:  # websockets' C helper for masking our (few, small) outgoing frames
-    from websockets.speedups import apply_mask
-except ImportError:  # a build without the C extension
-
-    def apply_mask(data: bytes, mask: bytes) -> bytes:
-        return bytes(byte ^ mask[i % 4] for i, byte in enumerate(data))
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSHandshakeError,
+    WSInvalidHeaderError,
+    WSInvalidURL,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
 
 __all__ = [
     "ConnectionClosedByPeer",
@@ -50,10 +60,10 @@ __all__ = [
     "open_connection",
 ]
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_OP_CONTINUATION, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
-_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
-_MAX_HANDSHAKE_BYTES = 64 * 1024
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+_CONTINUATION, _CLOSE = WSMsgType.CONTINUATION, WSMsgType.CLOSE
+_PING, _PONG = WSMsgType.PING, WSMsgType.PONG
+_time_ns = time.time_ns
 
 FrameHandler = Callable[[bytes, int], None]
 
@@ -97,171 +107,120 @@ class _Counters:
     last_frame_ns = 0
 
 
-class FrameConnection(asyncio.Protocol):
-    """One client connection. Incoming data messages go to `on_frame`; `closed` completes
-    when the connection is over, with the reason as its exception."""
+def _ignore(payload: bytes, local_ts_ns: int) -> None:
+    """Stands in for the consumer once the connection has failed."""
 
-    def __init__(self, on_frame: FrameHandler, host_header: str, resource: str,
-                 max_message_bytes: int, counters: Any = None,
-                 extra_headers: dict[str, str] | None = None) -> None:
+
+class FrameConnection(WSListener):
+    """One client connection (a picows listener). Incoming data messages go to `on_frame`;
+    `closed` completes when the connection is over, with the reason as its exception."""
+
+    def __init__(self, on_frame: FrameHandler, max_message_bytes: int,
+                 counters: Any = None) -> None:
+        super().__init__()
         self.on_frame = on_frame
+        self._deliver = on_frame  # becomes _ignore once the connection has failed
         self.counters = counters if counters is not None else _Counters()
         self.max_message_bytes = max_message_bytes
-        self._host_header = host_header
-        self._resource = resource
-        self._extra_headers = extra_headers or {}
-        self._key = base64.b64encode(os.urandom(16))
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
-        self._handshake = b""
-        self._tail: list[bytes] = []  # the start of a frame cut by the end of a read
-        self._tail_bytes = 0
-        self._tail_needed = 0  # bytes that frame needs in all (0: unknown yet)
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: WSTransport | None = None
+        self._batch_ns = 0  # receive time of the socket read being delivered (0: none)
+        self._batch_frames = 0
         self._fragments: list[bytes] = []
-        self._fragment_opcode = 0
         self._fragment_bytes = 0
-        self._close_sent = False
+        self._close_sent = False  # a close frame sent by us (not by picows on an error)
         self._close_first = False  # we started the closing handshake
         self._close_received: ConnectionClosedByPeer | None = None
         self._error: BaseException | None = None
         self._pings: dict[bytes, asyncio.Future[float]] = {}
 
-    # -- asyncio.Protocol --------------------------------------------------------------------
+    # -- picows callbacks --------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        headers = {
-            "Host": self._host_header,
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Key": self._key.decode(),
-            "Sec-WebSocket-Version": "13",
-            "User-Agent": "cryptopipe",
-            **self._extra_headers,
-        }
-        request = f"GET {self._resource} HTTP/1.1\r\n" + "".join(
-            f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
-        transport.write(request.encode())  # type: ignore[attr-defined]
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        if not self.opened.done():
-            data = self._read_handshake(data)
-            if not data:
-                return
-        if self._tail:
-            # A large frame arriving over many reads is collected, not re-joined per read.
-            self._tail.append(data)
-            self._tail_bytes += len(data)
-            if self._tail_bytes < self._tail_needed:
-                return
-            data = b"".join(self._tail)
-            self._tail = []
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        now = self._batch_ns
+        if not now:
+            now = self._batch_ns = _time_ns()
         try:
-            self._read_frames(data, now)
+            # A whole text or binary message: the common case. (Only RSV1, the bit
+            # permessage-deflate would set, is checked here; _other_frame checks all three.)
+            if frame.fin and not frame.rsv1 and frame.msg_type is _TEXT:
+                self._deliver(frame.get_payload_as_bytes(), now)
+                self._batch_frames += 1
+            else:
+                self._other_frame(transport, frame, now)
         except Exception as error:  # a consumer bug or a protocol violation: end it here
             self._fail(error)
+        if frame.last_in_buffer:
+            self._batch_ns = 0
+            count = self._batch_frames
+            if count:
+                self._batch_frames = 0
+                counters = self.counters
+                counters.frames += count
+                counters.last_frame_ns = now
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionDropped(
-                f"connection lost during the handshake: {exc or 'closed by the server'}"))
-        if not self.closed.done():
-            self.closed.add_done_callback(_retrieved)  # whoever cares awaits it; no noise
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        closed = self.closed
+        if not closed.done():
+            closed.add_done_callback(_retrieved)  # whoever cares awaits it; no noise
+            handshake = transport.close_handshake
             if self._error is not None:
-                self.closed.set_exception(self._error)
+                closed.set_exception(self._error)
             elif self._close_first:
-                self.closed.set_result(None)  # we asked for it
+                closed.set_result(None)  # we asked for it
             elif self._close_received is not None:
-                self.closed.set_exception(self._close_received)
+                closed.set_exception(self._close_received)
+            elif handshake is not None and handshake.sent is not None and not self._close_sent:
+                # picows found a protocol violation: it sent a close frame saying which.
+                closed.set_exception(ConnectionDropped(
+                    f"the server broke the protocol ({int(handshake.sent.code)}): "
+                    f"{handshake.sent.reason}"))
             else:
-                self.closed.set_exception(ConnectionDropped(
-                    f"connection dropped without a close frame ({exc or 'EOF'})"))
+                closed.set_exception(ConnectionDropped(
+                    "connection dropped without a close frame"))
         for waiter in self._pings.values():
             if not waiter.done():
                 waiter.cancel()
         self._pings.clear()
 
-    # -- the hot path ------------------------------------------------------------------------
+    # -- everything but whole data messages --------------------------------------------------
 
-    def _read_frames(self, data: bytes, now: int) -> None:
-        on_frame = self.on_frame
-        size = len(data)
-        position = 0
-        count = 0
-        self._tail_needed = 0  # a header cut short: any further byte may complete it
-        while size - position >= 2:
-            first = data[position]
-            length = data[position + 1]
-            if length & 0x80:
-                raise ConnectionDropped("the server masked a frame (RFC 6455 forbids it)")
-            start = position + 2
-            if length >= 126:  # 16- or 64-bit extended length
-                if length == 126:
-                    if size - position < 4:
-                        break
-                    length = (data[start] << 8) | data[start + 1]
-                    start += 2
-                else:
-                    if size - position < 10:
-                        break
-                    (length,) = struct.unpack_from("!Q", data, start)
-                    start += 8
-                if length > self.max_message_bytes:
-                    raise ConnectionDropped(f"frame of {length} bytes exceeds the limit")
-            end = start + length
-            if end > size:
-                self._tail_needed = end - position
-                break
-            position = end
-            # FIN set and a text or binary opcode: a whole message, the common case.
-            if first == 0x81 or first == 0x82:
-                count += 1
-                on_frame(data[start:end], now)
-            else:
-                count += self._other_frame(first, data[start:end], now)
-        if position < size:
-            rest = data[position:]
-            self._tail = [rest]
-            self._tail_bytes = len(rest)
-        if count:
-            counters = self.counters
-            counters.frames += count
-            counters.last_frame_ns = now
-
-    def _other_frame(self, first: int, payload: bytes, now: int) -> int:
-        """Control frames and fragments; returns 1 when a data message completed."""
-        if first & 0x70:
+    def _other_frame(self, transport: WSTransport, frame: WSFrame, now: int) -> None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
             raise ConnectionDropped("reserved bits set: no extension was negotiated")
-        opcode, fin = first & 0x0F, bool(first & 0x80)
-        if opcode == _OP_PING:
-            self._send_frame(_OP_PONG, payload)
-        elif opcode == _OP_PONG:
-            waiter = self._pings.pop(payload, None)
+        msg_type = frame.msg_type
+        if (msg_type is _TEXT or msg_type is _BINARY) and frame.fin and not self._fragments:
+            self._deliver(frame.get_payload_as_bytes(), now)  # binary: the parsers count it
+            self._batch_frames += 1
+            return
+        if msg_type is _PING:
+            if not transport.is_close_frame_sent:
+                transport.send_pong(frame.get_payload_as_bytes())
+        elif msg_type is _PONG:
+            waiter = self._pings.pop(frame.get_payload_as_bytes(), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(time.monotonic())
-        elif opcode == _OP_CLOSE:
-            self._on_close_frame(payload)
-        elif opcode in (_OP_TEXT, _OP_BINARY):  # the first fragment of a message
+        elif msg_type is _CLOSE:
+            self._on_close_frame(transport, frame.get_payload_as_bytes())
+        elif msg_type is _TEXT or msg_type is _BINARY:  # the first fragment of a message
             if self._fragments:
                 raise ConnectionDropped("a new message started inside a fragmented one")
-            self._fragment_opcode = opcode
-            self._add_fragment(payload)
-        elif opcode == _OP_CONTINUATION:
+            self._add_fragment(frame.get_payload_as_bytes())
+        elif msg_type is _CONTINUATION:
             if not self._fragments:
                 raise ConnectionDropped("a continuation frame with no message to continue")
-            self._add_fragment(payload)
-            if fin:
+            self._add_fragment(frame.get_payload_as_bytes())
+            if frame.fin:
                 message = b"".join(self._fragments)
                 self._fragments.clear()
                 self._fragment_bytes = 0
-                self.on_frame(message, now)
-                return 1
-        else:
-            raise ConnectionDropped(f"unknown opcode {opcode}")
-        return 0
+                self._deliver(message, now)
+                self._batch_frames += 1
+        else:  # picows refuses unknown opcodes itself
+            raise ConnectionDropped(f"unknown opcode {msg_type}")
 
     def _add_fragment(self, payload: bytes) -> None:
         self._fragment_bytes += len(payload)
@@ -269,57 +228,38 @@ class FrameConnection(asyncio.Protocol):
             raise ConnectionDropped(f"message exceeds {self.max_message_bytes} bytes")
         self._fragments.append(payload)
 
-    # -- handshake ---------------------------------------------------------------------------
+    def _on_close_frame(self, transport: WSTransport, payload: bytes) -> None:
+        code, reason = 1005, ""
+        if len(payload) >= 2:
+            code = int.from_bytes(payload[:2], "big")
+            reason = payload[2:].decode("utf-8", "replace")
+        self._close_received = ConnectionClosedByPeer(code, reason)
+        if not transport.is_close_frame_sent:
+            self._close_sent = True
+            transport.send_close(WSCloseCode(1000 if code == 1005 else code))
+        transport.disconnect()
 
-    def _read_handshake(self, data: bytes) -> bytes:
-        """Consume the HTTP answer; returns the bytes after it (the first frames)."""
-        self._handshake += data
-        end = self._handshake.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._handshake) > _MAX_HANDSHAKE_BYTES:
-                self._fail_open(HandshakeFailed(0, "handshake answer too long", {}))
-            return b""
-        head, rest = self._handshake[:end].decode("latin-1"), self._handshake[end + 4:]
-        self._handshake = b""
-        status_line, *lines = head.split("\r\n")
-        parts = status_line.split(" ", 2)
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        try:
-            status = int(parts[1])
-        except (IndexError, ValueError):
-            self._fail_open(HandshakeFailed(0, f"not an HTTP answer: {status_line[:80]!r}", {}))
-            return b""
-        if status != 101:
-            self._fail_open(HandshakeFailed(status, parts[2] if len(parts) > 2 else "",
-                                            headers, rest[:512]))
-            return b""
-        expected = base64.b64encode(hashlib.sha1(self._key + _GUID).digest()).decode()
-        if headers.get("sec-websocket-accept") != expected:
-            self._fail_open(HandshakeFailed(status, "wrong Sec-WebSocket-Accept", headers))
-            return b""
-        if headers.get("sec-websocket-extensions"):
-            self._fail_open(HandshakeFailed(status, "server imposed an extension we did not "
-                                            "offer: " + headers["sec-websocket-extensions"],
-                                            headers))
-            return b""
-        self.opened.set_result(None)
-        return rest
-
-    def _fail_open(self, error: BaseException) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(error)
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._deliver = _ignore  # the rest of this read goes nowhere
         if self.transport is not None:
-            self.transport.abort()
+            self.transport.disconnect(graceful=False)
 
     # -- sending and closing -----------------------------------------------------------------
 
+    def _usable(self) -> WSTransport | None:
+        transport = self.transport
+        if (transport is None or transport.is_disconnected
+                or transport.underlying_transport.is_closing()):
+            return None
+        return transport
+
     def send_text(self, text: str) -> None:
-        if self._close_sent or self.transport is None or self.transport.is_closing():
+        transport = self._usable()
+        if transport is None or transport.is_close_frame_sent:
             raise ConnectionDropped("the connection is closing")
-        self._send_frame(_OP_TEXT, text.encode())
+        transport.send(_TEXT, text)
 
     async def send(self, text: str) -> None:
         """Send a text message (the awaitable form, as `websockets` has it)."""
@@ -331,63 +271,33 @@ class FrameConnection(asyncio.Protocol):
         waiter = asyncio.get_running_loop().create_future()
         self._pings[payload] = waiter
         sent = time.monotonic()
-        self._send_frame(_OP_PING, payload)
+        transport = self._usable()
+        if transport is not None:
+            transport.send_ping(payload)
         try:
             return await asyncio.wait_for(waiter, timeout_s) - sent
         finally:
             self._pings.pop(payload, None)
-
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        elif length < 1 << 16:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-        mask = os.urandom(4)  # clients must mask every frame (RFC 6455 5.3)
-        transport.write(header + mask + apply_mask(payload, mask))
-
-    def _on_close_frame(self, payload: bytes) -> None:
-        code, reason = 1005, ""
-        if len(payload) >= 2:
-            code = int.from_bytes(payload[:2], "big")
-            reason = payload[2:].decode("utf-8", "replace")
-        self._close_received = ConnectionClosedByPeer(code, reason)
-        if not self._close_sent:
-            self._close_sent = True
-            self._send_frame(_OP_CLOSE, payload[:2])
-        if self.transport is not None:
-            self.transport.close()
 
     async def close(self, code: int = 1000, timeout_s: float = 1.0) -> None:
         """Closing handshake; the socket is cut if the server does not answer in time."""
         transport = self.transport
         if transport is None or self.closed.done():
             return
-        if not self._close_sent:
-            self._send_frame(_OP_CLOSE, code.to_bytes(2, "big"))
+        if not transport.is_close_frame_sent and self._usable() is not None:
             self._close_sent = True
             self._close_first = True
+            transport.send_close(WSCloseCode(code))  # any int: a flexible enum
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
         except (TimeoutError, WebSocketError):
             pass
         finally:
-            transport.abort()
+            transport.disconnect(graceful=False)
 
     def abort(self) -> None:
         if self.transport is not None:
-            self.transport.abort()
-
-    def _fail(self, error: BaseException) -> None:
-        if self._error is None:
-            self._error = error
-        if self.transport is not None:
-            self.transport.abort()
+            self.transport.disconnect(graceful=False)
 
     async def wait_closed(self) -> None:
         """Until the connection is over; raises why, unless we closed it ourselves."""
@@ -397,6 +307,38 @@ class FrameConnection(asyncio.Protocol):
 def _retrieved(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _handshake_failed(error: WSHandshakeError) -> HandshakeFailed:
+    """picows's handshake errors as ours: the status, headers and start of the body."""
+    response = error.response
+    body = (error.raw_body or b"")[:512]
+    if response is not None:
+        status = int(response.status)
+        headers = {name.lower(): value for name, value in response.headers.items()}
+    else:  # no parsed answer (e.g. a status code http.HTTPStatus does not know)
+        status, headers = _parse_head(error.raw_header or b"")
+    if isinstance(error, WSInvalidHeaderError) and status == 101:
+        reason = f"wrong {error.name} header: {error.value!r}"
+    elif status != 101 and response is not None:
+        reason = response.status.phrase
+    else:
+        reason = str(error.args[0]) if error.args else type(error).__name__
+    return HandshakeFailed(status, reason, headers, body)
+
+
+def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
+    status_line, *lines = raw.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    try:
+        status = int(parts[1])
+    except (IndexError, ValueError):
+        status = 0
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
 
 
 async def open_connection(
@@ -415,26 +357,40 @@ async def open_connection(
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise InvalidURL(f"not a WebSocket URL: {url!r}")
     secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
-    default_port = port == (443 if secure else 80)
-    host_header = parts.hostname if default_port else f"{parts.hostname}:{port}"
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    loop = asyncio.get_running_loop()
+    headers = {"User-Agent": "cryptopipe", **(extra_headers or {})}
+
+    def listener(request: Any, response: Any) -> FrameConnection:
+        # Called once the 101 answer is in, before any frame: refuse what we did not offer.
+        extensions = response.headers.get("sec-websocket-extensions")
+        if extensions:
+            raise HandshakeFailed(101, "server imposed an extension we did not offer: "
+                                  + extensions, dict(response.headers))
+        return FrameConnection(on_frame, max_message_bytes, counters)
 
     async def connect() -> FrameConnection:
-        _, protocol = await loop.create_connection(
-            lambda: FrameConnection(on_frame, host_header, resource, max_message_bytes,
-                                    counters, extra_headers),
-            parts.hostname, port,
-            ssl=(ssl_context or ssl.create_default_context()) if secure else None,
-            server_hostname=parts.hostname if secure else None)
-        connection: FrameConnection = protocol  # type: ignore[assignment]
         try:
-            await connection.opened
-        except BaseException:
-            connection.abort()
-            raise
-        return connection
+            _, connection = await ws_connect(
+                listener, url,
+                ssl_context=(ssl_context or ssl.create_default_context()) if secure else None,
+                # picows cuts a handshake that takes too long itself (the outer wait_for
+                # also covers DNS and the TCP/TLS connect).
+                websocket_handshake_timeout=open_timeout_s,
+                enable_auto_ping=False,
+                enable_auto_pong=False,  # answered in FrameConnection (see the docstring)
+                max_frame_size=max_message_bytes,
+                extra_headers=headers,
+                max_redirects=0,
+                use_aiofastnet=False,  # uvloop's own transports: no faster here, long proven
+            )
+        except WSHandshakeError as error:
+            raise _handshake_failed(error) from error
+        except WSInvalidURL as error:
+            raise InvalidURL(f"not a WebSocket URL: {url!r} ({error})") from error
+        except WSError as error:
+            raise ConnectionDropped(f"during the handshake: {error}") from error
+        if connection is None:  # picows: the socket ended before the 101 came in
+            raise ConnectionDropped("connection lost during the handshake")
+        return connection  # type: ignore[return-value]
 
     try:
         return await asyncio.wait_for(connect(), open_timeout_s)

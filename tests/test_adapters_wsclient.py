@@ -111,6 +111,18 @@ async def test_server_close_surfaces_code_and_reason() -> None:
     server.close()
 
 
+async def test_server_close_with_an_application_code() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(4000, "reconnect")
+
+    server, url = await with_server(handler)
+    connection = await open_connection(url, Inbox())
+    with pytest.raises(ConnectionClosedByPeer) as caught:
+        await asyncio.wait_for(connection.wait_closed(), 2)
+    assert (caught.value.code, caught.value.reason) == (4000, "reconnect")
+    server.close()
+
+
 async def test_abrupt_drop_and_our_own_close() -> None:
     async def handler(ws: ServerConnection) -> None:
         if ws.request.path == "/drop":
@@ -165,7 +177,8 @@ def server_frame(payload: bytes, first_byte: int = 0x81, mask: bytes | None = No
 
 
 async def raw_server(body: bytes, chunk: int = 0, accept: bytes | None = None,
-                     after_101: bytes = b"") -> tuple[asyncio.Server, str]:
+                     after_101: bytes = b"", extra_header: bytes = b""
+                     ) -> tuple[asyncio.Server, str]:
     """Answers the handshake, then writes `body` (in `chunk`-byte pieces when chunk > 0)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -176,7 +189,7 @@ async def raw_server(body: bytes, chunk: int = 0, accept: bytes | None = None,
                                              b"C5AB0DC85B11").digest())
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + (accept or good)
-                     + b"\r\n\r\n" + after_101)
+                     + b"\r\n" + extra_header + b"\r\n" + after_101)
         step = chunk or len(body) or 1
         for start in range(0, len(body), step):
             writer.write(body[start:start + step])
@@ -226,7 +239,7 @@ async def test_one_read_one_receive_time() -> None:
 @pytest.mark.parametrize(("body", "match"), [
     (server_frame(b"hello", mask=b"\x01\x02\x03\x04"), "masked"),
     (server_frame(b"x", first_byte=0xC1), "reserved bits"),
-    (server_frame(b"x", first_byte=0x83), "unknown opcode"),
+    (server_frame(b"x", first_byte=0x83), "invalid opcode"),
     (server_frame(b"x", first_byte=0x80), "continuation"),
 ])
 async def test_protocol_violations_end_the_connection(body: bytes, match: str) -> None:
@@ -240,7 +253,7 @@ async def test_protocol_violations_end_the_connection(body: bytes, match: str) -
 async def test_message_over_the_limit_ends_the_connection() -> None:
     server, url = await raw_server(server_frame(b"x" * 5_000))
     connection = await open_connection(url, Inbox(), max_message_bytes=1_000)
-    with pytest.raises(ConnectionDropped, match="exceeds"):
+    with pytest.raises(ConnectionDropped, match="exceed"):
         await asyncio.wait_for(connection.wait_closed(), 2)
     server.close()
 
@@ -249,6 +262,78 @@ async def test_wrong_accept_key_is_refused() -> None:
     server, url = await raw_server(b"", accept=b"AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
     with pytest.raises(HandshakeFailed, match="Sec-WebSocket-Accept"):
         await open_connection(url, Inbox())
+    server.close()
+
+
+async def test_an_imposed_extension_is_refused() -> None:
+    server, url = await raw_server(
+        b"", extra_header=b"Sec-WebSocket-Extensions: permessage-deflate\r\n")
+    with pytest.raises(HandshakeFailed, match="extension"):
+        await open_connection(url, Inbox())
+    server.close()
+
+
+async def raw_answer(answer: bytes) -> tuple[asyncio.Server, str]:
+    """Reads the request, writes `answer` (b"": none) and hangs up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/stream"
+
+
+async def test_a_status_http_does_not_name_still_carries_status_and_headers() -> None:
+    server, url = await raw_answer(b"HTTP/1.1 520 \r\nRetry-After: 7\r\n"
+                                   b"Content-Length: 0\r\n\r\n")
+    with pytest.raises(HandshakeFailed) as caught:
+        await open_connection(url, Inbox())
+    assert caught.value.status == 520 and caught.value.headers["retry-after"] == "7"
+    server.close()
+
+
+async def test_connection_lost_during_the_handshake() -> None:
+    server, url = await raw_answer(b"")
+    with pytest.raises(ConnectionDropped, match="handshake"):
+        await open_connection(url, Inbox())
+    server.close()
+
+
+async def test_a_ping_ending_a_read_is_answered_and_the_next_read_gets_its_own_time() -> None:
+    """Pings are answered by the client itself, not picows's auto-pong (which would hide
+    the ping that ends a socket read and leave its receive time on the next read)."""
+    pongs: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        key = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                   if line.lower().startswith("sec-websocket-key"))
+        good = base64.b64encode(hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-"
+                                             b"C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + good + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(server_frame(b"first") + server_frame(b"p1", first_byte=0x89))
+        frame = await reader.readexactly(8)  # the masked pong: 2 + 4 (mask) + 2
+        assert frame[0] == 0x8A
+        pongs.append(bytes(b ^ frame[2 + i % 4] for i, b in enumerate(frame[6:])))
+        await asyncio.sleep(0.02)
+        writer.write(server_frame(b"second"))
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/stream"
+    inbox = Inbox()
+    connection = await open_connection(url, inbox)
+    await inbox.wait_for(2)
+    assert inbox.frames == [b"first", b"second"] and pongs == [b"p1"]
+    assert inbox.times[1] - inbox.times[0] > 10_000_000  # ns: a fresh time for the 2nd read
+    connection.abort()
     server.close()
 
 
