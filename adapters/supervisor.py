@@ -609,7 +609,8 @@ async def wait_for_reply(
 ) -> Any:
     """Await a control reply; a missing one is a protocol problem worth a reconnect."""
     try:
-        return await asyncio.wait_for(future, timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: see wsclient.open_connection
+            return await future
     except TimeoutError:
         raise ProtocolViolation(venue, f"no reply to {what} within {timeout_s:g} s") from None
 

@@ -275,7 +275,9 @@ class FrameConnection(WSListener):
         if transport is not None:
             transport.send_ping(payload)
         try:
-            return await asyncio.wait_for(waiter, timeout_s) - sent
+            async with asyncio.timeout(timeout_s):
+                received = await waiter
+            return received - sent
         finally:
             self._pings.pop(payload, None)
 
@@ -289,7 +291,8 @@ class FrameConnection(WSListener):
             self._close_first = True
             transport.send_close(WSCloseCode(code))  # any int: a flexible enum
         try:
-            await asyncio.wait_for(asyncio.shield(self.closed), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self.closed)
         except (TimeoutError, WebSocketError):
             pass
         finally:
@@ -392,8 +395,12 @@ async def open_connection(
             raise ConnectionDropped("connection lost during the handshake")
         return connection  # type: ignore[return-value]
 
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+    # lands as the handshake completes (CPython gh-86296), and a cancelled session then
+    # kept serving a connection nobody would ever stop (seen as a hung shutdown under load).
     try:
-        return await asyncio.wait_for(connect(), open_timeout_s)
+        async with asyncio.timeout(open_timeout_s):
+            return await connect()
     except TimeoutError:
         raise TimeoutError(f"no WebSocket handshake with {url} within {open_timeout_s:g} s"
                            ) from None

@@ -89,7 +89,8 @@ class BookSocketServer:
         server, self._server = self._server, None
         server.close()
         try:
-            await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):  # wait_for can swallow a cancel
+                await server.wait_closed()
         except TimeoutError:
             # A client that stopped reading blocks its closing frame forever (the write
             # never drains): drop its TCP connection so shutdown goes on.

@@ -462,7 +462,8 @@ class OperationsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(self.REQUEST_TIMEOUT_S):  # wait_for can swallow a cancel
+                head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ValueError, ConnectionError):

@@ -105,7 +105,8 @@ class ExecutionEvents:
         self._ack_waiters.setdefault(client_order_id, []).append(waiter)
         try:
             self.submit(intent, self.now_ns if now_ns is None else now_ns)
-            return await asyncio.wait_for(waiter, timeout_s)
+            async with asyncio.timeout(timeout_s):  # wait_for can swallow a cancel on 3.11
+                return await waiter
         finally:
             waiting = self._ack_waiters.get(client_order_id)
             if waiting and waiter in waiting:
