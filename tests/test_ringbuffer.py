@@ -417,7 +417,9 @@ def test_snapshot_drops_rows_overwritten_while_it_copies() -> None:
 
 
 def test_snapshot_while_appending_from_the_event_loop(tmp_path) -> None:
-    store = RingStore(retention_s=100, max_rate_hz=20)  # 2000-row rings
+    # 200k-row rings fed 200 rows a millisecond: a wrap takes a second, so even on a loaded
+    # machine a snapshot thread that gets the GIL late still finds rows it can keep.
+    store = RingStore(retention_s=100, max_rate_hz=2_000)
 
     async def main() -> None:
         row = 0
@@ -428,7 +430,7 @@ def test_snapshot_while_appending_from_the_event_loop(tmp_path) -> None:
                 for _ in range(200):
                     store.on_quote(make_quote(T0 + row * 1_000_000, row))
                     row += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.001)
 
         feeder = asyncio.create_task(feed())
         for _ in range(5):
@@ -436,7 +438,7 @@ def test_snapshot_while_appending_from_the_event_loop(tmp_path) -> None:
         feeder.cancel()
 
     asyncio.run(main())
-    loaded = RingStore.load(tmp_path, retention_s=100, now_ns=T0, max_rate_hz=20)
+    loaded = RingStore.load(tmp_path, retention_s=100, now_ns=T0, max_rate_hz=2_000)
     ts = loaded.quotes("binance_usdm", "BTC/USDT:USDT").window(math.inf).local_ts_ns
     rows = (ts - T0) // 1_000_000
     # Whatever was saved is a run of consecutive rows with their own values.
