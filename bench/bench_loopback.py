@@ -8,7 +8,7 @@ the socket takes: every frame is WebSocket-framed in advance and written in one 
 the server costs next to nothing and the client is what is measured. Three clients
 take turns, each on a fresh connection, in the same run (best of `--rounds`):
 
-  native  the daemon's path: BinanceAdapter (supervisor, websockets, msgspec parser) ->
+  native  the daemon's path: BinanceAdapter (supervisor, picows client, msgspec parser) ->
           Bus.publish_* -> RingStore (the 24 h ring, when daemon.ringbuffer is present)
   ccxt    ccxt.pro binance/binanceusdm (watch_bids_asks + watch_trades) -> the same bus
   bare    a websockets client doing `orjson.loads` per frame and nothing else
