@@ -125,10 +125,6 @@ class BinanceAdapter(WebSocketSession):
         self._books_loaded: set[str] = set()
         self.parser = self._new_parser()
 
-    async def run(self) -> None:
-        """Stream until cancelled; raises only a `FeedError` that cannot be retried."""
-        await self.supervisor.run(self)
-
     # -- WebSocketSession --------------------------------------------------------------------
 
     def url(self) -> str:

@@ -111,10 +111,6 @@ class BybitAdapter(WebSocketSession):
         self._resyncing: set[str] = set()
         self.parser = self._new_parser()
 
-    async def run(self) -> None:
-        """Stream until cancelled; raises only a `FeedError` that cannot be retried."""
-        await self.supervisor.run(self)
-
     # -- WebSocketSession --------------------------------------------------------------------
 
     def url(self) -> str:

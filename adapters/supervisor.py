@@ -486,6 +486,10 @@ class WebSocketSession(ABC):
         self._wakeup = asyncio.Event()
         self._planned_reconnect: str | None = None
 
+    async def run(self) -> None:
+        """Stream until cancelled; raises only a `FeedError` that cannot be retried."""
+        await self.supervisor.run(self)
+
     # -- to implement ------------------------------------------------------------------------
 
     @abstractmethod
