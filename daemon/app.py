@@ -49,8 +49,6 @@ class App:
     run_id: str
     bus: Bus = field(default_factory=Bus)
     rings: RingStore | None = None
-    #: Set by the feed: True when market data comes from recordings (watch shows feed time).
-    replaying: bool = False
     #: Replay frames published between two yields to the event loop. A live socket yields
     #: on every frame; strategy modes set 1 so a max-speed replay conflates no more than
     #: live traffic would. Viewers keep a large batch: they only need the latest state.
@@ -62,6 +60,12 @@ class App:
     trading: TradingStats = field(default_factory=TradingStats)
     #: The decision log writer of a strategy mode (its counters go to /metrics).
     decision_log: DecisionLogWriter | None = None
+
+    @property
+    def replaying(self) -> bool:
+        """Market data comes from recordings (`--feed sample|replay:...`): the feed's clock
+        is the recorded receive time, not the wall clock."""
+        return getattr(self.args, "feed", "live") != "live"
 
     @property
     def ring_dir(self) -> Path:

@@ -32,17 +32,10 @@ async def build_feed(app: App) -> object:
 
 
 async def _run_replay(app: App, feed: str) -> object:
-    from adapters.replay import ReplayError, ReplayFeed, parse_spec, sample_specs
+    from adapters.replay import ReplayError, ReplayFeed, parse_specs, sample_specs
 
-    if feed == "sample":
-        specs = sample_specs()
-    else:
-        paths = [part for part in feed[len(REPLAY_PREFIX):].split(",") if part.strip()]
-        if not paths:
-            raise ConfigError("invalid setting feed: replay: needs at least one FILE")
-        specs = [parse_spec(part.strip()) for part in paths]
-    app.replaying = True
     try:
+        specs = sample_specs() if feed == "sample" else parse_specs(feed)
         replay = ReplayFeed(specs, app.bus.publish_quote, app.bus.publish_trade,
                             speed=app.args.speed, yield_every=app.replay_yield_every)
         return await replay.run()

@@ -398,17 +398,12 @@ def build_registry(app: App, book_socket: BookSocketServer | None = None) -> Col
 
 
 def health_report(app: App) -> HealthReport:
-    return app.health.evaluate(app.bus.view, replaying=_replaying(app))
-
-
-def _replaying(app: App) -> bool:
-    # The feed sets app.replaying once it starts; the flag tells us before that.
-    return app.replaying or getattr(app.args, "feed", "live") != "live"
+    return app.health.evaluate(app.bus.view, replaying=app.replaying)
 
 
 def _feed_clock(app: App) -> Callable[[], int]:
     def clock() -> int:
-        if _replaying(app):
+        if app.replaying:
             return max((q.local_ts_ns for q in app.bus.view.all_quotes()), default=0)
         return now_ns()
 
@@ -525,7 +520,7 @@ async def start_operations(app: App) -> Operations:
             await operations.book_socket.start()
         if settings.metrics.enabled:
             app.health.require_configured_feeds(settings)
-            app.trading.from_receipt = not _replaying(app)
+            app.trading.from_receipt = not app.replaying
             server = OperationsServer(settings.metrics.host, settings.metrics.port,
                                       build_registry(app, operations.book_socket),
                                       lambda: health_report(app))

@@ -76,7 +76,7 @@ async def _watch_table(app: App) -> int:
 
 def _feed_clock(app: App) -> Callable[[], int]:
     """Ages are measured on the feed's clock: wall time live, the newest quote in a replay."""
-    if not app.replaying and not app.args.feed.startswith(("replay:", "sample")):
+    if not app.replaying:
         return now_ns
     view = app.bus.view
     return lambda: max((q.local_ts_ns for q in view.all_quotes()), default=0)

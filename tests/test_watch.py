@@ -115,3 +115,12 @@ def test_table_shows_each_venue_and_the_cross_venue_spread() -> None:
     assert "binance_spot" in text and "bybit_spot" in text and "5 ms STALE" in text
     # only bybit is fresh, so no cross-venue figure is claimed
     assert "n/a" in text
+
+
+def test_a_bad_replay_spec_or_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    for feed in ("replay:@bybit_spot:BTC/USDT", f"replay:{tmp_path / 'missing.gz'}"):
+        done = watch(tmp_path, "--feed", feed, "--format", "json")
+        assert done.returncode == 2, done.stderr[-2000:]
+        message = done.stderr.decode().strip().splitlines()[-1]
+        assert message.startswith("cryptopipe: invalid setting feed:")
+        assert b"Traceback" not in done.stderr
