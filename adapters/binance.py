@@ -43,8 +43,8 @@ from adapters.supervisor import (
     ProtocolViolation,
     SubscriptionRejected,
     WebSocketSession,
-    remap_symbols,
     timings_from_settings,
+    venue_symbols,
     wait_for_reply,
 )
 from adapters.wsclient import FrameConnection, WebSocketError
@@ -162,7 +162,7 @@ class BinanceAdapter(WebSocketSession):
         self.symbols = list(symbols)
         self.streams = wanted
         self.supervisor.symbols = list(symbols)
-        remap_symbols(self.parser, symbols)
+        self.parser.set_symbols(venue_symbols(symbols))
         ws = self.ws
         if ws is None:
             return
@@ -246,7 +246,7 @@ class BinanceAdapter(WebSocketSession):
 
     def _new_parser(self) -> BinanceParser:
         mapping = {venue_symbol(symbol): symbol for symbol in self.symbols}
-        parser = BinanceParser(self.venue, self.bus.publish_quote, self.bus.publish_trade,
+        parser = BinanceParser(self.venue, self.bus,
                                mapping, on_resync=self._on_resync, books=self.depth)
         self.stats.attach_drops(parser.dropped)
         self._feed = parser.feed

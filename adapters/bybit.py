@@ -38,8 +38,8 @@ from adapters.supervisor import (
     PendingReplies,
     SubscriptionRejected,
     WebSocketSession,
-    remap_symbols,
     timings_from_settings,
+    venue_symbols,
     wait_for_reply,
 )
 from adapters.wsclient import FrameConnection, WebSocketError
@@ -144,7 +144,7 @@ class BybitAdapter(WebSocketSession):
         self.symbols = list(symbols)
         self.topics = wanted
         self.supervisor.symbols = list(symbols)
-        remap_symbols(self.parser, symbols)
+        self.parser.set_symbols(venue_symbols(symbols))
         ws = self.ws
         if ws is None:
             return
@@ -224,7 +224,7 @@ class BybitAdapter(WebSocketSession):
 
     def _new_parser(self) -> BybitParser:
         mapping = {venue_symbol(symbol): symbol for symbol in self.symbols}
-        parser = BybitParser(self.venue, self.bus.publish_quote, self.bus.publish_trade,
+        parser = BybitParser(self.venue, self.bus,
                              mapping, on_resync=self._on_resync)
         self.stats.attach_drops(parser.dropped)
         self._feed = parser.feed

@@ -47,6 +47,7 @@ from adapters.parsers import (
     make_parser,
 )
 from daemon.model import NATIVE_VENUES, Quote, Trade
+from daemon.routes import Callbacks
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 #: ~75 s of real Binance BTCUSDT frames (spot and USD-M, each with its REST depth
@@ -496,7 +497,7 @@ class ReplayFeed:
         on_quote, on_trade = self.publish_quote, self.publish_trade
         if spec.venue is not None or spec.symbol is not None:
             on_quote, on_trade = _relabelled(spec, on_quote, on_trade)
-        parser = make_parser(venue, on_quote, on_trade, books=self.books)
+        parser = make_parser(venue, Callbacks(on_quote, on_trade), books=self.books)
         self.parsers[(index, venue)] = parser
         return parser
 

@@ -664,18 +664,6 @@ def timings_from_settings(venue_settings: Any, **overrides: Any) -> FeedTimings:
 FrameTap = Callable[[bytes, int], None]
 
 
-def remap_symbols(parser: Any, symbols: Sequence[str]) -> None:
-    """Point a native parser's explicit venue -> unified symbol mapping at a new set,
-    keeping its books and sequence state (a new parser would make every Bybit book
-    resubscribe). Symbols dropped from the set map to None: their frames still in
-    flight are counted as unknown_symbol instead of published.
-
-    Reaches into `parser._symbol` (a `SymbolMapper`): the parsers have no public
-    setter for their mapping yet.
-    """
-    cache = parser._symbol.cache
-    wanted = {venue_symbol(symbol): symbol for symbol in symbols}
-    for name in list(cache):
-        if name not in wanted:
-            cache[name] = None
-    cache.update(wanted)
+def venue_symbols(symbols: Sequence[str]) -> dict[str, str]:
+    """Venue symbol -> unified symbol for a parser's `set_symbols`."""
+    return {venue_symbol(symbol): symbol for symbol in symbols}

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.parsers import make_parser
 from adapters.replay import SAMPLE_FILES, iter_frames
+from daemon.routes import Callbacks
 
 # Quiet before daemon modules bind their loggers: ring creation and the idle subscriber's
 # trade-queue overflow would otherwise log into the figures.
@@ -94,17 +95,13 @@ def orjson_loop(frames: Frames) -> Runner:
     return run
 
 
-def _noop(_: object) -> None:
-    return None
-
-
 def parse_only(frames: Frames, books: bool) -> Runner:
     venues = {venue for _, _, venue in frames}
 
     def run() -> None:
-        parsers = {venue: make_parser(venue, _noop, _noop, books=books) for venue in venues}
+        feeds = {venue: make_parser(venue, Callbacks(), books=books).feed for venue in venues}
         for ts, frame, venue in frames:
-            parsers[venue].feed(frame, ts)
+            feeds[venue](frame, ts)
 
     return run
 
@@ -121,13 +118,12 @@ def whole_path(frames: Frames, subscriber: bool) -> Runner | None:
     def run() -> object:
         bus = Bus()
         rings = RingStore()
-        bus.add_sink(rings.on_quote, rings.on_trade)
+        bus.add_sink(rings)
         if subscriber:
             bus.subscribe("watch")  # never drained: conflates quotes, overflows trades
-        parsers = {venue: make_parser(venue, bus.publish_quote, bus.publish_trade)
-                   for venue in venues}
+        feeds = {venue: make_parser(venue, bus).feed for venue in venues}
         for ts, frame, venue in frames:
-            parsers[venue].feed(frame, ts)
+            feeds[venue](frame, ts)
         return rings
 
     return run

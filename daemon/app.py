@@ -78,7 +78,7 @@ class App:
             self.ring_dir, retention_s=settings.retention, now_ns=now_ns(),
             max_rate_hz=settings.ring.max_rate_hz,
         )
-        self.bus.add_sink(on_quote=self.rings.on_quote, on_trade=self.rings.on_trade)
+        self.bus.add_sink(self.rings)
         self._background.append(asyncio.create_task(
             snapshot_every(self.rings, self.ring_dir, settings.ring.snapshot_interval_s),
             name="ring-snapshots",

@@ -12,24 +12,30 @@ subscription:
 
 A subscriber receives quotes and trades in the order they were published, except that a
 conflated quote takes the place of the newest update for its key.
+
+Each (exchange, symbol) has a channel that holds that path resolved in advance: the view's
+slot for the key and each sink's route for it (the key's ring). Parsers publish through
+the channel of the key (`quote_route` / `trade_route`, the bus is a `MarketSink`), which
+skips every per-event key lookup; `publish_quote` / `publish_trade` take any key and find
+its channel. Why: per quote, the lookups and calls between a parser and the ring cost more
+than the ring's own write (bench/bench_ingest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from msgspec.structs import replace
 
 from daemon.logs import get_logger
 from daemon.model import Quote, Trade
+from daemon.routes import Callbacks, MarketSink, QuoteCallback, TradeCallback, ignore
 from daemon.view import ConsolidatedView
 
 log = get_logger("bus")
 
-QuoteSink = Callable[[Quote], None]
-TradeSink = Callable[[Trade], None]
 Key = tuple[str, str]
 
 
@@ -130,33 +136,89 @@ class Subscription:
             yield await self.get()
 
 
+class QuoteChannel:
+    """The quote path of one (exchange, symbol): view slot, sink routes, subscribers."""
+
+    __slots__ = ("_bus", "_latest", "exchange", "published", "routes", "symbol")
+
+    def __init__(self, bus: Bus, exchange: str, symbol: str) -> None:
+        self._bus = bus
+        self.exchange = exchange
+        self.symbol = symbol
+        self._latest = bus.view.slot(symbol)
+        self.routes: tuple[QuoteCallback, ...] = ()
+        self.published = 0
+
+    def publish(self, quote: Quote) -> None:
+        """Publish a quote of this channel's key (the parser's hot path)."""
+        self.published += 1
+        self._latest[self.exchange] = quote
+        for route in self.routes:
+            route(quote)
+        if self._bus._subscriptions:
+            self._bus._offer_quote(quote)
+
+
+class TradeChannel:
+    """The trade path of one (exchange, symbol): sink routes, subscribers."""
+
+    __slots__ = ("_bus", "published", "routes")
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self.routes: tuple[TradeCallback, ...] = ()
+        self.published = 0
+
+    def publish(self, trade: Trade) -> None:
+        """Publish a trade of this channel's key."""
+        self.published += 1
+        for route in self.routes:
+            route(trade)
+        if self._bus._trade_subscriptions:
+            self._bus._offer_trade(trade)
+
+
 class Bus:
     """Fan-out of normalised market data from adapters to sinks, the view and subscribers."""
 
     def __init__(self, trade_queue_size: int = 10_000) -> None:
         self.trade_queue_size = trade_queue_size
         self.view = ConsolidatedView()
-        self._quote_sinks: list[QuoteSink] = []
-        self._trade_sinks: list[TradeSink] = []
+        self._sinks: list[MarketSink] = []
+        # exchange -> symbol -> channel: two str-keyed lookups are cheaper than hashing a
+        # (exchange, symbol) tuple built for the purpose.
+        self._quote_channels: dict[str, dict[str, QuoteChannel]] = {}
+        self._trade_channels: dict[str, dict[str, TradeChannel]] = {}
         self._subscriptions: list[Subscription] = []
         self._trade_subscriptions: list[Subscription] = []
         self._seq = 0
         #: Delivery counters of subscriptions that have gone (totals stay monotonic).
         self._departed = {"delivered": 0, "conflated": 0, "trades_dropped": 0}
-        self.published_quotes = 0
-        self.published_trades = 0
         self.stale_marks = 0
 
     # -- wiring ---------------------------------------------------------------------------
 
     def add_sink(
-        self, on_quote: QuoteSink | None = None, on_trade: TradeSink | None = None
+        self,
+        sink: MarketSink | None = None,
+        *,
+        on_quote: QuoteCallback | None = None,
+        on_trade: TradeCallback | None = None,
     ) -> None:
-        """Synchronous consumers run on every publish, before subscribers (ring, recorder)."""
-        if on_quote is not None:
-            self._quote_sinks.append(on_quote)
-        if on_trade is not None:
-            self._trade_sinks.append(on_trade)
+        """A synchronous consumer of every event, run before subscribers (ring, recorder).
+
+        Either a `MarketSink` (its route for each key is asked for once) or plain
+        callbacks for every key.
+        """
+        if sink is None:
+            sink = Callbacks(on_quote or ignore, on_trade or ignore)
+        self._sinks.append(sink)
+        for exchange, channels in self._quote_channels.items():
+            for symbol, channel in channels.items():
+                channel.routes = self._quote_routes(exchange, symbol)
+        for exchange, trade_channels in self._trade_channels.items():
+            for symbol, trade_channel in trade_channels.items():
+                trade_channel.routes = self._trade_routes(exchange, symbol)
 
     def subscribe(
         self, name: str, trades: bool = True, trade_queue_size: int | None = None
@@ -175,26 +237,69 @@ class Bus:
         if subscription in self._trade_subscriptions:
             self._trade_subscriptions.remove(subscription)
 
+    # -- channels (the bus as a MarketSink) -------------------------------------------------
+
+    def quote_route(self, exchange: str, symbol: str) -> QuoteCallback:
+        """The publish function for quotes of one key (what parsers call)."""
+        return self._quote_channel(exchange, symbol).publish
+
+    def trade_route(self, exchange: str, symbol: str) -> TradeCallback:
+        """The publish function for trades of one key."""
+        return self._trade_channel(exchange, symbol).publish
+
+    def _quote_channel(self, exchange: str, symbol: str) -> QuoteChannel:
+        channels = self._quote_channels.setdefault(exchange, {})
+        channel = channels.get(symbol)
+        if channel is None:
+            channel = channels[symbol] = QuoteChannel(self, exchange, symbol)
+            channel.routes = self._quote_routes(exchange, symbol)
+        return channel
+
+    def _trade_channel(self, exchange: str, symbol: str) -> TradeChannel:
+        channels = self._trade_channels.setdefault(exchange, {})
+        channel = channels.get(symbol)
+        if channel is None:
+            channel = channels[symbol] = TradeChannel(self)
+            channel.routes = self._trade_routes(exchange, symbol)
+        return channel
+
+    # Each sink's route for a key, leaving out the sinks that ignore the kind.
+
+    def _quote_routes(self, exchange: str, symbol: str) -> tuple[QuoteCallback, ...]:
+        routes = (sink.quote_route(exchange, symbol) for sink in self._sinks)
+        return tuple(route for route in routes if route is not ignore)
+
+    def _trade_routes(self, exchange: str, symbol: str) -> tuple[TradeCallback, ...]:
+        routes = (sink.trade_route(exchange, symbol) for sink in self._sinks)
+        return tuple(route for route in routes if route is not ignore)
+
     # -- hot path -------------------------------------------------------------------------
 
     def publish_quote(self, quote: Quote) -> None:
-        self.published_quotes += 1
-        self.view.update(quote)
-        for sink in self._quote_sinks:
-            sink(quote)
-        if self._subscriptions:
-            self._seq += 1
-            for subscription in self._subscriptions:
-                subscription._offer_quote(self._seq, quote)
+        """Publish a quote of any key (a parser holding its key's route skips the lookup)."""
+        try:
+            channel = self._quote_channels[quote.exchange][quote.symbol]
+        except KeyError:
+            channel = self._quote_channel(quote.exchange, quote.symbol)
+        channel.publish(quote)
 
     def publish_trade(self, trade: Trade) -> None:
-        self.published_trades += 1
-        for sink in self._trade_sinks:
-            sink(trade)
-        if self._trade_subscriptions:
-            self._seq += 1
-            for subscription in self._trade_subscriptions:
-                subscription._offer_trade(self._seq, trade)
+        """Publish a trade of any key."""
+        try:
+            channel = self._trade_channels[trade.exchange][trade.symbol]
+        except KeyError:
+            channel = self._trade_channel(trade.exchange, trade.symbol)
+        channel.publish(trade)
+
+    def _offer_quote(self, quote: Quote) -> None:
+        self._seq += 1
+        for subscription in self._subscriptions:
+            subscription._offer_quote(self._seq, quote)
+
+    def _offer_trade(self, trade: Trade) -> None:
+        self._seq += 1
+        for subscription in self._trade_subscriptions:
+            subscription._offer_trade(self._seq, trade)
 
     def mark_stale(self, exchange: str, symbol: str) -> Quote | None:
         """Flag the latest quote of a key stale; strategies see it and stop acting on it.
@@ -208,12 +313,18 @@ class Bus:
         stale = replace(latest, stale=True)
         self.stale_marks += 1
         self.view.update(stale)
-        self._seq += 1
-        for subscription in self._subscriptions:
-            subscription._offer_quote(self._seq, stale)
+        self._offer_quote(stale)
         return stale
 
     # -- counters -------------------------------------------------------------------------
+
+    @property
+    def published_quotes(self) -> int:
+        return sum(c.published for cs in self._quote_channels.values() for c in cs.values())
+
+    @property
+    def published_trades(self) -> int:
+        return sum(c.published for cs in self._trade_channels.values() for c in cs.values())
 
     def counters(self) -> dict[str, int]:
         subs = self._subscriptions
@@ -226,3 +337,4 @@ class Bus:
             "trades_dropped": gone["trades_dropped"] + sum(s.trades_dropped for s in subs),
             "stale_marks": self.stale_marks,
         }
+

@@ -109,6 +109,7 @@ def fit_through_origin(sizes: list[float], slippages: list[float]) -> tuple[floa
 
 def _parser(venue: str, books: bool, quotes: list[Quote] | None = None) -> BinanceParser:
     from adapters.parsers.binance import BinanceParser
+    from daemon.routes import Callbacks
 
     def keep(quote: Quote) -> None:
         if quotes is not None:
@@ -117,7 +118,7 @@ def _parser(venue: str, books: bool, quotes: list[Quote] | None = None) -> Binan
     def ignore(trade: Trade) -> None:
         return None
 
-    return BinanceParser(venue, keep, ignore, books=books)
+    return BinanceParser(venue, Callbacks(keep, ignore), books=books)
 
 
 def _frames(recording: Path) -> Iterator[tuple[int, bytes, str]]:

@@ -799,25 +799,42 @@ class RingStore:
 
     # ----------------------------------------------------------------------- bus sink
 
+    # As a `MarketSink` (`daemon.routes`), the store's route for a key is the key's ring
+    # itself: the bus's channel for the key appends to it with no lookup.
+
+    def quote_route(self, exchange: str, symbol: str) -> Callable[[Quote], None]:
+        return self._quote_ring(exchange, symbol).append
+
+    def trade_route(self, exchange: str, symbol: str) -> Callable[[Trade], None]:
+        return self._trade_ring(exchange, symbol).append
+
     def on_quote(self, quote: Quote) -> None:
-        """Record a published quote (the bus never passes its stale markers to sinks)."""
+        """Record a quote of any key (the bus never passes its stale markers to sinks)."""
         try:
             ring = self._quote_rings_by_exchange[quote.exchange][quote.symbol]
         except KeyError:
-            ring = self._add_quote_ring(
-                QuoteRing(quote.exchange, quote.symbol, self.quote_capacity)
-            )
+            ring = self._quote_ring(quote.exchange, quote.symbol)
         ring.append(quote)
 
     def on_trade(self, trade: Trade) -> None:
-        """Record a published trade."""
+        """Record a trade of any key."""
         try:
             ring = self._trade_rings_by_exchange[trade.exchange][trade.symbol]
         except KeyError:
-            ring = self._add_trade_ring(
-                TradeRing(trade.exchange, trade.symbol, self.trade_capacity)
-            )
+            ring = self._trade_ring(trade.exchange, trade.symbol)
         ring.append(trade)
+
+    def _quote_ring(self, exchange: str, symbol: str) -> QuoteRing:
+        ring = self._quote_rings.get((exchange, symbol))
+        if ring is None:
+            ring = self._add_quote_ring(QuoteRing(exchange, symbol, self.quote_capacity))
+        return ring
+
+    def _trade_ring(self, exchange: str, symbol: str) -> TradeRing:
+        ring = self._trade_rings.get((exchange, symbol))
+        if ring is None:
+            ring = self._add_trade_ring(TradeRing(exchange, symbol, self.trade_capacity))
+        return ring
 
     def _add_quote_ring(self, ring: QuoteRing, **context: str) -> QuoteRing:
         self._quote_rings[ring.key] = ring

@@ -31,10 +31,15 @@ class ConsolidatedView:
         self._by_symbol: dict[str, dict[str, Quote]] = {}
 
     def update(self, quote: Quote) -> None:
-        venues = self._by_symbol.get(quote.symbol)
+        self.slot(quote.symbol)[quote.exchange] = quote
+
+    def slot(self, symbol: str) -> dict[str, Quote]:
+        """The live venue -> latest quote mapping of a symbol, created if new: the bus
+        holds it per key and writes each quote straight into it."""
+        venues = self._by_symbol.get(symbol)
         if venues is None:
-            venues = self._by_symbol[quote.symbol] = {}
-        venues[quote.exchange] = quote
+            venues = self._by_symbol[symbol] = {}
+        return venues
 
     def quote(self, exchange: str, symbol: str) -> Quote | None:
         venues = self._by_symbol.get(symbol)

@@ -27,6 +27,7 @@ from daemon.model import (
     Trade,
     split_symbol,
 )
+from daemon.routes import Callbacks
 
 NS = 1_000_000_000
 START_NS = 1_723_161_600 * NS  # 2024-08-09 00:00:00 UTC
@@ -344,7 +345,7 @@ def load_binance_recording(path: Path, venue: str = "binance_spot",
             if event is not None:
                 events.append(event)
         return events
-    parser = BinanceParser(venue, events.append, events.append)
+    parser = BinanceParser(venue, Callbacks(events.append, events.append))
     for local_ns, frame in _lines(path, limit):
         parser.feed(frame, local_ns)
     return events

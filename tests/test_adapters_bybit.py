@@ -27,6 +27,7 @@ from adapters.supervisor import BackoffPolicy, FeedEvent, FeedTimings, Subscript
 from config.settings import VenueSettings
 from daemon.bus import Bus
 from daemon.model import Quote, Trade
+from daemon.routes import Callbacks
 
 BINANCE_SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 BYBIT_FILE = "bybit_linear_xrpusdt_ob500_20241201.jsonl"
@@ -71,7 +72,7 @@ def make_adapter(server: BybitServer, venue: str = "bybit_spot",
 def expected_quotes(server: BybitServer, venue: str = "bybit_spot") -> list[Quote]:
     """What the parser makes of the frames one subscription to every topic receives."""
     quotes: list[Quote] = []
-    parser = BybitParser(venue, quotes.append, lambda trade: None)
+    parser = BybitParser(venue, Callbacks(quotes.append, lambda trade: None))
     state = BybitConnectionState("expected")
     for event in server.events:
         state.topics.setdefault(event.topic, BookTopicState(update_id=100))
@@ -95,7 +96,7 @@ async def test_real_bybit_orderbook_500_frames(request: pytest.FixtureRequest) -
     path = request.getfixturevalue("shared_file")(BYBIT_FILE)
     lines = path.read_bytes().splitlines()
     direct: list[Quote] = []
-    reference = BybitParser("bybit_linear", direct.append, lambda trade: None)
+    reference = BybitParser("bybit_linear", Callbacks(direct.append, lambda trade: None))
     for line in lines:
         reference.feed(line, 0)
     async with BybitServer(bybit_events_from_frames(lines)) as server:

@@ -138,3 +138,30 @@ def test_counters_stay_monotonic_when_a_subscriber_leaves() -> None:
     sub.drain()
     bus.unsubscribe(sub)
     assert bus.counters()["delivered"] == 1 and bus.counters()["conflated"] == 2
+
+
+def test_a_key_route_is_the_same_path_as_publish() -> None:
+    """What a parser publishes through its key's route reaches the view, every sink
+    (including one added after the route was handed out) and the subscribers, and is
+    counted, exactly as through publish_quote / publish_trade."""
+    bus = Bus()
+    early: list[Quote | Trade] = []
+    bus.add_sink(on_quote=early.append, on_trade=early.append)
+    sub = bus.subscribe("s")
+    publish_quote = bus.quote_route("binance_spot", "BTC/USDT")
+    publish_trade = bus.trade_route("binance_spot", "BTC/USDT")
+    late: list[Quote | Trade] = []
+    bus.add_sink(on_quote=late.append)
+
+    first = quote("binance_spot", "BTC/USDT", 1.0, 1)
+    second = quote("binance_spot", "BTC/USDT", 2.0, 2)
+    publish_quote(first)
+    publish_trade(trade("binance_spot", 5.0, 3))
+    bus.publish_quote(second)
+
+    assert bus.view.quote("binance_spot", "BTC/USDT") is second
+    assert [type(e).__name__ for e in early] == ["Quote", "Trade", "Quote"]
+    assert late == [first, second]
+    assert [e.local_ts_ns for e in sub.drain()] == [3, 2]  # the quote conflated
+    counters = bus.counters()
+    assert (counters["published_quotes"], counters["published_trades"]) == (2, 1)

@@ -19,6 +19,7 @@ from daemon.model import (
     Quote,
     Side,
 )
+from daemon.routes import Callbacks
 from strategies.internalize import (
     FlowImbalance,
     InternalizeStrategy,
@@ -453,7 +454,7 @@ def test_end_to_end_on_paper_over_the_recorded_binance_book(tmp_path: Path) -> N
     source = SyntheticFlowSource(symbol, 0.5, 0.3, seed=11, markup_bps=5.0)
     fills = list(source.generate(times[0], times[-1],
                                  lambda ts: mids[max(0, _index_at(times, ts))]))
-    parser = BinanceParser(VENUE, on_quote, on_trade)
+    parser = BinanceParser(VENUE, Callbacks(on_quote, on_trade))
     pending = iter(fills)
     upcoming = next(pending, None)
     for ts_ns, frame, _ in iter_frames(SHARED):

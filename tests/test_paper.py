@@ -23,6 +23,7 @@ from daemon.model import (
     Side,
     Trade,
 )
+from daemon.routes import Callbacks
 
 MS = 1_000_000
 T0 = 1_723_161_254_000 * MS  # 2024-08-08 23:54:14 UTC
@@ -448,7 +449,7 @@ def recorded_events() -> tuple[Quote | Trade, ...]:
     except ImportError:
         parser = None
     else:
-        parser = BinanceParser(VENUE, events.append, events.append)
+        parser = BinanceParser(VENUE, Callbacks(events.append, events.append))
     with gzip.open(DATA, "rb") as handle:
         for line in handle:
             stamp, _, frame = line.rstrip(b"\n").partition(b" ")

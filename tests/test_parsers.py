@@ -29,6 +29,7 @@ from adapters.parsers import (
 )
 from adapters.replay import SAMPLE_FILES
 from daemon.model import Quote, Trade
+from daemon.routes import Callbacks
 
 SPOT = "binance_spot_btcusdt_20240808.gz"
 USDM = "binance_usdm_btcusdt_20240808.gz"
@@ -57,11 +58,11 @@ class Collected:
         self.resyncs: list[str] = []
 
     def binance(self, venue: str = "binance_spot", **kwargs: Any) -> BinanceParser:
-        return BinanceParser(venue, self.quotes.append, self.trades.append,
+        return BinanceParser(venue, Callbacks(self.quotes.append, self.trades.append),
                              on_resync=self.resyncs.append, **kwargs)
 
     def bybit(self, venue: str = "bybit_linear", **kwargs: Any) -> BybitParser:
-        return BybitParser(venue, self.quotes.append, self.trades.append,
+        return BybitParser(venue, Callbacks(self.quotes.append, self.trades.append),
                            on_resync=self.resyncs.append, **kwargs)
 
 
@@ -642,11 +643,11 @@ def test_key_order_and_text_frames_do_not_matter(spot_ticker: dict[str, Any]) ->
 
 def test_symbols_unknown_to_an_explicit_mapping_are_dropped(spot_ticker: dict[str, Any]) -> None:
     out = Collected()
-    parser = BinanceParser("binance_spot", out.quotes.append, out.trades.append,
+    parser = BinanceParser("binance_spot", Callbacks(out.quotes.append, out.trades.append),
                            symbols={"ETHUSDT": "ETH/USDT"})
     parser.feed(orjson.dumps(spot_ticker), 0)
     assert parser.dropped == {"unknown_symbol": 1}
-    mapped = BinanceParser("binance_spot", out.quotes.append, out.trades.append,
+    mapped = BinanceParser("binance_spot", Callbacks(out.quotes.append, out.trades.append),
                            symbols={"BTCUSDT": "XBT/USDT"})
     mapped.feed(orjson.dumps(spot_ticker), 0)
     assert out.quotes[-1].symbol == "XBT/USDT"
@@ -673,10 +674,10 @@ def test_unified_symbol_derivation(venue: str, venue_symbol: str, unified: str |
 
 
 def test_make_parser_picks_the_venue_parser() -> None:
-    assert isinstance(make_parser("binance_usdm", print, print), BinanceParser)
-    assert isinstance(make_parser("bybit_spot", print, print), BybitParser)
+    assert isinstance(make_parser("binance_usdm", Callbacks()), BinanceParser)
+    assert isinstance(make_parser("bybit_spot", Callbacks()), BybitParser)
     with pytest.raises(ValueError, match="kraken"):
-        make_parser("kraken", print, print)
+        make_parser("kraken", Callbacks())
 
 
 # --- never raise: generated garbage ------------------------------------------------------
@@ -790,3 +791,40 @@ def test_non_finite_and_zero_prices_in_depth_are_dropped(value: str) -> None:
     parser.feed(orjson.dumps(depth), 0)
     assert parser.dropped == {"bad_value": 1}
     assert math.isfinite(sum(parser.counts.values()))
+
+
+def test_set_symbols_stops_a_dropped_symbol_and_renames_a_kept_one(
+    spot_ticker: dict[str, Any],
+) -> None:
+    """A symbol taken out of the set is not published any more, even though the parser
+    remembers a route for it; the symbols that stay keep their sequence state."""
+    out = Collected()
+    parser = BinanceParser("binance_spot", Callbacks(out.quotes.append, out.trades.append),
+                           symbols={"BTCUSDT": "BTC/USDT"})
+    frame = orjson.dumps(spot_ticker)
+    parser.feed(frame, 0)
+    assert [q.symbol for q in out.quotes] == ["BTC/USDT"]
+
+    parser.set_symbols({"ETHUSDT": "ETH/USDT"})
+    newer = {**spot_ticker, "data": {**spot_ticker["data"], "u": spot_ticker["data"]["u"] + 1}}
+    parser.feed(orjson.dumps(newer), 1)
+    assert parser.dropped == {"unknown_symbol": 1}
+    assert len(out.quotes) == 1
+
+    parser.set_symbols({"BTCUSDT": "XBT/USDT"})
+    parser.feed(orjson.dumps(newer), 2)
+    assert [q.symbol for q in out.quotes] == ["BTC/USDT", "XBT/USDT"]
+
+
+def test_bybit_set_symbols_stops_a_dropped_symbol() -> None:
+    out = Collected()
+    parser = BybitParser("bybit_spot", Callbacks(out.quotes.append, out.trades.append),
+                         symbols={"BTCUSDT": "BTC/USDT"})
+    trade = {"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1,
+             "data": [{"T": 1, "s": "BTCUSDT", "S": "Buy", "v": "0.1", "p": "60000",
+                       "i": "t-1", "BT": False}]}
+    parser.feed(orjson.dumps(trade), 0)
+    parser.set_symbols({})
+    parser.feed(orjson.dumps(trade), 1)
+    assert [t.symbol for t in out.trades] == ["BTC/USDT"]
+    assert parser.dropped == {"unknown_symbol": 1}

@@ -14,12 +14,11 @@ from adapters.parsers.binance import BINANCE_VENUES, BinanceParser, detect_binan
 from adapters.parsers.bybit import BYBIT_VENUES, BybitParser
 from adapters.parsers.common import (
     L2Book,
-    QuoteCallback,
     ResyncCallback,
     SymbolMapper,
-    TradeCallback,
     derive_unified_symbol,
 )
+from daemon.routes import MarketSink
 
 __all__ = [
     "BINANCE_VENUES",
@@ -44,11 +43,12 @@ class FrameParser(Protocol):
 
     def reset(self) -> None: ...
 
+    def set_symbols(self, symbols: Mapping[str, str]) -> None: ...
+
 
 def make_parser(
     venue: str,
-    on_quote: QuoteCallback,
-    on_trade: TradeCallback,
+    sink: MarketSink,
     symbols: Mapping[str, str] | None = None,
     *,
     on_resync: ResyncCallback | None = None,
@@ -60,7 +60,7 @@ def make_parser(
     depth book is optional; Bybit's top of book *is* its order-book topic.
     """
     if venue in BINANCE_VENUES:
-        return BinanceParser(venue, on_quote, on_trade, symbols, on_resync=on_resync, books=books)
+        return BinanceParser(venue, sink, symbols, on_resync=on_resync, books=books)
     if venue in BYBIT_VENUES:
-        return BybitParser(venue, on_quote, on_trade, symbols, on_resync=on_resync)
+        return BybitParser(venue, sink, symbols, on_resync=on_resync)
     raise ValueError(f"no frame parser for venue {venue!r}")

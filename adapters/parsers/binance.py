@@ -35,16 +35,15 @@ from adapters.parsers.common import (
     Level,
     Millis,
     Price,
-    QuoteCallback,
     ResyncCallback,
     Size,
     SymbolMapper,
-    TradeCallback,
     as_frame_bytes,
     undecodable_reason,
     validation_reason,
 )
 from daemon.model import Quote, Trade
+from daemon.routes import MarketSink, TradeCallback
 
 BINANCE_VENUES = ("binance_spot", "binance_usdm")
 
@@ -231,15 +230,14 @@ class BinanceParser:
         "_combined_decoders", "_decode_combined_ticker", "_decode_combined_trade",
         "_decode_snapshot", "_depth", "_handlers", "_n_depth", "_n_depth_skipped",
         "_n_other", "_n_quote", "_n_trade", "_orphan_snapshot", "_raw_decoders",
-        "_stream_kinds", "_symbol", "_tickers", "_unified", "_usdm", "depth_quotes",
-        "depth_stats", "dropped", "keep_books", "on_quote", "on_resync", "on_trade", "venue",
+        "_stream_kinds", "_symbol", "_tickers", "_trade_routes", "_usdm", "depth_quotes",
+        "depth_stats", "dropped", "keep_books", "on_resync", "sink", "venue",
     )
 
     def __init__(
         self,
         venue: str,
-        on_quote: QuoteCallback,
-        on_trade: TradeCallback,
+        sink: MarketSink,
         symbols: Mapping[str, str] | None = None,
         *,
         on_resync: ResyncCallback | None = None,
@@ -249,8 +247,7 @@ class BinanceParser:
         if venue not in BINANCE_VENUES:
             raise ValueError(f"BinanceParser venue must be one of {BINANCE_VENUES}, not {venue!r}")
         self.venue = venue
-        self.on_quote = on_quote
-        self.on_trade = on_trade
+        self.sink = sink
         self.on_resync = on_resync
         self.keep_books = books or depth_quotes
         self.depth_quotes = depth_quotes
@@ -260,9 +257,10 @@ class BinanceParser:
         #: Depth sync bookkeeping: applied, stale (older than the snapshot), buffered,
         #: snapshot_requests (on_resync fired), crossed_book.
         self.depth_stats: Counter[str] = Counter()
-        #: known venue symbol -> [unified symbol, last bookTicker update id]
+        #: known venue symbol -> [unified symbol, last bookTicker update id, quote route]
         self._tickers: dict[str, list[Any]] = {}
-        self._unified = self._symbol.cache
+        #: known venue symbol -> (unified symbol, trade route)
+        self._trade_routes: dict[str, tuple[str, TradeCallback]] = {}
         self._depth: dict[str, _DepthState] = {}
         self._orphan_snapshot: DepthSnapshot | None = None
         # Hot counters as plain ints (a Counter increment costs a method call per frame).
@@ -317,6 +315,14 @@ class BinanceParser:
         self._depth.clear()
         self._orphan_snapshot = None
 
+    def set_symbols(self, symbols: Mapping[str, str]) -> None:
+        """Publish exactly these venue -> unified symbols from now on, keeping the books
+        and sequence state of the symbols that stay."""
+        self._symbol.remap(symbols)
+        for routes in (self._tickers, self._trade_routes):
+            for name in [name for name, route in routes.items() if route[0] != symbols.get(name)]:
+                del routes[name]
+
     def feed(self, frame: bytes | str, local_ts_ns: int) -> None:
         """Parse one frame; publish what it carries, or count why it is dropped."""
         # A combined-stream frame's first bytes name its stream: one dict lookup on them
@@ -348,15 +354,22 @@ class BinanceParser:
                 return
             state[1] = update_id
             self._n_quote += 1
-            self.on_quote(Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
-                                (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
+            state[2](Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
+                           (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
         elif kind is _TRADE:
             try:
                 trade = self._decode_combined_trade(frame).data
             except ValueError:  # msgspec.DecodeError, or bad UTF-8 inside a string
                 self._feed_slow(frame, local_ts_ns)
                 return
-            self._on_trade(trade, local_ts_ns)
+            # Likewise inline for a known symbol and a non-zero size; `_on_trade` otherwise.
+            route = self._trade_routes.get(trade.s)
+            if route is None or trade.q == 0.0:
+                self._on_trade(trade, local_ts_ns)
+                return
+            self._n_trade += 1
+            route[1](Trade(self.venue, route[0], trade.p, trade.q, "sell" if trade.m else "buy",
+                           trade.T * NS_PER_MS, local_ts_ns, str(trade.t)))
         elif not self.keep_books and kind is _DEPTH:
             self._n_depth_skipped += 1
         else:
@@ -486,7 +499,8 @@ class BinanceParser:
             if symbol is None:
                 self.dropped["unknown_symbol"] += 1
                 return
-            state = self._tickers[ticker.s] = [symbol, -1]
+            state = self._tickers[ticker.s] = [
+                symbol, -1, self.sink.quote_route(self.venue, symbol)]
         update_id = ticker.u
         last = state[1]
         if update_id <= last:
@@ -495,32 +509,43 @@ class BinanceParser:
         state[1] = update_id
         self._n_quote += 1
         # USD-M: T is the matching-engine time of the top change, E when it was sent.
-        self.on_quote(Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
-                            (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
+        state[2](Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
+                       (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
 
     def _on_trade(self, trade: TradeEvent, local_ts_ns: int) -> None:
-        symbol = self._unified.get(trade.s) or self._symbol(trade.s)
-        if symbol is None:
+        route = self._trade_routes.get(trade.s) or self._trade_route(trade.s)
+        if route is None:
             self.dropped["unknown_symbol"] += 1
             return
         if trade.q == 0.0:
             self.dropped["bad_value"] += 1
             return
         self._n_trade += 1
-        self.on_trade(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
-                            trade.T * NS_PER_MS, local_ts_ns, str(trade.t)))
+        symbol, publish = route
+        publish(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
+                      trade.T * NS_PER_MS, local_ts_ns, str(trade.t)))
 
     def _on_agg_trade(self, trade: AggTradeEvent, local_ts_ns: int) -> None:
-        symbol = self._unified.get(trade.s) or self._symbol(trade.s)
-        if symbol is None:
+        route = self._trade_routes.get(trade.s) or self._trade_route(trade.s)
+        if route is None:
             self.dropped["unknown_symbol"] += 1
             return
         if trade.q == 0.0:
             self.dropped["bad_value"] += 1
             return
         self._n_trade += 1
-        self.on_trade(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
-                            trade.T * NS_PER_MS, local_ts_ns, f"a{trade.a}"))
+        symbol, publish = route
+        publish(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
+                      trade.T * NS_PER_MS, local_ts_ns, f"a{trade.a}"))
+
+    def _trade_route(self, venue_symbol: str) -> tuple[str, TradeCallback] | None:
+        """(unified symbol, trade route) of a known symbol, remembered; None if unknown."""
+        symbol = self._symbol(venue_symbol)
+        if symbol is None:
+            return None
+        route = self._trade_routes[venue_symbol] = (
+            symbol, self.sink.trade_route(self.venue, symbol))
+        return route
 
     # --- depth ------------------------------------------------------------------------------
 
@@ -635,8 +660,9 @@ class BinanceParser:
         if symbol is None:
             return
         exchange_ms = diff.T or diff.E
-        self.on_quote(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
-                            exchange_ms * NS_PER_MS, local_ts_ns, diff.u))
+        publish = self.sink.quote_route(self.venue, symbol)
+        publish(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
+                      exchange_ms * NS_PER_MS, local_ts_ns, diff.u))
 
     def _lose_sync(self, venue_symbol: str, state: _DepthState) -> None:
         state.synced = False

@@ -18,7 +18,7 @@ Trades: `publicTrade.<SYMBOL>`; `data` is a list of prints, `S` the taker side.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -30,16 +30,15 @@ from adapters.parsers.common import (
     Level,
     Millis,
     Price,
-    QuoteCallback,
     ResyncCallback,
     Size,
     SymbolMapper,
-    TradeCallback,
     as_frame_bytes,
     undecodable_reason,
     validation_reason,
 )
 from daemon.model import Quote, Trade
+from daemon.routes import MarketSink, QuoteCallback, TradeCallback
 
 BYBIT_VENUES = ("bybit_spot", "bybit_linear")
 
@@ -97,16 +96,14 @@ class BybitParser:
     def __init__(
         self,
         venue: str,
-        on_quote: QuoteCallback,
-        on_trade: TradeCallback,
+        sink: MarketSink,
         symbols: Mapping[str, str] | None = None,
         on_resync: ResyncCallback | None = None,
     ) -> None:
         if venue not in BYBIT_VENUES:
             raise ValueError(f"BybitParser venue must be one of {BYBIT_VENUES}, not {venue!r}")
         self.venue = venue
-        self.on_quote = on_quote
-        self.on_trade = on_trade
+        self.sink = sink
         self.on_resync = on_resync
         self._symbol = SymbolMapper(venue, symbols)
         self.dropped: Counter[str] = Counter()
@@ -116,6 +113,9 @@ class BybitParser:
         #: Book sync bookkeeping: snapshot_requests (on_resync fired).
         self.depth_stats: Counter[str] = Counter()
         self._books: dict[str, _TopicBook] = {}
+        #: known venue symbol -> (unified symbol, route), for quotes and for trades
+        self._quote_routes: dict[str, tuple[str, QuoteCallback]] = {}
+        self._trade_routes: dict[str, tuple[str, TradeCallback]] = {}
         self._decode_book = msgspec.json.Decoder(BookMessage, strict=False).decode
         self._decode_trades = msgspec.json.Decoder(TradeMessage, strict=False).decode
 
@@ -133,6 +133,14 @@ class BybitParser:
     def reset(self) -> None:
         """Forget all books (call on reconnect: resubscribing sends fresh snapshots)."""
         self._books.clear()
+
+    def set_symbols(self, symbols: Mapping[str, str]) -> None:
+        """Publish exactly these venue -> unified symbols from now on, keeping the books
+        of the symbols that stay (a new parser would make every book resubscribe)."""
+        self._symbol.remap(symbols)
+        for routes in (self._quote_routes, self._trade_routes):
+            for name in [name for name, route in routes.items() if route[0] != symbols.get(name)]:
+                del routes[name]
 
     def feed(self, frame: bytes | str, local_ts_ns: int) -> None:
         """Parse one message; publish what it carries, or count why it is dropped."""
@@ -239,28 +247,40 @@ class BybitParser:
         if top[0] >= top[2]:
             self.dropped["crossed"] += 1
             return
-        symbol = self._symbol(data.s)
-        if symbol is None:
+        route = self._quote_routes.get(data.s) or self._route(data.s, self._quote_routes,
+                                                               self.sink.quote_route)
+        if route is None:
             self.dropped["unknown_symbol"] += 1
             return
         state.last_top = top
         self.counts["quote"] += 1
-        self.on_quote(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
-                            (message.cts or message.ts) * NS_PER_MS, local_ts_ns,
-                            data.seq or data.u))
+        symbol, publish = route
+        publish(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
+                      (message.cts or message.ts) * NS_PER_MS, local_ts_ns, data.seq or data.u))
 
     def _on_trades(self, message: TradeMessage, local_ts_ns: int) -> None:
         for trade in message.data:
-            symbol = self._symbol(trade.s)
-            if symbol is None:
+            route = self._trade_routes.get(trade.s) or self._route(
+                trade.s, self._trade_routes, self.sink.trade_route)
+            if route is None:
                 self.dropped["unknown_symbol"] += 1
                 continue
             if trade.v == 0.0:
                 self.dropped["bad_value"] += 1
                 continue
             self.counts["trade"] += 1
-            self.on_trade(Trade(self.venue, symbol, trade.p, trade.v, _TAKER_SIDE[trade.S],
-                                trade.T * NS_PER_MS, local_ts_ns, trade.i))
+            symbol, publish = route
+            publish(Trade(self.venue, symbol, trade.p, trade.v, _TAKER_SIDE[trade.S],
+                          trade.T * NS_PER_MS, local_ts_ns, trade.i))
+
+    def _route(self, venue_symbol: str, routes: dict[str, tuple[str, Any]],
+               route_of: Callable[[str, str], Any]) -> tuple[str, Any] | None:
+        """(unified symbol, the sink's route) of a known symbol, remembered in `routes`."""
+        symbol = self._symbol(venue_symbol)
+        if symbol is None:
+            return None
+        route = routes[venue_symbol] = (symbol, route_of(self.venue, symbol))
+        return route
 
     def _request_resync(self, topic: str, state: _TopicBook) -> None:
         # Once per out-of-sync episode: one resubscribe answers every dropped delta.

@@ -37,10 +37,6 @@ from typing import Annotated
 
 import msgspec
 
-from daemon.model import Quote, Trade
-
-QuoteCallback = Callable[[Quote], None]
-TradeCallback = Callable[[Trade], None]
 #: Called with the key of a book that lost sync (Binance: venue symbol, Bybit: topic), so
 #: a live adapter can refetch the snapshot or resubscribe.
 ResyncCallback = Callable[[str], None]
@@ -121,6 +117,14 @@ class SymbolMapper:
         if len(self.cache) < 10_000:
             self.cache[venue_symbol] = unified
         return unified
+
+    def remap(self, symbols: Mapping[str, str]) -> None:
+        """Accept exactly these venue -> unified symbols from now on: every other name
+        maps to None, so frames of a dropped symbol still in flight count as unknown."""
+        self._explicit = True
+        for name in self.cache:
+            self.cache[name] = None
+        self.cache.update(symbols)
 
 
 def validation_reason(error: msgspec.ValidationError) -> str:
