@@ -44,6 +44,7 @@ class Subscription:
 
     __slots__ = (
         "_pending_quotes",
+        "_signalled",
         "_trades",
         "_wakeup",
         "conflated",
@@ -62,17 +63,20 @@ class Subscription:
         self._pending_quotes: dict[Key, tuple[int, Quote]] = {}
         self._trades: deque[tuple[int, Trade]] = deque()
         self._wakeup = asyncio.Event()
+        # Mirrors "_wakeup is set": a publish skips the set() call when it is already set.
+        self._signalled = False
         self.conflated = 0
         self.delivered = 0
         self.trades_dropped = 0
 
-    def _offer_quote(self, seq: int, quote: Quote) -> None:
+    def _offer_quote(self, seq: int, key: Key, quote: Quote) -> None:
         pending = self._pending_quotes
-        key = (quote.exchange, quote.symbol)
         if pending.pop(key, None) is not None:
             self.conflated += 1
         pending[key] = (seq, quote)
-        self._wakeup.set()
+        if not self._signalled:
+            self._signalled = True
+            self._wakeup.set()
 
     def _offer_trade(self, seq: int, trade: Trade) -> None:
         trades = self._trades
@@ -83,7 +87,9 @@ class Subscription:
                 log.warning("trade_queue_overflow", subscriber=self.name,
                             dropped=self.trades_dropped, capacity=self.trade_capacity)
         trades.append((seq, trade))
-        self._wakeup.set()
+        if not self._signalled:
+            self._signalled = True
+            self._wakeup.set()
 
     @property
     def pending(self) -> int:
@@ -112,8 +118,7 @@ class Subscription:
             event = self.get_nowait()
             if event is not None:
                 return event
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            await self._sleep()
 
     def drain(self) -> list[Quote | Trade]:
         """Everything pending, in publish order (for consumers that work in batches)."""
@@ -125,8 +130,12 @@ class Subscription:
     async def wait(self) -> None:
         """Return once at least one event is pending."""
         while not self.pending:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        self._signalled = False
+        self._wakeup.clear()
+        await self._wakeup.wait()
 
     def __aiter__(self) -> AsyncIterator[Quote | Trade]:
         return self._iterate()
@@ -139,12 +148,13 @@ class Subscription:
 class QuoteChannel:
     """The quote path of one (exchange, symbol): view slot, sink routes, subscribers."""
 
-    __slots__ = ("_bus", "_latest", "exchange", "published", "routes", "symbol")
+    __slots__ = ("_bus", "_latest", "exchange", "key", "published", "routes", "symbol")
 
     def __init__(self, bus: Bus, exchange: str, symbol: str) -> None:
         self._bus = bus
         self.exchange = exchange
         self.symbol = symbol
+        self.key = (exchange, symbol)
         self._latest = bus.view.slot(symbol)
         self.routes: tuple[QuoteCallback, ...] = ()
         self.published = 0
@@ -156,7 +166,7 @@ class QuoteChannel:
         for route in self.routes:
             route(quote)
         if self._bus._subscriptions:
-            self._bus._offer_quote(quote)
+            self._bus._offer_quote(self.key, quote)
 
 
 class TradeChannel:
@@ -291,10 +301,10 @@ class Bus:
             channel = self._trade_channel(trade.exchange, trade.symbol)
         channel.publish(trade)
 
-    def _offer_quote(self, quote: Quote) -> None:
+    def _offer_quote(self, key: Key, quote: Quote) -> None:
         self._seq += 1
         for subscription in self._subscriptions:
-            subscription._offer_quote(self._seq, quote)
+            subscription._offer_quote(self._seq, key, quote)
 
     def _offer_trade(self, trade: Trade) -> None:
         self._seq += 1
@@ -313,7 +323,7 @@ class Bus:
         stale = replace(latest, stale=True)
         self.stale_marks += 1
         self.view.update(stale)
-        self._offer_quote(stale)
+        self._offer_quote((exchange, symbol), stale)
         return stale
 
     # -- counters -------------------------------------------------------------------------
