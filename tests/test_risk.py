@@ -337,3 +337,23 @@ def test_a_failing_kill_handler_does_not_stop_the_others() -> None:
     late: list[str] = []
     switch.on_fire(lambda why, now: late.append(why))  # registered after firing: runs at once
     assert late == ["x"]
+
+
+def test_a_fee_in_a_third_asset_is_priced_at_its_market_or_set_aside() -> None:
+    """A BNB fee is worth BNB/USDT's mid in USDT, not its face value; with no BNB market
+    it is kept out of the P&L and accounted as unpriced."""
+    def bnb_fill(fee: float) -> Fill:
+        return Fill("c1", VENUE, SYMBOL, Side.BUY, 1_000.0, 1.0, fee, "BNB", "taker", at(0))
+
+    blind = RiskGate(risk(max_order_notional=100_000.0))
+    blind.on_quote(quote(0))
+    blind.on_fill(bnb_fill(0.01))
+    assert blind.daily_pnl(at(0)) == pytest.approx(0.0)
+    assert blind.unpriced_fees == {"BNB": pytest.approx(0.01)}
+
+    priced = RiskGate(risk(max_order_notional=100_000.0))
+    priced.on_quote(quote(0))
+    priced.on_quote(Quote(VENUE, "BNB/USDT", 499.0, 1.0, 501.0, 1.0, at(0), at(0)))
+    priced.on_fill(bnb_fill(0.01))
+    assert priced.daily_pnl(at(0)) == pytest.approx(-5.0)  # 0.01 BNB x 500
+    assert not priced.unpriced_fees

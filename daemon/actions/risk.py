@@ -20,7 +20,10 @@ that starts with the name of the limit it hit:
 Positions are what trading did since start, per base asset, summed over venues, spot and
 perps (a spot long hedged by a perp short is flat), not the account balances: a market
 maker funded with 0.5 BTC holds no position until it trades. P&L is in quote currency;
-markets quoted in different stablecoins are summed as if they were one.
+markets quoted in different stablecoins are summed as if they were one. A fee charged in a
+third asset (BNB on Binance) is converted at the mid of that asset's market against the
+fill's quote currency when the gate sees its quotes (e.g. BNB/USDT subscribed); otherwise
+it is left out of the P&L, added to `unpriced_fees` and warned about once per asset.
 
 The gate learns from the events it sees: quotes (`on_quote`), accepted submissions
 (`on_submitted`), acks and fills (`on_ack`, `on_fill`). `GatedExecutor` (daemon/actions/
@@ -30,10 +33,12 @@ gate.py) wires all of that in front of an executor.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass
 
 from config.settings import RiskSettings
 from daemon.actions.ratelimit import TokenBucket
+from daemon.logs import get_logger
 from daemon.model import (
     Decision,
     Fill,
@@ -45,6 +50,8 @@ from daemon.model import (
     Side,
     split_symbol,
 )
+
+log = get_logger("risk")
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_DAY = 86_400 * _NS_PER_S
@@ -89,6 +96,8 @@ class RiskGate:
         self._day_start_pnl = 0.0
         #: Set once the daily loss limit is hit; cleared at the next UTC day.
         self.loss_breach: str | None = None
+        #: Fees in a third asset with no market to price them: not in the P&L.
+        self.unpriced_fees: Counter[str] = Counter()
 
     # --- events ---------------------------------------------------------------------------
 
@@ -127,9 +136,7 @@ class RiskGate:
         if market is None:
             market = self._markets[key] = _Market(_base_asset(fill.symbol))
         market.qty += sign * fill.qty
-        # Binance charges buys in the asset received: a fee in base is worth fee x price.
-        fee = fill.fee * fill.price if fill.fee_asset == market.asset else fill.fee
-        market.cash -= sign * fill.price * fill.qty + fee
+        market.cash -= sign * fill.price * fill.qty + self._fee_in_quote(fill)
         quote = self._quotes.get(fill.venue, {}).get(fill.symbol)
         market.mark = quote.mid if quote is not None and not quote.stale else fill.price
         self._positions[market.asset] = self._positions.get(market.asset, 0.0) + sign * fill.qty
@@ -137,6 +144,35 @@ class RiskGate:
         if pending is not None:
             self._release_pending(pending, min(fill.qty, pending.qty))
         return self._check_loss(fill.ts_ns)
+
+    def _fee_in_quote(self, fill: Fill) -> float:
+        """The fill's fee in its market's quote currency (0 when it cannot be priced)."""
+        if not fill.fee:
+            return 0.0
+        base, quote_asset = split_symbol(fill.symbol)
+        if fill.fee_asset == quote_asset:
+            return fill.fee
+        if fill.fee_asset == base:  # Binance charges buys in the asset received
+            return fill.fee * fill.price
+        rate = self._fee_rate(fill.fee_asset, quote_asset, fill.venue)
+        if rate is not None:
+            return fill.fee * rate
+        if not self.unpriced_fees[fill.fee_asset]:
+            log.warning("fee_unpriced", asset=fill.fee_asset, quote=quote_asset,
+                        hint=f"subscribe {fill.fee_asset}/{quote_asset} to count these fees "
+                             "in the daily loss")
+        self.unpriced_fees[fill.fee_asset] += fill.fee
+        return 0.0
+
+    def _fee_rate(self, asset: str, quote_asset: str, venue: str) -> float | None:
+        """Mid of asset/quote on the fill's venue, else on any venue, if the gate has one."""
+        symbol = f"{asset}/{quote_asset}"
+        candidates = [self._quotes.get(venue, {}).get(symbol)]
+        candidates += [quotes.get(symbol) for quotes in self._quotes.values()]
+        for quote in candidates:
+            if quote is not None and not quote.stale and quote.mid > 0.0:
+                return quote.mid
+        return None
 
     # --- the check ------------------------------------------------------------------------
 
