@@ -39,6 +39,7 @@ from adapters.parsers.common import (
     Size,
     SymbolMapper,
     as_frame_bytes,
+    forget_remapped,
     undecodable_reason,
     validation_reason,
 )
@@ -319,9 +320,8 @@ class BinanceParser:
         """Publish exactly these venue -> unified symbols from now on, keeping the books
         and sequence state of the symbols that stay."""
         self._symbol.remap(symbols)
-        for routes in (self._tickers, self._trade_routes):
-            for name in [name for name, route in routes.items() if route[0] != symbols.get(name)]:
-                del routes[name]
+        forget_remapped(self._tickers, symbols)
+        forget_remapped(self._trade_routes, symbols)
 
     def feed(self, frame: bytes | str, local_ts_ns: int) -> None:
         """Parse one frame; publish what it carries, or count why it is dropped."""
@@ -513,19 +513,14 @@ class BinanceParser:
                        (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
 
     def _on_trade(self, trade: TradeEvent, local_ts_ns: int) -> None:
-        route = self._trade_routes.get(trade.s) or self._trade_route(trade.s)
-        if route is None:
-            self.dropped["unknown_symbol"] += 1
-            return
-        if trade.q == 0.0:
-            self.dropped["bad_value"] += 1
-            return
-        self._n_trade += 1
-        symbol, publish = route
-        publish(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
-                      trade.T * NS_PER_MS, local_ts_ns, str(trade.t)))
+        self._publish_trade(trade, str(trade.t), local_ts_ns)
 
     def _on_agg_trade(self, trade: AggTradeEvent, local_ts_ns: int) -> None:
+        self._publish_trade(trade, f"a{trade.a}", local_ts_ns)
+
+    def _publish_trade(self, trade: TradeEvent | AggTradeEvent, trade_id: str,
+                       local_ts_ns: int) -> None:
+        """Every check, in order; `feed` inlines the common case of a plain trade."""
         route = self._trade_routes.get(trade.s) or self._trade_route(trade.s)
         if route is None:
             self.dropped["unknown_symbol"] += 1
@@ -536,7 +531,7 @@ class BinanceParser:
         self._n_trade += 1
         symbol, publish = route
         publish(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
-                      trade.T * NS_PER_MS, local_ts_ns, f"a{trade.a}"))
+                      trade.T * NS_PER_MS, local_ts_ns, trade_id))
 
     def _trade_route(self, venue_symbol: str) -> tuple[str, TradeCallback] | None:
         """(unified symbol, trade route) of a known symbol, remembered; None if unknown."""

@@ -34,6 +34,7 @@ from adapters.parsers.common import (
     Size,
     SymbolMapper,
     as_frame_bytes,
+    forget_remapped,
     undecodable_reason,
     validation_reason,
 )
@@ -138,9 +139,8 @@ class BybitParser:
         """Publish exactly these venue -> unified symbols from now on, keeping the books
         of the symbols that stay (a new parser would make every book resubscribe)."""
         self._symbol.remap(symbols)
-        for routes in (self._quote_routes, self._trade_routes):
-            for name in [name for name, route in routes.items() if route[0] != symbols.get(name)]:
-                del routes[name]
+        forget_remapped(self._quote_routes, symbols)
+        forget_remapped(self._trade_routes, symbols)
 
     def feed(self, frame: bytes | str, local_ts_ns: int) -> None:
         """Parse one message; publish what it carries, or count why it is dropped."""

@@ -33,7 +33,7 @@ import heapq
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -125,6 +125,13 @@ class SymbolMapper:
         for name in self.cache:
             self.cache[name] = None
         self.cache.update(symbols)
+
+
+def forget_remapped(routes: dict[str, Any], symbols: Mapping[str, str]) -> None:
+    """Drop the remembered routes (values starting with the unified symbol) of venue
+    symbols that a `set_symbols` took out or renamed; they are resolved again if seen."""
+    for name in [name for name, route in routes.items() if route[0] != symbols.get(name)]:
+        del routes[name]
 
 
 def validation_reason(error: msgspec.ValidationError) -> str:
