@@ -46,6 +46,9 @@ log = get_logger("runner")
 
 T = TypeVar("T")
 
+#: "Never" on the feed clock: later than any event time (int64 max).
+NEVER_NS = 2**63 - 1
+
 
 class RiskCheck(Protocol):
     """The risk gate as the runner sees it: a reason to refuse an intent, or None."""
@@ -85,7 +88,10 @@ class StrategyRunner:
         self._dispatching = False
         interval = strategy.timer_interval_s
         self._timer_ns = int(interval * 1e9) if interval else 0
-        self._next_timer_ns = 0
+        #: Feed time from which the next market event fires the strategy timer (the first
+        #: event only arms it); NEVER_NS without a timer. Public so a backtest can tell
+        #: which events may be skipped (daemon/backtest_skip.py).
+        self.next_timer_ns = 0 if self._timer_ns else NEVER_NS
         executor.listener = self
         strategy.bind(market, account, clock)
 
@@ -94,13 +100,13 @@ class StrategyRunner:
     def on_quote(self, quote: Quote) -> None:
         self.executor.on_quote(quote)
         self._deliver(self.strategy.on_quote, quote)
-        if quote.local_ts_ns >= self._next_timer_ns:  # most events: no timer due, no call
+        if quote.local_ts_ns >= self.next_timer_ns:  # most events: no timer due, no call
             self._fire_timer(quote.local_ts_ns)
 
     def on_trade(self, trade: Trade) -> None:
         self.executor.on_trade(trade)
         self._deliver(self.strategy.on_trade, trade)
-        if trade.local_ts_ns >= self._next_timer_ns:
+        if trade.local_ts_ns >= self.next_timer_ns:
             self._fire_timer(trade.local_ts_ns)
 
     def advance(self, now_ns: int) -> None:
@@ -142,11 +148,11 @@ class StrategyRunner:
     # -- internals -----------------------------------------------------------------------
 
     def _fire_timer(self, now_ns: int) -> None:
-        if not self._timer_ns or now_ns < self._next_timer_ns:
+        if not self._timer_ns or now_ns < self.next_timer_ns:
             return
-        if self._next_timer_ns:  # the first event only arms the timer
+        if self.next_timer_ns:  # the first event only arms the timer
             self._deliver(self.strategy.on_timer, now_ns)
-        self._next_timer_ns = now_ns + self._timer_ns
+        self.next_timer_ns = now_ns + self._timer_ns
 
     def _deliver(self, callback: Callable[[T], Decision | None], event: T) -> None:
         """`_dispatch(lambda: callback(event))`, without the two closures when idle.

@@ -187,6 +187,9 @@ class ArbitrageStrategy:
         self._venues_of = {s: [v for v, vs in self.venues.items()
                                if (vs.market_type == "linear") == is_perp_symbol(s)]
                            for s in self.symbols}
+        # Every leg it may trade: on_quote ignores any other market, on_trade every trade.
+        self.market_keys: frozenset[tuple[str, str]] | None = frozenset(
+            (venue, symbol) for symbol, venues in self._venues_of.items() for venue in venues)
         # Per-event constants, looked up once here rather than on every quote.
         self._assets_of = {s: split_symbol(s) for s in self.symbols}
         self._taker_fee = {v: vs.taker_fee_bps * BPS for v, vs in self.venues.items()}

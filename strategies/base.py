@@ -45,6 +45,14 @@ class Strategy(Protocol):
     name: str
     #: The runner calls `on_timer` this often (seconds of the feed clock); None = never.
     timer_interval_s: float | None
+    #: The (exchange, symbol) markets the strategy trades and reads, or None for "any".
+    #: A strategy that declares them promises that `on_quote`/`on_trade` of any other
+    #: market return None and change nothing, that it reads the `MarketView` only for
+    #: these markets and sends orders only in them. A backtest then skips the other
+    #: markets' events whenever nothing else is due (daemon/backtest_skip.py), so their
+    #: quotes are not in the market view there. Optional: a strategy without the
+    #: attribute is treated as None.
+    market_keys: frozenset[tuple[str, str]] | None
 
     def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None: ...
 

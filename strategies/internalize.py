@@ -250,6 +250,9 @@ class InternalizeStrategy:
         self.max_order_notional = max_order_notional
         self.flatten_on_kill = flatten_on_kill
         self._fee_rates = {venue: bps * FEE_PER_BPS for venue, bps in hedge_venues.items()}
+        # The hedge markets: on_quote ignores any other market, on_trade every trade.
+        self.market_keys: frozenset[tuple[str, str]] | None = frozenset(
+            (venue, symbol) for venue in hedge_venues)
         self._primary_venue = next(iter(hedge_venues))
         self._throttle_ns = int(quote_throttle_s * NS_PER_SECOND)
         self.portfolio = Portfolio(symbol, initial_balances, horizon_s)

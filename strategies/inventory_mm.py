@@ -145,6 +145,9 @@ class InventoryMMStrategy:
         self.settings = settings
         self.venue = settings.venue
         self.symbol = settings.symbol
+        # The one market it quotes and reads: on_quote/on_trade return None for any other.
+        self.market_keys: frozenset[tuple[str, str]] | None = frozenset(
+            {(settings.venue, settings.symbol)})
         self.base_asset, self.quote_asset = split_symbol(settings.symbol)
         self.tick = float(rules["tick"])
         self.lot = float(rules["lot"])

@@ -86,6 +86,14 @@ class KillSwitch:
         self._next_poll_ns = now_ns + self._poll_interval_ns
         return self.check_flag_file(now_ns)
 
+    @property
+    def next_poll_ns(self) -> int | None:
+        """Feed time from which `poll` next looks at the flag file; None when it never will
+        (no flag file, or the switch has fired)."""
+        if self.active or self.flag_file is None:
+            return None
+        return self._next_poll_ns
+
     def check_flag_file(self, now_ns: int | None = None) -> bool:
         if not self.active and self.flag_file is not None and self.flag_file.exists():
             self.fire(f"flag file {self.flag_file} present", now_ns)

@@ -382,6 +382,15 @@ class PaperExecutor(ExecutionEvents):
     def open_order_count(self) -> int:
         return len(self._open)
 
+    @property
+    def next_event_ns(self) -> int | None:
+        """Feed time of the earliest pending arrival, cancel or `call_at` callback; None
+        when nothing is pending. Until then a market event of a market we have no order in
+        changes nothing here but the clock (a backtest skips such events on that basis,
+        daemon/backtest_skip.py)."""
+        events = self._events
+        return events[0][0] if events else None
+
     def on_quote(self, quote: Quote) -> None:
         now = quote.local_ts_ns
         if self._events and self._events[0][0] <= now:

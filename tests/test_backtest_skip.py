@@ -1,0 +1,141 @@
+"""The exact skip of a backtest: what each component promises about events it need not see.
+
+A backtest may skip an event only when it provably changes nothing: its market is outside
+the strategy's declared `market_keys` and nothing is due before it (strategy timer, paper
+latency events, kill-switch poll, balance snapshot, client fill). These tests pin each
+of those promises down on its own; tests/test_backtest.py checks the whole on real data.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import strategies
+from adapters.replay import SAMPLE_FILES, ReplayFeed, ReplaySpec
+from config.settings import ExecutionSettings, RiskSettings, VenueSettings, load_settings
+from daemon.actions.killswitch import KillSwitch
+from daemon.actions.paper import PaperExecutor
+from daemon.model import ClientFill, OrderIntent, OrderType, Quote, Side, Trade
+from daemon.runner import NEVER_NS, StrategyRunner
+from daemon.sinks import MemorySink
+from tests.strategy_fakes import FakeAccount, FakeClock, FakeMarket, RollingVolatility
+
+MS = 1_000_000
+
+
+async def sample_events() -> list[Quote | Trade]:
+    """The shipped sample (Binance spot and USD-M BTCUSDT, merged by receive time), the
+    USD-M file also presented as a second spot venue, so an arbitrage has two legs."""
+    spot, usdm = SAMPLE_FILES
+    specs = [ReplaySpec(spot), ReplaySpec(usdm, "bybit_spot", "BTC/USDT"), ReplaySpec(usdm)]
+    events: list[Quote | Trade] = []
+    await ReplayFeed(specs, events.append, events.append).run()
+    return events
+
+
+def strategy_state(strategy: object) -> bytes:
+    """Everything a strategy holds, serialised (the injected clock and views left out)."""
+    state = {name: value for name, value in vars(strategy).items()
+             if not callable(value) and name not in ("_market", "_account", "_walk")}
+    return pickle.dumps(state)
+
+
+@pytest.mark.parametrize("name", ["inventory-mm", "arbitrage", "internalize"])
+async def test_strategies_ignore_every_market_outside_their_declared_keys(name: str) -> None:
+    settings = load_settings({"strategies": {"internalize": {"symbol": "BTC/USDT"}}},
+                             env_file=None)
+    strategy = strategies.build(name, settings)
+    declared = strategy.market_keys
+    assert declared, f"{name} declares no markets"
+    market, clock = FakeMarket(), FakeClock()
+    for key in declared:
+        market.rolling[key] = RollingVolatility(360.0)
+    strategy.bind(market, FakeAccount({v: {"BTC": 1.0, "USDT": 1e5} for v, _ in declared}),
+                  clock)
+    events = await sample_events()
+    foreign = own = 0
+    for event in events:
+        clock.now_ns = event.local_ts_ns
+        callback: Any = strategy.on_quote if type(event) is Quote else strategy.on_trade
+        if event.key in declared:
+            own += 1
+            if type(event) is Quote:
+                market.publish(event)
+            if own == 1:  # the snapshot does see what a market of its own changes
+                before = strategy_state(strategy)
+                callback(event)
+                assert strategy_state(strategy) != before
+            else:
+                callback(event)
+            if name == "internalize" and own % 500 == 0:  # inventory to re-evaluate
+                side = Side.BUY if own % 1000 else Side.SELL
+                strategy.on_client_fill(ClientFill(clock.now_ns, "BTC/USDT", side, 0.5,  # type: ignore[attr-defined]
+                                                   60_000.0))
+            continue
+        foreign += 1
+        before = strategy_state(strategy)
+        assert callback(event) is None
+        assert strategy_state(strategy) == before, f"{name} changed on {event}"
+    assert foreign > 5_000 and own > 5_000  # both kinds of market really were exercised
+
+
+def test_the_runner_says_when_its_timer_is_due() -> None:
+    class Timed:
+        name = "timed"
+        timer_interval_s: float | None = 1.0
+
+        def __init__(self) -> None:
+            self.ticks: list[int] = []
+
+        def bind(self, *_: object) -> None: ...
+
+        def on_quote(self, quote: Quote) -> None: ...
+
+        def on_timer(self, now_ns: int) -> None:
+            self.ticks.append(now_ns)
+
+    strategy = Timed()
+    paper = PaperExecutor({}, ExecutionSettings())
+    runner = StrategyRunner(strategy, paper, MemorySink(), FakeMarket(), paper,  # type: ignore[arg-type]
+                            clock=lambda: 0)
+    assert runner.next_timer_ns == 0  # the first event arms the timer
+    quote = Quote("x", "A/B", 1.0, 1.0, 2.0, 1.0, 0, 5_000 * MS)
+    runner.on_quote(quote)
+    assert runner.next_timer_ns == 6_000 * MS and strategy.ticks == []
+    runner.advance(6_000 * MS)
+    assert strategy.ticks == [6_000 * MS] and runner.next_timer_ns == 7_000 * MS
+    strategy.timer_interval_s = None
+    untimed = StrategyRunner(strategy, PaperExecutor({}), MemorySink(), FakeMarket(),  # type: ignore[arg-type]
+                             paper, clock=lambda: 0)
+    assert untimed.next_timer_ns == NEVER_NS
+
+
+def test_the_paper_executor_says_when_its_next_latency_event_is_due() -> None:
+    paper = PaperExecutor({"v": VenueSettings(balances={"USDT": 1e6})},
+                          ExecutionSettings(submit_latency_ms=20, cancel_latency_ms=30))
+    assert paper.next_event_ns is None
+    paper.on_quote(Quote("v", "BTC/USDT", 100.0, 1.0, 101.0, 1.0, 0, 1_000 * MS))
+    intent = OrderIntent("v", "BTC/USDT", Side.BUY, OrderType.LIMIT, 1.0, 99.0)
+    paper.submit(intent, 1_000 * MS)
+    assert paper.next_event_ns == 1_020 * MS
+    paper.cancel(intent.client_order_id, 1_010 * MS)
+    paper.advance(1_020 * MS)  # arrived and resting; the cancel lands 30 ms after it was sent
+    assert paper.next_event_ns == 1_040 * MS
+    paper.advance(1_040 * MS)
+    assert paper.next_event_ns is None and paper.open_order_count() == 0
+
+
+def test_the_kill_switch_says_when_it_next_polls_its_flag_file(tmp_path: Path) -> None:
+    assert KillSwitch(RiskSettings()).next_poll_ns is None  # no flag file: never
+    flag = tmp_path / "stop"
+    switch = KillSwitch(RiskSettings(kill_switch_file=flag), poll_interval_s=1.0)
+    assert switch.next_poll_ns is not None and switch.next_poll_ns <= 0  # at the first event
+    switch.poll(5_000 * MS)
+    assert switch.next_poll_ns == 6_000 * MS
+    flag.touch()
+    switch.poll(6_000 * MS)
+    assert switch.active and switch.next_poll_ns is None
