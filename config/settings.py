@@ -128,7 +128,9 @@ _NATIVE_DEFAULTS: dict[str, dict[str, Any]] = {
         "feed": "native",
         "ccxt_id": "binanceusdm",
         "market_type": "linear",
-        "ws_url": "wss://fstream.binance.com/ws",
+        # Binance split USD-M WebSockets by data category and retired the legacy /ws and
+        # /stream on 2026-04-23; bookTicker, trade and depth are "public" streams.
+        "ws_url": "wss://fstream.binance.com/public/ws",
         "rest_url": "https://fapi.binance.com",
         "maker_fee_bps": 2.0,
         "taker_fee_bps": 5.0,

@@ -77,6 +77,9 @@ def test_combined_stream_url_derived_from_the_raw_base() -> None:
         "btcusdt@bookTicker/btcusdt@trade/ethusdt@bookTicker/ethusdt@trade")
     assert combined_stream_url("ws://127.0.0.1:1234/stream", ["a@trade"]).endswith(
         "/stream?streams=a@trade")
+    # USD-M since Binance's 2026 split: bookTicker, trade and depth are public streams.
+    assert combined_stream_url("wss://fstream.binance.com/public/ws", ["btcusdt@trade"]) == (
+        "wss://fstream.binance.com/public/stream?streams=btcusdt@trade")
     assert streams_for(["BTC/USDT:USDT"], depth=True) == [
         "btcusdt@bookTicker", "btcusdt@trade", "btcusdt@depth@100ms"]
 

@@ -38,7 +38,7 @@ def write_toml(path: Path, url: str) -> Path:
 def test_defaults_are_the_real_venues() -> None:
     settings = load_settings()
     assert ws_url(settings) == "wss://stream.binance.com:9443/ws"
-    assert settings.venues["binance_usdm"].ws_url == "wss://fstream.binance.com/ws"
+    assert settings.venues["binance_usdm"].ws_url == "wss://fstream.binance.com/public/ws"
     assert settings.venues["bybit_spot"].ws_url == "wss://stream.bybit.com/v5/public/spot"
     assert settings.venues["bybit_linear"].ws_url == "wss://stream.bybit.com/v5/public/linear"
     assert settings.venues["binance_usdm"].rest_url == "https://fapi.binance.com"
