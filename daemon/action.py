@@ -197,8 +197,7 @@ async def _trade(app: App, runner: StrategyRunner, executor: GatedExecutor,
 def _start_client_flow(app: App, runner: StrategyRunner,
                        clock: FeedClock) -> asyncio.Task[int] | None:
     """Client fills for strategies that take them (internalize), from the configured source."""
-    on_client_fill = getattr(runner.strategy, "on_client_fill", None)
-    if on_client_fill is None:
+    if not hasattr(runner.strategy, "on_client_fill"):
         return None
     from daemon.flow import build_flow_source, run_flow
 
@@ -209,8 +208,4 @@ def _start_client_flow(app: App, runner: StrategyRunner,
         return quote.mid if quote is not None and not quote.stale else None
 
     source = build_flow_source(app.settings, mid=mid, clock=clock)
-
-    def deliver(fill: Any) -> None:
-        runner.call(lambda: on_client_fill(fill))
-
-    return asyncio.create_task(run_flow(source, deliver), name="client-flow")
+    return asyncio.create_task(run_flow(source, runner.on_client_fill), name="client-flow")

@@ -254,11 +254,10 @@ class Backtest:
         """Client fills due before this market event, each at its own time."""
         if self.flow is None:
             self.flow = build_client_flow(self.settings, self.bus, until_ns)
-        on_client_fill = self._on_client_fill
         for fill in self.flow.due(until_ns):
             self.clock.advance_to(fill.ts_ns)
             self.runner.advance(self.clock.now_ns)
-            self.runner.call(lambda fill=fill: on_client_fill(fill))
+            self.runner.on_client_fill(fill)
 
     # -- the end of the data -----------------------------------------------------------
 

@@ -452,7 +452,7 @@ def build_flow_source(settings: Any, mid: MidSource | None = None,
 async def run_flow(source: FlowSource, deliver: Callable[[ClientFill], object]) -> int:
     """Pump every fill of `source` into `deliver` (e.g. the runner); returns the count.
 
-    Live wiring: `deliver = lambda fill: runner.call(lambda: strategy.on_client_fill(fill))`.
+    Live wiring: `deliver = runner.on_client_fill` (risk gate first, then the strategy).
     """
     count = 0
     async for fill in source:

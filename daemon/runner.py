@@ -29,6 +29,7 @@ from daemon.actions.base import Executor
 from daemon.actions.errors import TransferRefused
 from daemon.logs import get_logger
 from daemon.model import (
+    ClientFill,
     Decision,
     Fill,
     OrderAck,
@@ -115,8 +116,17 @@ class StrategyRunner:
         self._fire_timer(now_ns)
 
     def call(self, callback: Callable[[], Decision | None]) -> None:
-        """Run any other strategy callback (e.g. a client fill) through the same path."""
+        """Run any other strategy callback through the same path."""
         self._dispatch(callback)
+
+    def on_client_fill(self, fill: ClientFill) -> None:
+        """A client trade the desk took (internalize): the gated executor's risk gate books
+        it into positions and P&L, then the strategy decides what to do about it."""
+        book = getattr(self.executor, "on_client_fill", None)
+        if book is not None:
+            book(fill)
+        on_client_fill = self.strategy.on_client_fill  # type: ignore[attr-defined]
+        self._dispatch(lambda: on_client_fill(fill))
 
     # -- ExecutionListener -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from daemon.actions.killswitch import KillSwitch
 from daemon.actions.paper import PaperExecutor
 from daemon.actions.risk import RiskGate, rejection_decision
 from daemon.model import (
+    ClientFill,
     Decision,
     Fill,
     OrderAck,
@@ -357,3 +358,26 @@ def test_a_fee_in_a_third_asset_is_priced_at_its_market_or_set_aside() -> None:
     priced.on_fill(bnb_fill(0.01))
     assert priced.daily_pnl(at(0)) == pytest.approx(-5.0)  # 0.01 BNB x 500
     assert not priced.unpriced_fees
+
+
+def test_client_fills_count_in_positions_and_pnl_so_their_hedge_passes() -> None:
+    """A client buys 2 BTC from the desk (desk short 2); the hedge buy of 2 brings the desk
+    back to flat, so a 1 BTC position limit lets it through, and a price move afterwards
+    is no loss: the client trade and the hedge offset. A flatten has no client venue."""
+    gate = RiskGate(risk(max_order_notional=100_000.0, max_position={"BTC": 1.0}))
+    gate.on_quote(quote(0))
+    assert gate.check(intent(Side.BUY, qty=2.0), at(0)).startswith("max position:")
+
+    client = ClientFill(at(0), SYMBOL, Side.BUY, 2.0, 1_010.0, "c", "f1")
+    assert gate.on_client_fill(client) is None
+    assert gate.position("BTC") == pytest.approx(-2.0)
+    assert gate.daily_pnl(at(0)) == pytest.approx(20.0)  # sold 2 at 1010, marked at 1000
+
+    hedge = intent(Side.BUY, qty=2.0, price=1_001.0, cid="h1")
+    assert gate.check(hedge, at(0)) is None
+    gate.on_submitted(hedge)
+    gate.on_fill(fill(Side.BUY, 2.0, 1_001.0, cid="h1"))
+    assert gate.position("BTC") == pytest.approx(0.0)
+    gate.on_quote(quote(1, bid=899.0, ask=901.0))  # -100: flat, so no loss
+    assert gate.daily_pnl(at(1)) == pytest.approx(18.0)
+    assert gate.market_positions() == {(VENUE, SYMBOL): pytest.approx(2.0)}

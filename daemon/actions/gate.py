@@ -25,6 +25,7 @@ from daemon.actions.killswitch import KillSwitch
 from daemon.actions.risk import RiskGate, rejection_decision
 from daemon.logs import get_logger
 from daemon.model import (
+    ClientFill,
     Fill,
     OrderAck,
     OrderIntent,
@@ -113,6 +114,12 @@ class GatedExecutor(ExecutionEvents):
     def advance(self, now_ns: int) -> None:
         self.executor.advance(now_ns)
         self.kill_switch.poll(now_ns)
+
+    def on_client_fill(self, fill: ClientFill) -> None:
+        """A client trade the desk took: positions and P&L, like a fill of ours."""
+        breach = self.gate.on_client_fill(fill)
+        if breach is not None:
+            self.kill_switch.fire(breach, fill.ts_ns)
 
     # --- ExecutionListener (events from the executor behind) ----------------------------------
 

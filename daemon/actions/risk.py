@@ -19,15 +19,19 @@ that starts with the name of the limit it hit:
 
 Positions are what trading did since start, per base asset, summed over venues, spot and
 perps (a spot long hedged by a perp short is flat), not the account balances: a market
-maker funded with 0.5 BTC holds no position until it trades. P&L is in quote currency;
+maker funded with 0.5 BTC holds no position until it trades. Client trades the desk took
+(`on_client_fill`, internalize) count too, booked in a market of their own
+(`CLIENT_VENUE`, the symbol) marked at the latest mid of that symbol on any venue: a
+client buy hedged on a venue is flat, so the hedge is not refused as new exposure and a
+price move does not count as a loss. P&L is in quote currency;
 markets quoted in different stablecoins are summed as if they were one. A fee charged in a
 third asset (BNB on Binance) is converted at the mid of that asset's market against the
 fill's quote currency when the gate sees its quotes (e.g. BNB/USDT subscribed); otherwise
 it is left out of the P&L, added to `unpriced_fees` and warned about once per asset.
 
 The gate learns from the events it sees: quotes (`on_quote`), accepted submissions
-(`on_submitted`), acks and fills (`on_ack`, `on_fill`). `GatedExecutor` (daemon/actions/
-gate.py) wires all of that in front of an executor.
+(`on_submitted`), acks and fills (`on_ack`, `on_fill`), client fills (`on_client_fill`).
+`GatedExecutor` (daemon/actions/gate.py) wires all of that in front of an executor.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from config.settings import RiskSettings
 from daemon.actions.ratelimit import TokenBucket
 from daemon.logs import get_logger
 from daemon.model import (
+    ClientFill,
     Decision,
     Fill,
     OrderAck,
@@ -55,6 +60,8 @@ log = get_logger("risk")
 
 _NS_PER_S = 1_000_000_000
 _NS_PER_DAY = 86_400 * _NS_PER_S
+#: The pseudo-venue of client trades: no orders go there, a flatten leaves it alone.
+CLIENT_VENUE = "client"
 _TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
                        OrderStatus.EXPIRED})
 
@@ -109,11 +116,18 @@ class RiskGate:
         venue_quotes[quote.symbol] = quote
         if not self._markets:
             return None
-        market = self._markets.get((quote.exchange, quote.symbol))
-        if market is None or quote.stale:
+        if quote.stale:
             return None
-        market.mark = quote.mid
-        return self._check_loss(quote.local_ts_ns) if market.qty else None
+        markets = self._markets
+        market = markets.get((quote.exchange, quote.symbol))
+        client = markets.get((CLIENT_VENUE, quote.symbol))
+        if client is not None:
+            client.mark = quote.mid
+        if market is not None:
+            market.mark = quote.mid
+        else:
+            market = client
+        return self._check_loss(quote.local_ts_ns) if market is not None and market.qty else None
 
     def on_submitted(self, intent: OrderIntent) -> None:
         """An intent passed the gate and went to the executor: count it as open."""
@@ -145,6 +159,20 @@ class RiskGate:
             self._release_pending(pending, min(fill.qty, pending.qty))
         return self._check_loss(fill.ts_ns)
 
+    def on_client_fill(self, fill: ClientFill) -> str | None:
+        """Book a client trade (the desk's side of it). Returns a new breach, if any."""
+        key = (CLIENT_VENUE, fill.symbol)
+        market = self._markets.get(key)
+        if market is None:
+            market = self._markets[key] = _Market(_base_asset(fill.symbol))
+        delta = fill.desk_base_delta
+        market.qty += delta
+        market.cash -= delta * fill.price
+        mid = self._latest_mid(fill.symbol)
+        market.mark = mid if mid is not None else fill.price
+        self._positions[market.asset] = self._positions.get(market.asset, 0.0) + delta
+        return self._check_loss(fill.ts_ns)
+
     def _fee_in_quote(self, fill: Fill) -> float:
         """The fill's fee in its market's quote currency (0 when it cannot be priced)."""
         if not fill.fee:
@@ -154,7 +182,7 @@ class RiskGate:
             return fill.fee
         if fill.fee_asset == base:  # Binance charges buys in the asset received
             return fill.fee * fill.price
-        rate = self._fee_rate(fill.fee_asset, quote_asset, fill.venue)
+        rate = self._latest_mid(f"{fill.fee_asset}/{quote_asset}")
         if rate is not None:
             return fill.fee * rate
         if not self.unpriced_fees[fill.fee_asset]:
@@ -164,15 +192,12 @@ class RiskGate:
         self.unpriced_fees[fill.fee_asset] += fill.fee
         return 0.0
 
-    def _fee_rate(self, asset: str, quote_asset: str, venue: str) -> float | None:
-        """Mid of asset/quote on the fill's venue, else on any venue, if the gate has one."""
-        symbol = f"{asset}/{quote_asset}"
-        candidates = [self._quotes.get(venue, {}).get(symbol)]
-        candidates += [quotes.get(symbol) for quotes in self._quotes.values()]
-        for quote in candidates:
-            if quote is not None and not quote.stale and quote.mid > 0.0:
-                return quote.mid
-        return None
+    def _latest_mid(self, symbol: str) -> float | None:
+        """Mid of the newest usable quote of a symbol on any venue, if the gate has one."""
+        quotes = [quote for venue_quotes in self._quotes.values()
+                  if (quote := venue_quotes.get(symbol)) is not None
+                  and not quote.stale and quote.mid > 0.0]
+        return max(quotes, key=lambda quote: quote.local_ts_ns).mid if quotes else None
 
     # --- the check ------------------------------------------------------------------------
 
@@ -289,8 +314,10 @@ class RiskGate:
         return self._positions.get(asset, 0.0)
 
     def market_positions(self) -> dict[tuple[str, str], float]:
-        """Net traded qty per (venue, symbol), non-zero only: what a flatten must undo."""
-        return {key: m.qty for key, m in self._markets.items() if abs(m.qty) > 1e-12}
+        """Net traded qty per (venue, symbol), non-zero only: what a flatten must undo.
+        Client trades are not in it: there is no venue to undo them on."""
+        return {key: m.qty for key, m in self._markets.items()
+                if abs(m.qty) > 1e-12 and key[0] != CLIENT_VENUE}
 
     def open_order_count(self) -> int:
         return len(self._pending)
