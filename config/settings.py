@@ -386,6 +386,13 @@ class PostMortemSettings(_Frozen):
     balance_snapshot_interval_s: Duration = 10.0
 
 
+class BacktestSettings(_Frozen):
+    #: Keep each recording's decoded events under data_dir/cache/backtest and reuse them
+    #: (rebuilt when a file changes), and skip events of markets the strategy does not
+    #: trade while nothing is due; off: every frame is parsed and run, one by one.
+    cache: bool = True
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. Field names are a contract: keep them stable."""
 
@@ -414,6 +421,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     book_socket: BookSocketSettings = BookSocketSettings()
     postmortem: PostMortemSettings = PostMortemSettings()
+    backtest: BacktestSettings = BacktestSettings()
 
     @field_validator("venues", mode="before")
     @classmethod

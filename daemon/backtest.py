@@ -25,10 +25,19 @@ snapshotted.
 Deterministic: the same files, settings, seed and `--run-id` give a byte-identical log (no
 wall-clock time, no ring snapshot from disk, client order ids derived from the run id).
 A run id whose log already exists is refused rather than appended to or overwritten.
+
+Fast path (`backtest.cache`, on by default; issue #8): the frames are parsed once and the
+events kept as columns (daemon/backtest_data.py), so a rerun over the same files reads
+them instead of parsing; and events of markets the strategy does not trade are skipped
+while nothing is due (daemon/backtest_skip.py). Events that run take the same path as
+above, one by one; the decision log is byte-identical to the frame-by-frame replay's.
+Skipped events still count in `events`; the result says how many ran (`processed`) and
+whether the cache was hit, built or off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import sys
@@ -47,6 +56,8 @@ from daemon.actions.gate import GatedExecutor
 from daemon.actions.paper import PaperExecutor
 from daemon.actions.risk import RiskGate
 from daemon.actions.transfers import PaperTransfers
+from daemon.backtest_data import QUOTE, BacktestData, CacheStatus, load
+from daemon.backtest_skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
 from daemon.bus import Bus
 from daemon.exports import write_strategy_exports
 from daemon.logs import get_logger
@@ -54,7 +65,8 @@ from daemon.market import RingMarketView
 from daemon.model import ClientFill, Quote, Side, Trade
 from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, decisions_dir
 from daemon.ringbuffer import RingStore
-from daemon.runner import StrategyRunner
+from daemon.runner import NEVER_NS, StrategyRunner
+from strategies.base import MarketView
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -64,6 +76,8 @@ log = get_logger("backtest")
 NS_PER_MS = 1_000_000
 #: The progress bar is refreshed every this many events (a refresh costs ~50 µs).
 PROGRESS_EVERY = 8_192
+#: Replaying columns, yield to the event loop every this many rows (Ctrl-C, progress).
+YIELD_EVERY_ROWS = 8_192
 #: Synthetic arrivals are drawn up to here; the data's end stops them first.
 _FOREVER_NS = 2**62
 
@@ -100,6 +114,14 @@ class BacktestResult:
     log_files: list[Path]
     corrupt_lines: int
     dropped: dict[str, int]
+    #: Where the events came from: "hit", "built", "unsaved" or "off" (CacheStatus).
+    cache: str = CacheStatus.OFF.value
+    #: Events that went through the per-event path; the others were skipped.
+    processed: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.events - self.processed
 
     @property
     def events_per_second(self) -> float:
@@ -109,6 +131,7 @@ class BacktestResult:
         data = dataclasses.asdict(self)
         data["log_files"] = [str(path) for path in self.log_files]
         data["events_per_second"] = self.events_per_second
+        data["skipped"] = self.skipped
         return data
 
 
@@ -125,6 +148,11 @@ class ClientFlow:
         self._next: ClientFill | None = next(fills, None)
         self.delivered = 0
         self.unpriced = 0
+
+    @property
+    def next_ts_ns(self) -> int | None:
+        """Time of the next fill (priced or not when it comes due); None at the end."""
+        return self._next.ts_ns if self._next is not None else None
 
     def due(self, until_ns: int) -> Iterator[ClientFill]:
         """Fills with a time <= until_ns, each priced (if repricing) as it comes due."""
@@ -174,11 +202,16 @@ def build_client_flow(settings: Settings, bus: Bus, start_ns: int) -> ClientFlow
 
 
 class Backtest:
-    """One strategy over recorded files on a simulated clock, logging every record."""
+    """One strategy over recorded files on a simulated clock, logging every record.
+
+    `skip=False` runs every event through the per-event path even from the cache (the
+    parity tests compare it with the exact skip); with `backtest.cache` off the frames are
+    replayed one by one and nothing is skipped.
+    """
 
     def __init__(self, settings: Settings, strategy_name: str, specs: list[ReplaySpec],
                  run_id: str, progress: Callable[[int, int], None] | None = None,
-                 bus: Bus | None = None) -> None:
+                 bus: Bus | None = None, *, skip: bool = True) -> None:
         self.settings = settings
         self.specs = specs
         self.run_id = run_id
@@ -191,31 +224,147 @@ class Backtest:
         self.strategy = strategies.build(strategy_name, settings)
         self.writer = DecisionLogWriter.from_settings(settings, run_id, synchronous=True,
                                                       clock=self.clock)
+        self._on_client_fill = getattr(self.strategy, "on_client_fill", None)
+        #: Markets whose events always run; None: every event runs (no exact skip).
+        self.interest = self._interest() if skip and settings.backtest.cache else None
+        sink: GuardedSink | DecisionLogWriter = self.writer
+        market: MarketView = RingMarketView(self.bus.view, self.rings, self.clock)
+        if self.interest is not None:  # a strategy breaking its promise fails loudly
+            sink = GuardedSink(self.writer, self.interest, self.strategy.name)
+            market = GuardedMarketView(market, self.interest, self.strategy.name)
         self.paper = PaperExecutor.from_settings(settings, run_id)
-        self.executor = GatedExecutor(self.paper, RiskGate(settings.risk), sink=self.writer)
-        market = RingMarketView(self.bus.view, self.rings, self.clock)
+        self.executor = GatedExecutor(self.paper, RiskGate(settings.risk), sink=sink)
         self.runner = StrategyRunner(
-            self.strategy, self.executor, self.writer, market, account=self.executor,
+            self.strategy, self.executor, sink, market, account=self.executor,
             clock=self.clock, transfers=PaperTransfers(self.paper, settings.execution),
         )
         self.executor.kill_switch.on_fire(lambda why, _now: self.runner.kill(why))
         self.snapshots = BalanceSnapshots(
             self.writer, self.executor, settings.enabled_venues(),
             settings.postmortem.balance_snapshot_interval_s, self.strategy.name)
-        self._on_client_fill = getattr(self.strategy, "on_client_fill", None)
         self.flow: ClientFlow | None = None
         self._progress = progress
+        self._next_progress = NEVER_NS
         self.events = 0
+        self.processed = 0
+        self.cache = CacheStatus.OFF
+
+    def _interest(self) -> frozenset[tuple[str, str]] | None:
+        """The strategy's declared markets, plus what the client flow reads, or None."""
+        declared = getattr(self.strategy, "market_keys", None)
+        if declared is None:
+            return None
+        interest = set(declared)
+        if self._on_client_fill is not None:
+            own = self.settings.strategies.internalize
+            interest.add((own.venue, own.symbol))  # client fills are priced off its mid
+        return frozenset(interest)
 
     async def run(self) -> BacktestResult:
         started = time.perf_counter()
-        feed = ReplayFeed(self.specs, self.on_quote, self.on_trade, speed=None)
+        if self._progress is not None:
+            self._next_progress = PROGRESS_EVERY
         try:
-            stats = await feed.run()
+            data: BacktestData | None = None
+            if self.settings.backtest.cache:
+                data, self.cache = await load(self.specs, self.settings.data_dir)
+            if data is None:
+                stats = await ReplayFeed(self.specs, self.on_quote, self.on_trade,
+                                         speed=None).run()
+                self.processed = self.events
+            else:
+                await self._run_columns(data)
+                stats = data.stats
             self._finish()
         finally:
             self.writer.close()
         return self._result(stats, time.perf_counter() - started)
+
+    # -- from columns, with the exact skip -------------------------------------------
+
+    async def _run_columns(self, data: BacktestData) -> None:
+        """Every event of interest through the per-event path, in order; of the others only
+        those at which something is due (daemon/backtest_skip.py)."""
+        interest = self.interest
+        if interest is not None and self._on_client_fill is not None:
+            # The risk gate marks client trades at the newest mid of the flow's symbol on
+            # any venue: every market of that symbol is of interest.
+            symbol = self.settings.strategies.internalize.symbol
+            interest = interest | {key for key in data.keys if key[1] == symbol}
+        plan = SkipPlan(data, interest)
+        rows = plan.rows
+        is_quote = data.kind[rows] == QUOTE
+        quotes = iter(data.quotes(rows[is_quote]))
+        trades = iter(data.trades(rows[~is_quote]))
+        on_quote, on_trade = self.on_quote, self.on_trade
+        start = 0  # the first row not yet run or skipped
+        next_yield = YIELD_EVERY_ROWS
+        for row, gap, quote in zip(rows.tolist(), plan.gap_max, is_quote.tolist(), strict=True):
+            event: Quote | Trade = next(quotes) if quote else next(trades)
+            if gap != NO_GAP:  # rows [start, row) are not of interest
+                if gap >= self._due_ns():
+                    start = self._run_due_rows(plan, data, start, row)
+                if start < row and gap > event.local_ts_ns:
+                    self._catch_up(gap)  # the skipped rows moved the clocks past this one
+            self.events = row
+            if quote:
+                on_quote(event)  # type: ignore[arg-type]
+            else:
+                on_trade(event)  # type: ignore[arg-type]
+            start = row + 1
+            if row >= next_yield:
+                next_yield = row + YIELD_EVERY_ROWS
+                await asyncio.sleep(0)
+        end = len(plan)
+        if start < end:
+            start = self._run_due_rows(plan, data, start, end)
+            if start < end:
+                self._catch_up(plan.running_max[end - 1])
+        self.events = end
+        self.processed += len(rows)
+
+    def _due_ns(self) -> int:
+        """The earliest time at which something besides the strategy's markets is due."""
+        due = self.snapshots.next_ns
+        timer = self.runner.next_timer_ns
+        if timer < due:
+            due = timer
+        pending = self.paper.next_event_ns
+        if pending is not None and pending < due:
+            due = pending
+        if self._on_client_fill is not None:
+            fill = self.flow.next_ts_ns if self.flow is not None else 0
+            if fill is not None and fill < due:
+                due = fill
+        kill_switch = self.executor.kill_switch
+        if kill_switch.flag_file is not None:
+            poll = kill_switch.next_poll_ns
+            if poll is not None and poll < due:
+                due = poll
+        return due
+
+    def _run_due_rows(self, plan: SkipPlan, data: BacktestData, start: int, stop: int) -> int:
+        """Run the rows in [start, stop) at which something is due, skip the others.
+        Returns the row after the last one run (`start` if none was)."""
+        running_max = plan.running_max
+        while (row := plan.first_due(start, stop, self._due_ns())) < stop:
+            event = data.event(row)
+            if start < row and running_max[row - 1] > event.local_ts_ns:
+                self._catch_up(running_max[row - 1])
+            self.events = row
+            if type(event) is Quote:
+                self.on_quote(event)
+            else:
+                self.on_trade(event)  # type: ignore[arg-type]
+            self.processed += 1
+            start = row + 1
+        return start
+
+    def _catch_up(self, ts_ns: int) -> None:
+        """Move the clocks to where skipped rows (out of time order) left them. Nothing is
+        due by then (that is why they were skipped): only the clocks move."""
+        self.clock.advance_to(ts_ns)
+        self.paper.advance(ts_ns)
 
     # -- per event (the hot path) ------------------------------------------------------
 
@@ -247,8 +396,9 @@ class Backtest:
         if now >= self.snapshots.next_ns:  # BalanceSnapshots.maybe_record, inline
             self.snapshots.record_now(now)
         self.events += 1
-        if self._progress is not None and self.events % PROGRESS_EVERY == 0:
-            self._progress(self.events, now)
+        if self.events >= self._next_progress:  # NEVER_NS without a progress bar
+            self._next_progress = self.events + PROGRESS_EVERY
+            self._progress(self.events, now)  # type: ignore[misc]
 
     def _deliver_client_fills(self, until_ns: int) -> None:
         """Client fills due before this market event, each at its own time."""
@@ -290,6 +440,8 @@ class Backtest:
             log_files=existing_logs(self.settings.data_dir, self.run_id),
             corrupt_lines=stats.corrupt_lines,
             dropped=dict(stats.dropped),
+            cache=self.cache.value,
+            processed=self.processed,
         )
 
 
@@ -389,6 +541,8 @@ def _print_result(result: BacktestResult) -> None:
         f"({result.quotes:,} quotes, {result.trades:,} trades) over {span:,.0f} s of data "
         f"in {result.wall_seconds:.2f} s = {result.events_per_second:,.0f} events/s"
     )
+    console.print(f"events: cache {result.cache}; {result.processed:,} through the strategy "
+                  f"path, {result.skipped:,} skipped (other markets, nothing due)")
     if result.client_fills or result.client_fills_unpriced:
         console.print(f"client fills: {result.client_fills:,} delivered, "
                       f"{result.client_fills_unpriced:,} without a market to price them")

@@ -3,23 +3,31 @@ the post-mortem exactly like a live run."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from daemon.backtest import ClientFlow, SimulatedClock, _progress_bar
+import strategies
+from adapters.replay import ReplaySpec
+from config.settings import load_settings
+from daemon.backtest import Backtest, BacktestResult, ClientFlow, SimulatedClock, _progress_bar
+from daemon.backtest_skip import UndeclaredMarket
 from daemon.model import ClientFill, Side
 from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SPOT = REPO / "adapters" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
+SAMPLE_USDM = REPO / "adapters" / "samples" / "binance_usdm_btcusdt_20240808_sample.gz"
 
 
 def run_main(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -141,3 +149,128 @@ def test_client_flow_hands_out_fills_as_the_clock_passes_them() -> None:
     clock.advance_to(7)
     clock.advance_to(3)
     assert clock() == 7
+
+
+# -- the fast path: decoded-event cache and exact skip (issue #8) ---------------------------
+
+
+async def run_engine(data_dir: Path, strategy: str, specs: list[ReplaySpec], *,
+                     cache: bool, skip: bool = True, run_id: str = "parity",
+                     **overrides: Any) -> tuple[BacktestResult, bytes]:
+    """One in-process backtest; its result and decision log (all files, in order)."""
+    settings = load_settings({"data_dir": data_dir, "backtest": {"cache": cache},
+                              **overrides}, env_file=None)
+    result = await Backtest(settings, strategy, specs, run_id, skip=skip).run()
+    return result, b"".join(path.read_bytes() for path in result.log_files)
+
+
+async def assert_fast_path_is_exact(tmp_path: Path, strategy: str, specs: list[ReplaySpec],
+                                    **overrides: Any) -> dict[str, BacktestResult]:
+    """Frame by frame without the cache, building the cache, reading it (with and without
+    the skip): the same decision log, byte for byte, and the same counts."""
+    results: dict[str, BacktestResult] = {}
+    logs: dict[str, bytes] = {}
+    runs = (("frames", False, True), ("built", True, True), ("hit", True, True),
+            ("hit, no skip", True, False))
+    for name, cache, skip in runs:
+        data_dir = tmp_path / name.replace(", ", "-").replace(" ", "-")
+        if name.startswith("hit"):  # the cache built by the run before, nothing else
+            shutil.copytree(tmp_path / "built" / "cache", data_dir / "cache")
+        results[name], logs[name] = await run_engine(data_dir, strategy, specs, cache=cache,
+                                                     skip=skip, **overrides)
+    assert [r.cache for r in results.values()] == ["off", "built", "hit", "hit"]
+    assert logs["frames"], "no decision log"
+    for name in ("built", "hit", "hit, no skip"):
+        assert logs[name] == logs["frames"], f"{strategy}: {name} differs from the frames"
+        for figure in ("events", "quotes", "trades", "records", "first_ts_ns", "last_ts_ns",
+                       "corrupt_lines", "dropped", "client_fills", "client_fills_unpriced"):
+            assert getattr(results[name], figure) == getattr(results["frames"], figure), figure
+    assert results["frames"].processed == results["frames"].events
+    assert results["hit, no skip"].processed == results["hit"].events
+    return results
+
+
+async def test_inventory_mm_decides_the_same_from_the_cache_with_the_skip(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    specs = [ReplaySpec(shared_file("binance_spot_btcusdt_20240808.gz")),
+             ReplaySpec(shared_file("binance_usdm_btcusdt_20240808.gz"))]
+    results = await assert_fast_path_is_exact(tmp_path, "inventory-mm", specs)
+    hit = results["hit"]
+    assert hit.events == 125_199
+    # The 87k USD-M events hardly ever run: only where a timer, order or snapshot was due.
+    assert 37_797 < hit.processed < 40_000
+
+
+async def test_arbitrage_decides_the_same_from_the_cache(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    specs = [ReplaySpec(shared_file("binance_spot_btcusdt_20240808.gz")),
+             ReplaySpec(shared_file("binance_usdm_btcusdt_20240808.gz"), "bybit_spot",
+                        "BTC/USDT")]
+    results = await assert_fast_path_is_exact(tmp_path, "arbitrage", specs)
+    assert results["hit"].processed == results["hit"].events  # both markets are its legs
+
+
+async def test_internalize_with_client_flow_decides_the_same_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    flow = {"symbol": "BTC/USDT", "synthetic_mean_qty": 0.02, "synthetic_rate_hz": 1.0}
+    specs = [ReplaySpec(SAMPLE_SPOT), ReplaySpec(SAMPLE_USDM)]
+    results = await assert_fast_path_is_exact(
+        tmp_path, "internalize", specs, strategies={"internalize": flow})
+    hit = results["hit"]
+    assert hit.client_fills > 20 and hit.processed < hit.events
+
+
+async def test_out_of_order_receive_times_are_skipped_exactly(tmp_path: Path) -> None:
+    """Receive times that step back now and then (say two connections writing one file),
+    in a file that also carries a market the strategy does not trade: the clocks that the
+    skipped events would have moved are caught up, and a row whose own time is early is
+    never taken for one at which something is due."""
+    lines = gzip.decompress(SAMPLE_SPOT.read_bytes()).splitlines(keepends=True)
+    for index in range(len(lines)):
+        stamp, _, frame = lines[index].partition(b" ")
+        if index % 3 == 0:  # a third of the frames become ETHUSDT: skipped
+            frame = frame.replace(b'"s":"BTCUSDT"', b'"s":"ETHUSDT"')
+        if index % 7 == 0:  # 30 ms back
+            stamp = b"%d" % (int(stamp) - 30_000_000)
+        lines[index] = b"%s %s" % (stamp, frame)
+    mixed = tmp_path / "binance_spot_mixed.gz"
+    mixed.write_bytes(gzip.compress(b"".join(lines)))
+    specs = [ReplaySpec(mixed), ReplaySpec(SAMPLE_USDM)]
+    results = await assert_fast_path_is_exact(tmp_path / "runs", "inventory-mm", specs)
+    assert results["hit"].processed < results["hit"].events
+
+
+async def test_a_strategy_that_reads_a_market_it_did_not_declare_fails_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def mislabelled(settings: Any) -> Any:
+        strategy = strategies.build_inventory_mm(settings)
+        strategy.market_keys = frozenset({("binance_usdm", "BTC/USDT:USDT")})
+        return strategy
+
+    monkeypatch.setitem(strategies.STRATEGIES, "inventory-mm", mislabelled)
+    specs = [ReplaySpec(SAMPLE_SPOT), ReplaySpec(SAMPLE_USDM)]
+    with pytest.raises(UndeclaredMarket, match="binance_spot BTC/USDT"):
+        await run_engine(tmp_path, "inventory-mm", specs, cache=True)
+    # Without the skip nothing is refused: the promise only matters to it.
+    result, _ = await run_engine(tmp_path / "no-skip", "inventory-mm", specs, cache=True,
+                                 skip=False)
+    assert result.processed == result.events
+
+
+def test_the_mode_says_whether_the_cache_was_built_hit_or_off(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    built = backtest(data_dir, "inventory-mm", "one", SAMPLE_SPOT, SAMPLE_USDM)
+    assert "cache built" in built.stdout
+    hit = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id", "two",
+                    "--format", "json", "--data", str(SAMPLE_SPOT), str(SAMPLE_USDM)], data_dir)
+    figures = orjson.loads(hit.stdout)
+    assert figures["cache"] == "hit" and figures["events"] == 25_060
+    assert figures["processed"] + figures["skipped"] == figures["events"]
+    assert figures["skipped"] > 10_000  # most USD-M events
+    off = backtest(data_dir, "inventory-mm", "three", SAMPLE_SPOT, SAMPLE_USDM,
+                   CRYPTOPIPE_BACKTEST__CACHE="false")
+    assert "cache off" in off.stdout and " 0 skipped" in off.stdout

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 import strategies
-from adapters.replay import SAMPLE_FILES, ReplayFeed, ReplaySpec
+from adapters.replay import SAMPLE_FILES, ReplayFeed, ReplaySpec, ReplayStats
 from config.settings import ExecutionSettings, RiskSettings, VenueSettings, load_settings
 from daemon.actions.killswitch import KillSwitch
 from daemon.actions.paper import PaperExecutor
+from daemon.backtest_data import BacktestData
+from daemon.backtest_skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan, UndeclaredMarket
 from daemon.model import ClientFill, OrderIntent, OrderType, Quote, Side, Trade
 from daemon.runner import NEVER_NS, StrategyRunner
 from daemon.sinks import MemorySink
@@ -139,3 +141,39 @@ def test_the_kill_switch_says_when_it_next_polls_its_flag_file(tmp_path: Path) -
     flag.touch()
     switch.poll(6_000 * MS)
     assert switch.active and switch.next_poll_ns is None
+
+
+def test_the_skip_plan_finds_rows_of_interest_and_the_first_due_row() -> None:
+    def quote(key: str, ts: int) -> Quote:
+        return Quote(key, "A/B", 1.0, 1.0, 2.0, 1.0, 0, ts)
+
+    #        row:  0        1        2        3         4        5        6
+    events = [quote("x", 10), quote("y", 11), quote("y", 30), quote("y", 20),
+              quote("x", 21), quote("x", 22), quote("y", 25)]
+    data = BacktestData.from_events(events, ReplayStats([]))  # type: ignore[arg-type]
+    plan = SkipPlan(data, frozenset({("x", "A/B")}))
+    assert plan.rows.tolist() == [0, 4, 5]
+    # Row 4 follows skippable rows 1-3, whose times peak at 30; row 5 follows row 4.
+    assert plan.gap_max == [NO_GAP, 30, NO_GAP]
+    assert plan.running_max == [10, 11, 30, 30, 30, 30, 30]
+    # Due at 25: row 3's own time is 20, but row 2 (30) already passed it.
+    assert plan.first_due(1, 4, 25) == 2
+    assert plan.first_due(1, 4, 31) == 4  # nothing due in between: all skippable
+    assert plan.first_due(6, 7, 25) == 6
+    everything = SkipPlan(data, None)
+    assert everything.rows.tolist() == list(range(7)) and set(everything.gap_max) == {NO_GAP}
+
+
+def test_guards_refuse_what_a_strategy_did_not_declare() -> None:
+    market, sink = FakeMarket(), MemorySink()
+    keys = frozenset({("v", "BTC/USDT")})
+    guarded = GuardedMarketView(market, keys, "s")
+    assert guarded.quote("v", "BTC/USDT") is None
+    with pytest.raises(UndeclaredMarket, match="strategy s read the volatility of w BTC/USDT"):
+        guarded.volatility("w", "BTC/USDT", 60.0)
+    guarded_sink = GuardedSink(sink, keys, "s")
+    ok = OrderIntent("v", "BTC/USDT", Side.BUY, OrderType.LIMIT, 1.0, 99.0)
+    guarded_sink.record(ok)
+    with pytest.raises(UndeclaredMarket, match="sent an order to v ETH/USDT"):
+        guarded_sink.record(OrderIntent("v", "ETH/USDT", Side.BUY, OrderType.LIMIT, 1.0, 9.0))
+    assert sink.records == [ok]

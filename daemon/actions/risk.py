@@ -109,7 +109,12 @@ class RiskGate:
     # --- events ---------------------------------------------------------------------------
 
     def on_quote(self, quote: Quote) -> str | None:
-        """Remember the quote; re-mark P&L if we trade this market. Returns a new breach."""
+        """Remember the quote; re-mark P&L if we trade this market. Returns a new breach.
+
+        A backtest skips quotes of markets its strategy does not trade (daemon/
+        backtest_skip.py); that is exact as long as the gate reads stored quotes only of
+        markets with our orders, of the client flow's symbol and of fee assets. Keep it so.
+        """
         venue_quotes = self._quotes.get(quote.exchange)
         if venue_quotes is None:
             venue_quotes = self._quotes[quote.exchange] = {}

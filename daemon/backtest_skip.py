@@ -1,0 +1,135 @@
+"""The exact skip: which of a backtest's events need not go through the per-event path.
+
+A strategy that declares its markets (`Strategy.market_keys`) ignores every other
+market's events: `on_quote`/`on_trade` return None and change nothing (each strategy's
+test pins that down). Such an event still passes through the rest of the per-event path,
+and there it matters only in these ways:
+
+- time: the runner fires the strategy timer on the first event of any market at or after
+  `next_timer_ns`; the paper executor lands pending submits, cancels and transfers on the
+  first event at or after their time (`next_event_ns`); the kill switch polls its flag
+  file (`next_poll_ns`); balance snapshots are taken at the first event at or after
+  `next_ns`; client fills are delivered before the first event at or after their time;
+- the clocks: the simulated clock and the paper executor's clock move to the event's time;
+- its market's state: the bus view, the ring, the risk gate's and the paper executor's
+  latest quote of that market.
+
+So an event may be skipped when its market is not of interest and its time is before the
+earliest of those due times: then it could only have moved the clocks, which the engine
+moves to where the skipped events left them before the next event it runs, and updated
+state of a market that nothing reads -- the strategy reads only its markets, orders go
+only to them, and the risk gate reads quotes only of markets with our orders, of the
+client flow's symbol (its client-trade market is marked at that symbol's newest mid on any
+venue: the backtest adds those markets to the interest) and of a third asset a fee is
+charged in (never on paper, which charges fees in the quote asset). A strategy that breaks
+its promise fails loudly (`GuardedMarketView`, `GuardedSink`) rather than trading on a
+market view that misses the skipped quotes.
+
+Finding the next event to run costs no Python per skipped event: the rows of interest are
+listed once, and the first row at or after a due time is a binary search over the running
+maximum of `local_ts_ns` (the first row whose running maximum reaches the due time is never
+later than the first row whose own time does, so out-of-order data only makes the engine
+run an event more, never skip one it should not). Skipped events still count in
+`events`, so events/s compares with a bare replay, which counts all.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+import numpy as np
+
+from daemon.backtest_data import BacktestData
+from daemon.model import OrderIntent, Quote
+from daemon.sinks import Record, RecordSink
+from strategies.base import MarketView
+
+Key = tuple[str, str]
+#: `SkipPlan.gap_max` of a row of interest with no skippable event just before it.
+NO_GAP = -(2**63)
+
+
+class UndeclaredMarket(RuntimeError):
+    """A strategy read or traded a market outside its `market_keys` while the backtest was
+    skipping that market's events: its results would differ from an unskipped run."""
+
+
+class SkipPlan:
+    """Where a backtest's rows of interest are and how to find the next row that is due."""
+
+    def __init__(self, data: BacktestData, interest: frozenset[Key] | None) -> None:
+        """`interest`: the markets whose every event runs; None runs every event."""
+        running_max = np.maximum.accumulate(data.local_ts_ns)
+        #: Running maximum of local_ts_ns: sorted, so due rows are found by bisection.
+        self.running_max: list[int] = running_max.tolist()
+        if interest is None:
+            rows = np.arange(len(data))
+        else:
+            ids = [index for index, key in enumerate(data.keys) if key in interest]
+            rows = np.flatnonzero(np.isin(data.key, ids))
+        #: Rows whose events always run, in order.
+        self.rows: np.ndarray = rows
+        #: Per row of interest: the running max time of the skippable rows just before it
+        #: (the last of them), or NO_GAP when the row before it is of interest too.
+        gap_max = np.full(len(rows), NO_GAP, dtype=np.int64)
+        if len(rows):
+            previous = np.concatenate(([-1], rows[:-1]))
+            has_gap = rows - previous > 1
+            gap_max[has_gap] = running_max[rows[has_gap] - 1]
+        self.gap_max: list[int] = gap_max.tolist()
+
+    def __len__(self) -> int:
+        return len(self.running_max)
+
+    def first_due(self, start: int, stop: int, due_ns: int) -> int:
+        """The first row in [start, stop) whose running max time reaches `due_ns`; `stop`
+        when there is none (every row in between may be skipped)."""
+        return bisect_left(self.running_max, due_ns, start, stop)
+
+
+class GuardedMarketView:
+    """The strategy's market view, refusing to read a market the backtest may skip."""
+
+    def __init__(self, market: MarketView, keys: frozenset[Key], strategy: str) -> None:
+        self._market = market
+        self._keys = keys
+        self._strategy = strategy
+
+    def quote(self, exchange: str, symbol: str) -> Quote | None:
+        self._check(exchange, symbol, "read the quote of")
+        return self._market.quote(exchange, symbol)
+
+    def volatility(self, exchange: str, symbol: str, window_s: float) -> float:
+        self._check(exchange, symbol, "read the volatility of")
+        return self._market.volatility(exchange, symbol, window_s)
+
+    def trade_rate(self, exchange: str, symbol: str, window_s: float) -> float:
+        self._check(exchange, symbol, "read the trade rate of")
+        return self._market.trade_rate(exchange, symbol, window_s)
+
+    def _check(self, exchange: str, symbol: str, what: str) -> None:
+        if (exchange, symbol) not in self._keys:
+            raise UndeclaredMarket(undeclared(self._strategy, what, exchange, symbol))
+
+
+class GuardedSink:
+    """The decision log as the runner and the gate see it, refusing an order for a market
+    the backtest may skip (every submitted order is recorded before it is sent)."""
+
+    def __init__(self, sink: RecordSink, keys: frozenset[Key], strategy: str) -> None:
+        self._sink = sink
+        self._keys = keys
+        self._strategy = strategy
+
+    def record(self, record: Record) -> None:
+        if type(record) is OrderIntent and (record.venue, record.symbol) not in self._keys:
+            raise UndeclaredMarket(undeclared(self._strategy, "sent an order to",
+                                              record.venue, record.symbol))
+        self._sink.record(record)
+
+
+def undeclared(strategy: str, what: str, exchange: str, symbol: str) -> str:
+    return (f"strategy {strategy} {what} {exchange} {symbol}, not among its market_keys: "
+            "the backtest skips that market's events, so this run would not be exact; "
+            "declare the market (or market_keys = None)")
+
