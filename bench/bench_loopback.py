@@ -249,7 +249,7 @@ def new_bus(with_ring: bool = True) -> tuple[Any, str]:
         return bus, "bus (no ring: daemon.ringbuffer absent)"
     if with_ring:
         ring = RingStore(retention_s=3_600.0)
-        bus.add_sink(on_quote=ring.on_quote, on_trade=ring.on_trade)
+        bus.add_sink(ring)
         return bus, "bus + ring"
     return bus, "bus"
 
@@ -262,8 +262,11 @@ async def run_native(ports: dict[str, int], counts: dict[str, int]) -> float:
     done = asyncio.Event()
     total = sum(counts.values())
 
+    seen = [0]
+
     def check(_: Any) -> None:
-        if bus.published_quotes + bus.published_trades >= total:
+        seen[0] += 1
+        if seen[0] >= total:
             done.set()
 
     bus.add_sink(on_quote=check, on_trade=check)
