@@ -95,6 +95,9 @@ class RiskGate:
         self._rate = TokenBucket(risk.max_orders_per_s, risk.max_orders_per_s)
         self._quotes: dict[str, dict[str, Quote]] = {}
         self._markets: dict[tuple[str, str], _Market] = {}
+        #: The client-trade markets of `_markets` by symbol (looked up on every quote).
+        self._client_markets: dict[str, _Market] = {}
+        self._daily_loss_limit = risk.daily_loss_limit
         self._positions: dict[str, float] = {}
         self._pending: dict[str, _Pending] = {}
         self._pending_buy: dict[str, float] = {}
@@ -115,21 +118,23 @@ class RiskGate:
         backtest_skip.py); that is exact as long as the gate reads stored quotes only of
         markets with our orders, of the client flow's symbol and of fee assets. Keep it so.
         """
-        venue_quotes = self._quotes.get(quote.exchange)
+        # Every quote of a traded market comes here: Quote.mid is written out and client
+        # markets are looked up by symbol alone (no key tuple to build).
+        exchange, symbol = quote.exchange, quote.symbol
+        venue_quotes = self._quotes.get(exchange)
         if venue_quotes is None:
-            venue_quotes = self._quotes[quote.exchange] = {}
-        venue_quotes[quote.symbol] = quote
-        if not self._markets:
-            return None
-        if quote.stale:
-            return None
+            venue_quotes = self._quotes[exchange] = {}
+        venue_quotes[symbol] = quote
         markets = self._markets
-        market = markets.get((quote.exchange, quote.symbol))
-        client = markets.get((CLIENT_VENUE, quote.symbol))
+        if not markets or quote.stale:
+            return None
+        mid = (quote.bid + quote.ask) * 0.5
+        client = self._client_markets.get(symbol) if self._client_markets else None
         if client is not None:
-            client.mark = quote.mid
+            client.mark = mid
+        market = markets.get((exchange, symbol))
         if market is not None:
-            market.mark = quote.mid
+            market.mark = mid
         else:
             market = client
         return self._check_loss(quote.local_ts_ns) if market is not None and market.qty else None
@@ -170,6 +175,7 @@ class RiskGate:
         market = self._markets.get(key)
         if market is None:
             market = self._markets[key] = _Market(_base_asset(fill.symbol))
+            self._client_markets[fill.symbol] = market
         delta = fill.desk_base_delta
         market.qty += delta
         market.cash -= delta * fill.price
@@ -286,7 +292,13 @@ class RiskGate:
 
     def pnl(self) -> float:
         """Realised + unrealised P&L since start, marked at mid (quote currency)."""
-        return sum(m.cash + m.qty * m.mark for m in self._markets.values())
+        markets = self._markets
+        if len(markets) == 1:
+            # What sum() makes of one float (0 + x, which turns -0.0 into 0.0), without the
+            # generator: one market is the common case, and the loss check runs per quote.
+            (market,) = markets.values()
+            return market.cash + market.qty * market.mark + 0.0
+        return sum(m.cash + m.qty * m.mark for m in markets.values())
 
     def daily_pnl(self, now_ns: int) -> float:
         self._roll_day(now_ns)
@@ -302,8 +314,14 @@ class RiskGate:
 
     def _check_loss(self, now_ns: int) -> str | None:
         """The breach reason when this event pushed the day's P&L past the limit."""
-        daily = self.daily_pnl(now_ns)
-        if self.loss_breach is None and daily <= -self.settings.daily_loss_limit:
+        # `daily_pnl`, written out (it runs on every quote of a market we hold), and the
+        # P&L left alone once the day's breach is known: nothing would come of it.
+        if now_ns // _NS_PER_DAY != self._day:
+            self._roll_day(now_ns)
+        if self.loss_breach is not None:
+            return None
+        daily = self.pnl() - self._day_start_pnl
+        if daily <= -self._daily_loss_limit:
             self.loss_breach = (f"daily loss limit: P&L {daily:,.2f} <= "
                                 f"-{self.settings.daily_loss_limit:,.2f}")
             return self.loss_breach
