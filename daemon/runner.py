@@ -182,7 +182,8 @@ class StrategyRunner:
             decision = callback(event)
             if decision is not None:
                 self._apply(decision)
-            self._drain()
+            if self._queue:
+                self._drain()
         finally:
             self._dispatching = False
 

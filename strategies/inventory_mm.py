@@ -155,6 +155,12 @@ class InventoryMMStrategy:
         self.flatten_on_kill = flatten_on_kill
         self.timer_interval_s: float | None = settings.requote_interval_s
         self._requote_ns = int(settings.requote_interval_s * NS_PER_SECOND)
+        # Per-quote constants of `on_quote`'s quick checks (the same values the full
+        # checks compute each time).
+        self._requote_spacing_ns = self._requote_ns // REQUOTE_SPACING_DIVISOR
+        self._price_tolerance = settings.delta_price_bps * BPS
+        self._min_spread_bps = settings.min_market_spread_bps
+        self._loss_floor = -settings.max_loss
         # Account of this strategy's own trades (quote currency, base units).
         self.inventory = 0.0  # q: net base from quoting and flatten fills
         self.position = 0.0  # all fills, including portfolio rebalancing
@@ -196,6 +202,21 @@ class InventoryMMStrategy:
         if self.stopped_reason is not None:
             return None
         now = self._clock()
+        # Most quotes change nothing: the market is usable, no max-loss exit, no requote
+        # due. Those checks written out on the quote's fields, with the very arithmetic of
+        # Quote.mid/spread_bps, `_unusable_reason`, `_check_max_loss` and `_due` (they
+        # were half of this callback's time, which runs for every quote of the market);
+        # when any of them fails, the full path below decides.
+        bid, ask = quote.bid, quote.ask
+        mid = (bid + ask) * 0.5
+        elapsed = now - self._last_eval_ns
+        if (not quote.stale and now - quote.local_ts_ns <= self.stale_after_ns and bid < ask
+                and not (mid > 0 and (ask - bid) / mid * 1e4 < self._min_spread_bps)
+                and self.cash + self.position * mid >= self._loss_floor
+                and not self._dirty and elapsed < self._requote_ns
+                and not (elapsed >= self._requote_spacing_ns
+                         and abs(mid - self._last_eval_mid) > self._price_tolerance * mid)):
+            return None
         unusable = self._unusable_reason(quote, now)
         if unusable is not None:
             return self._skip(now, unusable, quote)
