@@ -61,13 +61,29 @@ def realised_volatility(
     Fewer than two valid rows: (NaN, NaN, 0.0, 0, 0.0). Two or more valid rows that all
     share one timestamp: (NaN, NaN, realised_variance, return_count, 0.0).
     """
-    row_count = local_ts_ns.shape[0]
-    sum_squared_returns = 0.0
-    return_count = 0
-    previous_mid = math.nan
-    first_ts_ns = 0
-    last_ts_ns = 0
-    for row in range(row_count):
+    sum_squared_returns, return_count, _, first_ts_ns, last_ts_ns = accumulate_log_returns(
+        local_ts_ns, bid, ask, 0.0, 0, math.nan, 0, 0
+    )
+    return volatility_of_returns(sum_squared_returns, return_count, first_ts_ns, last_ts_ns)
+
+
+@njit(cache=True, nogil=True)
+def accumulate_log_returns(
+    local_ts_ns: np.ndarray,
+    bid: np.ndarray,
+    ask: np.ndarray,
+    sum_squared_returns: float,
+    return_count: int,
+    previous_mid: float,
+    first_ts_ns: int,
+    last_ts_ns: int,
+) -> tuple[float, int, float, int, int]:
+    """The pass of `realised_volatility` over rows, resumable: given the state a pass over
+    the rows before these ended in (start from `(0.0, 0, NaN, 0, 0)`), returns the state
+    after these, `(sum_squared_returns, return_count, previous_mid, first_ts_ns,
+    last_ts_ns)`. A pass resumed over rows appended since gives exactly what one pass over
+    all of them gives: the same additions in the same order."""
+    for row in range(local_ts_ns.shape[0]):
         mid = _valid_mid(bid[row], ask[row])
         if math.isnan(mid):
             continue
@@ -82,6 +98,14 @@ def realised_volatility(
             return_count += 1
         last_ts_ns = local_ts_ns[row]
         previous_mid = mid
+    return sum_squared_returns, return_count, previous_mid, first_ts_ns, last_ts_ns
+
+
+@njit(cache=True, nogil=True)
+def volatility_of_returns(
+    sum_squared_returns: float, return_count: int, first_ts_ns: int, last_ts_ns: int
+) -> tuple[float, float, float, int, float]:
+    """`realised_volatility`'s result from the state of a finished pass."""
     if return_count == 0:
         return math.nan, math.nan, 0.0, 0, 0.0
     elapsed_seconds = (last_ts_ns - first_ts_ns) / NS_PER_SECOND
