@@ -386,10 +386,11 @@ class Backtest:
         return start
 
     def _catch_up(self, ts_ns: int) -> None:
-        """Move the clocks to where skipped rows (out of time order) left them. Nothing is
-        due by then (that is why they were skipped): only the clocks move."""
+        """Move the clocks to where skipped rows (out of time order) left them; `ts_ns` is
+        the running max time up to the last of them. Nothing was due at their own times
+        (that is why they were skipped), so nothing lands: only the clocks move."""
         self.clock.advance_to(ts_ns)
-        self.paper.advance(ts_ns)
+        self.paper.note_time(ts_ns)
 
     # -- per event (the hot path) ------------------------------------------------------
 

@@ -223,11 +223,14 @@ async def test_internalize_with_client_flow_decides_the_same_from_the_cache(
     assert hit.client_fills > 20 and hit.processed < hit.events
 
 
-async def test_out_of_order_receive_times_are_skipped_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("latency_ms", [20.0, 0.0])
+async def test_out_of_order_receive_times_are_skipped_exactly(tmp_path: Path,
+                                                              latency_ms: float) -> None:
     """Receive times that step back now and then (say two connections writing one file),
     in a file that also carries a market the strategy does not trade: the clocks that the
-    skipped events would have moved are caught up, and a row whose own time is early is
-    never taken for one at which something is due."""
+    skipped events would have moved are caught up (without landing an order sent at the
+    latest time with no latency: only an event at or after that time lands it), and a
+    row whose own time is early is never taken for one at which something is due."""
     lines = gzip.decompress(SAMPLE_SPOT.read_bytes()).splitlines(keepends=True)
     for index in range(len(lines)):
         stamp, _, frame = lines[index].partition(b" ")
@@ -239,7 +242,9 @@ async def test_out_of_order_receive_times_are_skipped_exactly(tmp_path: Path) ->
     mixed = tmp_path / "binance_spot_mixed.gz"
     mixed.write_bytes(gzip.compress(b"".join(lines)))
     specs = [ReplaySpec(mixed), ReplaySpec(SAMPLE_USDM)]
-    results = await assert_fast_path_is_exact(tmp_path / "runs", "inventory-mm", specs)
+    latency = {"submit_latency_ms": latency_ms, "cancel_latency_ms": latency_ms}
+    results = await assert_fast_path_is_exact(tmp_path / "runs", "inventory-mm", specs,
+                                              execution=latency)
     assert results["hit"].processed < results["hit"].events
 
 

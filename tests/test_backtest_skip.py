@@ -129,6 +129,15 @@ def test_the_paper_executor_says_when_its_next_latency_event_is_due() -> None:
     assert paper.next_event_ns == 1_040 * MS
     paper.advance(1_040 * MS)
     assert paper.next_event_ns is None and paper.open_order_count() == 0
+    # Catching the clock up over skipped events lands nothing, not even what is due then.
+    instant = PaperExecutor({"v": VenueSettings(balances={"USDT": 1e6})},
+                            ExecutionSettings(submit_latency_ms=0))
+    instant.submit(OrderIntent("v", "BTC/USDT", Side.BUY, OrderType.LIMIT, 1.0, 99.0),
+                   2_000 * MS)
+    instant.note_time(2_000 * MS)
+    assert instant.next_event_ns == 2_000 * MS and instant.now_ns == 2_000 * MS
+    instant.advance(2_000 * MS)
+    assert instant.next_event_ns is None
 
 
 def test_the_kill_switch_says_when_it_next_polls_its_flag_file(tmp_path: Path) -> None:

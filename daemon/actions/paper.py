@@ -432,6 +432,15 @@ class PaperExecutor(ExecutionEvents):
         """Move the feed clock: process arrivals, cancels and timers due by `now_ns`."""
         self._run_due(now_ns)
 
+    def note_time(self, now_ns: int) -> None:
+        """Move the feed clock to `now_ns` and land nothing: what a market event of a
+        market without our orders does when nothing is due by its own time (a backtest
+        that skipped such events catches the clock up with this). Unlike `advance`, an
+        event due at exactly the clock's newest time waits for the next market event,
+        as it would have."""
+        if now_ns > self._now:
+            self._now = now_ns
+
     # --- hooks for the other paper components (transfers, tests) ----------------------------
 
     def call_at(self, at_ns: int, callback: Callable[[int], None]) -> None:
