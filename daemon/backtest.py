@@ -302,13 +302,15 @@ class Backtest:
         # `publish_quote` would create it.
         quote_routes: dict[int, Callable[[Quote], None]] = {}
         trade_routes: dict[int, Callable[[Trade], None]] = {}
-        bus, clock, snapshots, runner = self.bus, self.clock, self.snapshots, self.runner
+        bus, clock, snapshots = self.bus, self.clock, self.snapshots
+        runner_on_quote, runner_on_trade = self.runner.on_quote, self.runner.on_trade
         deliver = self._deliver_client_fills if self._on_client_fill is not None else None
+        next_quote, next_trade = quotes.__next__, trades.__next__
         start = 0  # the first row not yet run or skipped
-        next_yield = YIELD_EVERY_ROWS
+        next_progress = YIELD_EVERY_ROWS  # and a yield to other tasks
         for row, gap, quote, key in zip(rows.tolist(), plan.gap_max, is_quote.tolist(),
                                         data.key[rows].tolist(), strict=True):
-            event: Quote | Trade = next(quotes) if quote else next(trades)
+            event: Quote | Trade = next_quote() if quote else next_trade()
             now = event.local_ts_ns
             if gap != NO_GAP:  # rows [start, row) are not of interest
                 if gap >= self._due_ns():
@@ -324,27 +326,27 @@ class Backtest:
                 if publish_quote is None:
                     publish_quote = quote_routes[key] = bus.quote_route(*data.keys[key])
                 publish_quote(event)  # type: ignore[arg-type]
-                runner.on_quote(event)  # type: ignore[arg-type]
+                runner_on_quote(event)  # type: ignore[arg-type]
             else:
                 publish_trade = trade_routes.get(key)
                 if publish_trade is None:
                     publish_trade = trade_routes[key] = bus.trade_route(*data.keys[key])
                 publish_trade(event)  # type: ignore[arg-type]
-                runner.on_trade(event)  # type: ignore[arg-type]
+                runner_on_trade(event)  # type: ignore[arg-type]
             if now >= snapshots.next_ns:
                 snapshots.record_now(now)
             start = row + 1
-            if start >= self._next_progress:
-                self.events = start
-                self._report_progress(now)
-            if row >= next_yield:
-                next_yield = row + YIELD_EVERY_ROWS
+            if start >= next_progress:  # every few thousand rows: progress, other tasks
+                next_progress = start + YIELD_EVERY_ROWS
+                if start >= self._next_progress:
+                    self.events = start
+                    self._report_progress(now)
                 await asyncio.sleep(0)
         end = len(plan)
         if start < end:
             start = self._run_due_rows(plan, data, start, end)
             if start < end:
-                self._catch_up(plan.running_max[end - 1])
+                self._catch_up(plan.running_max_at(end - 1))
         self.events = end
         self.processed += len(rows)
 
@@ -371,11 +373,10 @@ class Backtest:
     def _run_due_rows(self, plan: SkipPlan, data: BacktestData, start: int, stop: int) -> int:
         """Run the rows in [start, stop) at which something is due, skip the others.
         Returns the row after the last one run (`start` if none was)."""
-        running_max = plan.running_max
         while (row := plan.first_due(start, stop, self._due_ns())) < stop:
             event = data.event(row)
-            if start < row and running_max[row - 1] > event.local_ts_ns:
-                self._catch_up(running_max[row - 1])
+            if start < row and (skipped_max := plan.running_max_at(row - 1)) > event.local_ts_ns:
+                self._catch_up(skipped_max)
             self.events = row
             if type(event) is Quote:
                 self.on_quote(event)

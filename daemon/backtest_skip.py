@@ -35,8 +35,6 @@ run an event more, never skip one it should not). Skipped events still count in
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 import numpy as np
 
 from daemon.backtest_data import BacktestData
@@ -61,12 +59,12 @@ class SkipPlan:
         """`interest`: the markets whose every event runs; None runs every event."""
         running_max = np.maximum.accumulate(data.local_ts_ns)
         #: Running maximum of local_ts_ns: sorted, so due rows are found by bisection.
-        self.running_max: list[int] = running_max.tolist()
+        self.running_max: np.ndarray = running_max
         if interest is None:
             rows = np.arange(len(data))
         else:
-            ids = [index for index, key in enumerate(data.keys) if key in interest]
-            rows = np.flatnonzero(np.isin(data.key, ids))
+            wanted = np.array([key in interest for key in data.keys] or [False])
+            rows = np.flatnonzero(wanted[data.key])
         #: Rows whose events always run, in order.
         self.rows: np.ndarray = rows
         #: Per row of interest: the running max time of the skippable rows just before it
@@ -79,12 +77,15 @@ class SkipPlan:
         self.gap_max: list[int] = gap_max.tolist()
 
     def __len__(self) -> int:
-        return len(self.running_max)
+        return int(self.running_max.shape[0])
 
     def first_due(self, start: int, stop: int, due_ns: int) -> int:
         """The first row in [start, stop) whose running max time reaches `due_ns`; `stop`
         when there is none (every row in between may be skipped)."""
-        return bisect_left(self.running_max, due_ns, start, stop)
+        return start + int(np.searchsorted(self.running_max[start:stop], due_ns, "left"))
+
+    def running_max_at(self, row: int) -> int:
+        return int(self.running_max[row])
 
 
 class GuardedMarketView:

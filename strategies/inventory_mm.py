@@ -161,6 +161,7 @@ class InventoryMMStrategy:
         self._price_tolerance = settings.delta_price_bps * BPS
         self._min_spread_bps = settings.min_market_spread_bps
         self._loss_floor = -settings.max_loss
+        self._k_auto = settings.k == "auto"
         # Account of this strategy's own trades (quote currency, base units).
         self.inventory = 0.0  # q: net base from quoting and flatten fills
         self.position = 0.0  # all fills, including portfolio rebalancing
@@ -228,9 +229,11 @@ class InventoryMMStrategy:
         return self._requote(now, quote, log_hold=False)
 
     def on_trade(self, trade: Trade) -> Decision | None:
+        if not self._k_auto:  # only the k fit looks at trades
+            return None
         quote = self._last_quote
-        if (self.settings.k != "auto" or trade.exchange != self.venue
-                or trade.symbol != self.symbol or quote is None or quote.crossed):
+        if (trade.exchange != self.venue or trade.symbol != self.symbol or quote is None
+                or quote.crossed):
             return None
         mid = quote.mid
         # Signed by the taker: a buy lifting offers prints above the mid.
