@@ -13,10 +13,10 @@ asks for (`on_resync`) to build a local book by Binance's documented procedure.
 
 Protocol duties: the server pings every 20 s (spot) / 3 min (futures) and drops a
 client that does not pong: our WebSocket client answers every ping as it reads it (and
-pings the server itself every 20 s, to tell a dead TCP connection from a quiet market).
-Binance closes every connection at 24 h, so we reconnect proactively before that
-(`max_connection_age_s`, default 23 h) and at once when the server announces a shutdown
-(`serverShutdown`).
+pings the server itself every `ping_interval_s`, 20 s, to tell a dead TCP connection from
+a quiet market). Binance closes every connection at 24 h, so we reconnect proactively
+before that (`max_connection_age_s`, 23 h) and at once when the server announces a
+shutdown (`serverShutdown`).
 Control messages are limited (5/s spot, 10/s futures): ours are paced. Backwards or
 repeated bookTicker update ids (`u`) are dropped by the parser.
 """
@@ -32,18 +32,12 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from adapters.parsers.binance import BINANCE_VENUES, BinanceParser
-from adapters.stats import VenueStats
 from adapters.supervisor import (
     ConnectionLost,
-    ConnectionSupervisor,
-    FeedListener,
-    FeedTimings,
-    FrameTap,
     PendingReplies,
     ProtocolViolation,
     SubscriptionRejected,
     WebSocketSession,
-    timings_from_settings,
     venue_symbols,
     wait_for_reply,
 )
@@ -56,7 +50,6 @@ from daemon.model import venue_symbol
 log = get_logger("binance")
 
 #: Binance drops connections at 24 h; reconnect on our terms an hour before.
-DEFAULT_MAX_CONNECTION_AGE_S = 23 * 3600.0
 #: Spot allows 5 incoming control messages per second per connection, futures 10.
 CONTROL_MESSAGE_INTERVAL_S = 0.25
 DEPTH_STREAM = "depth@100ms"
@@ -91,31 +84,13 @@ class BinanceAdapter(WebSocketSession):
     """Binance spot or USD-M market data for a set of symbols, supervised; `run()` until
     cancelled. Publishes Quotes (bookTicker) and Trades to the bus."""
 
-    def __init__(
-        self,
-        venue: str,
-        settings: VenueSettings,
-        symbols: Sequence[str],
-        bus: Bus,
-        *,
-        timings: FeedTimings | None = None,
-        max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
-        listeners: Iterable[FeedListener] = (),
-        frame_tap: FrameTap | None = None,
-        stats: VenueStats | None = None,
-    ) -> None:
+    def __init__(self, venue: str, settings: VenueSettings, symbols: Sequence[str], bus: Bus,
+                 **options: Any) -> None:
+        """`options`: see `WebSocketSession` (timings, listeners, frame_tap, stats)."""
         if venue not in BINANCE_VENUES:
             raise ValueError(f"BinanceAdapter venue must be one of {BINANCE_VENUES}, not {venue!r}")
-        if timings is None:
-            timings = timings_from_settings(settings, max_connection_age_s=max_connection_age_s)
-        supervisor = ConnectionSupervisor(venue, bus, symbols, timings, stats=stats,
-                                          listeners=listeners)
-        super().__init__(venue, supervisor)
-        self.settings = settings
-        self.bus = bus
+        super().__init__(venue, settings, symbols, bus, **options)
         self.depth = settings.book_depth > 1
-        self.frame_tap = frame_tap
-        self.symbols: list[str] = list(symbols)
         self.streams: list[str] = streams_for(self.symbols, self.depth)
         self._replies = PendingReplies()
         self._next_request_id = 0

@@ -28,17 +28,11 @@ from typing import Any
 import orjson
 
 from adapters.parsers.bybit import BYBIT_VENUES, BybitParser
-from adapters.stats import VenueStats
 from adapters.supervisor import (
     ConnectionLost,
-    ConnectionSupervisor,
-    FeedListener,
-    FeedTimings,
-    FrameTap,
     PendingReplies,
     SubscriptionRejected,
     WebSocketSession,
-    timings_from_settings,
     venue_symbols,
     wait_for_reply,
 )
@@ -50,7 +44,6 @@ from daemon.model import venue_symbol
 
 log = get_logger("bybit")
 
-PING_INTERVAL_S = 20.0
 #: Order-book depths Bybit v5 publishes, per market.
 BOOK_DEPTHS = {"bybit_spot": (1, 50, 200, 1000), "bybit_linear": (1, 50, 200, 500, 1000)}
 
@@ -74,37 +67,18 @@ class BybitAdapter(WebSocketSession):
     cancelled. Publishes the order book's top as Quotes, and Trades, to the bus."""
 
     #: Bybit's keepalive is its application-level `op: ping` (see `_keepalive`).
-    protocol_ping_interval_s = None
+    PROTOCOL_PINGS = False
 
-    def __init__(
-        self,
-        venue: str,
-        settings: VenueSettings,
-        symbols: Sequence[str],
-        bus: Bus,
-        *,
-        timings: FeedTimings | None = None,
-        ping_interval_s: float = PING_INTERVAL_S,
-        listeners: Iterable[FeedListener] = (),
-        frame_tap: FrameTap | None = None,
-        stats: VenueStats | None = None,
-    ) -> None:
+    def __init__(self, venue: str, settings: VenueSettings, symbols: Sequence[str], bus: Bus,
+                 **options: Any) -> None:
+        """`options`: see `WebSocketSession` (timings, listeners, frame_tap, stats)."""
         if venue not in BYBIT_VENUES:
             raise ValueError(f"BybitAdapter venue must be one of {BYBIT_VENUES}, not {venue!r}")
-        timings = timings or timings_from_settings(settings)
-        supervisor = ConnectionSupervisor(venue, bus, symbols, timings, stats=stats,
-                                          listeners=listeners)
-        super().__init__(venue, supervisor)
-        self.settings = settings
-        self.bus = bus
-        self.frame_tap = frame_tap
+        super().__init__(venue, settings, symbols, bus, **options)
         self.depth = book_depth_for(venue, settings.book_depth)
         if self.depth != settings.book_depth:
             log.info("book_depth_rounded", venue=venue, wanted=settings.book_depth,
                      using=self.depth)
-        # A ping at least twice per silence timeout keeps a quiet connection alive.
-        self.ping_interval_s = min(ping_interval_s, timings.silence_timeout_s / 2)
-        self.symbols: list[str] = list(symbols)
         self.topics: list[str] = topics_for(self.symbols, self.depth)
         self._replies = PendingReplies()
         self._ping_count = 0

@@ -458,6 +458,10 @@ async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
 # --- the shared WebSocket session -----------------------------------------------------------
 
 
+#: Receives every raw frame of a venue with its local receive time (the recorder).
+FrameTap = Callable[[bytes, int], None]
+
+
 class WebSocketSession(ABC):
     """A native venue connection: one socket, frames handed over as they arrive, and
     side tasks.
@@ -471,15 +475,37 @@ class WebSocketSession(ABC):
     """
 
     MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-    #: Our own WebSocket pings (None: none). A pong missing for as long again ends the
-    #: connection: the way to tell a dead TCP connection from a quiet market.
-    protocol_ping_interval_s: float | None = 20.0
+    #: Whether we send WebSocket pings (every `ping_interval_s`; a pong missing for as
+    #: long again ends the connection: the way to tell a dead TCP connection from a quiet
+    #: market). A venue with a ping message of its own sends that instead.
+    PROTOCOL_PINGS: ClassVar[bool] = True
 
-    def __init__(self, venue: str, supervisor: ConnectionSupervisor) -> None:
+    def __init__(
+        self,
+        venue: str,
+        settings: Any,
+        symbols: Sequence[str],
+        bus: Bus,
+        *,
+        timings: FeedTimings | None = None,
+        listeners: Iterable[FeedListener] = (),
+        frame_tap: FrameTap | None = None,
+        stats: VenueStats | None = None,
+    ) -> None:
+        """`settings` is the venue's `VenueSettings`; `timings` (tests) replaces what they
+        say about time limits and backoff."""
+        timings = timings or timings_from_settings(settings)
         self.venue = venue
-        self.supervisor = supervisor
-        self.stats = supervisor.stats
-        self.timings = supervisor.timings
+        self.settings = settings
+        self.bus = bus
+        self.frame_tap = frame_tap
+        self.symbols: list[str] = list(symbols)
+        self.supervisor = ConnectionSupervisor(venue, bus, symbols, timings, stats=stats,
+                                               listeners=listeners)
+        self.stats = self.supervisor.stats
+        self.timings = timings
+        # At least twice per silence timeout, so a quiet connection is kept alive.
+        self.ping_interval_s: float = min(settings.ping_interval_s, timings.silence_timeout_s / 2)
         self.ws: FrameConnection | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._finished: list[asyncio.Task[Any]] = []
@@ -544,8 +570,8 @@ class WebSocketSession(ABC):
             self.spawn(self.on_open(connection), "open")
             if self.timings.max_connection_age_s:
                 self.spawn(_planned_after(self.timings.max_connection_age_s), "max-age")
-            if self.protocol_ping_interval_s:
-                self.spawn(self._keepalive(connection, self.protocol_ping_interval_s), "ping")
+            if self.PROTOCOL_PINGS:
+                self.spawn(self._keepalive(connection, self.ping_interval_s), "ping")
             await self._until_first_ends(connection.closed)
         finally:
             self.ws = None
@@ -650,18 +676,16 @@ class PendingReplies:
                 future.exception()  # retrieved: no "never retrieved" noise for no waiter
 
 
-def timings_from_settings(venue_settings: Any, **overrides: Any) -> FeedTimings:
-    """`FeedTimings` from a `VenueSettings` (its stale/silence limits) plus adapter options."""
-    values: dict[str, Any] = {
-        "silence_timeout_s": venue_settings.silence_timeout_s,
-        "stale_after_s": venue_settings.stale_after_s,
-    }
-    values.update({key: value for key, value in overrides.items() if value is not None})
-    return FeedTimings(**values)
-
-
-#: Receives every raw frame of a venue with its local receive time (the recorder).
-FrameTap = Callable[[bytes, int], None]
+def timings_from_settings(venue_settings: Any) -> FeedTimings:
+    """`FeedTimings` from a `VenueSettings`: stale and silence limits, reconnect backoff,
+    connection age."""
+    return FeedTimings(
+        silence_timeout_s=venue_settings.silence_timeout_s,
+        stale_after_s=venue_settings.stale_after_s,
+        max_connection_age_s=venue_settings.max_connection_age_s,
+        backoff=BackoffPolicy(initial_s=venue_settings.reconnect_initial_s,
+                              max_s=venue_settings.reconnect_max_s),
+    )
 
 
 def venue_symbols(symbols: Sequence[str]) -> dict[str, str]:

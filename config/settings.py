@@ -104,6 +104,19 @@ class VenueSettings(_Frozen):
     stale_after_s: Duration = 10.0
     #: No message at all on the connection for this long: reconnect (half-open socket).
     silence_timeout_s: Duration = 30.0
+    #: Reconnect backoff: the first delay, doubled per failed attempt (with jitter) up to
+    #: `reconnect_max_s`; a connection that stayed up for 30 s starts it over.
+    reconnect_initial_s: Duration = 0.5
+    #: Reconnect backoff: the longest delay between two attempts.
+    reconnect_max_s: Duration = 30.0
+    #: Reconnect on purpose after this long; unset: never. The Binance venues default to
+    #: 23 h (Binance closes every connection at 24 h).
+    max_connection_age_s: Duration | None = None
+    #: Keepalive: a WebSocket ping (Binance) or the venue's own ping message (Bybit)
+    #: this often, at most half the silence timeout.
+    ping_interval_s: Duration = 20.0
+    #: Live trading: orders per second sent to this venue (a token bucket per API key).
+    max_orders_per_s: float = Field(default=10.0, gt=0.0)
     #: Paper trading: starting balances per asset on this venue.
     balances: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
     #: Paper trading market rules per unified symbol: {"tick": 0.01, "lot": 0.00001}.
@@ -121,6 +134,7 @@ _NATIVE_DEFAULTS: dict[str, dict[str, Any]] = {
         "market_type": "spot",
         "ws_url": "wss://stream.binance.com:9443/ws",
         "rest_url": "https://api.binance.com",
+        "max_connection_age_s": 23 * 3600.0,
         "maker_fee_bps": 10.0,
         "taker_fee_bps": 10.0,
     },
@@ -132,6 +146,7 @@ _NATIVE_DEFAULTS: dict[str, dict[str, Any]] = {
         # /stream on 2026-04-23; bookTicker, trade and depth are "public" streams.
         "ws_url": "wss://fstream.binance.com/public/ws",
         "rest_url": "https://fapi.binance.com",
+        "max_connection_age_s": 23 * 3600.0,
         "maker_fee_bps": 2.0,
         "taker_fee_bps": 5.0,
     },

@@ -231,7 +231,7 @@ class LiveExecutor(ExecutionEvents):
         live: bool = False,
         ccxt_overrides: Mapping[str, Any] | None = None,
         websocket: bool = True,
-        orders_per_s: float = 10.0,
+        orders_per_s: float | None = None,
         poll_interval_s: float = 1.0,
         max_submit_attempts: int = 5,
     ) -> None:
@@ -249,9 +249,11 @@ class LiveExecutor(ExecutionEvents):
                                      overrides=ccxt_overrides)
             for venue_id, venue in venues.items()
         }
+        # Each venue's `max_orders_per_s` unless the caller (a test) sets one rate for all.
         self._buckets: dict[str, AsyncTokenBucket] = {
-            venue_id: order_bucket(venue_id, self._exchanges[venue_id].apiKey, orders_per_s)
-            for venue_id in venues
+            venue_id: order_bucket(venue_id, self._exchanges[venue_id].apiKey,
+                                   orders_per_s or venue.max_orders_per_s)
+            for venue_id, venue in venues.items()
         }
         self._orders: dict[str, _LiveOrder] = {}
         self._balances: dict[str, dict[str, float]] = {venue_id: {} for venue_id in venues}
