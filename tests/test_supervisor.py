@@ -332,3 +332,25 @@ def test_a_failing_listener_does_not_break_the_feed() -> None:
     supervisor.listeners.insert(0, broken)
     supervisor.emit("resync", key="x")
     assert [e.kind for e in events] == ["resync"]
+
+
+def test_feed_timings_and_pings_come_from_the_venue_settings() -> None:
+    """Backoff, connection age and keepalive are venue settings: Binance reconnects before
+    its 24 h cut-off by default, Bybit never; a ping interval is held to half the silence
+    timeout so a quiet connection stays alive."""
+    from adapters.binance import BinanceAdapter
+    from adapters.bybit import BybitAdapter
+    from adapters.supervisor import timings_from_settings
+    from config.settings import load_settings
+
+    settings = load_settings({"venues": {"bybit_spot": {
+        "reconnect_initial_s": "2s", "reconnect_max_s": "1m", "ping_interval_s": "40s",
+        "silence_timeout_s": "30s"}}}, env_file=None)
+    binance, bybit = settings.venues["binance_spot"], settings.venues["bybit_spot"]
+    assert timings_from_settings(binance).max_connection_age_s == 23 * 3600.0
+    timings = timings_from_settings(bybit)
+    assert timings.max_connection_age_s is None
+    assert (timings.backoff.initial_s, timings.backoff.max_s) == (2.0, 60.0)
+    bus = Bus()
+    assert BybitAdapter("bybit_spot", bybit, ["BTC/USDT"], bus).ping_interval_s == 15.0
+    assert BinanceAdapter("binance_spot", binance, ["BTC/USDT"], bus).ping_interval_s == 15.0
