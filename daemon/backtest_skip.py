@@ -82,7 +82,10 @@ class SkipPlan:
     def first_due(self, start: int, stop: int, due_ns: int) -> int:
         """The first row in [start, stop) whose running max time reaches `due_ns`; `stop`
         when there is none (every row in between may be skipped)."""
-        return start + int(np.searchsorted(self.running_max[start:stop], due_ns, "left"))
+        # The running max is sorted over all rows: search all of it (no slice to make),
+        # then keep the answer within [start, stop].
+        found = int(self.running_max.searchsorted(due_ns))
+        return start if found < start else stop if found > stop else found
 
     def running_max_at(self, row: int) -> int:
         return int(self.running_max[row])

@@ -212,7 +212,8 @@ class InventoryMMStrategy:
         mid = (bid + ask) * 0.5
         elapsed = now - self._last_eval_ns
         if (not quote.stale and now - quote.local_ts_ns <= self.stale_after_ns and bid < ask
-                and not (mid > 0 and (ask - bid) / mid * 1e4 < self._min_spread_bps)
+                and not (self._min_spread_bps > 0.0 and mid > 0
+                         and (ask - bid) / mid * 1e4 < self._min_spread_bps)
                 and self.cash + self.position * mid >= self._loss_floor
                 and not self._dirty and elapsed < self._requote_ns
                 and not (elapsed >= self._requote_spacing_ns

@@ -137,7 +137,18 @@ class RiskGate:
             market.mark = mid
         else:
             market = client
-        return self._check_loss(quote.local_ts_ns) if market is not None and market.qty else None
+        if market is None or not market.qty:
+            return None
+        now_ns = quote.local_ts_ns
+        if (len(markets) == 1 and self.loss_breach is None
+                and now_ns // _NS_PER_DAY == self._day):
+            # `_check_loss` with one market on the same day, written out: P&L as `pnl`
+            # computes it (the market's mark is the mid just set), nothing to report
+            # unless it crossed the limit (then the full check words the breach).
+            daily = market.cash + market.qty * mid + 0.0 - self._day_start_pnl
+            if daily > -self._daily_loss_limit:
+                return None
+        return self._check_loss(now_ns)
 
     def on_submitted(self, intent: OrderIntent) -> None:
         """An intent passed the gate and went to the executor: count it as open."""
