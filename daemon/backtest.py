@@ -229,9 +229,13 @@ class Backtest:
         self.interest = self._interest() if skip and settings.backtest.cache else None
         sink: GuardedSink | DecisionLogWriter = self.writer
         market: MarketView = RingMarketView(self.bus.view, self.rings, self.clock)
+        #: Trades of the strategy's markets run only when they matter (reads_trades False).
+        self.skip_trades = (self.interest is not None
+                            and not getattr(self.strategy, "reads_trades", True))
         if self.interest is not None:  # a strategy breaking its promise fails loudly
             sink = GuardedSink(self.writer, self.interest, self.strategy.name)
-            market = GuardedMarketView(market, self.interest, self.strategy.name)
+            market = GuardedMarketView(market, self.interest, self.strategy.name,
+                                       reads_trades=not self.skip_trades)
         self.paper = PaperExecutor.from_settings(settings, run_id)
         self.executor = GatedExecutor(self.paper, RiskGate(settings.risk), sink=sink)
         self.runner = StrategyRunner(
@@ -243,6 +247,8 @@ class Backtest:
             self.writer, self.executor, settings.enabled_venues(),
             settings.postmortem.balance_snapshot_interval_s, self.strategy.name)
         self.flow: ClientFlow | None = None
+        self._rare_dues = (self._on_client_fill is not None
+                           or self.executor.kill_switch.flag_file is not None)
         self._progress = progress
         self._next_progress = NEVER_NS
         self.events = 0
@@ -305,18 +311,42 @@ class Backtest:
         bus, clock, snapshots = self.bus, self.clock, self.snapshots
         runner_on_quote, runner_on_trade = self.runner.on_quote, self.runner.on_trade
         deliver = self._deliver_client_fills if self._on_client_fill is not None else None
+        reaches_orders = self.paper.print_reaches_orders if self.skip_trades else None
         next_quote, next_trade = quotes.__next__, trades.__next__
         start = 0  # the first row not yet run or skipped
+        skipped = NO_GAP  # running max time of the rows skipped since the last one run
+        trades_skipped = 0
         next_progress = YIELD_EVERY_ROWS  # and a yield to other tasks
         for row, gap, quote, key in zip(rows.tolist(), plan.gap_max, is_quote.tolist(),
                                         data.key[rows].tolist(), strict=True):
+            if row >= next_progress:  # every few thousand rows: progress, other tasks
+                next_progress = row + YIELD_EVERY_ROWS
+                if row >= self._next_progress:
+                    self.events = row
+                    self._report_progress(clock.now_ns)
+                await asyncio.sleep(0)
             event: Quote | Trade = next_quote() if quote else next_trade()
             now = event.local_ts_ns
+            due = NEVER_NS  # not known yet (nothing is due before this)
             if gap != NO_GAP:  # rows [start, row) are not of interest
-                if gap >= self._due_ns():
+                due = self._due_ns()
+                if gap >= due:
                     start = self._run_due_rows(plan, data, start, row)
-                if start < row and gap > now:
-                    self._catch_up(gap)  # the skipped rows moved the clocks past this one
+                    due = NEVER_NS  # they may have changed it
+                # The running max of rows before this one, if the last of them was skipped.
+                skipped = gap if start < row else NO_GAP
+            if skipped > now:
+                self._catch_up(skipped)  # the skipped rows moved the clocks past this one
+            if (reaches_orders is not None and not quote
+                    and not reaches_orders(event.exchange, event.symbol, event.price)  # type: ignore[union-attr]
+                    and now < (due if due != NEVER_NS else self._due_ns())):
+                # A trade that nothing reads, that fills none of our orders, and by whose
+                # time nothing is due: it changes nothing but the clocks.
+                trades_skipped += 1
+                if now > skipped:
+                    skipped = now
+                continue
+            skipped = NO_GAP
             if deliver is not None:
                 deliver(now)
             if now > clock.now_ns:
@@ -336,19 +366,13 @@ class Backtest:
             if now >= snapshots.next_ns:
                 snapshots.record_now(now)
             start = row + 1
-            if start >= next_progress:  # every few thousand rows: progress, other tasks
-                next_progress = start + YIELD_EVERY_ROWS
-                if start >= self._next_progress:
-                    self.events = start
-                    self._report_progress(now)
-                await asyncio.sleep(0)
         end = len(plan)
         if start < end:
             start = self._run_due_rows(plan, data, start, end)
             if start < end:
                 self._catch_up(plan.running_max_at(end - 1))
         self.events = end
-        self.processed += len(rows)
+        self.processed += len(rows) - trades_skipped
 
     def _due_ns(self) -> int:
         """The earliest time at which something besides the strategy's markets is due."""
@@ -359,6 +383,10 @@ class Backtest:
         pending = self.paper.next_event_ns
         if pending is not None and pending < due:
             due = pending
+        return self._rarely_due(due) if self._rare_dues else due
+
+    def _rarely_due(self, due: int) -> int:
+        """`_due_ns` for what only some runs have: client fills, a kill-switch flag file."""
         if self._on_client_fill is not None:
             fill = self.flow.next_ts_ns if self.flow is not None else 0
             if fill is not None and fill < due:

@@ -25,6 +25,12 @@ charged in (never on paper, which charges fees in the quote asset). A strategy t
 its promise fails loudly (`GuardedMarketView`, `GuardedSink`) rather than trading on a
 market view that misses the skipped quotes.
 
+Trades of the strategy's own markets go the same way when it declares `reads_trades =
+False` (its `on_trade` does nothing, it reads no trade statistics): such a trade matters
+only to the paper executor, when it prints at or through one of our resting orders
+(`PaperExecutor.print_reaches_orders`), or when something is due by its time. That test
+is per trade, made as the engine meets it; it saves ~1.8 us a trade.
+
 Finding the next event to run costs no Python per skipped event: the rows of interest are
 listed once, and the first row at or after a due time is a binary search over the running
 maximum of `local_ts_ns` (the first row whose running maximum reaches the due time is never
@@ -92,12 +98,15 @@ class SkipPlan:
 
 
 class GuardedMarketView:
-    """The strategy's market view, refusing to read a market the backtest may skip."""
+    """The strategy's market view, refusing to read a market the backtest may skip (and
+    trade statistics, when the backtest may skip the trades)."""
 
-    def __init__(self, market: MarketView, keys: frozenset[Key], strategy: str) -> None:
+    def __init__(self, market: MarketView, keys: frozenset[Key], strategy: str,
+                 reads_trades: bool = True) -> None:
         self._market = market
         self._keys = keys
         self._strategy = strategy
+        self._reads_trades = reads_trades
 
     def quote(self, exchange: str, symbol: str) -> Quote | None:
         self._check(exchange, symbol, "read the quote of")
@@ -109,6 +118,10 @@ class GuardedMarketView:
 
     def trade_rate(self, exchange: str, symbol: str, window_s: float) -> float:
         self._check(exchange, symbol, "read the trade rate of")
+        if not self._reads_trades:
+            raise UndeclaredMarket(
+                f"strategy {self._strategy} read the trade rate of {exchange} {symbol} but "
+                "declares reads_trades = False: the backtest skips trades it does not need")
         return self._market.trade_rate(exchange, symbol, window_s)
 
     def _check(self, exchange: str, symbol: str, what: str) -> None:

@@ -166,6 +166,8 @@ class ArbitrageStrategy:
 
     name = "arbitrage"
     timer_interval_s: float | None = 1.0
+    #: Quotes only: on_trade returns None, and no trade statistics are read.
+    reads_trades = False
 
     def __init__(
         self,

@@ -53,6 +53,11 @@ class Strategy(Protocol):
     #: quotes are not in the market view there. Optional: a strategy without the
     #: attribute is treated as None.
     market_keys: frozenset[tuple[str, str]] | None
+    #: False promises that `on_trade` returns None and changes nothing for every trade and
+    #: that the strategy never asks the market view for trade statistics; a backtest then
+    #: runs a trade only when something is due or it reaches one of our resting orders.
+    #: Optional: a strategy without the attribute is treated as True.
+    reads_trades: bool
 
     def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None: ...
 

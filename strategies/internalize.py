@@ -253,6 +253,8 @@ class InternalizeStrategy:
         # The hedge markets: on_quote ignores any other market, on_trade every trade.
         self.market_keys: frozenset[tuple[str, str]] | None = frozenset(
             (venue, symbol) for venue in hedge_venues)
+        # Quotes only: on_trade returns None, and no trade statistics are read.
+        self.reads_trades = False
         self._primary_venue = next(iter(hedge_venues))
         self._throttle_ns = int(quote_throttle_s * NS_PER_SECOND)
         self.portfolio = Portfolio(symbol, initial_balances, horizon_s)

@@ -162,6 +162,8 @@ class InventoryMMStrategy:
         self._min_spread_bps = settings.min_market_spread_bps
         self._loss_floor = -settings.max_loss
         self._k_auto = settings.k == "auto"
+        # Trades feed only the fit of k: with k set, on_trade returns None untouched.
+        self.reads_trades = self._k_auto
         # Account of this strategy's own trades (quote currency, base units).
         self.inventory = 0.0  # q: net base from quoting and flatten fills
         self.position = 0.0  # all fills, including portfolio rebalancing

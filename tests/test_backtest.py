@@ -198,8 +198,10 @@ async def test_inventory_mm_decides_the_same_from_the_cache_with_the_skip(
     results = await assert_fast_path_is_exact(tmp_path, "inventory-mm", specs)
     hit = results["hit"]
     assert hit.events == 125_199
-    # The 87k USD-M events hardly ever run: only where a timer, order or snapshot was due.
-    assert 37_797 < hit.processed < 40_000
+    # The 87k USD-M events hardly ever run, nor the 9.8k spot trades (k is set, so only
+    # the paper executor looks at them): only where a timer, order or snapshot was due,
+    # or a trade printed through a resting order. Every one of the 28k spot quotes runs.
+    assert 28_040 < hit.processed < 30_000
 
 
 async def test_arbitrage_decides_the_same_from_the_cache(
@@ -209,7 +211,25 @@ async def test_arbitrage_decides_the_same_from_the_cache(
              ReplaySpec(shared_file("binance_usdm_btcusdt_20240808.gz"), "bybit_spot",
                         "BTC/USDT")]
     results = await assert_fast_path_is_exact(tmp_path, "arbitrage", specs)
-    assert results["hit"].processed == results["hit"].events  # both markets are its legs
+    hit = results["hit"]  # both markets are its legs: every quote runs, trades rarely
+    assert hit.quotes <= hit.processed < hit.quotes + 1_000
+
+
+@pytest.mark.parametrize("k", [1.5, "auto"])
+async def test_inventory_mm_on_the_sample_decides_the_same_with_or_without_trades(
+    tmp_path: Path, k: float | str,
+) -> None:
+    """With k set the strategy reads no trades: its market's trades run only where they
+    fill a resting order or something is due. With k fitted from trades, all of them run."""
+    specs = [ReplaySpec(SAMPLE_SPOT), ReplaySpec(SAMPLE_USDM)]
+    results = await assert_fast_path_is_exact(
+        tmp_path, "inventory-mm", specs, strategies={"inventory_mm": {"k": k}})
+    hit = results["hit"]
+    spot_events = 6_299 + 1_556  # the spot sample's quotes and trades
+    if k == "auto":
+        assert spot_events < hit.processed < spot_events + 300
+    else:
+        assert hit.processed < spot_events - 1_000
 
 
 async def test_internalize_with_client_flow_decides_the_same_from_the_cache(

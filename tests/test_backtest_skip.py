@@ -8,6 +8,7 @@ of those promises down on its own; tests/test_backtest.py checks the whole on re
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ async def test_strategies_ignore_every_market_outside_their_declared_keys(name: 
     for event in events:
         clock.now_ns = event.local_ts_ns
         callback: Any = strategy.on_quote if type(event) is Quote else strategy.on_trade
-        if event.key in declared:
+        if event.key in declared and (type(event) is Quote or strategy.reads_trades):
             own += 1
             if type(event) is Quote:
                 market.publish(event)
@@ -82,7 +83,8 @@ async def test_strategies_ignore_every_market_outside_their_declared_keys(name: 
         before = strategy_state(strategy)
         assert callback(event) is None
         assert strategy_state(strategy) == before, f"{name} changed on {event}"
-    assert foreign > 5_000 and own > 5_000  # both kinds of market really were exercised
+    assert foreign > 5_000 and own > 5_000  # both kinds of event really were exercised
+    assert not strategy.reads_trades  # so its own trades were among the "foreign" ones
 
 
 def test_the_runner_says_when_its_timer_is_due() -> None:
@@ -127,8 +129,13 @@ def test_the_paper_executor_says_when_its_next_latency_event_is_due() -> None:
     paper.cancel(intent.client_order_id, 1_010 * MS)
     paper.advance(1_020 * MS)  # arrived and resting; the cancel lands 30 ms after it was sent
     assert paper.next_event_ns == 1_040 * MS
+    assert paper.print_reaches_orders("v", "BTC/USDT", 99.0)  # at or through the bid
+    assert paper.print_reaches_orders("v", "BTC/USDT", 98.5)
+    assert not paper.print_reaches_orders("v", "BTC/USDT", 99.5)
+    assert not paper.print_reaches_orders("v", "ETH/USDT", 1.0)  # no book there
     paper.advance(1_040 * MS)
     assert paper.next_event_ns is None and paper.open_order_count() == 0
+    assert not paper.print_reaches_orders("v", "BTC/USDT", 99.0)  # cancelled: nothing rests
     # Catching the clock up over skipped events lands nothing, not even what is due then.
     instant = PaperExecutor({"v": VenueSettings(balances={"USDT": 1e6})},
                             ExecutionSettings(submit_latency_ms=0))
@@ -180,6 +187,10 @@ def test_guards_refuse_what_a_strategy_did_not_declare() -> None:
     assert guarded.quote("v", "BTC/USDT") is None
     with pytest.raises(UndeclaredMarket, match="strategy s read the volatility of w BTC/USDT"):
         guarded.volatility("w", "BTC/USDT", 60.0)
+    assert math.isnan(guarded.trade_rate("v", "BTC/USDT", 60.0))
+    quotes_only = GuardedMarketView(market, keys, "s", reads_trades=False)
+    with pytest.raises(UndeclaredMarket, match="reads_trades = False"):
+        quotes_only.trade_rate("v", "BTC/USDT", 60.0)
     guarded_sink = GuardedSink(sink, keys, "s")
     ok = OrderIntent("v", "BTC/USDT", Side.BUY, OrderType.LIMIT, 1.0, 99.0)
     guarded_sink.record(ok)

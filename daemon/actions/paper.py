@@ -432,6 +432,13 @@ class PaperExecutor(ExecutionEvents):
         """Move the feed clock: process arrivals, cancels and timers due by `now_ns`."""
         self._run_due(now_ns)
 
+    def print_reaches_orders(self, venue: str, symbol: str, price: float) -> bool:
+        """Would a public trade at `price` fill one of our resting orders in this market
+        (the test `on_trade` makes)? If not, a trade changes nothing here but the clock."""
+        venue_books = self._books.get(venue)
+        book = venue_books.get(symbol) if venue_books is not None else None
+        return book is not None and (price <= book.best_buy or price >= book.best_sell)
+
     def note_time(self, now_ns: int) -> None:
         """Move the feed clock to `now_ns` and land nothing: what a market event of a
         market without our orders does when nothing is due by its own time (a backtest
