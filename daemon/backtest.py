@@ -316,6 +316,7 @@ class Backtest:
         start = 0  # the first row not yet run or skipped
         skipped = NO_GAP  # running max time of the rows skipped since the last one run
         trades_skipped = 0
+        due: int | None = None  # `_due_ns()`, kept while no row runs (None: ask again)
         next_progress = YIELD_EVERY_ROWS  # and a yield to other tasks
         for row, gap, quote, key in zip(rows.tolist(), plan.gap_max, is_quote.tolist(),
                                         data.key[rows].tolist(), strict=True):
@@ -327,26 +328,29 @@ class Backtest:
                 await asyncio.sleep(0)
             event: Quote | Trade = next_quote() if quote else next_trade()
             now = event.local_ts_ns
-            due = NEVER_NS  # not known yet (nothing is due before this)
             if gap != NO_GAP:  # rows [start, row) are not of interest
-                due = self._due_ns()
+                if due is None:
+                    due = self._due_ns()
                 if gap >= due:
                     start = self._run_due_rows(plan, data, start, row)
-                    due = NEVER_NS  # they may have changed it
+                    due = None
                 # The running max of rows before this one, if the last of them was skipped.
                 skipped = gap if start < row else NO_GAP
             if skipped > now:
                 self._catch_up(skipped)  # the skipped rows moved the clocks past this one
-            if (reaches_orders is not None and not quote
-                    and not reaches_orders(event.exchange, event.symbol, event.price)  # type: ignore[union-attr]
-                    and now < (due if due != NEVER_NS else self._due_ns())):
-                # A trade that nothing reads, that fills none of our orders, and by whose
-                # time nothing is due: it changes nothing but the clocks.
-                trades_skipped += 1
-                if now > skipped:
-                    skipped = now
-                continue
+            if reaches_orders is not None and not quote:
+                if due is None:
+                    due = self._due_ns()
+                if now < due and not reaches_orders(event.exchange, event.symbol,  # type: ignore[union-attr]
+                                                    event.price):
+                    # A trade that nothing reads, that fills none of our orders, and by
+                    # whose time nothing is due: it changes nothing but the clocks.
+                    trades_skipped += 1
+                    if now > skipped:
+                        skipped = now
+                    continue
             skipped = NO_GAP
+            due = None  # this row runs: what is due may change
             if deliver is not None:
                 deliver(now)
             if now > clock.now_ns:

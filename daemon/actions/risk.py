@@ -95,6 +95,8 @@ class RiskGate:
         self._rate = TokenBucket(risk.max_orders_per_s, risk.max_orders_per_s)
         self._quotes: dict[str, dict[str, Quote]] = {}
         self._markets: dict[tuple[str, str], _Market] = {}
+        #: `_markets` by venue, then symbol (the per-quote lookup builds no key tuple).
+        self._markets_by_venue: dict[str, dict[str, _Market]] = {}
         #: The client-trade markets of `_markets` by symbol (looked up on every quote).
         self._client_markets: dict[str, _Market] = {}
         self._daily_loss_limit = risk.daily_loss_limit
@@ -103,6 +105,9 @@ class RiskGate:
         self._pending_buy: dict[str, float] = {}
         self._pending_sell: dict[str, float] = {}
         self._day = -1
+        #: [start, end) of `_day` in ns: a per-quote comparison instead of a division.
+        self._day_start_ns = 1
+        self._day_end_ns = 0
         self._day_start_pnl = 0.0
         #: Set once the daily loss limit is hit; cleared at the next UTC day.
         self.loss_breach: str | None = None
@@ -132,7 +137,8 @@ class RiskGate:
         client = self._client_markets.get(symbol) if self._client_markets else None
         if client is not None:
             client.mark = mid
-        market = markets.get((exchange, symbol))
+        venue_markets = self._markets_by_venue.get(exchange)
+        market = venue_markets.get(symbol) if venue_markets is not None else None
         if market is not None:
             market.mark = mid
         else:
@@ -141,7 +147,7 @@ class RiskGate:
             return None
         now_ns = quote.local_ts_ns
         if (len(markets) == 1 and self.loss_breach is None
-                and now_ns // _NS_PER_DAY == self._day):
+                and self._day_start_ns <= now_ns < self._day_end_ns):
             # `_check_loss` with one market on the same day, written out: P&L as `pnl`
             # computes it (the market's mark is the mid just set), nothing to report
             # unless it crossed the limit (then the full check words the breach).
@@ -169,7 +175,7 @@ class RiskGate:
         key = (fill.venue, fill.symbol)
         market = self._markets.get(key)
         if market is None:
-            market = self._markets[key] = _Market(_base_asset(fill.symbol))
+            market = self._new_market(key, fill.symbol)
         market.qty += sign * fill.qty
         market.cash -= sign * fill.price * fill.qty + self._fee_in_quote(fill)
         quote = self._quotes.get(fill.venue, {}).get(fill.symbol)
@@ -185,7 +191,7 @@ class RiskGate:
         key = (CLIENT_VENUE, fill.symbol)
         market = self._markets.get(key)
         if market is None:
-            market = self._markets[key] = _Market(_base_asset(fill.symbol))
+            market = self._new_market(key, fill.symbol)
             self._client_markets[fill.symbol] = market
         delta = fill.desk_base_delta
         market.qty += delta
@@ -194,6 +200,11 @@ class RiskGate:
         market.mark = mid if mid is not None else fill.price
         self._positions[market.asset] = self._positions.get(market.asset, 0.0) + delta
         return self._check_loss(fill.ts_ns)
+
+    def _new_market(self, key: tuple[str, str], symbol: str) -> _Market:
+        market = self._markets[key] = _Market(_base_asset(symbol))
+        self._markets_by_venue.setdefault(key[0], {})[key[1]] = market
+        return market
 
     def _fee_in_quote(self, fill: Fill) -> float:
         """The fill's fee in its market's quote currency (0 when it cannot be priced)."""
@@ -322,6 +333,8 @@ class RiskGate:
                 self._day_start_pnl = self.pnl()
                 self.loss_breach = None
             self._day = day
+            self._day_start_ns = day * _NS_PER_DAY
+            self._day_end_ns = self._day_start_ns + _NS_PER_DAY
 
     def _check_loss(self, now_ns: int) -> str | None:
         """The breach reason when this event pushed the day's P&L past the limit."""
