@@ -100,7 +100,18 @@ class StrategyRunner:
 
     def on_quote(self, quote: Quote) -> None:
         self.executor.on_quote(quote)
-        self._deliver(self.strategy.on_quote, quote)
+        if self._dispatching or self._queue:
+            self._deliver(self.strategy.on_quote, quote)
+        else:  # `_deliver` when idle, written out: quotes are most of what a backtest runs
+            self._dispatching = True
+            try:
+                decision = self.strategy.on_quote(quote)
+                if decision is not None:
+                    self._apply(decision)
+                if self._queue:
+                    self._drain()
+            finally:
+                self._dispatching = False
         if quote.local_ts_ns >= self.next_timer_ns:  # most events: no timer due, no call
             self._fire_timer(quote.local_ts_ns)
 
