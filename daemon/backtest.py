@@ -28,11 +28,12 @@ A run id whose log already exists is refused rather than appended to or overwrit
 
 Fast path (`backtest.cache`, on by default; issue #8): the frames are parsed once and the
 events kept as columns (daemon/backtest_data.py), so a rerun over the same files reads
-them instead of parsing; and events of markets the strategy does not trade are skipped
-while nothing is due (daemon/backtest_skip.py). Events that run take the same path as
-above, one by one; the decision log is byte-identical to the frame-by-frame replay's.
-Skipped events still count in `events`; the result says how many ran (`processed`) and
-whether the cache was hit, built or off.
+them instead of parsing; and events that provably change nothing are skipped: those of
+markets the strategy does not trade, and trades it does not read that fill none of our
+orders, while nothing is due (daemon/backtest_skip.py). Events that run take the same
+path as above, one by one; the decision log is byte-identical to the frame-by-frame
+replay's. Skipped events still count in `events`; the result says how many ran
+(`processed`) and whether the cache was hit, built or off.
 """
 
 from __future__ import annotations
@@ -604,7 +605,7 @@ def _print_result(result: BacktestResult) -> None:
         f"in {result.wall_seconds:.2f} s = {result.events_per_second:,.0f} events/s"
     )
     console.print(f"events: cache {result.cache}; {result.processed:,} through the strategy "
-                  f"path, {result.skipped:,} skipped (other markets, nothing due)")
+                  f"path, {result.skipped:,} skipped (they change nothing)")
     if result.client_fills or result.client_fills_unpriced:
         console.print(f"client fills: {result.client_fills:,} delivered, "
                       f"{result.client_fills_unpriced:,} without a market to price them")
