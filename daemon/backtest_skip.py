@@ -16,7 +16,8 @@ and there it matters only in these ways:
 
 So an event may be skipped when its market is not of interest and its time is before the
 earliest of those due times: then it could only have moved the clocks, which the engine
-moves to where the skipped events left them before the next event it runs, and updated
+moves to where the skipped events left them before the next event it runs (landing
+nothing: `PaperExecutor.note_time`), and updated
 state of a market that nothing reads -- the strategy reads only its markets, orders go
 only to them, and the risk gate reads quotes only of markets with our orders, of the
 client flow's symbol (its client-trade market is marked at that symbol's newest mid on any
