@@ -65,6 +65,7 @@ async def run_action(app: App) -> int:
         strategy = strategies.build(app.args.strategy, settings)
     except ValueError as exc:
         raise ConfigError(f"invalid setting strategies: {exc}") from None
+    app.warm_up_kernels()
     clock = FeedClock(replaying=app.replaying)
     writer = DecisionLogWriter.from_settings(settings, app.run_id, clock=clock)
     await writer.start()

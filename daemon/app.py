@@ -94,6 +94,18 @@ class App:
         if self.rings is not None:
             self.rings.snapshot(self.ring_dir)
 
+    def warm_up_kernels(self) -> None:
+        """Compile or load every numba kernel a strategy uses, before any market data: the
+        first call of each would otherwise pay for it (up to seconds with a cold cache)
+        inside the first quote's callback."""
+        from daemon.ringbuffer import warm_up_kernels
+        from strategies.kernels_mm import warm_up
+
+        started = time.perf_counter()
+        warm_up_kernels()
+        warm_up()
+        log.info("kernels_ready", seconds=round(time.perf_counter() - started, 3))
+
     def market_data(self) -> Awaitable[object]:
         """The feed chosen by `--feed`: live adapters, the shipped sample, or recordings."""
         from daemon.feeds import build_feed

@@ -528,6 +528,7 @@ async def run_backtest(app: App) -> int:
         backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
     except ValueError as exc:
         raise ConfigError(f"invalid setting strategies: {exc}") from None
+    app.warm_up_kernels()  # outside the timed run: its events/s is the engine's own
     log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])
     with _progress_bar(enabled=sys.stderr.isatty()) as progress:
         backtest._progress = progress

@@ -983,6 +983,10 @@ def warm_up_kernels() -> float:
         quotes.append(Quote("warm-up", "WARM/UP", 1.0 + row, 1.0, 2.0 + row, 1.0, row, row))
         trades.append(Trade("warm-up", "WARM/UP", 1.5, 1.0, "buy", row, row))
     quotes.volatility(1)
+    window = quotes.window(1)  # the resumable pass `RingMarketView.volatility` runs
+    state = kernels.accumulate_log_returns(window.local_ts_ns, window.bid, window.ask,
+                                           0.0, 0, math.nan, 0, 0)
+    kernels.volatility_of_returns(state[0], state[1], state[3], state[4])
     quotes.mean_spread(1)
     quotes.mean_spread(1, time_weighted=True)
     trades.arrival_rate(1)

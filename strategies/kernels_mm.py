@@ -152,3 +152,14 @@ def trades_since(trade_ts_ns: np.ndarray, start_ns: int) -> tuple[int, int]:
             count += 1
             oldest = min(oldest, ts_ns)
     return count, (oldest if count else start_ns)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel for the types InventoryMM passes,
+    so the first quote of a run does not pay for it inside the strategy callback."""
+    trade_ts = np.full(4, -1, dtype=np.int64)[:2]
+    distances = np.zeros(4)[:2]
+    grid = np.arange(1, 3) * 0.5
+    as_quotes_rolling_horizon(100.0, 0.0, 60.0, 0.01, 0.1, 1.5)
+    trades_since(trade_ts, 0)
+    fit_arrival_decay(trade_ts, distances, 0, 1.0, grid)

@@ -177,3 +177,9 @@ def test_warm_up_compiles_every_ring_kernel() -> None:
     from daemon.ringbuffer import warm_up_kernels
 
     assert warm_up_kernels() >= 0.0
+
+
+def test_strategy_kernels_warm_up() -> None:
+    from strategies.kernels_mm import warm_up
+
+    warm_up()  # every InventoryMM kernel accepts the types it is warmed with
