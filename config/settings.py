@@ -406,6 +406,9 @@ class BacktestSettings(_Frozen):
     #: (rebuilt when a file changes), and skip events of markets the strategy does not
     #: trade while nothing is due; off: every frame is parsed and run, one by one.
     cache: bool = True
+    #: The cache is kept under this many MB: building a new entry removes the least
+    #: recently used ones beyond it.
+    cache_max_mb: float = Field(default=2048.0, gt=0.0)
 
 
 class Settings(BaseSettings):

@@ -274,7 +274,8 @@ class Backtest:
         try:
             data: BacktestData | None = None
             if self.settings.backtest.cache:
-                data, self.cache = await load(self.specs, self.settings.data_dir)
+                data, self.cache = await load(self.specs, self.settings.data_dir,
+                                              self.settings.backtest.cache_max_mb * 1e6)
             if data is None:
                 stats = await ReplayFeed(self.specs, self.on_quote, self.on_trade,
                                          speed=None).run()

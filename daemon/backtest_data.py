@@ -25,6 +25,7 @@ and rebuilt, never fatal. Files are written atomically: temporary file, fsync, r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -382,8 +383,10 @@ def _decoder_fingerprint() -> bytes:
     return digest.digest()
 
 
-async def load(specs: list[ReplaySpec], data_dir: Path) -> tuple[BacktestData | None, CacheStatus]:
-    """The specs' events from the cache, else decoded now (and saved for next time).
+async def load(specs: list[ReplaySpec], data_dir: Path, max_bytes: float = float("inf"),
+               ) -> tuple[BacktestData | None, CacheStatus]:
+    """The specs' events from the cache, else decoded now (and saved for next time, the
+    least recently used entries going beyond `max_bytes`).
 
     (None, OFF) when the events cannot be cached exactly (logged): the caller replays the
     frames one by one instead. Never raises for a bad cache file: it is rebuilt.
@@ -399,6 +402,7 @@ async def load(specs: list[ReplaySpec], data_dir: Path) -> tuple[BacktestData | 
         else:
             log.info("backtest_cache_hit", path=str(path), events=len(data),
                      seconds=round(time.perf_counter() - started, 4))
+            _touch(path)
             return data, CacheStatus.HIT
     started = time.perf_counter()
     try:
@@ -413,4 +417,41 @@ async def load(specs: list[ReplaySpec], data_dir: Path) -> tuple[BacktestData | 
         return data, CacheStatus.UNSAVED
     log.info("backtest_cache_built", path=str(path), events=len(data),
              seconds=round(time.perf_counter() - started, 3))
+    prune(path.parent, max_bytes, keep=path)
     return data, CacheStatus.BUILT
+
+
+def prune(directory: Path, max_bytes: float, keep: Path) -> list[Path]:
+    """Remove the least recently used cache files until the rest fit in `max_bytes`
+    (`keep`, the one just built, always stays). Returns what was removed."""
+    entries = []
+    for path in directory.glob(f"*{_SUFFIX}"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed meanwhile (another run pruning)
+        entries.append((stat.st_mtime_ns, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in sorted(entries):  # oldest use first
+        if total <= max_bytes:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("backtest_cache_not_pruned", path=str(path), error=str(exc))
+            continue
+        total -= size
+        removed.append(path)
+    if removed:
+        log.info("backtest_cache_pruned", removed=len(removed), kept_bytes=total)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache file as just used (its mtime orders the pruning). A read-only cache
+    still serves; it just cannot keep its place."""
+    with contextlib.suppress(OSError):
+        os.utime(path)

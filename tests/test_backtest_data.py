@@ -20,6 +20,7 @@ from daemon.backtest_data import (
     UncacheableEvents,
     cache_path,
     load,
+    prune,
 )
 from daemon.model import Quote, Trade
 
@@ -151,3 +152,26 @@ def test_events_the_columns_cannot_carry_exactly_are_refused() -> None:
                 Trade("x", "A/B", 1.0, 2.0, "buy", 5, 6, 7)):  # type: ignore[arg-type]
         with pytest.raises(UncacheableEvents):
             BacktestData.from_events([fine, bad], stats)
+
+
+async def test_the_cache_keeps_under_its_size_dropping_the_least_recently_used(
+    specs: list[ReplaySpec], tmp_path: Path,
+) -> None:
+    """Three entries under a limit that holds the newest two: the one used least recently
+    goes (a hit counts as a use) and the entry just built always stays."""
+    data_dir = tmp_path / "data"
+    spot, usdm, both = [specs[0]], [specs[1]], specs[:2]
+    await load(both, tmp_path / "probe")  # only to learn the size of that entry
+    both_size = cache_path(tmp_path / "probe", both).stat().st_size
+    assert (await load(usdm, data_dir))[1] is CacheStatus.BUILT
+    assert (await load(spot, data_dir))[1] is CacheStatus.BUILT
+    os.utime(cache_path(data_dir, usdm), ns=(1, 1))  # long unused...
+    assert (await load(usdm, data_dir))[1] is CacheStatus.HIT  # ...until now
+    limit = cache_path(data_dir, usdm).stat().st_size + both_size
+    assert (await load(both, data_dir, limit))[1] is CacheStatus.BUILT
+    kept = {path.name for path in cache_path(data_dir, both).parent.iterdir()}
+    assert kept == {cache_path(data_dir, usdm).name, cache_path(data_dir, both).name}
+
+    newest = cache_path(data_dir, both)
+    assert prune(newest.parent, 0, keep=newest) == [cache_path(data_dir, usdm)]
+    assert [path.name for path in newest.parent.iterdir()] == [newest.name]
