@@ -148,12 +148,11 @@ class Subscription:
 class QuoteChannel:
     """The quote path of one (exchange, symbol): view slot, sink routes, subscribers."""
 
-    __slots__ = ("_bus", "_latest", "exchange", "key", "published", "routes", "symbol")
+    __slots__ = ("_bus", "_latest", "exchange", "key", "published", "routes")
 
     def __init__(self, bus: Bus, exchange: str, symbol: str) -> None:
         self._bus = bus
         self.exchange = exchange
-        self.symbol = symbol
         self.key = (exchange, symbol)
         self._latest = bus.view.slot(symbol)
         self.routes: tuple[QuoteCallback, ...] = ()

@@ -40,6 +40,7 @@ from adapters.parsers.common import (
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
+    resolve_route,
     undecodable_reason,
     validation_reason,
 )
@@ -521,7 +522,8 @@ class BinanceParser:
     def _publish_trade(self, trade: TradeEvent | AggTradeEvent, trade_id: str,
                        local_ts_ns: int) -> None:
         """Every check, in order; `feed` inlines the common case of a plain trade."""
-        route = self._trade_routes.get(trade.s) or self._trade_route(trade.s)
+        route = self._trade_routes.get(trade.s) or resolve_route(
+            self._symbol, trade.s, self._trade_routes, self.sink.trade_route)
         if route is None:
             self.dropped["unknown_symbol"] += 1
             return
@@ -532,15 +534,6 @@ class BinanceParser:
         symbol, publish = route
         publish(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
                       trade.T * NS_PER_MS, local_ts_ns, trade_id))
-
-    def _trade_route(self, venue_symbol: str) -> tuple[str, TradeCallback] | None:
-        """(unified symbol, trade route) of a known symbol, remembered; None if unknown."""
-        symbol = self._symbol(venue_symbol)
-        if symbol is None:
-            return None
-        route = self._trade_routes[venue_symbol] = (
-            symbol, self.sink.trade_route(self.venue, symbol))
-        return route
 
     # --- depth ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ Trades: `publicTrade.<SYMBOL>`; `data` is a list of prints, `S` the taker side.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -35,6 +35,7 @@ from adapters.parsers.common import (
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
+    resolve_route,
     undecodable_reason,
     validation_reason,
 )
@@ -247,8 +248,8 @@ class BybitParser:
         if top[0] >= top[2]:
             self.dropped["crossed"] += 1
             return
-        route = self._quote_routes.get(data.s) or self._route(data.s, self._quote_routes,
-                                                               self.sink.quote_route)
+        route = self._quote_routes.get(data.s) or resolve_route(
+            self._symbol, data.s, self._quote_routes, self.sink.quote_route)
         if route is None:
             self.dropped["unknown_symbol"] += 1
             return
@@ -260,8 +261,8 @@ class BybitParser:
 
     def _on_trades(self, message: TradeMessage, local_ts_ns: int) -> None:
         for trade in message.data:
-            route = self._trade_routes.get(trade.s) or self._route(
-                trade.s, self._trade_routes, self.sink.trade_route)
+            route = self._trade_routes.get(trade.s) or resolve_route(
+                self._symbol, trade.s, self._trade_routes, self.sink.trade_route)
             if route is None:
                 self.dropped["unknown_symbol"] += 1
                 continue
@@ -272,15 +273,6 @@ class BybitParser:
             symbol, publish = route
             publish(Trade(self.venue, symbol, trade.p, trade.v, _TAKER_SIDE[trade.S],
                           trade.T * NS_PER_MS, local_ts_ns, trade.i))
-
-    def _route(self, venue_symbol: str, routes: dict[str, tuple[str, Any]],
-               route_of: Callable[[str, str], Any]) -> tuple[str, Any] | None:
-        """(unified symbol, the sink's route) of a known symbol, remembered in `routes`."""
-        symbol = self._symbol(venue_symbol)
-        if symbol is None:
-            return None
-        route = routes[venue_symbol] = (symbol, route_of(self.venue, symbol))
-        return route
 
     def _request_resync(self, topic: str, state: _TopicBook) -> None:
         # Once per out-of-sync episode: one resubscribe answers every dropped delta.

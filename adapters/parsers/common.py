@@ -127,6 +127,19 @@ class SymbolMapper:
         self.cache.update(symbols)
 
 
+def resolve_route(
+    symbols: SymbolMapper, venue_symbol: str, routes: dict[str, tuple[str, Any]],
+    route_of: Callable[[str, str], Any],
+) -> tuple[str, Any] | None:
+    """(unified symbol, the sink's route for it) of a known venue symbol, remembered in
+    `routes` so the hot path finds it with one lookup; None for an unknown symbol."""
+    symbol = symbols(venue_symbol)
+    if symbol is None:
+        return None
+    route = routes[venue_symbol] = (symbol, route_of(symbols.venue, symbol))
+    return route
+
+
 def forget_remapped(routes: dict[str, Any], symbols: Mapping[str, str]) -> None:
     """Drop the remembered routes (values starting with the unified symbol) of venue
     symbols that a `set_symbols` took out or renamed; they are resolved again if seen."""
