@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.replay import ReplayFeed, ReplaySpec
+from adapters.recordings.replay import ReplayFeed, ReplaySpec
 from config.settings import load_settings
-from daemon.backtest import Backtest, BacktestResult
-from daemon.logs import configure_logging
-from daemon.model import Quote, Trade
+from daemon.backtest.engine import Backtest, BacktestResult
+from daemon.core.logs import configure_logging
+from daemon.core.model import Quote, Trade
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = (SHARED / "binance_spot_btcusdt_20240808.gz", SHARED / "binance_usdm_btcusdt_20240808.gz")

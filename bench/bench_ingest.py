@@ -33,9 +33,9 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.parsers import make_parser
-from adapters.replay import SAMPLE_FILES, iter_frames
-from daemon.routes import Callbacks
+from adapters.recordings.replay import SAMPLE_FILES, iter_frames
+from adapters.venues import make_parser
+from daemon.core.routes import Callbacks
 
 # Quiet before daemon modules bind their loggers: ring creation and the idle subscriber's
 # trade-queue overflow would otherwise log into the figures.
@@ -109,8 +109,8 @@ def parse_only(frames: Frames, books: bool) -> Runner:
 def whole_path(frames: Frames, subscriber: bool) -> Runner | None:
     """Parse + bus publish + ring append, or None when those modules are not there."""
     try:
-        from daemon.bus import Bus
-        from daemon.ringbuffer import RingStore
+        from daemon.market.bus import Bus
+        from daemon.market.ringbuffer import RingStore
     except ImportError:
         return None
     venues = {venue for _, _, venue in frames}
@@ -168,7 +168,7 @@ def main() -> None:
 
     timings = measure(runners_for(frames), args.repeat)
     if C not in timings:
-        print("(c) skipped: daemon.bus / daemon.ringbuffer are not importable")
+        print("(c) skipped: daemon.market.bus / daemon.market.ringbuffer are not importable")
     reference = timings[A]
     print()
     for label, seconds in timings.items():

@@ -26,9 +26,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.parsers.binance import _CombinedBookTicker, _CombinedTrade
+from adapters.binance.parser import _CombinedBookTicker, _CombinedTrade
 from bench.bench_ingest import DEFAULT_FILES, SAMPLE_FILES, Frames, load
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
 
 ROWS = 2_000_000
 TICKER, TRADE, OTHER = 1, 2, 0

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
-from daemon.flow import SyntheticFlowSource, WebSocketFlowSource, run_flow  # noqa: E402
-from daemon.model import ClientFill, Fill, Quote  # noqa: E402
+from adapters.client_flow import SyntheticFlowSource, WebSocketFlowSource, run_flow  # noqa: E402
+from daemon.core.model import ClientFill, Fill, Quote  # noqa: E402
 from strategies.internalize import InternalizeStrategy  # noqa: E402
 
 SYMBOL = "ETH/USDT"

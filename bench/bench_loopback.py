@@ -9,7 +9,7 @@ the server costs next to nothing and the client is what is measured. Three clien
 take turns, each on a fresh connection, in the same run (best of `--rounds`):
 
   native  the daemon's path: BinanceAdapter (supervisor, picows client, msgspec parser) ->
-          Bus.publish_* -> RingStore (the 24 h ring, when daemon.ringbuffer is present)
+          Bus.publish_* -> RingStore (the 24 h ring, when daemon.market.ringbuffer is present)
   ccxt    ccxt.pro binance/binanceusdm (watch_bids_asks + watch_trades) -> the same bus
   bare    a websockets client doing `orjson.loads` per frame and nothing else
 
@@ -240,13 +240,13 @@ def symbol_of(market: str) -> str:
 
 
 def new_bus(with_ring: bool = True) -> tuple[Any, str]:
-    from daemon.bus import Bus
+    from daemon.market.bus import Bus
 
     bus = Bus()
     try:
-        from daemon.ringbuffer import RingStore
+        from daemon.market.ringbuffer import RingStore
     except ImportError:
-        return bus, "bus (no ring: daemon.ringbuffer absent)"
+        return bus, "bus (no ring: daemon.market.ringbuffer absent)"
     if with_ring:
         ring = RingStore(retention_s=3_600.0)
         bus.add_sink(ring)
@@ -255,8 +255,8 @@ def new_bus(with_ring: bool = True) -> tuple[Any, str]:
 
 
 async def run_native(ports: dict[str, int], counts: dict[str, int]) -> float:
-    from adapters.binance import BinanceAdapter
-    from adapters.stats import VenueStats
+    from adapters.binance.session import BinanceAdapter
+    from adapters.common.stats import VenueStats
 
     bus, _ = new_bus()
     done = asyncio.Event()
@@ -281,8 +281,8 @@ async def run_native(ports: dict[str, int], counts: dict[str, int]) -> float:
 
 
 async def run_ccxt(ports: dict[str, int], counts: dict[str, int]) -> float:
-    from adapters.ccxt_feed import CcxtFeed
-    from adapters.stats import VenueStats
+    from adapters.ccxt.feed import CcxtFeed
+    from adapters.common.stats import VenueStats
 
     bus, _ = new_bus()
     # Every trade arrives (ccxt caches them); the last trade marks the end of the stream.
@@ -335,8 +335,8 @@ async def _stop(tasks: list[asyncio.Task[Any]]) -> None:
 
 async def latency_native(port: int, count: int) -> tuple[list[int], list[int]]:
     """(send -> publish, socket read -> publish) per quote/trade, ns."""
-    from adapters.binance import BinanceAdapter
-    from adapters.stats import VenueStats
+    from adapters.binance.session import BinanceAdapter
+    from adapters.common.stats import VenueStats
 
     bus, _ = new_bus()
     total: list[int] = []

@@ -26,11 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import ExecutionSettings, RiskSettings, VenueSettings
-from daemon.actions.gate import GatedExecutor
-from daemon.actions.killswitch import KillSwitch
-from daemon.actions.paper import PaperExecutor
-from daemon.actions.risk import RiskGate
-from daemon.model import Fill, OrderAck, OrderIntent, OrderType, Quote, Side
+from daemon.core.model import Fill, OrderAck, OrderIntent, OrderType, Quote, Side
+from daemon.trading.gate import GatedExecutor
+from daemon.trading.killswitch import KillSwitch
+from daemon.trading.paper import PaperExecutor
+from daemon.trading.risk import RiskGate
 
 VENUE = "binance_spot"
 SYMBOL = "BTC/USDT"

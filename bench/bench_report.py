@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console
 
-from daemon.logs import configure_logging
-from daemon.model import (
+from daemon.core.logs import configure_logging
+from daemon.core.model import (
     BalanceSnapshot,
     Decision,
     Fill,

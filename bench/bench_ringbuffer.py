@@ -22,9 +22,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon import kernels
-from daemon.model import Quote, Trade
-from daemon.ringbuffer import QuoteRing, RingStore, TradeRing, warm_up_kernels
+from daemon.core.model import Quote, Trade
+from daemon.market import kernels
+from daemon.market.ringbuffer import QuoteRing, RingStore, TradeRing, warm_up_kernels
 
 RECORDING = Path(__file__).resolve().parents[2] / "shared/data/binance_usdm_btcusdt_20240808.gz"
 EXCHANGE, SYMBOL = "binance_usdm", "BTC/USDT:USDT"

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from strategy_fakes import Driver, FakeAccount, FakeClock, FakeExchange, FakeMarket  # noqa: E402
 
 from config.settings import ArbitrageSettings, InventoryMMSettings, VenueSettings  # noqa: E402
-from daemon.model import Decision, Quote, Trade  # noqa: E402
+from daemon.core.model import Decision, Quote, Trade  # noqa: E402
 from strategies.arbitrage import ArbitrageStrategy  # noqa: E402
 from strategies.inventory_mm import InventoryMMStrategy, as_quotes  # noqa: E402
 

@@ -20,8 +20,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon.logs import configure_logging
-from daemon.model import (
+from daemon.core.logs import configure_logging
+from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,

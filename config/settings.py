@@ -43,7 +43,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from daemon.model import NATIVE_VENUES, is_perp_symbol
+from daemon.core.model import NATIVE_VENUES, is_perp_symbol
 
 DEFAULT_TOML = Path(__file__).with_name("default.toml")
 

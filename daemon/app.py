@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.settings import ConfigError, Settings
-from daemon.bus import Bus
-from daemon.health import Health
-from daemon.logs import configure_logging, get_logger
-from daemon.metrics import TradingStats, start_operations
-from daemon.model import now_ns
+from daemon.core.logs import configure_logging, get_logger
+from daemon.core.model import now_ns
+from daemon.market.bus import Bus
+from daemon.market.ringbuffer import RingStore, snapshot_every
+from daemon.ops.health import Health
+from daemon.ops.metrics import TradingStats, start_operations
 from daemon.postmortem.writer import DecisionLogWriter
-from daemon.ringbuffer import RingStore, snapshot_every
 
 log = get_logger("app")
 
@@ -56,7 +56,7 @@ class App:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     #: Behind /healthz: required feeds and the kill switch (trip it via health.trip_kill_switch).
     health: Health = field(default_factory=Health)
-    #: Decision/order/fill/P&L counters for /metrics (daemon/metrics.py says how to feed them).
+    #: Decision/order/fill/P&L counters for /metrics (daemon/ops/metrics.py says how to feed them).
     trading: TradingStats = field(default_factory=TradingStats)
     #: The decision log writer of a strategy mode (its counters go to /metrics).
     decision_log: DecisionLogWriter | None = None
@@ -98,7 +98,7 @@ class App:
         """Compile or load every numba kernel a strategy uses, before any market data: the
         first call of each would otherwise pay for it (up to seconds with a cold cache)
         inside the first quote's callback."""
-        from daemon.ringbuffer import warm_up_kernels
+        from daemon.market.ringbuffer import warm_up_kernels
         from strategies.kernels_mm import warm_up
 
         started = time.perf_counter()
@@ -116,12 +116,12 @@ class App:
 #: Each mode is `async def run_<mode>(app: App) -> int` in its own module, imported lazily so
 #: a mode's heavy dependencies (ccxt, duckdb, plotly) load only when it runs.
 MODE_ENTRY_POINTS = {
-    "watch": "daemon.watch:run_watch",
-    "action": "daemon.action:run_action",
-    "record": "daemon.record:run_record",
-    "backtest": "daemon.backtest:run_backtest",
+    "watch": "daemon.modes.watch:run_watch",
+    "action": "daemon.modes.action:run_action",
+    "record": "daemon.modes.record:run_record",
+    "backtest": "daemon.backtest.engine:run_backtest",
     "post-mortem": "daemon.postmortem.report:run_postmortem",
-    "calibrate": "daemon.calibrate:run_calibrate",
+    "calibrate": "daemon.backtest.calibrate:run_calibrate",
 }
 
 

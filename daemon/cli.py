@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import ConfigError, known_ccxt_exchanges, load_settings
-from daemon.model import NATIVE_VENUES
+from daemon.core.model import NATIVE_VENUES
 
 STRATEGIES = ("arbitrage", "inventory-mm", "internalize")
 MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate")

@@ -19,7 +19,7 @@ async def build_feed(app: App) -> object:
         return await _run_replay(app, feed)
     if feed == "live":
         try:
-            from adapters.live import run_live
+            from adapters.market_data import run_live
         except ModuleNotFoundError:
             raise ConfigError(
                 "live venue adapters are not in this build yet: use --feed sample "
@@ -32,7 +32,7 @@ async def build_feed(app: App) -> object:
 
 
 async def _run_replay(app: App, feed: str) -> object:
-    from adapters.replay import ReplayError, ReplayFeed, parse_specs, sample_specs
+    from adapters.recordings.replay import ReplayError, ReplayFeed, parse_specs, sample_specs
 
     try:
         specs = sample_specs() if feed == "sample" else parse_specs(feed)

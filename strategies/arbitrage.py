@@ -34,7 +34,7 @@ unwind or transfer of ours is unsettled; after acting, a venue pair of a symbol 
 down for `cooldown_s` so one opportunity is not taken twice.
 
 Decisions: "arbitrage", "unwind", "unwind_failed", "transfer_sell", "rebalance" (no
-intents: the runner builds a `daemon.model.TransferIntent` from `inputs` with
+intents: the runner builds a `daemon.core.model.TransferIntent` from `inputs` with
 `TransferIntent.from_inputs` and routes it to the transfer service) and "skip" (logged
 when the best cross-venue edge or the blocking reason of a symbol changes, net edge
 rounded to 0.1 bps). `Decision.expected` is the expected profit in quote currency;
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING
 
-from daemon.model import (
+from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,

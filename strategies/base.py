@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from daemon.model import Decision, Fill, OrderAck, Quote, Trade
+from daemon.core.model import Decision, Fill, OrderAck, Quote, Trade
 
 Clock = Callable[[], int]  # nanoseconds since the epoch: wall time live, event time in backtests
 
@@ -49,7 +49,7 @@ class Strategy(Protocol):
     #: A strategy that declares them promises that `on_quote`/`on_trade` of any other
     #: market return None and change nothing, that it reads the `MarketView` only for
     #: these markets and sends orders only in them. A backtest then skips the other
-    #: markets' events whenever nothing else is due (daemon/backtest_skip.py), so their
+    #: markets' events whenever nothing else is due (daemon/backtest/skip.py), so their
     #: quotes are not in the market view there. Optional: a strategy without the
     #: attribute is treated as None.
     market_keys: frozenset[tuple[str, str]] | None

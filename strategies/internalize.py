@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from daemon.model import (
+from daemon.core.model import (
     ClientFill,
     Decision,
     Fill,

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from daemon.model import (
+from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,

@@ -1,7 +1,7 @@
 """Client order ids for strategy orders, in the daemon's format.
 
 `cp` + 6 of [a-z2-7] + `-` + strategy tag (<= 12 of [A-Za-z0-9_]) + `-` + counter: the
-format `daemon.actions.ids` recognises as ours at start-up reconciliation, and within
+format `daemon.trading.order_ids` recognises as ours at start-up reconciliation, and within
 the 36 characters Binance and Bybit allow. Strategies set the id themselves (rather than
 leaving it to the executor) so every ack and fill, including a risk-gate reject, maps
 back to the order that caused it. The 6 characters hash the strategy and its start time:

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from daemon.model import ClientFill, Fill, Side, split_symbol
+from daemon.core.model import ClientFill, Fill, Side, split_symbol
 
 NS_PER_SECOND = 1_000_000_000
 

@@ -1,6 +1,6 @@
 """Fakes for strategy tests: clock, market and account views, a fill simulator, a driver.
 
-`Driver` plays the runner's part as `daemon/runner.py` describes it (market events first
+`Driver` plays the runner's part as `daemon/trading/runner.py` describes it (market events first
 to the exchange, then to the strategy; acks and fills queued so no callback nests in
 another; the timer fired from event time), without the risk gate or the decision log,
 so strategy tests do not depend on the action layer's progress.
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.model import (
+from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,
@@ -27,7 +27,7 @@ from daemon.model import (
     Trade,
     split_symbol,
 )
-from daemon.routes import Callbacks
+from daemon.core.routes import Callbacks
 
 NS = 1_000_000_000
 START_NS = 1_723_161_600 * NS  # 2024-08-09 00:00:00 UTC
@@ -338,7 +338,7 @@ def load_binance_recording(path: Path, venue: str = "binance_spot",
     """
     events: list[Quote | Trade] = []
     try:
-        from adapters.parsers.binance import BinanceParser
+        from adapters.binance.parser import BinanceParser
     except ImportError:
         for local_ns, frame in _lines(path, limit):
             event = _minimal_parse(venue, local_ns, frame)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "adapters" / "samples"
+SAMPLES = REPO / "adapters" / "recordings" / "samples"
 
 
 def run_main(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:

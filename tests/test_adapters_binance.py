@@ -17,12 +17,12 @@ from venue_servers import (
     wait_until,
 )
 
-from adapters.binance import BinanceAdapter, combined_stream_url, streams_for
-from adapters.stats import VenueStats
-from adapters.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
+from adapters.binance.session import BinanceAdapter, combined_stream_url, streams_for
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
 from config.settings import VenueSettings
-from daemon.bus import Bus
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
+from daemon.market.bus import Bus
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 USDM_FILE = "binance_usdm_btcusdt_20240808.gz"

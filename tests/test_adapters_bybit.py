@@ -20,14 +20,14 @@ from venue_servers import (
     wait_until,
 )
 
-from adapters.bybit import BybitAdapter, book_depth_for, topics_for
-from adapters.parsers.bybit import BybitParser
-from adapters.stats import VenueStats
-from adapters.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
+from adapters.bybit.parser import BybitParser
+from adapters.bybit.session import BybitAdapter, book_depth_for, topics_for
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
 from config.settings import VenueSettings
-from daemon.bus import Bus
-from daemon.model import Quote, Trade
-from daemon.routes import Callbacks
+from daemon.core.model import Quote, Trade
+from daemon.core.routes import Callbacks
+from daemon.market.bus import Bus
 
 BINANCE_SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 BYBIT_FILE = "bybit_linear_xrpusdt_ob500_20241201.jsonl"

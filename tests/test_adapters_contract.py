@@ -19,14 +19,14 @@ from venue_servers import (
     wait_until,
 )
 
-from adapters.binance import BinanceAdapter
-from adapters.bybit import BybitAdapter
-from adapters.ccxt_feed import CcxtFeed
-from adapters.stats import VenueStats
-from adapters.supervisor import BackoffPolicy, FeedEvent, FeedTimings
+from adapters.binance.session import BinanceAdapter
+from adapters.bybit.session import BybitAdapter
+from adapters.ccxt.feed import CcxtFeed
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings
 from config.settings import VenueSettings
-from daemon.bus import Bus
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
+from daemon.market.bus import Bus
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 TIMINGS = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0, open_timeout_s=2.0,

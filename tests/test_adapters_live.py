@@ -11,12 +11,12 @@ import orjson
 import pytest
 from venue_servers import BinanceServer, BybitServer, binance_tape, bybit_events_from_binance
 
-from adapters.binance import BinanceAdapter
-from adapters.ccxt_feed import CcxtFeed
-from adapters.live import build_adapters, run_live
-from adapters.stats import reset_registry
+from adapters.binance.session import BinanceAdapter
+from adapters.ccxt.feed import CcxtFeed
+from adapters.common.stats import reset_registry
+from adapters.market_data import build_adapters, run_live
 from config.settings import ConfigError, load_settings
-from daemon.bus import Bus
+from daemon.market.bus import Bus
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ async def test_two_venues_stream_together(tape) -> None:
     quotes = bus.view.quotes("BTC/USDT")
     assert set(quotes) == {"binance_spot", "bybit_spot"}
     assert bus.published_trades > 0
-    from adapters.stats import registry
+    from adapters.common.stats import registry
 
     assert registry()["binance_spot"].frames > 1_000 and registry()["bybit_spot"].frames > 1_000
 

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 
-from adapters.wsclient import (
+from adapters.common.wsclient import (
     ConnectionClosedByPeer,
     ConnectionDropped,
     HandshakeFailed,

@@ -17,7 +17,7 @@ import pytest
 from strategy_fakes import NS, FakeAccount, FakeClock, FakeMarket, load_binance_recording
 
 from config.settings import ArbitrageSettings, VenueSettings
-from daemon.model import Fill, OrderAck, OrderStatus, OrderType, Quote, Side, TransferIntent
+from daemon.core.model import Fill, OrderAck, OrderStatus, OrderType, Quote, Side, TransferIntent
 from strategies.arbitrage import ArbitrageStrategy
 
 A, B = "binance_spot", "bybit_spot"
@@ -377,10 +377,10 @@ def test_recorded_quotes_against_a_drifting_copy_through_runner_and_paper() -> N
     +-6 bps over 20 s. With 1 bps fees the edge opens and closes; the paper executor's
     20 ms latency makes some legs miss, so unwinds must leave every residual hedged."""
     from config.settings import ExecutionSettings
-    from daemon.actions.paper import PaperExecutor
-    from daemon.model import Decision
-    from daemon.runner import StrategyRunner
-    from daemon.sinks import MemorySink
+    from daemon.core.model import Decision
+    from daemon.core.records import MemorySink
+    from daemon.trading.paper import PaperExecutor
+    from daemon.trading.runner import StrategyRunner
 
     if not RECORDING.is_file():
         pytest.skip(f"../shared/data not present: {RECORDING} missing")

@@ -17,17 +17,23 @@ import orjson
 import pytest
 
 import strategies
-from adapters.replay import ReplaySpec
+from adapters.recordings.replay import ReplaySpec
 from config.settings import load_settings
-from daemon.backtest import Backtest, BacktestResult, ClientFlow, SimulatedClock, _progress_bar
-from daemon.backtest_skip import UndeclaredMarket
-from daemon.model import ClientFill, Side
+from daemon.backtest.engine import (
+    Backtest,
+    BacktestResult,
+    ClientFlow,
+    SimulatedClock,
+    _progress_bar,
+)
+from daemon.backtest.skip import UndeclaredMarket
+from daemon.core.model import ClientFill, Side
 from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SPOT = REPO / "adapters" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
-SAMPLE_USDM = REPO / "adapters" / "samples" / "binance_usdm_btcusdt_20240808_sample.gz"
+SAMPLE_SPOT = REPO / "adapters" / "recordings" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
+SAMPLE_USDM = REPO / "adapters" / "recordings" / "samples" / "binance_usdm_btcusdt_20240808_sample.gz"
 
 
 def run_main(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.replay import SAMPLE_FILES, ReplayFeed, ReplaySpec, ReplayStats
-from daemon.backtest_data import (
+from adapters.recordings.replay import SAMPLE_FILES, ReplayFeed, ReplaySpec, ReplayStats
+from daemon.backtest.cache import (
     QUOTE,
     BacktestData,
     CacheStatus,
@@ -22,7 +22,7 @@ from daemon.backtest_data import (
     load,
     prune,
 )
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
 
 
 def exactly(events: list[Quote | Trade]) -> list[tuple[str, list[tuple[str, object, type]]]]:

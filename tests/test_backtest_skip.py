@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 
 import strategies
-from adapters.replay import SAMPLE_FILES, ReplayFeed, ReplaySpec, ReplayStats
+from adapters.recordings.replay import SAMPLE_FILES, ReplayFeed, ReplaySpec, ReplayStats
 from config.settings import ExecutionSettings, RiskSettings, VenueSettings, load_settings
-from daemon.actions.killswitch import KillSwitch
-from daemon.actions.paper import PaperExecutor
-from daemon.backtest_data import BacktestData
-from daemon.backtest_skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan, UndeclaredMarket
-from daemon.model import ClientFill, OrderIntent, OrderType, Quote, Side, Trade
-from daemon.runner import NEVER_NS, StrategyRunner
-from daemon.sinks import MemorySink
+from daemon.backtest.cache import BacktestData
+from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan, UndeclaredMarket
+from daemon.core.model import ClientFill, OrderIntent, OrderType, Quote, Side, Trade
+from daemon.core.records import MemorySink
+from daemon.trading.killswitch import KillSwitch
+from daemon.trading.paper import PaperExecutor
+from daemon.trading.runner import NEVER_NS, StrategyRunner
 from tests.strategy_fakes import FakeAccount, FakeClock, FakeMarket, RollingVolatility
 
 MS = 1_000_000

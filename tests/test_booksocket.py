@@ -14,9 +14,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from config.settings import BookSocketSettings
-from daemon.booksocket import BookSocketServer
-from daemon.bus import Bus
-from daemon.model import Quote, now_ns
+from daemon.core.model import Quote, now_ns
+from daemon.market.bus import Bus
+from daemon.ops.booksocket import BookSocketServer
 
 SEED_FIELDS = {"symbol", "top_bid", "top_bid_quantity", "top_ask", "top_ask_quantity"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-from daemon.bus import Bus
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
+from daemon.market.bus import Bus
 
 
 def quote(exchange: str, symbol: str, bid: float, ts: int) -> Quote:

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from config.settings import ConfigError, Settings
-from daemon.calibrate import (
+from daemon.backtest.calibrate import (
     SLIPPAGE_CSV,
     calibrate_slippage,
     calibration_fills,
@@ -19,11 +19,11 @@ from daemon.calibrate import (
     run_calibration,
 )
 from daemon.cli import main
-from daemon.model import ClientFill, Side
+from daemon.core.model import ClientFill, Side
 
 REPO = Path(__file__).resolve().parents[1]
 #: ~75 s of the real Binance spot recording (REST snapshot + depth diffs), always shipped.
-SAMPLE = REPO / "adapters" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
+SAMPLE = REPO / "adapters" / "recordings" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
 SHARED = REPO.parent / "shared" / "data" / "binance_spot_btcusdt_20240808.gz"
 SYMBOL = "BTC/USDT"
 COEFFICIENT = 0.0005

@@ -8,12 +8,17 @@ import asyncio
 import pytest
 from venue_servers import BinanceServer, binance_tape, count_streams, running, wait_until
 
-from adapters.ccxt_feed import CcxtFeed, new_exchange, redirect_urls
-from adapters.stats import VenueStats
-from adapters.supervisor import BackoffPolicy, FeedTimings, SubscriptionRejected, VenueRefused
+from adapters.ccxt.feed import CcxtFeed, new_exchange, redirect_urls
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import (
+    BackoffPolicy,
+    FeedTimings,
+    SubscriptionRejected,
+    VenueRefused,
+)
 from config.settings import VenueSettings
-from daemon.bus import Bus
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
+from daemon.market.bus import Bus
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 FAST = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0,

@@ -11,8 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from config.settings import ConfigError, Settings
-from daemon.flow import (
+from adapters.client_flow import (
     FileFlowSource,
     FlowError,
     SyntheticFlowSource,
@@ -22,7 +21,8 @@ from daemon.flow import (
     parse_time_ns,
     run_flow,
 )
-from daemon.model import ClientFill, Side
+from config.settings import ConfigError, Settings
+from daemon.core.model import ClientFill, Side
 
 SYMBOL = "ETH/USDT"
 TOKEN = "s3cret-token"

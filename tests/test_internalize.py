@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.model import (
+from daemon.core.model import (
     ClientFill,
     Decision,
     Fill,
@@ -19,7 +19,7 @@ from daemon.model import (
     Quote,
     Side,
 )
-from daemon.routes import Callbacks
+from daemon.core.routes import Callbacks
 from strategies.internalize import (
     FlowImbalance,
     InternalizeStrategy,
@@ -408,17 +408,17 @@ def test_end_to_end_on_paper_over_the_recorded_binance_book(tmp_path: Path) -> N
     runner (paper executor sees the market first) -> strategy; client fills go through
     `runner.call`. No risk gate here (the brief's gate has its own tests).
     """
-    paper = pytest.importorskip("daemon.actions.paper")
-    from adapters.parsers.binance import BinanceParser
-    from adapters.replay import iter_frames
+    paper = pytest.importorskip("daemon.trading.paper")
+    from adapters.binance.parser import BinanceParser
+    from adapters.client_flow import SyntheticFlowSource
+    from adapters.recordings.replay import iter_frames
     from config.settings import ExecutionSettings, Settings, VenueSettings
-    from daemon.calibrate import recorded_mids
-    from daemon.flow import SyntheticFlowSource
-    from daemon.market import RingMarketView
-    from daemon.ringbuffer import RingStore
-    from daemon.runner import StrategyRunner
-    from daemon.sinks import MemorySink
-    from daemon.view import ConsolidatedView
+    from daemon.backtest.calibrate import recorded_mids
+    from daemon.core.records import MemorySink
+    from daemon.market.market_view import RingMarketView
+    from daemon.market.ringbuffer import RingStore
+    from daemon.market.view import ConsolidatedView
+    from daemon.trading.runner import StrategyRunner
 
     symbol = "BTC/USDT"
     settings = Settings(_env_file=None, strategies={"internalize": {

@@ -27,7 +27,7 @@ from strategy_fakes import (
 )
 
 from config.settings import InventoryMMSettings, VenueSettings
-from daemon.model import Fill, OrderAck, OrderStatus, OrderType, Quote, Side, Trade
+from daemon.core.model import Fill, OrderAck, OrderStatus, OrderType, Quote, Side, Trade
 from strategies.inventory_mm import InventoryMMStrategy, ceil_to_step, floor_to_step
 
 VENUE = "binance_spot"
@@ -396,10 +396,10 @@ def test_recorded_session_crash_triggers_the_max_loss_exit(recording: list) -> N
 def test_recorded_session_through_the_runner_and_the_paper_executor(recording: list) -> None:
     """The real event path: StrategyRunner, PaperExecutor with 20 ms latency, post-only."""
     from config.settings import ExecutionSettings
-    from daemon.actions.paper import PaperExecutor
-    from daemon.model import Decision
-    from daemon.runner import StrategyRunner
-    from daemon.sinks import MemorySink
+    from daemon.core.model import Decision
+    from daemon.core.records import MemorySink
+    from daemon.trading.paper import PaperExecutor
+    from daemon.trading.runner import StrategyRunner
 
     venue = VenueSettings(enabled=True, markets={SYMBOL: {"tick": TICK, "lot": LOT}},
                           balances={"BTC": 0.5, "USDT": 50_000.0})

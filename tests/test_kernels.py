@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import kernels
+from daemon.market import kernels
 
 NS = 1_000_000_000
 T0 = 1_723_161_255_030_314_667
@@ -174,7 +174,7 @@ def test_arrival_rates_beyond_edge_cases() -> None:
 
 
 def test_warm_up_compiles_every_ring_kernel() -> None:
-    from daemon.ringbuffer import warm_up_kernels
+    from daemon.market.ringbuffer import warm_up_kernels
 
     assert warm_up_kernels() >= 0.0
 

@@ -14,20 +14,9 @@ import pytest
 import structlog
 from fake_binance import FakeBinance
 
+from adapters.ccxt.executor import LiveExecutor, build_exchange, point_rest_at
 from config.settings import ExecutionSettings, RiskSettings, Settings, VenueSettings
-from daemon.actions.errors import (
-    ErrorKind,
-    ExecutionError,
-    LiveTradingRefused,
-    Redactor,
-    classify,
-    should_retry,
-)
-from daemon.actions.gate import GatedExecutor
-from daemon.actions.ids import run_prefix
-from daemon.actions.live import LiveExecutor, build_exchange, point_rest_at
-from daemon.actions.risk import RiskGate
-from daemon.model import (
+from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,
@@ -37,7 +26,18 @@ from daemon.model import (
     Quote,
     Side,
 )
-from daemon.sinks import MemorySink
+from daemon.core.records import MemorySink
+from daemon.trading.errors import (
+    ErrorKind,
+    ExecutionError,
+    LiveTradingRefused,
+    Redactor,
+    classify,
+    should_retry,
+)
+from daemon.trading.gate import GatedExecutor
+from daemon.trading.order_ids import run_prefix
+from daemon.trading.risk import RiskGate
 
 # The example credentials of Binance's API documentation ("SIGNED endpoint examples").
 API_KEY = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from daemon.market import RingMarketView
-from daemon.model import Quote
-from daemon.ringbuffer import RingStore
-from daemon.view import ConsolidatedView
+from daemon.core.model import Quote
+from daemon.market.market_view import RingMarketView
+from daemon.market.ringbuffer import RingStore
+from daemon.market.view import ConsolidatedView
 
 S = 1_000_000_000
 T0 = 1_723_161_254 * S

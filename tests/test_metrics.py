@@ -15,13 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import ConfigError, load_settings
 from daemon.app import App
-from daemon.metrics import (
-    LATENCY_BUCKETS_S,
-    TradingStats,
-    VenueStatsCollector,
-    start_operations,
-)
-from daemon.model import (
+from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,
@@ -32,9 +26,15 @@ from daemon.model import (
     Side,
     now_ns,
 )
-from daemon.sinks import MemorySink
+from daemon.core.records import MemorySink
+from daemon.ops.metrics import (
+    LATENCY_BUCKETS_S,
+    TradingStats,
+    VenueStatsCollector,
+    start_operations,
+)
 
-HAVE_REPLAY = importlib.util.find_spec("adapters.replay") is not None
+HAVE_REPLAY = importlib.util.find_spec("adapters.recordings.replay") is not None
 
 
 def make_app(mode: str = "watch", feed: str = "live", **overrides: object) -> App:
@@ -271,7 +271,7 @@ def test_replay_latency_counts_from_the_tick_not_the_recorded_receive_time() -> 
 
 
 async def test_decision_log_counters_are_exported(tmp_path: Path) -> None:
-    from daemon.model import Decision
+    from daemon.core.model import Decision
     from daemon.postmortem.writer import DecisionLogWriter
 
     app = make_app(mode="action")

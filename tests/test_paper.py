@@ -11,9 +11,7 @@ import orjson
 import pytest
 
 from config.settings import ExecutionSettings, VenueSettings
-from daemon.actions.ids import is_ours, run_prefix
-from daemon.actions.paper import MarketRules, PaperExecutor
-from daemon.model import (
+from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
@@ -23,7 +21,9 @@ from daemon.model import (
     Side,
     Trade,
 )
-from daemon.routes import Callbacks
+from daemon.core.routes import Callbacks
+from daemon.trading.order_ids import is_ours, run_prefix
+from daemon.trading.paper import MarketRules, PaperExecutor
 
 MS = 1_000_000
 T0 = 1_723_161_254_000 * MS  # 2024-08-08 23:54:14 UTC
@@ -445,7 +445,7 @@ def recorded_events() -> tuple[Quote | Trade, ...]:
         pytest.skip(f"recorded data not found at {DATA} (../shared/data is not mounted)")
     events: list[Quote | Trade] = []
     try:
-        from adapters.parsers.binance import BinanceParser
+        from adapters.binance.parser import BinanceParser
     except ImportError:
         parser = None
     else:

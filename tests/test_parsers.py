@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.parsers import (
+from adapters.recordings.replay import SAMPLE_FILES
+from adapters.venues import (
     BinanceParser,
     BybitParser,
     L2Book,
@@ -27,9 +28,8 @@ from adapters.parsers import (
     detect_binance_market,
     make_parser,
 )
-from adapters.replay import SAMPLE_FILES
-from daemon.model import Quote, Trade
-from daemon.routes import Callbacks
+from daemon.core.model import Quote, Trade
+from daemon.core.routes import Callbacks
 
 SPOT = "binance_spot_btcusdt_20240808.gz"
 USDM = "binance_usdm_btcusdt_20240808.gz"

@@ -1,5 +1,5 @@
 """Recorder: the shared-data format, hourly rotation, crash safety, and recordings that
-replay (through adapters/replay.py) to exactly the quotes the live stream published."""
+replay (through adapters/recordings/replay.py) to exactly the quotes the live stream published."""
 
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ from venue_servers import (
     wait_until,
 )
 
-from adapters.binance import BinanceAdapter
-from adapters.bybit import BybitAdapter
-from adapters.recorder import NS_PER_HOUR, Recorder, recording_path
-from adapters.replay import FileStats, ReplayFeed, ReplaySpec, iter_frames
-from adapters.stats import VenueStats
-from adapters.supervisor import BackoffPolicy, FeedTimings
+from adapters.binance.session import BinanceAdapter
+from adapters.bybit.session import BybitAdapter
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import BackoffPolicy, FeedTimings
+from adapters.recordings.recorder import NS_PER_HOUR, Recorder, recording_path
+from adapters.recordings.replay import FileStats, ReplayFeed, ReplaySpec, iter_frames
 from config.settings import VenueSettings, load_settings
-from daemon.bus import Bus
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
+from daemon.market.bus import Bus
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +215,7 @@ def test_settings_take_the_url_from_the_environment(monkeypatch: pytest.MonkeyPa
 async def test_run_record_refuses_a_replay_feed(tmp_path: Path) -> None:
     from config.settings import ConfigError
     from daemon.app import App
-    from daemon.record import run_record
+    from daemon.modes.record import run_record
 
     settings = load_settings({"data_dir": str(tmp_path)}, env_file=None)
     app = App(settings=settings, args=argparse.Namespace(feed="sample"), run_id="t")

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from adapters.replay import (
+from adapters.recordings.replay import (
     MIN_SLEEP_S,
     SAMPLE_FILES,
     FrameMeta,
@@ -28,7 +28,7 @@ from adapters.replay import (
     sample_specs,
     venue_from_filename,
 )
-from daemon.model import Quote, Trade
+from daemon.core.model import Quote, Trade
 
 SPOT = "binance_spot_btcusdt_20240808.gz"
 USDM = "binance_usdm_btcusdt_20240808.gz"
@@ -210,7 +210,7 @@ def test_missing_file_raises_replay_error_naming_it(
         iter_frames(missing)
     with pytest.raises(ReplayError, match=r"(?i)is a directory"):
         iter_frames(tmp_path)
-    monkeypatch.setattr("adapters.replay.SAMPLE_FILES", (missing,))
+    monkeypatch.setattr("adapters.recordings.replay.SAMPLE_FILES", (missing,))
     with pytest.raises(ReplayError, match=r"nope\.gz"):
         sample_specs()
 

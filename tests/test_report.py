@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from daemon.cli import main
-from daemon.model import (
+from daemon.core.model import (
     BalanceSnapshot,
     Decision,
     Fill,

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from daemon.model import Quote, Trade
-from daemon.ringbuffer import (
+from daemon.core.model import Quote, Trade
+from daemon.market.ringbuffer import (
     QuoteRing,
     RingStore,
     TradeRing,

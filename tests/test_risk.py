@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import ExecutionSettings, RiskSettings, VenueSettings
-from daemon.actions.gate import KILL_STRATEGY, GatedExecutor
-from daemon.actions.ids import run_prefix
-from daemon.actions.killswitch import KillSwitch
-from daemon.actions.paper import PaperExecutor
-from daemon.actions.risk import RiskGate, rejection_decision
-from daemon.model import (
+from daemon.core.model import (
     ClientFill,
     Decision,
     Fill,
@@ -26,7 +21,12 @@ from daemon.model import (
     Quote,
     Side,
 )
-from daemon.sinks import MemorySink
+from daemon.core.records import MemorySink
+from daemon.trading.gate import KILL_STRATEGY, GatedExecutor
+from daemon.trading.killswitch import KillSwitch
+from daemon.trading.order_ids import run_prefix
+from daemon.trading.paper import PaperExecutor
+from daemon.trading.risk import RiskGate, rejection_decision
 
 MS = 1_000_000
 S = 1_000 * MS

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from daemon.model import (
+from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,
@@ -17,8 +17,8 @@ from daemon.model import (
     Side,
     Trade,
 )
-from daemon.runner import StrategyRunner
-from daemon.sinks import MemorySink
+from daemon.core.records import MemorySink
+from daemon.trading.runner import StrategyRunner
 
 
 class FakeExecutor:
@@ -183,7 +183,7 @@ class RecordingTransfers:
 
     def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
                  now_ns: int) -> None:
-        from daemon.actions.errors import TransferRefused
+        from daemon.trading.errors import TransferRefused
 
         if self.refuse:
             raise TransferRefused("withdrawal refused: not whitelisted")
@@ -191,7 +191,7 @@ class RecordingTransfers:
 
 
 def rebalance_decision() -> Decision:
-    from daemon.model import TransferIntent
+    from daemon.core.model import TransferIntent
 
     transfer = TransferIntent("BTC", "binance_spot", "bybit_spot", 0.25)
     return Decision("test", 5, "rebalance", "drift", inputs=transfer.as_inputs())

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from adapters.stats import VenueStats, registry, stats_for
-from adapters.supervisor import (
+from adapters.common.stats import VenueStats, registry, stats_for
+from adapters.common.supervisor import (
     BackoffPolicy,
     ConnectFailed,
     ConnectionLost,
@@ -25,14 +25,14 @@ from adapters.supervisor import (
     VenueRefused,
     classify_error,
 )
-from adapters.wsclient import (
+from adapters.common.wsclient import (
     ConnectionClosedByPeer,
     ConnectionDropped,
     HandshakeFailed,
     InvalidURL,
 )
-from daemon.bus import Bus
-from daemon.model import Quote
+from daemon.core.model import Quote
+from daemon.market.bus import Bus
 
 VENUE = "binance_spot"
 
@@ -338,9 +338,9 @@ def test_feed_timings_and_pings_come_from_the_venue_settings() -> None:
     """Backoff, connection age and keepalive are venue settings: Binance reconnects before
     its 24 h cut-off by default, Bybit never; a ping interval is held to half the silence
     timeout so a quiet connection stays alive."""
-    from adapters.binance import BinanceAdapter
-    from adapters.bybit import BybitAdapter
-    from adapters.supervisor import timings_from_settings
+    from adapters.binance.session import BinanceAdapter
+    from adapters.bybit.session import BybitAdapter
+    from adapters.common.supervisor import timings_from_settings
     from config.settings import load_settings
 
     settings = load_settings({"venues": {"bybit_spot": {

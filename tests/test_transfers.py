@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from config.settings import ExecutionSettings, VenueSettings
-from daemon.actions.errors import TransferRefused
-from daemon.actions.paper import PaperExecutor
-from daemon.actions.transfers import LiveTransfers, PaperTransfers, Transfer
+from daemon.trading.errors import TransferRefused
+from daemon.trading.paper import PaperExecutor
+from daemon.trading.transfers import LiveTransfers, PaperTransfers, Transfer
 
 S = 1_000_000_000
 T0 = 1_723_161_254 * S
@@ -69,7 +69,7 @@ def test_impossible_transfers_are_refused(asset: str, amount: float, destination
 
 
 def test_balance_locked_by_open_orders_cannot_be_sent() -> None:
-    from daemon.model import OrderIntent, OrderType, Quote, Side
+    from daemon.core.model import OrderIntent, OrderType, Quote, Side
 
     paper, transfers, _ = setup(submit_latency_ms=0.0)
     paper.on_quote(Quote("binance_spot", "BTC/USDT", 100.0, 1.0, 101.0, 1.0, T0, T0))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from daemon.bus import Bus
-from daemon.model import Quote
-from daemon.watch import render_table
+from daemon.core.model import Quote
+from daemon.market.bus import Bus
+from daemon.modes.watch import render_table
 
 REPO = Path(__file__).resolve().parents[1]
 VIEW_KEYS = {"symbol", "top_bid", "top_bid_quantity", "top_ask", "top_ask_quantity"}

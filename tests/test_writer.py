@@ -17,7 +17,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from daemon.model import (
+from daemon.core.model import (
     BalanceSnapshot,
     Decision,
     Fill,
@@ -132,8 +132,8 @@ def test_recording_after_close_is_an_error_not_a_silent_loss(tmp_path: Path) -> 
 CHILD = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
-    from daemon.logs import configure_logging
-    from daemon.model import Fill, Side
+    from daemon.core.logs import configure_logging
+    from daemon.core.model import Fill, Side
     from daemon.postmortem.writer import DecisionLogWriter
 
     async def main(data_dir):

@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from daemon.postmortem.metrics import RunSummary
+from daemon.postmortem.figures import RunSummary
 
 MAX_POINTS = 4_000
 TIMELINE_BUCKETS = 200

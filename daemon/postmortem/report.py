@@ -9,7 +9,7 @@ one JSON document on stdout), and writes under `<data_dir>/reports/<run|all-runs
 `summary.csv` (one row per strategy and run), `fills.csv`, `decisions.csv` (in log order,
 which is time order within a run; with the strategy's whole `inputs` as JSON) and
 `report.html` (plotly charts, plotly.js inlined so it opens offline). The figures are
-defined in `daemon.postmortem.metrics`.
+defined in `daemon.postmortem.figures`.
 
 An empty or missing log is not an error: a clear message and exit status 0.
 """
@@ -31,9 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError
-from daemon.logs import get_logger
+from daemon.core.logs import get_logger
 from daemon.postmortem.charts import report_html
-from daemon.postmortem.metrics import RunSummary, groups, summarise
+from daemon.postmortem.figures import RunSummary, groups, summarise
 from daemon.postmortem.reader import LoadedLog, LogFilter, load_log, parse_time
 from daemon.postmortem.writer import decisions_dir
 

@@ -10,7 +10,7 @@ time live, event time in a backtest). An `intent` has no time of its own and tak
 of the record before it (its Decision). No field ever holds the time of writing, so the
 same inputs give a byte-identical log.
 
-Record types and their fields (names as in `daemon.model`; floats are float64, NaN and
+Record types and their fields (names as in `daemon.core.model`; floats are float64, NaN and
 infinities are written as `null`):
 
 - `decision`: strategy, action, reason, expected, inputs (object), intents (list of intent
@@ -75,7 +75,7 @@ from typing import Any
 
 import orjson
 
-from daemon.model import BalanceSnapshot, Decision, Fill, OrderAck, OrderIntent
+from daemon.core.model import BalanceSnapshot, Decision, Fill, OrderAck, OrderIntent
 
 SCHEMA_VERSION = 1
 

@@ -56,10 +56,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from daemon.logs import get_logger
-from daemon.model import BalanceSnapshot, now_ns
+from daemon.core.logs import get_logger
+from daemon.core.model import BalanceSnapshot, now_ns
+from daemon.core.records import Record, RecordSink
 from daemon.postmortem.schema import encode_record, log_file_name, own_time_ns
-from daemon.sinks import Record, RecordSink
 
 log = get_logger("decision_log")
 

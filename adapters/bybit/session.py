@@ -1,0 +1,205 @@
+"""Bybit v5 spot and linear public market data over the native WebSocket API.
+
+Endpoint: the venue's `ws_url` as documented (`wss://stream.bybit.com/v5/public/spot`
+or `.../linear`). Topics per symbol: `orderbook.<N>.<SYMBOL>` (N from the
+`book_depth` setting, rounded up to a depth the market offers) and
+`publicTrade.<SYMBOL>`.
+
+Protocol duties:
+
+- subscriptions: one `{"op": "subscribe", "args": [topic], "req_id": topic}` per topic,
+  so the acknowledgement names the topic it answers. A refused one (`"success": false`)
+  is a `SubscriptionRejected` naming the topic and Bybit's reason; it is not retried.
+- keepalive: Bybit drops a connection that sends nothing, so `{"op": "ping"}` goes out
+  every 20 s; the pong is a frame like any other, which also keeps the silence watchdog
+  quiet on a quiet market.
+- book continuity: every order-book message carries `u`. A snapshot (re)loads the book;
+  a delta must follow the previous `u`. A delta before any snapshot, or a gap, makes
+  the parser ask for a resync; we unsubscribe and resubscribe the topic, and Bybit
+  answers with a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from adapters.bybit.parser import BYBIT_VENUES, BybitParser
+from adapters.common.supervisor import (
+    ConnectionLost,
+    PendingReplies,
+    SubscriptionRejected,
+    WebSocketSession,
+    venue_symbols,
+    wait_for_reply,
+)
+from adapters.common.wsclient import FrameConnection, WebSocketError
+from config.settings import VenueSettings
+from daemon.core.logs import get_logger
+from daemon.core.model import venue_symbol
+from daemon.market.bus import Bus
+
+log = get_logger("bybit")
+
+#: Order-book depths Bybit v5 publishes, per market.
+BOOK_DEPTHS = {"bybit_spot": (1, 50, 200, 1000), "bybit_linear": (1, 50, 200, 500, 1000)}
+
+
+def book_depth_for(venue: str, wanted: int) -> int:
+    """The smallest published depth >= `wanted` (the deepest one if none is)."""
+    depths = BOOK_DEPTHS[venue]
+    return next((depth for depth in depths if depth >= wanted), depths[-1])
+
+
+def topics_for(symbols: Iterable[str], depth: int) -> list[str]:
+    topics = []
+    for symbol in symbols:
+        name = venue_symbol(symbol)
+        topics += [f"orderbook.{depth}.{name}", f"publicTrade.{name}"]
+    return topics
+
+
+class BybitAdapter(WebSocketSession):
+    """Bybit spot or linear market data for a set of symbols, supervised; `run()` until
+    cancelled. Publishes the order book's top as Quotes, and Trades, to the bus."""
+
+    #: Bybit's keepalive is its application-level `op: ping` (see `_keepalive`).
+    PROTOCOL_PINGS = False
+
+    def __init__(self, venue: str, settings: VenueSettings, symbols: Sequence[str], bus: Bus,
+                 **options: Any) -> None:
+        """`options`: see `WebSocketSession` (timings, listeners, frame_tap, stats)."""
+        if venue not in BYBIT_VENUES:
+            raise ValueError(f"BybitAdapter venue must be one of {BYBIT_VENUES}, not {venue!r}")
+        super().__init__(venue, settings, symbols, bus, **options)
+        self.depth = book_depth_for(venue, settings.book_depth)
+        if self.depth != settings.book_depth:
+            log.info("book_depth_rounded", venue=venue, wanted=settings.book_depth,
+                     using=self.depth)
+        self.topics: list[str] = topics_for(self.symbols, self.depth)
+        self._replies = PendingReplies()
+        self._ping_count = 0
+        self._resyncing: set[str] = set()
+        self.parser = self._new_parser()
+
+    # -- WebSocketSession --------------------------------------------------------------------
+
+    def url(self) -> str:
+        return self.settings.ws_url
+
+    async def on_open(self, ws: FrameConnection) -> None:
+        self.spawn(self._keepalive(ws), "ping")
+        await self._subscribe_all(ws, "subscribe", self.topics)
+        log.info("subscribed", venue=self.venue, topics=self.topics)
+
+    def on_frame(self, frame: bytes, local_ts_ns: int) -> None:
+        if self.frame_tap is not None:
+            self.frame_tap(frame, local_ts_ns)
+        if frame.startswith(b'{"topic"'):
+            self._feed(frame, local_ts_ns)
+        else:
+            self._on_other_frame(frame, local_ts_ns)
+
+    def on_close(self) -> None:
+        self._replies.fail_all(ConnectionLost(self.venue, "connection closed before the reply"))
+        self._resyncing.clear()
+        self.parser.reset()  # resubscribing on the next connection sends fresh snapshots
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def set_symbols(self, symbols: Sequence[str]) -> None:
+        """Change the symbols streamed, live (subscribe new topics, unsubscribe old ones)."""
+        wanted = topics_for(symbols, self.depth)
+        added = [t for t in wanted if t not in self.topics]
+        removed = [t for t in self.topics if t not in wanted]
+        self.symbols = list(symbols)
+        self.topics = wanted
+        self.supervisor.symbols = list(symbols)
+        self.parser.set_symbols(venue_symbols(symbols))
+        ws = self.ws
+        if ws is None:
+            return
+        try:
+            await self._subscribe_all(ws, "subscribe", added)
+            await self._subscribe_all(ws, "unsubscribe", removed)
+        except (ConnectionLost, WebSocketError):
+            # The next connection subscribes the new set in on_open: nothing is lost.
+            log.info("resubscribe_on_reconnect", venue=self.venue, topics=self.topics)
+
+    async def _subscribe_all(self, ws: FrameConnection, op: str, topics: list[str]) -> None:
+        """Send one request per topic, then wait for every acknowledgement."""
+        replies = []
+        for topic in topics:
+            replies.append((topic, self._replies.expect(f"{op}:{topic}")))
+            await ws.send(orjson.dumps({"op": op, "args": [topic], "req_id": topic}).decode())
+        for topic, reply in replies:
+            message = await wait_for_reply(reply, self.timings.ack_timeout_s, self.venue,
+                                           f"{op} {topic}")
+            if message.get("success") is not True:
+                raise SubscriptionRejected(self.venue, topic,
+                                           str(message.get("ret_msg") or "no reason given"))
+
+    async def _resubscribe(self, topic: str) -> None:
+        """Unsubscribe + subscribe: Bybit answers a new subscription with a snapshot."""
+        ws = self.ws
+        if ws is None:
+            return
+        try:
+            await self._subscribe_all(ws, "unsubscribe", [topic])
+            await self._subscribe_all(ws, "subscribe", [topic])
+        finally:
+            self._resyncing.discard(topic)
+
+    def _on_resync(self, topic: str) -> None:
+        if topic in self._resyncing or self.ws is None:
+            return
+        self._resyncing.add(topic)
+        dropped = self.parser.dropped
+        reason = "delta_before_snapshot" if dropped["delta_before_snapshot"] else "sequence_gap"
+        self.supervisor.resync(topic, reason)
+        self.spawn(self._resubscribe(topic), f"resubscribe:{topic}")
+
+    async def _keepalive(self, ws: FrameConnection) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval_s)
+            self._ping_count += 1
+            await ws.send(orjson.dumps({"op": "ping", "req_id": f"ping-{self._ping_count}"})
+                          .decode())
+
+    # -- frames other than topic data --------------------------------------------------------
+
+    def _on_other_frame(self, frame: bytes, local_ts_ns: int) -> None:
+        """Acks and pongs; the parser still sees (and counts) every frame."""
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            message = None
+        if isinstance(message, dict):
+            op = message.get("op")
+            if op in ("subscribe", "unsubscribe"):
+                self._on_ack(op, message)
+        self._feed(frame, local_ts_ns)
+
+    def _on_ack(self, op: str, message: dict[str, Any]) -> None:
+        request_id = message.get("req_id")
+        if isinstance(request_id, str) and self._replies.resolve(f"{op}:{request_id}", message):
+            return
+        # No (known) req_id: answer the oldest waiting request of this kind.
+        for key in self._replies.pending():
+            if key.startswith(op + ":"):
+                self._replies.resolve(key, message)
+                return
+        log.warning("unexpected_ack", venue=self.venue, reply=message)
+
+    # -- parser ------------------------------------------------------------------------------
+
+    def _new_parser(self) -> BybitParser:
+        mapping = {venue_symbol(symbol): symbol for symbol in self.symbols}
+        parser = BybitParser(self.venue, self.bus,
+                             mapping, on_resync=self._on_resync)
+        self.stats.attach_drops(parser.dropped)
+        self._feed = parser.feed
+        return parser

@@ -1,0 +1,461 @@
+"""Client-flow sources for the internalize strategy: file replay, WebSocket ingest, synthetic.
+
+Each source is an async iterator of `ClientFill` (the file and synthetic sources also
+iterate synchronously, for backtests and calibration). They are I/O, so they live here and
+not in `strategies/`: the daemon pumps fills into the runner, which calls
+`strategy.on_client_fill` through its one dispatch path (`run_flow`).
+
+Sides are always the **client's** side (see `ClientFill`).
+
+- `FileFlowSource`: CSV of `time, side, qty, price` (aliases below), or a Dune export of
+  1inch Fusion fills (`block_time, token_sold_symbol, token_bought_symbol,
+  token_sold_amount, token_bought_amount`), mapped onto the configured `BASE/QUOTE`.
+- `WebSocketFlowSource`: a local endpoint `ws://HOST:PORT/flow`; the handshake must carry
+  `Authorization: Bearer <token>` (else HTTP 401). Each text message is one JSON client
+  fill; each gets a JSON reply: `{"ok": true, "fill_id": ..., "seq": n}` or
+  `{"ok": false, "error": "<what is wrong>"}`. Bad messages are logged and answered,
+  never fatal.
+- `SyntheticFlowSource`: Poisson arrivals around a mid, seeded, so a paper demo or a
+  backtest sees the same flow every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import hmac
+import math
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+
+from config.settings import ConfigError
+from daemon.core.logs import get_logger
+from daemon.core.model import ClientFill, Side, now_ns, split_symbol
+
+log = get_logger("flow")
+
+NS_PER_SECOND = 1_000_000_000
+INGEST_PATH = "/flow"
+#: A client fill is a few hundred bytes; anything much larger is not one.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+MidSource = Callable[[], float | None]
+Sleep = Callable[[float], Awaitable[Any]]
+
+_TIME_KEYS = ("time", "timestamp", "ts_ns", "ts", "block_time", "datetime")
+_QTY_KEYS = ("qty", "base_qty", "quantity", "amount", "size")
+_CLIENT_KEYS = ("client_id", "client", "taker", "tx_from")
+_FILL_ID_KEYS = ("fill_id", "id", "tx_hash", "trade_id")
+_DUNE_KEYS = ("token_sold_symbol", "token_bought_symbol", "token_sold_amount",
+              "token_bought_amount")
+#: Wrapped tokens trade as their underlying asset on a CEX hedge venue.
+_ASSET_ALIASES = {"WETH": "ETH", "WBTC": "BTC", "BTCB": "BTC"}
+
+
+class FlowError(ValueError):
+    """A client fill that cannot be used; `str()` names the problem for the reply/log."""
+
+
+class FlowSource(Protocol):
+    def __aiter__(self) -> AsyncIterator[ClientFill]: ...
+
+
+# --- parsing shared by the file and the WebSocket source ----------------------------------
+
+
+def parse_time_ns(value: Any) -> int:
+    """Epoch ns from ns/us/ms/s numbers (told apart by magnitude) or ISO 8601 text (UTC)."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise FlowError("time is missing")
+    given = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = Decimal(text)  # exact: a float cannot hold 19 digits of epoch ns
+        except InvalidOperation:
+            return _iso_time_ns(text)
+    if not isinstance(value, int | float | Decimal) or not math.isfinite(value) or value <= 0:
+        raise FlowError(f"time {given!r} is not a positive epoch time")
+    magnitude = abs(value)
+    scale = (1 if magnitude >= 1e17 else 1_000 if magnitude >= 1e14
+             else 1_000_000 if magnitude >= 1e11 else NS_PER_SECOND)
+    return int(value * scale)
+
+
+def _iso_time_ns(text: str) -> int:
+    cleaned = text.removesuffix(" UTC").removesuffix("Z").replace(" ", "T", 1)
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise FlowError(f"time {text!r} is neither an epoch number nor ISO 8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    seconds = int(moment.timestamp())
+    return seconds * NS_PER_SECOND + moment.microsecond * 1_000
+
+
+def _positive(record: Mapping[str, Any], key: str) -> float:
+    raw = record.get(key)
+    if raw is None or raw == "":
+        raise FlowError(f"{key} is missing")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise FlowError(f"{key} {raw!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0.0):
+        raise FlowError(f"{key} must be a positive finite number, got {raw!r}")
+    return value
+
+
+def _first(record: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
+    for key in keys:
+        if key in record and record[key] not in (None, ""):
+            return key, record[key]
+    return None, None
+
+
+def _asset(name: Any) -> str:
+    text = str(name or "").strip().upper()
+    return _ASSET_ALIASES.get(text, text)
+
+
+def parse_side(value: Any) -> Side:
+    text = str(value or "").strip().lower()
+    if text in ("buy", "b", "bid"):
+        return Side.BUY
+    if text in ("sell", "s", "ask"):
+        return Side.SELL
+    raise FlowError(f"side {value!r} is not buy or sell")
+
+
+def client_fill_from_record(record: Mapping[str, Any], symbol: str,
+                            default_ts_ns: int | None = None) -> ClientFill:
+    """One client fill from a CSV row or a JSON object (keys lower-case); FlowError if bad."""
+    if all(key in record for key in _DUNE_KEYS):
+        return _from_dune(record, symbol)
+    given_symbol = record.get("symbol")
+    if given_symbol not in (None, "") and given_symbol != symbol:
+        raise FlowError(f"symbol {given_symbol!r} is not the configured {symbol!r}")
+    time_key, time_value = _first(record, _TIME_KEYS)
+    if time_key is None:
+        if default_ts_ns is None:
+            raise FlowError(f"time is missing (one of {', '.join(_TIME_KEYS)})")
+        ts_ns = default_ts_ns
+    else:
+        ts_ns = parse_time_ns(time_value)
+    qty_key = _first(record, _QTY_KEYS)[0] or "qty"
+    return ClientFill(
+        ts_ns=ts_ns, symbol=symbol, side=parse_side(record.get("side")),
+        qty=_positive(record, qty_key), price=_positive(record, "price"),
+        client_id=str(_first(record, _CLIENT_KEYS)[1] or ""),
+        fill_id=str(_first(record, _FILL_ID_KEYS)[1] or ""),
+    )
+
+
+def _from_dune(record: Mapping[str, Any], symbol: str) -> ClientFill:
+    """A dex.trades row: the client (taker) sold one token and bought the other.
+
+    Client sold base for quote -> client sell of `token_sold_amount` at bought/sold;
+    client sold quote for base -> client buy of `token_bought_amount` at sold/bought.
+    """
+    base, quote = split_symbol(symbol)
+    sold, bought = _asset(record["token_sold_symbol"]), _asset(record["token_bought_symbol"])
+    sold_amount = _positive(record, "token_sold_amount")
+    bought_amount = _positive(record, "token_bought_amount")
+    if (sold, bought) == (base, quote):
+        side, qty, price = Side.SELL, sold_amount, bought_amount / sold_amount
+    elif (sold, bought) == (quote, base):
+        side, qty, price = Side.BUY, bought_amount, sold_amount / bought_amount
+    else:
+        raise FlowError(f"pair {sold}->{bought} is not {symbol}")
+    time_key, time_value = _first(record, _TIME_KEYS)
+    if time_key is None:
+        raise FlowError("block_time is missing")
+    fill_id = str(record.get("tx_hash") or "")
+    if record.get("evt_index") not in (None, ""):
+        fill_id = f"{fill_id}:{record['evt_index']}"
+    return ClientFill(parse_time_ns(time_value), symbol, side, qty, price,
+                      str(_first(record, _CLIENT_KEYS)[1] or ""), fill_id)
+
+
+# --- file replay ----------------------------------------------------------------------------
+
+
+class FileFlowSource:
+    """Client fills from a CSV file, in file order; bad rows are counted and skipped.
+
+    `speed` paces the async iteration by the fills' own time gaps (1 = real time, None =
+    as fast as the consumer takes them).
+    """
+
+    def __init__(self, path: Path, symbol: str, speed: float | None = None,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        self.path = Path(path)
+        self.symbol = symbol
+        self.speed = speed
+        self._sleep = sleep
+        self.skipped: Counter[str] = Counter()
+
+    def __iter__(self) -> Iterator[ClientFill]:
+        with open(self.path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None:
+                return
+            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+            for line, row in enumerate(reader, start=2):
+                try:
+                    yield client_fill_from_record(row, self.symbol)
+                except FlowError as exc:
+                    self.skipped[str(exc).split(" ", 1)[0]] += 1
+                    log.debug("flow_row_skipped", path=str(self.path), line=line, error=str(exc))
+
+    async def __aiter__(self) -> AsyncIterator[ClientFill]:
+        previous_ns: int | None = None
+        for count, fill in enumerate(self, start=1):
+            if self.speed is not None and previous_ns is not None:
+                await self._sleep(max(0.0, (fill.ts_ns - previous_ns) / NS_PER_SECOND
+                                      / self.speed))
+            elif count % 1024 == 0:
+                await asyncio.sleep(0)  # let the event loop breathe on a big unpaced file
+            previous_ns = fill.ts_ns
+            yield fill
+
+
+# --- synthetic Poisson flow -------------------------------------------------------------------
+
+
+class SyntheticFlowSource:
+    """Seeded Poisson client flow around a mid: for paper demos and backtests.
+
+    Arrivals: exponential gaps at `rate_hz` per second. Each client buys or sells with
+    probability 1/2 an exponentially distributed size (mean `mean_qty` base, 6 decimals)
+    and pays the mid plus `markup_bps` (buys at mid*(1+m), sells at mid*(1-m)).
+    """
+
+    def __init__(self, symbol: str, rate_hz: float, mean_qty: float, seed: int,
+                 markup_bps: float = 5.0, mid: MidSource | None = None,
+                 clock: Callable[[], int] = now_ns, sleep: Sleep = asyncio.sleep) -> None:
+        self.symbol = symbol
+        self.rate_hz = rate_hz
+        self.mean_qty = mean_qty
+        self.markup = markup_bps * 1e-4
+        self.seed = seed
+        self._mid = mid
+        self._clock = clock
+        self._sleep = sleep
+        self.skipped: Counter[str] = Counter()
+
+    def generate(self, start_ns: int, end_ns: int,
+                 mid_at: Callable[[int], float | None]) -> Iterator[ClientFill]:
+        """Fills with times in (start_ns, end_ns], priced off `mid_at(time)`."""
+        rng = random.Random(self.seed)
+        ts_ns = start_ns
+        sequence = 0
+        while True:
+            ts_ns += int(rng.expovariate(self.rate_hz) * NS_PER_SECOND)
+            if ts_ns > end_ns:
+                return
+            side, qty = self._draw(rng)
+            fill = self._priced(ts_ns, side, qty, mid_at(ts_ns), sequence)
+            sequence += 1
+            if fill is not None:
+                yield fill
+
+    async def __aiter__(self) -> AsyncIterator[ClientFill]:
+        if self._mid is None:
+            raise ConfigError("synthetic flow needs a mid source (the hedge venue's quotes)")
+        rng = random.Random(self.seed)
+        sequence = 0
+        while True:
+            await self._sleep(rng.expovariate(self.rate_hz))
+            side, qty = self._draw(rng)
+            fill = self._priced(self._clock(), side, qty, self._mid(), sequence)
+            sequence += 1
+            if fill is not None:
+                yield fill
+
+    def _draw(self, rng: random.Random) -> tuple[Side, float]:
+        side = Side.BUY if rng.random() < 0.5 else Side.SELL
+        qty = max(round(rng.expovariate(1.0 / self.mean_qty), 6), 1e-6)
+        return side, qty
+
+    def _priced(self, ts_ns: int, side: Side, qty: float, mid: float | None,
+                sequence: int) -> ClientFill | None:
+        if mid is None or not mid > 0.0:
+            self.skipped["no_mid"] += 1  # no market yet: the client would not get a price
+            return None
+        price = mid * (1.0 + self.markup) if side is Side.BUY else mid * (1.0 - self.markup)
+        return ClientFill(ts_ns, self.symbol, side, qty, price, "synthetic",
+                          f"syn-{self.seed}-{sequence}")
+
+
+# --- WebSocket ingest endpoint ------------------------------------------------------------------
+
+
+class WebSocketFlowSource:
+    """`ws://host:port/flow`: authenticated clients push fills, each answered in JSON.
+
+    `start()` binds (port 0 picks a free one: see `.port`); iterate to receive the
+    accepted fills; `stop()` closes the server and ends the iteration. A full queue answers
+    `{"ok": false, "error": "ingest queue full ..."}` rather than buffering without bound.
+    """
+
+    def __init__(self, symbol: str, token: str, host: str = "127.0.0.1", port: int = 0,
+                 queue_size: int = 10_000, clock: Callable[[], int] = now_ns) -> None:
+        if not token:
+            raise ConfigError("the flow ingest endpoint needs a bearer token "
+                              "(strategies.internalize.ingest_token)")
+        self.symbol = symbol
+        self.host = host
+        self.port = port
+        self._token = token.encode()
+        self._clock = clock
+        self._queue: asyncio.Queue[ClientFill | None] = asyncio.Queue(queue_size)
+        self._server: Any = None
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(self._serve, self.host, self.port,
+                                   process_request=self._authorize,
+                                   max_size=MAX_MESSAGE_BYTES)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("flow_ingest_listening", url=f"ws://{self.host}:{self.port}{INGEST_PATH}")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)  # wakes the iterator, which then ends
+
+    async def __aenter__(self) -> WebSocketFlowSource:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def __aiter__(self) -> AsyncIterator[ClientFill]:
+        if self._server is None:
+            await self.start()
+        while True:
+            fill = await self._queue.get()
+            if fill is None:
+                return
+            yield fill
+
+    def _authorize(self, connection: Any, request: Any) -> Any:
+        """Handshake check: right path and bearer token, else an HTTP error, no upgrade."""
+        if urlsplit(request.path).path != INGEST_PATH:
+            self.rejected["path"] += 1
+            return connection.respond(HTTPStatus.NOT_FOUND, f"unknown path: use {INGEST_PATH}\n")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                 self._token):
+            self.rejected["unauthorized"] += 1
+            log.warning("flow_ingest_unauthorized", remote=str(connection.remote_address),
+                        header_present=bool(scheme))
+            response = connection.respond(HTTPStatus.UNAUTHORIZED,
+                                          "missing or wrong bearer token\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="flow"'
+            return response
+        return None
+
+    async def _serve(self, connection: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for message in connection:
+                await connection.send(orjson.dumps(self._accept(message)).decode())
+        except ConnectionClosed:
+            pass  # the client went away mid-reply: nothing to answer any more
+
+    def _accept(self, message: str | bytes) -> dict[str, Any]:
+        """Parse, validate and queue one message; the reply says what happened."""
+        try:
+            fill = parse_client_fill_message(message, self.symbol, self._clock())
+            self._queue.put_nowait(fill)
+        except FlowError as exc:
+            return self._refuse(str(exc), message)
+        except asyncio.QueueFull:
+            return self._refuse("ingest queue full: retry later", message)
+        self.accepted += 1
+        return {"ok": True, "fill_id": fill.fill_id, "seq": self.accepted}
+
+    def _refuse(self, error: str, message: str | bytes) -> dict[str, Any]:
+        self.rejected[error.split(" ", 1)[0]] += 1
+        log.warning("flow_ingest_bad_message", error=error, message=_excerpt(message))
+        return {"ok": False, "error": error}
+
+
+def parse_client_fill_message(message: str | bytes, symbol: str,
+                              received_ns: int) -> ClientFill:
+    """One JSON object -> ClientFill (time defaults to `received_ns`); FlowError if bad."""
+    try:
+        record = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise FlowError(f"malformed JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise FlowError(f"expected a JSON object, got {type(record).__name__}")
+    lowered = {str(key).strip().lower(): value for key, value in record.items()}
+    fill = client_fill_from_record(lowered, symbol, default_ts_ns=received_ns)
+    if not fill.fill_id:
+        fill.fill_id = f"ws-{received_ns}"
+    return fill
+
+
+def _excerpt(message: str | bytes, limit: int = 200) -> str:
+    text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+AnyFlowSource = FileFlowSource | SyntheticFlowSource | WebSocketFlowSource
+
+
+def build_flow_source(settings: Any, mid: MidSource | None = None,
+                      clock: Callable[[], int] = now_ns) -> AnyFlowSource:
+    """The source chosen by `strategies.internalize.source` (settings: the daemon Settings)."""
+    own = settings.strategies.internalize
+    if own.source == "file":
+        if own.file is None:
+            raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
+                              "needs a CSV path")
+        if not Path(own.file).is_file():
+            raise ConfigError(f"invalid setting strategies.internalize.file: {own.file} "
+                              "is not a file")
+        return FileFlowSource(Path(own.file), own.symbol)
+    if own.source == "websocket":
+        token = own.ingest_token.get_secret_value() if own.ingest_token else ""
+        return WebSocketFlowSource(own.symbol, token, own.ingest_host, own.ingest_port,
+                                   clock=clock)
+    return SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
+                               own.seed, own.synthetic_markup_bps, mid=mid, clock=clock)
+
+
+async def run_flow(source: FlowSource, deliver: Callable[[ClientFill], object]) -> int:
+    """Pump every fill of `source` into `deliver` (e.g. the runner); returns the count.
+
+    Live wiring: `deliver = runner.on_client_fill` (risk gate first, then the strategy).
+    """
+    count = 0
+    async for fill in source:
+        deliver(fill)
+        count += 1
+    return count

@@ -1,0 +1,459 @@
+"""A backtest's market events decoded once, kept as columns: decode once, backtest many times.
+
+Parsing the recorded frames costs more than backtesting a market maker on them (issue #8:
+the parse-only replay of the shared Binance files runs at ~330k events/s). So the events
+the parse path yields -- `adapters.recordings.replay.ReplayFeed` through the live parsers, files
+merged by receive time, `FILE@VENUE:SYMBOL` relabelling applied -- are decoded once into
+columns and saved as one Arrow IPC (Feather) file, `data_dir/cache/backtest/<digest>.arrow`.
+Later backtests of the same files read the columns and rebuild each Quote and Trade equal,
+field for field and type for type, to the parsed one, in the same order; the replay's
+`ReplayStats` are kept with them, so a result is the same from the cache.
+
+Columns, one row per published event: `kind` (QUOTE, TRADE), `key` (index into the
+(exchange, symbol) table in the schema metadata), `local_ts_ns`, `exchange_ts_ns`, `price`
+(a quote's bid, a trade's price), `qty` (bid size, trade size), `ask`, `ask_qty`, `seq`,
+`stale` (quotes), `side` (index into the side table in the metadata) and `trade_id`
+(trades). A field a kind does not have holds 0, False or "".
+
+The name is a digest of `CACHE_FORMAT_VERSION`, of the decoding code's own files (replay,
+parsers, model: a parser fix must not be hidden behind an old cache) and, per spec, of its
+text, the file's resolved path, size and mtime_ns: a touched or replaced recording gets a
+new name, so a stale cache is never read (old files are left in place, not collected). A
+cache file that cannot be used (unreadable, truncated, corrupt, another format) is logged
+and rebuilt, never fatal. Files are written atomically: temporary file, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.ipc
+
+import adapters
+import adapters.recordings.replay
+import daemon.core.model
+from adapters.recordings.replay import FileStats, ReplayFeed, ReplaySpec, ReplayStats
+from daemon.core.logs import get_logger
+from daemon.core.model import Quote, Trade
+
+log = get_logger("backtest_data")
+
+#: Bump when the columns or metadata change meaning: older cache files are then rebuilt.
+CACHE_FORMAT_VERSION = 1
+QUOTE = 0
+TRADE = 1
+_SUFFIX = ".arrow"
+_META_VERSION = b"cryptopipe.backtest_cache"
+_META_KEYS = b"keys"
+_META_SIDES = b"sides"
+_META_STATS = b"stats"
+_META_SPECS = b"specs"
+#: The model's fields this format stores; another model (a new field) cannot be cached.
+_QUOTE_FIELDS = ("exchange", "symbol", "bid", "bid_qty", "ask", "ask_qty", "exchange_ts_ns",
+                 "local_ts_ns", "seq", "stale")
+_TRADE_FIELDS = ("exchange", "symbol", "price", "qty", "side", "exchange_ts_ns",
+                 "local_ts_ns", "trade_id")
+_SCHEMA = pa.schema([
+    pa.field("kind", pa.uint8(), nullable=False),
+    pa.field("key", pa.int32(), nullable=False),
+    pa.field("local_ts_ns", pa.int64(), nullable=False),
+    pa.field("exchange_ts_ns", pa.int64(), nullable=False),
+    pa.field("price", pa.float64(), nullable=False),
+    pa.field("qty", pa.float64(), nullable=False),
+    pa.field("ask", pa.float64(), nullable=False),
+    pa.field("ask_qty", pa.float64(), nullable=False),
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("stale", pa.bool_(), nullable=False),
+    pa.field("side", pa.int32(), nullable=False),
+    pa.field("trade_id", pa.string(), nullable=False),
+])
+
+
+class CacheStatus(StrEnum):
+    """Where a backtest's events came from."""
+
+    HIT = "hit"  # read from a cache file
+    BUILT = "built"  # decoded now and saved for next time
+    UNSAVED = "unsaved"  # decoded now; saving failed (logged), the run goes on
+    OFF = "off"  # no cache: the frames go through the parsers one by one
+
+
+class UncacheableEvents(ValueError):
+    """The events hold something the columns cannot carry exactly (a value of another
+    type or range, a model with other fields): the backtest runs without the cache."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BacktestData:
+    """Decoded events in publish order, as columns (see the module docstring)."""
+
+    keys: tuple[tuple[str, str], ...]
+    sides: tuple[str, ...]
+    kind: np.ndarray
+    key: np.ndarray
+    local_ts_ns: np.ndarray
+    exchange_ts_ns: np.ndarray
+    price: np.ndarray
+    qty: np.ndarray
+    ask: np.ndarray
+    ask_qty: np.ndarray
+    seq: np.ndarray
+    stale: np.ndarray
+    side: np.ndarray
+    #: Arrow strings: most rows are never rebuilt, so they stay out of Python objects.
+    trade_id: pa.Array
+    stats: ReplayStats
+
+    def __len__(self) -> int:
+        return int(self.kind.shape[0])
+
+    # -- building events -------------------------------------------------------------
+
+    def quotes(self, rows: np.ndarray) -> list[Quote]:
+        """The quotes of these rows (all of kind QUOTE), in the order given."""
+        exchanges, symbols = self._labels(rows)
+        return list(map(
+            Quote, exchanges, symbols, self.price[rows].tolist(), self.qty[rows].tolist(),
+            self.ask[rows].tolist(), self.ask_qty[rows].tolist(),
+            self.exchange_ts_ns[rows].tolist(), self.local_ts_ns[rows].tolist(),
+            self.seq[rows].tolist(), self.stale[rows].tolist(),
+        ))
+
+    def trades(self, rows: np.ndarray) -> list[Trade]:
+        """The trades of these rows (all of kind TRADE), in the order given."""
+        exchanges, symbols = self._labels(rows)
+        sides = np.array(self.sides, dtype=object)[self.side[rows]].tolist() if len(rows) \
+            else []
+        trade_ids = self.trade_id.take(pa.array(rows, type=pa.int64())).to_pylist()
+        return list(map(
+            Trade, exchanges, symbols, self.price[rows].tolist(), self.qty[rows].tolist(),
+            sides, self.exchange_ts_ns[rows].tolist(), self.local_ts_ns[rows].tolist(),
+            trade_ids,
+        ))
+
+    def event(self, row: int) -> Quote | Trade:
+        """The event of one row (one at a time: `quotes`/`trades` build many faster)."""
+        exchange, symbol = self.keys[self.key.item(row)]
+        if self.kind.item(row) == QUOTE:
+            return Quote(exchange, symbol, self.price.item(row), self.qty.item(row),
+                         self.ask.item(row), self.ask_qty.item(row),
+                         self.exchange_ts_ns.item(row), self.local_ts_ns.item(row),
+                         self.seq.item(row), self.stale.item(row))
+        return Trade(exchange, symbol, self.price.item(row), self.qty.item(row),
+                     self.sides[self.side.item(row)], self.exchange_ts_ns.item(row),
+                     self.local_ts_ns.item(row), self.trade_id[row].as_py())
+
+    def all_events(self) -> list[Quote | Trade]:
+        """Every event, in publish order (tests, tools; a backtest rebuilds only some)."""
+        rows = np.arange(len(self))
+        is_quote = self.kind == QUOTE
+        quotes = iter(self.quotes(rows[is_quote]))
+        trades = iter(self.trades(rows[~is_quote]))
+        return [next(quotes) if flag else next(trades) for flag in is_quote.tolist()]
+
+    def _labels(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
+        if not len(rows):
+            return [], []
+        keys = self.key[rows]
+        exchanges = np.array([exchange for exchange, _ in self.keys], dtype=object)
+        symbols = np.array([symbol for _, symbol in self.keys], dtype=object)
+        return exchanges[keys].tolist(), symbols[keys].tolist()
+
+    # -- from parsed events ----------------------------------------------------------
+
+    @classmethod
+    def from_events(cls, events: list[Quote | Trade], stats: ReplayStats) -> BacktestData:
+        """Columns of parsed events; raises `UncacheableEvents` if any would not come back
+        exactly as it went in (each field is checked to be of its model type)."""
+        if Quote.__struct_fields__ != _QUOTE_FIELDS or Trade.__struct_fields__ != _TRADE_FIELDS:
+            raise UncacheableEvents("the model's Quote/Trade fields are not the cached ones")
+        quotes = [event for event in events if type(event) is Quote]
+        trades = [event for event in events if type(event) is Trade]
+        if len(quotes) + len(trades) != len(events):
+            raise UncacheableEvents("an event that is neither a Quote nor a Trade")
+        is_quote = np.fromiter((type(event) is Quote for event in events), dtype=np.bool_,
+                               count=len(events))
+        key_ids: dict[tuple[str, str], int] = {}
+        keys = [key_ids.setdefault((e.exchange, e.symbol), len(key_ids)) for e in events]
+        side_ids: dict[str, int] = {}
+        sides = [side_ids.setdefault(t.side, len(side_ids)) for t in trades]
+        trade_ids = [t.trade_id for t in trades]
+        _check("exchange, symbol", [part for key in key_ids for part in key], str)
+        _check("side", list(side_ids), str)
+        _check("trade_id", trade_ids, str)
+
+        def merged(name: str, dtype: type, of_quotes: list[Any], of_trades: list[Any] | None,
+                   kind: type) -> np.ndarray:
+            """One column: the quotes' values in quote rows, the trades' in trade rows."""
+            _check(name, of_quotes, kind)
+            column = np.zeros(len(events), dtype=dtype)
+            try:
+                column[is_quote] = of_quotes
+                if of_trades is not None:
+                    _check(name, of_trades, kind)
+                    column[~is_quote] = of_trades
+            except OverflowError as exc:  # an int beyond int64
+                raise UncacheableEvents(f"{name}: {exc}") from None
+            return column
+
+        trade_id = [""] * len(events)
+        for row, value in zip(np.flatnonzero(~is_quote).tolist(), trade_ids, strict=True):
+            trade_id[row] = value
+        side = np.zeros(len(events), dtype=np.int32)
+        side[~is_quote] = sides
+        return cls(
+            keys=tuple(key_ids), sides=tuple(side_ids),
+            kind=np.where(is_quote, QUOTE, TRADE).astype(np.uint8),
+            key=np.array(keys, dtype=np.int32),
+            local_ts_ns=merged("local_ts_ns", np.int64, [q.local_ts_ns for q in quotes],
+                               [t.local_ts_ns for t in trades], int),
+            exchange_ts_ns=merged("exchange_ts_ns", np.int64,
+                                  [q.exchange_ts_ns for q in quotes],
+                                  [t.exchange_ts_ns for t in trades], int),
+            price=merged("price", np.float64, [q.bid for q in quotes],
+                         [t.price for t in trades], float),
+            qty=merged("qty", np.float64, [q.bid_qty for q in quotes],
+                       [t.qty for t in trades], float),
+            ask=merged("ask", np.float64, [q.ask for q in quotes], None, float),
+            ask_qty=merged("ask_qty", np.float64, [q.ask_qty for q in quotes], None, float),
+            seq=merged("seq", np.int64, [q.seq for q in quotes], None, int),
+            stale=merged("stale", np.bool_, [q.stale for q in quotes], None, bool),
+            side=side,
+            trade_id=pa.array(trade_id, type=pa.string()),
+            stats=stats,
+        )
+
+    # -- the file --------------------------------------------------------------------
+
+    def write(self, path: Path, specs: list[ReplaySpec]) -> None:
+        """Save atomically: a temporary file beside `path`, fsync'd, then renamed."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            _META_VERSION: str(CACHE_FORMAT_VERSION).encode(),
+            _META_KEYS: orjson.dumps([list(key) for key in self.keys]),
+            _META_SIDES: orjson.dumps(list(self.sides)),
+            _META_STATS: orjson.dumps(_stats_to_json(self.stats)),
+            _META_SPECS: orjson.dumps([str(spec) for spec in specs]),
+        }
+        schema = _SCHEMA.with_metadata(metadata)
+        arrays = [self.kind, self.key, self.local_ts_ns, self.exchange_ts_ns, self.price,
+                  self.qty, self.ask, self.ask_qty, self.seq, self.stale, self.side,
+                  self.trade_id]
+        batch = pa.record_batch(arrays, schema=schema)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                writer.write_batch(batch)
+            _fsync(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync(path.parent, directory=True)
+
+    @classmethod
+    def read(cls, path: Path) -> BacktestData:
+        """Load a cache file; raises (OSError, ValueError, pyarrow errors) if it is unusable."""
+        # Not closed here: the numeric columns stay views into the map (Arrow keeps the
+        # mapping alive while they reference it), so reading costs no copy.
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        metadata = reader.schema.metadata or {}
+        version = metadata.get(_META_VERSION, b"").decode()
+        if version != str(CACHE_FORMAT_VERSION):
+            raise ValueError(f"cache format {version!r}, not {CACHE_FORMAT_VERSION}")
+        if not reader.schema.equals(_SCHEMA, check_metadata=False):
+            raise ValueError(f"unexpected schema {reader.schema}")
+        table = reader.read_all().combine_chunks()
+        keys = tuple((str(exchange), str(symbol))
+                     for exchange, symbol in orjson.loads(metadata[_META_KEYS]))
+        sides = tuple(str(side) for side in orjson.loads(metadata[_META_SIDES]))
+        stats = _stats_from_json(orjson.loads(metadata[_META_STATS]))
+        columns = {name: _column(table, name) for name in _SCHEMA.names if name != "trade_id"}
+        data = cls(keys=keys, sides=sides, trade_id=table.column("trade_id").chunk(0)
+                   if table.num_rows else pa.array([], type=pa.string()),
+                   stats=stats, **columns)
+        data._validate()
+        return data
+
+    def _validate(self) -> None:
+        """The few invariants a damaged file could break without Arrow noticing."""
+        n = len(self)
+        if n != self.stats.quotes + self.stats.trades:
+            raise ValueError(f"{n} rows for {self.stats.quotes} quotes + "
+                             f"{self.stats.trades} trades")
+        if n and (self.key.min() < 0 or self.key.max() >= len(self.keys)):
+            raise ValueError("key index out of range")
+        if n and (self.side.min() < 0 or self.side.max() >= max(len(self.sides), 1)):
+            raise ValueError("side index out of range")
+        if np.count_nonzero(self.kind > TRADE):
+            raise ValueError("unknown event kind")
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    if not table.num_rows:
+        return np.array([], dtype=_SCHEMA.field(name).type.to_pandas_dtype())
+    # Views into the memory map, except bool (Arrow packs it into bits).
+    return table.column(name).chunk(0).to_numpy(zero_copy_only=name != "stale")
+
+
+def _check(name: str, values: list[Any], expected: type) -> None:
+    found = set(map(type, values))
+    if found - {expected}:
+        raise UncacheableEvents(f"{name}: {sorted(t.__name__ for t in found)} values, "
+                                f"the cache keeps only {expected.__name__}")
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+
+def _stats_to_json(stats: ReplayStats) -> dict[str, Any]:
+    def file_json(file: FileStats) -> dict[str, Any]:
+        return {"path": file.path, "lines": file.lines, "frames": file.frames,
+                "meta_lines": file.meta_lines, "corrupt_lines": file.corrupt_lines,
+                "damage": file.damage, "venues": sorted(file.venues),
+                "counts": dict(file.counts), "dropped": dict(file.dropped)}
+
+    return {"files": [file_json(file) for file in stats.files], "frames": stats.frames,
+            "quotes": stats.quotes, "trades": stats.trades, "first_ts_ns": stats.first_ts_ns,
+            "last_ts_ns": stats.last_ts_ns, "wall_seconds": stats.wall_seconds,
+            "counts": dict(stats.counts), "dropped": dict(stats.dropped)}
+
+
+def _stats_from_json(data: dict[str, Any]) -> ReplayStats:
+    files = [FileStats(f["path"], f["lines"], f["frames"], f["meta_lines"], f["corrupt_lines"],
+                       f["damage"], set(f["venues"]), Counter(f["counts"]),
+                       Counter(f["dropped"])) for f in data["files"]]
+    return ReplayStats(files, data["frames"], data["quotes"], data["trades"],
+                       data["first_ts_ns"], data["last_ts_ns"], data["wall_seconds"],
+                       Counter(data["counts"]), Counter(data["dropped"]))
+
+
+# -- decoding and the cache ----------------------------------------------------------------
+
+
+async def decode(specs: list[ReplaySpec]) -> BacktestData:
+    """Run the specs through the parse path once and keep what it published, as columns."""
+    events: list[Quote | Trade] = []
+    stats = await ReplayFeed(specs, events.append, events.append, speed=None).run()
+    return BacktestData.from_events(events, stats)
+
+
+def cache_path(data_dir: Path, specs: list[ReplaySpec]) -> Path:
+    """Where the cache of these specs lives (the name changes when any input does)."""
+    digest = hashlib.sha256()
+    digest.update(f"cryptopipe backtest cache {CACHE_FORMAT_VERSION}\n".encode())
+    digest.update(_decoder_fingerprint())
+    for spec in specs:
+        resolved = spec.path.resolve()
+        stat = resolved.stat()
+        digest.update(orjson.dumps([str(spec), str(resolved), stat.st_size, stat.st_mtime_ns]))
+    return data_dir / "cache" / "backtest" / f"{digest.hexdigest()[:32]}{_SUFFIX}"
+
+
+@cache
+def _decoder_fingerprint() -> bytes:
+    """Digest of the code that turns frames into events: changing it invalidates caches."""
+    root = Path(adapters.__file__).parent
+    parsing = [root / "venues.py", root / "common" / "parsing.py",
+               *sorted(root.glob("*/parser.py")), *sorted(root.glob("*/schemas.py"))]
+    files = [Path(adapters.recordings.replay.__file__), Path(daemon.core.model.__file__),
+             *parsing]
+    digest = hashlib.sha256(msgspec.__version__.encode())
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.digest()
+
+
+async def load(specs: list[ReplaySpec], data_dir: Path, max_bytes: float = float("inf"),
+               ) -> tuple[BacktestData | None, CacheStatus]:
+    """The specs' events from the cache, else decoded now (and saved for next time, the
+    least recently used entries going beyond `max_bytes`).
+
+    (None, OFF) when the events cannot be cached exactly (logged): the caller replays the
+    frames one by one instead. Never raises for a bad cache file: it is rebuilt.
+    """
+    path = cache_path(data_dir, specs)
+    if path.is_file():
+        started = time.perf_counter()
+        try:
+            data = BacktestData.read(path)
+        except Exception as exc:  # anything wrong with the file: rebuild it
+            log.warning("backtest_cache_unusable", path=str(path), error=str(exc),
+                        action="rebuilding")
+        else:
+            log.info("backtest_cache_hit", path=str(path), events=len(data),
+                     seconds=round(time.perf_counter() - started, 4))
+            _touch(path)
+            return data, CacheStatus.HIT
+    started = time.perf_counter()
+    try:
+        data = await decode(specs)
+    except UncacheableEvents as exc:
+        log.warning("backtest_cache_unavailable", reason=str(exc), action="replaying frames")
+        return None, CacheStatus.OFF
+    try:
+        data.write(path, specs)
+    except OSError as exc:
+        log.warning("backtest_cache_not_saved", path=str(path), error=str(exc))
+        return data, CacheStatus.UNSAVED
+    log.info("backtest_cache_built", path=str(path), events=len(data),
+             seconds=round(time.perf_counter() - started, 3))
+    prune(path.parent, max_bytes, keep=path)
+    return data, CacheStatus.BUILT
+
+
+def prune(directory: Path, max_bytes: float, keep: Path) -> list[Path]:
+    """Remove the least recently used cache files until the rest fit in `max_bytes`
+    (`keep`, the one just built, always stays). Returns what was removed."""
+    entries = []
+    for path in directory.glob(f"*{_SUFFIX}"):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed meanwhile (another run pruning)
+        entries.append((stat.st_mtime_ns, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, path in sorted(entries):  # oldest use first
+        if total <= max_bytes:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("backtest_cache_not_pruned", path=str(path), error=str(exc))
+            continue
+        total -= size
+        removed.append(path)
+    if removed:
+        log.info("backtest_cache_pruned", removed=len(removed), kept_bytes=total)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache file as just used (its mtime orders the pruning). A read-only cache
+    still serves; it just cannot keep its place."""
+    with contextlib.suppress(OSError):
+        os.utime(path)

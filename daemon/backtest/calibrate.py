@@ -1,0 +1,312 @@
+"""Slippage calibration: the formulaic coefficient vs walking real recorded depth.
+
+The internalize strategy prices a hedge of `q` base units at the touch moved by
+`slippage_coefficient * q` (a fraction of the touch per base unit). Here every client
+fill is replayed against the Binance depth book recorded at its time (REST snapshot +
+`@depth` diffs, synced by `adapters.binance.parser.BinanceParser`): the hedge side is
+the client's own side (the desk redoes the client's trade), the book is walked for the
+fill's size, and
+
+    walked slippage  = side * (walked average price / touch - 1)    (fraction of the touch)
+    formula slippage = slippage_coefficient * qty
+
+are compared per fill. The fitted coefficient is the least-squares slope through the
+origin of walked slippage on size, `b = sum(q*s) / sum(q^2)` (slippage is zero for a zero
+size by definition). `R^2 = 1 - SSR / SST` around the mean (can be negative when a line
+through the origin fits worse than the mean). Fills whose size exceeds the visible depth
+are reported ("beyond_book") and left out of the fit.
+
+`--mode calibrate --data RECORDING.gz` prints the comparison as a rich table and writes
+`slippage_comparison_vs_orderbook.csv` under `data_dir` (the seed's file name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import csv
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from config.settings import ConfigError
+from daemon.core.model import ClientFill, Quote, Side, Trade, venue_symbol
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from adapters.binance.parser import BinanceParser
+    from daemon.app import App
+
+SLIPPAGE_CSV = "slippage_comparison_vs_orderbook.csv"
+#: Depth books come from the Binance parser (spot and USD-M recordings).
+BINANCE_VENUES = ("binance_spot", "binance_usdm")
+#: Rows shown in the printed table (all of them go to the CSV).
+TABLE_ROWS = 25
+
+
+@dataclass(slots=True)
+class SlippageRow:
+    """One client fill against the recorded book at its time."""
+
+    ts_ns: int
+    fill_id: str
+    side: str  # the hedge's taker side (= the client's side)
+    qty: float
+    touch: float
+    walked_price: float  # NaN when the visible book is too thin
+    walked_slippage: float  # fraction of the touch
+    formula_price: float
+    formula_slippage: float  # fraction of the touch
+    difference: float  # walked - formula, fraction of the touch
+    levels: int  # book levels on the walked side at the time
+
+    @property
+    def beyond_book(self) -> bool:
+        return math.isnan(self.walked_price)
+
+
+@dataclass(slots=True)
+class SlippageCalibration:
+    symbol: str
+    configured_coefficient: float
+    rows: list[SlippageRow] = field(default_factory=list)
+    fitted_coefficient: float = math.nan
+    r_squared: float = math.nan
+    #: Fills before the book synced or after the recording ended.
+    outside_recording: int = 0
+
+    @property
+    def fitted_rows(self) -> list[SlippageRow]:
+        return [row for row in self.rows if not row.beyond_book]
+
+    @property
+    def beyond_book(self) -> int:
+        return sum(row.beyond_book for row in self.rows)
+
+    @property
+    def mean_abs_difference(self) -> float:
+        used = self.fitted_rows
+        return sum(abs(r.difference) for r in used) / len(used) if used else math.nan
+
+
+def fit_through_origin(sizes: list[float], slippages: list[float]) -> tuple[float, float]:
+    """(slope, R^2) of least squares `slippage = slope * size` (no intercept)."""
+    sum_xx = sum(x * x for x in sizes)
+    if not sizes or sum_xx <= 0.0:
+        return math.nan, math.nan
+    slope = sum(x * y for x, y in zip(sizes, slippages, strict=True)) / sum_xx
+    mean_y = sum(slippages) / len(slippages)
+    total = sum((y - mean_y) ** 2 for y in slippages)
+    residual = sum((y - slope * x) ** 2 for x, y in zip(sizes, slippages, strict=True))
+    return slope, (1.0 - residual / total) if total > 0.0 else math.nan
+
+
+# --- replaying the recording ---------------------------------------------------------------------
+
+
+def _parser(venue: str, books: bool, quotes: list[Quote] | None = None) -> BinanceParser:
+    from adapters.binance.parser import BinanceParser
+    from daemon.core.routes import Callbacks
+
+    def keep(quote: Quote) -> None:
+        if quotes is not None:
+            quotes.append(quote)
+
+    def ignore(trade: Trade) -> None:
+        return None
+
+    return BinanceParser(venue, Callbacks(keep, ignore), books=books)
+
+
+def _frames(recording: Path) -> Iterator[tuple[int, bytes, str]]:
+    from adapters.recordings.replay import ReplayError, iter_frames
+
+    try:
+        for ts_ns, frame, meta in iter_frames(recording):
+            if meta.session is None:
+                yield ts_ns, frame, meta.venue
+    except ReplayError as exc:
+        raise ConfigError(f"invalid setting --data: {exc}") from None
+
+
+def recorded_mids(recording: Path, symbol: str) -> tuple[list[int], list[float]]:
+    """(local ts, mid) of every recorded top-of-book quote of `symbol`, in time order."""
+    quotes: list[Quote] = []
+    parsers: dict[str, BinanceParser] = {}
+    for ts_ns, frame, venue in _frames(recording):
+        if venue not in BINANCE_VENUES:
+            continue
+        parser = parsers.get(venue) or parsers.setdefault(venue, _parser(venue, False, quotes))
+        parser.feed(frame, ts_ns)
+    picked = [q for q in quotes if q.symbol == symbol]
+    return [q.local_ts_ns for q in picked], [q.mid for q in picked]
+
+
+def calibrate_slippage(recording: Path, fills: Iterable[ClientFill], symbol: str,
+                       coefficient: float) -> SlippageCalibration:
+    """Walk the recorded Binance depth book for every fill at its time (fills in time order)."""
+    result = SlippageCalibration(symbol, coefficient)
+    pending = sorted(fills, key=lambda fill: fill.ts_ns)
+    wanted = venue_symbol(symbol)
+    parsers: dict[str, BinanceParser] = {}
+    index = 0
+    for ts_ns, frame, venue in _frames(recording):
+        # Each fill sees the book as it stood just before the first frame after its time.
+        while index < len(pending) and pending[index].ts_ns < ts_ns:
+            _walk_fill(result, pending[index], parsers, wanted, coefficient)
+            index += 1
+        if venue not in BINANCE_VENUES:
+            continue
+        parser = parsers.get(venue) or parsers.setdefault(venue, _parser(venue, True))
+        parser.feed(frame, ts_ns)
+    result.outside_recording += len(pending) - index
+    if not parsers or all(p.book(wanted) is None for p in parsers.values()):
+        raise ConfigError(
+            f"invalid setting --data: {recording} holds no Binance depth for {symbol} "
+            "(set strategies.internalize.symbol to the recorded symbol)"
+        )
+    used = result.fitted_rows
+    result.fitted_coefficient, result.r_squared = fit_through_origin(
+        [row.qty for row in used], [row.walked_slippage for row in used])
+    return result
+
+
+def _walk_fill(result: SlippageCalibration, fill: ClientFill,
+               parsers: dict[str, BinanceParser], wanted: str, coefficient: float) -> None:
+    parser = next((p for p in parsers.values() if p.in_sync(wanted)), None)
+    book = parser.book(wanted) if parser is not None else None
+    top = book.top() if book is not None else None
+    if book is None or top is None:
+        result.outside_recording += 1
+        return
+    side = fill.side
+    sign = side.sign
+    touch = top[2] if side is Side.BUY else top[0]
+    walked = book.walk(str(side), fill.qty)
+    walked_price = math.nan if walked is None else walked
+    walked_slippage = sign * (walked_price / touch - 1.0) + 0.0  # + 0.0: no -0.0 on sells
+    formula_slippage = coefficient * fill.qty
+    result.rows.append(SlippageRow(
+        ts_ns=fill.ts_ns, fill_id=fill.fill_id, side=str(side), qty=fill.qty, touch=touch,
+        walked_price=walked_price, walked_slippage=walked_slippage,
+        formula_price=touch * (1.0 + sign * formula_slippage),
+        formula_slippage=formula_slippage, difference=walked_slippage - formula_slippage,
+        levels=len(book.asks if side is Side.BUY else book.bids),
+    ))
+
+
+# --- the flow to calibrate on ---------------------------------------------------------------------
+
+
+def calibration_fills(settings: Any, recording: Path) -> list[ClientFill]:
+    """The configured flow over the recording: the file's fills, or synthetic ones."""
+    from adapters.client_flow import FileFlowSource, SyntheticFlowSource
+
+    own = settings.strategies.internalize
+    if own.source == "file":
+        if own.file is None:
+            raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
+                              "needs a CSV path")
+        return list(FileFlowSource(Path(own.file), own.symbol))
+    if own.source != "synthetic":
+        raise ConfigError("invalid setting strategies.internalize.source: calibrate needs "
+                          "recorded fills ('file') or 'synthetic' flow, not a live ingest")
+    times, mids = recorded_mids(recording, own.symbol)
+    if not times:
+        raise ConfigError(f"invalid setting --data: {recording} holds no quotes for "
+                          f"{own.symbol} (set strategies.internalize.symbol)")
+
+    def mid_at(ts_ns: int) -> float | None:
+        at = bisect.bisect_right(times, ts_ns) - 1
+        return mids[at] if at >= 0 else None
+
+    source = SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
+                                 own.seed, own.synthetic_markup_bps)
+    return list(source.generate(times[0], times[-1], mid_at))
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def write_slippage_csv(result: SlippageCalibration, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SLIPPAGE_CSV
+    columns = [f.name for f in fields(SlippageRow)]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in result.rows:
+            writer.writerow([getattr(row, name) for name in columns])
+    return path
+
+
+def print_calibration(result: SlippageCalibration, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Slippage: formula vs recorded depth, {result.symbol} "
+                        f"({len(result.rows)} fills, first {min(TABLE_ROWS, len(result.rows))})")
+    for name in ("time (UTC)", "side", "qty", "touch", "walked avg", "walked bps",
+                 "formula bps", "diff bps"):
+        table.add_column(name, justify="left" if name in ("time (UTC)", "side") else "right")
+    for row in result.rows[:TABLE_ROWS]:
+        table.add_row(_utc(row.ts_ns), row.side, f"{row.qty:.6f}", f"{row.touch:.2f}",
+                      "beyond book" if row.beyond_book else f"{row.walked_price:.2f}",
+                      _bps(row.walked_slippage), _bps(row.formula_slippage),
+                      _bps(row.difference))
+    console.print(table)
+    summary = Table(title="Fit: walked slippage = coefficient x size (least squares)")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    for name, value in (
+        ("fills walked", f"{len(result.fitted_rows)}"),
+        ("beyond the visible book", f"{result.beyond_book}"),
+        ("outside the recording / book not synced", f"{result.outside_recording}"),
+        ("configured coefficient (fraction per base unit)",
+         f"{result.configured_coefficient:.6g}"),
+        ("fitted coefficient (fraction per base unit)", f"{result.fitted_coefficient:.6g}"),
+        ("R^2 of the fit", f"{result.r_squared:.4f}"),
+        ("mean |walked - formula| (bps)", _bps(result.mean_abs_difference)),
+    ):
+        summary.add_row(name, value)
+    console.print(summary)
+
+
+def _bps(fraction: float) -> str:
+    return "nan" if math.isnan(fraction) else f"{fraction * 1e4:.3f}"
+
+
+def _utc(ts_ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+# --- the mode -------------------------------------------------------------------------------
+
+
+def run_calibration(settings: Any, recording: Path, console: Console) -> SlippageCalibration:
+    """Library entry: fills from the settings, walk the recording, print, write the CSV."""
+    own = settings.strategies.internalize
+    fills = calibration_fills(settings, recording)
+    result = calibrate_slippage(recording, fills, own.symbol, own.slippage_coefficient)
+    print_calibration(result, console)
+    path = write_slippage_csv(result, Path(settings.data_dir))
+    console.print(f"wrote {path}")
+    return result
+
+
+async def run_calibrate(app: App) -> int:
+    """`--mode calibrate --data RECORDING.gz`: compare and fit the slippage coefficient."""
+    from rich.console import Console
+
+    recordings = app.args.data or []
+    if len(recordings) != 1:
+        raise ConfigError("invalid setting --data: calibrate needs exactly one Binance "
+                          "recording with depth (e.g. ../shared/data/"
+                          "binance_spot_btcusdt_20240808.gz)")
+    # The replay is CPU-bound: a worker thread keeps Ctrl-C and --duration responsive.
+    await asyncio.to_thread(run_calibration, app.settings, Path(recordings[0]), Console())
+    return 0

@@ -1,0 +1,616 @@
+"""`--mode backtest --data FILE...`: recorded market data through the live strategy code.
+
+    python main.py --strategy inventory-mm --mode backtest --run-id mm-0808 \\
+        --data ../shared/data/binance_spot_btcusdt_20240808.gz [FILE@VENUE:SYMBOL ...]
+
+The recorded frames go through the live parsers (`adapters.recordings.replay.ReplayFeed`, files
+merged by receive time, `FILE@VENUE:SYMBOL` relabelling as for `--feed replay:`) into the
+same objects `--mode action` wires: a fresh bus view and ring buffer, the strategy built by
+`strategies.build`, `StrategyRunner`, the risk gate and kill switch, the paper executor and
+paper transfers. Only the clock differs: a simulated clock that is the receive time of the
+event being processed. Nothing waits on it; the replay only yields to the event loop every
+few thousand frames so Ctrl-C and the progress bar stay responsive.
+
+Client flow (internalize): fills from `strategies.internalize.source` ("file": the CSV's
+own times; "synthetic": the seeded Poisson arrivals of `SyntheticFlowSource`, priced off
+the hedge venue's mid at arrival, as live) are delivered in time order between market
+events. A WebSocket source has no place in a backtest and is refused.
+
+Everything goes to the decision log, written synchronously (`DecisionLogWriter`,
+`synchronous=True`) under the date of the data, so `--mode post-mortem --run ID` reports
+on a backtest exactly as on a live run. At the end of the data every open order is
+cancelled and the cancels are let through (one cancel latency later), then balances are
+snapshotted.
+
+Deterministic: the same files, settings, seed and `--run-id` give a byte-identical log (no
+wall-clock time, no ring snapshot from disk, client order ids derived from the run id).
+A run id whose log already exists is refused rather than appended to or overwritten.
+
+Fast path (`backtest.cache`, on by default; issue #8): the frames are parsed once and the
+events kept as columns (daemon/backtest/cache.py), so a rerun over the same files reads
+them instead of parsing; and events that provably change nothing are skipped: those of
+markets the strategy does not trade, and trades it does not read that fill none of our
+orders, while nothing is due (daemon/backtest/skip.py). Events that run take the same
+path as above, one by one; the decision log is byte-identical to the frame-by-frame
+replay's. Skipped events still count in `events`; the result says how many ran
+(`processed`) and whether the cache was hit, built or off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+import strategies
+from adapters.recordings.replay import ReplayError, ReplayFeed, ReplaySpec, ReplayStats, parse_spec
+from config.settings import ConfigError, Settings
+from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
+from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
+from daemon.core.logs import get_logger
+from daemon.core.model import ClientFill, Quote, Side, Trade
+from daemon.market.bus import Bus
+from daemon.market.market_view import RingMarketView
+from daemon.market.ringbuffer import RingStore
+from daemon.postmortem.exports import write_strategy_exports
+from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, decisions_dir
+from daemon.trading.gate import GatedExecutor
+from daemon.trading.paper import PaperExecutor
+from daemon.trading.risk import RiskGate
+from daemon.trading.runner import NEVER_NS, StrategyRunner
+from daemon.trading.transfers import PaperTransfers
+from strategies.base import MarketView
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+log = get_logger("backtest")
+
+NS_PER_MS = 1_000_000
+#: The progress bar is refreshed every this many events (a refresh costs ~50 µs).
+PROGRESS_EVERY = 8_192
+#: Replaying columns, yield to the event loop every this many rows (Ctrl-C, progress).
+YIELD_EVERY_ROWS = 8_192
+#: Synthetic arrivals are drawn up to here; the data's end stops them first.
+_FOREVER_NS = 2**62
+
+
+class SimulatedClock:
+    """The backtest's only clock: the receive time of the latest event (never goes back)."""
+
+    __slots__ = ("now_ns",)
+
+    def __init__(self) -> None:
+        self.now_ns = 0
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def advance_to(self, ts_ns: int) -> None:
+        if ts_ns > self.now_ns:
+            self.now_ns = ts_ns
+
+
+@dataclass(slots=True)
+class BacktestResult:
+    run_id: str
+    strategy: str
+    events: int
+    quotes: int
+    trades: int
+    client_fills: int
+    client_fills_unpriced: int
+    first_ts_ns: int
+    last_ts_ns: int
+    wall_seconds: float
+    records: int
+    log_files: list[Path]
+    corrupt_lines: int
+    dropped: dict[str, int]
+    #: Where the events came from: "hit", "built", "unsaved" or "off" (CacheStatus).
+    cache: str = CacheStatus.OFF.value
+    #: Events that went through the per-event path; the others were skipped.
+    processed: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.events - self.processed
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.wall_seconds if self.wall_seconds > 0 else math.nan
+
+    def figures(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["log_files"] = [str(path) for path in self.log_files]
+        data["events_per_second"] = self.events_per_second
+        data["skipped"] = self.skipped
+        return data
+
+
+# -- client flow ---------------------------------------------------------------------------
+
+
+class ClientFlow:
+    """Client fills in time order, handed out as the simulated clock passes them."""
+
+    def __init__(self, fills: Iterator[ClientFill],
+                 reprice: Callable[[ClientFill], ClientFill | None] | None = None) -> None:
+        self._fills = fills
+        self._reprice = reprice
+        self._next: ClientFill | None = next(fills, None)
+        self.delivered = 0
+        self.unpriced = 0
+
+    @property
+    def next_ts_ns(self) -> int | None:
+        """Time of the next fill (priced or not when it comes due); None at the end."""
+        return self._next.ts_ns if self._next is not None else None
+
+    def due(self, until_ns: int) -> Iterator[ClientFill]:
+        """Fills with a time <= until_ns, each priced (if repricing) as it comes due."""
+        while self._next is not None and self._next.ts_ns <= until_ns:
+            fill, self._next = self._next, next(self._fills, None)
+            if self._reprice is not None:
+                priced = self._reprice(fill)
+                if priced is None:
+                    self.unpriced += 1
+                    continue
+                fill = priced
+            self.delivered += 1
+            yield fill
+
+
+def build_client_flow(settings: Settings, bus: Bus, start_ns: int) -> ClientFlow:
+    """The configured client-flow source, as a time-ordered stream for the backtest."""
+    from adapters.client_flow import FileFlowSource, SyntheticFlowSource
+
+    own = settings.strategies.internalize
+    if own.source == "file":
+        if own.file is None or not Path(own.file).is_file():
+            raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
+                              f"needs an existing CSV path (got {own.file})")
+        fills = sorted(FileFlowSource(Path(own.file), own.symbol), key=lambda f: f.ts_ns)
+        return ClientFlow(iter(fills))
+    if own.source != "synthetic":
+        raise ConfigError(f"strategies.internalize.source {own.source!r} cannot be replayed: "
+                          "use 'file' or 'synthetic' for a backtest")
+    source = SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
+                                 own.seed, own.synthetic_markup_bps)
+    # Arrival times and sizes come from the seeded source; the price is set when the fill
+    # comes due, off the mid at that moment (live prices off the mid at arrival too).
+    arrivals = source.generate(start_ns, _FOREVER_NS, lambda _ts: 1.0)
+
+    def reprice(fill: ClientFill) -> ClientFill | None:
+        quote = bus.view.quote(own.venue, own.symbol)
+        if quote is None or quote.stale or not quote.mid > 0.0:
+            return None  # no market: the client would not have been quoted
+        sign = 1.0 if fill.side is Side.BUY else -1.0
+        return dataclasses.replace(fill, price=quote.mid * (1.0 + sign * source.markup))
+
+    return ClientFlow(arrivals, reprice)
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+class Backtest:
+    """One strategy over recorded files on a simulated clock, logging every record.
+
+    `skip=False` runs every event through the per-event path even from the cache (the
+    parity tests compare it with the exact skip); with `backtest.cache` off the frames are
+    replayed one by one and nothing is skipped.
+    """
+
+    def __init__(self, settings: Settings, strategy_name: str, specs: list[ReplaySpec],
+                 run_id: str, progress: Callable[[int, int], None] | None = None,
+                 bus: Bus | None = None, *, skip: bool = True) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.run_id = run_id
+        self.clock = SimulatedClock()
+        self.bus = bus or Bus()
+        # Fresh history: a backtest never reads the live ring snapshot.
+        self.rings = RingStore(retention_s=settings.retention,
+                               max_rate_hz=settings.ring.max_rate_hz)
+        self.bus.add_sink(self.rings)  # each key's channel writes straight to its ring
+        self.strategy = strategies.build(strategy_name, settings)
+        self.writer = DecisionLogWriter.from_settings(settings, run_id, synchronous=True,
+                                                      clock=self.clock)
+        self._on_client_fill = getattr(self.strategy, "on_client_fill", None)
+        #: Markets whose events always run; None: every event runs (no exact skip).
+        self.interest = self._interest() if skip and settings.backtest.cache else None
+        sink: GuardedSink | DecisionLogWriter = self.writer
+        market: MarketView = RingMarketView(self.bus.view, self.rings, self.clock)
+        #: Trades of the strategy's markets run only when they matter (reads_trades False).
+        self.skip_trades = (self.interest is not None
+                            and not getattr(self.strategy, "reads_trades", True))
+        if self.interest is not None:  # a strategy breaking its promise fails loudly
+            sink = GuardedSink(self.writer, self.interest, self.strategy.name)
+            market = GuardedMarketView(market, self.interest, self.strategy.name,
+                                       reads_trades=not self.skip_trades)
+        self.paper = PaperExecutor.from_settings(settings, run_id)
+        self.executor = GatedExecutor(self.paper, RiskGate(settings.risk), sink=sink)
+        self.runner = StrategyRunner(
+            self.strategy, self.executor, sink, market, account=self.executor,
+            clock=self.clock, transfers=PaperTransfers(self.paper, settings.execution),
+        )
+        self.executor.kill_switch.on_fire(lambda why, _now: self.runner.kill(why))
+        self.snapshots = BalanceSnapshots(
+            self.writer, self.executor, settings.enabled_venues(),
+            settings.postmortem.balance_snapshot_interval_s, self.strategy.name)
+        self.flow: ClientFlow | None = None
+        self._rare_dues = (self._on_client_fill is not None
+                           or self.executor.kill_switch.flag_file is not None)
+        self._progress = progress
+        self._next_progress = NEVER_NS
+        self.events = 0
+        self.processed = 0
+        self.cache = CacheStatus.OFF
+
+    def _interest(self) -> frozenset[tuple[str, str]] | None:
+        """The strategy's declared markets, plus what the client flow reads, or None."""
+        declared = getattr(self.strategy, "market_keys", None)
+        if declared is None:
+            return None
+        interest = set(declared)
+        if self._on_client_fill is not None:
+            own = self.settings.strategies.internalize
+            interest.add((own.venue, own.symbol))  # client fills are priced off its mid
+        return frozenset(interest)
+
+    async def run(self) -> BacktestResult:
+        started = time.perf_counter()
+        if self._progress is not None:
+            self._next_progress = PROGRESS_EVERY
+        try:
+            data: BacktestData | None = None
+            if self.settings.backtest.cache:
+                data, self.cache = await load(self.specs, self.settings.data_dir,
+                                              self.settings.backtest.cache_max_mb * 1e6)
+            if data is None:
+                stats = await ReplayFeed(self.specs, self.on_quote, self.on_trade,
+                                         speed=None).run()
+                self.processed = self.events
+            else:
+                await self._run_columns(data)
+                stats = data.stats
+            self._finish()
+        finally:
+            self.writer.close()
+        return self._result(stats, time.perf_counter() - started)
+
+    # -- from columns, with the exact skip -------------------------------------------
+
+    async def _run_columns(self, data: BacktestData) -> None:
+        """Every event of interest through the per-event path, in order; of the others only
+        those at which something is due (daemon/backtest/skip.py)."""
+        interest = self.interest
+        if interest is not None and self._on_client_fill is not None:
+            # The risk gate marks client trades at the newest mid of the flow's symbol on
+            # any venue: every market of that symbol is of interest.
+            symbol = self.settings.strategies.internalize.symbol
+            interest = interest | {key for key in data.keys if key[1] == symbol}
+        plan = SkipPlan(data, interest)
+        rows = plan.rows
+        is_quote = data.kind[rows] == QUOTE
+        quotes = iter(data.quotes(rows[is_quote]))
+        trades = iter(data.trades(rows[~is_quote]))
+        # The steps of `on_quote`/`on_trade` and `_after`, inlined: this loop runs every
+        # event of interest, and the calls and the bus's key lookup were ~0.4 us of each.
+        # The bus channel of a key is asked for when the key is first published, as
+        # `publish_quote` would create it.
+        quote_routes: dict[int, Callable[[Quote], None]] = {}
+        trade_routes: dict[int, Callable[[Trade], None]] = {}
+        bus, clock, snapshots = self.bus, self.clock, self.snapshots
+        runner_on_quote, runner_on_trade = self.runner.on_quote, self.runner.on_trade
+        deliver = self._deliver_client_fills if self._on_client_fill is not None else None
+        reaches_orders = self.paper.print_reaches_orders if self.skip_trades else None
+        next_quote, next_trade = quotes.__next__, trades.__next__
+        start = 0  # the first row not yet run or skipped
+        skipped = NO_GAP  # running max time of the rows skipped since the last one run
+        trades_skipped = 0
+        due: int | None = None  # `_due_ns()`, kept while no row runs (None: ask again)
+        next_progress = YIELD_EVERY_ROWS  # and a yield to other tasks
+        for row, gap, quote, key in zip(rows.tolist(), plan.gap_max, is_quote.tolist(),
+                                        data.key[rows].tolist(), strict=True):
+            if row >= next_progress:  # every few thousand rows: progress, other tasks
+                next_progress = row + YIELD_EVERY_ROWS
+                if row >= self._next_progress:
+                    self.events = row
+                    self._report_progress(clock.now_ns)
+                await asyncio.sleep(0)
+            event: Quote | Trade = next_quote() if quote else next_trade()
+            now = event.local_ts_ns
+            if gap != NO_GAP:  # rows [start, row) are not of interest
+                if due is None:
+                    due = self._due_ns()
+                if gap >= due:
+                    start = self._run_due_rows(plan, data, start, row)
+                    due = None
+                # The running max of rows before this one, if the last of them was skipped.
+                skipped = gap if start < row else NO_GAP
+            if skipped > now:
+                self._catch_up(skipped)  # the skipped rows moved the clocks past this one
+            if reaches_orders is not None and not quote:
+                if due is None:
+                    due = self._due_ns()
+                if now < due and not reaches_orders(event.exchange, event.symbol,  # type: ignore[union-attr]
+                                                    event.price):
+                    # A trade that nothing reads, that fills none of our orders, and by
+                    # whose time nothing is due: it changes nothing but the clocks.
+                    trades_skipped += 1
+                    if now > skipped:
+                        skipped = now
+                    continue
+            skipped = NO_GAP
+            due = None  # this row runs: what is due may change
+            if deliver is not None:
+                deliver(now)
+            if now > clock.now_ns:
+                clock.now_ns = now
+            if quote:
+                publish_quote = quote_routes.get(key)
+                if publish_quote is None:
+                    publish_quote = quote_routes[key] = bus.quote_route(*data.keys[key])
+                publish_quote(event)  # type: ignore[arg-type]
+                runner_on_quote(event)  # type: ignore[arg-type]
+            else:
+                publish_trade = trade_routes.get(key)
+                if publish_trade is None:
+                    publish_trade = trade_routes[key] = bus.trade_route(*data.keys[key])
+                publish_trade(event)  # type: ignore[arg-type]
+                runner_on_trade(event)  # type: ignore[arg-type]
+            if now >= snapshots.next_ns:
+                snapshots.record_now(now)
+            start = row + 1
+        end = len(plan)
+        if start < end:
+            start = self._run_due_rows(plan, data, start, end)
+            if start < end:
+                self._catch_up(plan.running_max_at(end - 1))
+        self.events = end
+        self.processed += len(rows) - trades_skipped
+
+    def _due_ns(self) -> int:
+        """The earliest time at which something besides the strategy's markets is due."""
+        due = self.snapshots.next_ns
+        timer = self.runner.next_timer_ns
+        if timer < due:
+            due = timer
+        pending = self.paper.next_event_ns
+        if pending is not None and pending < due:
+            due = pending
+        return self._rarely_due(due) if self._rare_dues else due
+
+    def _rarely_due(self, due: int) -> int:
+        """`_due_ns` for what only some runs have: client fills, a kill-switch flag file."""
+        if self._on_client_fill is not None:
+            fill = self.flow.next_ts_ns if self.flow is not None else 0
+            if fill is not None and fill < due:
+                due = fill
+        kill_switch = self.executor.kill_switch
+        if kill_switch.flag_file is not None:
+            poll = kill_switch.next_poll_ns
+            if poll is not None and poll < due:
+                due = poll
+        return due
+
+    def _run_due_rows(self, plan: SkipPlan, data: BacktestData, start: int, stop: int) -> int:
+        """Run the rows in [start, stop) at which something is due, skip the others.
+        Returns the row after the last one run (`start` if none was)."""
+        while (row := plan.first_due(start, stop, self._due_ns())) < stop:
+            event = data.event(row)
+            if start < row and (skipped_max := plan.running_max_at(row - 1)) > event.local_ts_ns:
+                self._catch_up(skipped_max)
+            self.events = row
+            if type(event) is Quote:
+                self.on_quote(event)
+            else:
+                self.on_trade(event)  # type: ignore[arg-type]
+            self.processed += 1
+            start = row + 1
+        return start
+
+    def _catch_up(self, ts_ns: int) -> None:
+        """Move the clocks to where skipped rows (out of time order) left them; `ts_ns` is
+        the running max time up to the last of them. Nothing was due at their own times
+        (that is why they were skipped), so nothing lands: only the clocks move."""
+        self.clock.advance_to(ts_ns)
+        self.paper.note_time(ts_ns)
+
+    # -- per event (the hot path) ------------------------------------------------------
+
+    # Once per event, so the clock's `advance_to` and the snapshots' `maybe_record` are
+    # written out inline, with no helper between them: those calls were 0.15 µs of the
+    # 2.6 µs per event the inventory-mm backtest spent on top of parsing.
+
+    def on_quote(self, quote: Quote) -> None:
+        now = quote.local_ts_ns
+        if self._on_client_fill is not None:
+            self._deliver_client_fills(now)
+        if now > self.clock.now_ns:  # SimulatedClock.advance_to: time never goes back
+            self.clock.now_ns = now
+        self.bus.publish_quote(quote)
+        self.runner.on_quote(quote)
+        self._after(now)
+
+    def on_trade(self, trade: Trade) -> None:
+        now = trade.local_ts_ns
+        if self._on_client_fill is not None:
+            self._deliver_client_fills(now)
+        if now > self.clock.now_ns:
+            self.clock.now_ns = now
+        self.bus.publish_trade(trade)
+        self.runner.on_trade(trade)
+        self._after(now)
+
+    def _after(self, now: int) -> None:
+        if now >= self.snapshots.next_ns:  # BalanceSnapshots.maybe_record, inline
+            self.snapshots.record_now(now)
+        self.events += 1
+        if self.events >= self._next_progress:  # NEVER_NS without a progress bar
+            self._report_progress(now)
+
+    def _report_progress(self, now: int) -> None:
+        self._next_progress = self.events + PROGRESS_EVERY
+        self._progress(self.events, now)  # type: ignore[misc]
+
+    def _deliver_client_fills(self, until_ns: int) -> None:
+        """Client fills due before this market event, each at its own time."""
+        if self.flow is None:
+            self.flow = build_client_flow(self.settings, self.bus, until_ns)
+        for fill in self.flow.due(until_ns):
+            self.clock.advance_to(fill.ts_ns)
+            self.runner.advance(self.clock.now_ns)
+            self.runner.on_client_fill(fill)
+
+    # -- the end of the data -----------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Cancel what is still open, let the cancels through, snapshot the balances."""
+        end = self.clock.now_ns
+        if end == 0:
+            return  # no market data at all
+        self.executor.cancel_all(end)
+        execution = self.settings.execution
+        settle_ns = int((execution.submit_latency_ms + execution.cancel_latency_ms) * NS_PER_MS)
+        self.clock.advance_to(end + settle_ns)
+        self.runner.advance(self.clock.now_ns)
+        self.snapshots.record_now(self.clock.now_ns)
+
+    def _result(self, stats: ReplayStats, wall_seconds: float) -> BacktestResult:
+        flow = self.flow
+        return BacktestResult(
+            run_id=self.run_id,
+            strategy=self.strategy.name,
+            events=self.events,
+            quotes=stats.quotes,
+            trades=stats.trades,
+            client_fills=flow.delivered if flow else 0,
+            client_fills_unpriced=flow.unpriced if flow else 0,
+            first_ts_ns=stats.first_ts_ns or 0,
+            last_ts_ns=stats.last_ts_ns or 0,
+            wall_seconds=wall_seconds,
+            records=self.writer.durable_records,
+            log_files=existing_logs(self.settings.data_dir, self.run_id),
+            corrupt_lines=stats.corrupt_lines,
+            dropped=dict(stats.dropped),
+            cache=self.cache.value,
+            processed=self.processed,
+        )
+
+
+def existing_logs(data_dir: Path, run_id: str) -> list[Path]:
+    """Decision-log files of this run id, any day."""
+    return sorted(decisions_dir(data_dir).glob(f"*/{run_id}.jsonl"))
+
+
+# -- the mode ------------------------------------------------------------------------------
+
+
+async def run_backtest(app: App) -> int:
+    """Mode entry point: check the inputs, run with a progress bar on a terminal, report."""
+    settings, args = app.settings, app.args
+    specs = _specs(args.data)
+    previous = existing_logs(settings.data_dir, app.run_id)
+    if previous:
+        raise ConfigError(f"backtest run {app.run_id!r} already has a decision log "
+                          f"({previous[0]}); choose another --run-id or remove it")
+    try:
+        backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting strategies: {exc}") from None
+    app.warm_up_kernels()  # outside the timed run: its events/s is the engine's own
+    log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])
+    with _progress_bar(enabled=sys.stderr.isatty()) as progress:
+        backtest._progress = progress
+        result = await backtest.run()
+    write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
+    if args.format == "json":
+        sys.stdout.buffer.write(orjson.dumps(result.figures(), option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+    else:
+        _print_result(result)
+    return 0
+
+
+def _specs(data: list[Path] | None) -> list[ReplaySpec]:
+    if not data:
+        raise ConfigError("--mode backtest needs recorded files: --data FILE [FILE...]")
+    try:
+        specs = [parse_spec(str(path)) for path in data]
+    except ReplayError as exc:
+        raise ConfigError(str(exc)) from None
+    missing = [str(spec.path) for spec in specs if not spec.path.is_file()]
+    if missing:
+        raise ConfigError(f"--data: no such file: {', '.join(missing)}")
+    return specs
+
+
+class _progress_bar:
+    """A rich progress line on stderr (events, events/s, feed time); nothing off a TTY."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+        self._started = 0.0
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("backtest"),
+            TextColumn("{task.completed:>12,.0f} events"),
+            TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+            TextColumn("feed {task.fields[feed_time]}"), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("backtest", total=None, rate=0.0, feed_time="")
+        self._started = time.perf_counter()
+        return self.update
+
+    def update(self, events: int, feed_ns: int) -> None:
+        elapsed = time.perf_counter() - self._started
+        self._progress.update(self._task, completed=events,
+                              rate=events / elapsed if elapsed > 0 else 0.0,
+                              feed_time=time.strftime("%Y-%m-%d %H:%M:%S",
+                                                      time.gmtime(feed_ns / 1e9)))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _print_result(result: BacktestResult) -> None:
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    span = (result.last_ts_ns - result.first_ts_ns) / 1e9
+    console.print(
+        f"backtest {result.run_id} ({result.strategy}): {result.events:,} events "
+        f"({result.quotes:,} quotes, {result.trades:,} trades) over {span:,.0f} s of data "
+        f"in {result.wall_seconds:.2f} s = {result.events_per_second:,.0f} events/s"
+    )
+    console.print(f"events: cache {result.cache}; {result.processed:,} through the strategy "
+                  f"path, {result.skipped:,} skipped (they change nothing)")
+    if result.client_fills or result.client_fills_unpriced:
+        console.print(f"client fills: {result.client_fills:,} delivered, "
+                      f"{result.client_fills_unpriced:,} without a market to price them")
+    console.print(f"decision log: {result.records:,} records in "
+                  f"{', '.join(str(p) for p in result.log_files) or '(none)'}")
+    console.print(f"report: python main.py --mode post-mortem --run {result.run_id}")

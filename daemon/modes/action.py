@@ -1,0 +1,212 @@
+"""`--mode action`: run a strategy on the live bus, trading on paper unless `--live`.
+
+Wiring, in start-up order (start-up and crash recovery are one path):
+
+1. the ring buffer reloads its snapshot, so volatility windows are warm at once;
+2. the decision log opens; every record from here on is durable within its flush interval;
+3. the executor: paper by default; live only with keys and an explicit opt-in, and it
+   reconciles its open orders before anything else happens;
+4. the risk gate and kill switch wrap the executor (SIGUSR1 and the flag file fire it);
+5. the strategy starts on a conflated bus subscription, then the market-data feed.
+
+The strategy's clock is the feed's: wall time live, the recorded receive time in a replay,
+so a replay at `--speed max` decides exactly as the same data would live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import strategies
+from config.settings import ConfigError, Settings
+from daemon.core.logs import get_logger
+from daemon.core.model import Quote, now_ns
+from daemon.market.market_view import RingMarketView
+from daemon.postmortem.exports import write_strategy_exports
+from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter
+from daemon.trading.errors import ExecutionError, LiveTradingRefused
+from daemon.trading.gate import GatedExecutor
+from daemon.trading.paper import PaperExecutor
+from daemon.trading.risk import RiskGate
+from daemon.trading.runner import StrategyRunner
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+log = get_logger("action")
+
+#: Live loop tick when no market data arrives: order latency, timers and transfers still
+#: need time to pass.
+IDLE_TICK_S = 0.1
+
+
+class FeedClock:
+    """Wall time on a live feed; the newest event's receive time on a replay."""
+
+    def __init__(self, replaying: bool) -> None:
+        self.replaying = replaying
+        self.latest_ns = 0
+
+    def observe(self, ts_ns: int) -> None:
+        if ts_ns > self.latest_ns:
+            self.latest_ns = ts_ns
+
+    def __call__(self) -> int:
+        return self.latest_ns if self.replaying else now_ns()
+
+
+async def run_action(app: App) -> int:
+    settings = app.settings
+    rings = app.start_rings()
+    app.replay_yield_every = 1
+    try:
+        strategy = strategies.build(app.args.strategy, settings)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting strategies: {exc}") from None
+    app.warm_up_kernels()
+    clock = FeedClock(replaying=app.replaying)
+    writer = DecisionLogWriter.from_settings(settings, app.run_id, clock=clock)
+    await writer.start()
+    app.decision_log = writer
+    sink = app.trading.tee(writer)
+    try:
+        inner = await _open_executor(settings, app)
+        executor = GatedExecutor(inner, RiskGate(settings.risk), sink=sink)
+        market = RingMarketView(app.bus.view, rings, clock)
+        runner = StrategyRunner(strategy, executor, sink, market, account=executor, clock=clock,
+                                transfers=_transfer_service(settings, inner, sink))
+        _arm_kill_switch(app, executor, runner)
+        log.info("strategy_started", strategy=strategy.name, mode=settings.execution.mode,
+                 log=str(writer.root))
+        try:
+            await _trade(app, runner, executor, writer, clock)
+        finally:
+            executor.cancel_all(clock())
+            await _close_executor(inner)
+            write_strategy_exports(strategy, settings.data_dir, app.run_id)
+    finally:
+        await writer.aclose()
+        log.info("strategy_stopped", strategy=strategy.name, records=writer.durable_records)
+    return 0
+
+
+async def _open_executor(settings: Settings, app: App) -> Any:
+    if settings.execution.mode != "live":
+        return PaperExecutor.from_settings(settings, app.run_id)
+    from adapters.ccxt.executor import LiveExecutor
+
+    try:
+        executor = LiveExecutor.from_settings(settings, app.run_id, live_flag=app.args.live)
+        await executor.start()
+    except (LiveTradingRefused, ExecutionError) as exc:
+        raise ConfigError(str(exc)) from None
+    return executor
+
+
+def _transfer_service(settings: Settings, executor: Any, sink: Any) -> Any:
+    """Paper moves balances on the feed clock; live withdraws only to whitelisted addresses."""
+    from daemon.trading.transfers import LiveTransfers, PaperTransfers
+
+    if isinstance(executor, PaperExecutor):
+        return PaperTransfers(executor, settings.execution)
+    exchanges = {venue: executor.exchange(venue) for venue in settings.enabled_venues()}
+    return _BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink)
+
+
+class _BackgroundTransfers:
+    """Runs live transfers as tasks (the runner is synchronous); a failure is recorded."""
+
+    def __init__(self, transfers: Any, sink: Any) -> None:
+        self._transfers = transfers
+        self._sink = sink
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                 now_ns: int) -> None:
+        task = asyncio.create_task(self._send(asset, amount, from_venue, to_venue, now_ns))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                    now_ns: int) -> None:
+        from daemon.core.model import Decision, TransferIntent
+
+        try:
+            await self._transfers.transfer(asset, amount, from_venue, to_venue)
+        except Exception as exc:  # refused or failed: the log says why, trading goes on
+            log.error("transfer_failed", asset=asset, amount=amount, source=from_venue,
+                      destination=to_venue, error=str(exc))
+            inputs = TransferIntent(asset, from_venue, to_venue, amount).as_inputs()
+            self._sink.record(Decision("transfers", now_ns, "reject", str(exc), inputs=inputs))
+
+
+async def _close_executor(executor: Any) -> None:
+    close = getattr(executor, "close", None)
+    if close is not None:
+        await close()
+
+
+def _arm_kill_switch(app: App, executor: GatedExecutor, runner: StrategyRunner) -> None:
+    kill_switch = executor.kill_switch
+    kill_switch.on_fire(lambda why, _now: runner.kill(why))
+    kill_switch.on_fire(lambda why, _now: app.health.trip_kill_switch(why))
+    with contextlib.suppress(RuntimeError, ValueError):  # not on the main thread / platform
+        kill_switch.install_signal_handler()
+
+
+async def _trade(app: App, runner: StrategyRunner, executor: GatedExecutor,
+                 writer: DecisionLogWriter, clock: FeedClock) -> None:
+    """Feed bus events to the runner until the feed ends (replay) or we are cancelled."""
+    settings = app.settings
+    subscription = app.bus.subscribe(f"strategy:{runner.strategy.name}")
+    snapshots = BalanceSnapshots(writer, executor, settings.enabled_venues(),
+                                 settings.postmortem.balance_snapshot_interval_s,
+                                 runner.strategy.name)
+    feed = asyncio.create_task(app.market_data(), name="feed")
+    flow = _start_client_flow(app, runner, clock)
+    try:
+        while True:
+            waiter = asyncio.ensure_future(subscription.wait())
+            await asyncio.wait({waiter, feed}, timeout=None if clock.replaying else IDLE_TICK_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for event in subscription.drain():
+                clock.observe(event.local_ts_ns)
+                app.trading.tick(event.local_ts_ns)
+                if isinstance(event, Quote):
+                    runner.on_quote(event)
+                else:
+                    runner.on_trade(event)
+            runner.advance(clock())
+            snapshots.maybe_record(clock())
+            await writer.wait_room()
+            if feed.done() and not subscription.pending:
+                feed.result()  # a feed failure surfaces here
+                break
+    finally:
+        app.bus.unsubscribe(subscription)
+        for task in (feed, flow):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        snapshots.record_now(clock())
+
+
+def _start_client_flow(app: App, runner: StrategyRunner,
+                       clock: FeedClock) -> asyncio.Task[int] | None:
+    """Client fills for strategies that take them (internalize), from the configured source."""
+    if not hasattr(runner.strategy, "on_client_fill"):
+        return None
+    from adapters.client_flow import build_flow_source, run_flow
+
+    own = app.settings.strategies.internalize
+
+    def mid() -> float | None:
+        quote = app.bus.view.quote(own.venue, own.symbol)
+        return quote.mid if quote is not None and not quote.stale else None
+
+    source = build_flow_source(app.settings, mid=mid, clock=clock)
+    return asyncio.create_task(run_flow(source, runner.on_client_fill), name="client-flow")

@@ -1,0 +1,122 @@
+"""`--mode watch`: the consolidated top-of-book view, live in the terminal or as JSON lines.
+
+On a terminal (and without `--format json`) a rich table refreshes a few times a second:
+per symbol, each venue's bid/ask and sizes, its own spread, the age of its quote, and the
+cross-venue spread (best bid anywhere against best ask anywhere).
+
+Otherwise it prints one consolidated-view JSON line per quote update, in the
+crypto-pipe.txt shape, so scripts can consume it. Those lines are written from a bus sink,
+so none is conflated away; a reader that stops reading slows only this viewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from daemon.core.model import Quote, now_ns
+from daemon.market.view import ConsolidatedView
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+REFRESH_HZ = 4
+
+
+async def run_watch(app: App) -> int:
+    app.start_rings()
+    as_json = app.args.format == "json" or (app.args.format is None and not sys.stdout.isatty())
+    if as_json:
+        return await _watch_json(app, sys.stdout.buffer)
+    return await _watch_table(app)
+
+
+async def _watch_json(app: App, out: BinaryIO) -> int:
+    view = app.bus.view
+
+    def print_view(quote: Quote) -> None:
+        out.write(view.to_json(quote.symbol))
+        out.write(b"\n")
+
+    app.bus.add_sink(on_quote=print_view)
+    try:
+        await app.market_data()
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            out.flush()
+    return 0
+
+
+async def _watch_table(app: App) -> int:
+    console = Console()
+    feed = asyncio.create_task(app.market_data(), name="feed")
+    clock = _feed_clock(app)
+    with Live(render_table(app.bus.view, clock()), console=console,
+              refresh_per_second=REFRESH_HZ, transient=False) as live:
+        try:
+            while not feed.done():
+                await asyncio.wait({feed}, timeout=1 / REFRESH_HZ)
+                live.update(render_table(app.bus.view, clock()))
+        finally:
+            if not feed.done():
+                feed.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feed
+    feed.result()  # re-raise a feed failure
+    return 0
+
+
+def _feed_clock(app: App) -> Callable[[], int]:
+    """Ages are measured on the feed's clock: wall time live, the newest quote in a replay."""
+    if not app.replaying:
+        return now_ns
+    view = app.bus.view
+    return lambda: max((q.local_ts_ns for q in view.all_quotes()), default=0)
+
+
+def render_table(view: ConsolidatedView, now: int) -> Table:
+    table = Table(title="cryptopipe — consolidated top of book", expand=False)
+    for column in ("symbol", "venue", "bid qty", "bid", "ask", "ask qty", "spread bps", "age"):
+        table.add_column(column, justify="left" if column in ("symbol", "venue") else "right")
+    for symbol in sorted(view.symbols()):
+        quotes = view.quotes(symbol)
+        for venue in sorted(quotes):
+            quote = quotes[venue]
+            table.add_row(
+                symbol, venue, f"{quote.bid_qty:.6g}", f"{quote.bid:.10g}",
+                f"{quote.ask:.10g}", f"{quote.ask_qty:.6g}", f"{quote.spread_bps:.2f}",
+                _age(quote, now),
+            )
+        if len(quotes) > 1:
+            table.add_row(symbol, Text("cross-venue", style="bold"), "", "", "", "",
+                          _cross_venue(quotes), "", end_section=True)
+        else:
+            table.add_section()
+    return table
+
+
+def _age(quote: Quote, now: int) -> Text:
+    age_ms = max(0.0, (now - quote.local_ts_ns) / 1e6)
+    label = f"{age_ms / 1000:.1f} s" if age_ms >= 1000 else f"{age_ms:.0f} ms"
+    return Text(label + (" STALE" if quote.stale else ""), style="red" if quote.stale else "")
+
+
+def _cross_venue(quotes: dict[str, Quote]) -> Text:
+    """Best bid anywhere minus best ask anywhere, bps of mid; positive = crossed venues."""
+    live = [q for q in quotes.values() if not q.stale]
+    if len(live) < 2:
+        return Text("n/a")
+    best_bid = max(live, key=lambda q: q.bid)
+    best_ask = min(live, key=lambda q: q.ask)
+    mid = (best_bid.bid + best_ask.ask) * 0.5
+    bps = (best_bid.bid - best_ask.ask) / mid * 1e4
+    detail = f"{bps:+.2f} ({best_bid.exchange} bid / {best_ask.exchange} ask)"
+    return Text(detail, style="bold green" if bps > 0 else "")

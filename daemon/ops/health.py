@@ -1,0 +1,126 @@
+"""Is the daemon fit to trade? The state behind `/healthz`, held by the app, set by others.
+
+Two things make the daemon unhealthy:
+
+- a **required feed is stale**: an enabled venue/symbol whose latest quote is flagged stale
+  by the adapter's watchdog, is older than the venue's `stale_after_s`, or has not arrived
+  at all for longer than that since start (a feed that never connects is as bad as one
+  that stopped);
+- the **kill switch is on**: whoever trips it (risk gate, action layer, operator) calls
+  `trip_kill_switch(reason)`; it stays on until `clear_kill_switch()`.
+
+Live, the required feeds are the configured ones (`Settings.enabled_venues()` x
+`symbols_for(venue)`) and ages are measured on the wall clock. In a replay the recording
+decides which feeds exist, so every feed seen so far is required, and ages are measured on
+the feed's own clock (the newest receive time in the view): a recording from 2024 is not
+stale just because it is old.
+
+Nothing here runs on the hot path: the view is read only when someone asks (a scrape).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from daemon.core.model import now_ns
+from daemon.market.view import ConsolidatedView
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+Key = tuple[str, str]
+
+#: Stale-after for feeds seen in a replay whose venue has no settings of its own.
+DEFAULT_STALE_AFTER_S = 10.0
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The answer to "healthy?": the verdict, why not, and what each feed looks like."""
+
+    healthy: bool
+    reasons: list[str]
+    kill_switch: str | None
+    feeds: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.healthy else "unhealthy",
+            "reasons": self.reasons,
+            "kill_switch": self.kill_switch,
+            "feeds": self.feeds,
+        }
+
+
+@dataclass
+class Health:
+    """Operational state that components set and `/healthz` reports."""
+
+    #: (venue, symbol) -> stale_after_s for the feeds the daemon cannot do without (live).
+    required_feeds: dict[Key, float] = field(default_factory=dict)
+    #: Stale-after per venue, used for feeds that show up in a replay.
+    stale_after_by_venue: dict[str, float] = field(default_factory=dict)
+    kill_switch_reason: str | None = None
+    started_ns: int = field(default_factory=now_ns)
+
+    def require_configured_feeds(self, settings: Settings) -> None:
+        """Every enabled venue x each of its symbols must stay fresh."""
+        self.stale_after_by_venue = {
+            venue_id: venue.stale_after_s for venue_id, venue in settings.venues.items()
+        }
+        self.required_feeds = {
+            (venue_id, symbol): settings.venues[venue_id].stale_after_s
+            for venue_id in settings.enabled_venues()
+            for symbol in settings.symbols_for(venue_id)
+        }
+
+    def trip_kill_switch(self, reason: str) -> None:
+        if self.kill_switch_reason is None:  # the first reason is the one worth reading
+            self.kill_switch_reason = reason
+
+    def clear_kill_switch(self) -> None:
+        self.kill_switch_reason = None
+
+    def evaluate(
+        self,
+        view: ConsolidatedView,
+        replaying: bool = False,
+        clock: Callable[[], int] = now_ns,
+    ) -> HealthReport:
+        """Check every required feed against the view, and the kill switch."""
+        if replaying:
+            # The feed's clock: the newest receive time of any quote seen.
+            now = max((q.local_ts_ns for q in view.all_quotes()), default=0)
+            required = {
+                q.key: self.stale_after_by_venue.get(q.exchange, DEFAULT_STALE_AFTER_S)
+                for q in view.all_quotes()
+            }
+        else:
+            now = clock()
+            required = self.required_feeds
+        reasons: list[str] = []
+        feeds: dict[str, dict[str, Any]] = {}
+        for (venue, symbol), stale_after_s in sorted(required.items()):
+            name = f"{venue} {symbol}"
+            quote = view.quote(venue, symbol)
+            if quote is None:
+                waited_s = (now - self.started_ns) / 1e9
+                feeds[name] = {"status": "missing", "stale_after_s": stale_after_s}
+                if waited_s > stale_after_s:
+                    reasons.append(f"{name}: no quote after {waited_s:.1f} s")
+                continue
+            age_s = max(0.0, (now - quote.local_ts_ns) / 1e9)
+            status = "ok"
+            if quote.stale:
+                status = "stale"
+                reasons.append(f"{name}: flagged stale by the feed watchdog")
+            elif age_s > stale_after_s:
+                status = "stale"
+                reasons.append(f"{name}: last quote {age_s:.1f} s old (> {stale_after_s:g} s)")
+            feeds[name] = {"status": status, "age_s": round(age_s, 3),
+                           "stale_after_s": stale_after_s}
+        if self.kill_switch_reason is not None:
+            reasons.append(f"kill switch on: {self.kill_switch_reason}")
+        return HealthReport(not reasons, reasons, self.kill_switch_reason, feeds)

@@ -1,0 +1,279 @@
+"""The strategy runner: one code path for live, paper and backtest.
+
+The runner is synchronous and event-driven. Whoever owns the clock feeds it market events
+(`on_quote`, `on_trade`) and time (`advance`): the live loop from a bus subscription, the
+backtest engine straight from recorded frames. For each event it
+
+1. lets the executor see the market first (a paper order resting at the touch is hit by
+   the move that the strategy is about to react to, as on a real venue);
+2. calls the strategy and records its Decision, taken or skipped;
+3. sends cancels, then each intent through the risk gate to the executor; a rejected
+   intent becomes a "reject" Decision and a rejected ack to the strategy;
+4. routes acks and fills, which executors deliver through `ExecutionListener`, to the
+   decision log and back to the strategy;
+5. hands a "rebalance" Decision's transfer to the transfer service; a refusal becomes a
+   "reject" Decision.
+
+Callbacks can nest (a paper fill arrives while an intent is being submitted); events that
+arrive during dispatch are queued and handled in order once the current one is done, so
+the strategy never sees a callback inside another.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from daemon.core.logs import get_logger
+from daemon.core.model import (
+    ClientFill,
+    Decision,
+    Fill,
+    OrderAck,
+    OrderIntent,
+    OrderStatus,
+    Quote,
+    Trade,
+    TransferIntent,
+)
+from daemon.core.records import RecordSink
+from daemon.postmortem.schema import REBALANCE
+from daemon.trading.errors import TransferRefused
+from daemon.trading.executor import Executor
+from strategies.base import AccountView, Clock, MarketView, Strategy
+
+log = get_logger("runner")
+
+T = TypeVar("T")
+
+#: "Never" on the feed clock: later than any event time (int64 max).
+NEVER_NS = 2**63 - 1
+
+
+class RiskCheck(Protocol):
+    """The risk gate as the runner sees it: a reason to refuse an intent, or None."""
+
+    def check(self, intent: OrderIntent, now_ns: int) -> str | None: ...
+
+
+class TransferService(Protocol):
+    """Moves an asset between two of our venue accounts (raises `TransferRefused`)."""
+
+    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                 now_ns: int) -> object: ...
+
+
+class StrategyRunner:
+    """Drives one strategy against one executor, recording everything it decides."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        executor: Executor,
+        sink: RecordSink,
+        market: MarketView,
+        account: AccountView,
+        clock: Clock,
+        risk: RiskCheck | None = None,
+        transfers: TransferService | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.executor = executor
+        self.sink = sink
+        self.risk = risk
+        self.transfers = transfers
+        self.clock = clock
+        self.killed_reason: str | None = None
+        self._queue: deque[Callable[[], Decision | None]] = deque()
+        self._dispatching = False
+        interval = strategy.timer_interval_s
+        self._timer_ns = int(interval * 1e9) if interval else 0
+        #: Feed time from which the next market event fires the strategy timer (the first
+        #: event only arms it); NEVER_NS without a timer. Public so a backtest can tell
+        #: which events may be skipped (daemon/backtest/skip.py).
+        self.next_timer_ns = 0 if self._timer_ns else NEVER_NS
+        executor.listener = self
+        strategy.bind(market, account, clock)
+
+    # -- market events and time (called by the loop that owns the clock) -----------------
+
+    def on_quote(self, quote: Quote) -> None:
+        self.executor.on_quote(quote)
+        if self._dispatching or self._queue:
+            self._deliver(self.strategy.on_quote, quote)
+        else:  # `_deliver` when idle, written out: quotes are most of what a backtest runs
+            self._dispatching = True
+            try:
+                decision = self.strategy.on_quote(quote)
+                if decision is not None:
+                    self._apply(decision)
+                if self._queue:
+                    self._drain()
+            finally:
+                self._dispatching = False
+        if quote.local_ts_ns >= self.next_timer_ns:  # most events: no timer due, no call
+            self._fire_timer(quote.local_ts_ns)
+
+    def on_trade(self, trade: Trade) -> None:
+        self.executor.on_trade(trade)
+        self._deliver(self.strategy.on_trade, trade)
+        if trade.local_ts_ns >= self.next_timer_ns:
+            self._fire_timer(trade.local_ts_ns)
+
+    def advance(self, now_ns: int) -> None:
+        """Time passes without market data: latency, transfers and timers still happen."""
+        self.executor.advance(now_ns)
+        self._fire_timer(now_ns)
+
+    def call(self, callback: Callable[[], Decision | None]) -> None:
+        """Run any other strategy callback through the same path."""
+        self._dispatch(callback)
+
+    def on_client_fill(self, fill: ClientFill) -> None:
+        """A client trade the desk took (internalize): the gated executor's risk gate books
+        it into positions and P&L, then the strategy decides what to do about it."""
+        book = getattr(self.executor, "on_client_fill", None)
+        if book is not None:
+            book(fill)
+        on_client_fill = self.strategy.on_client_fill  # type: ignore[attr-defined]
+        self._dispatch(lambda: on_client_fill(fill))
+
+    # -- ExecutionListener -----------------------------------------------------------------
+
+    def on_ack(self, ack: OrderAck) -> None:
+        self.sink.record(ack)
+        self._deliver(self.strategy.on_ack, ack)
+
+    def on_fill(self, fill: Fill) -> None:
+        self.sink.record(fill)
+        self._deliver(self.strategy.on_fill, fill)
+
+    # -- kill switch ---------------------------------------------------------------------
+
+    def kill(self, reason: str) -> None:
+        """Cancel everything and stop the strategy for good (wired to the kill switch).
+
+        From now on every intent is refused. Flattening the position, when configured, is
+        the gated executor's job: it knows the net position traded in each market.
+        """
+        if self.killed_reason is not None:
+            return
+        self.killed_reason = reason
+        now = self.clock()
+        log.warning("strategy_killed", strategy=self.strategy.name, reason=reason)
+        self.sink.record(Decision(self.strategy.name, now, "kill", reason))
+        self.executor.cancel_all(now)
+        self._dispatch(lambda: self.strategy.on_kill(reason))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _fire_timer(self, now_ns: int) -> None:
+        if not self._timer_ns or now_ns < self.next_timer_ns:
+            return
+        if self.next_timer_ns:  # the first event only arms the timer
+            self._deliver(self.strategy.on_timer, now_ns)
+        self.next_timer_ns = now_ns + self._timer_ns
+
+    def _deliver(self, callback: Callable[[T], Decision | None], event: T) -> None:
+        """`_dispatch(lambda: callback(event))`, without the two closures when idle.
+
+        Market events mostly arrive with nothing being dispatched: then the callback runs
+        at once, exactly where the queue would have run it, and the queue is drained
+        after it as before. Anything already queued (left by a callback that raised)
+        keeps its turn: then it goes through the queue. Why: this is the per-event path
+        of every backtest, and the two lambdas and the deque round trip were 0.27 µs of
+        the 3.05 µs per event the inventory-mm backtest spent on top of parsing.
+        """
+        if self._dispatching or self._queue:
+            self._dispatch(lambda: callback(event))
+            return
+        self._dispatching = True
+        try:
+            decision = callback(event)
+            if decision is not None:
+                self._apply(decision)
+            if self._queue:
+                self._drain()
+        finally:
+            self._dispatching = False
+
+    def _dispatch(self, callback: Callable[[], Decision | None]) -> None:
+        self._queue.append(lambda: self._apply(callback()))
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            self._drain()
+        finally:
+            self._dispatching = False
+
+    def _drain(self) -> None:
+        """Run what callbacks queued while one was being dispatched, in order."""
+        queue = self._queue
+        while queue:
+            queue.popleft()()
+
+    def _apply(self, decision: Decision | None) -> None:
+        if decision is None:
+            return
+        self._name_orders(decision)
+        self.sink.record(decision)
+        now = self.clock()
+        if decision.action == REBALANCE:
+            self._transfer(decision, now)
+        for client_order_id in decision.cancels:
+            self.executor.cancel(client_order_id, now)
+        for intent in decision.intents:
+            reason = self._refusal(intent, now)
+            if reason is None:
+                self.sink.record(intent)
+                self.executor.submit(intent, now)
+            else:
+                self._reject(intent, reason, now)
+
+    def _name_orders(self, decision: Decision) -> None:
+        """Give id-less intents their client order id before the decision is recorded, so
+        the decision log links every order to its acks and fills (the log encodes a record
+        when it is recorded; an id assigned later at submit would not be in it)."""
+        assign = getattr(self.executor, "assign_client_order_id", None)
+        if assign is None:
+            return
+        for intent in decision.intents:
+            if not intent.client_order_id:
+                assign(intent)
+
+    def _transfer(self, decision: Decision, now: int) -> None:
+        """A "rebalance" Decision carries a TransferIntent in its inputs: send it."""
+        transfer = TransferIntent.from_inputs(decision.inputs, decision.strategy, decision.reason)
+        if self.killed_reason is not None:
+            refusal = f"kill switch: {self.killed_reason}"
+        elif self.transfers is None:
+            refusal = "transfer refused: no transfer service in this mode"
+        else:
+            try:
+                self.transfers.transfer(transfer.asset, transfer.amount, transfer.from_venue,
+                                        transfer.to_venue, now)
+                return
+            except TransferRefused as exc:
+                refusal = str(exc)
+        log.warning("transfer_refused", strategy=decision.strategy, reason=refusal)
+        self.sink.record(Decision(decision.strategy, now, "reject", refusal,
+                                  inputs=transfer.as_inputs()))
+
+    def _refusal(self, intent: OrderIntent, now: int) -> str | None:
+        if self.killed_reason is not None:
+            return f"kill switch: {self.killed_reason}"
+        return self.risk.check(intent, now) if self.risk is not None else None
+
+    def _reject(self, intent: OrderIntent, reason: str, now: int) -> None:
+        self.sink.record(Decision(
+            intent.strategy or self.strategy.name, now, "reject", reason,
+            inputs={"venue": intent.venue, "symbol": intent.symbol, "side": str(intent.side),
+                    "qty": intent.qty, "price": intent.price,
+                    "client_order_id": intent.client_order_id},
+        ))
+        ack = OrderAck(intent.client_order_id, intent.venue, intent.symbol,
+                       OrderStatus.REJECTED, now, reason=reason)
+        self.sink.record(ack)
+        self._queue.append(lambda: self._apply(self.strategy.on_ack(ack)))

@@ -1,0 +1,159 @@
+"""Moving assets between venues: simulated on paper, whitelisted live.
+
+Paper (`PaperTransfers`): the amount is debited from the source venue at once; the
+destination is credited with amount - fee when the feed clock passes send time + the
+asset's delay (`ExecutionSettings.transfer_delay_s`, e.g. BTC 6 min, and
+`transfer_fee`, e.g. 0.0001 BTC). The arrival is an event on the paper executor's clock,
+so it lands in order with fills, the same in a backtest and next to a live feed. An
+asset with no configured delay cannot be moved (we would be guessing how long it takes).
+
+Live (`LiveTransfers`): withdrawals through ccxt, refused unless the destination address
+is in `ExecutionSettings.withdrawal_whitelist` (exact match, compared before any call to
+the venue). A venue-to-venue transfer asks the destination venue for its deposit address
+and then applies the same rule, so whitelisting is always by address, never by venue
+name: a compromised or misconfigured venue answer cannot redirect funds elsewhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from config.settings import ExecutionSettings
+from daemon.core.logs import get_logger
+from daemon.trading.errors import ExecutionError, Redactor, TransferRefused
+from daemon.trading.paper import PaperExecutor
+
+log = get_logger("transfers")
+
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(slots=True)
+class Transfer:
+    transfer_id: str
+    asset: str
+    amount: float  # debited at the source
+    fee: float
+    from_venue: str
+    to_venue: str
+    sent_ns: int
+    arrives_ns: int
+    status: str = "in_flight"  # "in_flight" | "arrived"
+
+    @property
+    def credited(self) -> float:
+        """What the destination receives."""
+        return self.amount - self.fee
+
+
+class PaperTransfers:
+    """Inter-venue transfers of the paper executor's balances, on its feed clock."""
+
+    def __init__(
+        self,
+        paper: PaperExecutor,
+        execution: ExecutionSettings,
+        on_arrival: Callable[[Transfer], None] | None = None,
+    ) -> None:
+        self._paper = paper
+        self._delays = dict(execution.transfer_delay_s)
+        self._fees = dict(execution.transfer_fee)
+        self._on_arrival = on_arrival
+        self._ids = itertools.count(1)
+        self._in_flight: dict[str, Transfer] = {}
+
+    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                 now_ns: int) -> Transfer:
+        """Send `amount` of `asset`; raises `TransferRefused` with the reason if it cannot."""
+        delay_s = self._delays.get(asset)
+        if delay_s is None:
+            raise TransferRefused(f"transfer of {asset} refused: no transfer_delay_s configured")
+        fee = self._fees.get(asset, 0.0)
+        if from_venue == to_venue:
+            raise TransferRefused(f"transfer refused: source and destination are {from_venue}")
+        if not amount > fee:
+            raise TransferRefused(f"transfer of {amount:g} {asset} refused: not more than the "
+                                  f"fee {fee:g}")
+        free = self._paper.free_balance(from_venue, asset)
+        if amount > free + 1e-12:
+            raise TransferRefused(f"transfer of {amount:g} {asset} refused: {from_venue} has "
+                                  f"{free:g} free")
+        sent_ns = max(now_ns, self._paper.now_ns)
+        transfer = Transfer(
+            transfer_id=f"paper-transfer-{next(self._ids)}", asset=asset, amount=amount,
+            fee=fee, from_venue=from_venue, to_venue=to_venue, sent_ns=sent_ns,
+            arrives_ns=sent_ns + int(delay_s * _NS_PER_S),
+        )
+        self._paper.credit(from_venue, asset, -amount)
+        self._in_flight[transfer.transfer_id] = transfer
+        self._paper.call_at(transfer.arrives_ns, lambda _now: self._arrive(transfer))
+        log.info("transfer sent", transfer_id=transfer.transfer_id, asset=asset, amount=amount,
+                 fee=fee, source=from_venue, destination=to_venue, delay_s=delay_s)
+        return transfer
+
+    def in_flight(self) -> list[Transfer]:
+        return list(self._in_flight.values())
+
+    def in_flight_amount(self, asset: str, to_venue: str | None = None) -> float:
+        """What is on its way (net of fees), e.g. to count it in an inventory."""
+        return sum(t.credited for t in self._in_flight.values()
+                   if t.asset == asset and (to_venue is None or t.to_venue == to_venue))
+
+    def _arrive(self, transfer: Transfer) -> None:
+        self._paper.credit(transfer.to_venue, transfer.asset, transfer.credited)
+        transfer.status = "arrived"
+        del self._in_flight[transfer.transfer_id]
+        log.info("transfer arrived", transfer_id=transfer.transfer_id, asset=transfer.asset,
+                 credited=transfer.credited, destination=transfer.to_venue)
+        if self._on_arrival is not None:
+            self._on_arrival(transfer)
+
+
+class LiveTransfers:
+    """Withdrawals via ccxt, only to whitelisted addresses."""
+
+    def __init__(self, exchanges: Mapping[str, Any], execution: ExecutionSettings,
+                 redact: Redactor | None = None) -> None:
+        self._exchanges = exchanges
+        self._whitelist = frozenset(a.strip() for a in execution.withdrawal_whitelist)
+        self._redact = redact or Redactor()
+
+    def check_destination(self, address: str) -> None:
+        if address.strip() not in self._whitelist:
+            raise TransferRefused(
+                f"withdrawal to {address} refused: not in execution.withdrawal_whitelist")
+
+    async def withdraw(self, venue: str, asset: str, amount: float, address: str,
+                       tag: str | None = None, network: str | None = None) -> dict[str, Any]:
+        """Withdraw to a whitelisted address; returns ccxt's transaction structure."""
+        self.check_destination(address)
+        exchange = self._exchange(venue)
+        params = {"network": network} if network else {}
+        log.warning("withdrawal", venue=venue, asset=asset, amount=amount, address=address,
+                    network=network)
+        try:
+            result: dict[str, Any] = await exchange.withdraw(asset, amount, address, tag, params)
+        except Exception as error:
+            raise ExecutionError.wrap(error, self._redact) from None
+        return result
+
+    async def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                       network: str | None = None) -> dict[str, Any]:
+        """Withdraw from one venue to the other's deposit address (if whitelisted)."""
+        destination = self._exchange(to_venue)
+        params = {"network": network} if network else {}
+        try:
+            deposit = await destination.fetch_deposit_address(asset, params)
+        except Exception as error:
+            raise ExecutionError.wrap(error, self._redact) from None
+        return await self.withdraw(from_venue, asset, amount, deposit["address"],
+                                   deposit.get("tag"), network)
+
+    def _exchange(self, venue: str) -> Any:
+        exchange = self._exchanges.get(venue)
+        if exchange is None:
+            raise TransferRefused(f"transfer refused: no live connection to {venue}")
+        return exchange
