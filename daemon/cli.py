@@ -122,6 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cryptopipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    from daemon.app import run_mode
+    from daemon.run import run_mode
 
     return run_mode(settings, args)

@@ -1,43 +1,34 @@
-"""Market-data feeds selected by `--feed`: live venue adapters or recorded files."""
+"""Market data chosen by `--feed`: live venue adapters, the shipped sample, or recordings."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from config.settings import ConfigError
-
-if TYPE_CHECKING:
-    from daemon.app import App
+from config.settings import ConfigError, Settings
+from daemon.market.bus import Bus
 
 REPLAY_PREFIX = "replay:"
 
 
-async def build_feed(app: App) -> object:
-    """Run the chosen feed until it ends (replay) or is cancelled (live)."""
-    feed = app.args.feed
+async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | None,
+                   yield_every: int) -> object:
+    """Run the chosen feed into `bus` until it ends (replay) or is cancelled (live)."""
     if feed == "sample" or feed.startswith(REPLAY_PREFIX):
-        return await _run_replay(app, feed)
+        return await _run_replay(feed, bus, speed, yield_every)
     if feed == "live":
-        try:
-            from adapters.market_data import run_live
-        except ModuleNotFoundError:
-            raise ConfigError(
-                "live venue adapters are not in this build yet: use --feed sample "
-                "or --feed replay:FILE[@VENUE:SYMBOL]"
-            ) from None
-        return await run_live(app.settings, app.bus)
+        from adapters.market_data import run_live
+
+        return await run_live(settings, bus)
     raise ConfigError(
         f"invalid setting feed: {feed!r} (use live, sample or replay:FILE[@VENUE:SYMBOL],...)"
     )
 
 
-async def _run_replay(app: App, feed: str) -> object:
+async def _run_replay(feed: str, bus: Bus, speed: float | None, yield_every: int) -> object:
     from adapters.recordings.replay import ReplayError, ReplayFeed, parse_specs, sample_specs
 
     try:
         specs = sample_specs() if feed == "sample" else parse_specs(feed)
-        replay = ReplayFeed(specs, app.bus.publish_quote, app.bus.publish_trade,
-                            speed=app.args.speed, yield_every=app.replay_yield_every)
+        replay = ReplayFeed(specs, bus.publish_quote, bus.publish_trade,
+                            speed=speed, yield_every=yield_every)
         return await replay.run()
     except ReplayError as exc:
         raise ConfigError(f"invalid setting feed: {exc}") from None

@@ -24,7 +24,6 @@ from daemon.backtest.engine import (
     BacktestResult,
     ClientFlow,
     SimulatedClock,
-    _progress_bar,
 )
 from daemon.backtest.skip import UndeclaredMarket
 from daemon.core.model import ClientFill, Side
@@ -32,8 +31,9 @@ from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SPOT = REPO / "adapters" / "recordings" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
-SAMPLE_USDM = REPO / "adapters" / "recordings" / "samples" / "binance_usdm_btcusdt_20240808_sample.gz"
+SAMPLES = REPO / "adapters" / "recordings" / "samples"
+SAMPLE_SPOT = SAMPLES / "binance_spot_btcusdt_20240808_sample.gz"
+SAMPLE_USDM = SAMPLES / "binance_usdm_btcusdt_20240808_sample.gz"
 
 
 def run_main(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -138,6 +138,8 @@ def test_backtest_refuses_a_run_id_that_has_a_log_and_missing_data(tmp_path: Pat
 
 
 def test_no_progress_bar_off_a_terminal(tmp_path: Path) -> None:
+    from daemon.modes.backtest import _progress_bar
+
     assert _progress_bar(enabled=False).__enter__() is None
     done = backtest(tmp_path / "data", "inventory-mm", "quiet", SAMPLE_SPOT)
     assert "events/s" not in done.stderr  # the bar's line; the summary goes to stdout

@@ -16,13 +16,13 @@ size by definition). `R^2 = 1 - SSR / SST` around the mean (can be negative when
 through the origin fits worse than the mean). Fills whose size exceeds the visible depth
 are reported ("beyond_book") and left out of the fit.
 
-`--mode calibrate --data RECORDING.gz` prints the comparison as a rich table and writes
-`slippage_comparison_vs_orderbook.csv` under `data_dir` (the seed's file name).
+`--mode calibrate --data RECORDING.gz` (daemon/modes/calibrate.py) prints the comparison as
+a rich table and writes `slippage_comparison_vs_orderbook.csv` under `data_dir` (the seed's
+file name).
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import csv
 import math
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from adapters.binance.parser import BinanceParser
-    from daemon.app import App
 
 SLIPPAGE_CSV = "slippage_comparison_vs_orderbook.csv"
 #: Depth books come from the Binance parser (spot and USD-M recordings).
@@ -284,7 +283,7 @@ def _utc(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-# --- the mode -------------------------------------------------------------------------------
+# --- the library entry ----------------------------------------------------------------------------
 
 
 def run_calibration(settings: Any, recording: Path, console: Console) -> SlippageCalibration:
@@ -296,17 +295,3 @@ def run_calibration(settings: Any, recording: Path, console: Console) -> Slippag
     path = write_slippage_csv(result, Path(settings.data_dir))
     console.print(f"wrote {path}")
     return result
-
-
-async def run_calibrate(app: App) -> int:
-    """`--mode calibrate --data RECORDING.gz`: compare and fit the slippage coefficient."""
-    from rich.console import Console
-
-    recordings = app.args.data or []
-    if len(recordings) != 1:
-        raise ConfigError("invalid setting --data: calibrate needs exactly one Binance "
-                          "recording with depth (e.g. ../shared/data/"
-                          "binance_spot_btcusdt_20240808.gz)")
-    # The replay is CPU-bound: a worker thread keeps Ctrl-C and --duration responsive.
-    await asyncio.to_thread(run_calibration, app.settings, Path(recordings[0]), Console())
-    return 0

@@ -9,7 +9,8 @@ never while one is half-applied, and no lock is needed.
 `/healthz` answers 200 or 503 with a JSON body saying why (see daemon/ops/health.py).
 
 `start_operations(app)` starts this server and, when enabled, the `/book` data socket for
-the long-running modes; `_supervise` in daemon/app.py closes them when the mode ends.
+the long-running modes; `_supervise` in daemon/run.py closes them when the mode ends.
+They read the process through `Observed` (what `daemon.app.App` offers), not the App itself.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -55,11 +56,14 @@ from daemon.core.model import (
 from daemon.core.records import Record, RecordSink
 from daemon.market.bus import Bus
 from daemon.market.view import ConsolidatedView
-from daemon.ops.health import HealthReport
+from daemon.ops.health import Health, HealthReport
 
 if TYPE_CHECKING:
-    from daemon.app import App
+    import argparse
+
+    from config.settings import Settings
     from daemon.ops.booksocket import BookSocketServer
+    from daemon.postmortem.writer import DecisionLogWriter
 
 log = get_logger("metrics")
 
@@ -70,6 +74,21 @@ SERVED_MODES = frozenset({"watch", "record", "action"})
 #: Tick-to-decision latency buckets, seconds: 50 µs to 1 s.
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                      0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Observed(Protocol):
+    """What the operations endpoints read of the running process (`daemon.app.App`)."""
+
+    settings: Settings
+    args: argparse.Namespace
+    bus: Bus
+    health: Health
+    trading: TradingStats
+    #: The strategy modes' decision log; None in watch and record, or before it opens.
+    decision_log: DecisionLogWriter | None
+
+    @property
+    def replaying(self) -> bool: ...
 
 
 # -- trading counters (kept by the action layer's record path, read at scrape time) --------
@@ -369,7 +388,7 @@ class DecisionLogCollector(Collector):
         "write_errors": ("write_errors", "Failed writes (retried, never dropped).", True),
     }
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Observed) -> None:
         self._app = app
 
     def collect(self) -> Iterator[Metric]:
@@ -382,7 +401,7 @@ class DecisionLogCollector(Collector):
             yield family(f"cryptopipe_decision_log_{suffix}", help_text, value=counters[key])
 
 
-def build_registry(app: App, book_socket: BookSocketServer | None = None) -> CollectorRegistry:
+def build_registry(app: Observed, book_socket: BookSocketServer | None = None) -> CollectorRegistry:
     """A registry of its own per app (not the global one), so tests can run several."""
     registry = CollectorRegistry(auto_describe=False)
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -397,11 +416,11 @@ def build_registry(app: App, book_socket: BookSocketServer | None = None) -> Col
     return registry
 
 
-def health_report(app: App) -> HealthReport:
+def health_report(app: Observed) -> HealthReport:
     return app.health.evaluate(app.bus.view, replaying=app.replaying)
 
 
-def _feed_clock(app: App) -> Callable[[], int]:
+def _feed_clock(app: Observed) -> Callable[[], int]:
     def clock() -> int:
         if app.replaying:
             return max((q.local_ts_ns for q in app.bus.view.all_quotes()), default=0)
@@ -503,7 +522,7 @@ class Operations:
             await self.book_socket.close()
 
 
-async def start_operations(app: App) -> Operations:
+async def start_operations(app: Observed) -> Operations:
     """Start the metrics/health server and the `/book` socket as settings ask.
 
     Nothing starts in batch modes (see `SERVED_MODES`).

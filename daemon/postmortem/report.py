@@ -1,4 +1,4 @@
-"""`--mode post-mortem`: what every strategy decided and what it earned, from the decision log.
+"""The post-mortem report: what every strategy decided and what it earned, from the decision log.
 
     python main.py --mode post-mortem [--strategy S] [--run RUN_ID]
                    [--since 2024-08-08T23:00] [--until 2024-08-09] [--format json]
@@ -16,29 +16,22 @@ An empty or missing log is not an error: a clear message and exit status 0.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import math
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
-import orjson
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import ConfigError
 from daemon.core.logs import get_logger
 from daemon.postmortem.charts import report_html
 from daemon.postmortem.figures import RunSummary, groups, summarise
-from daemon.postmortem.reader import LoadedLog, LogFilter, load_log, parse_time
+from daemon.postmortem.reader import LoadedLog, LogFilter, load_log
 from daemon.postmortem.writer import decisions_dir
-
-if TYPE_CHECKING:
-    from daemon.app import App
 
 log = get_logger("postmortem")
 
@@ -90,29 +83,6 @@ class Report:
 def _describe(log_filter: LogFilter) -> str:
     parts = [f"{name}={value}" for name, value in asdict(log_filter).items() if value is not None]
     return f" matching {', '.join(parts)}" if parts else ""
-
-
-async def run_postmortem(app: App) -> int:
-    """Mode entry point; the DuckDB work runs in a thread so signals stay responsive."""
-    args = app.args
-    try:
-        log_filter = LogFilter(
-            strategy=args.strategy,
-            run_id=args.run,
-            since_ns=parse_time(args.since) if args.since else None,
-            until_ns=parse_time(args.until) if args.until else None,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"post-mortem: {exc}") from None
-    report = await asyncio.to_thread(build_report, app.settings.data_dir, log_filter)
-    if args.format == "json":
-        sys.stdout.buffer.write(orjson.dumps(report.figures(), option=orjson.OPT_INDENT_2))
-        sys.stdout.buffer.write(b"\n")
-        sys.stdout.flush()
-    else:
-        # Off a terminal rich would wrap at 80 columns; the tables need more.
-        print_report(report, Console(width=None if sys.stdout.isatty() else 200))
-    return 0
 
 
 def build_report(data_dir: Path, log_filter: LogFilter, out_dir: Path | None = None,

@@ -1,0 +1,128 @@
+"""`--mode backtest --data FILE...`: one strategy over recorded data, then its figures.
+
+    python main.py --strategy inventory-mm --mode backtest --run-id mm-0808 \\
+        --data ../shared/data/binance_spot_btcusdt_20240808.gz [FILE@VENUE:SYMBOL ...]
+
+The engine is daemon/backtest/engine.py; this entry checks the inputs, shows a progress bar
+on a terminal and prints the result (or JSON with `--format json`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from adapters.recordings.replay import ReplayError, ReplaySpec, parse_spec
+from config.settings import ConfigError
+from daemon.backtest.engine import Backtest, BacktestResult, existing_logs
+from daemon.core.logs import get_logger
+from daemon.postmortem.exports import write_strategy_exports
+
+if TYPE_CHECKING:
+    from daemon.app import App
+
+log = get_logger("backtest")
+
+
+async def run_backtest(app: App) -> int:
+    """Mode entry point: check the inputs, run with a progress bar on a terminal, report."""
+    settings, args = app.settings, app.args
+    specs = _specs(args.data)
+    previous = existing_logs(settings.data_dir, app.run_id)
+    if previous:
+        raise ConfigError(f"backtest run {app.run_id!r} already has a decision log "
+                          f"({previous[0]}); choose another --run-id or remove it")
+    try:
+        backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting strategies: {exc}") from None
+    app.warm_up_kernels()  # outside the timed run: its events/s is the engine's own
+    log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])
+    with _progress_bar(enabled=sys.stderr.isatty()) as progress:
+        backtest._progress = progress
+        result = await backtest.run()
+    write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
+    if args.format == "json":
+        sys.stdout.buffer.write(orjson.dumps(result.figures(), option=orjson.OPT_INDENT_2))
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+    else:
+        _print_result(result)
+    return 0
+
+
+def _specs(data: list[Path] | None) -> list[ReplaySpec]:
+    if not data:
+        raise ConfigError("--mode backtest needs recorded files: --data FILE [FILE...]")
+    try:
+        specs = [parse_spec(str(path)) for path in data]
+    except ReplayError as exc:
+        raise ConfigError(str(exc)) from None
+    missing = [str(spec.path) for spec in specs if not spec.path.is_file()]
+    if missing:
+        raise ConfigError(f"--data: no such file: {', '.join(missing)}")
+    return specs
+
+
+class _progress_bar:
+    """A rich progress line on stderr (events, events/s, feed time); nothing off a TTY."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+        self._started = 0.0
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("backtest"),
+            TextColumn("{task.completed:>12,.0f} events"),
+            TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+            TextColumn("feed {task.fields[feed_time]}"), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("backtest", total=None, rate=0.0, feed_time="")
+        self._started = time.perf_counter()
+        return self.update
+
+    def update(self, events: int, feed_ns: int) -> None:
+        elapsed = time.perf_counter() - self._started
+        self._progress.update(self._task, completed=events,
+                              rate=events / elapsed if elapsed > 0 else 0.0,
+                              feed_time=time.strftime("%Y-%m-%d %H:%M:%S",
+                                                      time.gmtime(feed_ns / 1e9)))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _print_result(result: BacktestResult) -> None:
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    span = (result.last_ts_ns - result.first_ts_ns) / 1e9
+    console.print(
+        f"backtest {result.run_id} ({result.strategy}): {result.events:,} events "
+        f"({result.quotes:,} quotes, {result.trades:,} trades) over {span:,.0f} s of data "
+        f"in {result.wall_seconds:.2f} s = {result.events_per_second:,.0f} events/s"
+    )
+    console.print(f"events: cache {result.cache}; {result.processed:,} through the strategy "
+                  f"path, {result.skipped:,} skipped (they change nothing)")
+    if result.client_fills or result.client_fills_unpriced:
+        console.print(f"client fills: {result.client_fills:,} delivered, "
+                      f"{result.client_fills_unpriced:,} without a market to price them")
+    console.print(f"decision log: {result.records:,} records in "
+                  f"{', '.join(str(p) for p in result.log_files) or '(none)'}")
+    console.print(f"report: python main.py --mode post-mortem --run {result.run_id}")
