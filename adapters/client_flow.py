@@ -39,12 +39,12 @@ from urllib.parse import urlsplit
 import orjson
 
 from config.settings import ConfigError
+from daemon.core.clock import NS_PER_SECOND, now_ns
 from daemon.core.logs import get_logger
-from daemon.core.model import ClientFill, Side, now_ns, split_symbol
+from daemon.core.model import ClientFill, Side, split_symbol
 
 log = get_logger("flow")
 
-NS_PER_SECOND = 1_000_000_000
 INGEST_PATH = "/flow"
 #: A client fill is a few hundred bytes; anything much larger is not one.
 MAX_MESSAGE_BYTES = 64 * 1024

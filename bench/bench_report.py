@@ -30,10 +30,10 @@ from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Side,
 )
+from daemon.core.vocabulary import OrderStatus
 from daemon.postmortem.reader import LogFilter, load_log
 from daemon.postmortem.report import compile_report, print_report
 from daemon.postmortem.writer import DecisionLogWriter

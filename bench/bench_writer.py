@@ -21,15 +21,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon.core.logs import configure_logging
-from daemon.core.model import (
-    Decision,
-    Fill,
-    OrderAck,
-    OrderIntent,
-    OrderStatus,
-    OrderType,
-    Side,
-)
+from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Side
+from daemon.core.vocabulary import OrderStatus
 from daemon.postmortem.writer import DecisionLogWriter
 
 T0 = 1_723_161_253_000_000_000

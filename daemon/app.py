@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.settings import Settings
+from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
-from daemon.core.model import now_ns
 from daemon.market.bus import Bus
 from daemon.market.ringbuffer import RingStore, snapshot_every
 from daemon.ops.health import Health

@@ -50,12 +50,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING
 
+from daemon.core.clock import NS_PER_SECOND, Clock
 from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
@@ -64,13 +64,13 @@ from daemon.core.model import (
     is_perp_symbol,
     split_symbol,
 )
-from strategies.base import AccountView, Clock, MarketView
+from daemon.core.vocabulary import Action
+from strategies.base import AccountView, MarketView
 from strategies.order_ids import OrderIds
 
 if TYPE_CHECKING:  # settings are data handed in by the factory; no runtime dependency
     from config.settings import ArbitrageSettings, VenueSettings
 
-NS_PER_SECOND = 1_000_000_000
 BPS = 1e-4
 #: Window of the volatility behind the transfer price risk: the seed's BTC transfer time.
 VOLATILITY_WINDOW_S = 360.0
@@ -81,8 +81,6 @@ MAX_UNWIND_ATTEMPTS = 3
 DEFAULT_TRANSFER_S = 600.0
 #: A size this close to zero is "nothing" when no lot is configured for the venue.
 _DUST = 1e-12
-_TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
-             OrderStatus.EXPIRED)
 
 
 @dataclass(slots=True)
@@ -108,7 +106,7 @@ class Leg:
 class Execution:
     """Orders sent in one Decision: both arbitrage legs, an unwind, or a transfer sale."""
 
-    kind: str  # "arbitrage" | "unwind" | "transfer_sell"
+    kind: Action  # ARBITRAGE | UNWIND | TRANSFER_SELL: the decision that sent it
     symbol: str
     legs: list[Leg]
     sell_venue: str = ""  # transfer mode: where the bought base goes
@@ -254,7 +252,7 @@ class ArbitrageStrategy:
 
     def on_ack(self, ack: OrderAck) -> Decision | None:
         execution = self._executions.get(ack.client_order_id)
-        if execution is None or ack.status not in _TERMINAL:
+        if execution is None or not ack.status.is_terminal:
             return None
         leg = next(leg for leg in execution.legs if leg.client_order_id == ack.client_order_id)
         leg.done = True
@@ -389,24 +387,24 @@ class ArbitrageStrategy:
         legs = [Leg(self._next_id(), buy.exchange, Side.BUY, qty, buy.ask)]
         if self.settings.mode == "inventory":
             legs.append(Leg(self._next_id(), sell.exchange, Side.SELL, qty, sell.bid))
-        execution = Execution("arbitrage", symbol, legs, sell_venue=sell.exchange)
+        execution = Execution(Action.ARBITRAGE, symbol, legs, sell_venue=sell.exchange)
         intents = [self._register(execution, leg, "arbitrage leg") for leg in legs]
         inputs = self._opportunity_inputs(opportunity)
         reason = (f"net edge {opportunity.net_edge_bps:.2f} bps >= "
                   f"{self.settings.min_net_edge_bps:g} bps")
-        return Decision(self.name, now, "arbitrage", reason, inputs,
+        return Decision(self.name, now, Action.ARBITRAGE, reason, inputs,
                         expected=opportunity.net * qty, intents=intents)
 
     def _settle(self, execution: Execution, now: int) -> Decision | None:
         """All legs of an execution are final: book the net base and hedge what is left."""
         symbol = execution.symbol
-        if execution.kind == "transfer_sell":
+        if execution.kind is Action.TRANSFER_SELL:
             sale = self._pending_sales[symbol]
             sale.qty -= execution.legs[0].filled_qty
             if sale.qty <= self._dust(symbol):
                 del self._pending_sales[symbol]
             return None
-        if execution.kind == "arbitrage" and self.settings.mode == "transfer":
+        if execution.kind is Action.ARBITRAGE and self.settings.mode == "transfer":
             return self._start_transfer(execution, now)
         # Base fees (a venue charging the buy fee in base) are left out on purpose: they
         # are a cost, not exposure worth a hedge order.
@@ -426,7 +424,7 @@ class ArbitrageStrategy:
         if attempts >= MAX_UNWIND_ATTEMPTS:
             self.halted_reason = (f"unwind failed: {residual:g} {symbol} unhedged after "
                                   f"{attempts} attempts")
-            return Decision(self.name, now, "unwind_failed", self.halted_reason, inputs)
+            return Decision(self.name, now, Action.UNWIND_FAILED, self.halted_reason, inputs)
         side = Side.SELL if residual > 0 else Side.BUY
         venue, price = self._best_unwind_venue(symbol, side, abs(residual), now)
         if venue is None:
@@ -437,10 +435,10 @@ class ArbitrageStrategy:
         tolerance = self.settings.unwind_tolerance_bps * BPS
         limit = price * (1.0 - tolerance) if side is Side.SELL else price * (1.0 + tolerance)
         leg = Leg(self._next_id(), venue, side, qty, limit)
-        intent = self._register(Execution("unwind", symbol, [leg]), leg, "unwind residual")
+        intent = self._register(Execution(Action.UNWIND, symbol, [leg]), leg, "unwind residual")
         inputs.update(venue=venue, side=str(side), qty=qty, touch=price, limit=limit,
                       tolerance_bps=self.settings.unwind_tolerance_bps)
-        return Decision(self.name, now, "unwind",
+        return Decision(self.name, now, Action.UNWIND,
                         f"hedge {residual:+g} {symbol} left by a failed or partial leg",
                         inputs, intents=[intent])
 
@@ -483,7 +481,7 @@ class ArbitrageStrategy:
         inputs = transfer.as_inputs()
         inputs.update(symbol=symbol, transfer_fee=fee, transfer_s=transfer_s,
                       bought_qty=buy_leg.filled_qty)
-        return Decision(self.name, now, "rebalance",
+        return Decision(self.name, now, Action.REBALANCE,
                         f"move {amount:g} {base} bought on {buy_leg.venue} to "
                         f"{execution.sell_venue} for sale", inputs)
 
@@ -504,11 +502,11 @@ class ArbitrageStrategy:
             return None
         limit = quote.bid * (1.0 - self.settings.unwind_tolerance_bps * BPS)
         leg = Leg(self._next_id(), sale.venue, Side.SELL, qty, limit)
-        intent = self._register(Execution("transfer_sell", symbol, [leg]), leg,
+        intent = self._register(Execution(Action.TRANSFER_SELL, symbol, [leg]), leg,
                                 "sell transferred base")
         inputs = {"symbol": symbol, "venue": sale.venue, "qty": qty, "bid": quote.bid,
                   "bid_qty": quote.bid_qty, "limit": limit, "pending_qty": sale.qty}
-        return Decision(self.name, now, "transfer_sell",
+        return Decision(self.name, now, Action.TRANSFER_SELL,
                         f"{base} arrived on {sale.venue}: sell it", inputs,
                         expected=qty * quote.bid, intents=[intent])
 
@@ -542,7 +540,7 @@ class ArbitrageStrategy:
             inputs.update(share_from=held[richest] / total, share_to=held[poorest] / total,
                           even_share=even_share, threshold=self.settings.rebalance_threshold,
                           transfer_fee=fee, transfer_s=transfer_s, total=total)
-            return Decision(self.name, now, "rebalance",
+            return Decision(self.name, now, Action.REBALANCE,
                             f"{asset} share drifted {drift:.2f} from even", inputs)
         return None
 
@@ -578,7 +576,7 @@ class ArbitrageStrategy:
         if extra:
             inputs.update(extra)
         expected = opportunity.net * opportunity.qty if opportunity is not None else 0.0
-        return Decision(self.name, now, "skip", reason, inputs, expected=expected)
+        return Decision(self.name, now, Action.SKIP, reason, inputs, expected=expected)
 
     def _opportunity_inputs(self, o: Opportunity) -> dict[str, object]:
         """Flat snapshot: prices in quote currency, sizes in base, edges in bps of ask_buy."""

@@ -11,12 +11,11 @@ its `cancels` (client order ids) cancelled by the runner, after the risk gate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
+from daemon.core.clock import Clock
 from daemon.core.model import Decision, Fill, OrderAck, Quote, Trade
-
-Clock = Callable[[], int]  # nanoseconds since the epoch: wall time live, event time in backtests
 
 
 class MarketView(Protocol):

@@ -49,25 +49,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from daemon.core.clock import NS_PER_SECOND, Clock
 from daemon.core.model import (
     ClientFill,
     Decision,
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
     Trade,
 )
-from strategies.base import AccountView, Clock, MarketView
+from daemon.core.vocabulary import Action
+from strategies.base import AccountView, MarketView
 from strategies.portfolio import Portfolio
 
-NS_PER_SECOND = 1_000_000_000
 FEE_PER_BPS = 1e-4
 LN2 = math.log(2.0)
-_TERMINAL = frozenset({OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
 #: +1 buying, -1 selling; a dict lookup is several times cheaper than the `Side.sign` property
 #: on the per-fill path.
 _SIGN = {Side.BUY: 1.0, Side.SELL: -1.0}
@@ -360,8 +359,8 @@ class InternalizeStrategy:
         return None
 
     def on_ack(self, ack: OrderAck) -> Decision | None:
-        """An IOC that expired, was cancelled or rejected will not fill any more."""
-        if ack.status in _TERMINAL:
+        """An IOC that is final will not fill any more (a fill already left `pending`)."""
+        if ack.status.is_terminal:
             hedge = self._pending_for(ack.client_order_id)
             if hedge is not None:
                 self.pending.remove(hedge)
@@ -386,7 +385,7 @@ class InternalizeStrategy:
                                          up=False)
         plan.reason = f"kill switch ({reason}): flatten the inventory"
         inputs = self._inputs(plan, now, "kill", plan.hedge_qty, "hedge")
-        return self._decision(now, "hedge", plan.reason, plan, plan.hedge_qty, inputs)
+        return self._decision(now, Action.HEDGE, plan.reason, plan, plan.hedge_qty, inputs)
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -533,7 +532,7 @@ class InternalizeStrategy:
             "max_inventory": self.max_inventory,
         }
 
-    def _decision(self, now: int, outcome: str, reason: str, plan: _Plan, hedged: float,
+    def _decision(self, now: int, outcome: Action, reason: str, plan: _Plan, hedged: float,
                   inputs: dict[str, Any]) -> Decision:
         """The Decision with its IOC hedge (if any) at the chosen venue's touch."""
         touch = plan.touch
@@ -571,8 +570,9 @@ class InternalizeStrategy:
             self.pending.pop(0)
 
 
-def _fill_outcome(hedged: float, fill_qty: float, lot: float) -> str:
+def _fill_outcome(hedged: float, fill_qty: float, lot: float) -> Action:
     """Classify against the fill: within one lot of its size counts as hedging all of it."""
     if hedged <= 0.0:
-        return "warehouse"
-    return "hedge" if hedged >= fill_qty - max(lot, fill_qty * 1e-9) else "partial_hedge"
+        return Action.WAREHOUSE
+    full = hedged >= fill_qty - max(lot, fill_qty * 1e-9)
+    return Action.HEDGE if full else Action.PARTIAL_HEDGE

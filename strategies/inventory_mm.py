@@ -51,19 +51,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daemon.core.clock import NS_PER_SECOND, Clock
 from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
     Trade,
     split_symbol,
 )
-from strategies.base import AccountView, Clock, MarketView
+from daemon.core.vocabulary import Action, OrderStatus
+from strategies.base import AccountView, MarketView
 from strategies.kernels_mm import (
     as_quotes,
     as_quotes_rolling_horizon,
@@ -77,7 +78,6 @@ if TYPE_CHECKING:  # settings are data handed in by the factory; no runtime depe
 
 __all__ = ["InventoryMMStrategy", "as_quotes", "as_quotes_rolling_horizon"]
 
-NS_PER_SECOND = 1_000_000_000
 BPS = 1e-4
 #: k auto: distances from the mid at which arrival rates are counted, in half ticks
 #: (in a one-tick market a trade at the touch prints half a tick from the mid).
@@ -90,8 +90,6 @@ TRADE_HISTORY = 1 << 16
 REQUOTE_SPACING_DIVISOR = 10
 #: Client order ids remembered after their order closed, so a late fill is still booked.
 KNOWN_ORDER_IDS = 10_000
-_TERMINAL = (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
-             OrderStatus.EXPIRED)
 
 
 @dataclass(slots=True)
@@ -272,7 +270,7 @@ class InventoryMMStrategy:
             # The cancel failed, not the order (e.g. it raced the order to the venue):
             # the order may still rest, so let the next evaluation decide about it again.
             order.cancelling = False
-        elif ack.status in _TERMINAL:
+        elif ack.status.is_terminal:
             del self.orders[ack.client_order_id]
         # A rejected quote is simply re-placed at the next evaluation; no Decision here,
         # the runner already logged the ack (and the gate's reason if it refused it).
@@ -308,7 +306,7 @@ class InventoryMMStrategy:
         flatten = self._flatten_intent("kill switch") if self.flatten_on_kill else None
         if flatten is None:
             return None
-        return Decision(self.name, self._clock(), "flatten", self.stopped_reason,
+        return Decision(self.name, self._clock(), Action.FLATTEN, self.stopped_reason,
                         inputs=self._account_inputs(), intents=[flatten])
 
     # -- evaluation ------------------------------------------------------------------------
@@ -368,9 +366,9 @@ class InventoryMMStrategy:
         # Spread capture against the mid if both targets fill, in quote currency.
         expected = (mid - bid_price) * bid_qty + (ask_price - mid) * ask_qty
         if cancels or intents:
-            return Decision(self.name, now, "quote", "; ".join(changes), inputs,
+            return Decision(self.name, now, Action.QUOTE, "; ".join(changes), inputs,
                             expected=expected, intents=intents, cancels=cancels)
-        return Decision(self.name, now, "hold", "orders within tolerance of target", inputs,
+        return Decision(self.name, now, Action.HOLD, "orders within tolerance of target", inputs,
                         expected=expected)
 
     def _round_passive(self, model_bid: float, model_ask: float,
@@ -461,7 +459,7 @@ class InventoryMMStrategy:
         flatten = self._flatten_intent("max loss exit")
         inputs = self._account_inputs()
         inputs.update(mid=quote.mid, pnl=pnl, max_loss=self.settings.max_loss)
-        return Decision(self.name, now, "max_loss_exit", self.stopped_reason, inputs,
+        return Decision(self.name, now, Action.MAX_LOSS_EXIT, self.stopped_reason, inputs,
                         expected=pnl, intents=[flatten] if flatten else [], cancels=cancels)
 
     def _flatten_intent(self, reason: str) -> OrderIntent | None:
@@ -490,7 +488,7 @@ class InventoryMMStrategy:
         if quote is not None:
             inputs.update(bid=quote.bid, ask=quote.ask, stale=quote.stale,
                           quote_age_s=(now - quote.local_ts_ns) / NS_PER_SECOND)
-        return Decision(self.name, now, "skip", reason, inputs, cancels=cancels)
+        return Decision(self.name, now, Action.SKIP, reason, inputs, cancels=cancels)
 
     # -- portfolio rebalancing ---------------------------------------------------------------
 
@@ -523,7 +521,7 @@ class InventoryMMStrategy:
                   "target_weight": target, "threshold": self.settings.rebalance_threshold,
                   "mid": mid, "side": str(side), "qty": qty, "price": touch_price,
                   "portfolio_value": total_value}
-        return Decision(self.name, now, "portfolio_rebalance", intent.reason, inputs,
+        return Decision(self.name, now, Action.PORTFOLIO_REBALANCE, intent.reason, inputs,
                         intents=[intent])
 
     # -- market estimates ----------------------------------------------------------------

@@ -31,9 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from daemon.core.clock import NS_PER_SECOND
 from daemon.core.model import ClientFill, Fill, Side, split_symbol
-
-NS_PER_SECOND = 1_000_000_000
 
 INTERNALIZATION_CSV = "flow_internalization_results.csv"
 PORTFOLIO_CSV = "portfolio_tracking_results.csv"

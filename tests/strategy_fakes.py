@@ -20,7 +20,6 @@ from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
@@ -28,6 +27,7 @@ from daemon.core.model import (
     split_symbol,
 )
 from daemon.core.routes import Callbacks
+from daemon.core.vocabulary import OrderStatus
 
 NS = 1_000_000_000
 START_NS = 1_723_161_600 * NS  # 2024-08-09 00:00:00 UTC

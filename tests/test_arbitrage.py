@@ -17,7 +17,8 @@ import pytest
 from strategy_fakes import NS, FakeAccount, FakeClock, FakeMarket, load_binance_recording
 
 from config.settings import ArbitrageSettings, VenueSettings
-from daemon.core.model import Fill, OrderAck, OrderStatus, OrderType, Quote, Side, TransferIntent
+from daemon.core.model import Fill, OrderAck, OrderType, Quote, Side, TransferIntent
+from daemon.core.vocabulary import OrderStatus
 from strategies.arbitrage import ArbitrageStrategy
 
 A, B = "binance_spot", "bybit_spot"

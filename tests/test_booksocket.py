@@ -14,7 +14,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from config.settings import BookSocketSettings
-from daemon.core.model import Quote, now_ns
+from daemon.core.clock import now_ns
+from daemon.core.model import Quote
 from daemon.market.bus import Bus
 from daemon.ops.booksocket import BookSocketServer
 

@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.core.model import (
-    ClientFill,
-    Decision,
-    Fill,
-    OrderAck,
-    OrderStatus,
-    OrderType,
-    Quote,
-    Side,
-)
+from daemon.core.model import ClientFill, Decision, Fill, OrderAck, OrderType, Quote, Side
 from daemon.core.routes import Callbacks
+from daemon.core.vocabulary import OrderStatus
 from strategies.internalize import (
     FlowImbalance,
     InternalizeStrategy,

@@ -27,7 +27,8 @@ from strategy_fakes import (
 )
 
 from config.settings import InventoryMMSettings, VenueSettings
-from daemon.core.model import Fill, OrderAck, OrderStatus, OrderType, Quote, Side, Trade
+from daemon.core.model import Fill, OrderAck, OrderType, Quote, Side, Trade
+from daemon.core.vocabulary import OrderStatus
 from strategies.inventory_mm import InventoryMMStrategy, ceil_to_step, floor_to_step
 
 VENUE = "binance_spot"

@@ -16,17 +16,9 @@ from fake_binance import FakeBinance
 
 from adapters.ccxt.executor import LiveExecutor, build_exchange, point_rest_at
 from config.settings import ExecutionSettings, RiskSettings, Settings, VenueSettings
-from daemon.core.model import (
-    Decision,
-    Fill,
-    OrderAck,
-    OrderIntent,
-    OrderStatus,
-    OrderType,
-    Quote,
-    Side,
-)
+from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Quote, Side
 from daemon.core.records import MemorySink
+from daemon.core.vocabulary import OrderStatus
 from daemon.trading.errors import (
     ErrorKind,
     ExecutionError,

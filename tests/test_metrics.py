@@ -15,18 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import ConfigError, load_settings
 from daemon.app import App
-from daemon.core.model import (
-    Decision,
-    Fill,
-    OrderAck,
-    OrderIntent,
-    OrderStatus,
-    OrderType,
-    Quote,
-    Side,
-    now_ns,
-)
+from daemon.core.clock import now_ns
+from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Quote, Side
 from daemon.core.records import MemorySink
+from daemon.core.vocabulary import OrderStatus
 from daemon.ops.metrics import (
     LATENCY_BUCKETS_S,
     TradingStats,

@@ -11,17 +11,9 @@ import orjson
 import pytest
 
 from config.settings import ExecutionSettings, VenueSettings
-from daemon.core.model import (
-    Fill,
-    OrderAck,
-    OrderIntent,
-    OrderStatus,
-    OrderType,
-    Quote,
-    Side,
-    Trade,
-)
+from daemon.core.model import Fill, OrderAck, OrderIntent, OrderType, Quote, Side, Trade
 from daemon.core.routes import Callbacks
+from daemon.core.vocabulary import OrderStatus
 from daemon.trading.order_ids import is_ours, run_prefix
 from daemon.trading.paper import MarketRules, PaperExecutor
 

@@ -24,10 +24,10 @@ from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Side,
 )
+from daemon.core.vocabulary import OrderStatus
 from daemon.postmortem.reader import LogFilter, parse_time
 from daemon.postmortem.report import build_report
 from daemon.postmortem.writer import DecisionLogWriter

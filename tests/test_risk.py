@@ -16,12 +16,12 @@ from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
 )
 from daemon.core.records import MemorySink
+from daemon.core.vocabulary import OrderStatus
 from daemon.trading.gate import KILL_STRATEGY, GatedExecutor
 from daemon.trading.killswitch import KillSwitch
 from daemon.trading.order_ids import run_prefix

@@ -6,18 +6,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from daemon.core.model import (
-    Decision,
-    Fill,
-    OrderAck,
-    OrderIntent,
-    OrderStatus,
-    OrderType,
-    Quote,
-    Side,
-    Trade,
-)
+from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Quote, Side, Trade
 from daemon.core.records import MemorySink
+from daemon.core.vocabulary import OrderStatus
 from daemon.trading.runner import StrategyRunner
 
 

@@ -23,10 +23,10 @@ from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Side,
 )
+from daemon.core.vocabulary import OrderStatus
 from daemon.postmortem.writer import DecisionLogWriter
 
 REPO = Path(__file__).resolve().parents[1]

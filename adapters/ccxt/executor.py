@@ -49,19 +49,19 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from config.settings import ExecutionSettings, Settings, VenueSettings
+from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
 from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
     Trade,
-    now_ns,
     split_symbol,
 )
+from daemon.core.vocabulary import OrderStatus
 from daemon.trading.errors import (
     ErrorKind,
     ExecutionError,
@@ -85,8 +85,6 @@ _CCXT_STATUS = {
     "expired": OrderStatus.EXPIRED,
     "rejected": OrderStatus.REJECTED,
 }
-_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.EXPIRED,
-                       OrderStatus.REJECTED})
 
 
 def require_live_opt_in(execution: ExecutionSettings, venues: Mapping[str, VenueSettings],
@@ -216,7 +214,7 @@ class _LiveOrder:
 
     @property
     def is_open(self) -> bool:
-        return self.status not in _TERMINAL
+        return not self.status.is_terminal
 
 
 class LiveExecutor(ExecutionEvents):
@@ -531,7 +529,7 @@ class LiveExecutor(ExecutionEvents):
         self._emit_new_fills(order, raw, immediate)
         if status is OrderStatus.NEW:
             order.rested = True  # on the book now: whatever fills it later is a taker, not us
-        if status in _TERMINAL and order.status not in _TERMINAL:
+        if status.is_terminal and not order.status.is_terminal:
             order.status = status
             self._ack(order, status)
         elif status is OrderStatus.NEW and order.filled > 0 and order.is_open:

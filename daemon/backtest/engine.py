@@ -50,6 +50,7 @@ from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats
 from config.settings import ConfigError, Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
+from daemon.core.clock import NS_PER_MS, SimulatedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import ClientFill, Quote, Side, Trade
 from daemon.market.bus import Bus
@@ -65,29 +66,12 @@ from strategies.base import MarketView
 
 log = get_logger("backtest")
 
-NS_PER_MS = 1_000_000
 #: The progress bar is refreshed every this many events (a refresh costs ~50 µs).
 PROGRESS_EVERY = 8_192
 #: Replaying columns, yield to the event loop every this many rows (Ctrl-C, progress).
 YIELD_EVERY_ROWS = 8_192
 #: Synthetic arrivals are drawn up to here; the data's end stops them first.
 _FOREVER_NS = 2**62
-
-
-class SimulatedClock:
-    """The backtest's only clock: the receive time of the latest event (never goes back)."""
-
-    __slots__ = ("now_ns",)
-
-    def __init__(self) -> None:
-        self.now_ns = 0
-
-    def __call__(self) -> int:
-        return self.now_ns
-
-    def advance_to(self, ts_ns: int) -> None:
-        if ts_ns > self.now_ns:
-            self.now_ns = ts_ns
 
 
 @dataclass(slots=True)

@@ -18,20 +18,16 @@ Prices and sizes are float64. Times are integer nanoseconds since the epoch:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import msgspec
 
+from daemon.core.vocabulary import OrderStatus
+
 #: Venue ids the daemon knows natively; any ccxt exchange id is accepted besides these.
 NATIVE_VENUES = ("binance_spot", "binance_usdm", "bybit_spot", "bybit_linear")
-
-
-def now_ns() -> int:
-    """Wall-clock time in integer nanoseconds (the daemon's one clock source in live mode)."""
-    return time.time_ns()
 
 
 def is_perp_symbol(symbol: str) -> bool:
@@ -122,15 +118,6 @@ class OrderType(StrEnum):
     MARKET = "market"
     IOC = "ioc"
     POST_ONLY = "post_only"
-
-
-class OrderStatus(StrEnum):
-    NEW = "new"
-    PARTIALLY_FILLED = "partially_filled"
-    FILLED = "filled"
-    CANCELED = "canceled"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
 
 
 @dataclass(slots=True)
@@ -254,7 +241,7 @@ class ClientFill:
 class Decision:
     """One decision of a strategy, taken or skipped, with the numbers it was based on.
 
-    `action` is a short verb ("quote", "arbitrage", "hedge", "warehouse", "skip", ...);
+    `action` is an `Action` (daemon/core/vocabulary.py): "quote", "arbitrage", "hedge", ...;
     `inputs` a flat snapshot of what the strategy looked at; `expected` the edge or cost
     the strategy expected (in quote currency or bps as `inputs` documents).
     """

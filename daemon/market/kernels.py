@@ -24,7 +24,8 @@ import math
 import numpy as np
 from numba import njit
 
-NS_PER_SECOND = 1_000_000_000
+from daemon.core.clock import NS_PER_SECOND
+
 BPS_PER_UNIT = 1e4
 
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from daemon.core.clock import Clock
 from daemon.core.model import Quote
 from daemon.market import kernels
 from daemon.market.ringbuffer import QuoteRing, RingStore
 from daemon.market.view import ConsolidatedView
-from strategies.base import Clock
 
 #: The state of a kernel pass over no rows.
 _EMPTY_PASS = (0.0, 0, math.nan, 0, 0)

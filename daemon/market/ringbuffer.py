@@ -33,12 +33,12 @@ import pyarrow as pa
 import pyarrow.ipc
 import structlog
 
+from daemon.core.clock import NS_PER_SECOND
 from daemon.core.model import Quote, Trade
 from daemon.market import kernels
 
 log = structlog.get_logger(component="ringbuffer")
 
-NS_PER_SECOND = 1_000_000_000
 DEFAULT_RETENTION_S = 24 * 3600.0
 #: Rows per second the quote ring is sized for. Binance USD-M BTCUSDT bookTicker runs at
 #: ~190/s; a venue running faster than this keeps less than the retention (newest rows).

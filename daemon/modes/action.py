@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import strategies
 from config.settings import ConfigError, Settings
+from daemon.core.clock import FeedClock
 from daemon.core.logs import get_logger
-from daemon.core.model import Quote, now_ns
+from daemon.core.model import Quote
+from daemon.core.vocabulary import Action
 from daemon.market.market_view import RingMarketView
 from daemon.postmortem.exports import write_strategy_exports
 from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter
@@ -40,21 +42,6 @@ log = get_logger("action")
 #: Live loop tick when no market data arrives: order latency, timers and transfers still
 #: need time to pass.
 IDLE_TICK_S = 0.1
-
-
-class FeedClock:
-    """Wall time on a live feed; the newest event's receive time on a replay."""
-
-    def __init__(self, replaying: bool) -> None:
-        self.replaying = replaying
-        self.latest_ns = 0
-
-    def observe(self, ts_ns: int) -> None:
-        if ts_ns > self.latest_ns:
-            self.latest_ns = ts_ns
-
-    def __call__(self) -> int:
-        return self.latest_ns if self.replaying else now_ns()
 
 
 async def run_action(app: App) -> int:
@@ -139,7 +126,7 @@ class _BackgroundTransfers:
             log.error("transfer_failed", asset=asset, amount=amount, source=from_venue,
                       destination=to_venue, error=str(exc))
             inputs = TransferIntent(asset, from_venue, to_venue, amount).as_inputs()
-            self._sink.record(Decision("transfers", now_ns, "reject", str(exc), inputs=inputs))
+            self._sink.record(Decision("transfers", now_ns, Action.REJECT, str(exc), inputs=inputs))
 
 
 async def _close_executor(executor: Any) -> None:

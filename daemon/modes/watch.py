@@ -22,7 +22,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from daemon.core.model import Quote, now_ns
+from daemon.core.clock import now_ns
+from daemon.core.model import Quote
 from daemon.market.view import ConsolidatedView
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from daemon.core.model import now_ns
+from daemon.core.clock import now_ns
 from daemon.market.view import ConsolidatedView
 
 if TYPE_CHECKING:

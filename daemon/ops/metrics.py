@@ -42,6 +42,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from config.settings import ConfigError
+from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
 from daemon.core.model import (
     BalanceSnapshot,
@@ -50,7 +51,6 @@ from daemon.core.model import (
     OrderAck,
     OrderIntent,
     Side,
-    now_ns,
     split_symbol,
 )
 from daemon.core.records import Record, RecordSink

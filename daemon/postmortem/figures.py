@@ -51,7 +51,7 @@ import duckdb
 import numpy as np
 
 from daemon.core.model import split_symbol
-from daemon.postmortem import schema
+from daemon.core.vocabulary import Action
 
 #: Assets valued at 1 quote unit in portfolio values (the quote side of every symbol is too).
 STABLE_ASSETS = frozenset({"USDT", "USDC", "USD", "BUSD", "FDUSD", "DAI", "TUSD"})
@@ -226,7 +226,7 @@ def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str) -> RunS
             db, f"SELECT coalesce(sum(n_intents), 0) FROM decisions WHERE {where}", key)),
         intents_sent=int(_scalar(
             db, f"SELECT count(*) FROM orders WHERE {where} AND sent", key)),
-        rejects=actions.get(schema.REJECT, 0),
+        rejects=actions.get(Action.REJECT, 0),
         fills=int(venue_fills[0]),
         volume=float(venue_fills[1]),
         fees=float(venue_fills[2]),
@@ -264,11 +264,11 @@ def strategy_kind(strategy: str, actions: dict[str, int]) -> str:
     for kind in ("arbitrage", "internalize", "inventory-mm"):
         if name.startswith(kind):
             return kind
-    if schema.ARBITRAGE in actions:
+    if Action.ARBITRAGE in actions:
         return "arbitrage"
-    if {schema.HEDGE, schema.WAREHOUSE, schema.PARTIAL_HEDGE} & actions.keys():
+    if {Action.HEDGE, Action.WAREHOUSE, Action.PARTIAL_HEDGE} & actions.keys():
         return "internalize"
-    return "inventory-mm" if schema.QUOTE in actions else name
+    return "inventory-mm" if Action.QUOTE in actions else name
 
 
 # -- P&L ---------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ Adding a field is compatible and keeps `v`; renaming or re-typing one bumps it.
 Agreed with the strategies in `strategies/` (their module docstrings list their verbs and
 inputs); the report reads only what is listed here and shows every other verb as is.
 
-`Decision.action`, what the strategy did or declined to do:
+`Decision.action`, what the strategy did or declined to do (`daemon.core.vocabulary.Action`):
 
 - every strategy: "skip" (saw something and declined: edge too small, stale quote,
   cooldown...); recorded by the runner or the risk gate: "reject" (an intent or transfer
@@ -85,17 +85,6 @@ ACK = "ack"
 FILL = "fill"
 BALANCE = "balance"
 RECORD_TYPES = (DECISION, INTENT, ACK, FILL, BALANCE)
-
-# Decision.action verbs (see the module docstring).
-ARBITRAGE = "arbitrage"
-QUOTE = "quote"
-HEDGE = "hedge"
-WAREHOUSE = "warehouse"
-PARTIAL_HEDGE = "partial_hedge"
-REBALANCE = "rebalance"
-SKIP = "skip"
-REJECT = "reject"
-KILL = "kill"
 
 #: DuckDB type of an intent inside a decision.
 INTENT_STRUCT = (

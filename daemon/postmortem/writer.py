@@ -56,14 +56,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from daemon.core.clock import NS_PER_DAY, now_ns
 from daemon.core.logs import get_logger
-from daemon.core.model import BalanceSnapshot, now_ns
+from daemon.core.model import BalanceSnapshot
 from daemon.core.records import Record, RecordSink
 from daemon.postmortem.schema import encode_record, log_file_name, own_time_ns
 
 log = get_logger("decision_log")
 
-NS_PER_DAY = 86_400 * 1_000_000_000
 DECISIONS_DIR = "decisions"
 #: At most one back-pressure alert line per this many seconds (every block is counted).
 ALERT_EVERY_S = 1.0

@@ -20,18 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from daemon.core.logs import get_logger
-from daemon.core.model import (
-    ClientFill,
-    Fill,
-    OrderAck,
-    OrderIntent,
-    OrderStatus,
-    OrderType,
-    Quote,
-    Side,
-    Trade,
-)
+from daemon.core.model import ClientFill, Fill, OrderAck, OrderIntent, OrderType, Quote, Side, Trade
 from daemon.core.records import RecordSink
+from daemon.core.vocabulary import OrderStatus
 from daemon.trading.events import ExecutionEvents
 from daemon.trading.executor import OrderGateway
 from daemon.trading.killswitch import KillSwitch

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from config.settings import RiskSettings
+from daemon.core.clock import NS_PER_SECOND
+from daemon.core.clock import now_ns as wall_clock_ns
 from daemon.core.logs import get_logger
-from daemon.core.model import now_ns as wall_clock_ns
 
 log = get_logger("killswitch")
 
 KillHandler = Callable[[str, int], None]  # (why, now_ns)
-_NS_PER_S = 1_000_000_000
 
 
 class KillSwitch:
@@ -42,7 +42,7 @@ class KillSwitch:
         self.flag_file: Path | None = risk.kill_switch_file
         self.flatten = risk.flatten_on_kill
         self._clock = clock
-        self._poll_interval_ns = int(poll_interval_s * _NS_PER_S)
+        self._poll_interval_ns = int(poll_interval_s * NS_PER_SECOND)
         self._next_poll_ns = -1
         self._handlers: list[KillHandler] = []
         self._signal_loop: asyncio.AbstractEventLoop | None = None
@@ -101,7 +101,7 @@ class KillSwitch:
 
     async def watch(self, interval_s: float | None = None) -> None:
         """Live mode: poll the flag file on the wall clock until fired (or cancelled)."""
-        interval = interval_s if interval_s is not None else self._poll_interval_ns / _NS_PER_S
+        interval = interval_s if interval_s is not None else self._poll_interval_ns / NS_PER_SECOND
         while not self.check_flag_file():
             await asyncio.sleep(interval)
 

@@ -58,12 +58,12 @@ from decimal import Decimal
 from types import MappingProxyType
 
 from config.settings import ExecutionSettings, Settings, VenueSettings
+from daemon.core.clock import NS_PER_MS
 from daemon.core.logs import get_logger
 from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
@@ -71,6 +71,7 @@ from daemon.core.model import (
     is_perp_symbol,
     split_symbol,
 )
+from daemon.core.vocabulary import OrderStatus
 from daemon.trading.events import ExecutionEvents
 from daemon.trading.order_ids import ClientOrderIds, run_prefix
 
@@ -79,7 +80,6 @@ log = get_logger("paper")
 #: (venue, symbol, "bid" | "ask") -> best-first (price, size) levels, or None without depth.
 DepthProvider = Callable[[str, str, str], Sequence[tuple[float, float]] | None]
 
-_NS_PER_MS = 1_000_000
 _ARRIVE = 0
 _CANCEL = 1
 _CALL = 2
@@ -291,8 +291,8 @@ class PaperExecutor(ExecutionEvents):
         super().__init__()
         execution = execution or ExecutionSettings()
         self._ids = ClientOrderIds(prefix or run_prefix("paper"))
-        self._submit_latency_ns = int(execution.submit_latency_ms * _NS_PER_MS)
-        self._cancel_latency_ns = int(execution.cancel_latency_ms * _NS_PER_MS)
+        self._submit_latency_ns = int(execution.submit_latency_ms * NS_PER_MS)
+        self._cancel_latency_ns = int(execution.cancel_latency_ms * NS_PER_MS)
         self._depth = depth
         self._queue_position = queue_position
         if leverage <= 0:

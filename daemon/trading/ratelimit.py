@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import time
 
-NS_PER_S = 1_000_000_000
+from daemon.core.clock import NS_PER_SECOND
 
 
 class TokenBucket:
@@ -26,7 +26,7 @@ class TokenBucket:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.burst = max(1.0, burst if burst is not None else rate)
-        self._per_ns = rate / NS_PER_S
+        self._per_ns = rate / NS_PER_SECOND
         self._tokens = self.burst
         self._last_ns: int | None = None
 
@@ -67,7 +67,7 @@ class AsyncTokenBucket:
     async def acquire(self) -> None:
         wait_ns = self._bucket.reserve(time.monotonic_ns())
         if wait_ns:
-            await asyncio.sleep(wait_ns / NS_PER_S)
+            await asyncio.sleep(wait_ns / NS_PER_SECOND)
 
 
 _ORDER_BUCKETS: dict[str, AsyncTokenBucket] = {}

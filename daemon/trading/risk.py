@@ -41,6 +41,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from config.settings import RiskSettings
+from daemon.core.clock import NS_PER_DAY, NS_PER_SECOND
 from daemon.core.logs import get_logger
 from daemon.core.model import (
     ClientFill,
@@ -48,22 +49,18 @@ from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     OrderType,
     Quote,
     Side,
     split_symbol,
 )
+from daemon.core.vocabulary import Action
 from daemon.trading.ratelimit import TokenBucket
 
 log = get_logger("risk")
 
-_NS_PER_S = 1_000_000_000
-_NS_PER_DAY = 86_400 * _NS_PER_S
 #: The pseudo-venue of client trades: no orders go there, a flatten leaves it alone.
 CLIENT_VENUE = "client"
-_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
-                       OrderStatus.EXPIRED})
 
 
 @dataclass(slots=True)
@@ -90,7 +87,7 @@ class RiskGate:
 
     def __init__(self, risk: RiskSettings) -> None:
         self.settings = risk
-        self._stale_ns = int(risk.stale_quote_s * _NS_PER_S)
+        self._stale_ns = int(risk.stale_quote_s * NS_PER_SECOND)
         self._collar = risk.price_collar_bps * 1e-4
         self._rate = TokenBucket(risk.max_orders_per_s, risk.max_orders_per_s)
         self._quotes: dict[str, dict[str, Quote]] = {}
@@ -164,7 +161,7 @@ class RiskGate:
         totals[pending.asset] = totals.get(pending.asset, 0.0) + intent.qty
 
     def on_ack(self, ack: OrderAck) -> None:
-        if ack.status in _TERMINAL:
+        if ack.status.is_terminal:
             pending = self._pending.pop(ack.client_order_id, None)
             if pending is not None:
                 self._release_pending(pending, pending.qty)
@@ -260,7 +257,8 @@ class RiskGate:
             return f"stale quote: {intent.venue} {intent.symbol} flagged stale by the feed"
         age_ns = now_ns - quote.local_ts_ns
         if age_ns > self._stale_ns:
-            return (f"stale quote: {intent.venue} {intent.symbol} is {age_ns / _NS_PER_S:.1f} s "
+            age_s = age_ns / NS_PER_SECOND
+            return (f"stale quote: {intent.venue} {intent.symbol} is {age_s:.1f} s "
                     f"old > {self.settings.stale_quote_s:g} s")
         if not quote.mid > 0:
             return f"stale quote: {intent.venue} {intent.symbol} has no valid mid"
@@ -327,20 +325,20 @@ class RiskGate:
         return self.pnl() - self._day_start_pnl
 
     def _roll_day(self, now_ns: int) -> None:
-        day = now_ns // _NS_PER_DAY
+        day = now_ns // NS_PER_DAY
         if day != self._day:
             if self._day != -1:
                 self._day_start_pnl = self.pnl()
                 self.loss_breach = None
             self._day = day
-            self._day_start_ns = day * _NS_PER_DAY
-            self._day_end_ns = self._day_start_ns + _NS_PER_DAY
+            self._day_start_ns = day * NS_PER_DAY
+            self._day_end_ns = self._day_start_ns + NS_PER_DAY
 
     def _check_loss(self, now_ns: int) -> str | None:
         """The breach reason when this event pushed the day's P&L past the limit."""
         # `daily_pnl`, written out (it runs on every quote of a market we hold), and the
         # P&L left alone once the day's breach is known: nothing would come of it.
-        if now_ns // _NS_PER_DAY != self._day:
+        if now_ns // NS_PER_DAY != self._day:
             self._roll_day(now_ns)
         if self.loss_breach is not None:
             return None
@@ -392,7 +390,7 @@ def rejection_decision(intent: OrderIntent, reason: str, now_ns: int) -> Decisio
     return Decision(
         strategy=intent.strategy,
         ts_ns=now_ns,
-        action="reject",
+        action=Action.REJECT,
         reason=reason,
         inputs={
             "venue": intent.venue,

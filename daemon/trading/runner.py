@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from daemon.core.clock import Clock
 from daemon.core.logs import get_logger
 from daemon.core.model import (
     ClientFill,
@@ -32,16 +33,15 @@ from daemon.core.model import (
     Fill,
     OrderAck,
     OrderIntent,
-    OrderStatus,
     Quote,
     Trade,
     TransferIntent,
 )
 from daemon.core.records import RecordSink
-from daemon.postmortem.schema import REBALANCE
+from daemon.core.vocabulary import Action, OrderStatus
 from daemon.trading.errors import TransferRefused
 from daemon.trading.executor import Executor
-from strategies.base import AccountView, Clock, MarketView, Strategy
+from strategies.base import AccountView, MarketView, Strategy
 
 log = get_logger("runner")
 
@@ -162,7 +162,7 @@ class StrategyRunner:
         self.killed_reason = reason
         now = self.clock()
         log.warning("strategy_killed", strategy=self.strategy.name, reason=reason)
-        self.sink.record(Decision(self.strategy.name, now, "kill", reason))
+        self.sink.record(Decision(self.strategy.name, now, Action.KILL, reason))
         self.executor.cancel_all(now)
         self._dispatch(lambda: self.strategy.on_kill(reason))
 
@@ -220,7 +220,7 @@ class StrategyRunner:
         self._name_orders(decision)
         self.sink.record(decision)
         now = self.clock()
-        if decision.action == REBALANCE:
+        if decision.action == Action.REBALANCE:
             self._transfer(decision, now)
         for client_order_id in decision.cancels:
             self.executor.cancel(client_order_id, now)
@@ -258,7 +258,7 @@ class StrategyRunner:
             except TransferRefused as exc:
                 refusal = str(exc)
         log.warning("transfer_refused", strategy=decision.strategy, reason=refusal)
-        self.sink.record(Decision(decision.strategy, now, "reject", refusal,
+        self.sink.record(Decision(decision.strategy, now, Action.REJECT, refusal,
                                   inputs=transfer.as_inputs()))
 
     def _refusal(self, intent: OrderIntent, now: int) -> str | None:
@@ -268,7 +268,7 @@ class StrategyRunner:
 
     def _reject(self, intent: OrderIntent, reason: str, now: int) -> None:
         self.sink.record(Decision(
-            intent.strategy or self.strategy.name, now, "reject", reason,
+            intent.strategy or self.strategy.name, now, Action.REJECT, reason,
             inputs={"venue": intent.venue, "symbol": intent.symbol, "side": str(intent.side),
                     "qty": intent.qty, "price": intent.price,
                     "client_order_id": intent.client_order_id},

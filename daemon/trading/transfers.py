@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import ExecutionSettings
+from daemon.core.clock import NS_PER_SECOND
 from daemon.core.logs import get_logger
 from daemon.trading.errors import ExecutionError, Redactor, TransferRefused
 from daemon.trading.paper import PaperExecutor
 
 log = get_logger("transfers")
 
-_NS_PER_S = 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -85,7 +85,7 @@ class PaperTransfers:
         transfer = Transfer(
             transfer_id=f"paper-transfer-{next(self._ids)}", asset=asset, amount=amount,
             fee=fee, from_venue=from_venue, to_venue=to_venue, sent_ns=sent_ns,
-            arrives_ns=sent_ns + int(delay_s * _NS_PER_S),
+            arrives_ns=sent_ns + int(delay_s * NS_PER_SECOND),
         )
         self._paper.credit(from_venue, asset, -amount)
         self._in_flight[transfer.transfer_id] = transfer

@@ -1,0 +1,58 @@
+"""The daemon's one vocabulary: what a decision did (`Action`) and where an order is
+(`OrderStatus`).
+
+Both are `StrEnum`s, so a member is its string: `Action.QUOTE == "quote"`, and the decision
+log writes the plain word (the post-mortem schema, daemon/postmortem/schema.py, lists what
+each verb means to the report). Strategies, the risk gate, the runner and the report use
+these names instead of string literals, so a typo is an AttributeError, not a silent
+new verb.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    """`Decision.action`: what the strategy (or the gate, or the kill switch) did."""
+
+    # every strategy
+    SKIP = "skip"  # saw something and declined (edge too small, stale quote, cooldown...)
+    REJECT = "reject"  # an intent or transfer refused (risk gate, kill switch, venue rule)
+    KILL = "kill"  # the kill switch fired
+    FLATTEN = "flatten"  # after the kill switch: close the position with a market order
+    REBALANCE = "rebalance"  # a transfer between two of our venue accounts (no intents)
+    # arbitrage
+    ARBITRAGE = "arbitrage"  # an opportunity taken; its intents are the legs
+    UNWIND = "unwind"  # a failed or partial leg hedged
+    UNWIND_FAILED = "unwind_failed"
+    TRANSFER_SELL = "transfer_sell"  # the bought base has arrived: sell it
+    # inventory market making
+    QUOTE = "quote"  # quotes placed or replaced
+    HOLD = "hold"  # orders already at target
+    MAX_LOSS_EXIT = "max_loss_exit"
+    PORTFOLIO_REBALANCE = "portfolio_rebalance"
+    # internalize-or-hedge
+    HEDGE = "hedge"  # at least the whole client fill offset
+    PARTIAL_HEDGE = "partial_hedge"
+    WAREHOUSE = "warehouse"  # kept on the book
+
+
+class OrderStatus(StrEnum):
+    """Where an order is, as its acks say."""
+
+    NEW = "new"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        """The order will neither fill nor change any more."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
+                       OrderStatus.EXPIRED})
