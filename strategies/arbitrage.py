@@ -65,7 +65,7 @@ from daemon.core.model import (
     split_symbol,
 )
 from daemon.core.vocabulary import Action
-from strategies.base import AccountView, MarketView
+from strategies.base import AccountView, MarketView, StrategyBase
 from strategies.order_ids import OrderIds
 
 if TYPE_CHECKING:  # settings are data handed in by the factory; no runtime dependency
@@ -159,7 +159,7 @@ class Opportunity:
         return self.bps(self.net)
 
 
-class ArbitrageStrategy:
+class ArbitrageStrategy(StrategyBase):
     """Cross-venue taker arbitrage with leg-risk unwinds, cooldowns and rebalancing."""
 
     name = "arbitrage"

@@ -12,10 +12,11 @@ its `cancels` (client order ids) cancelled by the runner, after the risk gate.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 from daemon.core.clock import Clock
-from daemon.core.model import Decision, Fill, OrderAck, Quote, Trade
+from daemon.core.model import ClientFill, Decision, Fill, OrderAck, Quote, Trade
 
 
 class MarketView(Protocol):
@@ -41,6 +42,9 @@ class AccountView(Protocol):
 
 
 class Strategy(Protocol):
+    """What the runner and the backtest engine drive. `StrategyBase` gives the optional
+    capabilities their defaults; nothing probes a strategy with getattr."""
+
     name: str
     #: The runner calls `on_timer` this often (seconds of the feed clock); None = never.
     timer_interval_s: float | None
@@ -49,14 +53,15 @@ class Strategy(Protocol):
     #: market return None and change nothing, that it reads the `MarketView` only for
     #: these markets and sends orders only in them. A backtest then skips the other
     #: markets' events whenever nothing else is due (daemon/backtest/skip.py), so their
-    #: quotes are not in the market view there. Optional: a strategy without the
-    #: attribute is treated as None.
+    #: quotes are not in the market view there.
     market_keys: frozenset[tuple[str, str]] | None
     #: False promises that `on_trade` returns None and changes nothing for every trade and
     #: that the strategy never asks the market view for trade statistics; a backtest then
     #: runs a trade only when something is due or it reaches one of our resting orders.
-    #: Optional: a strategy without the attribute is treated as True.
     reads_trades: bool
+    #: True: the strategy takes the other side of client fills (`on_client_fill`), and the
+    #: mode starts the configured client-flow source for it.
+    takes_client_flow: bool
 
     def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None: ...
 
@@ -73,3 +78,50 @@ class Strategy(Protocol):
     def on_kill(self, reason: str) -> Decision | None:
         """The kill switch fired: stop quoting for good; optionally return a flatten decision."""
         ...
+
+    def on_client_fill(self, fill: ClientFill) -> Decision | None:
+        """A client trade the desk took (only called when `takes_client_flow`)."""
+        ...
+
+    def write_exports(self, out_dir: Path) -> list[Path]:
+        """Files the strategy keeps in memory for after the run (e.g. a desk portfolio)."""
+        ...
+
+
+class StrategyBase:
+    """The defaults of the optional capabilities: every event ignored, no timer, any
+    market, trades read, no client flow, nothing to export. Strategies subclass it and
+    override what they do."""
+
+    name: str = ""
+    timer_interval_s: float | None = None
+    market_keys: frozenset[tuple[str, str]] | None = None
+    reads_trades: bool = True
+    takes_client_flow: bool = False
+
+    def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None:
+        pass
+
+    def on_quote(self, quote: Quote) -> Decision | None:
+        return None
+
+    def on_trade(self, trade: Trade) -> Decision | None:
+        return None
+
+    def on_fill(self, fill: Fill) -> Decision | None:
+        return None
+
+    def on_ack(self, ack: OrderAck) -> Decision | None:
+        return None
+
+    def on_timer(self, now_ns: int) -> Decision | None:
+        return None
+
+    def on_kill(self, reason: str) -> Decision | None:
+        return None
+
+    def on_client_fill(self, fill: ClientFill) -> Decision | None:
+        raise NotImplementedError(f"{self.name} takes no client flow")
+
+    def write_exports(self, out_dir: Path) -> list[Path]:
+        return []

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from daemon.core.clock import NS_PER_SECOND, Clock
@@ -62,7 +63,7 @@ from daemon.core.model import (
     Trade,
 )
 from daemon.core.vocabulary import Action
-from strategies.base import AccountView, MarketView
+from strategies.base import AccountView, MarketView, StrategyBase
 from strategies.portfolio import Portfolio
 
 FEE_PER_BPS = 1e-4
@@ -206,8 +207,10 @@ class _Plan:
     reason: str
 
 
-class InternalizeStrategy:
+class InternalizeStrategy(StrategyBase):
     """Hedge-or-warehouse for client flow on one symbol, hedged on one or more venues."""
+
+    takes_client_flow = True
 
     def __init__(
         self,
@@ -304,6 +307,12 @@ class InternalizeStrategy:
     def position(self) -> float:
         """Inventory plus hedges in flight: what the next decision works on."""
         return self.portfolio.inventory + sum(hedge.remaining for hedge in self.pending)
+
+    def write_exports(self, out_dir: Path) -> list[Path]:
+        """The desk portfolio: flow_internalization_results.csv, portfolio_tracking_results.csv."""
+        from strategies.portfolio import write_results
+
+        return write_results(self.portfolio, out_dir)
 
     def on_client_fill(self, fill: ClientFill) -> Decision:
         """Always exactly one Decision: hedge, partial_hedge or warehouse."""

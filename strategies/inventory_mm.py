@@ -64,7 +64,7 @@ from daemon.core.model import (
     split_symbol,
 )
 from daemon.core.vocabulary import Action, OrderStatus
-from strategies.base import AccountView, MarketView
+from strategies.base import AccountView, MarketView, StrategyBase
 from strategies.kernels_mm import (
     as_quotes,
     as_quotes_rolling_horizon,
@@ -127,7 +127,7 @@ def _steps_per_unit(step: float) -> int:
     return per_unit if per_unit >= 1 and abs(per_unit * step - 1.0) < 1e-9 else 0
 
 
-class InventoryMMStrategy:
+class InventoryMMStrategy(StrategyBase):
     """Avellaneda-Stoikov quoting with inventory limits, max-loss exit and rebalancing."""
 
     name = "inventory-mm"

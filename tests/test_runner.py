@@ -6,9 +6,12 @@ from collections.abc import Mapping
 
 import pytest
 
+from config.settings import RiskSettings
 from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Quote, Side, Trade
 from daemon.core.records import MemorySink
 from daemon.core.vocabulary import OrderStatus
+from daemon.trading.gate import GatedExecutor
+from daemon.trading.risk import RiskGate
 from daemon.trading.runner import StrategyRunner
 
 
@@ -21,6 +24,11 @@ class FakeExecutor:
         self.cancelled: list[str] = []
         self.cancel_all_calls = 0
         self.quotes_seen = 0
+
+    now_ns = 0
+
+    def assign_client_order_id(self, intent: OrderIntent) -> str:
+        return intent.client_order_id
 
     def submit(self, intent: OrderIntent, now_ns: int) -> None:
         self.submitted.append(intent)
@@ -104,25 +112,20 @@ class BuyOnEveryQuote:
         return Decision(self.name, 0, "flatten", reason, intents=[flatten])
 
 
-class RejectAbove:
-    def __init__(self, max_qty: float) -> None:
-        self.max_qty = max_qty
-
-    def check(self, intent: OrderIntent, now_ns: int) -> str | None:
-        return f"qty {intent.qty} above {self.max_qty}" if intent.qty > self.max_qty else None
-
-
 def quote(ts_s: float) -> Quote:
     ts = int(ts_s * 1e9)
     return Quote("v", "BTC/USDT", 100.0, 1.0, 101.0, 1.0, ts, ts)
 
 
-def make_runner(risk: object = None) -> tuple[StrategyRunner, BuyOnEveryQuote, FakeExecutor,
-                                              MemorySink, list[int]]:
+def make_runner(risk: RiskSettings | None = None) -> tuple[
+        StrategyRunner, BuyOnEveryQuote, FakeExecutor, MemorySink, list[int]]:
+    """The runner in front of the risk gate and kill switch, as every session wires it."""
     strategy, executor, sink = BuyOnEveryQuote(), FakeExecutor(), MemorySink()
+    gated = GatedExecutor(executor, RiskGate(risk or RiskSettings()), sink=sink)  # type: ignore[arg-type]
     now = [0]
-    runner = StrategyRunner(strategy, executor, sink, market=None, account=executor,  # type: ignore[arg-type]
-                            clock=lambda: now[0], risk=risk)  # type: ignore[arg-type]
+    runner = StrategyRunner(strategy, gated, sink, market=None, account=gated,  # type: ignore[arg-type]
+                            clock=lambda: now[0])
+    gated.kill_switch.on_fire(lambda why, _now: runner.kill(why))
     return runner, strategy, executor, sink, now
 
 
@@ -137,12 +140,13 @@ def test_records_decision_intent_ack_fill_in_order_without_nesting_callbacks() -
 
 
 def test_risk_rejection_becomes_a_decision_and_a_rejected_ack() -> None:
-    runner, strategy, executor, sink, _ = make_runner(RejectAbove(0.5))
+    runner, strategy, executor, sink, _ = make_runner(RiskSettings(max_order_notional=50.0))
     runner.on_quote(quote(0))
     assert executor.submitted == []
     rejects = [r for r in sink.of_type(Decision) if r.action == "reject"]
-    assert len(rejects) == 1 and rejects[0].reason == "qty 1.0 above 0.5"
+    assert len(rejects) == 1 and "notional" in rejects[0].reason
     assert rejects[0].inputs["client_order_id"] == "c1"
+    assert rejects[0].strategy == "test"  # the runner names the intent's strategy
     assert strategy.calls == ["quote", "ack:rejected"]
 
 
@@ -153,18 +157,20 @@ def test_timer_fires_on_the_feed_clock() -> None:
     assert strategy.calls.count("timer") == 2  # at 1.0 and 2.5, armed by the first quote
 
 
-def test_kill_cancels_all_tells_the_strategy_and_refuses_every_intent() -> None:
+def test_kill_cancels_all_tells_the_strategy_and_the_gate_refuses_every_intent() -> None:
     runner, strategy, executor, sink, _ = make_runner()
-    runner.kill("daily loss limit")
-    assert executor.cancel_all_calls == 1
+    runner.executor.kill_switch.fire("daily loss limit", 0)  # type: ignore[attr-defined]
+    assert executor.cancel_all_calls >= 1  # the gate's and the runner's cancel-all
     assert "kill" in strategy.calls
+    calls = executor.cancel_all_calls
     runner.on_quote(quote(1))
     assert executor.submitted == []
-    reasons = [d.reason for d in sink.of_type(Decision) if d.action == "reject"]
-    assert reasons == ["kill switch: daily loss limit"] * 2  # the flatten and the buy
+    rejects = [d for d in sink.of_type(Decision) if d.action == "reject"]
+    assert [d.reason for d in rejects] == ["kill switch: daily loss limit"] * 2  # flatten, buy
+    assert all(set(d.inputs) >= {"venue", "type", "intent_reason"} for d in rejects)  # one shape
     assert sink.of_type(Decision)[0].action == "kill"
     runner.kill("again")  # idempotent
-    assert executor.cancel_all_calls == 1
+    assert executor.cancel_all_calls == calls
 
 
 class RecordingTransfers:

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import strategies
 from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats
 from config.settings import ConfigError, Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
@@ -56,12 +55,10 @@ from daemon.core.model import ClientFill, Quote, Side, Trade
 from daemon.market.bus import Bus
 from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
-from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, decisions_dir
-from daemon.trading.gate import GatedExecutor
+from daemon.postmortem.writer import DecisionLogWriter, decisions_dir
 from daemon.trading.paper import PaperExecutor
-from daemon.trading.risk import RiskGate
-from daemon.trading.runner import NEVER_NS, StrategyRunner
-from daemon.trading.transfers import PaperTransfers
+from daemon.trading.runner import NEVER_NS
+from daemon.trading.session import build_strategy, open_session
 from strategies.base import MarketView
 
 log = get_logger("backtest")
@@ -197,33 +194,28 @@ class Backtest:
         self.rings = RingStore(retention_s=settings.retention,
                                max_rate_hz=settings.ring.max_rate_hz)
         self.bus.add_sink(self.rings)  # each key's channel writes straight to its ring
-        self.strategy = strategies.build(strategy_name, settings)
+        self.strategy = build_strategy(strategy_name, settings)
         self.writer = DecisionLogWriter.from_settings(settings, run_id, synchronous=True,
                                                       clock=self.clock)
-        self._on_client_fill = getattr(self.strategy, "on_client_fill", None)
+        self._takes_client_flow = self.strategy.takes_client_flow
         #: Markets whose events always run; None: every event runs (no exact skip).
         self.interest = self._interest() if skip and settings.backtest.cache else None
         sink: GuardedSink | DecisionLogWriter = self.writer
         market: MarketView = RingMarketView(self.bus.view, self.rings, self.clock)
         #: Trades of the strategy's markets run only when they matter (reads_trades False).
         self.skip_trades = (self.interest is not None
-                            and not getattr(self.strategy, "reads_trades", True))
+                            and not self.strategy.reads_trades)
         if self.interest is not None:  # a strategy breaking its promise fails loudly
             sink = GuardedSink(self.writer, self.interest, self.strategy.name)
             market = GuardedMarketView(market, self.interest, self.strategy.name,
                                        reads_trades=not self.skip_trades)
         self.paper = PaperExecutor.from_settings(settings, run_id)
-        self.executor = GatedExecutor(self.paper, RiskGate(settings.risk), sink=sink)
-        self.runner = StrategyRunner(
-            self.strategy, self.executor, sink, market, account=self.executor,
-            clock=self.clock, transfers=PaperTransfers(self.paper, settings.execution),
-        )
-        self.executor.kill_switch.on_fire(lambda why, _now: self.runner.kill(why))
-        self.snapshots = BalanceSnapshots(
-            self.writer, self.executor, settings.enabled_venues(),
-            settings.postmortem.balance_snapshot_interval_s, self.strategy.name)
+        session = open_session(settings, self.strategy, self.paper, sink=sink, market=market,
+                               clock=self.clock, writer=self.writer)
+        self.executor, self.runner = session.executor, session.runner
+        self.snapshots = session.snapshots
         self.flow: ClientFlow | None = None
-        self._rare_dues = (self._on_client_fill is not None
+        self._rare_dues = (self._takes_client_flow
                            or self.executor.kill_switch.flag_file is not None)
         self._progress = progress
         self._next_progress = NEVER_NS
@@ -233,11 +225,11 @@ class Backtest:
 
     def _interest(self) -> frozenset[tuple[str, str]] | None:
         """The strategy's declared markets, plus what the client flow reads, or None."""
-        declared = getattr(self.strategy, "market_keys", None)
+        declared = self.strategy.market_keys
         if declared is None:
             return None
         interest = set(declared)
-        if self._on_client_fill is not None:
+        if self._takes_client_flow:
             own = self.settings.strategies.internalize
             interest.add((own.venue, own.symbol))  # client fills are priced off its mid
         return frozenset(interest)
@@ -269,7 +261,7 @@ class Backtest:
         """Every event of interest through the per-event path, in order; of the others only
         those at which something is due (daemon/backtest/skip.py)."""
         interest = self.interest
-        if interest is not None and self._on_client_fill is not None:
+        if interest is not None and self._takes_client_flow:
             # The risk gate marks client trades at the newest mid of the flow's symbol on
             # any venue: every market of that symbol is of interest.
             symbol = self.settings.strategies.internalize.symbol
@@ -287,7 +279,7 @@ class Backtest:
         trade_routes: dict[int, Callable[[Trade], None]] = {}
         bus, clock, snapshots = self.bus, self.clock, self.snapshots
         runner_on_quote, runner_on_trade = self.runner.on_quote, self.runner.on_trade
-        deliver = self._deliver_client_fills if self._on_client_fill is not None else None
+        deliver = self._deliver_client_fills if self._takes_client_flow else None
         reaches_orders = self.paper.print_reaches_orders if self.skip_trades else None
         next_quote, next_trade = quotes.__next__, trades.__next__
         start = 0  # the first row not yet run or skipped
@@ -368,7 +360,7 @@ class Backtest:
 
     def _rarely_due(self, due: int) -> int:
         """`_due_ns` for what only some runs have: client fills, a kill-switch flag file."""
-        if self._on_client_fill is not None:
+        if self._takes_client_flow:
             fill = self.flow.next_ts_ns if self.flow is not None else 0
             if fill is not None and fill < due:
                 due = fill
@@ -410,7 +402,7 @@ class Backtest:
 
     def on_quote(self, quote: Quote) -> None:
         now = quote.local_ts_ns
-        if self._on_client_fill is not None:
+        if self._takes_client_flow:
             self._deliver_client_fills(now)
         if now > self.clock.now_ns:  # SimulatedClock.advance_to: time never goes back
             self.clock.now_ns = now
@@ -420,7 +412,7 @@ class Backtest:
 
     def on_trade(self, trade: Trade) -> None:
         now = trade.local_ts_ns
-        if self._on_client_fill is not None:
+        if self._takes_client_flow:
             self._deliver_client_fills(now)
         if now > self.clock.now_ns:
             self.clock.now_ns = now

@@ -19,20 +19,18 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-import strategies
 from config.settings import ConfigError, Settings
 from daemon.core.clock import FeedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote
-from daemon.core.vocabulary import Action
 from daemon.market.market_view import RingMarketView
 from daemon.postmortem.exports import write_strategy_exports
-from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter
+from daemon.postmortem.writer import DecisionLogWriter
 from daemon.trading.errors import ExecutionError, LiveTradingRefused
 from daemon.trading.gate import GatedExecutor
 from daemon.trading.paper import PaperExecutor
-from daemon.trading.risk import RiskGate
 from daemon.trading.runner import StrategyRunner
+from daemon.trading.session import TradingSession, build_strategy, open_session
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -48,10 +46,7 @@ async def run_action(app: App) -> int:
     settings = app.settings
     rings = app.start_rings()
     app.replay_yield_every = 1
-    try:
-        strategy = strategies.build(app.args.strategy, settings)
-    except ValueError as exc:
-        raise ConfigError(f"invalid setting strategies: {exc}") from None
+    strategy = build_strategy(app.args.strategy, settings)
     app.warm_up_kernels()
     clock = FeedClock(replaying=app.replaying)
     writer = DecisionLogWriter.from_settings(settings, app.run_id, clock=clock)
@@ -60,17 +55,15 @@ async def run_action(app: App) -> int:
     sink = app.trading.tee(writer)
     try:
         inner = await _open_executor(settings, app)
-        executor = GatedExecutor(inner, RiskGate(settings.risk), sink=sink)
-        market = RingMarketView(app.bus.view, rings, clock)
-        runner = StrategyRunner(strategy, executor, sink, market, account=executor, clock=clock,
-                                transfers=_transfer_service(settings, inner, sink))
-        _arm_kill_switch(app, executor, runner)
+        session = open_session(settings, strategy, inner, sink=sink, writer=writer,
+                               market=RingMarketView(app.bus.view, rings, clock), clock=clock)
+        _arm_kill_switch(app, session.executor)
         log.info("strategy_started", strategy=strategy.name, mode=settings.execution.mode,
                  log=str(writer.root))
         try:
-            await _trade(app, runner, executor, writer, clock)
+            await _trade(app, session, writer, clock)
         finally:
-            executor.cancel_all(clock())
+            session.executor.cancel_all(clock())
             await _close_executor(inner)
             write_strategy_exports(strategy, settings.data_dir, app.run_id)
     finally:
@@ -92,65 +85,25 @@ async def _open_executor(settings: Settings, app: App) -> Any:
     return executor
 
 
-def _transfer_service(settings: Settings, executor: Any, sink: Any) -> Any:
-    """Paper moves balances on the feed clock; live withdraws only to whitelisted addresses."""
-    from daemon.trading.transfers import LiveTransfers, PaperTransfers
-
-    if isinstance(executor, PaperExecutor):
-        return PaperTransfers(executor, settings.execution)
-    exchanges = {venue: executor.exchange(venue) for venue in settings.enabled_venues()}
-    return _BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink)
-
-
-class _BackgroundTransfers:
-    """Runs live transfers as tasks (the runner is synchronous); a failure is recorded."""
-
-    def __init__(self, transfers: Any, sink: Any) -> None:
-        self._transfers = transfers
-        self._sink = sink
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
-                 now_ns: int) -> None:
-        task = asyncio.create_task(self._send(asset, amount, from_venue, to_venue, now_ns))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, asset: str, amount: float, from_venue: str, to_venue: str,
-                    now_ns: int) -> None:
-        from daemon.core.model import Decision, TransferIntent
-
-        try:
-            await self._transfers.transfer(asset, amount, from_venue, to_venue)
-        except Exception as exc:  # refused or failed: the log says why, trading goes on
-            log.error("transfer_failed", asset=asset, amount=amount, source=from_venue,
-                      destination=to_venue, error=str(exc))
-            inputs = TransferIntent(asset, from_venue, to_venue, amount).as_inputs()
-            self._sink.record(Decision("transfers", now_ns, Action.REJECT, str(exc), inputs=inputs))
-
-
 async def _close_executor(executor: Any) -> None:
     close = getattr(executor, "close", None)
     if close is not None:
         await close()
 
 
-def _arm_kill_switch(app: App, executor: GatedExecutor, runner: StrategyRunner) -> None:
+def _arm_kill_switch(app: App, executor: GatedExecutor) -> None:
+    """Beyond the session's own wiring (runner.kill): /healthz turns 503, SIGUSR1 fires it."""
     kill_switch = executor.kill_switch
-    kill_switch.on_fire(lambda why, _now: runner.kill(why))
     kill_switch.on_fire(lambda why, _now: app.health.trip_kill_switch(why))
     with contextlib.suppress(RuntimeError, ValueError):  # not on the main thread / platform
         kill_switch.install_signal_handler()
 
 
-async def _trade(app: App, runner: StrategyRunner, executor: GatedExecutor,
-                 writer: DecisionLogWriter, clock: FeedClock) -> None:
+async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
+                 clock: FeedClock) -> None:
     """Feed bus events to the runner until the feed ends (replay) or we are cancelled."""
-    settings = app.settings
+    runner, snapshots = session.runner, session.snapshots
     subscription = app.bus.subscribe(f"strategy:{runner.strategy.name}")
-    snapshots = BalanceSnapshots(writer, executor, settings.enabled_venues(),
-                                 settings.postmortem.balance_snapshot_interval_s,
-                                 runner.strategy.name)
     feed = asyncio.create_task(app.market_data(), name="feed")
     flow = _start_client_flow(app, runner, clock)
     try:
@@ -185,7 +138,7 @@ async def _trade(app: App, runner: StrategyRunner, executor: GatedExecutor,
 def _start_client_flow(app: App, runner: StrategyRunner,
                        clock: FeedClock) -> asyncio.Task[int] | None:
     """Client fills for strategies that take them (internalize), from the configured source."""
-    if not hasattr(runner.strategy, "on_client_fill"):
+    if not runner.strategy.takes_client_flow:
         return None
     from adapters.client_flow import build_flow_source, run_flow
 

@@ -37,10 +37,7 @@ async def run_backtest(app: App) -> int:
     if previous:
         raise ConfigError(f"backtest run {app.run_id!r} already has a decision log "
                           f"({previous[0]}); choose another --run-id or remove it")
-    try:
-        backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
-    except ValueError as exc:
-        raise ConfigError(f"invalid setting strategies: {exc}") from None
+    backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
     app.warm_up_kernels()  # outside the timed run: its events/s is the engine's own
     log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])
     with _progress_bar(enabled=sys.stderr.isatty()) as progress:

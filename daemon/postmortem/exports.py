@@ -5,17 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.core.logs import get_logger
+from strategies.base import Strategy
 
 log = get_logger("exports")
 
 
-def write_strategy_exports(strategy: object, data_dir: Path, run_id: str) -> None:
-    """Strategies that keep a desk portfolio (internalize) export it per run, beside the
-    post-mortem reports: flow_internalization_results.csv, portfolio_tracking_results.csv."""
-    portfolio = getattr(strategy, "portfolio", None)
-    if portfolio is None:
-        return
-    from strategies.portfolio import write_results
-
-    paths = write_results(portfolio, data_dir / "reports" / run_id)
-    log.info("portfolio_exported", files=[str(path) for path in paths])
+def write_strategy_exports(strategy: Strategy, data_dir: Path, run_id: str) -> None:
+    """What the strategy keeps for after the run (internalize: its desk portfolio), beside
+    the post-mortem reports under `<data_dir>/reports/<run_id>/`."""
+    paths = strategy.write_exports(data_dir / "reports" / run_id)
+    if paths:
+        log.info("strategy_exported", files=[str(path) for path in paths])

@@ -26,7 +26,9 @@ class Executor(Protocol):
 
     listener: ExecutionListener | None
 
-    def submit(self, intent: OrderIntent, now_ns: int) -> None: ...
+    def submit(self, intent: OrderIntent, now_ns: int) -> str | None:
+        """Send the order; a gated executor returns why it refused it instead (else None)."""
+        ...
 
     def cancel(self, client_order_id: str, now_ns: int) -> None: ...
 

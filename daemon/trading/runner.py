@@ -7,8 +7,9 @@ backtest engine straight from recorded frames. For each event it
 1. lets the executor see the market first (a paper order resting at the touch is hit by
    the move that the strategy is about to react to, as on a real venue);
 2. calls the strategy and records its Decision, taken or skipped;
-3. sends cancels, then each intent through the risk gate to the executor; a rejected
-   intent becomes a "reject" Decision and a rejected ack to the strategy;
+3. sends cancels, then each intent to the executor: the gated executor (gate.py) owns
+   every refusal (risk limits, kill switch) and answers one with a "reject" Decision and
+   a rejected ack, which comes back here like any other ack;
 4. routes acks and fills, which executors deliver through `ExecutionListener`, to the
    decision log and back to the strategy;
 5. hands a "rebalance" Decision's transfer to the transfer service; a refusal becomes a
@@ -32,13 +33,12 @@ from daemon.core.model import (
     Decision,
     Fill,
     OrderAck,
-    OrderIntent,
     Quote,
     Trade,
     TransferIntent,
 )
 from daemon.core.records import RecordSink
-from daemon.core.vocabulary import Action, OrderStatus
+from daemon.core.vocabulary import Action
 from daemon.trading.errors import TransferRefused
 from daemon.trading.executor import Executor
 from strategies.base import AccountView, MarketView, Strategy
@@ -49,12 +49,6 @@ T = TypeVar("T")
 
 #: "Never" on the feed clock: later than any event time (int64 max).
 NEVER_NS = 2**63 - 1
-
-
-class RiskCheck(Protocol):
-    """The risk gate as the runner sees it: a reason to refuse an intent, or None."""
-
-    def check(self, intent: OrderIntent, now_ns: int) -> str | None: ...
 
 
 class TransferService(Protocol):
@@ -75,13 +69,11 @@ class StrategyRunner:
         market: MarketView,
         account: AccountView,
         clock: Clock,
-        risk: RiskCheck | None = None,
         transfers: TransferService | None = None,
     ) -> None:
         self.strategy = strategy
         self.executor = executor
         self.sink = sink
-        self.risk = risk
         self.transfers = transfers
         self.clock = clock
         self.killed_reason: str | None = None
@@ -136,7 +128,7 @@ class StrategyRunner:
         book = getattr(self.executor, "on_client_fill", None)
         if book is not None:
             book(fill)
-        on_client_fill = self.strategy.on_client_fill  # type: ignore[attr-defined]
+        on_client_fill = self.strategy.on_client_fill
         self._dispatch(lambda: on_client_fill(fill))
 
     # -- ExecutionListener -----------------------------------------------------------------
@@ -154,8 +146,9 @@ class StrategyRunner:
     def kill(self, reason: str) -> None:
         """Cancel everything and stop the strategy for good (wired to the kill switch).
 
-        From now on every intent is refused. Flattening the position, when configured, is
-        the gated executor's job: it knows the net position traded in each market.
+        The gated executor refuses every intent from now on (its kill switch is what called
+        this) and flattens the position when configured: it knows the net position traded
+        in each market. The runner refuses transfers.
         """
         if self.killed_reason is not None:
             return
@@ -225,22 +218,19 @@ class StrategyRunner:
         for client_order_id in decision.cancels:
             self.executor.cancel(client_order_id, now)
         for intent in decision.intents:
-            reason = self._refusal(intent, now)
-            if reason is None:
-                self.sink.record(intent)
-                self.executor.submit(intent, now)
-            else:
-                self._reject(intent, reason, now)
+            self.sink.record(intent)
+            self.executor.submit(intent, now)  # a refusal comes back as a rejected ack
 
     def _name_orders(self, decision: Decision) -> None:
-        """Give id-less intents their client order id before the decision is recorded, so
-        the decision log links every order to its acks and fills (the log encodes a record
-        when it is recorded; an id assigned later at submit would not be in it)."""
+        """Give id-less intents their client order id and their strategy before the decision
+        is recorded, so the decision log links every order to its acks and fills (the log
+        encodes a record when it is recorded; an id assigned later at submit would not be in
+        it) and a refusal names the strategy that asked."""
         assign = getattr(self.executor, "assign_client_order_id", None)
-        if assign is None:
-            return
         for intent in decision.intents:
-            if not intent.client_order_id:
+            if not intent.strategy:
+                intent.strategy = decision.strategy
+            if assign is not None and not intent.client_order_id:
                 assign(intent)
 
     def _transfer(self, decision: Decision, now: int) -> None:
@@ -260,20 +250,3 @@ class StrategyRunner:
         log.warning("transfer_refused", strategy=decision.strategy, reason=refusal)
         self.sink.record(Decision(decision.strategy, now, Action.REJECT, refusal,
                                   inputs=transfer.as_inputs()))
-
-    def _refusal(self, intent: OrderIntent, now: int) -> str | None:
-        if self.killed_reason is not None:
-            return f"kill switch: {self.killed_reason}"
-        return self.risk.check(intent, now) if self.risk is not None else None
-
-    def _reject(self, intent: OrderIntent, reason: str, now: int) -> None:
-        self.sink.record(Decision(
-            intent.strategy or self.strategy.name, now, Action.REJECT, reason,
-            inputs={"venue": intent.venue, "symbol": intent.symbol, "side": str(intent.side),
-                    "qty": intent.qty, "price": intent.price,
-                    "client_order_id": intent.client_order_id},
-        ))
-        ack = OrderAck(intent.client_order_id, intent.venue, intent.symbol,
-                       OrderStatus.REJECTED, now, reason=reason)
-        self.sink.record(ack)
-        self._queue.append(lambda: self._apply(self.strategy.on_ack(ack)))
