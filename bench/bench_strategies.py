@@ -39,12 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from strategy_fakes import Driver, FakeAccount, FakeClock, FakeExchange, FakeMarket  # noqa: E402
-
 from config.settings import ArbitrageSettings, InventoryMMSettings, VenueSettings  # noqa: E402
 from daemon.core.model import Decision, Quote, Trade  # noqa: E402
 from strategies.arbitrage import ArbitrageStrategy  # noqa: E402
 from strategies.inventory_mm import InventoryMMStrategy, as_quotes  # noqa: E402
+from tests.helpers.strategy_fakes import Driver, FakeAccount, FakeClock, FakeExchange, FakeMarket  # noqa: E402
 
 RECORDING = ROOT.parent / "shared/data/binance_spot_btcusdt_20240808.gz"
 A, B, SYMBOL = "binance_spot", "bybit_spot", "BTC/USDT"

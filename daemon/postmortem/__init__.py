@@ -1,9 +1,7 @@
-"""Post-mortem: the durable decision log (writer, schema) and `--mode post-mortem` (report).
+"""Post-mortem: the durable decision log (writer.py, schema.py), and what is read back from
+it: reader.py (DuckDB), figures.py (P&L and per-strategy figures), report.py and charts.py
+(tables, CSV, HTML), exports.py (what strategies keep in memory for after the run).
 
-The writer is imported by the live runner; the report (DuckDB, plotly) loads only when the
-post-mortem mode runs.
+The writer is imported by every trading session; the report (DuckDB, plotly) loads only
+when `--mode post-mortem` runs.
 """
-
-from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter
-
-__all__ = ["BalanceSnapshots", "DecisionLogWriter"]

@@ -1,19 +1,19 @@
-"""The action layer: everything that mutates an account goes through here.
+"""Trading: everything that decides, checks or mutates an account, the same on paper, live
+and in a backtest.
 
-A runner builds one `GatedExecutor` (gate.py) around a `PaperExecutor` (paper.py) or a
-`LiveExecutor` (live.py) and talks only to it:
+session.py builds one `TradingSession` per strategy: the runner (runner.py) drives the
+strategy and records every decision; each intent goes to a `GatedExecutor` (gate.py: the
+risk gate of risk.py and the kill switch of killswitch.py, which own every refusal) in
+front of the `PaperExecutor` (paper.py) or the live ccxt executor
+(adapters/ccxt/executor.py):
 
-    executor = GatedExecutor(PaperExecutor.from_settings(settings, run_id),
-                             RiskGate(settings.risk), sink=sink)
-    executor.kill_switch.install_signal_handler()   # SIGUSR1 (live / action mode)
-    executor.listener = runner                 # on_ack / on_fill
-    reason = executor.submit(intent, now_ns)   # None, or why the gate refused it
-    executor.on_quote(quote); executor.on_trade(trade); executor.advance(now_ns)
-    if executor.kill_switch.active: ...        # stop asking strategies for quotes
+    session = open_session(settings, strategy, PaperExecutor.from_settings(settings, run_id),
+                           sink=writer, market=market, clock=clock, writer=writer)
+    session.runner.on_quote(quote); session.runner.advance(now_ns)
+    if session.executor.kill_switch.active: ...
 
-Modules: base.py (contracts), facade.py (listener fan-out, `submit_and_wait`,
-`fills()`), ids.py (client order ids), paper.py, live.py, risk.py (limits, P&L,
-`rejection_decision`), killswitch.py, gate.py, transfers.py, errors.py (error taxonomy,
-`LiveTradingRefused`, credential scrubbing), ratelimit.py (token buckets). Nothing here
-imports ccxt until the live executor (or error classification) is used.
+Also: executor.py (the Executor contracts), events.py (listener fan-out,
+`submit_and_wait`, `fills()`), order_ids.py (deterministic client order ids),
+transfers.py (paper and whitelisted live transfers), errors.py (the venue-neutral error
+taxonomy, `LiveTradingRefused`, credential scrubbing), ratelimit.py (token buckets).
 """

@@ -388,7 +388,7 @@ def test_a_hedge_refused_before_it_was_named_or_never_answered_does_not_block() 
 
 # --- end to end on paper over the shared Binance recording ------------------------------------
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / \
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / \
     "binance_spot_btcusdt_20240808.gz"
 
 

@@ -7,7 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from venue_servers import (
+
+from adapters.binance.session import BinanceAdapter, combined_stream_url, streams_for
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
+from config.settings import VenueSettings
+from daemon.core.model import Quote, Trade
+from daemon.market.bus import Bus
+from tests.helpers.venue_servers import (
     BinanceServer,
     Fault,
     TapeFrame,
@@ -16,13 +23,6 @@ from venue_servers import (
     running,
     wait_until,
 )
-
-from adapters.binance.session import BinanceAdapter, combined_stream_url, streams_for
-from adapters.common.stats import VenueStats
-from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
-from config.settings import VenueSettings
-from daemon.core.model import Quote, Trade
-from daemon.market.bus import Bus
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 USDM_FILE = "binance_usdm_btcusdt_20240808.gz"

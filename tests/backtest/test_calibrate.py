@@ -21,7 +21,7 @@ from daemon.backtest.calibrate import (
 from daemon.cli import main
 from daemon.core.model import ClientFill, Side
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: ~75 s of the real Binance spot recording (REST snapshot + depth diffs), always shipped.
 SAMPLE = REPO / "adapters" / "recordings" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
 SHARED = REPO.parent / "shared" / "data" / "binance_spot_btcusdt_20240808.gz"

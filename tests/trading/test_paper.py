@@ -21,7 +21,7 @@ MS = 1_000_000
 T0 = 1_723_161_254_000 * MS  # 2024-08-08 23:54:14 UTC
 VENUE = "binance_spot"
 SYMBOL = "BTC/USDT"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_btcusdt_20240808.gz"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance_spot_btcusdt_20240808.gz"
 
 
 class Recorder:

@@ -29,7 +29,7 @@ from daemon.core.model import (
 from daemon.core.vocabulary import OrderStatus
 from daemon.postmortem.writer import DecisionLogWriter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAY_NS = 1_723_161_253_000_000_000  # 2024-08-08T23:54:13Z
 LOG_DAY = "2024-08-08"
 

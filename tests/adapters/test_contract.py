@@ -10,14 +10,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from venue_servers import (
-    BinanceServer,
-    BybitServer,
-    binance_tape,
-    bybit_events_from_binance,
-    running,
-    wait_until,
-)
 
 from adapters.binance.session import BinanceAdapter
 from adapters.bybit.session import BybitAdapter
@@ -27,6 +19,14 @@ from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings
 from config.settings import VenueSettings
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus
+from tests.helpers.venue_servers import (
+    BinanceServer,
+    BybitServer,
+    binance_tape,
+    bybit_events_from_binance,
+    running,
+    wait_until,
+)
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 TIMINGS = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0, open_timeout_s=2.0,

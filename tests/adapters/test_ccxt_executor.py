@@ -12,7 +12,6 @@ from typing import Any
 import ccxt
 import pytest
 import structlog
-from fake_binance import FakeBinance
 
 from adapters.ccxt.executor import LiveExecutor, build_exchange, point_rest_at
 from config.settings import ExecutionSettings, RiskSettings, Settings, VenueSettings
@@ -30,6 +29,7 @@ from daemon.trading.errors import (
 from daemon.trading.gate import GatedExecutor
 from daemon.trading.order_ids import run_prefix
 from daemon.trading.risk import RiskGate
+from tests.helpers.fake_binance import FakeBinance
 
 # The example credentials of Binance's API documentation ("SIGNED endpoint examples").
 API_KEY = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"

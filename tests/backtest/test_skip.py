@@ -25,7 +25,7 @@ from daemon.core.records import MemorySink
 from daemon.trading.killswitch import KillSwitch
 from daemon.trading.paper import PaperExecutor
 from daemon.trading.runner import NEVER_NS, StrategyRunner
-from tests.strategy_fakes import FakeAccount, FakeClock, FakeMarket, RollingVolatility
+from tests.helpers.strategy_fakes import FakeAccount, FakeClock, FakeMarket, RollingVolatility
 
 MS = 1_000_000
 

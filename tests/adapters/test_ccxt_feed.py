@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from venue_servers import BinanceServer, binance_tape, count_streams, running, wait_until
 
 from adapters.ccxt.feed import CcxtFeed, new_exchange, redirect_urls
 from adapters.common.stats import VenueStats
@@ -19,6 +18,13 @@ from adapters.common.supervisor import (
 from config.settings import VenueSettings
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus
+from tests.helpers.venue_servers import (
+    BinanceServer,
+    binance_tape,
+    count_streams,
+    running,
+    wait_until,
+)
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 FAST = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0,

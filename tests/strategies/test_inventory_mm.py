@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from strategy_fakes import (
+
+from config.settings import InventoryMMSettings, VenueSettings
+from daemon.core.model import Fill, OrderAck, OrderType, Quote, Side, Trade
+from daemon.core.vocabulary import OrderStatus
+from strategies.inventory_mm import InventoryMMStrategy, ceil_to_step, floor_to_step
+from tests.helpers.strategy_fakes import (
     NS,
     Driver,
     FakeAccount,
@@ -26,11 +31,6 @@ from strategy_fakes import (
     load_binance_recording,
 )
 
-from config.settings import InventoryMMSettings, VenueSettings
-from daemon.core.model import Fill, OrderAck, OrderType, Quote, Side, Trade
-from daemon.core.vocabulary import OrderStatus
-from strategies.inventory_mm import InventoryMMStrategy, ceil_to_step, floor_to_step
-
 VENUE = "binance_spot"
 SYMBOL = "BTC/USDT"
 TICK, LOT = 0.01, 0.00001
@@ -39,7 +39,7 @@ MID = (BID + ASK) / 2
 SIGMA_ABS = 3.0
 INVENTORY_TERM = 1e-4 * SIGMA_ABS**2 * 60.0
 ORDER_FLOW_TERM = (2.0 / 1e-4) * math.log(1.0 + 1e-4 / 1.5)
-RECORDING = Path(__file__).resolve().parents[1].parent / "shared" / "data" / \
+RECORDING = Path(__file__).resolve().parents[2].parent / "shared" / "data" / \
     "binance_spot_btcusdt_20240808.gz"
 
 

@@ -30,7 +30,7 @@ from daemon.core.model import ClientFill, Side
 from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "adapters" / "recordings" / "samples"
 SAMPLE_SPOT = SAMPLES / "binance_spot_btcusdt_20240808_sample.gz"
 SAMPLE_USDM = SAMPLES / "binance_usdm_btcusdt_20240808_sample.gz"

@@ -18,7 +18,7 @@ from daemon.core.model import Quote
 from daemon.market.bus import Bus
 from daemon.modes.watch import render_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VIEW_KEYS = {"symbol", "top_bid", "top_bid_quantity", "top_ask", "top_ask_quantity"}
 
 

@@ -12,15 +12,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from venue_servers import (
-    BinanceServer,
-    BybitServer,
-    Fault,
-    binance_tape,
-    bybit_events_from_binance,
-    running,
-    wait_until,
-)
 
 from adapters.binance.session import BinanceAdapter
 from adapters.bybit.session import BybitAdapter
@@ -31,9 +22,18 @@ from adapters.recordings.replay import FileStats, ReplayFeed, ReplaySpec, iter_f
 from config.settings import VenueSettings, load_settings
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus
+from tests.helpers.venue_servers import (
+    BinanceServer,
+    BybitServer,
+    Fault,
+    binance_tape,
+    bybit_events_from_binance,
+    running,
+    wait_until,
+)
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOUR_23 = 1_723_158_000 * 1_000_000_000  # 2024-08-08T23:00:00Z
 FAST = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0,
                    backoff=BackoffPolicy(initial_s=0.01, max_s=0.05))

@@ -12,7 +12,7 @@ import pytest
 from config.settings import ConfigError, Settings, load_settings, parse_duration
 from daemon.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 URL = "venues.binance_spot.ws_url"
 
 

@@ -14,12 +14,18 @@ import math
 from pathlib import Path
 
 import pytest
-from strategy_fakes import NS, FakeAccount, FakeClock, FakeMarket, load_binance_recording
 
 from config.settings import ArbitrageSettings, VenueSettings
 from daemon.core.model import Fill, OrderAck, OrderType, Quote, Side, TransferIntent
 from daemon.core.vocabulary import OrderStatus
 from strategies.arbitrage import ArbitrageStrategy
+from tests.helpers.strategy_fakes import (
+    NS,
+    FakeAccount,
+    FakeClock,
+    FakeMarket,
+    load_binance_recording,
+)
 
 A, B = "binance_spot", "bybit_spot"
 SYMBOL = "BTC/USDT"
@@ -369,7 +375,7 @@ def test_registry_builds_arbitrage_over_the_enabled_venues() -> None:
 
 # --- the real event path -------------------------------------------------------------------
 
-RECORDING = Path(__file__).resolve().parents[1].parent / "shared" / "data" / \
+RECORDING = Path(__file__).resolve().parents[2].parent / "shared" / "data" / \
     "binance_spot_btcusdt_20240808.gz"
 
 

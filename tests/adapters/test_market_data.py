@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from venue_servers import BinanceServer, BybitServer, binance_tape, bybit_events_from_binance
 
 from adapters.binance.session import BinanceAdapter
 from adapters.ccxt.feed import CcxtFeed
@@ -17,9 +16,15 @@ from adapters.common.stats import reset_registry
 from adapters.market_data import build_adapters, run_live
 from config.settings import ConfigError, load_settings
 from daemon.market.bus import Bus
+from tests.helpers.venue_servers import (
+    BinanceServer,
+    BybitServer,
+    binance_tape,
+    bybit_events_from_binance,
+)
 
 SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

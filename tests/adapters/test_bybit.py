@@ -8,7 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from venue_servers import (
+
+from adapters.bybit.parser import BybitParser
+from adapters.bybit.session import BybitAdapter, book_depth_for, topics_for
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
+from config.settings import VenueSettings
+from daemon.core.model import Quote, Trade
+from daemon.core.routes import Callbacks
+from daemon.market.bus import Bus
+from tests.helpers.venue_servers import (
     BookTopicState,
     BybitConnectionState,
     BybitServer,
@@ -19,15 +28,6 @@ from venue_servers import (
     running,
     wait_until,
 )
-
-from adapters.bybit.parser import BybitParser
-from adapters.bybit.session import BybitAdapter, book_depth_for, topics_for
-from adapters.common.stats import VenueStats
-from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
-from config.settings import VenueSettings
-from daemon.core.model import Quote, Trade
-from daemon.core.routes import Callbacks
-from daemon.market.bus import Bus
 
 BINANCE_SPOT_FILE = "binance_spot_btcusdt_20240808.gz"
 BYBIT_FILE = "bybit_linear_xrpusdt_ob500_20241201.jsonl"
