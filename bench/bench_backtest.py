@@ -14,7 +14,7 @@ process (spot and USD-M BTCUSDT, 2024-08-08, ~125k bookTicker + trade events), b
 - warm, no skip: the same with every event run (what the exact skip saves).
 
 Events/s always counts every event of the files, skipped or not, so the rates compare with
-the bare replay's. The decision log of every run is identical (tests/test_backtest.py).
+the bare replay's. The decision log of every run is identical (tests/backtest/test_engine.py).
 """
 
 from __future__ import annotations

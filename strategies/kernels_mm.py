@@ -18,7 +18,7 @@ A note on the paper's Table 1 (average spread 1.29 for gamma 0.1, k 1.5, sigma 2
 1.29 is the second term alone, (2/0.1) ln(1 + 0.1/1.5) = 1.2908, i.e. the spread as
 T - t -> 0; at t = 0 the formula gives 0.4 + 1.2908 = 1.6908 and its average over the
 session is 1.49. The same holds for the other tables (1.33 for gamma 0.01, 1.15 for 0.5).
-We implement the formula as published in the text; tests/test_as_quotes.py pins both
+We implement the formula as published in the text; tests/strategies/test_as_quotes.py pins both
 numbers and re-runs the paper's Monte Carlo experiment.
 
 Kernels are pure: floats or numpy arrays in, floats out, no Python objects, no I/O.

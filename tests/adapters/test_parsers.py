@@ -1,5 +1,8 @@
 """Venue frame parsers against the real recordings in ../shared/data, plus malformed input.
 
+Tests that need a few messages take them by name from tests/fixtures/ (cut from the same
+recordings, in the repository, so they never skip); whole-file tests read ../shared/data.
+
 Malformed cases are real frames with one thing broken (a venue message is never invented
 when a real one exists); the expected counts are the README's and what the files hold.
 """
@@ -30,6 +33,7 @@ from adapters.venues import (
 )
 from daemon.core.model import Quote, Trade
 from daemon.core.routes import Callbacks
+from tests.fixtures import load_fixture, load_fixture_lines
 
 SPOT = "binance_spot_btcusdt_20240808.gz"
 USDM = "binance_usdm_btcusdt_20240808.gz"
@@ -289,24 +293,21 @@ def test_a_fresh_snapshot_resyncs_after_a_gap(usdm_frames: list[tuple[int, bytes
     assert parser.book("BTCUSDT").update_id == orjson.loads(diffs[59][1])["data"]["u"]
 
 
-def test_snapshot_older_than_every_buffered_diff_is_refused(
-    spot_frames: list[tuple[int, bytes]],
-) -> None:
+def test_snapshot_older_than_every_buffered_diff_is_refused() -> None:
     out = Collected()
     parser = out.binance("binance_spot", books=True)
-    snapshot = first(spot_frames, b'"lastUpdateId"')
+    snapshot = orjson.loads(load_fixture("binance/rest_depth_snapshot.json"))
     snapshot["lastUpdateId"] -= 1_000  # as if fetched well before the stream started
-    for ts, frame in spot_frames[:6]:
-        if b"@depth" in frame[:40]:
-            parser.feed(frame, ts)
+    for frame in load_fixture_lines("binance/ws_depth_updates.jsonl")[:3]:  # before it
+        parser.feed(frame, 0)
     parser.feed(orjson.dumps(snapshot), 0)
     assert parser.dropped["snapshot_too_old"] == 1
     assert not parser.in_sync("BTCUSDT")
     assert out.resyncs == ["BTCUSDT", "BTCUSDT"]
 
 
-def test_walk_averages_through_the_levels(spot_frames: list[tuple[int, bytes]]) -> None:
-    snapshot = first(spot_frames, b'"lastUpdateId"')
+def test_walk_averages_through_the_levels() -> None:
+    snapshot = orjson.loads(load_fixture("binance/rest_depth_snapshot.json"))
     book = L2Book()
     book.load([(float(p), float(q)) for p, q in snapshot["bids"]],
               [(float(p), float(q)) for p, q in snapshot["asks"]], snapshot["lastUpdateId"])
@@ -322,6 +323,11 @@ def test_walk_averages_through_the_levels(spot_frames: list[tuple[int, bytes]]) 
 
 
 # --- Bybit ---------------------------------------------------------------------------------
+
+
+#: The snapshot and the ten deltas after it: the first 11 lines of the Bybit recording.
+BYBIT_HEAD = [load_fixture("bybit/ws_orderbook_snapshot.json"),
+              *load_fixture_lines("bybit/ws_orderbook_deltas.jsonl")]
 
 
 def rebuild_bybit_top(frames: list[bytes]) -> tuple[float, float, float, float]:
@@ -403,27 +409,27 @@ def test_bybit_gap_resyncs_until_the_next_snapshot(bybit_frames: list[bytes]) ->
     assert parser.in_sync(BYBIT_TOPIC) and parser.counts["delta"] == 9 + 1
 
 
-def test_bybit_delta_before_any_snapshot_is_dropped(bybit_frames: list[bytes]) -> None:
+def test_bybit_delta_before_any_snapshot_is_dropped() -> None:
     out = Collected()
     parser = out.bybit()
-    for frame in bybit_frames[1:4]:
+    for frame in BYBIT_HEAD[1:4]:
         parser.feed(frame, 0)
     assert parser.dropped == {"delta_before_snapshot": 3}
     assert out.resyncs == [BYBIT_TOPIC] and out.quotes == []
 
 
-def test_bybit_restart_snapshot_with_u1_resets_the_book(bybit_frames: list[bytes]) -> None:
+def test_bybit_restart_snapshot_with_u1_resets_the_book() -> None:
     out = Collected()
     parser = out.bybit()
-    for frame in bybit_frames[:5]:
+    for frame in BYBIT_HEAD[:5]:
         parser.feed(frame, 0)
-    parser.feed(with_u(bybit_frames[0], 1), 0)  # service restart: snapshot with u=1
-    parser.feed(with_u(bybit_frames[1], 2), 0)
+    parser.feed(with_u(BYBIT_HEAD[0], 1), 0)  # service restart: snapshot with u=1
+    parser.feed(with_u(BYBIT_HEAD[1], 2), 0)
     assert parser.dropped == {} and parser.in_sync(BYBIT_TOPIC)
     assert parser.book(BYBIT_TOPIC).update_id == 2
     assert parser.counts["snapshot"] == 2
     # A replayed old delta is dropped without a resync: the book is still right.
-    parser.feed(with_u(bybit_frames[2], 2), 0)
+    parser.feed(with_u(BYBIT_HEAD[2], 2), 0)
     assert parser.dropped == {"backwards_seq": 1} and out.resyncs == []
 
 
@@ -444,6 +450,7 @@ def test_bybit_trades_and_control_replies() -> None:
     for frame in (BYBIT_SUBSCRIBED, BYBIT_PONG, BYBIT_TRADE):
         parser.feed(frame, 7)
     assert parser.counts == {"control": 2, "trade": 1}
+    assert parser.dropped == {}  # an ack or a pong is not a drop
     (trade,) = out.trades
     assert trade == Trade("bybit_spot", "BTC/USDT", 16578.5, 0.001, "buy",
                           1672304486865 * 1_000_000, 7, "20f43950-d8dd-5b31-9112-a178eb6023af")
@@ -485,20 +492,20 @@ def test_bybit_malformed_frames_are_counted_by_reason(frame: bytes, reason: str)
     ("s", None, "bad_value"),
 ])
 def test_bybit_bad_book_values_are_dropped(
-    bybit_frames: list[bytes], field: str, value: Any, reason: str
+    field: str, value: Any, reason: str
 ) -> None:
     parser = Collected().bybit()
-    message = orjson.loads(bybit_frames[0])
+    message = orjson.loads(BYBIT_HEAD[0])
     message["data"][field] = value
     parser.feed(orjson.dumps(message), 0)
     assert parser.dropped == {reason: 1}
 
 
-def test_bybit_crossed_book_is_not_published(bybit_frames: list[bytes]) -> None:
+def test_bybit_crossed_book_is_not_published() -> None:
     out = Collected()
     parser = out.bybit()
-    parser.feed(bybit_frames[0], 0)
-    delta = orjson.loads(bybit_frames[1])
+    parser.feed(BYBIT_HEAD[0], 0)
+    delta = orjson.loads(BYBIT_HEAD[1])
     delta["data"]["b"] = [["2.5", "100"]]  # a bid above every ask
     parser.feed(orjson.dumps(delta), 0)
     assert parser.dropped == {"crossed": 1} and len(out.quotes) == 1
@@ -515,12 +522,12 @@ def mutated(frame: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> 
 
 @pytest.fixture(scope="module")
 def spot_ticker() -> dict[str, Any]:
-    return first(sample_frames(0), b"@bookTicker")
+    return orjson.loads(load_fixture("binance/ws_book_ticker.json"))
 
 
 @pytest.fixture(scope="module")
 def spot_trade() -> dict[str, Any]:
-    return first(sample_frames(0), b"@trade")
+    return orjson.loads(load_fixture("binance/ws_trade.json"))
 
 
 def set_data(**fields: Any) -> Callable[[dict[str, Any]], None]:
@@ -786,7 +793,7 @@ def test_truncated_and_spliced_real_frames_never_raise(frame: bytes, cut: int,
 def test_non_finite_and_zero_prices_in_depth_are_dropped(value: str) -> None:
     out = Collected()
     parser = out.binance("binance_spot", books=True)
-    depth = first(sample_frames(0), b"@depth")
+    depth = orjson.loads(load_fixture("binance/ws_depth_update.json"))
     depth["data"]["b"][0][0] = value
     parser.feed(orjson.dumps(depth), 0)
     assert parser.dropped == {"bad_value": 1}

@@ -3,7 +3,7 @@
 A backtest may skip an event only when it provably changes nothing: its market is outside
 the strategy's declared `market_keys` and nothing is due before it (strategy timer, paper
 latency events, kill-switch poll, balance snapshot, client fill). These tests pin each
-of those promises down on its own; tests/test_backtest.py checks the whole on real data.
+of those promises down on its own; tests/backtest/test_engine.py checks the whole on real data.
 """
 
 from __future__ import annotations
