@@ -32,8 +32,9 @@ from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_SPOT = REPO / "adapters" / "recordings" / "samples" / "binance_spot_btcusdt_20240808_sample.gz"
-SAMPLE_USDM = REPO / "adapters" / "recordings" / "samples" / "binance_usdm_btcusdt_20240808_sample.gz"
+SAMPLES = REPO / "adapters" / "recordings" / "samples"
+SAMPLE_SPOT = SAMPLES / "binance_spot_btcusdt_20240808_sample.gz"
+SAMPLE_USDM = SAMPLES / "binance_usdm_btcusdt_20240808_sample.gz"
 
 
 def run_main(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
