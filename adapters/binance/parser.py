@@ -2,10 +2,11 @@
 
 Fast path: the frame kind is read from the bytes near the start of the frame (the stream
 name of a combined-stream frame, or the `"e"` of a raw one), then one msgspec decoder
-typed for that kind builds the record without an intermediate dict and validates every
-value (see `common.Price`). Anything the fast path cannot take (other key order, a bad
-value, garbage) goes to the slow path: orjson + explicit classification, which either
-handles the frame or names the reason it is dropped. Nothing raises out of `feed`
+typed for that kind builds the wire record (schemas.py) without an intermediate dict and
+validates every value. Anything the fast path cannot take (other key order, a bad value,
+garbage) goes to the slow path: orjson + explicit classification, which either handles
+the frame or names the reason it is dropped. Both paths turn a record into a Quote or
+Trade through the record's own `to_quote` / `to_trade`. Nothing raises out of `feed`
 (exceptions raised by the callbacks themselves do propagate: they are consumer bugs).
 
 Depth books follow Binance's documented sync procedure ("How to manage a local order
@@ -29,14 +30,20 @@ from typing import Any
 import msgspec
 import orjson
 
+from adapters.binance.schemas import (
+    AggTradeEvent,
+    BookTicker,
+    CombinedAggTrade,
+    CombinedBookTicker,
+    CombinedDepth,
+    CombinedTrade,
+    DepthDiff,
+    DepthSnapshot,
+    TradeEvent,
+)
 from adapters.common.parsing import (
-    NS_PER_MS,
     L2Book,
-    Level,
-    Millis,
-    Price,
     ResyncCallback,
-    Size,
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
@@ -44,7 +51,6 @@ from adapters.common.parsing import (
     undecodable_reason,
     validation_reason,
 )
-from daemon.core.model import Quote, Trade
 from daemon.core.routes import MarketSink, TradeCallback
 
 BINANCE_VENUES = ("binance_spot", "binance_usdm")
@@ -52,85 +58,6 @@ BINANCE_VENUES = ("binance_spot", "binance_usdm")
 #: Diffs kept while a book waits for its REST snapshot (about 100 s of 100ms diffs, 5 s of
 #: 0ms ones); older ones are useless anyway once the snapshot is newer than them.
 MAX_PENDING_DIFFS = 1000
-
-
-# --- wire records -------------------------------------------------------------------------
-# gc=False: these hold no reference cycles, so the cyclic GC need not track them.
-
-
-class BookTicker(msgspec.Struct, gc=False):
-    """`<sym>@bookTicker`. Spot sends no event time; USD-M adds e, E (event) and T."""
-
-    u: int
-    s: str
-    b: Price
-    B: Size
-    a: Price
-    A: Size
-    E: Millis = 0
-    T: Millis = 0
-
-
-class TradeEvent(msgspec.Struct, gc=False):
-    """`<sym>@trade`. m: the buyer is the maker, i.e. the taker sold."""
-
-    s: str
-    t: int
-    p: Price
-    q: Size
-    T: Millis
-    m: bool
-
-
-class AggTradeEvent(msgspec.Struct, gc=False):
-    """`<sym>@aggTrade`: one print per taker order and price; `a` is the aggregate id."""
-
-    s: str
-    a: int
-    p: Price
-    q: Size
-    T: Millis
-    m: bool
-
-
-class DepthDiff(msgspec.Struct, gc=False):
-    """`<sym>@depth[@100ms|@0ms|@250ms|@500ms]`: absolute sizes for changed levels."""
-
-    s: str
-    U: int
-    u: int
-    b: list[Level]
-    a: list[Level]
-    E: Millis = 0
-    T: Millis = 0
-    pu: int | None = None  # USD-M only: the previous diff's u
-
-
-class DepthSnapshot(msgspec.Struct, gc=False):
-    """Body of GET /api/v3/depth (spot) or /fapi/v1/depth (USD-M, adds E and T)."""
-
-    lastUpdateId: int
-    bids: list[Level]
-    asks: list[Level]
-    E: Millis = 0
-    T: Millis = 0
-    symbol: str = ""  # not sent by Binance; our recorder may add it
-
-
-class _CombinedBookTicker(msgspec.Struct, gc=False):
-    data: BookTicker
-
-
-class _CombinedTrade(msgspec.Struct, gc=False):
-    data: TradeEvent
-
-
-class _CombinedAggTrade(msgspec.Struct, gc=False):
-    data: AggTradeEvent
-
-
-class _CombinedDepth(msgspec.Struct, gc=False):
-    data: DepthDiff
 
 
 # Frame kinds; compared by identity on the hot path.
@@ -146,10 +73,10 @@ _KIND_TYPES: dict[str, type[msgspec.Struct]] = {
     _DEPTH: DepthDiff,
 }
 _COMBINED_TYPES: dict[str, type[msgspec.Struct]] = {
-    _TICKER: _CombinedBookTicker,
-    _TRADE: _CombinedTrade,
-    _AGG_TRADE: _CombinedAggTrade,
-    _DEPTH: _CombinedDepth,
+    _TICKER: CombinedBookTicker,
+    _TRADE: CombinedTrade,
+    _AGG_TRADE: CombinedAggTrade,
+    _DEPTH: CombinedDepth,
 }
 #: First three letters of the stream kind (after the "@") or raw event type -> kind.
 _STREAM_TAGS = {b"boo": _TICKER, b"tra": _TRADE, b"agg": _AGG_TRADE, b"dep": _DEPTH}
@@ -286,7 +213,7 @@ class BinanceParser:
         self._handlers = {
             _TICKER: self._on_book_ticker,
             _TRADE: self._on_trade,
-            _AGG_TRADE: self._on_agg_trade,
+            _AGG_TRADE: self._on_trade,
             _DEPTH: self._on_depth,
         }
 
@@ -355,8 +282,7 @@ class BinanceParser:
                 return
             state[1] = update_id
             self._n_quote += 1
-            state[2](Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
-                           (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
+            state[2](ticker.to_quote(self.venue, state[0], local_ts_ns))
         elif kind is _TRADE:
             try:
                 trade = self._decode_combined_trade(frame).data
@@ -369,8 +295,7 @@ class BinanceParser:
                 self._on_trade(trade, local_ts_ns)
                 return
             self._n_trade += 1
-            route[1](Trade(self.venue, route[0], trade.p, trade.q, "sell" if trade.m else "buy",
-                           trade.T * NS_PER_MS, local_ts_ns, str(trade.t)))
+            route[1](trade.to_trade(self.venue, route[0], local_ts_ns))
         elif not self.keep_books and kind is _DEPTH:
             self._n_depth_skipped += 1
         else:
@@ -475,10 +400,8 @@ class BinanceParser:
             self._on_snapshot(record, record.symbol or None)
         elif kind == "bookTicker":
             self._on_book_ticker(record, local_ts_ns)
-        elif kind == "trade":
+        elif kind in ("trade", "aggTrade"):
             self._on_trade(record, local_ts_ns)
-        elif kind == "aggTrade":
-            self._on_agg_trade(record, local_ts_ns)
         else:
             self._on_depth(record, local_ts_ns)
 
@@ -509,18 +432,9 @@ class BinanceParser:
             return
         state[1] = update_id
         self._n_quote += 1
-        # USD-M: T is the matching-engine time of the top change, E when it was sent.
-        state[2](Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
-                       (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
+        state[2](ticker.to_quote(self.venue, state[0], local_ts_ns))
 
-    def _on_trade(self, trade: TradeEvent, local_ts_ns: int) -> None:
-        self._publish_trade(trade, str(trade.t), local_ts_ns)
-
-    def _on_agg_trade(self, trade: AggTradeEvent, local_ts_ns: int) -> None:
-        self._publish_trade(trade, f"a{trade.a}", local_ts_ns)
-
-    def _publish_trade(self, trade: TradeEvent | AggTradeEvent, trade_id: str,
-                       local_ts_ns: int) -> None:
+    def _on_trade(self, trade: TradeEvent | AggTradeEvent, local_ts_ns: int) -> None:
         """Every check, in order; `feed` inlines the common case of a plain trade."""
         route = self._trade_routes.get(trade.s) or resolve_route(
             self._symbol, trade.s, self._trade_routes, self.sink.trade_route)
@@ -532,8 +446,7 @@ class BinanceParser:
             return
         self._n_trade += 1
         symbol, publish = route
-        publish(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
-                      trade.T * NS_PER_MS, local_ts_ns, trade_id))
+        publish(trade.to_trade(self.venue, symbol, local_ts_ns))
 
     # --- depth ------------------------------------------------------------------------------
 
@@ -647,10 +560,8 @@ class BinanceParser:
         symbol = self._symbol(diff.s)
         if symbol is None:
             return
-        exchange_ms = diff.T or diff.E
         publish = self.sink.quote_route(self.venue, symbol)
-        publish(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
-                      exchange_ms * NS_PER_MS, local_ts_ns, diff.u))
+        publish(diff.to_quote(self.venue, symbol, top, local_ts_ns))
 
     def _lose_sync(self, venue_symbol: str, state: _DepthState) -> None:
         state.synced = False

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 import orjson
 
+from adapters.bybit.schemas import BookMessage, TradeMessage
 from adapters.common.parsing import (
-    NS_PER_MS,
     L2Book,
-    Level,
-    Millis,
-    Price,
     ResyncCallback,
-    Size,
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
@@ -39,44 +35,9 @@ from adapters.common.parsing import (
     undecodable_reason,
     validation_reason,
 )
-from daemon.core.model import Quote, Trade
 from daemon.core.routes import MarketSink, QuoteCallback, TradeCallback
 
 BYBIT_VENUES = ("bybit_spot", "bybit_linear")
-
-
-class BookData(msgspec.Struct, gc=False):
-    s: str
-    b: list[Level]
-    a: list[Level]
-    u: int
-    seq: int = 0  # cross sequence: comparable across a symbol's topics and its trades
-
-
-class BookMessage(msgspec.Struct, gc=False):
-    topic: str
-    type: Literal["snapshot", "delta"]
-    ts: Millis
-    data: BookData
-    cts: Millis = 0  # matching-engine time of the book state (absent on old spot feeds)
-
-
-class TradeData(msgspec.Struct, gc=False):
-    T: Millis
-    s: str
-    S: Literal["Buy", "Sell"]
-    v: Size
-    p: Price
-    i: str
-
-
-class TradeMessage(msgspec.Struct, gc=False):
-    topic: str
-    ts: Millis
-    data: Annotated[list[TradeData], msgspec.Meta(min_length=1)]  # an empty batch is bogus
-
-
-_TAKER_SIDE = {"Buy": "buy", "Sell": "sell"}
 
 
 class _TopicBook:
@@ -256,8 +217,7 @@ class BybitParser:
         state.last_top = top
         self.counts["quote"] += 1
         symbol, publish = route
-        publish(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
-                      (message.cts or message.ts) * NS_PER_MS, local_ts_ns, data.seq or data.u))
+        publish(message.to_quote(self.venue, symbol, top, local_ts_ns))
 
     def _on_trades(self, message: TradeMessage, local_ts_ns: int) -> None:
         for trade in message.data:
@@ -271,8 +231,7 @@ class BybitParser:
                 continue
             self.counts["trade"] += 1
             symbol, publish = route
-            publish(Trade(self.venue, symbol, trade.p, trade.v, _TAKER_SIDE[trade.S],
-                          trade.T * NS_PER_MS, local_ts_ns, trade.i))
+            publish(trade.to_trade(self.venue, symbol, local_ts_ns))
 
     def _request_resync(self, topic: str, state: _TopicBook) -> None:
         # Once per out-of-sync episode: one resubscribe answers every dropped delta.
