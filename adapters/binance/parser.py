@@ -44,6 +44,7 @@ from adapters.binance.schemas import (
 from adapters.common.parsing import (
     L2Book,
     ResyncCallback,
+    Route,
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
@@ -51,7 +52,7 @@ from adapters.common.parsing import (
     undecodable_reason,
     validation_reason,
 )
-from daemon.core.routes import MarketSink, TradeCallback
+from daemon.core.routes import MarketSink, QuoteCallback, TradeCallback
 
 BINANCE_VENUES = ("binance_spot", "binance_usdm")
 
@@ -129,6 +130,17 @@ def detect_binance_market(frame: bytes | str) -> str | None:
     return None
 
 
+class _TickerState:
+    """bookTicker state of one known symbol: where its quotes go and the last update id."""
+
+    __slots__ = ("last_update_id", "publish", "symbol")
+
+    def __init__(self, symbol: str, publish: QuoteCallback) -> None:
+        self.symbol = symbol
+        self.publish = publish
+        self.last_update_id = -1
+
+
 class _DepthState:
     """Sync state of one symbol's depth book."""
 
@@ -186,10 +198,9 @@ class BinanceParser:
         #: Depth sync bookkeeping: applied, stale (older than the snapshot), buffered,
         #: snapshot_requests (on_resync fired), crossed_book.
         self.depth_stats: Counter[str] = Counter()
-        #: known venue symbol -> [unified symbol, last bookTicker update id, quote route]
-        self._tickers: dict[str, list[Any]] = {}
-        #: known venue symbol -> (unified symbol, trade route)
-        self._trade_routes: dict[str, tuple[str, TradeCallback]] = {}
+        #: known venue symbols only (an entry is always publishable)
+        self._tickers: dict[str, _TickerState] = {}
+        self._trade_routes: dict[str, Route[TradeCallback]] = {}
         self._depth: dict[str, _DepthState] = {}
         self._orphan_snapshot: DepthSnapshot | None = None
         # Hot counters as plain ints (a Counter increment costs a method call per frame).
@@ -277,12 +288,12 @@ class BinanceParser:
             # a symbol, a drop) takes `_on_book_ticker`, which runs every check.
             state = self._tickers.get(ticker.s)
             update_id = ticker.u
-            if state is None or update_id <= state[1] or ticker.b >= ticker.a:
+            if state is None or update_id <= state.last_update_id or ticker.b >= ticker.a:
                 self._on_book_ticker(ticker, local_ts_ns)
                 return
-            state[1] = update_id
+            state.last_update_id = update_id
             self._n_quote += 1
-            state[2](ticker.to_quote(self.venue, state[0], local_ts_ns))
+            state.publish(ticker.to_quote(self.venue, state.symbol, local_ts_ns))
         elif kind is _TRADE:
             try:
                 trade = self._decode_combined_trade(frame).data
@@ -295,7 +306,7 @@ class BinanceParser:
                 self._on_trade(trade, local_ts_ns)
                 return
             self._n_trade += 1
-            route[1](trade.to_trade(self.venue, route[0], local_ts_ns))
+            route.publish(trade.to_trade(self.venue, route.symbol, local_ts_ns))
         elif not self.keep_books and kind is _DEPTH:
             self._n_depth_skipped += 1
         else:
@@ -423,16 +434,16 @@ class BinanceParser:
             if symbol is None:
                 self.dropped["unknown_symbol"] += 1
                 return
-            state = self._tickers[ticker.s] = [
-                symbol, -1, self.sink.quote_route(self.venue, symbol)]
+            state = self._tickers[ticker.s] = _TickerState(
+                symbol, self.sink.quote_route(self.venue, symbol))
         update_id = ticker.u
-        last = state[1]
+        last = state.last_update_id
         if update_id <= last:
             self.dropped["backwards_seq" if update_id < last else "duplicate_seq"] += 1
             return
-        state[1] = update_id
+        state.last_update_id = update_id
         self._n_quote += 1
-        state[2](ticker.to_quote(self.venue, state[0], local_ts_ns))
+        state.publish(ticker.to_quote(self.venue, state.symbol, local_ts_ns))
 
     def _on_trade(self, trade: TradeEvent | AggTradeEvent, local_ts_ns: int) -> None:
         """Every check, in order; `feed` inlines the common case of a plain trade."""
@@ -445,8 +456,7 @@ class BinanceParser:
             self.dropped["bad_value"] += 1
             return
         self._n_trade += 1
-        symbol, publish = route
-        publish(trade.to_trade(self.venue, symbol, local_ts_ns))
+        route.publish(trade.to_trade(self.venue, route.symbol, local_ts_ns))
 
     # --- depth ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from adapters.bybit.schemas import BookMessage, TradeMessage
 from adapters.common.parsing import (
     L2Book,
     ResyncCallback,
+    Route,
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
@@ -76,9 +77,9 @@ class BybitParser:
         #: Book sync bookkeeping: snapshot_requests (on_resync fired).
         self.depth_stats: Counter[str] = Counter()
         self._books: dict[str, _TopicBook] = {}
-        #: known venue symbol -> (unified symbol, route), for quotes and for trades
-        self._quote_routes: dict[str, tuple[str, QuoteCallback]] = {}
-        self._trade_routes: dict[str, tuple[str, TradeCallback]] = {}
+        #: known venue symbols only, for quotes and for trades
+        self._quote_routes: dict[str, Route[QuoteCallback]] = {}
+        self._trade_routes: dict[str, Route[TradeCallback]] = {}
         self._decode_book = msgspec.json.Decoder(BookMessage, strict=False).decode
         self._decode_trades = msgspec.json.Decoder(TradeMessage, strict=False).decode
 
@@ -216,8 +217,7 @@ class BybitParser:
             return
         state.last_top = top
         self.counts["quote"] += 1
-        symbol, publish = route
-        publish(message.to_quote(self.venue, symbol, top, local_ts_ns))
+        route.publish(message.to_quote(self.venue, route.symbol, top, local_ts_ns))
 
     def _on_trades(self, message: TradeMessage, local_ts_ns: int) -> None:
         for trade in message.data:
@@ -230,8 +230,7 @@ class BybitParser:
                 self.dropped["bad_value"] += 1
                 continue
             self.counts["trade"] += 1
-            symbol, publish = route
-            publish(trade.to_trade(self.venue, symbol, local_ts_ns))
+            route.publish(trade.to_trade(self.venue, route.symbol, local_ts_ns))
 
     def _request_resync(self, topic: str, state: _TopicBook) -> None:
         # Once per out-of-sync episode: one resubscribe answers every dropped delta.
