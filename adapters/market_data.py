@@ -18,8 +18,9 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from adapters.common.errors import FeedError
+from adapters.common.events import FeedListener
 from adapters.common.stats import stats_for
-from adapters.common.supervisor import FeedError, FeedListener
 from config.settings import ConfigError, Settings, VenueSettings
 from daemon.core.logs import get_logger
 from daemon.market.bus import Bus

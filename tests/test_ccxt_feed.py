@@ -9,13 +9,9 @@ import pytest
 from venue_servers import BinanceServer, binance_tape, count_streams, running, wait_until
 
 from adapters.ccxt.feed import CcxtFeed, new_exchange, redirect_urls
+from adapters.common.errors import SubscriptionRejected, VenueRefused
 from adapters.common.stats import VenueStats
-from adapters.common.supervisor import (
-    BackoffPolicy,
-    FeedTimings,
-    SubscriptionRejected,
-    VenueRefused,
-)
+from adapters.common.timings import BackoffPolicy, FeedTimings
 from config.settings import VenueSettings
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus

@@ -32,15 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from adapters.binance.parser import BINANCE_VENUES, BinanceParser
-from adapters.common.supervisor import (
-    ConnectionLost,
-    PendingReplies,
-    ProtocolViolation,
-    SubscriptionRejected,
-    WebSocketSession,
-    venue_symbols,
-    wait_for_reply,
-)
+from adapters.common.errors import ConnectionLost, ProtocolViolation, SubscriptionRejected
+from adapters.common.session import PendingReplies, WebSocketSession, venue_symbols, wait_for_reply
 from adapters.common.wsclient import FrameConnection, WebSocketError
 from config.settings import VenueSettings
 from daemon.core.logs import get_logger

@@ -28,14 +28,8 @@ from typing import Any
 import orjson
 
 from adapters.bybit.parser import BYBIT_VENUES, BybitParser
-from adapters.common.supervisor import (
-    ConnectionLost,
-    PendingReplies,
-    SubscriptionRejected,
-    WebSocketSession,
-    venue_symbols,
-    wait_for_reply,
-)
+from adapters.common.errors import ConnectionLost, SubscriptionRejected
+from adapters.common.session import PendingReplies, WebSocketSession, venue_symbols, wait_for_reply
 from adapters.common.wsclient import FrameConnection, WebSocketError
 from config.settings import VenueSettings
 from daemon.core.logs import get_logger

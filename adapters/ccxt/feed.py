@@ -32,20 +32,18 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from adapters.common.stats import VenueStats
-from adapters.common.supervisor import (
+from adapters.common.errors import (
     ConnectionLost,
-    ConnectionSupervisor,
     FeedError,
-    FeedListener,
-    FeedTimings,
-    Link,
     ProtocolViolation,
     RateLimited,
     SubscriptionRejected,
     VenueRefused,
-    timings_from_settings,
 )
+from adapters.common.events import FeedListener
+from adapters.common.stats import VenueStats
+from adapters.common.supervisor import ConnectionSupervisor, Link
+from adapters.common.timings import FeedTimings, timings_from_settings
 from config.settings import VenueSettings
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote, Trade
