@@ -32,14 +32,29 @@ from __future__ import annotations
 import heapq
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 #: Called with the key of a book that lost sync (Binance: venue symbol, Bybit: topic), so
 #: a live adapter can refetch the snapshot or resubscribe.
 ResyncCallback = Callable[[str], None]
+
+
+class FrameParser(Protocol):
+    """What the replay feed and live adapters need from a parser."""
+
+    venue: str
+    #: Frames dropped, by reason (see the taxonomy above).
+    dropped: Counter[str]
+
+    def feed(self, frame: bytes | str, local_ts_ns: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def set_symbols(self, symbols: Mapping[str, str]) -> None: ...
 
 _FLOAT_MAX = sys.float_info.max
 

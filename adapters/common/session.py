@@ -4,6 +4,11 @@ Connect (with the receive-optimised client of wsclient.py), hand each frame to `
 with its local receive time as the socket is read, keep the connection's side tasks
 (subscription, keepalive, age limit) running beside it, and turn the ways a connection
 dies into `FeedError`s. The `ConnectionSupervisor` runs it again and again.
+
+`VenueSession` adds what every native market-data venue does the same way (Binance,
+Bybit): frames routed to the parser or to control handling, subscriptions named per
+symbol and changed live, pending requests failed and the parser reset when the
+connection goes. The venue classes keep only their protocol.
 """
 
 from __future__ import annotations
@@ -13,12 +18,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from typing import Any, ClassVar
 
+import orjson
+
 from adapters.common.errors import ConnectionLost, ProtocolViolation
 from adapters.common.events import FeedListener, FrameTap
+from adapters.common.parsing import FrameParser
 from adapters.common.stats import VenueStats
 from adapters.common.supervisor import ConnectionSupervisor, Link
 from adapters.common.timings import FeedTimings, timings_from_settings
-from adapters.common.wsclient import ConnectionDropped, FrameConnection, open_connection
+from adapters.common.wsclient import (
+    ConnectionDropped,
+    FrameConnection,
+    WebSocketError,
+    open_connection,
+)
 from daemon.core.logs import get_logger
 from daemon.core.model import venue_symbol
 from daemon.market.bus import Bus
@@ -243,3 +256,105 @@ class PendingReplies:
 def venue_symbols(symbols: Sequence[str]) -> dict[str, str]:
     """Venue symbol -> unified symbol for a parser's `set_symbols`."""
     return {venue_symbol(symbol): symbol for symbol in symbols}
+
+
+class VenueSession(WebSocketSession):
+    """A native venue's public market data: one parser, named subscriptions changed live,
+    control replies matched to their requests.
+
+    A venue class declares as class data the venues it serves (`VENUES`) and how its
+    market-data frames start (`DATA_PREFIX`: anything else is a control reply or a notice),
+    and implements what is venue-specific: the names of a symbol set's subscriptions
+    (`subscriptions_for`), sending a change of them (`change_subscriptions`), the parser
+    (`make_parser`) and what to do with a control message (`on_control`).
+    """
+
+    #: Venue ids this class serves.
+    VENUES: ClassVar[tuple[str, ...]]
+    #: How every market-data frame starts (`{"stream"`, `{"topic"`).
+    DATA_PREFIX: ClassVar[bytes]
+
+    def __init__(self, venue: str, settings: Any, symbols: Sequence[str], bus: Bus,
+                 **options: Any) -> None:
+        """`options`: see `WebSocketSession` (timings, listeners, frame_tap, stats)."""
+        if venue not in self.VENUES:
+            raise ValueError(
+                f"{type(self).__name__} venue must be one of {self.VENUES}, not {venue!r}")
+        super().__init__(venue, settings, symbols, bus, **options)
+        self._replies = PendingReplies()
+        #: Stream or topic names of the current symbols (what the next connection asks for).
+        self.subscriptions: list[str] = self.subscriptions_for(self.symbols)
+        self.parser = self.make_parser(venue_symbols(self.symbols))
+        self.stats.attach_drops(self.parser.dropped)
+        self._feed = self.parser.feed
+
+    # -- to implement ------------------------------------------------------------------------
+
+    @abstractmethod
+    def subscriptions_for(self, symbols: Sequence[str]) -> list[str]:
+        """Stream / topic names that carry these unified symbols' market data."""
+
+    @abstractmethod
+    async def change_subscriptions(self, ws: FrameConnection, added: list[str],
+                                   removed: list[str]) -> None:
+        """Subscribe `added` and unsubscribe `removed` on a live connection, each checked
+        against its reply (`SubscriptionRejected` when the venue refuses)."""
+
+    @abstractmethod
+    def make_parser(self, symbols: dict[str, str]) -> FrameParser:
+        """The frame parser for venue symbol -> unified symbol `symbols`."""
+
+    @abstractmethod
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A decoded frame that is not market data: a reply, a pong, a notice."""
+
+    # -- WebSocketSession --------------------------------------------------------------------
+
+    def on_frame(self, frame: bytes, local_ts_ns: int) -> None:
+        if self.frame_tap is not None:
+            self.frame_tap(frame, local_ts_ns)
+        if frame.startswith(self.DATA_PREFIX):
+            self._feed(frame, local_ts_ns)
+        else:
+            self._on_other_frame(frame, local_ts_ns)
+
+    def on_close(self) -> None:
+        """Nobody will answer the pending requests; the next connection starts a new
+        sequence (update ids, snapshots), so the parser forgets its state."""
+        self._replies.fail_all(ConnectionLost(self.venue, "connection closed before the reply"))
+        self.parser.reset()
+
+    # -- live subscription changes -----------------------------------------------------------
+
+    async def set_symbols(self, symbols: Sequence[str]) -> None:
+        """Change the symbols streamed, live: subscribe the new, unsubscribe the old.
+
+        While disconnected only the desired set changes (the next connection asks for
+        it). Raises `SubscriptionRejected` when the venue refuses a request.
+        """
+        wanted = self.subscriptions_for(symbols)
+        added = [name for name in wanted if name not in self.subscriptions]
+        removed = [name for name in self.subscriptions if name not in wanted]
+        self.symbols = list(symbols)
+        self.subscriptions = wanted
+        self.supervisor.symbols = list(symbols)
+        self.parser.set_symbols(venue_symbols(symbols))
+        ws = self.ws
+        if ws is None:
+            return
+        try:
+            await self.change_subscriptions(ws, added, removed)
+        except (ConnectionLost, WebSocketError):
+            # The next connection asks for the new set: nothing is lost.
+            log.info("resubscribe_on_reconnect", venue=self.venue,
+                     subscriptions=self.subscriptions)
+
+    def _on_other_frame(self, frame: bytes, local_ts_ns: int) -> None:
+        """Control replies and notices; the parser still sees (and counts) every frame."""
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            message = None
+        if isinstance(message, dict):
+            self.on_control(message)
+        self._feed(frame, local_ts_ns)
