@@ -8,7 +8,8 @@ import asyncio
 import pytest
 from venue_servers import BinanceServer, binance_tape, count_streams, running, wait_until
 
-from adapters.ccxt.feed import CcxtFeed, new_exchange, redirect_urls
+from adapters.ccxt.exchange import new_exchange, redirect_urls
+from adapters.ccxt.feed import CcxtFeed
 from adapters.common.errors import SubscriptionRejected, VenueRefused
 from adapters.common.stats import VenueStats
 from adapters.common.timings import BackoffPolicy, FeedTimings
