@@ -18,8 +18,11 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from adapters.binance.parser import BINANCE_VENUES
+from adapters.bybit.parser import BYBIT_VENUES
+from adapters.common.errors import FeedError
+from adapters.common.events import FeedListener
 from adapters.common.stats import stats_for
-from adapters.common.supervisor import FeedError, FeedListener
 from config.settings import ConfigError, Settings, VenueSettings
 from daemon.core.logs import get_logger
 from daemon.market.bus import Bus
@@ -29,8 +32,6 @@ if TYPE_CHECKING:
 
 log = get_logger("live")
 
-BINANCE_NATIVE = ("binance_spot", "binance_usdm")
-BYBIT_NATIVE = ("bybit_spot", "bybit_linear")
 
 
 def build_adapter(
@@ -53,19 +54,19 @@ def build_adapter(
     if venue_settings.feed == "native":
         if not venue_settings.ws_url:
             raise ConfigError(f"invalid setting venues.{venue}.ws_url: empty")
-        if venue in BINANCE_NATIVE:
+        if venue in BINANCE_VENUES:
             from adapters.binance.session import BinanceAdapter
 
             return BinanceAdapter(venue, venue_settings, symbols, bus, listeners=listeners,
                                   frame_tap=frame_tap, stats=stats)
-        if venue in BYBIT_NATIVE:
+        if venue in BYBIT_VENUES:
             from adapters.bybit.session import BybitAdapter
 
             return BybitAdapter(venue, venue_settings, symbols, bus, listeners=listeners,
                                 frame_tap=frame_tap, stats=stats)
         raise ConfigError(
             f"invalid setting venues.{venue}.feed: no native adapter for {venue!r} "
-            "(native: binance_spot, binance_usdm, bybit_spot, bybit_linear); use 'ccxt'")
+            f"(native: {', '.join(BINANCE_VENUES + BYBIT_VENUES)}); use 'ccxt'")
     from adapters.ccxt.feed import CcxtFeed
 
     if recorder is not None:

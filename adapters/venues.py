@@ -8,11 +8,11 @@ and the replay feed call the same parsers, which is what keeps backtests honest.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
 
 from adapters.binance.parser import BINANCE_VENUES, BinanceParser, detect_binance_market
 from adapters.bybit.parser import BYBIT_VENUES, BybitParser
 from adapters.common.parsing import (
+    FrameParser,
     L2Book,
     ResyncCallback,
     SymbolMapper,
@@ -32,18 +32,6 @@ __all__ = [
     "detect_binance_market",
     "make_parser",
 ]
-
-
-class FrameParser(Protocol):
-    """What the replay feed and live adapters need from a parser."""
-
-    venue: str
-
-    def feed(self, frame: bytes | str, local_ts_ns: int) -> None: ...
-
-    def reset(self) -> None: ...
-
-    def set_symbols(self, symbols: Mapping[str, str]) -> None: ...
 
 
 def make_parser(

@@ -26,7 +26,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.binance.parser import _CombinedBookTicker, _CombinedTrade
+from adapters.binance.schemas import CombinedBookTicker, CombinedTrade
 from bench.bench_ingest import DEFAULT_FILES, SAMPLE_FILES, Frames, load
 from daemon.core.model import Quote, Trade
 
@@ -56,8 +56,8 @@ class FusedParser:
         self.kinds: dict[bytes, int] = {}
         self.quote_keys: dict[str, _Key] = {}
         self.trade_keys: dict[str, _Key] = {}
-        self.decode_ticker = msgspec.json.Decoder(_CombinedBookTicker, strict=False).decode
-        self.decode_trade = msgspec.json.Decoder(_CombinedTrade, strict=False).decode
+        self.decode_ticker = msgspec.json.Decoder(CombinedBookTicker, strict=False).decode
+        self.decode_trade = msgspec.json.Decoder(CombinedTrade, strict=False).decode
 
     def feed(self, frame: bytes, ts: int) -> None:
         kind = self.kinds.get(frame[:40])

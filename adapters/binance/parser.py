@@ -2,10 +2,11 @@
 
 Fast path: the frame kind is read from the bytes near the start of the frame (the stream
 name of a combined-stream frame, or the `"e"` of a raw one), then one msgspec decoder
-typed for that kind builds the record without an intermediate dict and validates every
-value (see `common.Price`). Anything the fast path cannot take (other key order, a bad
-value, garbage) goes to the slow path: orjson + explicit classification, which either
-handles the frame or names the reason it is dropped. Nothing raises out of `feed`
+typed for that kind builds the wire record (schemas.py) without an intermediate dict and
+validates every value. Anything the fast path cannot take (other key order, a bad value,
+garbage) goes to the slow path: orjson + explicit classification, which either handles
+the frame or names the reason it is dropped. Both paths turn a record into a Quote or
+Trade through the record's own `to_quote` / `to_trade`. Nothing raises out of `feed`
 (exceptions raised by the callbacks themselves do propagate: they are consumer bugs).
 
 Depth books follow Binance's documented sync procedure ("How to manage a local order
@@ -29,14 +30,21 @@ from typing import Any
 import msgspec
 import orjson
 
+from adapters.binance.schemas import (
+    AggTradeEvent,
+    BookTicker,
+    CombinedAggTrade,
+    CombinedBookTicker,
+    CombinedDepth,
+    CombinedTrade,
+    DepthDiff,
+    DepthSnapshot,
+    TradeEvent,
+)
 from adapters.common.parsing import (
-    NS_PER_MS,
     L2Book,
-    Level,
-    Millis,
-    Price,
     ResyncCallback,
-    Size,
+    Route,
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
@@ -44,93 +52,13 @@ from adapters.common.parsing import (
     undecodable_reason,
     validation_reason,
 )
-from daemon.core.model import Quote, Trade
-from daemon.core.routes import MarketSink, TradeCallback
+from daemon.core.routes import MarketSink, QuoteCallback, TradeCallback
 
 BINANCE_VENUES = ("binance_spot", "binance_usdm")
 
 #: Diffs kept while a book waits for its REST snapshot (about 100 s of 100ms diffs, 5 s of
 #: 0ms ones); older ones are useless anyway once the snapshot is newer than them.
 MAX_PENDING_DIFFS = 1000
-
-
-# --- wire records -------------------------------------------------------------------------
-# gc=False: these hold no reference cycles, so the cyclic GC need not track them.
-
-
-class BookTicker(msgspec.Struct, gc=False):
-    """`<sym>@bookTicker`. Spot sends no event time; USD-M adds e, E (event) and T."""
-
-    u: int
-    s: str
-    b: Price
-    B: Size
-    a: Price
-    A: Size
-    E: Millis = 0
-    T: Millis = 0
-
-
-class TradeEvent(msgspec.Struct, gc=False):
-    """`<sym>@trade`. m: the buyer is the maker, i.e. the taker sold."""
-
-    s: str
-    t: int
-    p: Price
-    q: Size
-    T: Millis
-    m: bool
-
-
-class AggTradeEvent(msgspec.Struct, gc=False):
-    """`<sym>@aggTrade`: one print per taker order and price; `a` is the aggregate id."""
-
-    s: str
-    a: int
-    p: Price
-    q: Size
-    T: Millis
-    m: bool
-
-
-class DepthDiff(msgspec.Struct, gc=False):
-    """`<sym>@depth[@100ms|@0ms|@250ms|@500ms]`: absolute sizes for changed levels."""
-
-    s: str
-    U: int
-    u: int
-    b: list[Level]
-    a: list[Level]
-    E: Millis = 0
-    T: Millis = 0
-    pu: int | None = None  # USD-M only: the previous diff's u
-
-
-class DepthSnapshot(msgspec.Struct, gc=False):
-    """Body of GET /api/v3/depth (spot) or /fapi/v1/depth (USD-M, adds E and T)."""
-
-    lastUpdateId: int
-    bids: list[Level]
-    asks: list[Level]
-    E: Millis = 0
-    T: Millis = 0
-    symbol: str = ""  # not sent by Binance; our recorder may add it
-
-
-class _CombinedBookTicker(msgspec.Struct, gc=False):
-    data: BookTicker
-
-
-class _CombinedTrade(msgspec.Struct, gc=False):
-    data: TradeEvent
-
-
-class _CombinedAggTrade(msgspec.Struct, gc=False):
-    data: AggTradeEvent
-
-
-class _CombinedDepth(msgspec.Struct, gc=False):
-    data: DepthDiff
 
 
 # Frame kinds; compared by identity on the hot path.
@@ -146,10 +74,10 @@ _KIND_TYPES: dict[str, type[msgspec.Struct]] = {
     _DEPTH: DepthDiff,
 }
 _COMBINED_TYPES: dict[str, type[msgspec.Struct]] = {
-    _TICKER: _CombinedBookTicker,
-    _TRADE: _CombinedTrade,
-    _AGG_TRADE: _CombinedAggTrade,
-    _DEPTH: _CombinedDepth,
+    _TICKER: CombinedBookTicker,
+    _TRADE: CombinedTrade,
+    _AGG_TRADE: CombinedAggTrade,
+    _DEPTH: CombinedDepth,
 }
 #: First three letters of the stream kind (after the "@") or raw event type -> kind.
 _STREAM_TAGS = {b"boo": _TICKER, b"tra": _TRADE, b"agg": _AGG_TRADE, b"dep": _DEPTH}
@@ -200,6 +128,17 @@ def detect_binance_market(frame: bytes | str) -> str | None:
     if event == "bookTicker" or ("u" in data and "b" in data and "A" in data):
         return "binance_usdm" if "E" in data or "T" in data else "binance_spot"
     return None
+
+
+class _TickerState:
+    """bookTicker state of one known symbol: where its quotes go and the last update id."""
+
+    __slots__ = ("last_update_id", "publish", "symbol")
+
+    def __init__(self, symbol: str, publish: QuoteCallback) -> None:
+        self.symbol = symbol
+        self.publish = publish
+        self.last_update_id = -1
 
 
 class _DepthState:
@@ -259,10 +198,9 @@ class BinanceParser:
         #: Depth sync bookkeeping: applied, stale (older than the snapshot), buffered,
         #: snapshot_requests (on_resync fired), crossed_book.
         self.depth_stats: Counter[str] = Counter()
-        #: known venue symbol -> [unified symbol, last bookTicker update id, quote route]
-        self._tickers: dict[str, list[Any]] = {}
-        #: known venue symbol -> (unified symbol, trade route)
-        self._trade_routes: dict[str, tuple[str, TradeCallback]] = {}
+        #: known venue symbols only (an entry is always publishable)
+        self._tickers: dict[str, _TickerState] = {}
+        self._trade_routes: dict[str, Route[TradeCallback]] = {}
         self._depth: dict[str, _DepthState] = {}
         self._orphan_snapshot: DepthSnapshot | None = None
         # Hot counters as plain ints (a Counter increment costs a method call per frame).
@@ -286,7 +224,7 @@ class BinanceParser:
         self._handlers = {
             _TICKER: self._on_book_ticker,
             _TRADE: self._on_trade,
-            _AGG_TRADE: self._on_agg_trade,
+            _AGG_TRADE: self._on_trade,
             _DEPTH: self._on_depth,
         }
 
@@ -350,13 +288,12 @@ class BinanceParser:
             # a symbol, a drop) takes `_on_book_ticker`, which runs every check.
             state = self._tickers.get(ticker.s)
             update_id = ticker.u
-            if state is None or update_id <= state[1] or ticker.b >= ticker.a:
+            if state is None or update_id <= state.last_update_id or ticker.b >= ticker.a:
                 self._on_book_ticker(ticker, local_ts_ns)
                 return
-            state[1] = update_id
+            state.last_update_id = update_id
             self._n_quote += 1
-            state[2](Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
-                           (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
+            state.publish(ticker.to_quote(self.venue, state.symbol, local_ts_ns))
         elif kind is _TRADE:
             try:
                 trade = self._decode_combined_trade(frame).data
@@ -369,8 +306,7 @@ class BinanceParser:
                 self._on_trade(trade, local_ts_ns)
                 return
             self._n_trade += 1
-            route[1](Trade(self.venue, route[0], trade.p, trade.q, "sell" if trade.m else "buy",
-                           trade.T * NS_PER_MS, local_ts_ns, str(trade.t)))
+            route.publish(trade.to_trade(self.venue, route.symbol, local_ts_ns))
         elif not self.keep_books and kind is _DEPTH:
             self._n_depth_skipped += 1
         else:
@@ -475,10 +411,8 @@ class BinanceParser:
             self._on_snapshot(record, record.symbol or None)
         elif kind == "bookTicker":
             self._on_book_ticker(record, local_ts_ns)
-        elif kind == "trade":
+        elif kind in ("trade", "aggTrade"):
             self._on_trade(record, local_ts_ns)
-        elif kind == "aggTrade":
-            self._on_agg_trade(record, local_ts_ns)
         else:
             self._on_depth(record, local_ts_ns)
 
@@ -500,27 +434,18 @@ class BinanceParser:
             if symbol is None:
                 self.dropped["unknown_symbol"] += 1
                 return
-            state = self._tickers[ticker.s] = [
-                symbol, -1, self.sink.quote_route(self.venue, symbol)]
+            state = self._tickers[ticker.s] = _TickerState(
+                symbol, self.sink.quote_route(self.venue, symbol))
         update_id = ticker.u
-        last = state[1]
+        last = state.last_update_id
         if update_id <= last:
             self.dropped["backwards_seq" if update_id < last else "duplicate_seq"] += 1
             return
-        state[1] = update_id
+        state.last_update_id = update_id
         self._n_quote += 1
-        # USD-M: T is the matching-engine time of the top change, E when it was sent.
-        state[2](Quote(self.venue, state[0], ticker.b, ticker.B, ticker.a, ticker.A,
-                       (ticker.T or ticker.E) * NS_PER_MS, local_ts_ns, update_id))
+        state.publish(ticker.to_quote(self.venue, state.symbol, local_ts_ns))
 
-    def _on_trade(self, trade: TradeEvent, local_ts_ns: int) -> None:
-        self._publish_trade(trade, str(trade.t), local_ts_ns)
-
-    def _on_agg_trade(self, trade: AggTradeEvent, local_ts_ns: int) -> None:
-        self._publish_trade(trade, f"a{trade.a}", local_ts_ns)
-
-    def _publish_trade(self, trade: TradeEvent | AggTradeEvent, trade_id: str,
-                       local_ts_ns: int) -> None:
+    def _on_trade(self, trade: TradeEvent | AggTradeEvent, local_ts_ns: int) -> None:
         """Every check, in order; `feed` inlines the common case of a plain trade."""
         route = self._trade_routes.get(trade.s) or resolve_route(
             self._symbol, trade.s, self._trade_routes, self.sink.trade_route)
@@ -531,9 +456,7 @@ class BinanceParser:
             self.dropped["bad_value"] += 1
             return
         self._n_trade += 1
-        symbol, publish = route
-        publish(Trade(self.venue, symbol, trade.p, trade.q, "sell" if trade.m else "buy",
-                      trade.T * NS_PER_MS, local_ts_ns, trade_id))
+        route.publish(trade.to_trade(self.venue, route.symbol, local_ts_ns))
 
     # --- depth ------------------------------------------------------------------------------
 
@@ -647,10 +570,8 @@ class BinanceParser:
         symbol = self._symbol(diff.s)
         if symbol is None:
             return
-        exchange_ms = diff.T or diff.E
         publish = self.sink.quote_route(self.venue, symbol)
-        publish(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
-                      exchange_ms * NS_PER_MS, local_ts_ns, diff.u))
+        publish(diff.to_quote(self.venue, symbol, top, local_ts_ns))
 
     def _lose_sync(self, venue_symbol: str, state: _DepthState) -> None:
         state.synced = False

@@ -25,23 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from adapters.binance.parser import BINANCE_VENUES, BinanceParser
-from adapters.common.supervisor import (
-    ConnectionLost,
-    PendingReplies,
-    ProtocolViolation,
-    SubscriptionRejected,
-    WebSocketSession,
-    venue_symbols,
-    wait_for_reply,
-)
-from adapters.common.wsclient import FrameConnection, WebSocketError
+from adapters.common.errors import ProtocolViolation, SubscriptionRejected
+from adapters.common.session import VenueSession, wait_for_reply
+from adapters.common.wsclient import FrameConnection
 from config.settings import VenueSettings
 from daemon.core.logs import get_logger
 from daemon.core.model import venue_symbol
@@ -49,12 +43,9 @@ from daemon.market.bus import Bus
 
 log = get_logger("binance")
 
-#: Binance drops connections at 24 h; reconnect on our terms an hour before.
 #: Spot allows 5 incoming control messages per second per connection, futures 10.
 CONTROL_MESSAGE_INTERVAL_S = 0.25
-DEPTH_STREAM = "depth@100ms"
 DEPTH_SNAPSHOT_LIMIT = 1000
-_REST_DEPTH_PATH = {"binance_spot": "/api/v3/depth", "binance_usdm": "/fapi/v1/depth"}
 _SNAPSHOT_RETRIES = 3
 
 
@@ -71,84 +62,72 @@ def combined_stream_url(ws_url: str, streams: Iterable[str]) -> str:
 
 def streams_for(symbols: Iterable[str], depth: bool = False) -> list[str]:
     """Stream names for unified symbols: bookTicker and trade (and depth) per symbol."""
-    streams = []
-    for symbol in symbols:
-        name = venue_symbol(symbol).lower()
-        streams += [f"{name}@bookTicker", f"{name}@trade"]
-        if depth:
-            streams.append(f"{name}@{DEPTH_STREAM}")
-    return streams
+    kinds = BinanceAdapter.STREAMS + ((BinanceAdapter.DEPTH_STREAM,) if depth else ())
+    return [f"{venue_symbol(symbol).lower()}@{kind}" for symbol in symbols for kind in kinds]
 
 
-class BinanceAdapter(WebSocketSession):
+class BinanceAdapter(VenueSession):
     """Binance spot or USD-M market data for a set of symbols, supervised; `run()` until
     cancelled. Publishes Quotes (bookTicker) and Trades to the bus."""
+
+    VENUES = BINANCE_VENUES
+    DATA_PREFIX = b'{"stream"'
+    #: Streams of every symbol (`<symbol>@<stream>`); with depth books `DEPTH_STREAM` too.
+    STREAMS: ClassVar[tuple[str, ...]] = ("bookTicker", "trade")
+    DEPTH_STREAM: ClassVar[str] = "depth@100ms"
+    #: REST depth snapshot endpoint per market, under the venue's `rest_url`.
+    REST_DEPTH_PATH: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"binance_spot": "/api/v3/depth", "binance_usdm": "/fapi/v1/depth"})
 
     def __init__(self, venue: str, settings: VenueSettings, symbols: Sequence[str], bus: Bus,
                  **options: Any) -> None:
         """`options`: see `WebSocketSession` (timings, listeners, frame_tap, stats)."""
-        if venue not in BINANCE_VENUES:
-            raise ValueError(f"BinanceAdapter venue must be one of {BINANCE_VENUES}, not {venue!r}")
         super().__init__(venue, settings, symbols, bus, **options)
-        self.depth = settings.book_depth > 1
-        self.streams: list[str] = streams_for(self.symbols, self.depth)
-        self._replies = PendingReplies()
         self._next_request_id = 0
         self._last_control_send = 0.0
         self._control_lock = asyncio.Lock()
         self._snapshots_in_flight: set[str] = set()
         self._books_loaded: set[str] = set()
-        self.parser = self._new_parser()
 
-    # -- WebSocketSession --------------------------------------------------------------------
+    @property
+    def depth(self) -> bool:
+        """Whether to keep depth books (`book_depth > 1`); top of book is bookTicker."""
+        return self.settings.book_depth > 1
+
+    # -- VenueSession ------------------------------------------------------------------------
 
     def url(self) -> str:
-        return combined_stream_url(self.settings.ws_url, self.streams)
+        return combined_stream_url(self.settings.ws_url, self.subscriptions)
 
     async def on_open(self, ws: FrameConnection) -> None:
         # The URL subscribed us; nothing to send. Frames are already flowing.
         return None
 
-    def on_frame(self, frame: bytes, local_ts_ns: int) -> None:
-        if self.frame_tap is not None:
-            self.frame_tap(frame, local_ts_ns)
-        if frame.startswith(b'{"stream"'):
-            self._feed(frame, local_ts_ns)
-        else:
-            self._on_other_frame(frame, local_ts_ns)
-
     def on_close(self) -> None:
-        self._replies.fail_all(ConnectionLost(self.venue, "connection closed before the reply"))
+        super().on_close()
         self._snapshots_in_flight.clear()
         self._books_loaded.clear()
-        self.parser.reset()  # a new connection's update ids start a new sequence
 
-    # -- live subscription changes -----------------------------------------------------------
+    def subscriptions_for(self, symbols: Sequence[str]) -> list[str]:
+        return streams_for(symbols, self.depth)
 
-    async def set_symbols(self, symbols: Sequence[str]) -> None:
-        """Change the symbols streamed, live: SUBSCRIBE the new, UNSUBSCRIBE the old.
+    async def change_subscriptions(self, ws: FrameConnection, added: list[str],
+                                   removed: list[str]) -> None:
+        if added:
+            await self._request(ws, "SUBSCRIBE", added)
+        if removed:
+            await self._request(ws, "UNSUBSCRIBE", removed)
 
-        While disconnected only the desired set changes (the next URL carries it).
-        Raises `SubscriptionRejected` when Binance refuses a request.
-        """
-        wanted = streams_for(symbols, self.depth)
-        added = [s for s in wanted if s not in self.streams]
-        removed = [s for s in self.streams if s not in wanted]
-        self.symbols = list(symbols)
-        self.streams = wanted
-        self.supervisor.symbols = list(symbols)
-        self.parser.set_symbols(venue_symbols(symbols))
-        ws = self.ws
-        if ws is None:
-            return
-        try:
-            if added:
-                await self._request(ws, "SUBSCRIBE", added)
-            if removed:
-                await self._request(ws, "UNSUBSCRIBE", removed)
-        except (ConnectionLost, WebSocketError):
-            # The next connection's URL carries the new set: nothing is lost.
-            log.info("resubscribe_on_reconnect", venue=self.venue, streams=self.streams)
+    def make_parser(self, symbols: dict[str, str]) -> BinanceParser:
+        return BinanceParser(self.venue, self.bus, symbols, on_resync=self._on_resync,
+                             books=self.depth)
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        if "id" in message and message["id"] is not None:
+            if not self._replies.resolve(str(message["id"]), message):
+                log.warning("unexpected_reply", venue=self.venue, reply=message)
+        elif message.get("e") == "serverShutdown":
+            self.reconnect_soon("server_shutdown")
 
     async def _request(self, ws: FrameConnection, method: str, streams: list[str]) -> None:
         async with self._control_lock:
@@ -170,22 +149,6 @@ class BinanceAdapter(WebSocketSession):
         if error is not None:
             raise SubscriptionRejected(self.venue, ",".join(streams), error)
 
-    # -- frames other than stream data -------------------------------------------------------
-
-    def _on_other_frame(self, frame: bytes, local_ts_ns: int) -> None:
-        """Control replies and notices; the parser still sees (and counts) every frame."""
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            message = None
-        if isinstance(message, dict):
-            if "id" in message and message["id"] is not None:
-                if not self._replies.resolve(str(message["id"]), message):
-                    log.warning("unexpected_reply", venue=self.venue, reply=message)
-            elif message.get("e") == "serverShutdown":
-                self.reconnect_soon("server_shutdown")
-        self._feed(frame, local_ts_ns)
-
     # -- depth snapshots ---------------------------------------------------------------------
 
     def _on_resync(self, symbol: str) -> None:
@@ -201,7 +164,7 @@ class BinanceAdapter(WebSocketSession):
     async def _fetch_snapshot(self, symbol: str) -> None:
         import aiohttp  # only needed with depth books
 
-        url = self.settings.rest_url.rstrip("/") + _REST_DEPTH_PATH[self.venue]
+        url = self.settings.rest_url.rstrip("/") + self.REST_DEPTH_PATH[self.venue]
         params = {"symbol": symbol, "limit": str(DEPTH_SNAPSHOT_LIMIT)}
         timeout = aiohttp.ClientTimeout(total=self.timings.ack_timeout_s)
         try:
@@ -216,16 +179,6 @@ class BinanceAdapter(WebSocketSession):
                            received_ns)
         self._books_loaded.add(symbol)
         self.parser.feed_snapshot(symbol, body)
-
-    # -- parser ------------------------------------------------------------------------------
-
-    def _new_parser(self) -> BinanceParser:
-        mapping = {venue_symbol(symbol): symbol for symbol in self.symbols}
-        parser = BinanceParser(self.venue, self.bus,
-                               mapping, on_resync=self._on_resync, books=self.depth)
-        self.stats.attach_drops(parser.dropped)
-        self._feed = parser.feed
-        return parser
 
 
 def _reply_error(message: Any) -> str | None:

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
 import orjson
 
+from adapters.bybit.schemas import BookMessage, TradeMessage
 from adapters.common.parsing import (
-    NS_PER_MS,
     L2Book,
-    Level,
-    Millis,
-    Price,
     ResyncCallback,
-    Size,
+    Route,
     SymbolMapper,
     as_frame_bytes,
     forget_remapped,
@@ -39,44 +36,9 @@ from adapters.common.parsing import (
     undecodable_reason,
     validation_reason,
 )
-from daemon.core.model import Quote, Trade
 from daemon.core.routes import MarketSink, QuoteCallback, TradeCallback
 
 BYBIT_VENUES = ("bybit_spot", "bybit_linear")
-
-
-class BookData(msgspec.Struct, gc=False):
-    s: str
-    b: list[Level]
-    a: list[Level]
-    u: int
-    seq: int = 0  # cross sequence: comparable across a symbol's topics and its trades
-
-
-class BookMessage(msgspec.Struct, gc=False):
-    topic: str
-    type: Literal["snapshot", "delta"]
-    ts: Millis
-    data: BookData
-    cts: Millis = 0  # matching-engine time of the book state (absent on old spot feeds)
-
-
-class TradeData(msgspec.Struct, gc=False):
-    T: Millis
-    s: str
-    S: Literal["Buy", "Sell"]
-    v: Size
-    p: Price
-    i: str
-
-
-class TradeMessage(msgspec.Struct, gc=False):
-    topic: str
-    ts: Millis
-    data: Annotated[list[TradeData], msgspec.Meta(min_length=1)]  # an empty batch is bogus
-
-
-_TAKER_SIDE = {"Buy": "buy", "Sell": "sell"}
 
 
 class _TopicBook:
@@ -115,9 +77,9 @@ class BybitParser:
         #: Book sync bookkeeping: snapshot_requests (on_resync fired).
         self.depth_stats: Counter[str] = Counter()
         self._books: dict[str, _TopicBook] = {}
-        #: known venue symbol -> (unified symbol, route), for quotes and for trades
-        self._quote_routes: dict[str, tuple[str, QuoteCallback]] = {}
-        self._trade_routes: dict[str, tuple[str, TradeCallback]] = {}
+        #: known venue symbols only, for quotes and for trades
+        self._quote_routes: dict[str, Route[QuoteCallback]] = {}
+        self._trade_routes: dict[str, Route[TradeCallback]] = {}
         self._decode_book = msgspec.json.Decoder(BookMessage, strict=False).decode
         self._decode_trades = msgspec.json.Decoder(TradeMessage, strict=False).decode
 
@@ -255,9 +217,7 @@ class BybitParser:
             return
         state.last_top = top
         self.counts["quote"] += 1
-        symbol, publish = route
-        publish(Quote(self.venue, symbol, top[0], top[1], top[2], top[3],
-                      (message.cts or message.ts) * NS_PER_MS, local_ts_ns, data.seq or data.u))
+        route.publish(message.to_quote(self.venue, route.symbol, top, local_ts_ns))
 
     def _on_trades(self, message: TradeMessage, local_ts_ns: int) -> None:
         for trade in message.data:
@@ -270,9 +230,7 @@ class BybitParser:
                 self.dropped["bad_value"] += 1
                 continue
             self.counts["trade"] += 1
-            symbol, publish = route
-            publish(Trade(self.venue, symbol, trade.p, trade.v, _TAKER_SIDE[trade.S],
-                          trade.T * NS_PER_MS, local_ts_ns, trade.i))
+            route.publish(trade.to_trade(self.venue, route.symbol, local_ts_ns))
 
     def _request_resync(self, topic: str, state: _TopicBook) -> None:
         # Once per out-of-sync episode: one resubscribe answers every dropped delta.

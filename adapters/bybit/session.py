@@ -22,21 +22,16 @@ Protocol duties:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import orjson
 
 from adapters.bybit.parser import BYBIT_VENUES, BybitParser
-from adapters.common.supervisor import (
-    ConnectionLost,
-    PendingReplies,
-    SubscriptionRejected,
-    WebSocketSession,
-    venue_symbols,
-    wait_for_reply,
-)
-from adapters.common.wsclient import FrameConnection, WebSocketError
+from adapters.common.errors import SubscriptionRejected
+from adapters.common.session import VenueSession, wait_for_reply
+from adapters.common.wsclient import FrameConnection
 from config.settings import VenueSettings
 from daemon.core.logs import get_logger
 from daemon.core.model import venue_symbol
@@ -44,90 +39,81 @@ from daemon.market.bus import Bus
 
 log = get_logger("bybit")
 
-#: Order-book depths Bybit v5 publishes, per market.
-BOOK_DEPTHS = {"bybit_spot": (1, 50, 200, 1000), "bybit_linear": (1, 50, 200, 500, 1000)}
-
 
 def book_depth_for(venue: str, wanted: int) -> int:
     """The smallest published depth >= `wanted` (the deepest one if none is)."""
-    depths = BOOK_DEPTHS[venue]
+    depths = BybitAdapter.BOOK_DEPTHS[venue]
     return next((depth for depth in depths if depth >= wanted), depths[-1])
 
 
 def topics_for(symbols: Iterable[str], depth: int) -> list[str]:
-    topics = []
-    for symbol in symbols:
-        name = venue_symbol(symbol)
-        topics += [f"orderbook.{depth}.{name}", f"publicTrade.{name}"]
-    return topics
+    """Topic names for unified symbols: the order book (at `depth`) and trades per symbol."""
+    return [topic.format(depth=depth, symbol=venue_symbol(symbol))
+            for symbol in symbols for topic in BybitAdapter.TOPICS]
 
 
-class BybitAdapter(WebSocketSession):
+class BybitAdapter(VenueSession):
     """Bybit spot or linear market data for a set of symbols, supervised; `run()` until
     cancelled. Publishes the order book's top as Quotes, and Trades, to the bus."""
 
+    VENUES = BYBIT_VENUES
+    DATA_PREFIX = b'{"topic"'
+    #: Topics of every symbol.
+    TOPICS: ClassVar[tuple[str, ...]] = ("orderbook.{depth}.{symbol}", "publicTrade.{symbol}")
+    #: Order-book depths Bybit v5 publishes, per market.
+    BOOK_DEPTHS: ClassVar[Mapping[str, tuple[int, ...]]] = MappingProxyType(
+        {"bybit_spot": (1, 50, 200, 1000), "bybit_linear": (1, 50, 200, 500, 1000)})
     #: Bybit's keepalive is its application-level `op: ping` (see `_keepalive`).
     PROTOCOL_PINGS = False
 
     def __init__(self, venue: str, settings: VenueSettings, symbols: Sequence[str], bus: Bus,
                  **options: Any) -> None:
         """`options`: see `WebSocketSession` (timings, listeners, frame_tap, stats)."""
-        if venue not in BYBIT_VENUES:
-            raise ValueError(f"BybitAdapter venue must be one of {BYBIT_VENUES}, not {venue!r}")
         super().__init__(venue, settings, symbols, bus, **options)
-        self.depth = book_depth_for(venue, settings.book_depth)
         if self.depth != settings.book_depth:
             log.info("book_depth_rounded", venue=venue, wanted=settings.book_depth,
                      using=self.depth)
-        self.topics: list[str] = topics_for(self.symbols, self.depth)
-        self._replies = PendingReplies()
         self._ping_count = 0
         self._resyncing: set[str] = set()
-        self.parser = self._new_parser()
 
-    # -- WebSocketSession --------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """The order-book depth subscribed: `book_depth` rounded up to a published one."""
+        return book_depth_for(self.venue, self.settings.book_depth)
+
+    # -- VenueSession ------------------------------------------------------------------------
 
     def url(self) -> str:
         return self.settings.ws_url
 
     async def on_open(self, ws: FrameConnection) -> None:
         self.spawn(self._keepalive(ws), "ping")
-        await self._subscribe_all(ws, "subscribe", self.topics)
-        log.info("subscribed", venue=self.venue, topics=self.topics)
-
-    def on_frame(self, frame: bytes, local_ts_ns: int) -> None:
-        if self.frame_tap is not None:
-            self.frame_tap(frame, local_ts_ns)
-        if frame.startswith(b'{"topic"'):
-            self._feed(frame, local_ts_ns)
-        else:
-            self._on_other_frame(frame, local_ts_ns)
+        await self._subscribe_all(ws, "subscribe", self.subscriptions)
+        log.info("subscribed", venue=self.venue, topics=self.subscriptions)
 
     def on_close(self) -> None:
-        self._replies.fail_all(ConnectionLost(self.venue, "connection closed before the reply"))
+        super().on_close()
         self._resyncing.clear()
-        self.parser.reset()  # resubscribing on the next connection sends fresh snapshots
+
+    def subscriptions_for(self, symbols: Sequence[str]) -> list[str]:
+        return topics_for(symbols, self.depth)
+
+    async def change_subscriptions(self, ws: FrameConnection, added: list[str],
+                                   removed: list[str]) -> None:
+        await self._subscribe_all(ws, "subscribe", added)
+        await self._subscribe_all(ws, "unsubscribe", removed)
+
+    def make_parser(self, symbols: dict[str, str]) -> BybitParser:
+        return BybitParser(self.venue, self.bus, symbols, on_resync=self._on_resync)
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """Acks and pongs; pongs need nothing beyond the frame itself (it kept the
+        silence watchdog quiet)."""
+        op = message.get("op")
+        if op in ("subscribe", "unsubscribe"):
+            self._on_ack(op, message)
 
     # -- subscriptions -----------------------------------------------------------------------
-
-    async def set_symbols(self, symbols: Sequence[str]) -> None:
-        """Change the symbols streamed, live (subscribe new topics, unsubscribe old ones)."""
-        wanted = topics_for(symbols, self.depth)
-        added = [t for t in wanted if t not in self.topics]
-        removed = [t for t in self.topics if t not in wanted]
-        self.symbols = list(symbols)
-        self.topics = wanted
-        self.supervisor.symbols = list(symbols)
-        self.parser.set_symbols(venue_symbols(symbols))
-        ws = self.ws
-        if ws is None:
-            return
-        try:
-            await self._subscribe_all(ws, "subscribe", added)
-            await self._subscribe_all(ws, "unsubscribe", removed)
-        except (ConnectionLost, WebSocketError):
-            # The next connection subscribes the new set in on_open: nothing is lost.
-            log.info("resubscribe_on_reconnect", venue=self.venue, topics=self.topics)
 
     async def _subscribe_all(self, ws: FrameConnection, op: str, topics: list[str]) -> None:
         """Send one request per topic, then wait for every acknowledgement."""
@@ -169,20 +155,6 @@ class BybitAdapter(WebSocketSession):
             await ws.send(orjson.dumps({"op": "ping", "req_id": f"ping-{self._ping_count}"})
                           .decode())
 
-    # -- frames other than topic data --------------------------------------------------------
-
-    def _on_other_frame(self, frame: bytes, local_ts_ns: int) -> None:
-        """Acks and pongs; the parser still sees (and counts) every frame."""
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            message = None
-        if isinstance(message, dict):
-            op = message.get("op")
-            if op in ("subscribe", "unsubscribe"):
-                self._on_ack(op, message)
-        self._feed(frame, local_ts_ns)
-
     def _on_ack(self, op: str, message: dict[str, Any]) -> None:
         request_id = message.get("req_id")
         if isinstance(request_id, str) and self._replies.resolve(f"{op}:{request_id}", message):
@@ -193,13 +165,3 @@ class BybitAdapter(WebSocketSession):
                 self._replies.resolve(key, message)
                 return
         log.warning("unexpected_ack", venue=self.venue, reply=message)
-
-    # -- parser ------------------------------------------------------------------------------
-
-    def _new_parser(self) -> BybitParser:
-        mapping = {venue_symbol(symbol): symbol for symbol in self.symbols}
-        parser = BybitParser(self.venue, self.bus,
-                             mapping, on_resync=self._on_resync)
-        self.stats.attach_drops(parser.dropped)
-        self._feed = parser.feed
-        return parser

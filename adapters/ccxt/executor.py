@@ -12,7 +12,7 @@ the SAME id; a "duplicate order" answer means the first attempt got through, so 
 order is fetched and treated as accepted. Looking up before retrying matters on Binance,
 whose duplicate check only covers *open* orders: an immediately filled first attempt
 would not block a blind retry. Rate limits back off; invalid orders and insufficient
-funds are never retried (see errors.py).
+funds are never retried (see daemon/trading/errors.py).
 
 Order updates come from ccxt.pro `watch_orders` when the venue has it; polling
 (`fetch_open_orders` per symbol, then `fetch_order` for our orders that left the open
@@ -29,25 +29,26 @@ orders are counted and left alone.
 Rate limits: ccxt's own throttle (`enableRateLimit`) for request weight, plus one order
 token bucket per venue account shared by every task and executor in the process.
 
-URLs: `VenueSettings.rest_url` replaces the origin of ccxt's REST endpoints when it names
-a host ccxt does not already use (a local fake or a proxy): then every REST call goes
-there, path kept. The default `https://api.binance.com` changes nothing.
+Exchanges come from the ccxt seam (adapters/ccxt/exchange.py): `VenueSettings.rest_url`
+takes over ccxt's REST endpoints when it names a host ccxt does not already use (a local
+fake or a proxy); the default `https://api.binance.com` changes nothing. WebSocket order
+streams stay on ccxt's own endpoints.
 
 Credentials go to ccxt and nowhere else: they are scrubbed from every message we log or
-raise, and no repr of ours contains them.
+raise (ccxt's own log records included), and no repr of ours contains them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from adapters.ccxt.exchange import build_exchange
+from adapters.common.errors import VenueRefused
 from config.settings import ExecutionSettings, Settings, VenueSettings
 from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
@@ -102,98 +103,27 @@ def require_live_opt_in(execution: ExecutionSettings, venues: Mapping[str, Venue
             f"live trading refused: no api_key/api_secret for {', '.join(keyless)}")
 
 
-def build_exchange(venue_id: str, venue: VenueSettings, *, websocket: bool = True,
-                   overrides: Mapping[str, Any] | None = None) -> Any:
-    """A ccxt exchange for one venue: keys, rate limiting, market type, URL override.
-
-    ccxt logs every request's headers at DEBUG, the API key among them; the exchange gets
-    its own logger whose records are scrubbed of this venue's credentials.
-    """
-    import ccxt.async_support as ccxt_async
-
-    module: Any = ccxt_async
-    if websocket:
-        try:
-            import ccxt.pro as ccxt_pro
-        except ImportError:  # an old ccxt without pro: polling only
-            pass
-        else:
-            module = ccxt_pro
-    ccxt_id = venue.ccxt_id or venue_id
-    exchange_class = getattr(module, ccxt_id, None)
-    if exchange_class is None:
-        raise LiveTradingRefused(f"live trading refused: ccxt has no exchange {ccxt_id!r}")
-    spot = venue.market_type == "spot"
-    config: dict[str, Any] = {
-        "apiKey": venue.api_key.get_secret_value() if venue.api_key else "",
-        "secret": venue.api_secret.get_secret_value() if venue.api_secret else "",
-        "enableRateLimit": True,
-        "options": {
-            "defaultType": "spot" if spot else "swap",
-            # Only our market type: fewer, lighter start-up calls (no margin or currency
-            # endpoints, which also need extra permissions on some venues).
-            "fetchMarkets": {"types": ["spot" if spot else "linear"]},
-            "fetchMargins": False,
-            "fetchCurrencies": False,
-            "warnOnFetchOpenOrdersWithoutSymbol": False,
-        },
-    }
-    for key, value in (overrides or {}).items():
-        if key == "options":
-            config["options"].update(value)
-        else:
-            config[key] = value
-    config["logger"] = _redacting_logger(venue_id, config["apiKey"], config["secret"])
-    exchange = exchange_class(config)
-    if venue.rest_url:
-        point_rest_at(exchange, venue.rest_url)
-    return exchange
+#: ccxt options of a trading account: fewer, lighter start-up calls (no margin or currency
+#: endpoints, which also need extra permissions on some venues), and no warning for the
+#: all-symbols open-orders fetch that reconciliation makes on purpose.
+_TRADING_OPTIONS = {
+    "fetchMargins": False,
+    "fetchCurrencies": False,
+    "warnOnFetchOpenOrdersWithoutSymbol": False,
+}
 
 
-def point_rest_at(exchange: Any, rest_url: str) -> bool:
-    """Send ccxt's REST calls to `rest_url` unless it is a host ccxt already uses.
-
-    Returns True when the URLs were rewritten. WebSocket URLs are left alone.
-    """
-    target = urlsplit(rest_url)
-    if target.scheme not in ("http", "https") or not target.netloc:
-        raise ValueError(f"rest_url must be an http(s) URL, got {rest_url!r}")
-    api = exchange.urls.get("api")
-    if isinstance(api, str):
-        api = exchange.urls["api"] = {"rest": api}
-    entries = [(key, exchange.implode_hostname(url)) for key, url in api.items()
-               if isinstance(url, str) and url.startswith(("http://", "https://"))]
-    if target.netloc in {urlsplit(url).netloc for _, url in entries}:
-        return False
-    prefix = target.path.rstrip("/")
-    for key, url in entries:
-        parts = urlsplit(url)
-        api[key] = urlunsplit((target.scheme, target.netloc, prefix + parts.path, parts.query,
-                               parts.fragment))
-    return True
-
-
-class _RedactingFilter(logging.Filter):
-    """Formats each record and removes credentials from the text (headers included)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.redact = Redactor()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.redact(record.getMessage())
-        record.args = None
-        return True
-
-
-def _redacting_logger(venue_id: str, *secrets: str) -> logging.Logger:
-    logger = logging.getLogger(f"ccxt.cryptopipe.{venue_id}")
-    redacting = next((f for f in logger.filters if isinstance(f, _RedactingFilter)), None)
-    if redacting is None:
-        redacting = _RedactingFilter()
-        logger.addFilter(redacting)
-    redacting.redact.add(*secrets)
-    return logger
+def _trading_exchange(venue_id: str, venue: VenueSettings, *, websocket: bool = True,
+                     overrides: Mapping[str, Any] | None = None) -> Any:
+    """The keyed ccxt exchange of one venue for orders (see adapters/ccxt/exchange.py)."""
+    overrides = dict(overrides or {})
+    overrides["options"] = {**_TRADING_OPTIONS, **overrides.get("options", {})}
+    try:
+        return build_exchange(venue_id, venue, websocket=websocket, overrides=overrides)
+    except VenueRefused:
+        ccxt_id = venue.ccxt_id or venue_id
+        raise LiveTradingRefused(
+            f"live trading refused: ccxt has no exchange {ccxt_id!r}") from None
 
 
 @dataclass(slots=True)
@@ -243,8 +173,8 @@ class LiveExecutor(ExecutionEvents):
             self._redact.add(venue.api_key.get_secret_value() if venue.api_key else None,
                              venue.api_secret.get_secret_value() if venue.api_secret else None)
         self._exchanges: dict[str, Any] = {
-            venue_id: build_exchange(venue_id, venue, websocket=websocket,
-                                     overrides=ccxt_overrides)
+            venue_id: _trading_exchange(venue_id, venue, websocket=websocket,
+                                        overrides=ccxt_overrides)
             for venue_id, venue in venues.items()
         }
         # Each venue's `max_orders_per_s` unless the caller (a test) sets one rate for all.

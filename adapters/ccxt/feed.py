@@ -17,10 +17,10 @@ slow consumer anyway); trades are not lost (ccxt caches them between calls). ccx
 parses every message into dicts of strings and floats: it costs an order of magnitude
 more CPU per update than the native parsers.
 
-URLs: a venue's `ws_url` / `rest_url` that are not ccxt's own endpoints redirect all of
-the exchange's WebSocket / REST traffic to that origin (scheme, host and port replaced,
-paths kept), which is how tests and proxies point ccxt elsewhere; ccxt's own URLs, or
-empty settings, leave ccxt's endpoints untouched.
+Exchanges, URLs and the meaning of ccxt's exceptions come from the ccxt seam
+(adapters/ccxt/exchange.py): a venue's `ws_url` / `rest_url` that are not ccxt's own
+endpoints redirect all of the exchange's WebSocket / REST traffic there, which is how
+tests and proxies point ccxt elsewhere.
 """
 
 from __future__ import annotations
@@ -30,22 +30,13 @@ import math
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from adapters.ccxt.exchange import build_exchange, feed_error
+from adapters.common.errors import FeedError, SubscriptionRejected, VenueRefused
+from adapters.common.events import FeedListener
 from adapters.common.stats import VenueStats
-from adapters.common.supervisor import (
-    ConnectionLost,
-    ConnectionSupervisor,
-    FeedError,
-    FeedListener,
-    FeedTimings,
-    Link,
-    ProtocolViolation,
-    RateLimited,
-    SubscriptionRejected,
-    VenueRefused,
-    timings_from_settings,
-)
+from adapters.common.supervisor import ConnectionSupervisor, Link
+from adapters.common.timings import FeedTimings, timings_from_settings
 from config.settings import VenueSettings
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote, Trade
@@ -54,84 +45,6 @@ from daemon.market.bus import Bus
 log = get_logger("ccxt_feed")
 
 NS_PER_MS = 1_000_000
-
-
-def new_exchange(ccxt_id: str, options: dict[str, Any] | None = None) -> Any:
-    """A ccxt.pro exchange instance by id; `VenueRefused` when ccxt.pro lacks it."""
-    import ccxt.pro
-
-    exchange_class = getattr(ccxt.pro, ccxt_id, None)
-    if exchange_class is None:
-        raise VenueRefused(ccxt_id, f"ccxt.pro has no exchange {ccxt_id!r}")
-    return exchange_class({"enableRateLimit": True, **(options or {})})
-
-
-def redirect_urls(exchange: Any, ws_url: str, rest_url: str) -> None:
-    """Point ccxt's WebSocket / REST URLs at the configured origins (paths kept).
-
-    A configured URL whose origin is already one of ccxt's endpoints changes nothing:
-    that is the real venue, and its other endpoints (futures, margin) must stay put.
-    """
-    api = exchange.urls.get("api")
-    if not isinstance(api, dict):
-        return
-    ws_leaves = list(_string_leaves(api.get("ws", {})))
-    rest_leaves = [leaf for key, value in api.items() if key != "ws"
-                   for leaf in _string_leaves(value, (key,))]
-    for configured, leaves in ((ws_url, ws_leaves), (rest_url, rest_leaves)):
-        if not configured:
-            continue
-        origin = _origin(configured)
-        if origin in {_origin(value) for _, value in leaves}:
-            continue
-        for path, value in leaves:
-            _set_leaf(api if leaves is rest_leaves else api["ws"], path,
-                      _with_origin(value, origin))
-
-
-def _string_leaves(node: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], str]]:
-    if isinstance(node, str):
-        if "://" in node:
-            yield path, node
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            yield from _string_leaves(value, (*path, key))
-
-
-def _set_leaf(root: dict[str, Any], path: tuple[str, ...], value: str) -> None:
-    node = root
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def _with_origin(url: str, origin: str) -> str:
-    parts, new = urlsplit(url), urlsplit(origin)
-    return urlunsplit((new.scheme, new.netloc, parts.path, parts.query, parts.fragment))
-
-
-def classify_ccxt_error(venue: str, error: BaseException) -> BaseException:
-    """ccxt's exception hierarchy mapped onto the feed taxonomy (others pass through)."""
-    import ccxt
-
-    detail = f"{type(error).__name__}: {error}"
-    if isinstance(error, ccxt.RateLimitExceeded | ccxt.DDoSProtection):
-        return RateLimited(venue, detail)
-    if isinstance(error, ccxt.BadSymbol):
-        return SubscriptionRejected(venue, str(error).split()[-1] if str(error) else "?", detail)
-    if isinstance(error, ccxt.AuthenticationError | ccxt.PermissionDenied | ccxt.NotSupported
-                  | ccxt.AccountSuspended):
-        return VenueRefused(venue, detail)
-    if isinstance(error, ccxt.NetworkError):
-        return ConnectionLost(venue, detail)
-    if isinstance(error, ccxt.BaseError):
-        return ProtocolViolation(venue, detail)
-    return error
 
 
 class CcxtFeed:
@@ -178,21 +91,18 @@ class CcxtFeed:
         except (FeedError, asyncio.CancelledError):
             raise
         except Exception as error:
-            raise classify_ccxt_error(self.venue, error) from error
+            raise feed_error(self.venue, error) from error
         finally:
             self.exchange = None
             await _close_quietly(exchange)
 
     def _default_exchange(self) -> Any:
-        exchange = new_exchange(self.ccxt_id)
-        market_type = self.settings.market_type
-        fetch_markets = exchange.options.get("fetchMarkets")
-        if isinstance(fetch_markets, dict) and "types" in fetch_markets:
-            # Load only this venue's market type (binance would also fetch futures).
-            fetch_markets["types"] = ["spot" if market_type == "spot" else "linear"]
-        exchange.options["defaultType"] = "spot" if market_type == "spot" else "swap"
-        redirect_urls(exchange, self.settings.ws_url, self.settings.rest_url)
-        return exchange
+        """A keyless exchange, WebSocket and REST following the venue's URLs."""
+        try:
+            return build_exchange(self.venue, self.settings, keys=False,
+                                  ws_url=self.settings.ws_url)
+        except ValueError as error:  # a malformed URL setting: reconnecting cannot fix it
+            raise VenueRefused(self.venue, str(error)) from None
 
     async def _load_markets(self, exchange: Any) -> None:
         if self._markets is not None:

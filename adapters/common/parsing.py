@@ -32,14 +32,29 @@ from __future__ import annotations
 import heapq
 import math
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 #: Called with the key of a book that lost sync (Binance: venue symbol, Bybit: topic), so
 #: a live adapter can refetch the snapshot or resubscribe.
 ResyncCallback = Callable[[str], None]
+
+
+class FrameParser(Protocol):
+    """What the replay feed and live adapters need from a parser."""
+
+    venue: str
+    #: Frames dropped, by reason (see the taxonomy above).
+    dropped: Counter[str]
+
+    def feed(self, frame: bytes | str, local_ts_ns: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def set_symbols(self, symbols: Mapping[str, str]) -> None: ...
 
 _FLOAT_MAX = sys.float_info.max
 
@@ -54,6 +69,9 @@ Millis = Annotated[int, msgspec.Meta(ge=0)]
 Level = tuple[Price, Size]
 
 NS_PER_MS = 1_000_000
+
+#: The sink callback a `Route` holds: a `QuoteCallback` or a `TradeCallback`.
+Publish = TypeVar("Publish")
 
 #: Quote currencies recognised when deriving a unified symbol from a concatenated venue
 #: symbol, longest first so that "FDUSD" wins over a shorter suffix.
@@ -127,23 +145,35 @@ class SymbolMapper:
         self.cache.update(symbols)
 
 
+class Route(Generic[Publish]):
+    """Where a known venue symbol's records go: its unified symbol and the sink's callback
+    for it (a quote route or a trade route)."""
+
+    __slots__ = ("publish", "symbol")
+
+    def __init__(self, symbol: str, publish: Publish) -> None:
+        self.symbol = symbol
+        self.publish = publish
+
+
 def resolve_route(
-    symbols: SymbolMapper, venue_symbol: str, routes: dict[str, tuple[str, Any]],
-    route_of: Callable[[str, str], Any],
-) -> tuple[str, Any] | None:
-    """(unified symbol, the sink's route for it) of a known venue symbol, remembered in
-    `routes` so the hot path finds it with one lookup; None for an unknown symbol."""
+    symbols: SymbolMapper, venue_symbol: str, routes: dict[str, Route[Publish]],
+    route_of: Callable[[str, str], Publish],
+) -> Route[Publish] | None:
+    """The route of a known venue symbol, remembered in `routes` so the hot path finds it
+    with one lookup; None for an unknown symbol."""
     symbol = symbols(venue_symbol)
     if symbol is None:
         return None
-    route = routes[venue_symbol] = (symbol, route_of(symbols.venue, symbol))
+    route = routes[venue_symbol] = Route(symbol, route_of(symbols.venue, symbol))
     return route
 
 
 def forget_remapped(routes: dict[str, Any], symbols: Mapping[str, str]) -> None:
-    """Drop the remembered routes (values starting with the unified symbol) of venue
-    symbols that a `set_symbols` took out or renamed; they are resolved again if seen."""
-    for name in [name for name, route in routes.items() if route[0] != symbols.get(name)]:
+    """Drop the remembered routes (a `Route`, or any state with the unified `symbol` it
+    publishes under) of venue symbols that a `set_symbols` took out or renamed; they are
+    resolved again if seen."""
+    for name in [name for name, route in routes.items() if route.symbol != symbols.get(name)]:
         del routes[name]
 
 

@@ -21,7 +21,7 @@ round-trip time, the closing handshake both ways, and the mapping of all of it t
 errors below. Left out on purpose: extensions (no permessage-deflate: CPU on every frame),
 subprotocols, HTTP proxies, redirects.
 
-Errors raised (the supervisor maps them to its taxonomy): `HandshakeFailed` (a non-101
+Errors raised (errors.py maps them onto the feed taxonomy): `HandshakeFailed` (a non-101
 answer, with its status and headers), `ConnectionClosedByPeer` (a close frame, with its
 code and reason), `ConnectionDropped` (the socket ended without a close frame, or the
 peer broke the protocol).

@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from adapters.common.supervisor import FeedEvent
+from adapters.common.events import FeedEvent
 from daemon.core.logs import get_logger
 from daemon.core.model import venue_symbol
 

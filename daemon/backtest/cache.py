@@ -419,6 +419,7 @@ async def load(specs: list[ReplaySpec], data_dir: Path, max_bytes: float = float
         return data, CacheStatus.UNSAVED
     log.info("backtest_cache_built", path=str(path), events=len(data),
              seconds=round(time.perf_counter() - started, 3))
+    _touch(path)
     prune(path.parent, max_bytes, keep=path)
     return data, CacheStatus.BUILT
 
@@ -454,6 +455,11 @@ def prune(directory: Path, max_bytes: float, keep: Path) -> list[Path]:
 
 def _touch(path: Path) -> None:
     """Mark a cache file as just used (its mtime orders the pruning). A read-only cache
-    still serves; it just cannot keep its place."""
+    still serves; it just cannot keep its place.
+
+    The time is set explicitly: the kernel stamps a write or a bare `utime` from its
+    coarse clock (one tick, ~4 ms), so an entry built and another used within one tick
+    would tie, and the pruning would drop the wrong one."""
+    now = time.time_ns()
     with contextlib.suppress(OSError):
-        os.utime(path)
+        os.utime(path, ns=(now, now))

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from adapters.binance.session import BinanceAdapter, combined_stream_url, streams_for
+from adapters.common.errors import SubscriptionRejected
+from adapters.common.events import FeedEvent
 from adapters.common.stats import VenueStats
-from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
+from adapters.common.timings import BackoffPolicy, FeedTimings
 from config.settings import VenueSettings
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus

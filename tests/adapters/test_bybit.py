@@ -11,8 +11,10 @@ import pytest
 
 from adapters.bybit.parser import BybitParser
 from adapters.bybit.session import BybitAdapter, book_depth_for, topics_for
+from adapters.common.errors import SubscriptionRejected
+from adapters.common.events import FeedEvent
 from adapters.common.stats import VenueStats
-from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings, SubscriptionRejected
+from adapters.common.timings import BackoffPolicy, FeedTimings
 from config.settings import VenueSettings
 from daemon.core.model import Quote, Trade
 from daemon.core.routes import Callbacks

@@ -13,7 +13,8 @@ import ccxt
 import pytest
 import structlog
 
-from adapters.ccxt.executor import LiveExecutor, build_exchange, point_rest_at
+from adapters.ccxt.exchange import build_exchange, redirect_urls
+from adapters.ccxt.executor import LiveExecutor
 from config.settings import ExecutionSettings, RiskSettings, Settings, VenueSettings
 from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Quote, Side
 from daemon.core.records import MemorySink
@@ -372,7 +373,7 @@ async def test_rest_url_overrides_ccxt_endpoints_only_for_a_foreign_host() -> No
                               overrides={"timeout_on_exit": 0})
     try:
         assert exchange.urls["api"]["public"] == "https://api.binance.com/api/v3"
-        assert point_rest_at(exchange, "http://127.0.0.1:8080/proxy")
+        assert redirect_urls(exchange, rest_url="http://127.0.0.1:8080/proxy")
         assert exchange.urls["api"]["public"] == "http://127.0.0.1:8080/proxy/api/v3"
         assert exchange.urls["api"]["sapi"] == "http://127.0.0.1:8080/proxy/sapi/v1"
         ws = exchange.urls["api"]["ws"]

@@ -7,14 +7,11 @@ import asyncio
 
 import pytest
 
-from adapters.ccxt.feed import CcxtFeed, new_exchange, redirect_urls
+from adapters.ccxt.exchange import new_exchange, redirect_urls
+from adapters.ccxt.feed import CcxtFeed
+from adapters.common.errors import SubscriptionRejected, VenueRefused
 from adapters.common.stats import VenueStats
-from adapters.common.supervisor import (
-    BackoffPolicy,
-    FeedTimings,
-    SubscriptionRejected,
-    VenueRefused,
-)
+from adapters.common.timings import BackoffPolicy, FeedTimings
 from config.settings import VenueSettings
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus

@@ -14,8 +14,9 @@ import pytest
 from adapters.binance.session import BinanceAdapter
 from adapters.bybit.session import BybitAdapter
 from adapters.ccxt.feed import CcxtFeed
+from adapters.common.events import FeedEvent
 from adapters.common.stats import VenueStats
-from adapters.common.supervisor import BackoffPolicy, FeedEvent, FeedTimings
+from adapters.common.timings import BackoffPolicy, FeedTimings
 from config.settings import VenueSettings
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus

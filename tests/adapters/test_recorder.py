@@ -16,7 +16,7 @@ import pytest
 from adapters.binance.session import BinanceAdapter
 from adapters.bybit.session import BybitAdapter
 from adapters.common.stats import VenueStats
-from adapters.common.supervisor import BackoffPolicy, FeedTimings
+from adapters.common.timings import BackoffPolicy, FeedTimings
 from adapters.recordings.recorder import NS_PER_HOUR, Recorder, recording_path
 from adapters.recordings.replay import FileStats, ReplayFeed, ReplaySpec, iter_frames
 from config.settings import VenueSettings, load_settings

@@ -10,21 +10,19 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from adapters.common.stats import VenueStats, registry, stats_for
-from adapters.common.supervisor import (
-    BackoffPolicy,
+from adapters.common.errors import (
     ConnectFailed,
     ConnectionLost,
-    ConnectionSupervisor,
-    FeedEvent,
-    FeedTimings,
-    Link,
     RateLimited,
     SilenceTimeout,
     SubscriptionRejected,
     VenueRefused,
     classify_error,
 )
+from adapters.common.events import FeedEvent
+from adapters.common.stats import VenueStats, registry, stats_for
+from adapters.common.supervisor import ConnectionSupervisor, Link
+from adapters.common.timings import BackoffPolicy, FeedTimings
 from adapters.common.wsclient import (
     ConnectionClosedByPeer,
     ConnectionDropped,
@@ -340,7 +338,7 @@ def test_feed_timings_and_pings_come_from_the_venue_settings() -> None:
     timeout so a quiet connection stays alive."""
     from adapters.binance.session import BinanceAdapter
     from adapters.bybit.session import BybitAdapter
-    from adapters.common.supervisor import timings_from_settings
+    from adapters.common.timings import timings_from_settings
     from config.settings import load_settings
 
     settings = load_settings({"venues": {"bybit_spot": {

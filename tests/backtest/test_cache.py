@@ -175,3 +175,17 @@ async def test_the_cache_keeps_under_its_size_dropping_the_least_recently_used(
     newest = cache_path(data_dir, both)
     assert prune(newest.parent, 0, keep=newest) == [cache_path(data_dir, usdm)]
     assert [path.name for path in newest.parent.iterdir()] == [newest.name]
+
+
+def test_a_use_right_after_a_build_is_strictly_later(tmp_path: Path) -> None:
+    """Files written or touched within one tick of the kernel's coarse clock share an mtime;
+    the cache stamps its own, finer time, so "least recently used" is never a tie."""
+    from daemon.backtest.cache import _touch
+
+    built, used = tmp_path / "a.arrow", tmp_path / "b.arrow"
+    for _ in range(50):
+        used.write_bytes(b"x")
+        built.write_bytes(b"x")
+        _touch(built)
+        _touch(used)
+        assert used.stat().st_mtime_ns > built.stat().st_mtime_ns
