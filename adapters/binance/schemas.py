@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.common.parsing import NS_PER_MS, Level, Millis, Price, Size
+from adapters.common.parsing import Level, Millis, Price, Size
+from daemon.core.clock import NS_PER_MS
 from daemon.core.model import Quote, Trade
 
 

@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from adapters.common.parsing import NS_PER_MS, Level, Millis, Price, Size
+from adapters.common.parsing import Level, Millis, Price, Size
+from daemon.core.clock import NS_PER_MS
 from daemon.core.model import Quote, Trade
 
 _TAKER_SIDE = {"Buy": "buy", "Sell": "sell"}

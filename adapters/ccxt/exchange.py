@@ -14,13 +14,14 @@ host replace ccxt's, REST paths go under its path (`http://proxy/x` + `/api/v3`)
 paths are kept as they are. A configured host ccxt already uses changes nothing: that is
 the real venue, and its other endpoints (futures, margin) must stay put.
 
-Errors: the executor's taxonomy (`ErrorKind`, `classify`) stays in daemon/trading/errors.py,
-because LiveTransfers in that layer classifies ccxt errors too; this module maps ccxt's
-exceptions onto the feed taxonomy (adapters/common/errors.py).
+Errors: a ccxt exception becomes a kind of the execution taxonomy
+(daemon/trading/errors.py: `classify`, `wrap_error`) for the executor and live transfers,
+or an error of the feed taxonomy (adapters/common/errors.py: `feed_error`) for the feed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,7 +35,7 @@ from adapters.common.errors import (
     VenueRefused,
 )
 from config.settings import VenueSettings
-from daemon.trading.errors import Redactor
+from daemon.trading.errors import RETRYABLE, ErrorKind, ExecutionError, Redactor
 
 
 def exchange_class(ccxt_id: str, *, websocket: bool = True) -> Any:
@@ -146,6 +147,56 @@ def _set_leaf(root: dict[str, Any], path: tuple[str, ...], value: str) -> None:
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
+
+# -- errors for the executor and live transfers ---------------------------------------------
+
+#: Venue messages meaning "an order with this client id already exists".
+_DUPLICATE_MARKERS = (
+    "duplicate order sent",  # Binance spot/futures -2010 / -4015 style text
+    "orderlinkedid is duplicate",  # Bybit 110072
+    "duplicate clientorderid",  # Bybit 12141 / 170141
+    "duplicate order id",
+)
+
+
+def classify(error: BaseException) -> ErrorKind:
+    """The kind of an exception raised by a ccxt call (or the transport under it)."""
+    if isinstance(error, ExecutionError):
+        return error.kind
+    import ccxt
+
+    text = str(error).lower()
+    if isinstance(error, ccxt.DuplicateOrderId) or any(m in text for m in _DUPLICATE_MARKERS):
+        return ErrorKind.DUPLICATE
+    # Order matters: the ccxt hierarchy nests RateLimitExceeded and InvalidNonce under
+    # NetworkError, and OrderNotFound under InvalidOrder.
+    if isinstance(error, ccxt.RateLimitExceeded | ccxt.DDoSProtection):
+        return ErrorKind.RATE_LIMIT
+    if isinstance(error, ccxt.InvalidNonce):
+        return ErrorKind.CLOCK
+    if isinstance(error, ccxt.NetworkError | asyncio.TimeoutError | TimeoutError | OSError):
+        return ErrorKind.AMBIGUOUS
+    if isinstance(error, ccxt.OrderNotFound):
+        return ErrorKind.NOT_FOUND
+    if isinstance(error, ccxt.AuthenticationError):
+        return ErrorKind.AUTH
+    if isinstance(error, ccxt.InvalidOrder | ccxt.InsufficientFunds | ccxt.BadRequest
+                  | ccxt.OperationRejected | ccxt.ArgumentsRequired | ccxt.NotSupported):
+        return ErrorKind.REJECTED
+    if isinstance(error, ccxt.OperationFailed):
+        # e.g. Binance -1000/-1006 "execution status unknown": the order may exist.
+        return ErrorKind.AMBIGUOUS
+    return ErrorKind.UNKNOWN
+
+
+def should_retry(error: BaseException) -> bool:
+    """Retry (with the same client order id) or give up."""
+    return classify(error) in RETRYABLE
+
+
+def wrap_error(error: BaseException, redact: Redactor) -> ExecutionError:
+    """The ExecutionError of a failed ccxt call: its kind, and a message with no credentials."""
+    return ExecutionError(classify(error), f"{type(error).__name__}: {redact(error)}")
 
 
 def feed_error(venue: str, error: BaseException) -> BaseException:

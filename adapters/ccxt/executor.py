@@ -47,7 +47,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from adapters.ccxt.exchange import build_exchange
+from adapters.ccxt.exchange import build_exchange, classify, wrap_error
 from adapters.common.errors import VenueRefused
 from config.settings import ExecutionSettings, Settings, VenueSettings
 from daemon.core.clock import now_ns
@@ -69,7 +69,6 @@ from daemon.trading.errors import (
     LiveTradingRefused,
     Redactor,
     backoff_s,
-    classify,
 )
 from daemon.trading.events import ExecutionEvents
 from daemon.trading.order_ids import ClientOrderIds, is_ours, run_prefix, strategy_of
@@ -219,7 +218,7 @@ class LiveExecutor(ExecutionEvents):
             except ExecutionError:
                 raise
             except Exception as error:
-                raise ExecutionError.wrap(error, self._redact) from None
+                raise wrap_error(error, self._redact) from None
         if background:
             for venue_id in self._exchanges:
                 self._background.append(asyncio.create_task(
@@ -309,7 +308,7 @@ class LiveExecutor(ExecutionEvents):
         try:
             args = self._order_arguments(exchange, intent)
         except Exception as error:
-            self._reject(order, ExecutionError.wrap(error, self._redact))
+            self._reject(order, wrap_error(error, self._redact))
             return
         last: ExecutionError | None = None
         for attempt in range(self._max_attempts):
@@ -318,7 +317,7 @@ class LiveExecutor(ExecutionEvents):
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                last = ExecutionError.wrap(error, self._redact)
+                last = wrap_error(error, self._redact)
                 if await self._after_submit_error(order, last, exchange, attempt):
                     return
                 continue
@@ -423,7 +422,7 @@ class LiveExecutor(ExecutionEvents):
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                wrapped = ExecutionError.wrap(error, self._redact)
+                wrapped = wrap_error(error, self._redact)
                 if wrapped.should_retry:
                     await asyncio.sleep(backoff_s(wrapped.kind, attempt))
                     continue

@@ -38,13 +38,13 @@ from adapters.common.stats import VenueStats
 from adapters.common.supervisor import ConnectionSupervisor, Link
 from adapters.common.timings import FeedTimings, timings_from_settings
 from config.settings import VenueSettings
+from daemon.core.clock import NS_PER_MS
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus
 
 log = get_logger("ccxt_feed")
 
-NS_PER_MS = 1_000_000
 
 
 class CcxtFeed:

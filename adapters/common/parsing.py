@@ -68,7 +68,6 @@ Millis = Annotated[int, msgspec.Meta(ge=0)]
 #: One depth level on the wire: ["price", "size"].
 Level = tuple[Price, Size]
 
-NS_PER_MS = 1_000_000
 
 #: The sink callback a `Route` holds: a `QuoteCallback` or a `TradeCallback`.
 Publish = TypeVar("Publish")

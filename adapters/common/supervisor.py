@@ -34,12 +34,12 @@ from adapters.common.events import FeedEvent, FeedListener
 from adapters.common.stats import VenueStats, stats_for
 from adapters.common.timings import FeedTimings
 from adapters.common.watchdogs import StaleQuotes, check_interval, silent_for_ns
+from daemon.core.clock import NS_PER_SECOND
 from daemon.core.logs import get_logger
 from daemon.market.bus import Bus
 
 log = get_logger("feed")
 
-NS_PER_SECOND = 1_000_000_000
 
 
 class Link:

@@ -43,12 +43,13 @@ from typing import Any
 import orjson
 
 from adapters.common.events import FeedEvent
+from daemon.core.clock import NS_PER_SECOND
 from daemon.core.logs import get_logger
 from daemon.core.model import venue_symbol
 
 log = get_logger("recorder")
 
-NS_PER_HOUR = 3_600 * 1_000_000_000
+NS_PER_HOUR = 3_600 * NS_PER_SECOND
 FORMAT_VERSION = 1
 #: Events of the supervisor written into the recording as meta lines.
 RECORDED_EVENTS = frozenset({"connect", "disconnect", "silence", "stale", "fresh", "resync",
@@ -58,7 +59,7 @@ RECORDED_EVENTS = frozenset({"connect", "disconnect", "silence", "stale", "fresh
 def recording_path(directory: Path, venue: str, symbols: Sequence[str], hour_ns: int) -> Path:
     """`<dir>/<venue>_<btcusdt|multi>_<YYYYmmddTHH>.gz` for the hour starting at hour_ns."""
     label = venue_symbol(symbols[0]).lower() if len(symbols) == 1 else "multi"
-    stamp = time.strftime("%Y%m%dT%H", time.gmtime(hour_ns // 1_000_000_000))
+    stamp = time.strftime("%Y%m%dT%H", time.gmtime(hour_ns // NS_PER_SECOND))
     return directory / f"{venue}_{label}_{stamp}.gz"
 
 

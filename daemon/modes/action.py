@@ -23,6 +23,7 @@ from config.settings import ConfigError, Settings
 from daemon.core.clock import FeedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote
+from daemon.core.records import RecordSink
 from daemon.market.market_view import RingMarketView
 from daemon.postmortem.exports import write_strategy_exports
 from daemon.postmortem.writer import DecisionLogWriter
@@ -31,6 +32,7 @@ from daemon.trading.gate import GatedExecutor
 from daemon.trading.paper import PaperExecutor
 from daemon.trading.runner import StrategyRunner
 from daemon.trading.session import TradingSession, build_strategy, open_session
+from daemon.trading.transfers import BackgroundTransfers
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -56,7 +58,8 @@ async def run_action(app: App) -> int:
     try:
         inner = await _open_executor(settings, app)
         session = open_session(settings, strategy, inner, sink=sink, writer=writer,
-                               market=RingMarketView(app.bus.view, rings, clock), clock=clock)
+                               market=RingMarketView(app.bus.view, rings, clock), clock=clock,
+                               transfers=_live_transfers(settings, inner, sink))
         _arm_kill_switch(app, session.executor)
         log.info("strategy_started", strategy=strategy.name, mode=settings.execution.mode,
                  log=str(writer.root))
@@ -83,6 +86,17 @@ async def _open_executor(settings: Settings, app: App) -> Any:
     except (LiveTradingRefused, ExecutionError) as exc:
         raise ConfigError(str(exc)) from None
     return executor
+
+
+def _live_transfers(settings: Settings, inner: Any, sink: RecordSink) -> Any:
+    """Live: withdrawals through ccxt, whitelisted, as background tasks. Paper: None (the
+    session moves paper balances itself)."""
+    if isinstance(inner, PaperExecutor):
+        return None
+    from adapters.ccxt.transfers import LiveTransfers
+
+    exchanges = {venue: inner.exchange(venue) for venue in settings.enabled_venues()}
+    return BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink)
 
 
 async def _close_executor(executor: Any) -> None:

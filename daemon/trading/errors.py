@@ -1,7 +1,9 @@
 """A small error taxonomy for venue calls, each kind with a `should_retry` answer.
 
-ccxt maps venue error codes to its exception classes; we fold those into the few kinds
-the executor acts on differently:
+Venue-neutral: the kinds, the backoff, credential scrubbing and the errors trading raises.
+Which ccxt exception is which kind is decided in the ccxt seam
+(`adapters.ccxt.exchange.classify`); ccxt maps venue error codes to its exception classes,
+and we fold those into the few kinds the executor acts on differently:
 
 | kind         | examples                                         | retry? | what to do            |
 |--------------|--------------------------------------------------|--------|-----------------------|
@@ -21,16 +23,7 @@ the executor acts on differently:
 
 from __future__ import annotations
 
-import asyncio
 from enum import StrEnum
-
-#: Venue messages meaning "an order with this client id already exists".
-_DUPLICATE_MARKERS = (
-    "duplicate order sent",  # Binance spot/futures -2010 / -4015 style text
-    "orderlinkedid is duplicate",  # Bybit 110072
-    "duplicate clientorderid",  # Bybit 12141 / 170141
-    "duplicate order id",
-)
 
 
 class ErrorKind(StrEnum):
@@ -44,42 +37,7 @@ class ErrorKind(StrEnum):
     UNKNOWN = "unknown"
 
 
-_RETRYABLE = frozenset({ErrorKind.RATE_LIMIT, ErrorKind.AMBIGUOUS, ErrorKind.CLOCK})
-
-
-def classify(error: BaseException) -> ErrorKind:
-    """The kind of an exception raised by a ccxt call (or the transport under it)."""
-    if isinstance(error, ExecutionError):
-        return error.kind
-    import ccxt  # here, not at the top: paper trading and backtests never load ccxt
-
-    text = str(error).lower()
-    if isinstance(error, ccxt.DuplicateOrderId) or any(m in text for m in _DUPLICATE_MARKERS):
-        return ErrorKind.DUPLICATE
-    # Order matters: the ccxt hierarchy nests RateLimitExceeded and InvalidNonce under
-    # NetworkError, and OrderNotFound under InvalidOrder.
-    if isinstance(error, ccxt.RateLimitExceeded | ccxt.DDoSProtection):
-        return ErrorKind.RATE_LIMIT
-    if isinstance(error, ccxt.InvalidNonce):
-        return ErrorKind.CLOCK
-    if isinstance(error, ccxt.NetworkError | asyncio.TimeoutError | TimeoutError | OSError):
-        return ErrorKind.AMBIGUOUS
-    if isinstance(error, ccxt.OrderNotFound):
-        return ErrorKind.NOT_FOUND
-    if isinstance(error, ccxt.AuthenticationError):
-        return ErrorKind.AUTH
-    if isinstance(error, ccxt.InvalidOrder | ccxt.InsufficientFunds | ccxt.BadRequest
-                  | ccxt.OperationRejected | ccxt.ArgumentsRequired | ccxt.NotSupported):
-        return ErrorKind.REJECTED
-    if isinstance(error, ccxt.OperationFailed):
-        # e.g. Binance -1000/-1006 "execution status unknown": the order may exist.
-        return ErrorKind.AMBIGUOUS
-    return ErrorKind.UNKNOWN
-
-
-def should_retry(error: BaseException) -> bool:
-    """Retry (with the same client order id) or give up."""
-    return classify(error) in _RETRYABLE
+RETRYABLE = frozenset({ErrorKind.RATE_LIMIT, ErrorKind.AMBIGUOUS, ErrorKind.CLOCK})
 
 
 def backoff_s(kind: ErrorKind, attempt: int, base_s: float = 0.05, cap_s: float = 5.0) -> float:
@@ -122,12 +80,8 @@ class ExecutionError(Exception):
 
     @property
     def should_retry(self) -> bool:
-        return self.kind in _RETRYABLE
+        return self.kind in RETRYABLE
 
-    @classmethod
-    def wrap(cls, error: BaseException, redact: Redactor) -> ExecutionError:
-        name = type(error).__name__
-        return cls(classify(error), f"{name}: {redact(error)}")
 
 
 class LiveTradingRefused(RuntimeError):

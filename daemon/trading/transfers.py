@@ -7,24 +7,25 @@ asset's delay (`ExecutionSettings.transfer_delay_s`, e.g. BTC 6 min, and
 so it lands in order with fills, the same in a backtest and next to a live feed. An
 asset with no configured delay cannot be moved (we would be guessing how long it takes).
 
-Live (`LiveTransfers`): withdrawals through ccxt, refused unless the destination address
-is in `ExecutionSettings.withdrawal_whitelist` (exact match, compared before any call to
-the venue). A venue-to-venue transfer asks the destination venue for its deposit address
-and then applies the same rule, so whitelisting is always by address, never by venue
-name: a compromised or misconfigured venue answer cannot redirect funds elsewhere.
+Live: withdrawals through ccxt (adapters/ccxt/transfers.py), only to whitelisted
+addresses; `BackgroundTransfers` runs them as tasks for the synchronous runner.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from config.settings import ExecutionSettings
 from daemon.core.clock import NS_PER_SECOND
 from daemon.core.logs import get_logger
-from daemon.trading.errors import ExecutionError, Redactor, TransferRefused
+from daemon.core.model import Decision, TransferIntent
+from daemon.core.records import RecordSink
+from daemon.core.vocabulary import Action
+from daemon.trading.errors import TransferRefused
 from daemon.trading.paper import PaperExecutor
 
 log = get_logger("transfers")
@@ -112,48 +113,27 @@ class PaperTransfers:
             self._on_arrival(transfer)
 
 
-class LiveTransfers:
-    """Withdrawals via ccxt, only to whitelisted addresses."""
+class BackgroundTransfers:
+    """Runs live transfers as tasks (the runner is synchronous); a failure is recorded."""
 
-    def __init__(self, exchanges: Mapping[str, Any], execution: ExecutionSettings,
-                 redact: Redactor | None = None) -> None:
-        self._exchanges = exchanges
-        self._whitelist = frozenset(a.strip() for a in execution.withdrawal_whitelist)
-        self._redact = redact or Redactor()
+    def __init__(self, transfers: Any, sink: RecordSink) -> None:
+        self._transfers = transfers
+        self._sink = sink
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def check_destination(self, address: str) -> None:
-        if address.strip() not in self._whitelist:
-            raise TransferRefused(
-                f"withdrawal to {address} refused: not in execution.withdrawal_whitelist")
+    def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                 now_ns: int) -> None:
+        task = asyncio.create_task(self._send(asset, amount, from_venue, to_venue, now_ns))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def withdraw(self, venue: str, asset: str, amount: float, address: str,
-                       tag: str | None = None, network: str | None = None) -> dict[str, Any]:
-        """Withdraw to a whitelisted address; returns ccxt's transaction structure."""
-        self.check_destination(address)
-        exchange = self._exchange(venue)
-        params = {"network": network} if network else {}
-        log.warning("withdrawal", venue=venue, asset=asset, amount=amount, address=address,
-                    network=network)
+    async def _send(self, asset: str, amount: float, from_venue: str, to_venue: str,
+                    now_ns: int) -> None:
         try:
-            result: dict[str, Any] = await exchange.withdraw(asset, amount, address, tag, params)
-        except Exception as error:
-            raise ExecutionError.wrap(error, self._redact) from None
-        return result
-
-    async def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
-                       network: str | None = None) -> dict[str, Any]:
-        """Withdraw from one venue to the other's deposit address (if whitelisted)."""
-        destination = self._exchange(to_venue)
-        params = {"network": network} if network else {}
-        try:
-            deposit = await destination.fetch_deposit_address(asset, params)
-        except Exception as error:
-            raise ExecutionError.wrap(error, self._redact) from None
-        return await self.withdraw(from_venue, asset, amount, deposit["address"],
-                                   deposit.get("tag"), network)
-
-    def _exchange(self, venue: str) -> Any:
-        exchange = self._exchanges.get(venue)
-        if exchange is None:
-            raise TransferRefused(f"transfer refused: no live connection to {venue}")
-        return exchange
+            await self._transfers.transfer(asset, amount, from_venue, to_venue)
+        except Exception as exc:  # refused or failed: the log says why, trading goes on
+            log.error("transfer_failed", asset=asset, amount=amount, source=from_venue,
+                      destination=to_venue, error=str(exc))
+            inputs = TransferIntent(asset, from_venue, to_venue, amount).as_inputs()
+            self._sink.record(Decision("transfers", now_ns, Action.REJECT, str(exc),
+                                       inputs=inputs))

@@ -13,7 +13,7 @@ import ccxt
 import pytest
 import structlog
 
-from adapters.ccxt.exchange import build_exchange, redirect_urls
+from adapters.ccxt.exchange import build_exchange, classify, redirect_urls, should_retry, wrap_error
 from adapters.ccxt.executor import LiveExecutor
 from config.settings import ExecutionSettings, RiskSettings, Settings, VenueSettings
 from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Quote, Side
@@ -24,8 +24,6 @@ from daemon.trading.errors import (
     ExecutionError,
     LiveTradingRefused,
     Redactor,
-    classify,
-    should_retry,
 )
 from daemon.trading.gate import GatedExecutor
 from daemon.trading.order_ids import run_prefix
@@ -413,7 +411,7 @@ def test_redactor_removes_every_secret() -> None:
     text = f"key={API_KEY}&secret={API_SECRET}"
     assert redact(text) == "key=***&secret=***"
     assert API_KEY not in repr(redact)
-    wrapped = ExecutionError.wrap(ccxt.AuthenticationError(f"bad key {API_KEY}"), redact)
+    wrapped = wrap_error(ccxt.AuthenticationError(f"bad key {API_KEY}"), redact)
     assert API_KEY not in str(wrapped) and wrapped.kind is ErrorKind.AUTH
 
 

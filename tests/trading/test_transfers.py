@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
+from adapters.ccxt.transfers import LiveTransfers
 from config.settings import ExecutionSettings, VenueSettings
 from daemon.trading.errors import TransferRefused
 from daemon.trading.paper import PaperExecutor
-from daemon.trading.transfers import LiveTransfers, PaperTransfers, Transfer
+from daemon.trading.transfers import PaperTransfers, Transfer
 
 S = 1_000_000_000
 T0 = 1_723_161_254 * S
