@@ -26,6 +26,7 @@ from daemon.postmortem.writer import DecisionLogWriter
 
 log = get_logger("app")
 
+
 @dataclass
 class App:
     """What every mode gets: settings, the bus with its ring buffer, and the feed to run."""
