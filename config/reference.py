@@ -79,8 +79,10 @@ def render() -> str:
     """The markdown that README.md carries between the markers (markers excluded)."""
     lines = [
         "Every setting, as a TOML key (`--config FILE`, sections by the dots) and as an",
-        "environment variable. Maps and lists take JSON in the environment (e.g.",
-        "`CRYPTOPIPE_RISK__MAX_POSITION='{\"BTC\": 0.5}'`); durations take seconds or `90s`,",
+        "environment variable. Maps take JSON in the environment (e.g.",
+        "`CRYPTOPIPE_RISK__MAX_POSITION='{\"BTC\": 0.5}'`), lists JSON or comma-separated",
+        "values (`CRYPTOPIPE_SYMBOLS=BTC/USDT,ETH/USDT`); numbers must be finite (no `inf`,",
+        "`nan`); durations take seconds or `90s`,",
         "`6m`, `24h`, `1d`. `<VENUE>` is a venue id (`binance_spot`, `binance_usdm`,",
         "`bybit_spot`, `bybit_linear` or a ccxt exchange id). Defaults are the model's;",
         "`config/default.toml` layers the shipped choices on top (which venues are enabled,",

@@ -19,6 +19,8 @@ defaults, so overriding one field never loses the others.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import tomllib
@@ -26,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import (
     BaseModel,
@@ -39,9 +41,12 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from daemon.core.model import NATIVE_VENUES, is_perp_symbol
 
@@ -52,18 +57,23 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like `90`, `90s`, `6m`, `24h`, `1d`."""
+    """Seconds from a number or a string like `90`, `90s`, `6m`, `24h`, `1d`.
+
+    Messages never repeat the value: it may be a secret typed into the wrong variable.
+    """
     if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
+        raise ValueError("invalid duration (use seconds or e.g. '90s', '6m', '24h')")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
         match = _DURATION_RE.match(str(value))
         if not match:
-            raise ValueError(f"invalid duration {value!r} (use seconds or e.g. '90s', '6m', '24h')")
+            raise ValueError("invalid duration (use seconds or e.g. '90s', '6m', '24h')")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("duration must be a finite number of seconds")
     if seconds <= 0:
-        raise ValueError(f"duration must be positive, got {value!r}")
+        raise ValueError("duration must be positive")
     return seconds
 
 
@@ -72,7 +82,9 @@ Bps = Annotated[float, Field(ge=0.0)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: every float setting (limits, intervals, fees, balances, map
+    # values) must be finite; an `inf` daily loss limit or a `nan` interval disarms a check.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class VenueSettings(_Frozen):
@@ -422,6 +434,7 @@ class Settings(BaseSettings):
         case_sensitive=False,
         frozen=True,
         extra="forbid",
+        allow_inf_nan=False,
     )
 
     venues: dict[str, VenueSettings] = Field(default_factory=dict)
@@ -456,12 +469,30 @@ class Settings(BaseSettings):
     @field_validator("symbols")
     @classmethod
     def _check_symbols(cls, value: list[str]) -> list[str]:
-        for symbol in value:
+        for number, symbol in enumerate(value, start=1):
             base, slash, rest = symbol.partition("/")
             if not base or not slash or not rest.split(":")[0]:
-                raise ValueError(
-                    f"{symbol!r} is not a ccxt unified symbol (e.g. 'BTC/USDT', 'BTC/USDT:USDT')"
+                raise ValueError(  # the value is not repeated: it may be a misplaced secret
+                    f"symbol #{number} is not a ccxt unified symbol "
+                    "(e.g. 'BTC/USDT', 'BTC/USDT:USDT')"
                 )
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _check_data_dir(cls, value: Path) -> Path:
+        """A directory, or one that can be made: checked here, created when first written."""
+        if value.exists():
+            if not value.is_dir():
+                raise ValueError(f"{value} exists and is not a directory")
+            if not os.access(value, os.W_OK | os.X_OK):
+                raise ValueError(f"{value} is not writable")
+            return value
+        parent = value.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{value} cannot be created ({parent} is not a writable directory)")
         return value
 
     @model_validator(mode="after")
@@ -492,10 +523,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        dotenv = dotenv_settings
+        assert isinstance(dotenv, DotEnvSettingsSource)
         return (
             init_settings,
-            env_settings,
-            dotenv_settings,
+            _EnvSource(settings_cls),
+            _DotEnvSource(settings_cls, env_file=dotenv.env_file,
+                          env_file_encoding=dotenv.env_file_encoding),
             _SecretFilesSource(settings_cls, _secrets_dir()),
             _TomlSource(settings_cls, _toml_files.get()),
         )
@@ -503,6 +537,46 @@ class Settings(BaseSettings):
 
 class ConfigError(Exception):
     """A setting that cannot be used. `str()` is one readable line for the operator."""
+
+
+class _LenientDecoding:
+    """Lists and maps from an environment variable (or .env), decoded one way for both.
+
+    JSON as pydantic-settings reads it; a list also takes comma-separated values (the
+    README's `CRYPTOPIPE_SYMBOLS=BTC/USDT`); anything else that is not JSON is a
+    `ConfigError` naming the setting and its variable, never the value.
+    """
+
+    env_vars: Any
+    env_prefix: str
+    env_nested_delimiter: str | None
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            return json.loads(value)
+        except ValueError:
+            if field is not None and get_origin(field.annotation) is list:
+                return [item.strip() for item in str(value).split(",") if item.strip()]
+            variable = self._variable_of(field_name, value)
+            setting = variable[len(self.env_prefix):].replace(
+                self.env_nested_delimiter or "__", ".").lower()
+            raise ConfigError(f"invalid setting {setting}: {variable.upper()} is not valid JSON "
+                              "(a map takes an object, e.g. '{\"BTC\": 0.5}')") from None
+
+    def _variable_of(self, field_name: str, value: Any) -> str:
+        """The variable that carried `value` for `field_name` (nested names end with it)."""
+        for name, given in self.env_vars.items():
+            if given == value and name.lower().endswith(field_name.lower()):
+                return str(name)
+        return f"{self.env_prefix}{field_name}"
+
+
+class _EnvSource(_LenientDecoding, EnvSettingsSource):
+    pass
+
+
+class _DotEnvSource(_LenientDecoding, DotEnvSettingsSource):
+    pass
 
 
 _toml_files: ContextVar[tuple[Path, ...]] = ContextVar("toml_files", default=(DEFAULT_TOML,))
@@ -539,7 +613,12 @@ class _SecretFilesSource(PydanticBaseSettingsSource):
             node = self._data
             for part in parents:
                 node = node.setdefault(part, {})
-            node[leaf] = path.read_text(encoding="utf-8").strip()
+            try:
+                node[leaf] = path.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                setting = ".".join((*parents, leaf))
+                raise ConfigError(f"invalid setting {setting}: secret file {path} is not "
+                                  "UTF-8 text") from None
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
@@ -572,6 +651,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text (TOML is UTF-8)") from None
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
 
@@ -599,17 +680,21 @@ def load_settings(
             return Settings(_env_file=env_file, **(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    except UnicodeDecodeError:  # the only file read without a check of its own: .env
+        raise ConfigError(f"env file {env_file}: not UTF-8 text") from None
+    except SettingsError as exc:  # a source pydantic-settings could not read
+        raise ConfigError(f"invalid setting: {exc}") from None
 
 
 def describe_validation_error(exc: Any) -> str:
-    """One line per problem joined with '; ': `setting.path: problem (got value)`."""
+    """One line per problem joined with '; ': `setting.path: problem`.
+
+    The value given is never repeated (pydantic keeps it as `input`): an API key pasted
+    into the wrong variable must not end up on a terminal or in a log collector.
+    """
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in exc.errors(include_url=False, include_input=False):
         location = ".".join(str(part) for part in error["loc"]) or "settings"
-        message = error["msg"].removeprefix("Value error, ")
-        given = error.get("input")
-        shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
-        if "secret" in location or "key" in location:
-            shown = ""  # never echo something that may be a credential
-        problems.append(f"{location}: {message}{shown}")
+        message = " ".join(error["msg"].removeprefix("Value error, ").split())
+        problems.append(f"{location}: {message}")
     return "invalid setting " + "; ".join(problems)
