@@ -7,14 +7,21 @@ not in `strategies/`: the daemon pumps fills into the runner, which calls
 
 Sides are always the **client's** side (see `ClientFill`).
 
+Every fill is validated at this edge, before anything books it (`FlowLimits`): a time
+(ISO 8601 or epoch s/ms/us/ns) between 2000 and 2100 and, at the ingest endpoint, within
+`time_window_s` of the feed clock; a quantity > 0 and <= `max_qty`; a price finite and
+> 0, with a finite notional. A fill outside them is refused (an error reply, a counter;
+a CSV row skipped and counted), so no absurd number reaches the risk gate, the strategy
+or the decision log.
+
 - `FileFlowSource`: CSV of `time, side, qty, price` (aliases below), or a Dune export of
   1inch Fusion fills (`block_time, token_sold_symbol, token_bought_symbol,
   token_sold_amount, token_bought_amount`), mapped onto the configured `BASE/QUOTE`.
 - `WebSocketFlowSource`: a local endpoint `ws://HOST:PORT/flow`; the handshake must carry
   `Authorization: Bearer <token>` (else HTTP 401). Each text message is one JSON client
   fill; each gets a JSON reply: `{"ok": true, "fill_id": ..., "seq": n}` or
-  `{"ok": false, "error": "<what is wrong>"}`. Bad messages are logged and answered,
-  never fatal.
+  `{"ok": false, "error": "<what is wrong>"}`. Bad messages are logged, counted and
+  answered, never fatal, never `ok`.
 - `SyntheticFlowSource`: Poisson arrivals around a mid, seeded, so a paper demo or a
   backtest sees the same flow every run.
 """
@@ -29,6 +36,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
@@ -60,6 +68,28 @@ _DUNE_KEYS = ("token_sold_symbol", "token_bought_symbol", "token_sold_amount",
               "token_bought_amount")
 #: Wrapped tokens trade as their underlying asset on a CEX hedge venue.
 _ASSET_ALIASES = {"WETH": "ETH", "WBTC": "BTC", "BTCB": "BTC"}
+#: A client fill's time is refused outside [2000-01-01, 2100-01-01) UTC: anything else is a
+#: unit mistake or garbage, and an epoch beyond int64 ns cannot even be logged.
+EARLIEST_NS = 946_684_800 * NS_PER_SECOND
+LATEST_NS = 4_102_444_800 * NS_PER_SECOND
+#: Bytes a CSV could not decode as UTF-8 (kept as lone surrogates, then skipped).
+_UNDECODABLE = tuple(chr(code) for code in range(0xDC80, 0xDD00))
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """What a client fill may carry (settings `strategies.internalize.max_client_qty` and
+    `flow_time_window_s`); the defaults check only what every fill must satisfy."""
+
+    #: Largest quantity of one client fill, base units.
+    max_qty: float = math.inf
+    #: The ingest endpoint refuses a fill whose time is further than this from the feed
+    #: clock; None: no check (a file replays its own history).
+    time_window_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, internalize: Any) -> FlowLimits:
+        return cls(internalize.max_client_qty, internalize.flow_time_window_s)
 
 
 class FlowError(ValueError):
@@ -89,7 +119,19 @@ def parse_time_ns(value: Any) -> int:
     magnitude = abs(value)
     scale = (1 if magnitude >= 1e17 else 1_000 if magnitude >= 1e14
              else 1_000_000 if magnitude >= 1e11 else NS_PER_SECOND)
-    return int(value * scale)
+    return _in_range(int(value * scale), given)
+
+
+def _in_range(ts_ns: int, given: Any) -> int:
+    if not EARLIEST_NS <= ts_ns < LATEST_NS:
+        raise FlowError(f"time {_short(given)} is not between 2000 and 2100")
+    return ts_ns
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value for an error reply: repr, cut short (a client may send a megabyte)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _iso_time_ns(text: str) -> int:
@@ -101,7 +143,7 @@ def _iso_time_ns(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     seconds = int(moment.timestamp())
-    return seconds * NS_PER_SECOND + moment.microsecond * 1_000
+    return _in_range(seconds * NS_PER_SECOND + moment.microsecond * 1_000, text)
 
 
 def _positive(record: Mapping[str, Any], key: str) -> float:
@@ -113,8 +155,17 @@ def _positive(record: Mapping[str, Any], key: str) -> float:
     except (TypeError, ValueError):
         raise FlowError(f"{key} {raw!r} is not a number") from None
     if not (math.isfinite(value) and value > 0.0):
-        raise FlowError(f"{key} must be a positive finite number, got {raw!r}")
+        raise FlowError(f"{key} must be a positive finite number, got {_short(raw)}")
     return value
+
+
+def _checked(fill: ClientFill, limits: FlowLimits) -> ClientFill:
+    """The limits no parse can check alone: the size and the notional."""
+    if fill.qty > limits.max_qty:
+        raise FlowError(f"qty {fill.qty:g} is above the maximum client fill {limits.max_qty:g}")
+    if not math.isfinite(fill.qty * fill.price):
+        raise FlowError(f"price {fill.price:g} x qty {fill.qty:g} is not a finite notional")
+    return fill
 
 
 def _first(record: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
@@ -139,10 +190,11 @@ def parse_side(value: Any) -> Side:
 
 
 def client_fill_from_record(record: Mapping[str, Any], symbol: str,
-                            default_ts_ns: int | None = None) -> ClientFill:
+                            default_ts_ns: int | None = None,
+                            limits: FlowLimits = FlowLimits()) -> ClientFill:
     """One client fill from a CSV row or a JSON object (keys lower-case); FlowError if bad."""
     if all(key in record for key in _DUNE_KEYS):
-        return _from_dune(record, symbol)
+        return _checked(_from_dune(record, symbol), limits)
     given_symbol = record.get("symbol")
     if given_symbol not in (None, "") and given_symbol != symbol:
         raise FlowError(f"symbol {given_symbol!r} is not the configured {symbol!r}")
@@ -154,12 +206,12 @@ def client_fill_from_record(record: Mapping[str, Any], symbol: str,
     else:
         ts_ns = parse_time_ns(time_value)
     qty_key = _first(record, _QTY_KEYS)[0] or "qty"
-    return ClientFill(
+    return _checked(ClientFill(
         ts_ns=ts_ns, symbol=symbol, side=parse_side(record.get("side")),
         qty=_positive(record, qty_key), price=_positive(record, "price"),
         client_id=str(_first(record, _CLIENT_KEYS)[1] or ""),
         fill_id=str(_first(record, _FILL_ID_KEYS)[1] or ""),
-    )
+    ), limits)
 
 
 def _from_dune(record: Mapping[str, Any], symbol: str) -> ClientFill:
@@ -195,29 +247,58 @@ class FileFlowSource:
     """Client fills from a CSV file, in file order; bad rows are counted and skipped.
 
     `speed` paces the async iteration by the fills' own time gaps (1 = real time, None =
-    as fast as the consumer takes them).
+    as fast as the consumer takes them). `skipped` counts the rows left out by what was
+    wrong (the first word of the error: "time", "qty", "encoding", "malformed", ...); a
+    backtest reports it in its summary, a live run logs it when the file ends.
     """
 
     def __init__(self, path: Path, symbol: str, speed: float | None = None,
-                 sleep: Sleep = asyncio.sleep) -> None:
+                 sleep: Sleep = asyncio.sleep, limits: FlowLimits = FlowLimits()) -> None:
         self.path = Path(path)
         self.symbol = symbol
         self.speed = speed
+        self.limits = limits
         self._sleep = sleep
         self.skipped: Counter[str] = Counter()
 
     def __iter__(self) -> Iterator[ClientFill]:
-        with open(self.path, newline="", encoding="utf-8-sig") as handle:
+        # surrogateescape: a row with bytes that are not UTF-8 is skipped, not the file.
+        with open(self.path, newline="", encoding="utf-8-sig",
+                  errors="surrogateescape") as handle:
             reader = csv.DictReader(handle)
-            if reader.fieldnames is None:
+            try:
+                fieldnames = reader.fieldnames
+            except csv.Error as exc:
+                self._skip("malformed", 1, f"header: {exc}")
                 return
-            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
-            for line, row in enumerate(reader, start=2):
-                try:
-                    yield client_fill_from_record(row, self.symbol)
-                except FlowError as exc:
-                    self.skipped[str(exc).split(" ", 1)[0]] += 1
-                    log.debug("flow_row_skipped", path=str(self.path), line=line, error=str(exc))
+            if fieldnames is None:
+                return
+            reader.fieldnames = [name.strip().lower() for name in fieldnames]
+            yield from self._fills(reader)
+        if self.skipped:
+            log.warning("flow_rows_skipped", path=str(self.path), skipped=dict(self.skipped))
+
+    def _fills(self, reader: csv.DictReader[str]) -> Iterator[ClientFill]:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # a NUL byte, a field past the csv size limit
+                self._skip("malformed", reader.line_num, str(exc))
+                continue
+            if any(isinstance(value, str) and any(c in value for c in _UNDECODABLE)
+                   for value in row.values()):
+                self._skip("encoding", reader.line_num, "not UTF-8 text")
+                continue
+            try:
+                yield client_fill_from_record(row, self.symbol, limits=self.limits)
+            except FlowError as exc:
+                self._skip(str(exc).split(" ", 1)[0], reader.line_num, str(exc))
+
+    def _skip(self, what: str, line: int, error: str) -> None:
+        self.skipped[what] += 1
+        log.debug("flow_row_skipped", path=str(self.path), line=line, error=error)
 
     async def __aiter__(self) -> AsyncIterator[ClientFill]:
         previous_ns: int | None = None
@@ -311,7 +392,8 @@ class WebSocketFlowSource:
     """
 
     def __init__(self, symbol: str, token: str, host: str = "127.0.0.1", port: int = 0,
-                 queue_size: int = 10_000, clock: Callable[[], int] = now_ns) -> None:
+                 queue_size: int = 10_000, clock: Callable[[], int] = now_ns,
+                 limits: FlowLimits = FlowLimits()) -> None:
         if not token:
             raise ConfigError("the flow ingest endpoint needs a bearer token "
                               "(strategies.internalize.ingest_token)")
@@ -320,6 +402,7 @@ class WebSocketFlowSource:
         self.port = port
         self._token = token.encode()
         self._clock = clock
+        self.limits = limits
         self._queue: asyncio.Queue[ClientFill | None] = asyncio.Queue(queue_size)
         self._server: Any = None
         self.accepted = 0
@@ -387,7 +470,9 @@ class WebSocketFlowSource:
     def _accept(self, message: str | bytes) -> dict[str, Any]:
         """Parse, validate and queue one message; the reply says what happened."""
         try:
-            fill = parse_client_fill_message(message, self.symbol, self._clock())
+            now = self._clock()
+            fill = parse_client_fill_message(message, self.symbol, now, self.limits)
+            _check_time_window(fill, now, self.limits)
             self._queue.put_nowait(fill)
         except FlowError as exc:
             return self._refuse(str(exc), message)
@@ -402,8 +487,15 @@ class WebSocketFlowSource:
         return {"ok": False, "error": error}
 
 
-def parse_client_fill_message(message: str | bytes, symbol: str,
-                              received_ns: int) -> ClientFill:
+def _check_time_window(fill: ClientFill, now_ns: int, limits: FlowLimits) -> None:
+    window = limits.time_window_s
+    if window is not None and abs(fill.ts_ns - now_ns) > window * NS_PER_SECOND:
+        off_s = (fill.ts_ns - now_ns) / NS_PER_SECOND
+        raise FlowError(f"time is {off_s:+.0f} s from the feed clock (window {window:g} s)")
+
+
+def parse_client_fill_message(message: str | bytes, symbol: str, received_ns: int,
+                              limits: FlowLimits = FlowLimits()) -> ClientFill:
     """One JSON object -> ClientFill (time defaults to `received_ns`); FlowError if bad."""
     try:
         record = orjson.loads(message)
@@ -412,7 +504,7 @@ def parse_client_fill_message(message: str | bytes, symbol: str,
     if not isinstance(record, dict):
         raise FlowError(f"expected a JSON object, got {type(record).__name__}")
     lowered = {str(key).strip().lower(): value for key, value in record.items()}
-    fill = client_fill_from_record(lowered, symbol, default_ts_ns=received_ns)
+    fill = client_fill_from_record(lowered, symbol, default_ts_ns=received_ns, limits=limits)
     if not fill.fill_id:
         fill.fill_id = f"ws-{received_ns}"
     return fill
@@ -440,11 +532,12 @@ def build_flow_source(settings: Any, mid: MidSource | None = None,
         if not Path(own.file).is_file():
             raise ConfigError(f"invalid setting strategies.internalize.file: {own.file} "
                               "is not a file")
-        return FileFlowSource(Path(own.file), own.symbol)
+        return FileFlowSource(Path(own.file), own.symbol,
+                              limits=FlowLimits(max_qty=own.max_client_qty))
     if own.source == "websocket":
         token = own.ingest_token.get_secret_value() if own.ingest_token else ""
         return WebSocketFlowSource(own.symbol, token, own.ingest_host, own.ingest_port,
-                                   clock=clock)
+                                   clock=clock, limits=FlowLimits.from_settings(own))
     return SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
                                own.seed, own.synthetic_markup_bps, mid=mid, clock=clock)
 

@@ -314,6 +314,12 @@ class InternalizeSettings(_Frozen):
     ingest_port: int = Field(default=8766, ge=0, le=65535)
     #: source = "websocket": bearer token clients must present (required).
     ingest_token: SecretStr | None = None
+    #: Largest quantity of one client fill, base units: a bigger one is refused at the
+    #: edge (error reply at the endpoint, a skipped row in a file), never booked.
+    max_client_qty: Annotated[float, Field(gt=0)] = 1_000.0
+    #: source = "websocket": a client fill whose time is further than this from the feed
+    #: clock (past or future) is refused; one without a time gets the time it arrived.
+    flow_time_window_s: Duration = 300.0
     #: Starting balances of the desk per asset.
     initial_balances: dict[str, float] = Field(
         default_factory=lambda: {"ETH": 100.0, "USDT": 100_000.0}

@@ -40,7 +40,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,8 @@ class BacktestResult:
     cache: str = CacheStatus.OFF.value
     #: Events that went through the per-event path; the others were skipped.
     processed: int = 0
+    #: Client fills left out, by what was wrong with them (a file's bad rows).
+    client_fills_skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -115,9 +117,12 @@ class ClientFlow:
     """Client fills in time order, handed out as the simulated clock passes them."""
 
     def __init__(self, fills: Iterator[ClientFill],
-                 reprice: Callable[[ClientFill], ClientFill | None] | None = None) -> None:
+                 reprice: Callable[[ClientFill], ClientFill | None] | None = None,
+                 skipped: Mapping[str, int] | None = None) -> None:
         self._fills = fills
         self._reprice = reprice
+        #: The source's count of fills it left out (read at the end: the file is read first).
+        self.skipped: Mapping[str, int] = skipped if skipped is not None else {}
         self._next: ClientFill | None = next(fills, None)
         self.delivered = 0
         self.unpriced = 0
@@ -143,15 +148,17 @@ class ClientFlow:
 
 def build_client_flow(settings: Settings, bus: Bus, start_ns: int) -> ClientFlow:
     """The configured client-flow source, as a time-ordered stream for the backtest."""
-    from adapters.client_flow import FileFlowSource, SyntheticFlowSource
+    from adapters.client_flow import FileFlowSource, FlowLimits, SyntheticFlowSource
 
     own = settings.strategies.internalize
     if own.source == "file":
         if own.file is None or not Path(own.file).is_file():
             raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
                               f"needs an existing CSV path (got {own.file})")
-        fills = sorted(FileFlowSource(Path(own.file), own.symbol), key=lambda f: f.ts_ns)
-        return ClientFlow(iter(fills))
+        file = FileFlowSource(Path(own.file), own.symbol,
+                              limits=FlowLimits(max_qty=own.max_client_qty))
+        fills = sorted(file, key=lambda f: f.ts_ns)
+        return ClientFlow(iter(fills), skipped=file.skipped)
     if own.source != "synthetic":
         raise ConfigError(f"strategies.internalize.source {own.source!r} cannot be replayed: "
                           "use 'file' or 'synthetic' for a backtest")
@@ -473,6 +480,7 @@ class Backtest:
             dropped=dict(stats.dropped),
             cache=self.cache.value,
             processed=self.processed,
+            client_fills_skipped=dict(flow.skipped) if flow else {},
         )
 
 

@@ -117,9 +117,14 @@ def _print_result(result: BacktestResult) -> None:
     )
     console.print(f"events: cache {result.cache}; {result.processed:,} through the strategy "
                   f"path, {result.skipped:,} skipped (they change nothing)")
-    if result.client_fills or result.client_fills_unpriced:
+    if result.client_fills or result.client_fills_unpriced or result.client_fills_skipped:
         console.print(f"client fills: {result.client_fills:,} delivered, "
                       f"{result.client_fills_unpriced:,} without a market to price them")
+    if result.client_fills_skipped:
+        reasons = ", ".join(f"{count:,} {what}"
+                            for what, count in sorted(result.client_fills_skipped.items()))
+        console.print(f"client fills skipped (unusable rows): "
+                      f"{sum(result.client_fills_skipped.values()):,} ({reasons})")
     console.print(f"decision log: {result.records:,} records in "
                   f"{', '.join(str(p) for p in result.log_files) or '(none)'}")
     console.print(f"report: python main.py --mode post-mortem --run {result.run_id}")

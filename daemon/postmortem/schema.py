@@ -207,7 +207,27 @@ def encode_record(record: object, run_id: str, ts_ns: int) -> bytes:
     fields = _ENCODERS.get(type(record))
     if fields is None:
         raise TypeError(f"not a decision-log record: {type(record).__name__}")
-    return orjson.dumps(fields(record, run_id, ts_ns), default=_fallback, option=_OPTIONS)
+    line = fields(record, run_id, ts_ns)
+    try:
+        return orjson.dumps(line, default=_fallback, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        # An integer beyond 64 bits (a client's absurd time that got past the edge): the
+        # record is still written, the number as text, rather than losing the record and
+        # the task that was recording it.
+        return orjson.dumps(_wide_ints_as_text(line), default=_fallback, option=_OPTIONS)
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _wide_ints_as_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _wide_ints_as_text(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide_ints_as_text(item) for item in value]
+    return value
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")

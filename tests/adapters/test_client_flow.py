@@ -14,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 from adapters.client_flow import (
     FileFlowSource,
     FlowError,
+    FlowLimits,
     SyntheticFlowSource,
     WebSocketFlowSource,
     build_flow_source,
@@ -220,3 +221,82 @@ def test_build_flow_source_follows_the_settings(tmp_path: Path) -> None:
     socket = Settings(_env_file=None, strategies={"internalize": {
         "source": "websocket", "ingest_token": TOKEN, "ingest_port": 0}})
     assert isinstance(build_flow_source(socket), WebSocketFlowSource)
+
+
+# --- issue 13 item 3: a bad client fill is refused at the edge, never booked ---------------
+
+NOW_NS = 1723161300_000_000_000  # the feed clock of the edge tests: 2024-08-08 23:55 UTC
+
+
+@pytest.mark.parametrize("bad", [1e300, "1e300", 10**300, "9999-12-31T00:00:00Z",
+                                 "1970-01-01T00:00:01Z", float("inf"), "1e-300"])
+def test_time_out_of_any_sane_range_is_refused(bad: object) -> None:
+    with pytest.raises(FlowError, match="time"):
+        parse_time_ns(bad)
+
+
+async def test_ingest_refuses_absurd_fills_with_an_error_and_keeps_booking() -> None:
+    """`"time": 1e300` was acked ok and then killed the flow task: now refused, counted."""
+    source = WebSocketFlowSource(SYMBOL, TOKEN, port=0, clock=lambda: NOW_NS,
+                                 limits=FlowLimits(max_qty=100.0, time_window_s=300.0))
+    await source.start()
+    received: list[ClientFill] = []
+    consumer = asyncio.create_task(run_flow(source, received.append))
+    bad_messages = [
+        {"side": "buy", "qty": 1, "price": 2500, "time": 1e300},
+        {"side": "buy", "qty": 1, "price": 2500, "time": "1e300"},
+        {"side": "buy", "qty": 1, "price": 2500, "time": (NOW_NS // 10**6) + 3_600_000},
+        {"side": "buy", "qty": 1, "price": 2500, "time": "2024-08-08T20:00:00Z"},
+        {"side": "buy", "qty": 1e308, "price": 2500},
+        {"side": "buy", "qty": 100.5, "price": 2500},
+        {"side": "buy", "qty": 2, "price": 1e308},
+        {"side": "buy", "qty": 1, "price": "nan"},
+        {"side": "buy", "qty": 1, "price": 0},
+    ]
+    try:
+        url = f"ws://127.0.0.1:{source.port}/flow"
+        async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            for message in bad_messages:
+                await ws.send(orjson.dumps(message))
+                reply = orjson.loads(await ws.recv())
+                assert reply["ok"] is False and reply["error"], (message, reply)
+            for qty in (1.0, 2.0):
+                await ws.send(orjson.dumps({"side": "sell", "qty": qty, "price": 2500,
+                                            "time": (NOW_NS // 10**6) - 60_000}))
+                assert orjson.loads(await ws.recv())["ok"] is True
+    finally:
+        await source.stop()
+    assert await asyncio.wait_for(consumer, 5) == 2
+    assert [fill.qty for fill in received] == [1.0, 2.0]
+    assert sum(source.rejected.values()) == len(bad_messages) and source.accepted == 2
+
+
+BAD_ROWS_CSV = (
+    b"time,side,qty,price,client_id\n"
+    b"2024-08-08T23:55:00Z,buy,1.5,2500.0,otc-a\n"
+    b"2024-08-08T23:55:01Z,buy,1,2500.0,caf\xe9-latin1\n"
+    b"2024-08-08T23:55:02Z,buy,1e308,2500.0,huge\n"
+    b"1e300,sell,1,2500.0,far-future\n"
+    b"2024-08-08T23:55:03Z,sell,1,2500\x00.0,nul-in-price\n"
+    b"2024-08-08T23:55:04Z,sell,0.25,2501.5,otc-b\n"
+)
+
+
+def test_file_source_skips_and_counts_rows_that_cannot_be_used(tmp_path: Path) -> None:
+    path = tmp_path / "flow.csv"
+    path.write_bytes(BAD_ROWS_CSV)
+    source = FileFlowSource(path, SYMBOL, limits=FlowLimits(max_qty=1_000.0))
+    fills = list(source)
+    assert [f.client_id for f in fills] == ["otc-a", "otc-b"]
+    assert sum(source.skipped.values()) == 4
+    assert source.skipped["encoding"] == 1 and source.skipped["qty"] == 1
+
+
+def test_build_flow_source_takes_the_limits_from_the_settings(tmp_path: Path) -> None:
+    path = tmp_path / "flow.csv"
+    path.write_bytes(BAD_ROWS_CSV)
+    settings = Settings(_env_file=None, strategies={"internalize": {
+        "source": "file", "file": str(path), "max_client_qty": 1.0}})
+    source = build_flow_source(settings)
+    assert [f.client_id for f in source] == ["otc-b"]  # type: ignore[union-attr]
+    assert source.skipped["qty"] == 2  # 1.5 > 1 and 1e308  # type: ignore[union-attr]

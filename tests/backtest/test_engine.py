@@ -307,3 +307,20 @@ def test_the_mode_says_whether_the_cache_was_built_hit_or_off(tmp_path: Path) ->
     off = backtest(data_dir, "inventory-mm", "three", SAMPLE_SPOT, SAMPLE_USDM,
                    CRYPTOPIPE_BACKTEST__CACHE="false")
     assert "cache off" in off.stdout and " 0 skipped" in off.stdout
+
+
+def test_a_client_flow_file_with_bad_rows_is_reported_in_the_summary(tmp_path: Path) -> None:
+    """Issue 13 item 3: a non-UTF-8 row, qty 1e308, time 1e300: skipped, counted, reported
+    in the run summary; never a traceback."""
+    flow = tmp_path / "flow.csv"
+    flow.write_bytes(b"time,side,qty,price\n"
+                     b"2024-08-08T00:00:01Z,buy,0.01,60000\n"
+                     b"2024-08-08T00:00:02Z,buy,0.01,6\xe90000\n"
+                     b"2024-08-08T00:00:03Z,sell,1e308,60000\n"
+                     b"1e300,sell,0.01,60000\n")
+    done = backtest(tmp_path / "data", "internalize", "badrows", SAMPLE_SPOT,
+                    CRYPTOPIPE_STRATEGIES__INTERNALIZE__SYMBOL="BTC/USDT",
+                    CRYPTOPIPE_STRATEGIES__INTERNALIZE__SOURCE="file",
+                    CRYPTOPIPE_STRATEGIES__INTERNALIZE__FILE=str(flow))
+    assert "Traceback" not in done.stderr
+    assert "client fills skipped (unusable rows): 3 (1 encoding, 1 qty, 1 time)" in done.stdout
