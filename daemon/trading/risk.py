@@ -6,6 +6,9 @@ that starts with the name of the limit it hit:
 - `daily loss limit:`  realised + unrealised P&L since 00:00 UTC (feed clock), marked at
   mid, at or below -`daily_loss_limit`. Once hit it stays hit for the day; the gated
   executor also fires the kill switch.
+- `non-finite value:`  the P&L or a position is NaN or infinite (a fill at a price of
+  inf, a position whose value overflows): no limit can be checked against it, so it is a
+  breach like the loss limit (the kill switch fires), never a silent pass.
 - `stale quote:`       no quote for the market, a quote flagged stale by the feed, or one
   older than `stale_quote_s` on the feed clock.
 - `price collar:`      the limit price is more than `price_collar_bps` from mid.
@@ -37,6 +40,7 @@ The gate learns from the events it sees: quotes (`on_quote`), accepted submissio
 from __future__ import annotations
 
 import functools
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -108,6 +112,8 @@ class RiskGate:
         self._day_start_pnl = 0.0
         #: Set once the daily loss limit is hit; cleared at the next UTC day.
         self.loss_breach: str | None = None
+        #: A non-finite P&L or position: no new day makes the books sound again.
+        self._lasting_breach: str | None = None
         #: Fees in a third asset with no market to price them: not in the P&L.
         self.unpriced_fees: Counter[str] = Counter()
 
@@ -149,7 +155,7 @@ class RiskGate:
             # computes it (the market's mark is the mid just set), nothing to report
             # unless it crossed the limit (then the full check words the breach).
             daily = market.cash + market.qty * mid + 0.0 - self._day_start_pnl
-            if daily > -self._daily_loss_limit:
+            if -self._daily_loss_limit < daily < math.inf:  # NaN and +inf: the full check
                 return None
         return self._check_loss(now_ns)
 
@@ -181,7 +187,8 @@ class RiskGate:
         pending = self._pending.get(fill.client_order_id)
         if pending is not None:
             self._release_pending(pending, min(fill.qty, pending.qty))
-        return self._check_loss(fill.ts_ns)
+        return self._check_position_finite(market.asset, fill.ts_ns) or self._check_loss(
+            fill.ts_ns)
 
     def on_client_fill(self, fill: ClientFill) -> str | None:
         """Book a client trade (the desk's side of it). Returns a new breach, if any."""
@@ -196,7 +203,8 @@ class RiskGate:
         mid = self._latest_mid(fill.symbol)
         market.mark = mid if mid is not None else fill.price
         self._positions[market.asset] = self._positions.get(market.asset, 0.0) + delta
-        return self._check_loss(fill.ts_ns)
+        return self._check_position_finite(market.asset, fill.ts_ns) or self._check_loss(
+            fill.ts_ns)
 
     def _new_market(self, key: tuple[str, str], symbol: str) -> _Market:
         market = self._markets[key] = _Market(_base_asset(symbol))
@@ -329,7 +337,7 @@ class RiskGate:
         if day != self._day:
             if self._day != -1:
                 self._day_start_pnl = self.pnl()
-                self.loss_breach = None
+                self.loss_breach = self._lasting_breach
             self._day = day
             self._day_start_ns = day * NS_PER_DAY
             self._day_end_ns = self._day_start_ns + NS_PER_DAY
@@ -343,11 +351,28 @@ class RiskGate:
         if self.loss_breach is not None:
             return None
         daily = self.pnl() - self._day_start_pnl
+        if not math.isfinite(daily):
+            return self._breach(f"non-finite value: P&L {daily} (a price or position out "
+                                "of range)")
         if daily <= -self._daily_loss_limit:
             self.loss_breach = (f"daily loss limit: P&L {daily:,.2f} <= "
                                 f"-{self.settings.daily_loss_limit:,.2f}")
             return self.loss_breach
         return None
+
+    def _check_position_finite(self, asset: str, now_ns: int) -> str | None:
+        """A position that is not a finite number is a breach (a fill of qty inf)."""
+        position = self._positions[asset]
+        if math.isfinite(position) or self.loss_breach is not None:
+            return None
+        self._roll_day(now_ns)
+        return self._breach(f"non-finite value: {asset} position {position}")
+
+    def _breach(self, reason: str) -> str:
+        """Stop, for good: every check answers this from now, the next day too."""
+        log.error("risk_breach", reason=reason)
+        self.loss_breach = self._lasting_breach = reason
+        return reason
 
     # --- views ------------------------------------------------------------------------------
 

@@ -381,3 +381,46 @@ def test_client_fills_count_in_positions_and_pnl_so_their_hedge_passes() -> None
     gate.on_quote(quote(1, bid=899.0, ask=901.0))  # -100: flat, so no loss
     assert gate.daily_pnl(at(1)) == pytest.approx(18.0)
     assert gate.market_positions() == {(VENUE, SYMBOL): pytest.approx(2.0)}
+
+
+# --- issue 13 item 5: a non-finite number is a breach -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "book",
+    [
+        lambda gate: gate.on_fill(fill(Side.BUY, 0.1, float("nan"))),  # P&L NaN
+        lambda gate: gate.on_fill(fill(Side.BUY, 0.1, float("inf"))),  # P&L -inf
+        lambda gate: gate.on_client_fill(  # a position of 1e308: its value overflows
+            ClientFill(at(0), SYMBOL, Side.SELL, 1e308, 1_000.0, "c", "f1")),
+        lambda gate: gate.on_fill(fill(Side.BUY, float("inf"), 1_000.0)),  # position inf
+    ],
+    ids=["pnl-nan", "pnl-minus-inf", "position-1e308", "position-inf"],
+)
+def test_a_non_finite_pnl_or_position_is_a_breach(book: object) -> None:
+    gate = RiskGate(risk())
+    gate.on_quote(quote(0))
+    breach = book(gate)  # type: ignore[operator]
+    assert breach is not None and "non-finite" in breach
+    assert gate.check(intent(side=Side.SELL, qty=0.01, price=1_000.0), at(0.1)) == breach
+    tomorrow = 86_400.0
+    gate.on_quote(quote(tomorrow))
+    assert gate.check(intent(side=Side.SELL, qty=0.01, price=1_000.0), at(tomorrow)) == breach
+
+
+def test_a_non_finite_mark_on_a_quote_is_a_breach() -> None:
+    gate = RiskGate(risk())
+    gate.on_quote(quote(0))
+    assert gate.on_fill(fill(Side.BUY, 0.1, 1_000.0)) is None
+    breach = gate.on_quote(quote(0.1, bid=float("inf"), ask=float("inf")))  # P&L +inf
+    assert breach is not None and "non-finite" in breach
+
+
+def test_a_non_finite_client_fill_fires_the_kill_switch() -> None:
+    executor, paper, _, _ = gated()
+    executor.on_quote(quote(0))
+    assert executor.submit(intent(qty=0.1, price=998.0), at(0)) is None
+    executor.on_client_fill(ClientFill(at(0.1), SYMBOL, Side.BUY, 1e308, 1_000.0, "c", "f"))
+    assert executor.kill_switch.active and "non-finite" in executor.kill_switch.reason
+    executor.advance(at(0.2))
+    assert paper.open_orders() == []
