@@ -58,6 +58,9 @@ INGEST_PATH = "/flow"
 MAX_MESSAGE_BYTES = 64 * 1024
 
 MidSource = Callable[[], float | None]
+#: The desk's answer before a fill is acknowledged: None to take it, else why not. The
+#: float is the desk's side of the fills accepted and not yet delivered.
+Admission = Callable[[ClientFill, float], str | None]
 Sleep = Callable[[float], Awaitable[Any]]
 
 _TIME_KEYS = ("time", "timestamp", "ts_ns", "ts", "block_time", "datetime")
@@ -393,7 +396,7 @@ class WebSocketFlowSource:
 
     def __init__(self, symbol: str, token: str, host: str = "127.0.0.1", port: int = 0,
                  queue_size: int = 10_000, clock: Callable[[], int] = now_ns,
-                 limits: FlowLimits = FlowLimits()) -> None:
+                 limits: FlowLimits = FlowLimits(), admit: Admission | None = None) -> None:
         if not token:
             raise ConfigError("the flow ingest endpoint needs a bearer token "
                               "(strategies.internalize.ingest_token)")
@@ -403,7 +406,10 @@ class WebSocketFlowSource:
         self._token = token.encode()
         self._clock = clock
         self.limits = limits
+        self._admit = admit
         self._queue: asyncio.Queue[ClientFill | None] = asyncio.Queue(queue_size)
+        #: The desk's side (base) of the fills in the queue: the admission counts them.
+        self._queued_delta = 0.0
         self._server: Any = None
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
@@ -439,6 +445,7 @@ class WebSocketFlowSource:
             fill = await self._queue.get()
             if fill is None:
                 return
+            self._queued_delta -= fill.desk_base_delta
             yield fill
 
     def _authorize(self, connection: Any, request: Any) -> Any:
@@ -473,16 +480,21 @@ class WebSocketFlowSource:
             now = self._clock()
             fill = parse_client_fill_message(message, self.symbol, now, self.limits)
             _check_time_window(fill, now, self.limits)
+            refusal = self._admit(fill, self._queued_delta) if self._admit else None
+            if refusal is not None:
+                return self._refuse(f"refused: {refusal}", message, counter="refused")
             self._queue.put_nowait(fill)
         except FlowError as exc:
             return self._refuse(str(exc), message)
         except asyncio.QueueFull:
             return self._refuse("ingest queue full: retry later", message)
+        self._queued_delta += fill.desk_base_delta
         self.accepted += 1
         return {"ok": True, "fill_id": fill.fill_id, "seq": self.accepted}
 
-    def _refuse(self, error: str, message: str | bytes) -> dict[str, Any]:
-        self.rejected[error.split(" ", 1)[0]] += 1
+    def _refuse(self, error: str, message: str | bytes,
+                counter: str | None = None) -> dict[str, Any]:
+        self.rejected[counter or error.split(" ", 1)[0]] += 1
         log.warning("flow_ingest_bad_message", error=error, message=_excerpt(message))
         return {"ok": False, "error": error}
 
@@ -522,8 +534,13 @@ AnyFlowSource = FileFlowSource | SyntheticFlowSource | WebSocketFlowSource
 
 
 def build_flow_source(settings: Any, mid: MidSource | None = None,
-                      clock: Callable[[], int] = now_ns) -> AnyFlowSource:
-    """The source chosen by `strategies.internalize.source` (settings: the daemon Settings)."""
+                      clock: Callable[[], int] = now_ns,
+                      admit: Admission | None = None) -> AnyFlowSource:
+    """The source chosen by `strategies.internalize.source` (settings: the daemon Settings).
+
+    `admit` (the runner's `client_fill_refusal`) lets the ingest endpoint answer a fill
+    the desk cannot take with an error; the other sources cannot answer, so the runner
+    refuses those when they are delivered."""
     own = settings.strategies.internalize
     if own.source == "file":
         if own.file is None:
@@ -537,7 +554,8 @@ def build_flow_source(settings: Any, mid: MidSource | None = None,
     if own.source == "websocket":
         token = own.ingest_token.get_secret_value() if own.ingest_token else ""
         return WebSocketFlowSource(own.symbol, token, own.ingest_host, own.ingest_port,
-                                   clock=clock, limits=FlowLimits.from_settings(own))
+                                   clock=clock, limits=FlowLimits.from_settings(own),
+                                   admit=admit)
     return SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
                                own.seed, own.synthetic_markup_bps, mid=mid, clock=clock)
 

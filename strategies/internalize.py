@@ -28,8 +28,16 @@ least the whole fill is offset), "partial_hedge" (less). Hedges are IOC orders a
 touch; an unfilled remainder expires and the inventory is re-evaluated on the timer and
 on quotes (throttled), as are warehoused positions when prices move.
 
-The runner drives `on_client_fill` for every client fill (one Decision each, always:
-action "hedge" | "partial_hedge" | "warehouse"); `on_timer` and `on_quote` return a
+**The inventory limit without a market.** A client fill that would take the inventory
+past `max_inventory` is hedged back to it at once, which needs a fresh quote on a hedge
+venue. Without one (or after the kill switch, which stops hedging) such a fill is
+refused before anything books it (`client_fill_refusal`): the ingest endpoint answers
+the client with an error, and the runner, for every source, records a "reject" Decision
+instead of booking it. It is never warehoused past the limit with no mid to price the
+risk. Fills within the limit, and fills that reduce the inventory, are always taken.
+
+The runner drives `on_client_fill` for every client fill it takes (one Decision each,
+always: action "hedge" | "partial_hedge" | "warehouse"); `on_timer` and `on_quote` return a
 Decision only when they hedge. Decision `inputs` (flat; money in quote, sizes in base):
 trigger (client_fill | timer | quote | kill), client_side/qty/price/id, fill_id,
 inventory_before/after (including hedges in flight), bid/ask/mid and hedge_venue, sigma
@@ -313,6 +321,26 @@ class InternalizeStrategy(StrategyBase):
         from strategies.portfolio import write_results
 
         return write_results(self.portfolio, out_dir)
+
+    def client_fill_refusal(self, fill: ClientFill,
+                            queued_desk_delta: float = 0.0) -> str | None:
+        """Why the desk cannot take this fill, or None: past `max_inventory` with nothing to
+        hedge it back on (no fresh quote on any hedge venue, or the kill switch fired).
+
+        `queued_desk_delta`: the desk's side of fills accepted but not yet delivered (the
+        ingest endpoint answers before the runner books), counted as already held.
+        """
+        before = self.position + queued_desk_delta
+        after = before + fill.desk_base_delta
+        if abs(after) <= self.max_inventory or abs(after) <= abs(before):
+            return None
+        limit = (f"inventory limit {self.max_inventory:g}: this fill would take the "
+                 f"inventory to {after:+g}")
+        if self.killed:
+            return f"{limit} and the kill switch stopped hedging"
+        if self._best_touch(Side.SELL if after > 0.0 else Side.BUY, abs(after)) is None:
+            return f"{limit} with no fresh quote on any hedge venue to hedge it back"
+        return None
 
     def on_client_fill(self, fill: ClientFill) -> Decision:
         """Always exactly one Decision: hedge, partial_hedge or warehouse."""

@@ -162,5 +162,6 @@ def _start_client_flow(app: App, runner: StrategyRunner,
         quote = app.bus.view.quote(own.venue, own.symbol)
         return quote.mid if quote is not None and not quote.stale else None
 
-    source = build_flow_source(app.settings, mid=mid, clock=clock)
+    source = build_flow_source(app.settings, mid=mid, clock=clock,
+                               admit=runner.client_fill_refusal)
     return asyncio.create_task(run_flow(source, runner.on_client_fill), name="client-flow")

@@ -124,12 +124,28 @@ class StrategyRunner:
 
     def on_client_fill(self, fill: ClientFill) -> None:
         """A client trade the desk took (internalize): the gated executor's risk gate books
-        it into positions and P&L, then the strategy decides what to do about it."""
+        it into positions and P&L, then the strategy decides what to do about it.
+
+        One the strategy cannot take (`client_fill_refusal`) is booked nowhere: a "reject"
+        Decision records it instead."""
+        reason = self.client_fill_refusal(fill)
+        if reason is not None:
+            log.warning("client_fill_refused", fill_id=fill.fill_id, side=str(fill.side),
+                        qty=fill.qty, reason=reason)
+            self._dispatch(lambda: client_fill_rejection(self.strategy.name, fill, reason,
+                                                         self.clock()))
+            return
         book = getattr(self.executor, "on_client_fill", None)
         if book is not None:
             book(fill)
         on_client_fill = self.strategy.on_client_fill
         self._dispatch(lambda: on_client_fill(fill))
+
+    def client_fill_refusal(self, fill: ClientFill,
+                            queued_desk_delta: float = 0.0) -> str | None:
+        """The strategy's reason to refuse this client fill, or None to take it."""
+        refusal = getattr(self.strategy, "client_fill_refusal", None)
+        return refusal(fill, queued_desk_delta) if refusal is not None else None
 
     # -- ExecutionListener -----------------------------------------------------------------
 
@@ -250,3 +266,15 @@ class StrategyRunner:
         log.warning("transfer_refused", strategy=decision.strategy, reason=refusal)
         self.sink.record(Decision(decision.strategy, now, Action.REJECT, refusal,
                                   inputs=transfer.as_inputs()))
+
+
+def client_fill_rejection(strategy: str, fill: ClientFill, reason: str,
+                          now_ns: int) -> Decision:
+    """The record of a client fill the desk refused. Its keys are not `client_*`: the
+    post-mortem counts those as fills taken."""
+    return Decision(strategy=strategy, ts_ns=now_ns, action=Action.REJECT,
+                    reason=f"client fill refused: {reason}",
+                    inputs={"trigger": "client_fill", "symbol": fill.symbol,
+                            "refused_side": str(fill.side), "refused_qty": fill.qty,
+                            "refused_price": fill.price, "client_id": fill.client_id,
+                            "fill_id": fill.fill_id, "fill_ts_ns": fill.ts_ns})

@@ -240,11 +240,15 @@ def test_the_cheapest_venue_is_chosen_for_the_hedge() -> None:
     assert (intent.venue, intent.price) == ("bybit_spot", 3000.5)
 
 
-def test_no_fresh_quote_warehouses_and_unknown_volatility_hedges_all() -> None:
+def test_no_fresh_quote_warehouses_within_the_limit_and_unknown_volatility_hedges_all(
+) -> None:
     market = FakeMarket()
     market.set_quote(VENUE, BID, ASK, stale=True)
     strategy, _, clock = make(market)
-    decision = strategy.on_client_fill(client(Side.SELL, 80.0, clock))  # past the limit
+    # Past the limit with no quote the fill is refused before it is booked (issue 13
+    # item 5; this test used to show it warehoused): see the tests below.
+    assert strategy.client_fill_refusal(client(Side.SELL, 80.0, clock)) is not None
+    decision = strategy.on_client_fill(client(Side.SELL, 20.0, clock))  # within the limit
     assert decision.action == "warehouse" and "no fresh quote" in decision.reason
     assert math.isnan(decision.inputs["hedge_cost"])
 
@@ -526,3 +530,94 @@ def test_hedges_are_capped_at_the_max_order_notional_and_the_rest_follows() -> N
     strategy.on_fill(hedge_fill(first.client_order_id, Side.SELL, 2.0, BID, clock.now))
     [second] = strategy.on_timer(clock.advance(5)).intents  # type: ignore[union-attr]
     assert second.qty == pytest.approx(2.0) and strategy.position == pytest.approx(5.0)
+
+
+# --- issue 13 item 5: past max_inventory with no mid: refused, never warehoused ---------------
+
+
+def test_a_fill_past_the_limit_without_a_fresh_quote_is_refused() -> None:
+    market = FakeMarket()
+    strategy, _, clock = make(market, max_inventory=5.0)
+    past = client(Side.SELL, 8.0, clock)  # desk long 8 > 5
+    assert strategy.client_fill_refusal(past) is None  # a fresh quote: hedged back instead
+    market.set_quote(VENUE, BID, ASK, stale=True)
+    reason = strategy.client_fill_refusal(past)
+    assert reason is not None and "inventory limit 5" in reason and "no fresh quote" in reason
+    assert strategy.client_fill_refusal(client(Side.SELL, 5.0, clock)) is None  # at the limit
+    # Fills already queued ahead count: 3 queued + 3 more = 6 > 5.
+    assert strategy.client_fill_refusal(client(Side.SELL, 3.0, clock)) is None
+    assert strategy.client_fill_refusal(client(Side.SELL, 3.0, clock),
+                                        queued_desk_delta=3.0) is not None
+    market.quotes.clear()  # no quote at all: the same
+    assert strategy.client_fill_refusal(past) is not None
+
+
+def test_a_fill_that_reduces_inventory_is_never_refused() -> None:
+    market = FakeMarket()
+    strategy, _, clock = make(FakeMarket(sigma=1e-9), max_inventory=5.0)
+    strategy.bind(market, NoAccount(), clock)
+    strategy.on_client_fill(client(Side.SELL, 4.0, clock))  # desk long 4, warehoused
+    market.set_quote(VENUE, BID, ASK, stale=True)
+    assert strategy.client_fill_refusal(client(Side.BUY, 9.0, clock)) is None  # 4 -> -5
+    assert strategy.client_fill_refusal(client(Side.BUY, 9.5, clock)) is not None  # -> -5.5
+
+
+def test_the_runner_books_a_refused_fill_nowhere_and_logs_the_refusal() -> None:
+    """Through the runner and the risk gate, as every mode delivers client fills."""
+    from config.settings import ExecutionSettings, RiskSettings, VenueSettings
+    from daemon.core.records import MemorySink
+    from daemon.trading.gate import GatedExecutor
+    from daemon.trading.paper import PaperExecutor
+    from daemon.trading.risk import RiskGate
+    from daemon.trading.runner import StrategyRunner
+
+    market = FakeMarket()
+    market.set_quote(VENUE, BID, ASK, stale=True)
+    strategy, _, clock = make(market, max_inventory=5.0)
+    venue = VenueSettings(enabled=True, balances={"ETH": 100.0, "USDT": 1e6},
+                          markets={SYMBOL: {"tick": 0.01, "lot": 0.001}})
+    paper = PaperExecutor({VENUE: venue}, ExecutionSettings(), "cptestaa")
+    gate = RiskGate(RiskSettings())
+    sink = MemorySink()
+    gated = GatedExecutor(paper, gate, sink=sink)
+    runner = StrategyRunner(strategy, gated, sink, market, gated, clock)
+    runner.on_client_fill(client(Side.SELL, 3.0, clock))  # within the limit: booked
+    runner.on_client_fill(client(Side.SELL, 8.0, clock))  # 11 > 5, no quote: refused
+    assert gate.position("ETH") == pytest.approx(3.0)
+    assert strategy.inventory == pytest.approx(3.0)
+    decisions = sink.of_type(Decision)
+    assert [d.action for d in decisions] == ["warehouse", "reject"]
+    refused = decisions[-1]
+    assert "client fill refused" in refused.reason and "inventory limit 5" in refused.reason
+    assert refused.inputs["refused_qty"] == 8.0 and "client_qty" not in refused.inputs
+    assert not refused.intents
+
+
+async def test_the_ingest_endpoint_answers_a_refused_fill_with_an_error() -> None:
+    import asyncio
+
+    import orjson
+    from websockets.asyncio.client import connect
+
+    from adapters.client_flow import WebSocketFlowSource, run_flow
+
+    market = FakeMarket()
+    market.set_quote(VENUE, BID, ASK, stale=True)
+    strategy, _, clock = make(market, max_inventory=5.0)
+    source = WebSocketFlowSource(SYMBOL, "tok", port=0, clock=clock,
+                                 admit=strategy.client_fill_refusal)
+    await source.start()
+    received: list[ClientFill] = []
+    try:
+        url = f"ws://127.0.0.1:{source.port}/flow"
+        async with connect(url, additional_headers={"Authorization": "Bearer tok"}) as ws:
+            replies = []
+            for qty in (3.0, 3.0, 1.0):  # the second would make 6 with the first still queued
+                await ws.send(orjson.dumps({"side": "sell", "qty": qty, "price": MID}))
+                replies.append(orjson.loads(await ws.recv()))
+    finally:
+        await source.stop()
+    await asyncio.wait_for(run_flow(source, received.append), 5)
+    assert [r["ok"] for r in replies] == [True, False, True]
+    assert "inventory limit 5" in replies[1]["error"]
+    assert [f.qty for f in received] == [3.0, 1.0] and source.rejected["refused"] == 1
