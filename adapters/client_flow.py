@@ -34,6 +34,7 @@ import csv
 import hmac
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ _ASSET_ALIASES = {"WETH": "ETH", "WBTC": "BTC", "BTCB": "BTC"}
 EARLIEST_NS = 946_684_800 * NS_PER_SECOND
 LATEST_NS = 4_102_444_800 * NS_PER_SECOND
 #: Bytes a CSV could not decode as UTF-8 (kept as lone surrogates, then skipped).
-_UNDECODABLE = tuple(chr(code) for code in range(0xDC80, 0xDD00))
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +291,7 @@ class FileFlowSource:
             except csv.Error as exc:  # a NUL byte, a field past the csv size limit
                 self._skip("malformed", reader.line_num, str(exc))
                 continue
-            if any(isinstance(value, str) and any(c in value for c in _UNDECODABLE)
+            if any(isinstance(value, str) and _UNDECODABLE.search(value)
                    for value in row.values()):
                 self._skip("encoding", reader.line_num, "not UTF-8 text")
                 continue
