@@ -529,13 +529,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        dotenv = dotenv_settings
-        assert isinstance(dotenv, DotEnvSettingsSource)
+        # The same sources with list/map decoding of our own (`_LenientDecoding`); the .env
+        # file is the one pydantic-settings was told (`_env_file`).
         return (
             init_settings,
             _EnvSource(settings_cls),
-            _DotEnvSource(settings_cls, env_file=dotenv.env_file,
-                          env_file_encoding=dotenv.env_file_encoding),
+            _DotEnvSource(settings_cls, env_file=getattr(dotenv_settings, "env_file", None),
+                          env_file_encoding=getattr(dotenv_settings, "env_file_encoding",
+                                                    None)),
             _SecretFilesSource(settings_cls, _secrets_dir()),
             _TomlSource(settings_cls, _toml_files.get()),
         )
