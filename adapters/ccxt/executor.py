@@ -219,6 +219,9 @@ class LiveExecutor(ExecutionEvents):
         #: Cancels a cancel-all could not confirm within `shutdown_cancel_timeout_s`.
         self.cancels_unconfirmed = 0
         self._cancel_all_task: asyncio.Task[list[str]] | None = None
+        #: Orders a cancel-all must see closed, and when it gives up on them (loop time).
+        self._cancelling: dict[str, _LiveOrder] = {}
+        self._cancel_deadline = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, run_id: str, live_flag: bool = False,
@@ -312,10 +315,16 @@ class LiveExecutor(ExecutionEvents):
     def cancel_all(self, now_ns: int, venue: str | None = None) -> None:
         """Cancel every open order of ours (in flight and unknown ones too) and follow the
         cancels until the venue confirmed each, within `shutdown_cancel_timeout_s`; the
-        ones it did not confirm are reported by client order id (`wait_cancel_all`)."""
-        self._cancel_open(venue)
+        ones it did not confirm are reported by client order id (`wait_cancel_all`).
+        Orders sent after this call (a flatten on kill) are not its business."""
+        for order in self._orders.values():
+            if order.is_open and (venue is None or order.intent.venue == venue):
+                self._cancelling[order.client_order_id] = order
+                self.cancel(order.client_order_id, now_ns)
+        loop = asyncio.get_running_loop()
+        self._cancel_deadline = loop.time() + self._execution.shutdown_cancel_timeout_s
         if self._cancel_all_task is None or self._cancel_all_task.done():
-            self._cancel_all_task = self._spawn(self._confirm_cancel_all(venue), "cancel-all")
+            self._cancel_all_task = self._spawn(self._confirm_cancel_all(), "cancel-all")
 
     async def wait_cancel_all(self) -> list[str]:
         """Wait for the cancel-all in progress, if any; the client ids it left unconfirmed."""
@@ -329,38 +338,34 @@ class LiveExecutor(ExecutionEvents):
                 raise
             return []
 
-    def _cancel_open(self, venue: str | None) -> list[_LiveOrder]:
-        orders = [o for o in self._orders.values()
-                  if o.is_open and (venue is None or o.intent.venue == venue)]
-        for order in orders:
-            self.cancel(order.client_order_id, self.now_ns)
-        return orders
-
-    async def _confirm_cancel_all(self, venue: str | None) -> list[str]:
-        """Re-send cancels until no order of ours is open or the bound is reached."""
-        timeout_s = self._execution.shutdown_cancel_timeout_s
+    async def _confirm_cancel_all(self) -> list[str]:
+        """Re-send cancels until every order a cancel-all named is closed, or the bound."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         attempt = 0
         while True:
-            pending = [o.cancel_task for o in self._orders.values()
+            pending = [o.cancel_task for o in self._cancelling.values()
                        if o.cancel_task is not None and not o.cancel_task.done()]
-            left = deadline - loop.time()
+            left = self._cancel_deadline - loop.time()
             if pending and left > 0:
                 await asyncio.wait(pending, timeout=left)
-            still_open = [o for o in self._orders.values()
-                          if o.is_open and (venue is None or o.intent.venue == venue)]
-            if not still_open:
-                log.info("cancel-all confirmed: no order of ours is open", venue=venue or "all")
+            for cid in [cid for cid, o in self._cancelling.items() if not o.is_open]:
+                del self._cancelling[cid]
+            if not self._cancelling:
+                log.info("cancel-all confirmed: no order of ours is open")
                 return []
-            if loop.time() >= deadline:
+            left = self._cancel_deadline - loop.time()
+            if left <= 0:
                 break
-            await asyncio.sleep(min(backoff_s(ErrorKind.AMBIGUOUS, attempt),
-                                    max(0.0, deadline - loop.time())))
+            await asyncio.sleep(min(backoff_s(ErrorKind.AMBIGUOUS, attempt), left))
             attempt += 1
-            self._cancel_open(venue)
+            for order in list(self._cancelling.values()):
+                if order.is_open:
+                    self.cancel(order.client_order_id, self.now_ns)  # no-op while one runs
+        still_open = list(self._cancelling.values())
+        self._cancelling.clear()
         unconfirmed = [o.client_order_id for o in still_open]
         self.cancels_unconfirmed += len(unconfirmed)
+        timeout_s = self._execution.shutdown_cancel_timeout_s
         log.error("cancel-all not confirmed: these orders may still rest at the venue",
                   client_order_ids=unconfirmed, timeout_s=timeout_s)
         for order in still_open:
