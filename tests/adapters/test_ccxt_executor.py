@@ -501,6 +501,24 @@ async def test_the_kill_switch_cancel_all_is_retried_until_each_cancel_is_confir
         await executor.close()
 
 
+async def test_a_cancel_all_leaves_orders_sent_after_it_alone(server: FakeBinance) -> None:
+    # A flatten on kill is sent right after the kill switch's cancel-all.
+    executor, seen = make_executor(server.url)
+    await executor.start(background=False)
+    try:
+        before = limit_buy(qty=0.001)
+        await executor.submit_and_wait(before, timeout_s=5)
+        server.cancel_faults = ["unavailable"]  # the cancel-all is still busy ...
+        executor.cancel_all(executor.now_ns)
+        after = limit_buy(qty=0.001, price=58_000.0)
+        executor.submit(after, executor.now_ns)  # ... when this one is sent
+        await executor.drain()
+        assert [o.client_order_id for o in server.open_orders()] == [after.client_order_id]
+        assert seen.statuses(after.client_order_id) == [OrderStatus.NEW]
+    finally:
+        await executor.close()
+
+
 async def test_cancels_the_venue_does_not_confirm_are_reported_by_client_order_id(
         server: FakeBinance) -> None:
     gated, executor, seen = gated_live(server.url, max_open_orders=10,
