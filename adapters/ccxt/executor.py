@@ -778,7 +778,9 @@ class LiveExecutor(ExecutionEvents):
                       error=self._redact(task.exception()))
 
     def _finish_absent(self, order: _LiveOrder) -> None:
-        """An UNKNOWN order the venue, answering at last, says it never had."""
+        """An UNKNOWN order the venue, answering at last, says it never had. Final only
+        because it comes after `unknown_order_timeout_s` (30 s by default), longer than the
+        request's recvWindow (ccxt's 10 s on Binance): a late copy would be refused now."""
         order.status = OrderStatus.REJECTED
         log.warning("unknown order resolved: the venue never had it",
                     client_order_id=order.client_order_id)
