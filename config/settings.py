@@ -364,6 +364,14 @@ class ExecutionSettings(_Frozen):
     cancel_latency_ms: Annotated[float, Field(ge=0)] = 20.0
     #: On start, open orders carrying our prefix are cancelled or adopted.
     reconcile: Literal["cancel", "adopt"] = "cancel"
+    #: Live: an order whose submit outcome is unknown (response lost) is looked up by its
+    #: client id with backoff, never resent blindly; past this long without an answer it is
+    #: flagged (log, decision log, counter), kept open at full size, and followed up.
+    unknown_order_timeout_s: Duration = 30.0
+    #: Live: on stop (--duration, SIGTERM, Ctrl-C) and when the kill switch fires, every open
+    #: order of ours is cancelled and each cancel confirmed within this long; the ones that
+    #: are not are reported by client order id.
+    shutdown_cancel_timeout_s: Duration = 10.0
     #: Live transfers/withdrawals only to these addresses.
     withdrawal_whitelist: list[str] = Field(default_factory=list)
     #: Paper transfers: delay and fee per asset.

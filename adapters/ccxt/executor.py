@@ -7,12 +7,23 @@ is missing in one line.
 Idempotent submission. Every order carries our deterministic client order id (ccxt's
 unified `clientOrderId`: Binance `newClientOrderId`, Bybit `orderLinkId`). When a submit
 fails with an ambiguous error (timeout, dropped connection, 5xx: the order may or may not
-exist) the executor looks the id up on the venue and, if it is not there, retries with
-the SAME id; a "duplicate order" answer means the first attempt got through, so the
-order is fetched and treated as accepted. Looking up before retrying matters on Binance,
-whose duplicate check only covers *open* orders: an immediately filled first attempt
-would not block a blind retry. Rate limits back off; invalid orders and insufficient
-funds are never retried (see daemon/trading/errors.py).
+exist) the executor looks the id up on the venue and, if the venue answers that it is
+not there, retries with the SAME id; a "duplicate order" answer means the first attempt
+got through, so the order is fetched and treated as accepted. Looking up before retrying
+matters on Binance, whose duplicate check only covers *open* orders: an immediately
+filled first attempt would not block a blind retry. A lookup that fails (timeout, 5xx) is
+no answer: it is asked again with backoff and the order is UNKNOWN meanwhile (open at
+full size for the risk gate, in flight for the strategy). Past
+`execution.unknown_order_timeout_s` without an answer the order is flagged (error log,
+`unknown_orders_flagged`, an UNKNOWN ack in the decision log) and never sent again; the
+poller (or the order stream) resolves it when the venue answers. Rate limits back off;
+invalid orders and insufficient funds are never retried (see daemon/trading/errors.py).
+
+Cancel-all (the stop of `--mode action` and the kill switch) cancels every open order of
+ours, in flight and unknown ones included, and re-sends cancels until the venue confirmed
+each or `execution.shutdown_cancel_timeout_s` passed; `close()` waits for it first. What
+is left is reported by client order id (error log, `cancels_unconfirmed`, an ack whose
+reason starts "cancel not confirmed").
 
 Order updates come from ccxt.pro `watch_orders` when the venue has it; polling
 (`fetch_open_orders` per symbol, then `fetch_order` for our orders that left the open
@@ -45,7 +56,7 @@ import contextlib
 import math
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters.ccxt.exchange import build_exchange, classify, wrap_error
 from adapters.common.errors import VenueRefused
@@ -76,6 +87,8 @@ from daemon.trading.paper import MarketRules
 from daemon.trading.ratelimit import AsyncTokenBucket, order_bucket
 
 log = get_logger("live")
+
+T = TypeVar("T")
 
 _CCXT_STATUS = {
     "open": OrderStatus.NEW,
@@ -134,8 +147,8 @@ class _LiveOrder:
     cost: float = 0.0
     fee_paid: float = 0.0
     rested: bool = False  # seen open after its submit response: later fills are maker
-    unknown: bool = False  # submit outcome unknown; the poller keeps looking for it
     submit_task: asyncio.Task[None] | None = None
+    cancel_task: asyncio.Task[None] | None = None
 
     @property
     def client_order_id(self) -> str:
@@ -143,7 +156,16 @@ class _LiveOrder:
 
     @property
     def is_open(self) -> bool:
-        return not self.status.is_terminal
+        """In flight, unknown or on the book: it may still fill."""
+        return self.status is None or not self.status.is_terminal
+
+    @property
+    def unknown(self) -> bool:
+        return self.status is OrderStatus.UNKNOWN
+
+
+class _OutcomeUnknown(Exception):
+    """The venue did not answer a lookup of the order within `unknown_order_timeout_s`."""
 
 
 class LiveExecutor(ExecutionEvents):
@@ -191,6 +213,15 @@ class LiveExecutor(ExecutionEvents):
         self._max_attempts = max_submit_attempts
         #: What start-up reconciliation did, per venue: canceled / adopted ids, foreign count.
         self.reconciled: dict[str, dict[str, Any]] = {}
+        #: Orders flagged UNKNOWN: no lookup answered within `unknown_order_timeout_s`
+        #: (for /metrics and the operator; each is also an UNKNOWN ack in the decision log).
+        self.unknown_orders_flagged = 0
+        #: Cancels a cancel-all could not confirm within `shutdown_cancel_timeout_s`.
+        self.cancels_unconfirmed = 0
+        self._cancel_all_task: asyncio.Task[list[str]] | None = None
+        #: Orders a cancel-all must see closed, and when it gives up on them (loop time).
+        self._cancelling: dict[str, _LiveOrder] = {}
+        self._cancel_deadline = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, run_id: str, live_flag: bool = False,
@@ -227,6 +258,9 @@ class LiveExecutor(ExecutionEvents):
                     self._watch_loop(venue_id), name=f"live-watch:{venue_id}"))
 
     async def close(self) -> None:
+        """Stop following orders. A cancel-all in progress (shutdown, kill switch) is let
+        finish first, within its own bound: its cancels must reach the venue."""
+        await self.wait_cancel_all()
         for task in (*self._background, *self._tasks):
             task.cancel()
         for task in (*self._background, *self._tasks):
@@ -275,20 +309,78 @@ class LiveExecutor(ExecutionEvents):
             self._emit_ack(OrderAck(client_order_id, "", "", OrderStatus.REJECTED, self.now_ns,
                                     reason="cancel rejected: unknown order"))
             return
-        self._spawn(self._cancel(order), f"cancel:{client_order_id}")
+        if order.cancel_task is None or order.cancel_task.done():
+            order.cancel_task = self._spawn(self._cancel(order), f"cancel:{client_order_id}")
 
     def cancel_all(self, now_ns: int, venue: str | None = None) -> None:
-        for order in list(self._orders.values()):
+        """Cancel every open order of ours (in flight and unknown ones too) and follow the
+        cancels until the venue confirmed each, within `shutdown_cancel_timeout_s`; the
+        ones it did not confirm are reported by client order id (`wait_cancel_all`).
+        Orders sent after this call (a flatten on kill) are not its business."""
+        for order in self._orders.values():
             if order.is_open and (venue is None or order.intent.venue == venue):
+                self._cancelling[order.client_order_id] = order
                 self.cancel(order.client_order_id, now_ns)
+        loop = asyncio.get_running_loop()
+        self._cancel_deadline = loop.time() + self._execution.shutdown_cancel_timeout_s
+        if self._cancel_all_task is None or self._cancel_all_task.done():
+            self._cancel_all_task = self._spawn(self._confirm_cancel_all(), "cancel-all")
+
+    async def wait_cancel_all(self) -> list[str]:
+        """Wait for the cancel-all in progress, if any; the client ids it left unconfirmed."""
+        task = self._cancel_all_task
+        if task is None:
+            return []
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+            return []
+
+    async def _confirm_cancel_all(self) -> list[str]:
+        """Re-send cancels until every order a cancel-all named is closed, or the bound."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            pending = [o.cancel_task for o in self._cancelling.values()
+                       if o.cancel_task is not None and not o.cancel_task.done()]
+            left = self._cancel_deadline - loop.time()
+            if pending and left > 0:
+                await asyncio.wait(pending, timeout=left)
+            for cid in [cid for cid, o in self._cancelling.items() if not o.is_open]:
+                del self._cancelling[cid]
+            if not self._cancelling:
+                log.info("cancel-all confirmed: no order of ours is open")
+                return []
+            left = self._cancel_deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(backoff_s(ErrorKind.AMBIGUOUS, attempt), left))
+            attempt += 1
+            for order in list(self._cancelling.values()):
+                if order.is_open:
+                    self.cancel(order.client_order_id, self.now_ns)  # no-op while one runs
+        still_open = list(self._cancelling.values())
+        self._cancelling.clear()
+        unconfirmed = [o.client_order_id for o in still_open]
+        self.cancels_unconfirmed += len(unconfirmed)
+        timeout_s = self._execution.shutdown_cancel_timeout_s
+        log.error("cancel-all not confirmed: these orders may still rest at the venue",
+                  client_order_ids=unconfirmed, timeout_s=timeout_s)
+        for order in still_open:
+            self._ack(order, order.status or OrderStatus.UNKNOWN,
+                      f"cancel not confirmed within {timeout_s:g} s: may still rest at the venue")
+        return unconfirmed
 
     def balances(self, venue: str) -> Mapping[str, float]:
         """Total balances as of the last refresh (start, then every poll)."""
         return self._balances.get(venue, {})
 
     def open_orders(self) -> list[OrderIntent]:
+        """Orders that may still fill: resting, in flight, or of unknown outcome."""
         return [replace(o.intent, qty=o.intent.qty - o.filled)
-                for o in self._orders.values() if o.is_open and not o.unknown]
+                for o in self._orders.values() if o.is_open]
 
     def on_quote(self, quote: Quote) -> None:
         """Live orders meet the real market; nothing to simulate."""
@@ -318,19 +410,19 @@ class LiveExecutor(ExecutionEvents):
                 raise
             except Exception as error:
                 last = wrap_error(error, self._redact)
-                if await self._after_submit_error(order, last, exchange, attempt):
+                try:
+                    if await self._after_submit_error(order, last, exchange, attempt):
+                        return
+                except _OutcomeUnknown:
+                    self._flag_unknown(order, last)
                     return
                 continue
             self._apply(order, raw, immediate=True)
             return
-        order.unknown = True
-        log.error("submit outcome unknown; will adopt the order if it shows up",
-                  client_order_id=order.client_order_id, attempts=self._max_attempts,
-                  error=str(last))
-        self._emit_ack(OrderAck(order.client_order_id, intent.venue, intent.symbol,
-                                OrderStatus.REJECTED, self.now_ns,
-                                reason=f"submit outcome unknown after {self._max_attempts} "
-                                       f"attempts: {last}"))
+        # Every attempt failed and every lookup answered "not there": nothing was created.
+        assert last is not None
+        self._reject(order, ExecutionError(
+            last.kind, f"submit failed after {self._max_attempts} attempts: {last}"))
 
     async def _after_submit_error(self, order: _LiveOrder, error: ExecutionError,
                                   exchange: Any, attempt: int) -> bool:
@@ -340,9 +432,7 @@ class LiveExecutor(ExecutionEvents):
         if kind is ErrorKind.DUPLICATE or kind is ErrorKind.AMBIGUOUS:
             log.warning("submit not confirmed; looking the order up by its id",
                         client_order_id=cid, kind=str(kind), error=str(error))
-            raw = await self._lookup(exchange, order)
-            if raw is not None:
-                self._apply(order, raw, immediate=True)
+            if await self._resolve(exchange, order):
                 return True
         elif kind is ErrorKind.CLOCK:
             with contextlib.suppress(Exception):
@@ -380,13 +470,68 @@ class LiveExecutor(ExecutionEvents):
             params["postOnly"] = True
         return symbol, "limit", str(side), amount, price, params
 
+    async def _resolve(self, exchange: Any, order: _LiveOrder) -> bool:
+        """After an ambiguous submit: look the order up, with backoff, until the venue
+        answers. True when the order is known now (applied: by this lookup or by the order
+        stream meanwhile); False when the venue answered that it does not exist (a retry
+        with the same id is safe). Raises `_OutcomeUnknown` past `unknown_order_timeout_s`
+        without an answer: the order must then never be sent again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._execution.unknown_order_timeout_s
+        attempt = 0
+        while True:
+            try:
+                raw = await self._lookup(exchange, order)
+            except asyncio.CancelledError:
+                raise
+            except ExecutionError as error:
+                if order.status is None:
+                    order.status = OrderStatus.UNKNOWN  # open at full size until resolved
+                if not order.unknown:  # the order stream resolved it meanwhile
+                    return True
+                delay = backoff_s(ErrorKind.AMBIGUOUS, attempt)
+                attempt += 1
+                if loop.time() + delay > deadline:
+                    raise _OutcomeUnknown(str(error)) from None
+                log.info("order lookup failed; asking again", delay_s=round(delay, 3),
+                         client_order_id=order.client_order_id, error=str(error))
+                await asyncio.sleep(delay)
+                if not order.unknown:
+                    return True
+                continue
+            if raw is not None:
+                self._apply(order, raw, immediate=True)
+                return True
+            if order.status not in (None, OrderStatus.UNKNOWN):
+                return True  # the stream saw it while the lookup said "not yet"
+            order.status = None
+            return False
+
+    def _flag_unknown(self, order: _LiveOrder, error: ExecutionError | None) -> None:
+        """No lookup answered within the bound: keep the order open at full size, say so
+        (log, counter, an UNKNOWN ack in the decision log) and leave it to the poller and
+        the order stream to resolve. It is never sent again."""
+        order.status = OrderStatus.UNKNOWN
+        self.unknown_orders_flagged += 1
+        waited = self._execution.unknown_order_timeout_s
+        log.error("order outcome unknown: not resent, held open at full size until the venue "
+                  "answers", client_order_id=order.client_order_id, waited_s=waited,
+                  error=str(error))
+        self._ack(order, OrderStatus.UNKNOWN,
+                  f"submit outcome unknown: no lookup answered within {waited:g} s; not resent, "
+                  f"held open until the venue answers ({error})")
+
     async def _lookup(self, exchange: Any, order: _LiveOrder) -> dict[str, Any] | None:
-        """The venue's view of one of our orders by client id; None if it does not exist."""
+        """The venue's view of one of our orders by client id; None when the venue says it
+        does not exist. A lookup that fails (timeout, 5xx) raises `ExecutionError`: that
+        says nothing about the order, and must never be read as "not there"."""
         symbol = order.intent.symbol
         try:
             raw: dict[str, Any] = await exchange.fetch_order(
                 None, symbol, {"clientOrderId": order.client_order_id})
             return raw
+        except asyncio.CancelledError:
+            raise
         except Exception as error:
             kind = classify(error)
             if kind is ErrorKind.NOT_FOUND:
@@ -394,12 +539,17 @@ class LiveExecutor(ExecutionEvents):
             if kind is not ErrorKind.REJECTED:  # lookup itself failed: unknown, not absent
                 log.warning("order lookup failed", client_order_id=order.client_order_id,
                             error=self._redact(error))
-                return None
+                raise wrap_error(error, self._redact) from None
         # Venues without lookup by client id: search the open orders.
-        with contextlib.suppress(Exception):
-            for raw in await exchange.fetch_open_orders(symbol):
-                if raw.get("clientOrderId") == order.client_order_id:
-                    return dict(raw)
+        try:
+            listed = await exchange.fetch_open_orders(symbol)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            raise wrap_error(error, self._redact) from None
+        for raw in listed:
+            if raw.get("clientOrderId") == order.client_order_id:
+                return dict(raw)
         return None
 
     # --- cancel -------------------------------------------------------------------------------
@@ -434,9 +584,16 @@ class LiveExecutor(ExecutionEvents):
 
     async def _cancel_failed(self, order: _LiveOrder, error: ExecutionError) -> None:
         """The venue refused the cancel: most often the order has just filled."""
-        raw = await self._lookup(self._exchanges[order.intent.venue], order)
+        try:
+            raw = await self._lookup(self._exchanges[order.intent.venue], order)
+        except ExecutionError:
+            raw = None  # still unknown: a cancel-all will try again
         if raw is not None:
             self._apply(order, raw)
+        elif order.unknown and error.kind is ErrorKind.NOT_FOUND:
+            # Neither a cancel nor a lookup finds it: the submit never reached the venue.
+            self._finish_absent(order)
+            return
         if order.is_open:
             self._ack(order, order.status or OrderStatus.REJECTED,
                       f"cancel rejected: {error}")
@@ -448,11 +605,10 @@ class LiveExecutor(ExecutionEvents):
 
     def _apply(self, order: _LiveOrder, raw: Mapping[str, Any], immediate: bool = False) -> None:
         """Bring our record up to the venue's: emit the acceptance, new fills, the end."""
-        order.unknown = False
         if raw.get("id"):
             order.exchange_order_id = str(raw["id"])
         status = _CCXT_STATUS.get(str(raw.get("status") or "open"), OrderStatus.NEW)
-        if order.status is None:
+        if order.status is None or order.status is OrderStatus.UNKNOWN:
             order.status = OrderStatus.NEW
             self._ack(order, OrderStatus.NEW)
         self._emit_new_fills(order, raw, immediate)
@@ -504,7 +660,7 @@ class LiveExecutor(ExecutionEvents):
         """One polling round: open orders per symbol, then lookups for ones that left."""
         exchange = self._exchanges[venue]
         mine = [o for o in self._orders.values()
-                if o.intent.venue == venue and (o.is_open or o.unknown)
+                if o.intent.venue == venue and o.is_open
                 and (o.submit_task is None or o.submit_task.done())]
         for symbol in sorted({o.intent.symbol for o in mine}):
             listed = {raw.get("clientOrderId"): raw
@@ -512,7 +668,13 @@ class LiveExecutor(ExecutionEvents):
             for order in (o for o in mine if o.intent.symbol == symbol):
                 raw = listed.get(order.client_order_id)
                 if raw is None and (order.exchange_order_id or order.unknown):
-                    raw = await self._lookup(exchange, order)
+                    try:
+                        raw = await self._lookup(exchange, order)
+                    except ExecutionError:
+                        continue  # no answer: ask again next round
+                    if raw is None and order.unknown:
+                        self._finish_absent(order)
+                        continue
                 if raw is not None:
                     self._apply(order, raw)
         await self._refresh_balances(venue)
@@ -603,7 +765,7 @@ class LiveExecutor(ExecutionEvents):
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def _spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -614,6 +776,16 @@ class LiveExecutor(ExecutionEvents):
         if not task.cancelled() and task.exception() is not None:
             log.error("order task failed", task=task.get_name(),
                       error=self._redact(task.exception()))
+
+    def _finish_absent(self, order: _LiveOrder) -> None:
+        """An UNKNOWN order the venue, answering at last, says it never had. Final only
+        because it comes after `unknown_order_timeout_s` (30 s by default), longer than the
+        request's recvWindow (ccxt's 10 s on Binance): a late copy would be refused now."""
+        order.status = OrderStatus.REJECTED
+        log.warning("unknown order resolved: the venue never had it",
+                    client_order_id=order.client_order_id)
+        self._ack(order, OrderStatus.REJECTED,
+                  "submit outcome resolved: the order never reached the venue")
 
     def _reject(self, order: _LiveOrder, error: ExecutionError) -> None:
         order.status = OrderStatus.REJECTED

@@ -47,6 +47,10 @@ class OrderStatus(StrEnum):
     CANCELED = "canceled"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    #: Live: the submit's outcome is unknown (its response was lost and the venue has not
+    #: answered a lookup by client id yet). Not terminal: it may rest or have filled, so
+    #: the risk gate counts it open at full size until the venue says what became of it.
+    UNKNOWN = "unknown"
 
     @property
     def is_terminal(self) -> bool:

@@ -22,7 +22,9 @@ infinities are written as `null`):
   A record is encoded when it is recorded, so the runner names an id-less intent before
   recording its decision: the id is what links an order to its acks and fills.
 - `ack`: client_order_id, venue, symbol, status ("new", "partially_filled", "filled",
-  "canceled", "rejected", "expired"), exchange_order_id, reason, filled_qty.
+  "canceled", "rejected", "expired", or "unknown": live, the submit's outcome could not be
+  learnt within `execution.unknown_order_timeout_s`; not resent, a later ack resolves it),
+  exchange_order_id, reason, filled_qty.
 - `fill`: client_order_id, venue, symbol, side, price, qty, fee, fee_asset, liquidity
   ("maker"/"taker"), strategy, trade_id.
 - `balance`: venue, strategy, balances (object asset -> amount).

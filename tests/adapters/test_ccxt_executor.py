@@ -68,8 +68,10 @@ def venue_settings(url: str, secret: str = API_SECRET) -> VenueSettings:
 
 
 def make_executor(url: str, reconcile: str = "cancel", secret: str = API_SECRET,
+                  execution_overrides: dict[str, Any] | None = None,
                   **options: Any) -> tuple[LiveExecutor, Recorder]:
-    execution = ExecutionSettings(mode="live", reconcile=reconcile)  # type: ignore[arg-type]
+    execution = ExecutionSettings(mode="live", reconcile=reconcile,  # type: ignore[arg-type]
+                                  **(execution_overrides or {}))
     options.setdefault("websocket", False)
     executor = LiveExecutor(
         {VENUE: venue_settings(url, secret)}, execution, run_prefix("live-test"),
@@ -273,20 +275,139 @@ async def test_a_dropped_response_is_found_by_looking_the_id_up(server: FakeBina
         await executor.close()
 
 
-async def test_a_duplicate_answer_to_a_retry_counts_as_success(server: FakeBinance) -> None:
+async def test_a_failed_lookup_is_retried_instead_of_the_order(server: FakeBinance) -> None:
+    # Before issue 13 a failed lookup counted as "not there" and the order was sent again
+    # (here a duplicate saved the day only because a resting limit order is still open).
     executor, seen = make_executor(server.url)
     await executor.start(background=False)
     try:
         server.order_faults = ["drop"]
-        server.lookup_faults = ["unavailable"]  # so the executor cannot tell: it retries
+        server.lookup_faults = ["unavailable"]  # the executor cannot tell yet: it asks again
         order = limit_buy()
         executor.submit(order, executor.now_ns)
         await executor.drain()
-        assert server.posted_client_ids() == [order.client_order_id] * 2
+        assert server.posted_client_ids() == [order.client_order_id]
         assert len(orders_with(server, order.client_order_id)) == 1
         assert seen.statuses(order.client_order_id) == [OrderStatus.NEW]
         assert seen.acks[0].exchange_order_id == str(orders_with(server,
                                                                  order.client_order_id)[0].order_id)
+    finally:
+        await executor.close()
+
+
+# --- unknown outcomes: exactly one order at the venue ------------------------------------------
+
+#: The three kinds of order that fill at once, so that Binance's duplicate check (open
+#: orders only) cannot stop a second one: a limit through the touch, an IOC, a market.
+MARKETABLE = {
+    "marketable limit": (OrderType.LIMIT, 60_010.0),
+    "ioc": (OrderType.IOC, 60_010.0),
+    "market": (OrderType.MARKET, None),
+}
+
+
+def gated_live(url: str, max_open_orders: int = 1,
+               **options: Any) -> tuple[GatedExecutor, LiveExecutor, Recorder]:
+    """The live executor behind the risk gate, with a fresh quote at the fake's touch."""
+    executor, _ = make_executor(url, **options)
+    gated = GatedExecutor(executor, RiskGate(RiskSettings(max_open_orders=max_open_orders)),
+                          sink=MemorySink())
+    seen = Recorder()
+    gated.listener = seen
+    return gated, executor, seen
+
+
+def quote_now(gated: GatedExecutor) -> None:
+    now = gated.now_ns
+    gated.on_quote(Quote(VENUE, SYMBOL, 60_000.0, 1.0, 60_000.01, 1.0, now, now))
+
+
+def position_at_venue(server: FakeBinance) -> float:
+    return float(server.position("BTC"))
+
+
+@pytest.mark.parametrize("kind", MARKETABLE, ids=list(MARKETABLE))
+async def test_a_lost_response_with_failing_lookups_never_fills_twice(
+        server: FakeBinance, kind: str) -> None:
+    gated, executor, seen = gated_live(server.url)
+    await executor.start(background=False)
+    try:
+        quote_now(gated)
+        server.order_faults = ["drop"]  # the order is created and fills; the answer is lost
+        server.lookup_delay_s = 1.0
+        server.lookup_faults = ["unavailable", "timeout", "unavailable"]  # then it answers
+        order_type, price = MARKETABLE[kind]
+        order = OrderIntent(VENUE, SYMBOL, Side.BUY, order_type, 0.01, price, strategy="arb")
+        assert gated.submit(order, gated.now_ns) is None
+        await executor.drain()
+        assert server.posted_client_ids() == [order.client_order_id]
+        assert len(orders_with(server, order.client_order_id)) == 1
+        assert seen.statuses(order.client_order_id) == [OrderStatus.NEW, OrderStatus.FILLED]
+        assert position_at_venue(server) == pytest.approx(0.01)
+        assert gated.gate.position("BTC") == pytest.approx(position_at_venue(server))
+        assert gated.gate.open_order_count() == 0
+    finally:
+        await executor.close()
+
+
+@pytest.mark.parametrize("kind", MARKETABLE, ids=list(MARKETABLE))
+async def test_an_unknown_order_is_held_open_flagged_and_resolved_never_resent(
+        server: FakeBinance, kind: str) -> None:
+    gated, executor, seen = gated_live(
+        server.url, execution_overrides={"unknown_order_timeout_s": 0.5})
+    await executor.start(background=False)
+    try:
+        quote_now(gated)
+        server.order_faults = ["drop"]
+        server.lookup_outage = "unavailable"  # the venue cannot say, for longer than the bound
+        order_type, price = MARKETABLE[kind]
+        order = OrderIntent(VENUE, SYMBOL, Side.BUY, order_type, 0.01, price, strategy="arb")
+        gated.submit(order, gated.now_ns)
+        await executor.drain()
+        cid = order.client_order_id
+        # Flagged, not resent: one UNKNOWN ack saying so, counted for the operator.
+        assert server.posted_client_ids() == [cid]
+        assert seen.statuses(cid) == [OrderStatus.UNKNOWN]
+        assert "not resent" in seen.acks[-1].reason
+        assert executor.unknown_orders_flagged == 1
+        # Open at full size for the risk gate and in flight for the strategy.
+        assert gated.gate.open_order_count() == 1
+        assert [o.client_order_id for o in executor.open_orders()] == [cid]
+        quote_now(gated)
+        another = limit_buy(price=59_900.0)
+        assert gated.submit(another, gated.now_ns).startswith("max open orders")
+        await executor.poll_once(VENUE)  # the venue still cannot say: nothing changes
+        assert seen.statuses(cid) == [OrderStatus.UNKNOWN] and seen.fills == []
+        # The venue answers again: reconciliation resolves the order, fills booked once.
+        server.lookup_outage = ""
+        await executor.poll_once(VENUE)
+        assert seen.statuses(cid) == [OrderStatus.UNKNOWN, OrderStatus.NEW, OrderStatus.FILLED]
+        assert server.posted_client_ids() == [cid]
+        assert gated.gate.position("BTC") == pytest.approx(position_at_venue(server)) == 0.01
+        assert gated.gate.open_order_count() == 0 and executor.open_orders() == []
+    finally:
+        await executor.close()
+
+
+async def test_an_unknown_order_that_never_reached_the_venue_is_rejected_after_the_bound(
+        server: FakeBinance) -> None:
+    gated, executor, seen = gated_live(
+        server.url, execution_overrides={"unknown_order_timeout_s": 0.3})
+    await executor.start(background=False)
+    try:
+        quote_now(gated)
+        server.order_faults = ["unavailable"] * 10  # 503: nothing created, nothing retried
+        server.lookup_outage = "unavailable"
+        order = limit_buy(price=59_900.0)
+        assert gated.submit(order, gated.now_ns) is None
+        await executor.drain()
+        cid = order.client_order_id
+        assert seen.statuses(cid) == [OrderStatus.UNKNOWN]
+        server.lookup_outage = ""
+        await executor.poll_once(VENUE)  # the venue answers: there is no such order
+        assert seen.statuses(cid) == [OrderStatus.UNKNOWN, OrderStatus.REJECTED]
+        assert server.posted_client_ids() == [cid] and server.orders == {}
+        assert gated.gate.open_order_count() == 0
     finally:
         await executor.close()
 
@@ -316,6 +437,105 @@ async def test_insufficient_funds_is_rejected_without_retry(server: FakeBinance)
         assert ack.reason.startswith("InsufficientFunds:")
         assert server.posted_client_ids() == [order.client_order_id]
     finally:
+        await executor.close()
+
+
+# --- cancel-all on stop and on the kill switch: every cancel confirmed ----------------------------
+
+
+async def place_resting(gated: GatedExecutor, executor: LiveExecutor, count: int) -> list[str]:
+    quote_now(gated)
+    intents = [limit_buy(qty=0.001, price=59_900.0 - 10 * i) for i in range(count)]
+    for intent in intents:
+        assert gated.submit(intent, gated.now_ns) is None
+    await executor.drain()
+    return [i.client_order_id for i in intents]
+
+
+async def test_a_stop_cancels_every_order_before_the_executor_closes(server: FakeBinance) -> None:
+    # The action mode's stop: cancel_all, then close at once. Before issue 13 close()
+    # cancelled the cancel tasks before their requests went out: the orders stayed.
+    gated, executor, seen = gated_live(server.url, max_open_orders=10)
+    await executor.start(background=False)
+    try:
+        placed = await place_resting(gated, executor, 3)
+        assert len(server.open_orders()) == 3
+        server.cancel_faults = ["unavailable"]
+        gated.cancel_all(gated.now_ns)
+    finally:
+        await executor.close()
+    assert server.open_orders() == []
+    for cid in placed:
+        assert seen.statuses(cid)[-1] is OrderStatus.CANCELED
+
+
+async def test_a_stop_while_a_submit_is_in_flight_cancels_that_order_too(
+        server: FakeBinance) -> None:
+    gated, executor, seen = gated_live(server.url, max_open_orders=10)
+    await executor.start(background=False)
+    try:
+        quote_now(gated)
+        in_flight = limit_buy(qty=0.001, price=59_800.0)  # sent just before the stop
+        gated.submit(in_flight, gated.now_ns)
+        gated.cancel_all(gated.now_ns)  # before issue 13: AttributeError on an order in flight
+    finally:
+        await executor.close()
+    assert server.open_orders() == []
+    assert seen.statuses(in_flight.client_order_id) == [OrderStatus.NEW, OrderStatus.CANCELED]
+
+
+async def test_the_kill_switch_cancel_all_is_retried_until_each_cancel_is_confirmed(
+        server: FakeBinance) -> None:
+    gated, executor, seen = gated_live(server.url, max_open_orders=10)
+    await executor.start(background=False)
+    try:
+        placed = await place_resting(gated, executor, 3)
+        # More 503s than the cancels' own retries: before issue 13 the orders stayed.
+        server.cancel_faults = ["unavailable"] * 16
+        gated.kill_switch.fire("test: daily loss")
+        await executor.drain()
+        assert server.open_orders() == []
+        assert [seen.statuses(cid)[-1] for cid in placed] == [OrderStatus.CANCELED] * 3
+        assert executor.cancels_unconfirmed == 0
+    finally:
+        await executor.close()
+
+
+async def test_a_cancel_all_leaves_orders_sent_after_it_alone(server: FakeBinance) -> None:
+    # A flatten on kill is sent right after the kill switch's cancel-all.
+    executor, seen = make_executor(server.url)
+    await executor.start(background=False)
+    try:
+        before = limit_buy(qty=0.001)
+        await executor.submit_and_wait(before, timeout_s=5)
+        server.cancel_faults = ["unavailable"]  # the cancel-all is still busy ...
+        executor.cancel_all(executor.now_ns)
+        after = limit_buy(qty=0.001, price=58_000.0)
+        executor.submit(after, executor.now_ns)  # ... when this one is sent
+        await executor.drain()
+        assert [o.client_order_id for o in server.open_orders()] == [after.client_order_id]
+        assert seen.statuses(after.client_order_id) == [OrderStatus.NEW]
+    finally:
+        await executor.close()
+
+
+async def test_cancels_the_venue_does_not_confirm_are_reported_by_client_order_id(
+        server: FakeBinance) -> None:
+    gated, executor, seen = gated_live(server.url, max_open_orders=10,
+                                       execution_overrides={"shutdown_cancel_timeout_s": 0.5})
+    await executor.start(background=False)
+    try:
+        placed = await place_resting(gated, executor, 2)
+        server.cancel_faults = ["unavailable"] * 10_000
+        server.lookup_outage = "unavailable"
+        gated.kill_switch.fire("test: flag file")
+        assert sorted(await executor.wait_cancel_all()) == sorted(placed)
+        assert executor.cancels_unconfirmed == 2
+        for cid in placed:
+            last = [a for a in seen.acks if a.client_order_id == cid][-1]
+            assert last.reason.startswith("cancel not confirmed within 0.5 s")
+    finally:
+        server.cancel_faults = []
         await executor.close()
 
 

@@ -17,6 +17,12 @@ Faults for the retry tests (`order_faults`, consumed one per POST /api/v3/order)
 - "drop":  process the order, then drop the connection without a response;
 - "unavailable": answer 503 without processing.
 
+Faults of the lookup by id (GET /api/v3/order), for the unknown-outcome tests:
+`lookup_faults` are consumed one per lookup; `lookup_outage` applies to every lookup until
+the test clears it. Either is "unavailable" (503) or "timeout" (no answer for
+`lookup_delay_s`, longer than the client waits, then 503). `cancel_faults` (one per
+DELETE /api/v3/order): "unavailable" answers 503 without cancelling.
+
 The server never matches orders against a market by itself: `fill()` executes (part of)
 an order as a taker on the other side would. MARKET orders and LIMIT/IOC orders crossing
 `best_bid`/`best_ask` fill at once at that price.
@@ -178,6 +184,9 @@ class FakeBinance:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.order_faults: list[str] = []
         self.lookup_faults: list[str] = []
+        self.lookup_outage = ""
+        self.lookup_delay_s = 1.0
+        self.cancel_faults: list[str] = []
         self._held = asyncio.Event()
         self._holding = 0
         self.processing = 0
@@ -236,6 +245,16 @@ class FakeBinance:
 
     def open_orders(self) -> list[Order]:
         return [o for o in self.orders.values() if o.open]
+
+    def our_orders(self, prefix: str) -> list[Order]:
+        """Every order (open or not) whose client id starts with `prefix`."""
+        return [o for o in self.orders.values() if o.client_order_id.startswith(prefix)]
+
+    def position(self, asset: str = "BTC") -> Decimal:
+        """Net base quantity our orders executed (buys minus sells), before commission."""
+        assert asset == "BTC"
+        return sum((o.executed_qty if o.side == "BUY" else -o.executed_qty
+                    for o in self.orders.values()), Decimal(0))
 
     def posted_client_ids(self) -> list[str]:
         return [p.get("newClientOrderId", "") for m, path, p in self.requests
@@ -315,6 +334,8 @@ class FakeBinance:
         return web.json_response(order.as_new_order_full())
 
     async def _delete_order(self, request: web.Request, params: dict[str, str]) -> web.Response:
+        if self.cancel_faults and self.cancel_faults.pop(0) == "unavailable":
+            return web.Response(status=503, text="Service Unavailable")
         order = self._find(params)
         if order is None or not order.open:
             raise BinanceError(400, -2011, "Unknown order sent.")
@@ -328,7 +349,10 @@ class FakeBinance:
         return web.json_response(body)
 
     async def _get_order(self, request: web.Request, params: dict[str, str]) -> web.Response:
-        if self.lookup_faults and self.lookup_faults.pop(0) == "unavailable":
+        fault = self.lookup_faults.pop(0) if self.lookup_faults else self.lookup_outage
+        if fault == "timeout":
+            await asyncio.sleep(self.lookup_delay_s)
+        if fault in ("unavailable", "timeout"):
             return web.Response(status=503, text="Service Unavailable")
         order = self._find(params)
         if order is None:
