@@ -49,6 +49,9 @@ class GatedExecutor(ExecutionEvents):
         self.kill_switch = kill_switch or KillSwitch(gate.settings,
                                                      clock=lambda: executor.now_ns)
         self.sink = sink
+        #: The flatten orders this gate sent after the kill switch fired: the one kind of
+        #: order that must not be cancelled when acked while the switch is on.
+        self._flatten_ids: set[str] = set()
         executor.listener = self  # acks and fills come back through the gate
         self.kill_switch.on_fire(self._on_kill)
 
@@ -116,7 +119,8 @@ class GatedExecutor(ExecutionEvents):
 
     def on_ack(self, ack: OrderAck) -> None:
         self.gate.on_ack(ack)
-        if ack.status is OrderStatus.NEW and self.kill_switch.active:
+        if (ack.status is OrderStatus.NEW and self.kill_switch.active
+                and ack.client_order_id not in self._flatten_ids):
             # Submitted before the switch fired, accepted after: it must not stay.
             self.executor.cancel(ack.client_order_id, ack.ts_ns)
         self._emit_ack(ack)
@@ -149,7 +153,7 @@ class GatedExecutor(ExecutionEvents):
                 type=OrderType.MARKET, qty=abs(qty), strategy=KILL_STRATEGY,
                 reason=f"flatten on kill: {why}",
             )
-            self.assign_client_order_id(intent)
+            self._flatten_ids.add(self.assign_client_order_id(intent))
             log.warning("flattening", venue=venue, symbol=symbol, qty=-qty,
                         client_order_id=intent.client_order_id)
             if self.sink is not None:

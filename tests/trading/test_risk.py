@@ -424,3 +424,23 @@ def test_a_non_finite_client_fill_fires_the_kill_switch() -> None:
     assert executor.kill_switch.active and "non-finite" in executor.kill_switch.reason
     executor.advance(at(0.2))
     assert paper.open_orders() == []
+
+
+def test_the_kill_switch_does_not_cancel_its_own_flatten_orders() -> None:
+    """Live, a venue acks an order before it fills: an order acked while the switch is on is
+    cancelled (it was sent before the switch fired), but not the flatten the gate sent."""
+    executor, paper, _, _ = gated(risk(flatten_on_kill=True))
+    executor.on_quote(quote(0))
+    executor.submit(intent(qty=0.3, price=None, kind=OrderType.MARKET), at(0))
+    executor.advance(at(0.05))
+    cancelled: list[str] = []
+    paper_cancel = paper.cancel
+    paper.cancel = lambda order_id, now_ns: (cancelled.append(order_id),  # type: ignore[method-assign]
+                                             paper_cancel(order_id, now_ns))
+    executor.kill_switch.fire("test", at(0.1))
+    (flatten,) = [o for o in paper.open_orders() if o.strategy == KILL_STRATEGY]
+    executor.on_ack(OrderAck(flatten.client_order_id, VENUE, SYMBOL, OrderStatus.NEW, at(0.12)))
+    assert flatten.client_order_id not in cancelled
+    late = OrderAck("sent-before-the-kill", VENUE, SYMBOL, OrderStatus.NEW, at(0.12))
+    executor.on_ack(late)
+    assert cancelled == ["sent-before-the-kill"]
