@@ -367,6 +367,9 @@ class BookSocketCollector(Collector):
         yield CounterMetricFamily("cryptopipe_book_socket_conflated",
                                   "Quotes superseded before a client took them.",
                                   value=stats["conflated"])
+        yield CounterMetricFamily("cryptopipe_book_socket_refused",
+                                  "Clients refused because max_clients were connected.",
+                                  value=stats["refused"])
 
 
 class DecisionLogCollector(Collector):
