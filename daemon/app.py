@@ -18,6 +18,7 @@ from pathlib import Path
 from config.settings import Settings
 from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
+from daemon.core.tasks import spawn
 from daemon.market.bus import Bus
 from daemon.market.ringbuffer import RingStore, snapshot_every
 from daemon.ops.health import Health
@@ -66,7 +67,7 @@ class App:
             max_rate_hz=settings.ring.max_rate_hz,
         )
         self.bus.add_sink(self.rings)
-        self._background.append(asyncio.create_task(
+        self._background.append(spawn(
             snapshot_every(self.rings, self.ring_dir, settings.ring.snapshot_interval_s),
             name="ring-snapshots",
         ))

@@ -24,6 +24,7 @@ from daemon.core.clock import FeedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote
 from daemon.core.records import RecordSink
+from daemon.core.tasks import spawn
 from daemon.market.market_view import RingMarketView
 from daemon.postmortem.exports import write_strategy_exports
 from daemon.postmortem.writer import DecisionLogWriter
@@ -106,9 +107,13 @@ async def _close_executor(executor: Any) -> None:
 
 
 def _arm_kill_switch(app: App, executor: GatedExecutor) -> None:
-    """Beyond the session's own wiring (runner.kill): /healthz turns 503, SIGUSR1 fires it."""
+    """Beyond the session's own wiring (runner.kill): /healthz turns 503, SIGUSR1 fires it,
+    and so does any task of the daemon that dies (none of ours is restarted: a strategy
+    must not quote on without its flow source, feed or decision log)."""
     kill_switch = executor.kill_switch
     kill_switch.on_fire(lambda why, _now: app.health.trip_kill_switch(why))
+    app.health.tasks.on_failure(
+        lambda name, exc: kill_switch.fire(f"task {name} died: {type(exc).__name__}: {exc}"))
     with contextlib.suppress(RuntimeError, ValueError):  # not on the main thread / platform
         kill_switch.install_signal_handler()
 
@@ -118,11 +123,11 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
     """Feed bus events to the runner until the feed ends (replay) or we are cancelled."""
     runner, snapshots = session.runner, session.snapshots
     subscription = app.bus.subscribe(f"strategy:{runner.strategy.name}")
-    feed = asyncio.create_task(app.market_data(), name="feed")
+    feed = spawn(app.market_data(), name="feed")
     flow = _start_client_flow(app, runner, clock)
     try:
         while True:
-            waiter = asyncio.ensure_future(subscription.wait())
+            waiter = spawn(subscription.wait(), name="strategy-wakeup")
             await asyncio.wait({waiter, feed}, timeout=None if clock.replaying else IDLE_TICK_S,
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -163,4 +168,4 @@ def _start_client_flow(app: App, runner: StrategyRunner,
         return quote.mid if quote is not None and not quote.stale else None
 
     source = build_flow_source(app.settings, mid=mid, clock=clock)
-    return asyncio.create_task(run_flow(source, runner.on_client_fill), name="client-flow")
+    return spawn(run_flow(source, runner.on_client_fill), name="client-flow")

@@ -42,6 +42,7 @@ from websockets.http11 import Request, Response
 
 from config.settings import BookSocketSettings, ConfigError
 from daemon.core.logs import get_logger
+from daemon.core.tasks import spawn
 from daemon.market.bus import Bus, Subscription
 
 log = get_logger("book_socket")
@@ -162,8 +163,9 @@ class BookSocketServer:
         self._subscriptions.add(subscription)
         self._connections.add(connection)
         log.info("book_client_connected", client=client, peer=str(connection.remote_address))
-        sender = asyncio.create_task(self._send_views(connection, subscription), name=client)
-        closed = asyncio.create_task(connection.wait_closed(), name=f"{client}-closed")
+        sender = spawn(self._send_views(connection, subscription), name=client,
+                       expected=(ConnectionClosed,))
+        closed = spawn(connection.wait_closed(), name=f"{client}-closed")
         try:
             # A quiet market must not keep a closed client's subscription alive: whichever
             # ends first (the client going away, or a send failing) ends this client.

@@ -60,6 +60,7 @@ from daemon.core.clock import NS_PER_DAY, now_ns
 from daemon.core.logs import get_logger
 from daemon.core.model import BalanceSnapshot
 from daemon.core.records import Record, RecordSink
+from daemon.core.tasks import spawn
 from daemon.postmortem.schema import encode_record, log_file_name, own_time_ns
 
 log = get_logger("decision_log")
@@ -333,7 +334,7 @@ class DecisionLogWriter:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision-log")
-        self._task = asyncio.create_task(self._run(), name=f"decision-log:{self.run_id}")
+        self._task = spawn(self._run(), name=f"decision-log:{self.run_id}")
         self._task.add_done_callback(self._on_task_done)
 
     def _running(self) -> bool:

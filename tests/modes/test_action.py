@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -103,3 +104,49 @@ def test_every_strategy_runs_in_action_mode_on_the_sample(tmp_path: Path, strate
         (run_dir,) = (data_dir / "reports").iterdir()
         assert (run_dir / "flow_internalization_results.csv").is_file()
         assert (run_dir / "portfolio_tracking_results.csv").is_file()
+
+
+def action_app(data_dir: Path, strategy: str, feed: str = "sample", **settings: object) -> Any:
+    """An App for `--mode action` in this process (faults can be injected with monkeypatch)."""
+    from config.settings import load_settings
+    from daemon.app import App
+    from daemon.cli import build_parser
+
+    args = build_parser().parse_args(["--mode", "action", "--strategy", strategy, "--feed",
+                                      feed, "--speed", "max", "--run-id", "inproc"])
+    overrides = {"data_dir": data_dir, "metrics": {"enabled": False}, **settings}
+    return App(settings=load_settings(overrides, env_file=None), args=args, run_id="inproc")
+
+
+def test_a_dead_client_flow_task_trips_the_kill_switch_and_healthz(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    import adapters.client_flow
+    from daemon.modes.action import run_action
+    from daemon.run import _supervise
+
+    async def dying_flow(source: object, deliver: object) -> int:
+        raise OverflowError("client fill time out of range")
+
+    monkeypatch.setattr(adapters.client_flow, "run_flow", dying_flow)
+    app = action_app(tmp_path / "data", "internalize",
+                     strategies={"internalize": {"symbol": "BTC/USDT"}})
+    with capture_logs() as logs:
+        status = asyncio.run(_supervise(app, run_action))
+    assert status == 0
+    failed = [e for e in logs if e["event"] == "task_failed"]
+    assert [e["task"] for e in failed] == ["client-flow"]
+    assert isinstance(failed[0]["exc_info"], OverflowError)
+    reasons = app.health.evaluate(app.bus.view, replaying=True).reasons
+    assert "task client-flow died: OverflowError: client fill time out of range" in reasons
+    assert app.health.kill_switch_reason is not None
+    assert "client-flow" in app.health.kill_switch_reason
+    # A kill before the first market event is dated by a feed clock still at 0 (1970).
+    records = [orjson.loads(line) for path in (tmp_path / "data" / "decisions").glob("*/*")
+               for line in path.read_bytes().splitlines()]
+    kills = [r for r in records if r.get("action") == "kill"]
+    assert len(kills) == 1 and "client-flow" in kills[0]["reason"]
+    assert not [e for e in logs if "never retrieved" in str(e.get("message", ""))]
