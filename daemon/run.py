@@ -22,6 +22,7 @@ from daemon.app import App
 from daemon.core.logs import configure_logging, get_logger
 from daemon.core.tasks import install_loop_handler, watch_tasks
 from daemon.ops.metrics import start_operations
+from daemon.postmortem.writer import DecisionLogNotDurable
 
 log = get_logger("app")
 
@@ -60,6 +61,9 @@ def run_mode(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:  # raised by a mode that finds a setting it cannot use
         print(f"cryptopipe: {exc}", file=sys.stderr)
         return 2
+    except DecisionLogNotDurable as exc:  # the disk refused records to the end: say so once
+        print(f"cryptopipe: {exc}", file=sys.stderr)
+        return 1
     except Exception:
         log.exception("crashed", mode=args.mode)
         return 1

@@ -742,13 +742,19 @@ def _write_ring_snapshot(ring: _Ring, path: Path) -> int:
     rows = 0
     # A native OSFile, not a Python file object: Arrow writes without taking the GIL,
     # so a snapshot in a worker thread does not stall the event loop.
-    with pa.OSFile(str(tmp_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for arrays in ring._consistent_chunks():
-            writer.write_batch(pa.record_batch(arrays, schema=schema),
-                               custom_metadata={_CHECKSUM_KEY: _checksums(arrays)})
-            rows += int(arrays[0].shape[0])
-    _fsync_path(tmp_path)
-    os.replace(tmp_path, path)
+    try:
+        with pa.OSFile(str(tmp_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for arrays in ring._consistent_chunks():
+                writer.write_batch(pa.record_batch(arrays, schema=schema),
+                                   custom_metadata={_CHECKSUM_KEY: _checksums(arrays)})
+                rows += int(arrays[0].shape[0])
+        _fsync_path(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        # A full or failing disk: no empty or partial temporary file is left behind, and
+        # the previous snapshot (if any) stays as it was.
+        tmp_path.unlink(missing_ok=True)
+        raise
     return rows
 
 

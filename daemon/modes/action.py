@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from config.settings import ConfigError, Settings
@@ -54,7 +55,7 @@ async def run_action(app: App) -> int:
     clock = FeedClock(replaying=app.replaying)
     writer = DecisionLogWriter.from_settings(settings, app.run_id, clock=clock)
     await writer.start()
-    app.decision_log = writer
+    app.attach_decision_log(writer)
     sink = app.trading.tee(writer)
     try:
         inner = await _open_executor(settings, app)
@@ -71,6 +72,10 @@ async def run_action(app: App) -> int:
             await _close_executor(inner)
             write_strategy_exports(strategy, settings.data_dir, app.run_id)
     finally:
+        # The run ended cleanly unless an error (not a stop's cancellation) is in flight.
+        failure = sys.exc_info()[1]
+        clean = failure is None or isinstance(failure, asyncio.CancelledError)
+        writer.end_run("stopped" if clean else f"failed: {type(failure).__name__}")
         await writer.aclose()
         log.info("strategy_stopped", strategy=strategy.name, records=writer.durable_records)
     return 0
@@ -108,12 +113,16 @@ async def _close_executor(executor: Any) -> None:
 
 def _arm_kill_switch(app: App, executor: GatedExecutor) -> None:
     """Beyond the session's own wiring (runner.kill): /healthz turns 503, SIGUSR1 fires it,
-    and so does any task of the daemon that dies (none of ours is restarted: a strategy
-    must not quote on without its flow source, feed or decision log)."""
+    and so do any task of the daemon that dies (none of ours is restarted: a strategy must
+    not quote on without its flow source, feed or decision log) and a decision log the
+    disk stops taking."""
     kill_switch = executor.kill_switch
     kill_switch.on_fire(lambda why, _now: app.health.trip_kill_switch(why))
     app.health.tasks.on_failure(
         lambda name, exc: kill_switch.fire(f"task {name} died: {type(exc).__name__}: {exc}"))
+    if app.decision_log is not None:  # no order the audit trail cannot hold
+        app.decision_log.on_not_durable(
+            lambda why: kill_switch.fire(f"decision log not durable: {why}"))
     with contextlib.suppress(RuntimeError, ValueError):  # not on the main thread / platform
         kill_switch.install_signal_handler()
 

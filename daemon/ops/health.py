@@ -1,6 +1,6 @@
 """Is the daemon fit to trade? The state behind `/healthz`, held by the app, set by others.
 
-Three things make the daemon unhealthy:
+Four things make the daemon unhealthy:
 
 - a **required feed is stale**: an enabled venue/symbol whose latest quote is flagged stale
   by the adapter's watchdog, is older than the venue's `stale_after_s`, or has not arrived
@@ -9,7 +9,9 @@ Three things make the daemon unhealthy:
 - the **kill switch is on**: whoever trips it (risk gate, action layer, operator) calls
   `trip_kill_switch(reason)`; it stays on until `clear_kill_switch()`;
 - a **task died**: a background task of the daemon ended with an exception (`tasks`, the
-  process's `daemon.core.tasks.TaskWatch`, names it).
+  process's `daemon.core.tasks.TaskWatch`, names it);
+- the **decision log is not durable**: the disk refuses its writes (`decision_log_failing`,
+  set by `App.attach_decision_log`).
 
 Live, the required feeds are the configured ones (`Settings.enabled_venues()` x
 `symbols_for(venue)`) and ages are measured on the wall clock. In a replay the recording
@@ -69,6 +71,8 @@ class Health:
     started_ns: int = field(default_factory=now_ns)
     #: Tasks that died (every `spawn` of the process reports here: daemon/run.py).
     tasks: TaskWatch = field(default_factory=TaskWatch)
+    #: Why the decision log is not durable (its last write error), None while it is.
+    decision_log_failing: Callable[[], str | None] = lambda: None
 
     def require_configured_feeds(self, settings: Settings) -> None:
         """Every enabled venue x each of its symbols must stay fresh."""
@@ -127,6 +131,9 @@ class Health:
             feeds[name] = {"status": status, "age_s": round(age_s, 3),
                            "stale_after_s": stale_after_s}
         reasons.extend(self.tasks.reasons())
+        log_failure = self.decision_log_failing()
+        if log_failure is not None:
+            reasons.append(f"decision log not durable: {log_failure}")
         if self.kill_switch_reason is not None:
             reasons.append(f"kill switch on: {self.kill_switch_reason}")
         return HealthReport(not reasons, reasons, self.kill_switch_reason, feeds)

@@ -550,3 +550,23 @@ def test_a_snapshot_without_checksum_is_checked_value_by_value(tmp_path, column,
     with capture_logs() as logs:
         assert RingStore.load(bad, now_ns=3, max_rate_hz=0.1).keys() == []
     assert [e["event"] for e in logs] == ["snapshot_file_skipped"]
+
+
+def test_a_snapshot_the_disk_refuses_leaves_no_temp_file_and_keeps_the_last_one(
+        tmp_path, monkeypatch) -> None:
+    import errno
+
+    import daemon.market.ringbuffer as ringbuffer
+
+    store = filled_store()
+    store.snapshot(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(path, directory=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ringbuffer, "_fsync_path", disk_full)
+    with pytest.raises(OSError):
+        store.snapshot(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert not list(tmp_path.glob("*.tmp"))

@@ -150,3 +150,61 @@ def test_a_dead_client_flow_task_trips_the_kill_switch_and_healthz(
     kills = [r for r in records if r.get("action") == "kill"]
     assert len(kills) == 1 and "client-flow" in kills[0]["reason"]
     assert not [e for e in logs if "never retrieved" in str(e.get("message", ""))]
+
+
+def test_an_unwritable_decision_log_stops_trading_and_the_stop_exits_1_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import structlog
+
+    from daemon.postmortem.writer import DecisionLogWriter
+    from daemon.run import run_mode
+    from daemon.trading.killswitch import KillSwitch
+
+    def disk_full(self: DecisionLogWriter, batch: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    app_box: list[Any] = []
+    at_kill: dict[str, Any] = {}
+    real_fire = KillSwitch.fire
+
+    def fire(self: KillSwitch, why: str, now_ns: int | None = None) -> bool:
+        app = app_box[0]
+        at_kill.setdefault("why", why)
+        at_kill.setdefault("orders", sum(app.trading.orders.values()))
+        at_kill.setdefault("quotes", app.bus.counters()["published_quotes"])
+        return real_fire(self, why, now_ns)
+
+    import daemon.run
+
+    real_app = daemon.run.App
+
+    def keep_app(**kwargs: Any) -> Any:
+        app_box.append(real_app(**kwargs))
+        return app_box[0]
+
+    monkeypatch.setattr(DecisionLogWriter, "_write_all", disk_full)
+    monkeypatch.setattr(KillSwitch, "fire", fire)
+    monkeypatch.setattr(daemon.run, "App", keep_app)
+    probe = action_app(tmp_path / "data", "inventory-mm",
+                       postmortem={"flush_interval_ms": 1})
+    try:
+        status = run_mode(probe.settings, probe.args)
+    finally:
+        structlog.reset_defaults()
+    app = app_box[0]
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("cryptopipe:")]
+    assert len(lines) == 1 and "decision log not durable" in lines[0]
+    assert "No space left on device" in lines[0]
+    # Trading stopped at the first failed write, while the market went on.
+    assert at_kill["why"].startswith("decision log not durable")
+    assert sum(app.trading.orders.values()) == at_kill["orders"]
+    assert app.bus.counters()["published_quotes"] > at_kill["quotes"]
+    reasons = app.health.evaluate(app.bus.view, replaying=True).reasons
+    assert any(reason.startswith("decision log not durable") for reason in reasons)
+    assert not list((tmp_path / "data").rglob("*.tmp"))
