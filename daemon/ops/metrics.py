@@ -389,6 +389,8 @@ class DecisionLogCollector(Collector):
         "backpressure_blocked_s": ("backpressure_blocked_seconds",
                                    "Time producers spent blocked on a full queue.", True),
         "write_errors": ("write_errors", "Failed writes (retried, never dropped).", True),
+        "failing": ("failing", "1 while the disk refuses the log's writes (records are held "
+                    "in memory and trading is stopped).", False),
     }
 
     def __init__(self, app: Observed) -> None:

@@ -81,6 +81,8 @@ log = get_logger("decision_log")
 DECISIONS_DIR = "decisions"
 #: At most one back-pressure alert line per this many seconds (every block is counted).
 ALERT_EVERY_S = 1.0
+#: While the disk refuses writes, one error line per this many seconds (each is counted).
+FAILURE_LOG_EVERY_S = 60.0
 
 
 class DecisionLogNotDurable(Exception):
@@ -165,6 +167,7 @@ class DecisionLogWriter:
         self._last_alert = 0.0
         #: Why records are not durable (the last write error), None while writes succeed.
         self.failing: str | None = None
+        self._last_failure_log = 0.0
         self._not_durable_handlers: list[Callable[[str], None]] = []
 
     @classmethod
@@ -248,6 +251,7 @@ class DecisionLogWriter:
             "backpressure_waits": self.backpressure_waits,
             "backpressure_blocked_s": self.backpressure_blocked_ns / 1e9,
             "write_errors": self.write_errors,
+            "failing": 0 if self.failing is None else 1,
             "torn_tails_repaired": self.torn_tails_repaired,
         }
 
@@ -405,8 +409,12 @@ class DecisionLogWriter:
         """Count, log, and on the first failure of a streak tell the handlers."""
         self.write_errors += 1
         why = f"{exc.strerror or exc!r} ({self.queued} records waiting)"
-        log.error("decision_log_write_failed", run_id=self.run_id, error=repr(exc),
-                  queued=self.queued)
+        now = time.monotonic()
+        # Retried every interval: one line when the streak starts, then one per minute.
+        if self.failing is None or now - self._last_failure_log >= FAILURE_LOG_EVERY_S:
+            self._last_failure_log = now
+            log.error("decision_log_write_failed", run_id=self.run_id, error=repr(exc),
+                      queued=self.queued, write_errors=self.write_errors)
         if self.failing is not None:
             self.failing = why
             return
