@@ -110,8 +110,9 @@ def spawn(coroutine: Coroutine[Any, Any, T], *, name: str, restartable: bool = F
 
 
 def install_loop_handler(loop: asyncio.AbstractEventLoop, watch: TaskWatch) -> None:
-    """Route the loop's unhandled errors (e.g. a library's task that died unawaited) to
-    the log, with their stack, and to `watch`."""
+    """Route the loop's unhandled errors to the log, with their stack; a task that died
+    unawaited (a library's) is also reported to `watch`. Transport noise (a peer resetting
+    a connection to /metrics) is only logged: it must not stop trading."""
 
     def handle(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -119,7 +120,7 @@ def install_loop_handler(loop: asyncio.AbstractEventLoop, watch: TaskWatch) -> N
         name = task.get_name() if isinstance(task, asyncio.Task) else "event loop"
         log.error("unhandled_error", task=name, message=context.get("message"),
                   error=repr(exc) if exc is not None else None, exc_info=exc)
-        if isinstance(exc, Exception):
+        if isinstance(task, asyncio.Task) and isinstance(exc, Exception):
             watch.report(name, exc)
 
     loop.set_exception_handler(handle)

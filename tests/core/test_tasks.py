@@ -75,3 +75,14 @@ async def test_the_loop_handler_reports_a_library_task_that_died_unawaited() -> 
         gc.collect()
     assert [e["event"] for e in logs] == ["unhandled_error"]
     assert list(watch.failed) == ["library-task"]
+
+
+async def test_transport_noise_on_the_loop_is_logged_but_not_a_dead_task() -> None:
+    watch = TaskWatch()
+    loop = asyncio.get_running_loop()
+    install_loop_handler(loop, watch)
+    with capture_logs() as logs:
+        loop.call_exception_handler({"message": "Fatal read error on socket transport",
+                                     "exception": ConnectionResetError(104, "reset")})
+    assert [e["event"] for e in logs] == ["unhandled_error"]
+    assert watch.failed == {}
