@@ -149,6 +149,10 @@ def test_a_dead_client_flow_task_trips_the_kill_switch_and_healthz(
                for line in path.read_bytes().splitlines()]
     kills = [r for r in records if r.get("action") == "kill"]
     assert len(kills) == 1 and "client-flow" in kills[0]["reason"]
+    # Killed, but stopped cleanly: the log ends with its run_end record.
+    ends = [r for r in records if r["type"] == "run_end"]
+    assert len(ends) == 1 and ends[0]["status"] == "stopped"
+    assert ends[0]["ts_ns"] == max(r["ts_ns"] for r in records)
     assert not [e for e in logs if "never retrieved" in str(e.get("message", ""))]
 
 
