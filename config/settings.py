@@ -416,6 +416,8 @@ class BookSocketSettings(_Frozen):
     port: int = Field(default=8767, ge=0, le=65535)
     #: When set, clients must present it (?token= or Authorization: Bearer).
     token: SecretStr | None = None
+    #: Clients served at once; one more is refused (HTTP 503) until one leaves.
+    max_clients: int = Field(default=16, ge=1)
 
 
 class PostMortemSettings(_Frozen):

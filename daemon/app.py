@@ -18,6 +18,7 @@ from pathlib import Path
 from config.settings import Settings
 from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
+from daemon.core.tasks import spawn
 from daemon.market.bus import Bus
 from daemon.market.ringbuffer import RingStore, snapshot_every
 from daemon.ops.health import Health
@@ -58,6 +59,12 @@ class App:
     def ring_dir(self) -> Path:
         return self.settings.data_dir / "ring"
 
+    def attach_decision_log(self, writer: DecisionLogWriter) -> None:
+        """The strategy mode's decision log: its counters to /metrics, its write failures
+        to /healthz."""
+        self.decision_log = writer
+        self.health.decision_log_failing = lambda: writer.failing
+
     def start_rings(self) -> RingStore:
         """Reload the last snapshot (dropping rows past retention) and attach to the bus."""
         settings = self.settings
@@ -66,7 +73,7 @@ class App:
             max_rate_hz=settings.ring.max_rate_hz,
         )
         self.bus.add_sink(self.rings)
-        self._background.append(asyncio.create_task(
+        self._background.append(spawn(
             snapshot_every(self.rings, self.ring_dir, settings.ring.snapshot_interval_s),
             name="ring-snapshots",
         ))
@@ -78,8 +85,14 @@ class App:
         await asyncio.gather(*self._background, return_exceptions=True)
 
     def snapshot_rings(self) -> None:
-        if self.rings is not None:
+        """The last snapshot, at stop. A disk that refuses it costs the next start its warm
+        history, not the stop: logged in one line, the previous snapshot kept."""
+        if self.rings is None:
+            return
+        try:
             self.rings.snapshot(self.ring_dir)
+        except OSError as exc:
+            log.error("snapshot_failed", path=str(self.ring_dir), error=repr(exc))
 
     def warm_up_kernels(self) -> None:
         """Compile or load every numba kernel a strategy uses, before any market data: the

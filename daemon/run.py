@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 from config.settings import ConfigError, Settings
 from daemon.app import App
 from daemon.core.logs import configure_logging, get_logger
+from daemon.core.tasks import install_loop_handler, watch_tasks
 from daemon.ops.metrics import start_operations
+from daemon.postmortem.writer import DecisionLogNotDurable
 
 log = get_logger("app")
 
@@ -59,6 +61,9 @@ def run_mode(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:  # raised by a mode that finds a setting it cannot use
         print(f"cryptopipe: {exc}", file=sys.stderr)
         return 2
+    except DecisionLogNotDurable as exc:  # the disk refused records to the end: say so once
+        print(f"cryptopipe: {exc}", file=sys.stderr)
+        return 1
     except Exception:
         log.exception("crashed", mode=args.mode)
         return 1
@@ -74,6 +79,9 @@ def _event_loop_run(main: Awaitable[int]) -> int:
 
 async def _supervise(app: App, runner: ModeRunner) -> int:
     loop = asyncio.get_running_loop()
+    # Every task spawned below reports its death to /healthz (and, trading, the kill switch).
+    watch_tasks(app.health.tasks)
+    install_loop_handler(loop, app.health.tasks)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
@@ -81,6 +89,8 @@ async def _supervise(app: App, runner: ModeRunner) -> int:
     log.info("start", mode=app.args.mode, strategy=app.args.strategy,
              venues=app.settings.enabled_venues(), symbols=app.settings.symbols)
     operations = await start_operations(app)  # /metrics, /healthz, /book (long-running modes)
+    # Plain tasks, not `spawn`: both are awaited right here, and a mode's failure is the
+    # process's exit status (run_mode logs it).
     work = asyncio.create_task(runner(app), name=f"mode:{app.args.mode}")
     stopper = asyncio.create_task(stop.wait(), name="signals")
     try:

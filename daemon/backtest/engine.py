@@ -258,6 +258,7 @@ class Backtest:
                 await self._run_columns(data)
                 stats = data.stats
             self._finish()
+            self.writer.end_run()  # the log says the run ended cleanly (post-mortem reads it)
         finally:
             self.writer.close()
         return self._result(stats, time.perf_counter() - started)

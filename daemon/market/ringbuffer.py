@@ -22,6 +22,7 @@ import math
 import os
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,12 @@ DEFAULT_MAX_TRADE_RATE_HZ = 100.0
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_SNAPSHOT_FORMAT_VERSION = "1"
+#: Format 2 carries a CRC-32 per column per batch (the batch's custom metadata): bytes
+#: overwritten on disk that still parse as Arrow are found by it. Format 1 files (before
+#: checksums) are still read, but only when every row passes `_Ring.impossible_rows`.
+_SNAPSHOT_FORMAT_VERSION = "2"
+_UNCHECKSUMMED_FORMAT_VERSION = "1"
+_CHECKSUM_KEY = b"cryptopipe.crc32"
 _SNAPSHOT_SUFFIX = ".feather"
 #: Rows per Arrow record batch in a snapshot: big enough that per-batch overhead vanishes,
 #: small enough (48 MB of quotes) that the snapshot thread's copy never holds much memory.
@@ -360,6 +366,11 @@ class _Ring:
             },
         )
 
+    @staticmethod
+    def impossible_rows(arrays: list[np.ndarray]) -> int:
+        """Rows no feed could have produced (a damaged file); the subclass says which."""
+        raise NotImplementedError
+
     def _consistent_chunks(
         self, chunk_rows: int = _SNAPSHOT_CHUNK_ROWS
     ) -> Iterator[list[np.ndarray]]:
@@ -399,6 +410,16 @@ class QuoteRing(_Ring):
         ("ask_qty", np.float64),
     )
     KIND = "quotes"
+
+    @staticmethod
+    def impossible_rows(arrays: list[np.ndarray]) -> int:
+        """Quotes with a non-finite or non-positive price or size, or bid above ask."""
+        _, _, bid, ask, bid_qty, ask_qty = arrays
+        with np.errstate(invalid="ignore"):
+            possible = (np.isfinite(bid) & np.isfinite(ask) & np.isfinite(bid_qty)
+                        & np.isfinite(ask_qty) & (bid > 0) & (bid <= ask)
+                        & (bid_qty > 0) & (ask_qty > 0))
+        return int(possible.size - np.count_nonzero(possible))
 
     def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
         super().__init__(exchange, symbol, capacity)
@@ -556,6 +577,15 @@ class TradeRing(_Ring):
     )
     KIND = "trades"
 
+    @staticmethod
+    def impossible_rows(arrays: list[np.ndarray]) -> int:
+        """Trades with a non-finite or non-positive price, or a non-finite or zero size."""
+        _, price, signed_qty = arrays
+        with np.errstate(invalid="ignore"):
+            possible = (np.isfinite(price) & (price > 0) & np.isfinite(signed_qty)
+                        & (signed_qty != 0))
+        return int(possible.size - np.count_nonzero(possible))
+
     def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
         super().__init__(exchange, symbol, capacity)
         self._views = tuple(memoryview(column) for column in self._columns)
@@ -712,13 +742,25 @@ def _write_ring_snapshot(ring: _Ring, path: Path) -> int:
     rows = 0
     # A native OSFile, not a Python file object: Arrow writes without taking the GIL,
     # so a snapshot in a worker thread does not stall the event loop.
-    with pa.OSFile(str(tmp_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for arrays in ring._consistent_chunks():
-            writer.write_batch(pa.record_batch(arrays, schema=schema))
-            rows += int(arrays[0].shape[0])
-    _fsync_path(tmp_path)
-    os.replace(tmp_path, path)
+    try:
+        with pa.OSFile(str(tmp_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for arrays in ring._consistent_chunks():
+                writer.write_batch(pa.record_batch(arrays, schema=schema),
+                                   custom_metadata={_CHECKSUM_KEY: _checksums(arrays)})
+                rows += int(arrays[0].shape[0])
+        _fsync_path(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        # A full or failing disk: no empty or partial temporary file is left behind, and
+        # the previous snapshot (if any) stays as it was.
+        tmp_path.unlink(missing_ok=True)
+        raise
     return rows
+
+
+def _checksums(arrays: list[np.ndarray]) -> bytes:
+    """CRC-32 of each column's bytes, comma-separated hex (zlib releases the GIL)."""
+    return b",".join(b"%08x" % zlib.crc32(np.ascontiguousarray(array)) for array in arrays)
 
 
 def _read_ring_snapshot(
@@ -735,10 +777,9 @@ def _read_ring_snapshot(
         metadata = {
             key.decode(): value.decode() for key, value in (reader.schema.metadata or {}).items()
         }
-        if metadata.get("cryptopipe.format_version") != _SNAPSHOT_FORMAT_VERSION:
-            raise ValueError(
-                f"unknown snapshot format {metadata.get('cryptopipe.format_version')!r}"
-            )
+        version = metadata.get("cryptopipe.format_version")
+        if version not in (_SNAPSHOT_FORMAT_VERSION, _UNCHECKSUMMED_FORMAT_VERSION):
+            raise ValueError(f"unknown snapshot format {version!r}")
         kind = metadata.get("cryptopipe.kind")
         ring_class: type[_Ring]
         if kind == QuoteRing.KIND:
@@ -753,11 +794,13 @@ def _read_ring_snapshot(
             raise ValueError(f"schema {reader.schema} is not {expected}")
         previous_ts_ns = _INT64_MIN
         for batch_index in range(reader.num_record_batches):
-            batch = reader.get_batch(batch_index)
+            batch, batch_metadata = reader.get_batch_with_custom_metadata(batch_index)
+            batch.validate(full=True)
             if any(column.null_count for column in batch.columns):
                 raise ValueError("null values in a snapshot column")
             # Views into the memory map, copied into the ring by _write_bulk below.
             arrays = [column.to_numpy(zero_copy_only=True) for column in batch.columns]
+            _check_batch(ring, arrays, version, batch_metadata, batch_index)
             ts = arrays[0]
             if ts.shape[0] and (ts[0] < previous_ts_ns or np.any(ts[1:] < ts[:-1])):
                 # The writer only ever saves sorted timestamps: this file is damaged.
@@ -767,6 +810,22 @@ def _read_ring_snapshot(
             keep_from = int(np.searchsorted(ts, cutoff_ns, "left"))
             ring._write_bulk([array[keep_from:] for array in arrays])
     return ring
+
+
+def _check_batch(ring: _Ring, arrays: list[np.ndarray], version: str | None,
+                 metadata: pa.KeyValueMetadata | None, batch_index: int) -> None:
+    """Raise when a batch is not what the writer wrote: its checksums decide (format 2);
+    a format 1 batch must hold only rows a feed could have produced."""
+    if version == _UNCHECKSUMMED_FORMAT_VERSION:
+        impossible = ring.impossible_rows(arrays)
+        if impossible:
+            raise ValueError(f"batch {batch_index}: {impossible} rows with impossible values")
+        return
+    stored = metadata.get(_CHECKSUM_KEY) if metadata is not None else None
+    if stored is None:
+        raise ValueError(f"batch {batch_index}: no checksum")
+    if stored != _checksums(arrays):
+        raise ValueError(f"batch {batch_index}: checksum mismatch (bytes overwritten)")
 
 
 class RingStore:
@@ -921,8 +980,9 @@ class RingStore:
         """A new store filled from the snapshots in `path_dir`, rows older than the
         retention (before `now_ns - retention_s`) dropped.
 
-        A missing directory, or a corrupt, truncated or unreadable file, is logged and
-        skipped: start-up goes on with whatever history could be read.
+        A missing directory, or a corrupt, truncated or unreadable file — or one whose
+        bytes were overwritten (checksum mismatch, or a row no feed could produce) — is
+        logged and skipped: start-up goes on with whatever history could be read.
         """
         store = cls(retention_s, max_rate_hz, max_trade_rate_hz)
         now_ns = time.time_ns() if now_ns is None else now_ns

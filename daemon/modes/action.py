@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from config.settings import ConfigError, Settings
@@ -24,6 +25,7 @@ from daemon.core.clock import FeedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote
 from daemon.core.records import RecordSink
+from daemon.core.tasks import spawn
 from daemon.market.market_view import RingMarketView
 from daemon.postmortem.exports import write_strategy_exports
 from daemon.postmortem.writer import DecisionLogWriter
@@ -53,7 +55,7 @@ async def run_action(app: App) -> int:
     clock = FeedClock(replaying=app.replaying)
     writer = DecisionLogWriter.from_settings(settings, app.run_id, clock=clock)
     await writer.start()
-    app.decision_log = writer
+    app.attach_decision_log(writer)
     sink = app.trading.tee(writer)
     try:
         inner = await _open_executor(settings, app)
@@ -70,6 +72,10 @@ async def run_action(app: App) -> int:
             await _close_executor(inner)
             write_strategy_exports(strategy, settings.data_dir, app.run_id)
     finally:
+        # The run ended cleanly unless an error (not a stop's cancellation) is in flight.
+        failure = sys.exc_info()[1]
+        clean = failure is None or isinstance(failure, asyncio.CancelledError)
+        writer.end_run("stopped" if clean else f"failed: {type(failure).__name__}")
         await writer.aclose()
         log.info("strategy_stopped", strategy=strategy.name, records=writer.durable_records)
     return 0
@@ -106,9 +112,17 @@ async def _close_executor(executor: Any) -> None:
 
 
 def _arm_kill_switch(app: App, executor: GatedExecutor) -> None:
-    """Beyond the session's own wiring (runner.kill): /healthz turns 503, SIGUSR1 fires it."""
+    """Beyond the session's own wiring (runner.kill): /healthz turns 503, SIGUSR1 fires it,
+    and so do any task of the daemon that dies (none of ours is restarted: a strategy must
+    not quote on without its flow source, feed or decision log) and a decision log the
+    disk stops taking."""
     kill_switch = executor.kill_switch
     kill_switch.on_fire(lambda why, _now: app.health.trip_kill_switch(why))
+    app.health.tasks.on_failure(
+        lambda name, exc: kill_switch.fire(f"task {name} died: {type(exc).__name__}: {exc}"))
+    if app.decision_log is not None:  # no order the audit trail cannot hold
+        app.decision_log.on_not_durable(
+            lambda why: kill_switch.fire(f"decision log not durable: {why}"))
     with contextlib.suppress(RuntimeError, ValueError):  # not on the main thread / platform
         kill_switch.install_signal_handler()
 
@@ -118,11 +132,11 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
     """Feed bus events to the runner until the feed ends (replay) or we are cancelled."""
     runner, snapshots = session.runner, session.snapshots
     subscription = app.bus.subscribe(f"strategy:{runner.strategy.name}")
-    feed = asyncio.create_task(app.market_data(), name="feed")
+    feed = spawn(app.market_data(), name="feed")
     flow = _start_client_flow(app, runner, clock)
     try:
         while True:
-            waiter = asyncio.ensure_future(subscription.wait())
+            waiter = spawn(subscription.wait(), name="strategy-wakeup")
             await asyncio.wait({waiter, feed}, timeout=None if clock.replaying else IDLE_TICK_S,
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
@@ -164,4 +178,4 @@ def _start_client_flow(app: App, runner: StrategyRunner,
 
     source = build_flow_source(app.settings, mid=mid, clock=clock,
                                admit=runner.client_fill_refusal)
-    return asyncio.create_task(run_flow(source, runner.on_client_fill), name="client-flow")
+    return spawn(run_flow(source, runner.on_client_fill), name="client-flow")

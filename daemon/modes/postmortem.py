@@ -11,7 +11,7 @@ from rich.console import Console
 
 from config.settings import ConfigError
 from daemon.postmortem.reader import LogFilter, parse_time
-from daemon.postmortem.report import build_report, print_report
+from daemon.postmortem.report import ReportNotWritten, build_report, print_report
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -29,7 +29,11 @@ async def run_postmortem(app: App) -> int:
         )
     except ValueError as exc:
         raise ConfigError(f"post-mortem: {exc}") from None
-    report = await asyncio.to_thread(build_report, app.settings.data_dir, log_filter)
+    try:
+        report = await asyncio.to_thread(build_report, app.settings.data_dir, log_filter)
+    except ReportNotWritten as exc:  # a full disk or a read-only directory: one line, exit 2
+        print(f"cryptopipe: {exc}", file=sys.stderr)
+        return 2
     if args.format == "json":
         sys.stdout.buffer.write(orjson.dumps(report.figures(), option=orjson.OPT_INDENT_2))
         sys.stdout.buffer.write(b"\n")

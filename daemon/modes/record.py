@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from config.settings import ConfigError
 from daemon.core.logs import get_logger
+from daemon.core.tasks import spawn
 
 if TYPE_CHECKING:
     from adapters.recordings.recorder import Recorder
@@ -37,8 +38,8 @@ async def run_record(app: App) -> int:
     recorder = Recorder(directory, run_id=app.run_id)
     log.info("recording", directory=str(directory), venues=app.settings.enabled_venues(),
              symbols=app.settings.symbols)
-    flusher = asyncio.create_task(recorder.run(), name="recorder")
-    progress = asyncio.create_task(_report(recorder), name="record-progress")
+    flusher = spawn(recorder.run(), name="recorder")
+    progress = spawn(_report(recorder), name="record-progress")
     try:
         await run_live(app.settings, app.bus, recorder=recorder)
     finally:

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from daemon.core.clock import now_ns
 from daemon.core.model import Quote
+from daemon.core.tasks import spawn
 from daemon.market.view import ConsolidatedView
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ async def _watch_json(app: App, out: BinaryIO) -> int:
 
 async def _watch_table(app: App) -> int:
     console = Console()
-    feed = asyncio.create_task(app.market_data(), name="feed")
+    feed = spawn(app.market_data(), name="feed")
     clock = _feed_clock(app)
     with Live(render_table(app.bus.view, clock()), console=console,
               refresh_per_second=REFRESH_HZ, transient=False) as live:

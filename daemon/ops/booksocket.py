@@ -17,7 +17,12 @@ than one pending quote per (venue, symbol).
 
 With `book_socket.token` set, a client must present it as `?token=...` or
 `Authorization: Bearer ...`; otherwise the handshake is refused with 401. The token is
-never logged (nor is the request path, which may carry it).
+never logged (nor is the request path, which may carry it). Without a token any local
+process can read the view: start-up warns about it.
+
+At most `book_socket.max_clients` clients are served at once: one more gets HTTP 503
+(counted as refused) before its handshake completes, so a runaway consumer cannot make the
+daemon hold an unbounded number of subscriptions.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from config.settings import BookSocketSettings, ConfigError
 from daemon.core.logs import get_logger
+from daemon.core.tasks import spawn
 from daemon.market.bus import Bus, Subscription
 
 log = get_logger("book_socket")
@@ -58,6 +65,7 @@ class BookSocketServer:
         self._connections: set[ServerConnection] = set()
         self._client_ids = itertools.count(1)
         self._sent = 0
+        self._refused = 0
         self._conflated_by_gone_clients = 0
 
     @property
@@ -81,7 +89,10 @@ class BookSocketServer:
                               f"{self._settings.host}:{self._settings.port}: {exc.strerror}"
                               ) from None
         log.info("book_socket_listening", url=f"ws://{self._settings.host}:{self.port}{PATH}",
-                 token_required=bool(self._token))
+                 token_required=bool(self._token), max_clients=self._settings.max_clients)
+        if not self._token:
+            log.warning("book_socket_without_token",
+                        hint="any local process can read the view; set book_socket.token")
 
     async def close(self) -> None:
         if self._server is None:
@@ -99,10 +110,11 @@ class BookSocketServer:
             await server.wait_closed()
 
     def stats(self) -> dict[str, int]:
-        """Clients now, views sent, quotes conflated for clients (gone ones included)."""
+        """Clients now, views sent, quotes conflated for clients (gone ones included), and
+        clients refused because `max_clients` were connected."""
         live = sum(s.conflated for s in self._subscriptions)
         return {"clients": len(self._subscriptions), "sent": self._sent,
-                "conflated": self._conflated_by_gone_clients + live}
+                "conflated": self._conflated_by_gone_clients + live, "refused": self._refused}
 
     def client_stats(self) -> list[dict[str, int | str]]:
         """Per connected client: quotes taken, conflated and pending in its subscription."""
@@ -117,7 +129,19 @@ class BookSocketServer:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found: the view is on /book\n")
         if self._token and not self._authorized(url.query, request.headers):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
+        if self._full():
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                      "too many clients, try again later\n")
         return None
+
+    def _full(self) -> bool:
+        """At `max_clients` already: count and log the refusal."""
+        if len(self._connections) < self._settings.max_clients:
+            return False
+        self._refused += 1
+        log.warning("book_client_refused", reason="max_clients",
+                    max_clients=self._settings.max_clients, refused=self._refused)
+        return True
 
     def _authorized(self, query: str, headers: Headers) -> bool:
         presented = parse_qs(query).get("token", [""])[0]
@@ -129,13 +153,19 @@ class BookSocketServer:
     # -- one client --------------------------------------------------------------------------
 
     async def _serve_client(self, connection: ServerConnection) -> None:
+        # Handshakes that passed `_check_request` together can overshoot the limit: the
+        # last ones are closed here with "try again later" before they get a subscription.
+        if self._full():
+            await connection.close(CloseCode.TRY_AGAIN_LATER, "too many clients")
+            return
         client = f"book-socket-{next(self._client_ids)}"
         subscription = self._bus.subscribe(client, trades=False)
         self._subscriptions.add(subscription)
         self._connections.add(connection)
         log.info("book_client_connected", client=client, peer=str(connection.remote_address))
-        sender = asyncio.create_task(self._send_views(connection, subscription), name=client)
-        closed = asyncio.create_task(connection.wait_closed(), name=f"{client}-closed")
+        sender = spawn(self._send_views(connection, subscription), name=client,
+                       expected=(ConnectionClosed,))
+        closed = spawn(connection.wait_closed(), name=f"{client}-closed")
         try:
             # A quiet market must not keep a closed client's subscription alive: whichever
             # ends first (the client going away, or a send failing) ends this client.

@@ -1,13 +1,17 @@
 """Is the daemon fit to trade? The state behind `/healthz`, held by the app, set by others.
 
-Two things make the daemon unhealthy:
+Four things make the daemon unhealthy:
 
 - a **required feed is stale**: an enabled venue/symbol whose latest quote is flagged stale
   by the adapter's watchdog, is older than the venue's `stale_after_s`, or has not arrived
   at all for longer than that since start (a feed that never connects is as bad as one
   that stopped);
 - the **kill switch is on**: whoever trips it (risk gate, action layer, operator) calls
-  `trip_kill_switch(reason)`; it stays on until `clear_kill_switch()`.
+  `trip_kill_switch(reason)`; it stays on until `clear_kill_switch()`;
+- a **task died**: a background task of the daemon ended with an exception (`tasks`, the
+  process's `daemon.core.tasks.TaskWatch`, names it);
+- the **decision log is not durable**: the disk refuses its writes (`decision_log_failing`,
+  set by `App.attach_decision_log`).
 
 Live, the required feeds are the configured ones (`Settings.enabled_venues()` x
 `symbols_for(venue)`) and ages are measured on the wall clock. In a replay the recording
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from daemon.core.clock import now_ns
+from daemon.core.tasks import TaskWatch
 from daemon.market.view import ConsolidatedView
 
 if TYPE_CHECKING:
@@ -64,6 +69,10 @@ class Health:
     stale_after_by_venue: dict[str, float] = field(default_factory=dict)
     kill_switch_reason: str | None = None
     started_ns: int = field(default_factory=now_ns)
+    #: Tasks that died (every `spawn` of the process reports here: daemon/run.py).
+    tasks: TaskWatch = field(default_factory=TaskWatch)
+    #: Why the decision log is not durable (its last write error), None while it is.
+    decision_log_failing: Callable[[], str | None] = lambda: None
 
     def require_configured_feeds(self, settings: Settings) -> None:
         """Every enabled venue x each of its symbols must stay fresh."""
@@ -121,6 +130,10 @@ class Health:
                 reasons.append(f"{name}: last quote {age_s:.1f} s old (> {stale_after_s:g} s)")
             feeds[name] = {"status": status, "age_s": round(age_s, 3),
                            "stale_after_s": stale_after_s}
+        reasons.extend(self.tasks.reasons())
+        log_failure = self.decision_log_failing()
+        if log_failure is not None:
+            reasons.append(f"decision log not durable: {log_failure}")
         if self.kill_switch_reason is not None:
             reasons.append(f"kill switch on: {self.kill_switch_reason}")
         return HealthReport(not reasons, reasons, self.kill_switch_reason, feeds)

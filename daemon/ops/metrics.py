@@ -367,6 +367,9 @@ class BookSocketCollector(Collector):
         yield CounterMetricFamily("cryptopipe_book_socket_conflated",
                                   "Quotes superseded before a client took them.",
                                   value=stats["conflated"])
+        yield CounterMetricFamily("cryptopipe_book_socket_refused",
+                                  "Clients refused because max_clients were connected.",
+                                  value=stats["refused"])
 
 
 class DecisionLogCollector(Collector):
@@ -386,6 +389,8 @@ class DecisionLogCollector(Collector):
         "backpressure_blocked_s": ("backpressure_blocked_seconds",
                                    "Time producers spent blocked on a full queue.", True),
         "write_errors": ("write_errors", "Failed writes (retried, never dropped).", True),
+        "failing": ("failing", "1 while the disk refuses the log's writes (records are held "
+                    "in memory and trading is stopped).", False),
     }
 
     def __init__(self, app: Observed) -> None:

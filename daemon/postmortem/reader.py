@@ -20,6 +20,11 @@ dropped) and builds these tables in an in-memory database:
 - `client_fills`: internalize's client fills, taken from decisions that carry
   `client_side/client_qty/client_price`, as the desk's side of the trade;
 - `acks`, `balances`: as recorded, strategy resolved like fills.
+
+A run whose log has no `run_end` record did not end cleanly (a crash, a kill -9, a disk
+that stopped taking writes): `LoadedLog.unfinished_runs` names it with the time of its last
+durable record. With `--until`, a run with records at or past that time is not judged (its
+end may lie beyond the files read).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import duckdb
 
-from daemon.postmortem.schema import COLUMNS, SCHEMA_VERSION
+from daemon.postmortem.schema import COLUMNS, RUN_END, SCHEMA_VERSION
 from daemon.postmortem.writer import decisions_dir
 
 _DAY_DIR = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -58,6 +63,8 @@ class LoadedLog:
     corrupt_lines: int = 0
     #: Whole records of a schema version this reader does not know: skipped.
     unsupported_lines: int = 0
+    #: run id -> time (ns) of its last durable record, for runs without a `run_end` record.
+    unfinished_runs: dict[str, int] = field(default_factory=dict)
 
     @property
     def skipped_lines(self) -> int:
@@ -146,6 +153,20 @@ def _read_records(loaded: LoadedLog, log_filter: LogFilter) -> None:
     db.execute(f"""CREATE VIEW records AS SELECT rowid AS seq, * FROM raw
                    WHERE {' AND '.join(conditions)}""")
     loaded.records = int(db.execute("SELECT count(*) FROM records").fetchone()[0])  # type: ignore[index]
+    loaded.unfinished_runs = _unfinished_runs(db, log_filter)
+
+
+def _unfinished_runs(db: duckdb.DuckDBPyConnection, log_filter: LogFilter) -> dict[str, int]:
+    """Runs in the filter whose files hold no `run_end` record, with their last time."""
+    rows = db.execute(
+        f"""SELECT run_id, max(ts_ns) AS last_ns FROM raw
+            WHERE v = {SCHEMA_VERSION} AND run_id IN (SELECT DISTINCT run_id FROM records)
+            GROUP BY run_id
+            HAVING count(*) FILTER (WHERE type = '{RUN_END}') = 0
+            ORDER BY run_id"""
+    ).fetchall()
+    until = log_filter.until_ns
+    return {str(run): int(last) for run, last in rows if until is None or last < until}
 
 
 def _literal(text: str) -> str:

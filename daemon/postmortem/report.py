@@ -11,7 +11,10 @@ which is time order within a run; with the strategy's whole `inputs` as JSON) an
 `report.html` (plotly charts, plotly.js inlined so it opens offline). The figures are
 defined in `daemon.postmortem.figures`.
 
-An empty or missing log is not an error: a clear message and exit status 0.
+An empty or missing log is not an error: a clear message and exit status 0. A run whose
+log lacks its `run_end` record is reported as "did not end cleanly", with the time of its
+last durable record. Reports that cannot be written (a full disk, a read-only directory)
+raise `ReportNotWritten`, one line; the mode exits 2.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ log = get_logger("postmortem")
 REPORTS_DIR = "reports"
 
 
+class ReportNotWritten(Exception):
+    """The report files could not be written (the message says where and why, one line)."""
+
+
 @dataclass(slots=True)
 class Report:
     """What a post-mortem found and wrote."""
@@ -48,6 +55,8 @@ class Report:
     records: int = 0
     corrupt_lines: int = 0
     unsupported_lines: int = 0
+    #: run id -> time (ns) of the last durable record, for runs that did not end cleanly.
+    unfinished_runs: dict[str, int] = field(default_factory=dict)
     summaries: list[RunSummary] = field(default_factory=list)
     exports: dict[str, Path] = field(default_factory=dict)
 
@@ -75,6 +84,9 @@ class Report:
             "corrupt_lines": self.corrupt_lines,
             "unsupported_lines": self.unsupported_lines,
             "runs": [summary.figures() for summary in self.summaries],
+            "runs_not_ended_cleanly": [
+                {"run_id": run, "last_durable_ts_ns": last, "last_durable": _time(last)}
+                for run, last in self.unfinished_runs.items()],
             "exports": {name: str(path) for name, path in self.exports.items()},
             "message": self.message() if self.empty else "",
         }
@@ -104,7 +116,10 @@ def compile_report(loaded: LoadedLog, data_dir: Path, log_filter: LogFilter,
     largest pieces of work overlap on a multi-core machine.
     """
     report = Report(decisions_dir(data_dir), log_filter, len(loaded.files), loaded.records,
-                    loaded.corrupt_lines, loaded.unsupported_lines)
+                    loaded.corrupt_lines, loaded.unsupported_lines, dict(loaded.unfinished_runs))
+    for run, last in report.unfinished_runs.items():
+        log.warning("run_did_not_end_cleanly", run_id=run, last_durable=_time(last),
+                    hint="no run_end record: the run crashed, was killed, or its disk failed")
     if loaded.skipped_lines:
         log.warning("decision_log_lines_skipped", corrupt=loaded.corrupt_lines,
                     unsupported=loaded.unsupported_lines,
@@ -112,6 +127,17 @@ def compile_report(loaded: LoadedLog, data_dir: Path, log_filter: LogFilter,
     if not loaded.records:
         return report
     target = out_dir or data_dir / REPORTS_DIR / _label(log_filter)
+    try:
+        _compute_and_export(loaded, report, target, charts)
+    except (OSError, duckdb.IOException) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ReportNotWritten(f"post-mortem: cannot write the reports under {target}: "
+                               f"{reason.splitlines()[0] if reason else type(exc).__name__}"
+                               ) from None
+    return report
+
+
+def _compute_and_export(loaded: LoadedLog, report: Report, target: Path, charts: bool) -> None:
     target.mkdir(parents=True, exist_ok=True)
     cursor = loaded.db.cursor()
     try:
@@ -123,7 +149,6 @@ def compile_report(loaded: LoadedLog, data_dir: Path, log_filter: LogFilter,
     finally:
         cursor.close()
     report.exports.update(write_summary_and_html(report, target, charts))
-    return report
 
 
 def _label(log_filter: LogFilter) -> str:
@@ -168,6 +193,7 @@ def write_summary_and_html(report: Report, target: Path, charts: bool = True
         notes = [f"{report.files} log file(s), {report.records:,} records, "
                  f"{report.corrupt_lines + report.unsupported_lines:,} line(s) skipped "
                  "(torn or corrupt)."]
+        notes += [_unfinished(run, last) for run, last in report.unfinished_runs.items()]
         title = f"cryptopipe post-mortem — {_label(report.log_filter)}"
         exports["html"].write_text(report_html(report.summaries, title, notes), encoding="utf-8")
     return exports
@@ -227,7 +253,13 @@ def _time(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _unfinished(run: str, last_ns: int) -> str:
+    return f"run {run} did not end cleanly: last durable record at {_time(last_ns)} UTC"
+
+
 def print_report(report: Report, console: Console) -> None:
+    for run, last in report.unfinished_runs.items():
+        console.print(_unfinished(run, last))
     if report.empty:
         console.print(f"post-mortem: {report.message()}")
         return

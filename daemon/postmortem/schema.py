@@ -28,9 +28,14 @@ infinities are written as `null`):
 - `fill`: client_order_id, venue, symbol, side, price, qty, fee, fee_asset, liquidity
   ("maker"/"taker"), strategy, trade_id.
 - `balance`: venue, strategy, balances (object asset -> amount).
+- `run_end`: status ("stopped", or "failed: <error type>"), written (how many records the
+  run wrote before this one). The writer's last record, written only when the run stops
+  cleanly (`DecisionLogWriter.end_run`): a log without it ended early (a crash, a kill,
+  a disk that stopped taking writes), and the post-mortem says so.
 
 Compatibility: readers skip lines whose `v` they do not know (counted, like torn lines).
-Adding a field is compatible and keeps `v`; renaming or re-typing one bumps it.
+Adding a field or a record type is compatible and keeps `v` (a reader ignores a type it
+does not use: `run_end` was added so, in v1); renaming or re-typing a field bumps it.
 
 ## Conventions the report relies on
 
@@ -73,6 +78,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -86,7 +92,8 @@ INTENT = "intent"
 ACK = "ack"
 FILL = "fill"
 BALANCE = "balance"
-RECORD_TYPES = (DECISION, INTENT, ACK, FILL, BALANCE)
+RUN_END = "run_end"
+RECORD_TYPES = (DECISION, INTENT, ACK, FILL, BALANCE, RUN_END)
 
 #: DuckDB type of an intent inside a decision.
 INTENT_STRUCT = (
@@ -124,7 +131,17 @@ COLUMNS: dict[str, str] = {
     "liquidity": "VARCHAR",
     "trade_id": "VARCHAR",
     "balances": "JSON",
+    "written": "BIGINT",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """The decision log's own last record of a run that stopped cleanly (see the doc)."""
+
+    ts_ns: int
+    status: str
+    written: int
 
 _OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 
@@ -186,15 +203,21 @@ def _balance(r: BalanceSnapshot, run_id: str, ts_ns: int) -> dict[str, Any]:
             "venue": r.venue, "strategy": r.strategy, "balances": r.balances}
 
 
+def _run_end(r: RunEnd, run_id: str, ts_ns: int) -> dict[str, Any]:
+    return {"v": SCHEMA_VERSION, "type": RUN_END, "run_id": run_id, "ts_ns": ts_ns,
+            "status": r.status, "written": r.written}
+
+
 _ENCODERS: dict[type, Callable[[Any, str, int], dict[str, Any]]] = {
     Decision: _decision,
     OrderIntent: _intent,
     OrderAck: _ack,
     Fill: _fill,
     BalanceSnapshot: _balance,
+    RunEnd: _run_end,
 }
 #: Record types with a time of their own (`ts_ns`); an intent takes its decision's.
-_TIMED = frozenset({Decision, OrderAck, Fill, BalanceSnapshot})
+_TIMED = frozenset({Decision, OrderAck, Fill, BalanceSnapshot, RunEnd})
 
 
 def own_time_ns(record: object) -> int:

@@ -32,6 +32,19 @@ bounded by `queue_size`:
   stalls for as long as the disk needs, which is the point: trading must not outrun its
   own audit trail. A disk error surfaces there as an exception rather than a lost record.
 
+A disk that stops taking writes (ENOSPC, EIO, a read-only remount). The records stay in
+memory, in order, and the writer task retries every interval; `failing` says why they are
+not durable, `/healthz` turns 503 and the handlers of `on_not_durable` run (the action mode
+fires the kill switch: no order may be placed that the audit trail cannot hold). While it
+fails, neither `record()` nor `wait_room()` blocks the caller on the disk: trading has
+stopped and the loop must stay free to cancel orders and serve /healthz. `close()` tries a
+last time and, if records are still not durable, raises `DecisionLogNotDurable` (one line:
+how many records, where, why). Synchronous mode has no task to retry: a disk error is
+raised to the caller there.
+
+End of run: `end_run(status)` appends a `run_end` record (the schema), so a log that
+lacks it is one that ended early; the post-mortem reports it.
+
 Crash safety: a record is durable once `durable_records` counts it (written and
 fsync'd); a crash loses at most the records of the current interval. A torn last line
 (the write was cut short) is skipped by the reader, and the next writer appending to the
@@ -60,13 +73,21 @@ from daemon.core.clock import NS_PER_DAY, now_ns
 from daemon.core.logs import get_logger
 from daemon.core.model import BalanceSnapshot
 from daemon.core.records import Record, RecordSink
-from daemon.postmortem.schema import encode_record, log_file_name, own_time_ns
+from daemon.core.tasks import spawn
+from daemon.postmortem.schema import RunEnd, encode_record, log_file_name, own_time_ns
 
 log = get_logger("decision_log")
 
 DECISIONS_DIR = "decisions"
 #: At most one back-pressure alert line per this many seconds (every block is counted).
 ALERT_EVERY_S = 1.0
+#: While the disk refuses writes, one error line per this many seconds (each is counted).
+FAILURE_LOG_EVERY_S = 60.0
+
+
+class DecisionLogNotDurable(Exception):
+    """Records the disk would not take by the time the log closed (the message says how
+    many, where and why, in one line)."""
 
 
 def decisions_dir(data_dir: Path) -> Path:
@@ -144,6 +165,10 @@ class DecisionLogWriter:
         self.torn_tails_repaired = 0
         self.max_queued = 0
         self._last_alert = 0.0
+        #: Why records are not durable (the last write error), None while writes succeed.
+        self.failing: str | None = None
+        self._last_failure_log = 0.0
+        self._not_durable_handlers: list[Callable[[str], None]] = []
 
     @classmethod
     def from_settings(cls, settings: object, run_id: str, *, synchronous: bool = False,
@@ -180,9 +205,22 @@ class DecisionLogWriter:
         elif queued >= self._wake_at and self._wake is not None:
             self._wake.set()
 
+    def end_run(self, status: str = "stopped") -> None:
+        """Record the run's clean end (a `run_end` record), just before closing."""
+        self.record(RunEnd(self._previous_ts or self._clock(), status, self._enqueued))
+
+    def on_not_durable(self, handler: Callable[[str], None]) -> None:
+        """Run `handler(why)` each time writes start failing (see the module doc), and at
+        once if they already are."""
+        self._not_durable_handlers.append(handler)
+        if self.failing is not None:
+            handler(self.failing)
+
     async def wait_room(self) -> None:
         """Yield to the writer while the queue is over half full (cooperative back-pressure)."""
         if self._enqueued - self._written < self._room_at or self._room is None:
+            return
+        if self.failing is not None:  # waiting would stall the loop until the disk is back
             return
         self.backpressure_waits += 1
         self._alert("wait", self.queued)
@@ -213,6 +251,7 @@ class DecisionLogWriter:
             "backpressure_waits": self.backpressure_waits,
             "backpressure_blocked_s": self.backpressure_blocked_ns / 1e9,
             "write_errors": self.write_errors,
+            "failing": 0 if self.failing is None else 1,
             "torn_tails_repaired": self.torn_tails_repaired,
         }
 
@@ -228,8 +267,14 @@ class DecisionLogWriter:
         if self._synchronous:
             self.flush()
             return
+        if self.failing is not None:
+            return  # kept in memory: the writer task retries (see the module doc)
         started = time.perf_counter_ns()
-        self.flush()
+        try:
+            self.flush()
+        except OSError as exc:
+            self._write_failed(exc)
+            return
         self.backpressure_blocks += 1
         self.backpressure_blocked_ns += time.perf_counter_ns() - started
         self._alert("block", queued)
@@ -256,18 +301,21 @@ class DecisionLogWriter:
 
     def _write_batches(self) -> None:
         with self._disk_lock:
-            wrote = 0
             while self._batches:
                 batch = self._batches[0]
                 self._open_day(batch.day)
                 self._write_all(batch)
                 self._batches.popleft()
                 self._written += batch.records
-                wrote += batch.records
-            if wrote:
+            # Also when nothing new was written: a retry after a failed fsync must fsync.
+            if self._durable < self._written:
                 os.fsync(self._fd)
                 self._durable = self._written
                 self.flushes += 1
+            if self.failing is not None:
+                log.warning("decision_log_durable_again", run_id=self.run_id,
+                            durable_records=self._durable)
+                self.failing = None
 
     def _write_all(self, batch: _Batch) -> None:
         view = memoryview(batch.payload)
@@ -333,7 +381,7 @@ class DecisionLogWriter:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decision-log")
-        self._task = asyncio.create_task(self._run(), name=f"decision-log:{self.run_id}")
+        self._task = spawn(self._run(), name=f"decision-log:{self.run_id}")
         self._task.add_done_callback(self._on_task_done)
 
     def _running(self) -> bool:
@@ -353,11 +401,29 @@ class DecisionLogWriter:
             if self._batches:
                 try:
                     await loop.run_in_executor(self._thread, self._write_batches)
-                except Exception as exc:  # kept in order and retried next interval
-                    self.write_errors += 1
-                    log.error("decision_log_write_failed", run_id=self.run_id,
-                              error=repr(exc), queued=self.queued)
+                except OSError as exc:  # kept in order and retried next interval
+                    self._write_failed(exc)
             self._room.set()
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Count, log, and on the first failure of a streak tell the handlers."""
+        self.write_errors += 1
+        why = f"{exc.strerror or exc!r} ({self.queued} records waiting)"
+        now = time.monotonic()
+        # Retried every interval: one line when the streak starts, then one per minute.
+        if self.failing is None or now - self._last_failure_log >= FAILURE_LOG_EVERY_S:
+            self._last_failure_log = now
+            log.error("decision_log_write_failed", run_id=self.run_id, error=repr(exc),
+                      queued=self.queued, write_errors=self.write_errors)
+        if self.failing is not None:
+            self.failing = why
+            return
+        self.failing = why
+        for handler in list(self._not_durable_handlers):
+            try:
+                handler(why)
+            except Exception:  # one failing handler must not keep the others from running
+                log.exception("decision_log_handler_failed")
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         """Never leave a producer parked in `wait_room()` behind a dead writer task."""
@@ -379,15 +445,33 @@ class DecisionLogWriter:
         self.close()
 
     def close(self) -> None:
-        """Write and fsync whatever is left and close the file (waits for the writer thread)."""
+        """Write and fsync whatever is left and close the file (waits for the writer thread).
+
+        Raises `DecisionLogNotDurable` when the disk still refuses records (asynchronous
+        mode; a synchronous log raises the disk's error itself)."""
         if self._closed:
             return
         self._closed = True
         try:
             self.flush()
+        except OSError as exc:
+            if self._synchronous:
+                raise
+            self.write_errors += 1
+            lost = self.queued
+            log.error("decision_log_not_durable", run_id=self.run_id, records=lost,
+                      error=repr(exc))
+            where = self.path or self.root
+            raise DecisionLogNotDurable(
+                f"decision log not durable: {lost} record(s) could not be written to "
+                f"{where}: {exc.strerror or exc!r}") from None
         finally:
             with self._disk_lock:
-                self._close_file()
+                try:
+                    self._close_file()
+                except OSError as exc:  # flush() above already said whether records are lost
+                    log.error("decision_log_close_failed", run_id=self.run_id, error=repr(exc))
+                    self._fd = -1
             if self._thread is not None:
                 self._thread.shutdown(wait=True)
             if self._room is not None:

@@ -24,6 +24,7 @@ from daemon.core.clock import NS_PER_SECOND
 from daemon.core.logs import get_logger
 from daemon.core.model import Decision, TransferIntent
 from daemon.core.records import RecordSink
+from daemon.core.tasks import spawn
 from daemon.core.vocabulary import Action
 from daemon.trading.errors import TransferRefused
 from daemon.trading.paper import PaperExecutor
@@ -123,7 +124,8 @@ class BackgroundTransfers:
 
     def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
                  now_ns: int) -> None:
-        task = asyncio.create_task(self._send(asset, amount, from_venue, to_venue, now_ns))
+        task = spawn(self._send(asset, amount, from_venue, to_venue, now_ns),
+                     name=f"transfer:{asset}:{from_venue}->{to_venue}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -489,3 +489,84 @@ async def test_snapshot_every_survives_a_failed_snapshot(tmp_path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert [e["event"] for e in logs if e["event"] == "snapshot_failed"] == ["snapshot_failed"] * 2
+
+
+def _overwrite_column(path, ring, name: str, values: np.ndarray) -> None:
+    """Overwrite one column's bytes in place, as a bad disk or a stray writer would: the
+    file still parses as Arrow."""
+    original = all_columns(ring)[[n for n, _ in ring.COLUMNS].index(name)]
+    data = path.read_bytes()
+    column_bytes = np.asarray(original, dtype=np.float64).tobytes()
+    at = data.find(column_bytes)
+    assert at >= 0, "column not found in the file"
+    damaged = values.astype(np.float64).tobytes()
+    path.write_bytes(data[:at] + damaged + data[at + len(column_bytes):])
+
+
+def test_a_snapshot_with_overwritten_values_is_skipped_not_loaded(tmp_path) -> None:
+    store = filled_store(rows=300)  # no wrap: each column is one batch
+    store.snapshot(tmp_path)
+    ring = store.quotes("bybit_spot", "BTC/USDT")
+    damaged = next(p for p in tmp_path.glob("bybit_spot*.quotes.feather"))
+    asks = np.asarray(all_columns(ring)[3])
+    _overwrite_column(damaged, ring, "ask", -asks)  # 300 negative asks that still parse
+    with capture_logs() as logs:
+        loaded = RingStore.load(tmp_path, retention_s=3600, now_ns=T0 + 300 * NS,
+                                max_rate_hz=0.1, max_trade_rate_hz=0.05)
+    skipped = [e for e in logs if e["event"] == "snapshot_file_skipped"]
+    assert [e["path"] for e in skipped] == [str(damaged)]
+    assert skipped[0]["log_level"] == "warning"
+    assert loaded.quotes("bybit_spot", "BTC/USDT") is None
+    assert all_columns(loaded.quotes("binance_usdm", "BTC/USDT:USDT")) == all_columns(
+        store.quotes("binance_usdm", "BTC/USDT:USDT"))
+
+
+@pytest.mark.parametrize("column, value", [("ask", -1.0), ("bid", math.inf),
+                                           ("bid_qty", 0.0), ("ask", 59_000.0)])
+def test_a_snapshot_without_checksum_is_checked_value_by_value(tmp_path, column, value) -> None:
+    # Files written before checksums (format 1) are accepted only when every row is a
+    # possible quote: prices finite, bid <= ask, sizes > 0.
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    ring = QuoteRing("binance_spot", "BTC/USDT", capacity=4)
+    schema = ring._arrow_schema().with_metadata(
+        {**ring._arrow_schema().metadata, b"cryptopipe.format_version": b"1"})
+    names = [name for name, _ in ring.COLUMNS]
+    columns = {"local_ts_ns": np.array([1, 2]), "exchange_ts_ns": np.array([0, 0]),
+               "bid": np.array([60_000.0, 60_000.0]), "ask": np.array([60_000.1, 60_000.1]),
+               "bid_qty": np.ones(2), "ask_qty": np.ones(2)}
+    good = tmp_path / "good"
+    bad = tmp_path / "bad"
+    for directory in (good, bad):
+        directory.mkdir()
+        if directory is bad:
+            columns[column] = columns[column].copy()
+            columns[column][1] = value
+        batch = pa.record_batch([columns[name] for name in names], schema=schema)
+        with pa.ipc.new_file(str(directory / "x.quotes.feather"), schema) as writer:
+            writer.write_batch(batch)
+    assert RingStore.load(good, now_ns=3, max_rate_hz=0.1).keys() == [("binance_spot", "BTC/USDT")]
+    with capture_logs() as logs:
+        assert RingStore.load(bad, now_ns=3, max_rate_hz=0.1).keys() == []
+    assert [e["event"] for e in logs] == ["snapshot_file_skipped"]
+
+
+def test_a_snapshot_the_disk_refuses_leaves_no_temp_file_and_keeps_the_last_one(
+        tmp_path, monkeypatch) -> None:
+    import errno
+
+    import daemon.market.ringbuffer as ringbuffer
+
+    store = filled_store()
+    store.snapshot(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(path, directory=False):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ringbuffer, "_fsync_path", disk_full)
+    with pytest.raises(OSError):
+        store.snapshot(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert not list(tmp_path.glob("*.tmp"))

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -103,3 +104,111 @@ def test_every_strategy_runs_in_action_mode_on_the_sample(tmp_path: Path, strate
         (run_dir,) = (data_dir / "reports").iterdir()
         assert (run_dir / "flow_internalization_results.csv").is_file()
         assert (run_dir / "portfolio_tracking_results.csv").is_file()
+
+
+def action_app(data_dir: Path, strategy: str, feed: str = "sample", **settings: object) -> Any:
+    """An App for `--mode action` in this process (faults can be injected with monkeypatch)."""
+    from config.settings import load_settings
+    from daemon.app import App
+    from daemon.cli import build_parser
+
+    args = build_parser().parse_args(["--mode", "action", "--strategy", strategy, "--feed",
+                                      feed, "--speed", "max", "--run-id", "inproc"])
+    overrides = {"data_dir": data_dir, "metrics": {"enabled": False}, **settings}
+    return App(settings=load_settings(overrides, env_file=None), args=args, run_id="inproc")
+
+
+def test_a_dead_client_flow_task_trips_the_kill_switch_and_healthz(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    import adapters.client_flow
+    from daemon.modes.action import run_action
+    from daemon.run import _supervise
+
+    async def dying_flow(source: object, deliver: object) -> int:
+        raise OverflowError("client fill time out of range")
+
+    monkeypatch.setattr(adapters.client_flow, "run_flow", dying_flow)
+    app = action_app(tmp_path / "data", "internalize",
+                     strategies={"internalize": {"symbol": "BTC/USDT"}})
+    with capture_logs() as logs:
+        status = asyncio.run(_supervise(app, run_action))
+    assert status == 0
+    failed = [e for e in logs if e["event"] == "task_failed"]
+    assert [e["task"] for e in failed] == ["client-flow"]
+    assert isinstance(failed[0]["exc_info"], OverflowError)
+    reasons = app.health.evaluate(app.bus.view, replaying=True).reasons
+    assert "task client-flow died: OverflowError: client fill time out of range" in reasons
+    assert app.health.kill_switch_reason is not None
+    assert "client-flow" in app.health.kill_switch_reason
+    # A kill before the first market event is dated by a feed clock still at 0 (1970).
+    records = [orjson.loads(line) for path in (tmp_path / "data" / "decisions").glob("*/*")
+               for line in path.read_bytes().splitlines()]
+    kills = [r for r in records if r.get("action") == "kill"]
+    assert len(kills) == 1 and "client-flow" in kills[0]["reason"]
+    # Killed, but stopped cleanly: the log ends with its run_end record.
+    ends = [r for r in records if r["type"] == "run_end"]
+    assert len(ends) == 1 and ends[0]["status"] == "stopped"
+    assert ends[0]["ts_ns"] == max(r["ts_ns"] for r in records)
+    assert not [e for e in logs if "never retrieved" in str(e.get("message", ""))]
+
+
+def test_an_unwritable_decision_log_stops_trading_and_the_stop_exits_1_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import structlog
+
+    from daemon.postmortem.writer import DecisionLogWriter
+    from daemon.run import run_mode
+    from daemon.trading.killswitch import KillSwitch
+
+    def disk_full(self: DecisionLogWriter, batch: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    app_box: list[Any] = []
+    at_kill: dict[str, Any] = {}
+    real_fire = KillSwitch.fire
+
+    def fire(self: KillSwitch, why: str, now_ns: int | None = None) -> bool:
+        app = app_box[0]
+        at_kill.setdefault("why", why)
+        at_kill.setdefault("orders", sum(app.trading.orders.values()))
+        at_kill.setdefault("quotes", app.bus.counters()["published_quotes"])
+        return real_fire(self, why, now_ns)
+
+    import daemon.run
+
+    real_app = daemon.run.App
+
+    def keep_app(**kwargs: Any) -> Any:
+        app_box.append(real_app(**kwargs))
+        return app_box[0]
+
+    monkeypatch.setattr(DecisionLogWriter, "_write_all", disk_full)
+    monkeypatch.setattr(KillSwitch, "fire", fire)
+    monkeypatch.setattr(daemon.run, "App", keep_app)
+    probe = action_app(tmp_path / "data", "inventory-mm",
+                       postmortem={"flush_interval_ms": 1})
+    try:
+        status = run_mode(probe.settings, probe.args)
+    finally:
+        structlog.reset_defaults()
+    app = app_box[0]
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("cryptopipe:")]
+    assert len(lines) == 1 and "decision log not durable" in lines[0]
+    assert "No space left on device" in lines[0]
+    # Trading stopped at the first failed write, while the market went on.
+    assert at_kill["why"].startswith("decision log not durable")
+    assert sum(app.trading.orders.values()) == at_kill["orders"]
+    assert app.bus.counters()["published_quotes"] > at_kill["quotes"]
+    reasons = app.health.evaluate(app.bus.view, replaying=True).reasons
+    assert any(reason.startswith("decision log not durable") for reason in reasons)
+    assert not list((tmp_path / "data").rglob("*.tmp"))

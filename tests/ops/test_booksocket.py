@@ -167,6 +167,42 @@ async def test_a_slow_client_is_conflated_and_never_delays_the_bus() -> None:
     # publish is a plain synchronous call: its cost does not depend on the slow reader
     assert sum(durations) / len(durations) < 1e-3
     assert server.stats() == {"clients": 0, "sent": server.stats()["sent"],
-                              "conflated": server.stats()["conflated"]}
+                              "conflated": server.stats()["conflated"], "refused": 0}
     assert server.stats()["conflated"] > 0
     assert bus.counters()["published_quotes"] == len(durations)
+
+
+async def test_clients_beyond_max_clients_are_refused() -> None:
+    bus = Bus()
+    settings = BookSocketSettings(enabled=True, port=0, max_clients=2)
+    server = BookSocketServer(bus, settings)
+    await server.start()
+    try:
+        url = f"ws://127.0.0.1:{server.port}/book"
+        async with connect(url) as first, connect(url) as second:
+            await wait_for(lambda: server.stats()["clients"] == 2)
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert server.stats()["refused"] == 1
+            await first.close()
+            await second.close()
+        await wait_for(lambda: server.stats()["clients"] == 0)
+        async with connect(url):  # room again once a client has left
+            pass
+    finally:
+        await server.close()
+
+
+async def test_a_socket_without_token_warns_at_start() -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        async with book_socket(Bus()):
+            pass
+        async with book_socket(Bus(), token="s3cret"):
+            pass
+    warnings = [e for e in logs if e["event"] == "book_socket_without_token"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
+    assert "s3cret" not in repr(logs)

@@ -344,3 +344,44 @@ def test_html_report_renders_its_charts_in_headless_chromium(tmp_path: Path) -> 
     assert result.stdout.count('class="main-svg"') >= 3
     assert result.stdout.count('class="plot-container plotly"') == 3
     shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_a_run_without_its_end_record_is_reported_as_not_ended_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    data_dir = tmp_path / "data"
+    write_log(data_dir, "crashed", market_making_records())
+    with DecisionLogWriter(data_dir, "clean", synchronous=True) as writer:
+        for record in market_making_records():
+            writer.record(record)
+        writer.end_run()
+    last_ns = max(getattr(r, "ts_ns", 0) for r in market_making_records())
+    status, out = run_cli(capsys, data_dir, "--format", "json")
+    assert status == 0
+    figures = orjson.loads(out)
+    assert figures["runs_not_ended_cleanly"] == [
+        {"run_id": "crashed", "last_durable_ts_ns": last_ns,
+         "last_durable": figures["runs_not_ended_cleanly"][0]["last_durable"]}]
+    assert {run["run_id"] for run in figures["runs"]} == {"crashed", "clean"}
+    status, out = run_cli(capsys, data_dir)
+    assert status == 0
+    assert "run crashed did not end cleanly: last durable record at " in out
+    assert "run clean did not" not in out
+
+
+def test_reports_that_cannot_be_written_exit_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    data_dir = tmp_path / "data"
+    write_log(data_dir)
+    (data_dir / "reports").write_text("a file where the reports directory should be")
+    os.environ["CRYPTOPIPE_DATA_DIR"] = str(data_dir)
+    try:
+        status = main(["--mode", "post-mortem"])
+    finally:
+        del os.environ["CRYPTOPIPE_DATA_DIR"]
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("cryptopipe:")]
+    assert len(lines) == 1 and "cannot write the reports under" in lines[0]

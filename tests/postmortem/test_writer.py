@@ -282,3 +282,55 @@ async def test_a_failing_disk_keeps_records_in_order_and_retries(
     records, corrupt = read_lines(log_path(tmp_path, "flaky"))
     assert corrupt == 0
     assert [r["qty"] for r in records] == [float(i) for i in range(300)]
+
+
+async def test_a_disk_that_refuses_every_write_is_reported_and_nothing_blocks_or_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    from daemon.postmortem.writer import DecisionLogNotDurable
+
+    def disk_full(self: DecisionLogWriter, batch: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    told: list[str] = []
+    writer = DecisionLogWriter(tmp_path, "full", flush_interval_ms=5, queue_size=100)
+    await writer.start()
+    writer.on_not_durable(told.append)
+    monkeypatch.setattr(DecisionLogWriter, "_write_all", disk_full)
+    for i in range(50):
+        writer.record(numbered_fill(i))
+    deadline = time.monotonic() + 30
+    while writer.failing is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert writer.failing is not None and "No space left" in writer.failing
+    assert len(told) == 1
+    for i in range(50, 1_000):  # far past queue_size: kept in memory, never raised
+        writer.record(numbered_fill(i))
+        await writer.wait_room()  # returns: waiting would stall the loop
+    assert writer.queued == 1_000 and writer.durable_records == 0
+    monkeypatch.undo()  # the disk is back: everything is written, in order
+    deadline = time.monotonic() + 30
+    while writer.queued and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert writer.failing is None
+    monkeypatch.setattr(DecisionLogWriter, "_write_all", disk_full)
+    writer.record(numbered_fill(1_000))
+    with pytest.raises(DecisionLogNotDurable) as refused:
+        await writer.aclose()
+    assert str(refused.value).count("\n") == 0
+    assert "1 record(s) could not be written" in str(refused.value)
+    assert "No space left on device" in str(refused.value)
+    records, corrupt = read_lines(log_path(tmp_path, "full"))
+    assert corrupt == 0 and [r["qty"] for r in records] == [float(i) for i in range(1_000)]
+
+
+def test_end_run_is_the_last_record_and_counts_the_records_before_it(tmp_path: Path) -> None:
+    with DecisionLogWriter(tmp_path, "ended", synchronous=True) as writer:
+        writer.record(numbered_fill(1))
+        writer.record(numbered_fill(2))
+        writer.end_run()
+    records, _ = read_lines(log_path(tmp_path, "ended"))
+    assert records[-1] == {"v": 1, "type": "run_end", "run_id": "ended", "ts_ns": DAY_NS + 2,
+                           "status": "stopped", "written": 2}
