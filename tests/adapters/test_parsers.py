@@ -274,6 +274,35 @@ def test_depth_gap_marks_the_book_out_of_sync_and_asks_for_a_snapshot(
     assert parser.counts["quote"] == 28_040
 
 
+@pytest.mark.parametrize(("name", "venue"), [(SPOT, "binance_spot"), (USDM, "binance_usdm")])
+def test_repeated_depth_diffs_are_dropped_without_a_resync(
+    shared_file: SharedFile, name: str, venue: str
+) -> None:
+    """Issue 13 item 9: every 20th diff arrives twice; a diff whose u is not past the
+    last applied id is dropped and counted, the book stays in sync and equals the clean
+    rebuild (today: a depth_gap and a REST resync per repeat)."""
+    frames = read_binance(shared_file(name))
+    out = Collected()
+    parser = out.binance(venue, books=True)
+    depth_seen = repeats = 0
+    synced = False
+    for ts, frame in frames:
+        parser.feed(frame, ts)
+        synced = synced or parser.in_sync("BTCUSDT")
+        if b"@depth" in frame[:40]:
+            depth_seen += 1
+            if depth_seen % 20 == 0 and synced:
+                parser.feed(frame, ts)
+                repeats += 1
+    assert repeats > 100
+    assert parser.dropped == {"duplicate_seq": repeats}
+    assert out.resyncs == ["BTCUSDT"]  # the initial snapshot only
+    bids, asks, last_u = rebuild_binance_book(frames, usdm=venue == "binance_usdm")
+    book = parser.book("BTCUSDT")
+    assert parser.in_sync("BTCUSDT") and book is not None
+    assert book.bids == bids and book.asks == asks and book.update_id == last_u
+
+
 def test_a_fresh_snapshot_resyncs_after_a_gap(usdm_frames: list[tuple[int, bytes]]) -> None:
     parser = Collected().binance("binance_usdm", books=True)
     diffs = [(ts, f) for ts, f in usdm_frames if b"@depth" in f[:40]]
