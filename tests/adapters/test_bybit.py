@@ -4,6 +4,7 @@ and the real Binance BTCUSDT frames re-encoded as Bybit `orderbook.1` / `publicT
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.helpers.venue_servers import (
     BybitServer,
     Fault,
     binance_tape,
+    bybit_depth_events_from_binance,
     bybit_events_from_binance,
     bybit_events_from_frames,
     running,
@@ -44,6 +46,15 @@ def btc_events(request: pytest.FixtureRequest) -> list:
     shared_file: Callable[[str], Path] = request.getfixturevalue("shared_file")
     tape, _ = binance_tape(shared_file(BINANCE_SPOT_FILE))
     return bybit_events_from_binance(tape[:8_000])
+
+
+@pytest.fixture(scope="module")
+def depth_events(request: pytest.FixtureRequest) -> list:
+    """Real BTCUSDT depth diffs as a Bybit `orderbook.50` topic (one event per 100 ms)."""
+    shared_file: Callable[[str], Path] = request.getfixturevalue("shared_file")
+    tape, snapshot = binance_tape(shared_file(BINANCE_SPOT_FILE))
+    assert snapshot is not None
+    return bybit_depth_events_from_binance(tape, snapshot, depth=50)
 
 
 class Collector:
@@ -236,3 +247,36 @@ async def test_live_symbol_change_subscribes_and_unsubscribes(btc_events) -> Non
                    ("unsubscribe", "orderbook.1.ETHUSDT"), ("unsubscribe", "publicTrade.ETHUSDT")]
     assert {q.symbol for q in seen.quotes} == {"BTC/USDT"}
     assert "resync" not in seen.kinds()  # the BTC book survived the change
+
+
+async def test_crossed_delta_at_depth_50_resyncs_to_fresh_tops(depth_events) -> None:
+    """Issue 13 item 8: one crossed delta on a depth-50 book used to take the venue dark
+    (every later frame dropped as crossed, no resync). Now the book is reset and
+    resubscribed at once: fresh tops within a second of feed time, each equal to the
+    independent rebuild's top at the same feed time."""
+    events = depth_events[:1_200]
+    cross_at = 600
+    rebuilt: defaultdict[int, set[tuple[float, ...]]] = defaultdict(set)
+    for event in events:
+        rebuilt[event.ts_ms].add(event.payload.top())
+    last_top = events[-1].payload.top()
+    async with BybitServer(events, faults={cross_at: Fault("cross")}, rate_hz=2_000) as server:
+        adapter, _, seen = make_adapter(server, book_depth=50)
+        async with running(adapter):
+            await asyncio.wait_for(server.finished.wait(), 20)
+            await wait_until(lambda: seen.quotes and _top(seen.quotes[-1]) == last_top,
+                             what="the last top of the rebuild")
+    assert server.subscribe_counts["orderbook.50.BTCUSDT"] == 2  # one resubscribe
+    assert server.connection_count == 1  # resynced without reconnecting
+    assert adapter.parser.dropped["crossed"] == 1
+    resync = next(e for e in seen.events if e.kind == "resync")
+    assert resync.details == {"key": "orderbook.50.BTCUSDT", "reason": "crossed"}
+    for quote in seen.quotes:
+        assert _top(quote) in rebuilt[quote.exchange_ts_ns // 1_000_000]
+    fault_ms = events[cross_at].ts_ms
+    assert any(fault_ms <= q.exchange_ts_ns // 1_000_000 <= fault_ms + 1_000
+               for q in seen.quotes)
+
+
+def _top(quote: Quote) -> tuple[float, float, float, float]:
+    return quote.bid, quote.bid_qty, quote.ask, quote.ask_qty

@@ -424,6 +424,20 @@ def with_u(frame: bytes, update_id: int) -> bytes:
     return orjson.dumps(message)
 
 
+def snapshot_as_of(frames: list[bytes]) -> bytes:
+    """A Bybit snapshot message of the book after `frames` (unbroken), with their last u."""
+    reference = Collected().bybit()
+    for frame in frames:
+        reference.feed(frame, 0)
+    book = reference.book(BYBIT_TOPIC)
+    assert book is not None and reference.in_sync(BYBIT_TOPIC)
+    message = orjson.loads(frames[0])
+    message["data"].update(b=[[str(p), str(q)] for p, q in book.levels("bid")],
+                           a=[[str(p), str(q)] for p, q in book.levels("ask")],
+                           u=book.update_id)
+    return orjson.dumps(message)
+
+
 def test_bybit_gap_resyncs_until_the_next_snapshot(bybit_frames: list[bytes]) -> None:
     out = Collected()
     parser = out.bybit()
@@ -432,8 +446,10 @@ def test_bybit_gap_resyncs_until_the_next_snapshot(bybit_frames: list[bytes]) ->
     assert parser.dropped == {"depth_gap": 1, "delta_before_snapshot": 8}
     assert out.resyncs == [BYBIT_TOPIC]  # once per episode, not per dropped delta
     assert not parser.in_sync(BYBIT_TOPIC)
-    # Resubscribing brings a snapshot (the real one, renumbered to follow message 19).
-    parser.feed(with_u(bybit_frames[0], orjson.loads(bybit_frames[19])["data"]["u"]), 0)
+    # Resubscribing brings a snapshot of the book as of message 19 (rebuilt from the
+    # unbroken messages; the snapshot of message 0 would leave the book crossed once
+    # message 20 is applied to it, which now resyncs again).
+    parser.feed(snapshot_as_of(bybit_frames[:20]), 0)
     parser.feed(bybit_frames[20], 0)
     assert parser.in_sync(BYBIT_TOPIC) and parser.counts["delta"] == 9 + 1
 
@@ -530,7 +546,10 @@ def test_bybit_bad_book_values_are_dropped(
     assert parser.dropped == {reason: 1}
 
 
-def test_bybit_crossed_book_is_not_published() -> None:
+def test_bybit_crossed_delta_resets_the_book_and_resyncs() -> None:
+    """Issue 13 item 8: counting the drop is not enough. A delta that would cross the
+    book is not kept: the book is reset and a fresh snapshot asked for at once; deltas
+    until that snapshot are dropped, and the snapshot restores publishing."""
     out = Collected()
     parser = out.bybit()
     parser.feed(BYBIT_HEAD[0], 0)
@@ -538,6 +557,17 @@ def test_bybit_crossed_book_is_not_published() -> None:
     delta["data"]["b"] = [["2.5", "100"]]  # a bid above every ask
     parser.feed(orjson.dumps(delta), 0)
     assert parser.dropped == {"crossed": 1} and len(out.quotes) == 1
+    assert out.resyncs == [BYBIT_TOPIC] and not parser.in_sync(BYBIT_TOPIC)
+    assert parser.book(BYBIT_TOPIC) is not None and len(parser.book(BYBIT_TOPIC)) == 0
+    for frame in BYBIT_HEAD[2:5]:  # in flight before the resubscribe answers
+        parser.feed(frame, 0)
+    assert out.resyncs == [BYBIT_TOPIC]  # one request per episode
+    assert len(out.quotes) == 1
+    parser.feed(BYBIT_HEAD[0], 0)  # the fresh snapshot
+    assert parser.in_sync(BYBIT_TOPIC) and len(out.quotes) == 2
+    reference = Collected().bybit()
+    reference.feed(BYBIT_HEAD[0], 0)
+    assert parser.book(BYBIT_TOPIC).top() == reference.book(BYBIT_TOPIC).top()
 
 
 # --- Binance malformed input ---------------------------------------------------------------
