@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -307,3 +309,45 @@ def test_the_mode_says_whether_the_cache_was_built_hit_or_off(tmp_path: Path) ->
     off = backtest(data_dir, "inventory-mm", "three", SAMPLE_SPOT, SAMPLE_USDM,
                    CRYPTOPIPE_BACKTEST__CACHE="false")
     assert "cache off" in off.stdout and " 0 skipped" in off.stdout
+
+
+@pytest.mark.parametrize("damage", ["negative ask", "flipped bytes"])
+async def test_a_cache_file_with_overwritten_bytes_is_rebuilt_not_used(
+    tmp_path: Path, damage: str,
+) -> None:
+    """Issue 13 item 10: bytes overwritten inside a cache file's columns still parse as
+    Arrow, and a "cache hit" gave another decision log. The file now fails its checks:
+    a warning, the cache rebuilt, and the decision log of the clean run."""
+    from structlog.testing import capture_logs
+
+    from daemon.backtest.cache import BacktestData, cache_path
+
+    specs = [ReplaySpec(SAMPLE_SPOT), ReplaySpec(SAMPLE_USDM)]
+    clean, clean_log = await run_engine(tmp_path / "clean", "inventory-mm", specs, cache=True)
+    assert clean.cache == "built" and clean_log
+    data_dir = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "clean" / "cache", data_dir / "cache")
+    path = cache_path(data_dir, specs)
+    content = bytearray(path.read_bytes())
+    data = BacktestData.read(path)
+    quotes = np.flatnonzero(data.kind == 0)
+    if damage == "negative ask":  # the ask of 50 quotes from the middle on, negated
+        for row in quotes[len(quotes) // 2:][:50].tolist():
+            value = struct.pack("<d", data.ask[row])
+            at = content.find(value)
+            content[at:at + 8] = struct.pack("<d", -data.ask[row])
+    else:  # one byte of a bid and of a receive time, xor'ed
+        for column in (data.price, data.local_ts_ns):
+            value = column[quotes[len(quotes) // 2]].tobytes()
+            at = content.find(value)
+            content[at + 5] ^= 0x5A
+    del data
+    path.write_bytes(bytes(content))
+    with capture_logs() as logs:
+        result, log = await run_engine(data_dir, "inventory-mm", specs, cache=True)
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [entry["event"] for entry in warnings] == ["backtest_cache_unusable"]
+    assert result.cache == "built"
+    assert log == clean_log
+    hit, again = await run_engine(data_dir, "inventory-mm", specs, cache=True, run_id="again")
+    assert hit.cache == "hit" and again.replace(b'"again"', b'"parity"') == clean_log
