@@ -58,7 +58,7 @@ from daemon.core.model import Quote, Trade
 log = get_logger("backtest_data")
 
 #: Bump when the columns or metadata change meaning: older cache files are then rebuilt.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the digest of the columns in the metadata
 QUOTE = 0
 TRADE = 1
 _SUFFIX = ".arrow"
