@@ -31,6 +31,7 @@ from daemon.backtest.skip import UndeclaredMarket
 from daemon.core.model import ClientFill, Side
 from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
+from tests.helpers.damaged_files import truncated_recording, unusable_recordings
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "adapters" / "recordings" / "samples"
@@ -351,3 +352,34 @@ async def test_a_cache_file_with_overwritten_bytes_is_rebuilt_not_used(
     assert log == clean_log
     hit, again = await run_engine(data_dir, "inventory-mm", specs, cache=True, run_id="again")
     assert hit.cache == "hit" and again.replace(b'"again"', b'"parity"') == clean_log
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "text file", "truncated gzip"])
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_a_backtest_of_nothing_usable_exits_2_with_its_damage(
+    tmp_path: Path, damage: str, cache: str,
+) -> None:
+    """Issue 13 item 10: such a backtest exited 0 in silence with 0 events. Now it exits 2
+    with one line naming the file and its damage counters, and writes no decision log."""
+    path = unusable_recordings(tmp_path / "files")[damage]
+    data_dir = tmp_path / "data"
+    for _ in range(2):  # the second run from the cache the first one built
+        done = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id",
+                         "bad", "--data", str(path)], data_dir, CRYPTOPIPE_BACKTEST__CACHE=cache)
+        assert done.returncode == 2, done.stderr[-2000:]
+        message = done.stderr.strip().splitlines()[-1]
+        assert message.startswith(f"cryptopipe: --data: nothing usable in {path}")
+        assert "0 quotes, 0 trades" in message and "Traceback" not in done.stderr
+        assert log_bytes(data_dir, "bad") == {}
+
+
+def test_a_backtest_of_a_recording_cut_short_reports_its_damage(tmp_path: Path) -> None:
+    path = truncated_recording(tmp_path / "files")
+    done = backtest(tmp_path / "data", "inventory-mm", "cut", path)
+    damage = [line for line in done.stderr.splitlines()
+              if line.startswith("cryptopipe: replay damage:")]
+    assert len(damage) == 1 and "truncated gzip stream" in damage[0]
+    figures = orjson.loads(run_main(["--strategy", "inventory-mm", "--mode", "backtest",
+                                     "--run-id", "cut-json", "--format", "json", "--data",
+                                     str(path)], tmp_path / "data").stdout)
+    assert "truncated gzip stream" in figures["damage"] and figures["events"] > 100
