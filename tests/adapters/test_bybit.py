@@ -280,3 +280,30 @@ async def test_crossed_delta_at_depth_50_resyncs_to_fresh_tops(depth_events) -> 
 
 def _top(quote: Quote) -> tuple[float, float, float, float]:
     return quote.bid, quote.bid_qty, quote.ask, quote.ask_qty
+
+
+async def test_a_venue_resetting_again_and_again_is_reconnected_without_growing_waits(
+    btc_events,
+) -> None:
+    """Issue 13 item 11 against the fake venue: it drops the connection every 400 frames;
+    each connection delivered quotes, so every backoff wait chosen stays at the first
+    delay (jittered) instead of doubling towards the cap."""
+    backoff = BackoffPolicy(initial_s=0.01, max_s=5.0, healthy_after_s=30.0)
+    timings = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0, backoff=backoff)
+    resets = {at: Fault("drop") for at in range(400, 3_200, 400)}
+    async with BybitServer(btc_events[:3_200], faults=resets) as server:
+        adapter, _, _ = make_adapter(server, timings=timings)
+        waits: list[float] = []
+        sleep = adapter.supervisor._sleep
+
+        async def recorded(delay_s: float) -> None:
+            waits.append(delay_s)
+            await sleep(delay_s)
+
+        adapter.supervisor._sleep = recorded
+        async with running(adapter):
+            await asyncio.wait_for(server.finished.wait(), 20)
+    assert server.connection_count == len(resets) + 1
+    assert len(waits) == len(resets)
+    assert all(backoff.initial_s * (1 - backoff.jitter) <= w <= backoff.initial_s
+               for w in waits), waits
