@@ -117,7 +117,8 @@ class VenueSettings(_Frozen):
     #: No message at all on the connection for this long: reconnect (half-open socket).
     silence_timeout_s: Duration = 30.0
     #: Reconnect backoff: the first delay, doubled per failed attempt (with jitter) up to
-    #: `reconnect_max_s`; a connection that stayed up for 30 s starts it over.
+    #: `reconnect_max_s`; a connection that delivered market data (or stayed up for
+    #: 30 s) starts it over.
     reconnect_initial_s: Duration = 0.5
     #: Reconnect backoff: the longest delay between two attempts.
     reconnect_max_s: Duration = 30.0

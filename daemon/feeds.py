@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from config.settings import ConfigError, Settings
 from daemon.market.bus import Bus
 
@@ -23,12 +25,25 @@ async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | No
 
 
 async def _run_replay(feed: str, bus: Bus, speed: float | None, yield_every: int) -> object:
-    from adapters.recordings.replay import ReplayError, ReplayFeed, parse_specs, sample_specs
+    """Replay the files once. What was lost on the way is printed on stderr (one line);
+    files that gave not one quote or trade are an input error (ConfigError: exit 2),
+    never a silent success."""
+    from adapters.recordings.replay import (
+        ReplayError,
+        ReplayFeed,
+        check_usable,
+        parse_specs,
+        sample_specs,
+    )
 
     try:
         specs = sample_specs() if feed == "sample" else parse_specs(feed)
         replay = ReplayFeed(specs, bus.publish_quote, bus.publish_trade,
                             speed=speed, yield_every=yield_every)
-        return await replay.run()
+        stats = await replay.run()
+        damage = stats.damage_summary()
+        if damage is not None and stats.usable:
+            print(f"cryptopipe: replay damage: {damage}", file=sys.stderr)
+        return check_usable(specs, stats)
     except ReplayError as exc:
         raise ConfigError(f"invalid setting feed: {exc}") from None

@@ -14,6 +14,8 @@ book correctly"), which differs per market:
 
 - spot: drop diffs with u <= lastUpdateId; the first applied diff has
   U <= lastUpdateId + 1 <= u; afterwards each U == previous u + 1.
+- both: once in sync, a diff with u <= the last applied u (a repeat) is dropped and
+  counted as ``duplicate_seq``; only a hole (or an overlap) is a gap that resyncs.
 - USD-M: drop diffs with u < lastUpdateId; the first applied diff has
   U <= lastUpdateId <= u; afterwards each pu == previous u.
 
@@ -477,6 +479,11 @@ class BinanceParser:
             else:
                 self._request_snapshot(diff.s)
         if state.synced:
+            if final_id <= state.last_u:
+                # A repeated (or replayed) diff: the book already holds it. Binance's
+                # rule drops it; treating it as a gap would cost a REST snapshot.
+                self.dropped["duplicate_seq"] += 1
+                return
             if not self._follows(diff, state.last_u):
                 self.dropped["depth_gap"] += 1
                 self._lose_sync(diff.s, state)
@@ -524,6 +531,10 @@ class BinanceParser:
             diff, local_ts_ns = pending[0]
             first_id, final_id = diff.U, diff.u
             if state.synced:
+                if final_id <= state.last_u:
+                    self.dropped["duplicate_seq"] += 1  # a repeat buffered while bridging
+                    pending.popleft()
+                    continue
                 if not self._follows(diff, state.last_u):
                     self.dropped["depth_gap"] += 1
                     self._lose_sync(venue_symbol, state)

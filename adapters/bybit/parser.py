@@ -6,7 +6,9 @@ recorded XRPUSDT ob500 file: 20254869, 20254870, ... with no hole); a service re
 sends a new snapshot with u=1, and level-1 books resend an unchanged snapshot with the
 same u every 3 s. So: a snapshot always (re)loads the book; a delta must carry
 previous u + 1, otherwise the book is out of sync (on_resync(topic): resubscribe for a
-new snapshot) and deltas are dropped until the next snapshot.
+new snapshot) and deltas are dropped until the next snapshot. A book that comes out
+crossed (bid >= ask) is out of sync too: it is cleared and resynced the same way, since
+at depth > 1 a bad level would otherwise stay in it for good.
 
 A Quote is published whenever the best bid/ask price or size changes, and on every
 snapshot (a repeated level-1 snapshot reaffirms an unchanged top, which keeps a staleness
@@ -77,6 +79,9 @@ class BybitParser:
         #: Book sync bookkeeping: snapshot_requests (on_resync fired).
         self.depth_stats: Counter[str] = Counter()
         self._books: dict[str, _TopicBook] = {}
+        #: Why each topic last asked for a resync: delta_before_snapshot, sequence_gap,
+        #: crossed.
+        self.resync_reasons: dict[str, str] = {}
         #: known venue symbols only, for quotes and for trades
         self._quote_routes: dict[str, Route[QuoteCallback]] = {}
         self._trade_routes: dict[str, Route[TradeCallback]] = {}
@@ -189,16 +194,14 @@ class BybitParser:
         else:
             if not state.synced:
                 self.dropped["delta_before_snapshot"] += 1
-                self._request_resync(topic, state)
+                self._request_resync(topic, state, "delta_before_snapshot")
                 return
             if data.u != state.last_u + 1:
                 if data.u <= state.last_u:
                     self.dropped["backwards_seq"] += 1  # a replayed/duplicate delta
                     return
                 self.dropped["depth_gap"] += 1
-                state.synced = False
-                state.book.clear()
-                self._request_resync(topic, state)
+                self._lose_sync(topic, state, "sequence_gap")
                 return
             self.counts["delta"] += 1
             state.book.apply_bids(data.b)
@@ -208,7 +211,12 @@ class BybitParser:
         if top is None or top == state.last_top:
             return
         if top[0] >= top[2]:
+            # A crossed book is a wrong book: on a book of depth > 1 the bad level stays
+            # until a delta removes it, which the venue never sends (it does not have
+            # it), so every later frame would be crossed too. Reset and take a fresh
+            # snapshot instead of keeping it.
             self.dropped["crossed"] += 1
+            self._lose_sync(topic, state, "crossed")
             return
         route = self._quote_routes.get(data.s) or resolve_route(
             self._symbol, data.s, self._quote_routes, self.sink.quote_route)
@@ -232,11 +240,19 @@ class BybitParser:
             self.counts["trade"] += 1
             route.publish(trade.to_trade(self.venue, route.symbol, local_ts_ns))
 
-    def _request_resync(self, topic: str, state: _TopicBook) -> None:
+    def _lose_sync(self, topic: str, state: _TopicBook, reason: str) -> None:
+        """The book cannot be trusted: forget it and ask for a fresh snapshot."""
+        state.synced = False
+        state.book.clear()
+        state.last_top = None
+        self._request_resync(topic, state, reason)
+
+    def _request_resync(self, topic: str, state: _TopicBook, reason: str) -> None:
         # Once per out-of-sync episode: one resubscribe answers every dropped delta.
         if state.resync_requested:
             return
         state.resync_requested = True
         self.depth_stats["snapshot_requests"] += 1
+        self.resync_reasons[topic] = reason
         if self.on_resync is not None:
             self.on_resync(topic)

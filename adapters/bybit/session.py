@@ -14,9 +14,9 @@ Protocol duties:
   every 20 s; the pong is a frame like any other, which also keeps the silence watchdog
   quiet on a quiet market.
 - book continuity: every order-book message carries `u`. A snapshot (re)loads the book;
-  a delta must follow the previous `u`. A delta before any snapshot, or a gap, makes
-  the parser ask for a resync; we unsubscribe and resubscribe the topic, and Bybit
-  answers with a fresh snapshot.
+  a delta must follow the previous `u`. A delta before any snapshot, a gap, or a book
+  left crossed by a delta makes the parser ask for a resync; we unsubscribe and
+  resubscribe the topic, and Bybit answers with a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -143,8 +143,7 @@ class BybitAdapter(VenueSession):
         if topic in self._resyncing or self.ws is None:
             return
         self._resyncing.add(topic)
-        dropped = self.parser.dropped
-        reason = "delta_before_snapshot" if dropped["delta_before_snapshot"] else "sequence_gap"
+        reason = self.parser.resync_reasons.get(topic, "sequence_gap")
         self.supervisor.resync(topic, reason)
         self.spawn(self._resubscribe(topic), f"resubscribe:{topic}")
 

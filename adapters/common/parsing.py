@@ -10,7 +10,8 @@ Drop reasons (keys of a parser's `dropped` counter), one taxonomy for every venu
                         negative size, a bad side, ...
 - ``crossed``           top of book with bid >= ask
 - ``backwards_seq``     an update id lower than the last one seen for the symbol
-- ``duplicate_seq``     the same update id again
+- ``duplicate_seq``     the same update id again (a Binance depth diff whose u is not past
+                        the last applied one: dropped, the book stays in sync)
 - ``unknown_stream``    a Binance stream / event kind the parser does not handle
 - ``unknown_topic``     a Bybit topic the parser does not handle
 - ``unknown_message``   a JSON object of no known shape

@@ -3,8 +3,8 @@
 One `ConnectionSupervisor` per venue runs that venue's `Session` again and again:
 
 - a session that fails is retried after an exponential backoff with jitter and a cap
-  (timings.py); the backoff starts over once a connection has stayed up for
-  `healthy_after_s`;
+  (timings.py); the backoff starts over after a connection that delivered market data
+  (a quote or trade on the bus), or that stayed up for `healthy_after_s`;
 - a session that ends on its own (planned reconnect: Binance's 24 h limit, a server
   shutdown notice) is reconnected at once, without backoff;
 - errors are classified into a small taxonomy (errors.py) whose `should_retry` decides
@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from adapters.common.errors import ConnectionLost, FeedError, SilenceTimeout, classify_error
@@ -45,18 +45,24 @@ log = get_logger("feed")
 class Link:
     """One connection attempt as the supervisor sees it; the session reports into it."""
 
-    __slots__ = ("_on_connected", "connected_at", "details")
+    __slots__ = ("_monotonic", "_on_connected", "connected_at", "details",
+                 "published_at_connect")
 
-    def __init__(self, on_connected: Callable[[Link], None]) -> None:
+    def __init__(self, on_connected: Callable[[Link], None],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._on_connected = on_connected
-        #: time.monotonic() when the session said it is connected (None before).
+        self._monotonic = monotonic
+        #: The supervisor's monotonic clock when the session said it is connected (None
+        #: before).
         self.connected_at: float | None = None
         self.details: dict[str, Any] = {}
+        #: The venue's quotes + trades published on the bus when it connected.
+        self.published_at_connect = 0
 
     def connected(self, **details: Any) -> None:
         """Called by the session once connected (and subscribed, where that is quick)."""
         if self.connected_at is None:
-            self.connected_at = time.monotonic()
+            self.connected_at = self._monotonic()
             self.details = details
             self._on_connected(self)
 
@@ -85,7 +91,11 @@ class ConnectionSupervisor:
         listeners: Iterable[FeedListener] = (),
         clock_ns: Callable[[], int] = time.time_ns,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`monotonic` (connection up time) and `sleep` (the backoff wait) are injectable
+        so a test can run many reconnects on a simulated clock."""
         self.venue = venue
         self.bus = bus
         self.symbols = list(symbols)
@@ -94,6 +104,8 @@ class ConnectionSupervisor:
         self.listeners: list[FeedListener] = list(listeners)
         self._clock_ns = clock_ns
         self._rng = rng or random.Random()
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._attempt = 0
         self._started_ns = 0
         self._quotes = StaleQuotes(venue, bus, self.stats, self.emit)
@@ -123,11 +135,11 @@ class ConnectionSupervisor:
         watchdog = asyncio.create_task(self._watch_quotes(), name=f"stale-watchdog:{self.venue}")
         try:
             while True:
-                link = Link(self._on_connected)
+                link = Link(self._on_connected, self._monotonic)
                 error = await self._run_once(session, link)
                 self._after_connection(link, error)
                 if error is None:
-                    if _up_for(link) >= self.timings.min_planned_up_s:
+                    if self._up_for(link) >= self.timings.min_planned_up_s:
                         continue  # planned reconnect: no backoff
                     # A venue that asks us to go right after connecting: do not spin.
                     error = ConnectionLost(self.venue, "told to reconnect right after connecting")
@@ -139,7 +151,7 @@ class ConnectionSupervisor:
                 self._attempt += 1
                 log.info("reconnect_wait", venue=self.venue, delay_s=round(delay, 3),
                          attempt=self._attempt)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,6 +187,7 @@ class ConnectionSupervisor:
         return None if error is None else classify_error(self.venue, error)
 
     def _on_connected(self, link: Link) -> None:
+        link.published_at_connect = self.bus.published_by(self.venue)
         stats = self.stats
         stats.connects += 1
         if stats.connects > 1:
@@ -184,8 +197,12 @@ class ConnectionSupervisor:
 
     def _after_connection(self, link: Link, error: FeedError | None) -> None:
         if link.connected_at is not None:
-            up_s = time.monotonic() - link.connected_at
-            if up_s >= self.timings.backoff.healthy_after_s or error is None:
+            up_s = self._up_for(link)
+            # A connection that delivered market data worked: the next failure starts
+            # the backoff over. Waiting for `healthy_after_s` alone let a venue that resets
+            # every few seconds push the backoff to its cap (connected ~25 % of the time).
+            delivered = self.bus.published_by(self.venue) > link.published_at_connect
+            if delivered or up_s >= self.timings.backoff.healthy_after_s or error is None:
                 self._attempt = 0
             self._on_disconnected(link, error.kind if error else "planned", error, up_s)
         elif error is not None:
@@ -208,6 +225,9 @@ class ConnectionSupervisor:
         for symbol in self.symbols:
             self._quotes.mark_stale(symbol, "disconnected")
 
+    def _up_for(self, link: Link) -> float:
+        return 0.0 if link.connected_at is None else self._monotonic() - link.connected_at
+
     # -- quote-age watchdog ------------------------------------------------------------------
 
     async def _watch_quotes(self) -> None:
@@ -220,10 +240,6 @@ class ConnectionSupervisor:
     def check_quotes(self, now_ns: int, stale_ns: int) -> None:
         """Flag every symbol whose newest quote is older than `stale_ns` (one pass)."""
         self._quotes.check(self.symbols, now_ns, stale_ns, self._started_ns)
-
-
-def _up_for(link: Link) -> float:
-    return 0.0 if link.connected_at is None else time.monotonic() - link.connected_at
 
 
 async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:

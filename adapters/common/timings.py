@@ -17,7 +17,8 @@ class BackoffPolicy:
     #: Each delay is scaled by a uniform factor in [1 - jitter, 1]: reconnecting clients
     #: spread out instead of hammering a recovering venue in lockstep.
     jitter: float = 0.5
-    #: A connection that stayed up this long resets the backoff to `initial_s`.
+    #: A connection that stayed up this long resets the backoff to `initial_s` (so does
+    #: one that delivered market data, however short: see the supervisor).
     healthy_after_s: float = 30.0
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:

@@ -20,7 +20,9 @@ Quote/Trade); the frames are still parsed by the parser of their real format.
 
 Damage is survived, never fatal: a corrupt line is counted and skipped, a truncated or
 corrupt gzip stream (a recorder that crashed) is read up to the damage and reported in
-`FileStats.damage`. Only a missing or unreadable file raises `ReplayError`.
+`FileStats.damage`. Only a missing or unreadable file raises `ReplayError`. What was lost
+is summed up by `ReplayStats.damage_summary()`; the modes print it, and treat a replay that
+published nothing at all as an input error (`check_usable` -> `NothingUsable`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,23 @@ Sleep = Callable[[float], Awaitable[None]]
 
 class ReplayError(Exception):
     """A replay input cannot be used at all: a missing/unreadable file, a bad spec."""
+
+
+class NothingUsable(ReplayError):
+    """The files were read but gave not one quote or trade (random bytes, a text file, a
+    gzip cut before its first line): the message carries the damage counters."""
+
+    def __init__(self, specs: list[ReplaySpec], stats: ReplayStats) -> None:
+        names = ", ".join(str(spec.path) for spec in specs)
+        super().__init__(f"nothing usable in {names}: {stats.damage_summary()}")
+        self.stats = stats
+
+
+def check_usable(specs: list[ReplaySpec], stats: ReplayStats) -> ReplayStats:
+    """`stats` if the replay published something; else raises `NothingUsable`."""
+    if not stats.usable:
+        raise NothingUsable(specs, stats)
+    return stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +162,30 @@ class ReplayStats:
     @property
     def damaged_files(self) -> list[str]:
         return [f.path for f in self.files if f.damage is not None]
+
+    @property
+    def usable(self) -> bool:
+        """Whether the replay published anything (a quote or a trade) at all."""
+        return self.quotes + self.trades > 0
+
+    def damage_summary(self) -> str | None:
+        """One line of what was lost on the way (corrupt lines, frames the parsers
+        dropped, files cut short), with what was read; None when nothing was lost and
+        something was published."""
+        dropped = sum(self.dropped.values())
+        damaged = [f for f in self.files if f.damage is not None]
+        if self.usable and not (self.corrupt_lines or dropped or damaged):
+            return None
+        parts = [f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}, "
+                 f"{sum(f.lines for f in self.files):,} lines, {self.frames:,} frames, "
+                 f"{self.quotes:,} quotes, {self.trades:,} trades",
+                 f"{self.corrupt_lines:,} corrupt lines"]
+        if dropped:
+            reasons = ", ".join(f"{reason} {count:,}" for reason, count
+                                in self.dropped.most_common(5))
+            parts.append(f"{dropped:,} frames dropped ({reasons})")
+        parts.extend(f"{f.path}: {f.damage}" for f in damaged)
+        return "; ".join(parts)
 
     @property
     def recorded_seconds(self) -> float:

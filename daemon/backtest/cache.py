@@ -21,6 +21,12 @@ text, the file's resolved path, size and mtime_ns: a touched or replaced recordi
 new name, so a stale cache is never read (old files are left in place, not collected). A
 cache file that cannot be used (unreadable, truncated, corrupt, another format) is logged
 and rebuilt, never fatal. Files are written atomically: temporary file, fsync, rename.
+
+Overwritten bytes inside the columns still parse as Arrow, so Arrow alone cannot tell a
+damaged file: the schema metadata carries a SHA-256 of every column's values and of the
+other metadata (`digest`), checked before any value is used, and the values are checked
+as the parsers guarantee them (prices finite and > 0, a quote's bid < ask, sizes finite,
+a trade's size > 0). Events that would fail these checks are not cached at all.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from daemon.core.model import Quote, Trade
 log = get_logger("backtest_data")
 
 #: Bump when the columns or metadata change meaning: older cache files are then rebuilt.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the digest of the columns in the metadata
 QUOTE = 0
 TRADE = 1
 _SUFFIX = ".arrow"
@@ -61,6 +67,7 @@ _META_KEYS = b"keys"
 _META_SIDES = b"sides"
 _META_STATS = b"stats"
 _META_SPECS = b"specs"
+_META_DIGEST = b"digest"
 #: The model's fields this format stores; another model (a new field) cannot be cached.
 _QUOTE_FIELDS = ("exchange", "symbol", "bid", "bid_qty", "ask", "ask_qty", "exchange_ts_ns",
                  "local_ts_ns", "seq", "stale")
@@ -214,7 +221,7 @@ class BacktestData:
             trade_id[row] = value
         side = np.zeros(len(events), dtype=np.int32)
         side[~is_quote] = sides
-        return cls(
+        data = cls(
             keys=tuple(key_ids), sides=tuple(side_ids),
             kind=np.where(is_quote, QUOTE, TRADE).astype(np.uint8),
             key=np.array(keys, dtype=np.int32),
@@ -235,6 +242,11 @@ class BacktestData:
             trade_id=pa.array(trade_id, type=pa.string()),
             stats=stats,
         )
+        try:
+            data.check_values()
+        except ValueError as exc:  # a file failing these is taken for damage: never cache it
+            raise UncacheableEvents(str(exc)) from None
+        return data
 
     # -- the file --------------------------------------------------------------------
 
@@ -248,6 +260,7 @@ class BacktestData:
             _META_STATS: orjson.dumps(_stats_to_json(self.stats)),
             _META_SPECS: orjson.dumps([str(spec) for spec in specs]),
         }
+        metadata[_META_DIGEST] = self._digest(metadata).encode()
         schema = _SCHEMA.with_metadata(metadata)
         arrays = [self.kind, self.key, self.local_ts_ns, self.exchange_ts_ns, self.price,
                   self.qty, self.ask, self.ask_qty, self.seq, self.stale, self.side,
@@ -284,8 +297,44 @@ class BacktestData:
         data = cls(keys=keys, sides=sides, trade_id=table.column("trade_id").chunk(0)
                    if table.num_rows else pa.array([], type=pa.string()),
                    stats=stats, **columns)
+        # The digest first: nothing of a damaged file is looked at beyond its bytes.
+        if data._digest(metadata).encode() != metadata.get(_META_DIGEST):
+            raise ValueError("checksum mismatch: the file's bytes were changed")
         data._validate()
+        data.check_values()
         return data
+
+    def _digest(self, metadata: dict[bytes, bytes]) -> str:
+        """SHA-256 of every column's values and of the metadata the events depend on."""
+        digest = hashlib.sha256()
+        for key in (_META_VERSION, _META_KEYS, _META_SIDES, _META_STATS, _META_SPECS):
+            value = metadata.get(key, b"")
+            digest.update(len(value).to_bytes(8, "little") + value)
+        for column in (self.kind, self.key, self.local_ts_ns, self.exchange_ts_ns, self.price,
+                       self.qty, self.ask, self.ask_qty, self.seq, self.stale, self.side):
+            digest.update(np.ascontiguousarray(column).view(np.uint8))
+        for part in _string_bytes(self.trade_id):
+            digest.update(part)
+        return digest.hexdigest()
+
+    def check_values(self) -> None:
+        """The values the parsers guarantee (see the module docstring); raises ValueError
+        naming the first one broken."""
+        is_quote = self.kind == QUOTE
+        for name in ("price", "qty", "ask", "ask_qty"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ValueError(f"{name}: a value that is not finite")
+        price, qty = self.price, self.qty
+        checks = (
+            ("price <= 0", price <= 0.0),
+            ("bid >= ask", is_quote & (self.ask <= price)),
+            ("negative quote size", is_quote & ((qty < 0.0) | (self.ask_qty < 0.0))),
+            ("trade size <= 0", ~is_quote & (qty <= 0.0)),
+        )
+        for what, broken in checks:
+            rows = np.flatnonzero(broken)
+            if len(rows):
+                raise ValueError(f"{what} in {len(rows)} rows (first: row {rows[0]})")
 
     def _validate(self) -> None:
         """The few invariants a damaged file could break without Arrow noticing."""
@@ -299,6 +348,22 @@ class BacktestData:
             raise ValueError("side index out of range")
         if np.count_nonzero(self.kind > TRADE):
             raise ValueError("unknown event kind")
+
+
+def _string_bytes(array: pa.Array) -> list[memoryview]:
+    """The bytes of a string column: its offsets and the characters they span (bounded,
+    so damaged offsets cannot make the digest read past the buffer)."""
+    if not len(array):
+        return []
+    _, offsets_buffer, data_buffer = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=array.offset + len(array) + 1)
+    offsets = offsets[array.offset:]
+    start, end = int(offsets[0]), int(offsets[-1])
+    size = 0 if data_buffer is None else data_buffer.size
+    if not 0 <= start <= end <= size:
+        raise ValueError("trade_id offsets out of range")
+    chars = memoryview(data_buffer)[start:end] if data_buffer is not None else memoryview(b"")
+    return [memoryview(offsets - start).cast("B"), chars]
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:

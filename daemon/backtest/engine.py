@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats
+from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats, check_usable
 from config.settings import ConfigError, Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
@@ -93,6 +93,8 @@ class BacktestResult:
     processed: int = 0
     #: Client fills left out, by what was wrong with them (a file's bad rows).
     client_fills_skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: What the replay lost on the way (ReplayStats.damage_summary), None if nothing.
+    damage: str | None = None
 
     @property
     def skipped(self) -> int:
@@ -251,10 +253,11 @@ class Backtest:
                 data, self.cache = await load(self.specs, self.settings.data_dir,
                                               self.settings.backtest.cache_max_mb * 1e6)
             if data is None:
-                stats = await ReplayFeed(self.specs, self.on_quote, self.on_trade,
-                                         speed=None).run()
+                stats = check_usable(self.specs, await ReplayFeed(
+                    self.specs, self.on_quote, self.on_trade, speed=None).run())
                 self.processed = self.events
             else:
+                check_usable(self.specs, data.stats)  # before the strategy sees nothing
                 await self._run_columns(data)
                 stats = data.stats
             self._finish()
@@ -482,6 +485,7 @@ class Backtest:
             cache=self.cache.value,
             processed=self.processed,
             client_fills_skipped=dict(flow.skipped) if flow else {},
+            damage=stats.damage_summary(),
         )
 
 

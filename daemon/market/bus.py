@@ -256,6 +256,13 @@ class Bus:
         """The publish function for trades of one key."""
         return self._trade_channel(exchange, symbol).publish
 
+    def published_by(self, exchange: str) -> int:
+        """Quotes and trades of `exchange` published so far (every symbol): whether a
+        connection delivered market data, for the reconnect backoff."""
+        quotes = self._quote_channels.get(exchange, {}).values()
+        trades = self._trade_channels.get(exchange, {}).values()
+        return sum(c.published for c in quotes) + sum(c.published for c in trades)
+
     def _quote_channel(self, exchange: str, symbol: str) -> QuoteChannel:
         channels = self._quote_channels.setdefault(exchange, {})
         channel = channels.get(symbol)

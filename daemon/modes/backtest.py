@@ -4,7 +4,9 @@
         --data ../shared/data/binance_spot_btcusdt_20240808.gz [FILE@VENUE:SYMBOL ...]
 
 The engine is daemon/backtest/engine.py; this entry checks the inputs, shows a progress bar
-on a terminal and prints the result (or JSON with `--format json`).
+on a terminal and prints the result (or JSON with `--format json`). What the replay lost
+(corrupt lines, dropped frames, a file cut short) is printed on stderr; files that gave
+not one quote or trade exit 2 with one line saying so, as a missing file does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapters.recordings.replay import ReplayError, ReplaySpec, parse_spec
+from adapters.recordings.replay import NothingUsable, ReplayError, ReplaySpec, parse_spec
 from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, existing_logs
 from daemon.core.logs import get_logger
@@ -42,7 +44,12 @@ async def run_backtest(app: App) -> int:
     log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])
     with _progress_bar(enabled=sys.stderr.isatty()) as progress:
         backtest._progress = progress
-        result = await backtest.run()
+        try:
+            result = await backtest.run()
+        except NothingUsable as exc:  # random bytes, a text file, a gzip cut at once
+            raise ConfigError(f"--data: {exc}") from None
+    if result.damage is not None:
+        print(f"cryptopipe: replay damage: {result.damage}", file=sys.stderr)
     write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
     if args.format == "json":
         sys.stdout.buffer.write(orjson.dumps(result.figures(), option=orjson.OPT_INDENT_2))

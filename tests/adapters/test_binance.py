@@ -286,6 +286,30 @@ async def test_depth_book_synced_from_rest_snapshot(spot_tape) -> None:
     assert "btcusdt@depth@100ms" in server.subscribed_paths[0]
 
 
+async def test_repeated_depth_diffs_cost_no_rest_resync(spot_tape) -> None:
+    """Issue 13 item 9: every 20th depth diff sent twice (the attack: 56 resyncs in 25 s);
+    each repeat is dropped and counted, the book is fetched once and stays in sync."""
+    tape, snapshot = spot_tape
+    repeated: list[TapeFrame] = []
+    depth_seen = 0
+    for frame in tape[:6_000]:
+        repeated.append(frame)
+        if frame.stream.endswith("@depth@100ms"):
+            depth_seen += 1
+            if depth_seen % 20 == 0:
+                repeated.append(frame)
+    async with BinanceServer(repeated, snapshot=snapshot, rate_hz=20_000) as server:
+        adapter, _, seen = make_adapter(server, book_depth=1000)
+        async with running(adapter):
+            await asyncio.wait_for(server.finished.wait(), 20)
+            await wait_until(lambda: adapter.parser.in_sync("BTCUSDT"), what="book in sync")
+    depth_requests = [p for p in server.http_requests if p.startswith("/api/v3/depth")]
+    assert len(depth_requests) == 1
+    assert "resync" not in seen.kinds()
+    assert adapter.parser.dropped["depth_gap"] == 0
+    assert adapter.parser.dropped["duplicate_seq"] >= 10
+
+
 async def _strategy_view(bus: Bus, flags: list[bool]) -> None:
     """A strategy's view: the stale flag of every quote it is handed (conflated)."""
     async for event in bus.subscribe("strategy"):

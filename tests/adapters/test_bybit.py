@@ -4,6 +4,7 @@ and the real Binance BTCUSDT frames re-encoded as Bybit `orderbook.1` / `publicT
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.helpers.venue_servers import (
     BybitServer,
     Fault,
     binance_tape,
+    bybit_depth_events_from_binance,
     bybit_events_from_binance,
     bybit_events_from_frames,
     running,
@@ -44,6 +46,15 @@ def btc_events(request: pytest.FixtureRequest) -> list:
     shared_file: Callable[[str], Path] = request.getfixturevalue("shared_file")
     tape, _ = binance_tape(shared_file(BINANCE_SPOT_FILE))
     return bybit_events_from_binance(tape[:8_000])
+
+
+@pytest.fixture(scope="module")
+def depth_events(request: pytest.FixtureRequest) -> list:
+    """Real BTCUSDT depth diffs as a Bybit `orderbook.50` topic (one event per 100 ms)."""
+    shared_file: Callable[[str], Path] = request.getfixturevalue("shared_file")
+    tape, snapshot = binance_tape(shared_file(BINANCE_SPOT_FILE))
+    assert snapshot is not None
+    return bybit_depth_events_from_binance(tape, snapshot, depth=50)
 
 
 class Collector:
@@ -236,3 +247,63 @@ async def test_live_symbol_change_subscribes_and_unsubscribes(btc_events) -> Non
                    ("unsubscribe", "orderbook.1.ETHUSDT"), ("unsubscribe", "publicTrade.ETHUSDT")]
     assert {q.symbol for q in seen.quotes} == {"BTC/USDT"}
     assert "resync" not in seen.kinds()  # the BTC book survived the change
+
+
+async def test_crossed_delta_at_depth_50_resyncs_to_fresh_tops(depth_events) -> None:
+    """Issue 13 item 8: one crossed delta on a depth-50 book used to take the venue dark
+    (every later frame dropped as crossed, no resync). Now the book is reset and
+    resubscribed at once: fresh tops within a second of feed time, each equal to the
+    independent rebuild's top at the same feed time."""
+    events = depth_events[:1_200]
+    cross_at = 600
+    rebuilt: defaultdict[int, set[tuple[float, ...]]] = defaultdict(set)
+    for event in events:
+        rebuilt[event.ts_ms].add(event.payload.top())
+    last_top = events[-1].payload.top()
+    async with BybitServer(events, faults={cross_at: Fault("cross")}, rate_hz=2_000) as server:
+        adapter, _, seen = make_adapter(server, book_depth=50)
+        async with running(adapter):
+            await asyncio.wait_for(server.finished.wait(), 20)
+            await wait_until(lambda: seen.quotes and _top(seen.quotes[-1]) == last_top,
+                             what="the last top of the rebuild")
+    assert server.subscribe_counts["orderbook.50.BTCUSDT"] == 2  # one resubscribe
+    assert server.connection_count == 1  # resynced without reconnecting
+    assert adapter.parser.dropped["crossed"] == 1
+    resync = next(e for e in seen.events if e.kind == "resync")
+    assert resync.details == {"key": "orderbook.50.BTCUSDT", "reason": "crossed"}
+    for quote in seen.quotes:
+        assert _top(quote) in rebuilt[quote.exchange_ts_ns // 1_000_000]
+    fault_ms = events[cross_at].ts_ms
+    assert any(fault_ms <= q.exchange_ts_ns // 1_000_000 <= fault_ms + 1_000
+               for q in seen.quotes)
+
+
+def _top(quote: Quote) -> tuple[float, float, float, float]:
+    return quote.bid, quote.bid_qty, quote.ask, quote.ask_qty
+
+
+async def test_a_venue_resetting_again_and_again_is_reconnected_without_growing_waits(
+    btc_events,
+) -> None:
+    """Issue 13 item 11 against the fake venue: it drops the connection every 400 frames;
+    each connection delivered quotes, so every backoff wait chosen stays at the first
+    delay (jittered) instead of doubling towards the cap."""
+    backoff = BackoffPolicy(initial_s=0.01, max_s=5.0, healthy_after_s=30.0)
+    timings = FeedTimings(silence_timeout_s=5.0, stale_after_s=5.0, backoff=backoff)
+    resets = {at: Fault("drop") for at in range(400, 3_200, 400)}
+    async with BybitServer(btc_events[:3_200], faults=resets) as server:
+        adapter, _, _ = make_adapter(server, timings=timings)
+        waits: list[float] = []
+        sleep = adapter.supervisor._sleep
+
+        async def recorded(delay_s: float) -> None:
+            waits.append(delay_s)
+            await sleep(delay_s)
+
+        adapter.supervisor._sleep = recorded
+        async with running(adapter):
+            await asyncio.wait_for(server.finished.wait(), 20)
+    assert server.connection_count == len(resets) + 1
+    assert len(waits) == len(resets)
+    assert all(backoff.initial_s * (1 - backoff.jitter) <= w <= backoff.initial_s
+               for w in waits), waits

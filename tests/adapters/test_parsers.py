@@ -274,6 +274,35 @@ def test_depth_gap_marks_the_book_out_of_sync_and_asks_for_a_snapshot(
     assert parser.counts["quote"] == 28_040
 
 
+@pytest.mark.parametrize(("name", "venue"), [(SPOT, "binance_spot"), (USDM, "binance_usdm")])
+def test_repeated_depth_diffs_are_dropped_without_a_resync(
+    shared_file: SharedFile, name: str, venue: str
+) -> None:
+    """Issue 13 item 9: every 20th diff arrives twice; a diff whose u is not past the
+    last applied id is dropped and counted, the book stays in sync and equals the clean
+    rebuild (today: a depth_gap and a REST resync per repeat)."""
+    frames = read_binance(shared_file(name))
+    out = Collected()
+    parser = out.binance(venue, books=True)
+    depth_seen = repeats = 0
+    synced = False
+    for ts, frame in frames:
+        parser.feed(frame, ts)
+        synced = synced or parser.in_sync("BTCUSDT")
+        if b"@depth" in frame[:40]:
+            depth_seen += 1
+            if depth_seen % 20 == 0 and synced:
+                parser.feed(frame, ts)
+                repeats += 1
+    assert repeats > 100
+    assert parser.dropped == {"duplicate_seq": repeats}
+    assert out.resyncs == ["BTCUSDT"]  # the initial snapshot only
+    bids, asks, last_u = rebuild_binance_book(frames, usdm=venue == "binance_usdm")
+    book = parser.book("BTCUSDT")
+    assert parser.in_sync("BTCUSDT") and book is not None
+    assert book.bids == bids and book.asks == asks and book.update_id == last_u
+
+
 def test_a_fresh_snapshot_resyncs_after_a_gap(usdm_frames: list[tuple[int, bytes]]) -> None:
     parser = Collected().binance("binance_usdm", books=True)
     diffs = [(ts, f) for ts, f in usdm_frames if b"@depth" in f[:40]]
@@ -395,6 +424,20 @@ def with_u(frame: bytes, update_id: int) -> bytes:
     return orjson.dumps(message)
 
 
+def snapshot_as_of(frames: list[bytes]) -> bytes:
+    """A Bybit snapshot message of the book after `frames` (unbroken), with their last u."""
+    reference = Collected().bybit()
+    for frame in frames:
+        reference.feed(frame, 0)
+    book = reference.book(BYBIT_TOPIC)
+    assert book is not None and reference.in_sync(BYBIT_TOPIC)
+    message = orjson.loads(frames[0])
+    message["data"].update(b=[[str(p), str(q)] for p, q in book.levels("bid")],
+                           a=[[str(p), str(q)] for p, q in book.levels("ask")],
+                           u=book.update_id)
+    return orjson.dumps(message)
+
+
 def test_bybit_gap_resyncs_until_the_next_snapshot(bybit_frames: list[bytes]) -> None:
     out = Collected()
     parser = out.bybit()
@@ -403,8 +446,10 @@ def test_bybit_gap_resyncs_until_the_next_snapshot(bybit_frames: list[bytes]) ->
     assert parser.dropped == {"depth_gap": 1, "delta_before_snapshot": 8}
     assert out.resyncs == [BYBIT_TOPIC]  # once per episode, not per dropped delta
     assert not parser.in_sync(BYBIT_TOPIC)
-    # Resubscribing brings a snapshot (the real one, renumbered to follow message 19).
-    parser.feed(with_u(bybit_frames[0], orjson.loads(bybit_frames[19])["data"]["u"]), 0)
+    # Resubscribing brings a snapshot of the book as of message 19 (rebuilt from the
+    # unbroken messages; the snapshot of message 0 would leave the book crossed once
+    # message 20 is applied to it, which now resyncs again).
+    parser.feed(snapshot_as_of(bybit_frames[:20]), 0)
     parser.feed(bybit_frames[20], 0)
     assert parser.in_sync(BYBIT_TOPIC) and parser.counts["delta"] == 9 + 1
 
@@ -501,7 +546,10 @@ def test_bybit_bad_book_values_are_dropped(
     assert parser.dropped == {reason: 1}
 
 
-def test_bybit_crossed_book_is_not_published() -> None:
+def test_bybit_crossed_delta_resets_the_book_and_resyncs() -> None:
+    """Issue 13 item 8: counting the drop is not enough. A delta that would cross the
+    book is not kept: the book is reset and a fresh snapshot asked for at once; deltas
+    until that snapshot are dropped, and the snapshot restores publishing."""
     out = Collected()
     parser = out.bybit()
     parser.feed(BYBIT_HEAD[0], 0)
@@ -509,6 +557,17 @@ def test_bybit_crossed_book_is_not_published() -> None:
     delta["data"]["b"] = [["2.5", "100"]]  # a bid above every ask
     parser.feed(orjson.dumps(delta), 0)
     assert parser.dropped == {"crossed": 1} and len(out.quotes) == 1
+    assert out.resyncs == [BYBIT_TOPIC] and not parser.in_sync(BYBIT_TOPIC)
+    assert parser.book(BYBIT_TOPIC) is not None and len(parser.book(BYBIT_TOPIC)) == 0
+    for frame in BYBIT_HEAD[2:5]:  # in flight before the resubscribe answers
+        parser.feed(frame, 0)
+    assert out.resyncs == [BYBIT_TOPIC]  # one request per episode
+    assert len(out.quotes) == 1
+    parser.feed(BYBIT_HEAD[0], 0)  # the fresh snapshot
+    assert parser.in_sync(BYBIT_TOPIC) and len(out.quotes) == 2
+    reference = Collected().bybit()
+    reference.feed(BYBIT_HEAD[0], 0)
+    assert parser.book(BYBIT_TOPIC).top() == reference.book(BYBIT_TOPIC).top()
 
 
 # --- Binance malformed input ---------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -78,13 +79,13 @@ def go_silent():
     return step
 
 
-def make_supervisor(timings: FeedTimings, symbols: tuple[str, ...] = ("BTC/USDT",)
-                    ) -> tuple[ConnectionSupervisor, Bus, list[FeedEvent]]:
+def make_supervisor(timings: FeedTimings, symbols: tuple[str, ...] = ("BTC/USDT",),
+                    **options: Any) -> tuple[ConnectionSupervisor, Bus, list[FeedEvent]]:
     bus = Bus()
     events: list[FeedEvent] = []
     supervisor = ConnectionSupervisor(VENUE, bus, list(symbols), timings,
                                       stats=VenueStats(VENUE), listeners=[events.append],
-                                      rng=random.Random(7))
+                                      rng=random.Random(7), **options)
     return supervisor, bus, events
 
 
@@ -257,6 +258,68 @@ async def test_a_venue_that_keeps_asking_to_reconnect_gets_backoff() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert session.attempts == 1  # waiting out the backoff, not spinning
+
+
+class SimulatedTime:
+    """The supervisor's monotonic clock and backoff sleep, simulated: a session advances
+    it by the time it stays up, each backoff wait by the delay chosen (recorded)."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.delays: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    async def sleep(self, delay_s: float) -> None:
+        self.delays.append(delay_s)
+        self.now_s += delay_s
+        await asyncio.sleep(0)
+
+
+async def run_resets(up_s: float, delivers: bool, connections: int = 40
+                     ) -> tuple[SimulatedTime, ScriptedSession]:
+    """Connections that each stay up `up_s` (simulated), optionally publishing a quote,
+    then get reset by the venue; the production backoff policy (0.5 s .. 30 s)."""
+    clock = SimulatedTime()
+    supervisor, bus, _ = make_supervisor(FeedTimings(), monotonic=clock.monotonic,
+                                         sleep=clock.sleep)
+
+    async def reset_after(link: Link, session: ScriptedSession) -> None:
+        link.connected(url="scripted")
+        if delivers:
+            bus.publish_quote(_quote(time.time_ns()))
+        clock.now_s += up_s
+        raise ConnectionDropped("connection reset by peer")
+
+    session = ScriptedSession([reset_after], supervisor.stats)
+    task = asyncio.create_task(supervisor.run(session))
+    while session.attempts < connections:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return clock, session
+
+
+async def test_a_venue_resetting_every_7_s_keeps_us_connected_over_80_percent() -> None:
+    """Issue 13 item 11: no connection lasted the 30 s that reset the backoff, so it grew
+    to the 30 s cap and the feed was connected 25-29 % of the time. A connection that
+    delivered data now resets it (jitter and cap kept)."""
+    clock, session = await run_resets(up_s=7.0, delivers=True)
+    connected_s = 7.0 * session.attempts
+    assert connected_s / clock.now_s > 0.8
+    policy = BackoffPolicy()
+    assert all(policy.initial_s * (1 - policy.jitter) <= d <= policy.initial_s
+               for d in clock.delays)
+    assert len(set(clock.delays)) > 1  # still jittered
+
+
+async def test_connections_that_deliver_nothing_still_back_off_to_the_cap() -> None:
+    clock, _ = await run_resets(up_s=7.0, delivers=False, connections=20)
+    policy = BackoffPolicy()
+    assert max(clock.delays) <= policy.max_s
+    assert clock.delays[-1] >= policy.max_s * (1 - policy.jitter)
 
 
 # --- watchdogs ------------------------------------------------------------------------------

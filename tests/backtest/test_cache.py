@@ -154,6 +154,21 @@ def test_events_the_columns_cannot_carry_exactly_are_refused() -> None:
             BacktestData.from_events([fine, bad], stats)
 
 
+@pytest.mark.parametrize("bad", [
+    Quote("x", "A/B", 3.0, 2.0, 3.0, 4.0, 5, 6, 7),  # bid == ask
+    Quote("x", "A/B", -1.0, 2.0, 3.0, 4.0, 5, 6, 7),  # a negative price
+    Quote("x", "A/B", 1.0, 2.0, float("inf"), 4.0, 5, 6, 7),
+    Quote("x", "A/B", 1.0, float("nan"), 3.0, 4.0, 5, 6, 7),
+    Trade("x", "A/B", 1.0, 0.0, "buy", 5, 6, "7"),  # a trade of nothing
+])
+def test_values_no_parser_publishes_are_not_cached(bad: Quote | Trade) -> None:
+    """Issue 13 item 10: the value checks a cache file must pass on reading hold when it
+    is written, so a file failing them can only be damage."""
+    fine = Quote("x", "A/B", 1.0, 2.0, 3.0, 4.0, 5, 6, 7)
+    with pytest.raises(UncacheableEvents):
+        BacktestData.from_events([fine, bad], ReplayStats([]))
+
+
 async def test_the_cache_keeps_under_its_size_dropping_the_least_recently_used(
     specs: list[ReplaySpec], tmp_path: Path,
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -29,6 +31,7 @@ from daemon.backtest.skip import UndeclaredMarket
 from daemon.core.model import ClientFill, Side
 from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
+from tests.helpers.damaged_files import truncated_recording, unusable_recordings
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "adapters" / "recordings" / "samples"
@@ -324,3 +327,76 @@ def test_a_client_flow_file_with_bad_rows_is_reported_in_the_summary(tmp_path: P
                     CRYPTOPIPE_STRATEGIES__INTERNALIZE__FILE=str(flow))
     assert "Traceback" not in done.stderr
     assert "client fills skipped (unusable rows): 3 (1 encoding, 1 qty, 1 time)" in done.stdout
+
+
+@pytest.mark.parametrize("damage", ["negative ask", "flipped bytes"])
+async def test_a_cache_file_with_overwritten_bytes_is_rebuilt_not_used(
+    tmp_path: Path, damage: str,
+) -> None:
+    """Issue 13 item 10: bytes overwritten inside a cache file's columns still parse as
+    Arrow, and a "cache hit" gave another decision log. The file now fails its checks:
+    a warning, the cache rebuilt, and the decision log of the clean run."""
+    from structlog.testing import capture_logs
+
+    from daemon.backtest.cache import BacktestData, cache_path
+
+    specs = [ReplaySpec(SAMPLE_SPOT), ReplaySpec(SAMPLE_USDM)]
+    clean, clean_log = await run_engine(tmp_path / "clean", "inventory-mm", specs, cache=True)
+    assert clean.cache == "built" and clean_log
+    data_dir = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "clean" / "cache", data_dir / "cache")
+    path = cache_path(data_dir, specs)
+    content = bytearray(path.read_bytes())
+    data = BacktestData.read(path)
+    quotes = np.flatnonzero(data.kind == 0)
+    if damage == "negative ask":  # the ask of 50 quotes from the middle on, negated
+        for row in quotes[len(quotes) // 2:][:50].tolist():
+            value = struct.pack("<d", data.ask[row])
+            at = content.find(value)
+            content[at:at + 8] = struct.pack("<d", -data.ask[row])
+    else:  # one byte of a bid and of a receive time, xor'ed
+        for column in (data.price, data.local_ts_ns):
+            value = column[quotes[len(quotes) // 2]].tobytes()
+            at = content.find(value)
+            content[at + 5] ^= 0x5A
+    del data
+    path.write_bytes(bytes(content))
+    with capture_logs() as logs:
+        result, log = await run_engine(data_dir, "inventory-mm", specs, cache=True)
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [entry["event"] for entry in warnings] == ["backtest_cache_unusable"]
+    assert result.cache == "built"
+    assert log == clean_log
+    hit, again = await run_engine(data_dir, "inventory-mm", specs, cache=True, run_id="again")
+    assert hit.cache == "hit" and again.replace(b'"again"', b'"parity"') == clean_log
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "text file", "truncated gzip"])
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_a_backtest_of_nothing_usable_exits_2_with_its_damage(
+    tmp_path: Path, damage: str, cache: str,
+) -> None:
+    """Issue 13 item 10: such a backtest exited 0 in silence with 0 events. Now it exits 2
+    with one line naming the file and its damage counters, and writes no decision log."""
+    path = unusable_recordings(tmp_path / "files")[damage]
+    data_dir = tmp_path / "data"
+    for _ in range(2):  # the second run from the cache the first one built
+        done = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id",
+                         "bad", "--data", str(path)], data_dir, CRYPTOPIPE_BACKTEST__CACHE=cache)
+        assert done.returncode == 2, done.stderr[-2000:]
+        message = done.stderr.strip().splitlines()[-1]
+        assert message.startswith(f"cryptopipe: --data: nothing usable in {path}")
+        assert "0 quotes, 0 trades" in message and "Traceback" not in done.stderr
+        assert log_bytes(data_dir, "bad") == {}
+
+
+def test_a_backtest_of_a_recording_cut_short_reports_its_damage(tmp_path: Path) -> None:
+    path = truncated_recording(tmp_path / "files")
+    done = backtest(tmp_path / "data", "inventory-mm", "cut", path)
+    damage = [line for line in done.stderr.splitlines()
+              if line.startswith("cryptopipe: replay damage:")]
+    assert len(damage) == 1 and "truncated gzip stream" in damage[0]
+    figures = orjson.loads(run_main(["--strategy", "inventory-mm", "--mode", "backtest",
+                                     "--run-id", "cut-json", "--format", "json", "--data",
+                                     str(path)], tmp_path / "data").stdout)
+    assert "truncated gzip stream" in figures["damage"] and figures["events"] > 100

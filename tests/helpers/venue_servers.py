@@ -83,7 +83,9 @@ def count_streams(frames: Iterable[TapeFrame]) -> Counter[str]:
 class Fault:
     """What to do when the cursor reaches a tape position (before sending that frame)."""
 
-    kind: str  # "close" (clean close frame) | "drop" (TCP abort) | "stall" | "inject"
+    #: "close" (clean close frame) | "drop" (TCP abort) | "stall" | "inject" |
+    #: "cross" (Bybit: a delta in sequence whose bid is above every ask, per book topic)
+    kind: str
     seconds: float = 0.0  # stall length
     frames: list[bytes | str] = field(default_factory=list)  # inject: sent as given
 
@@ -453,6 +455,67 @@ def bybit_events_from_frames(lines: Iterable[bytes]) -> list[BybitEvent]:
     return events
 
 
+@dataclass(frozen=True, slots=True)
+class DepthView:
+    """A `depth` event's payload: the levels that changed in the top-`depth` view (size
+    "0": the level left the view) and the whole view after the change, best first."""
+
+    bids: list[list[bytes]]
+    asks: list[list[bytes]]
+    view_bids: list[list[bytes]]
+    view_asks: list[list[bytes]]
+
+    def top(self) -> tuple[float, float, float, float]:
+        """(bid, bid size, ask, ask size) of the view: what a correct book shows."""
+        (bid, bid_qty), (ask, ask_qty) = self.view_bids[0], self.view_asks[0]
+        return float(bid), float(bid_qty), float(ask), float(ask_qty)
+
+
+def bybit_depth_events_from_binance(frames: Iterable[TapeFrame], snapshot: bytes,
+                                    symbol: str = "BTCUSDT",
+                                    depth: int = 50) -> list[BybitEvent]:
+    """Real Binance depth diffs bridged onto their REST snapshot, seen as Bybit's
+    `orderbook.<depth>` does: per diff, the changes inside the top-`depth` view (levels
+    entering or leaving it included) and the view itself (what a fresh snapshot sends)."""
+    book = orjson.loads(snapshot)
+    last_id = book["lastUpdateId"]
+    sides = {"b": {p: q for p, q in book["bids"]}, "a": {p: q for p, q in book["asks"]}}
+    topic = f"orderbook.{depth}.{symbol}"
+    events = []
+    views = {key: _depth_view(side, key == "b", depth) for key, side in sides.items()}
+    bridged = False
+    for frame in frames:
+        if not frame.stream.endswith("@depth@100ms"):
+            continue
+        diff = orjson.loads(frame.raw)
+        if diff["u"] <= last_id or not (bridged or diff["U"] <= last_id + 1):
+            continue
+        bridged = True
+        changes = {}
+        for key, side in sides.items():
+            for price, size in diff[key]:
+                if float(size) == 0.0:
+                    side.pop(price, None)
+                else:
+                    side[price] = size
+            view = _depth_view(side, key == "b", depth)
+            before = dict(views[key])
+            after = dict(view)
+            changes[key] = ([[p.encode(), q.encode()] for p, q in view if before.get(p) != q]
+                            + [[p.encode(), b"0"] for p in before if p not in after])
+            views[key] = view
+        events.append(BybitEvent("depth", topic, DepthView(
+            changes["b"], changes["a"],
+            [[p.encode(), q.encode()] for p, q in views["b"]],
+            [[p.encode(), q.encode()] for p, q in views["a"]]), diff["E"]))
+    return events
+
+
+def _depth_view(side: dict[str, str], bids: bool, depth: int) -> list[tuple[str, str]]:
+    prices = sorted(side, key=float, reverse=bids)[:depth]
+    return [(price, side[price]) for price in prices]
+
+
 class BybitServer(_ReplayServer):
     """Bybit v5 public stream server (spot or linear: the protocol is the same)."""
 
@@ -489,8 +552,26 @@ class BybitServer(_ReplayServer):
             yield event.payload
         elif event.kind == "trade":
             yield _bybit_trade(event)
+        elif event.kind == "depth":
+            yield _bybit_depth(event, topic)
         else:
             yield from _bybit_book(event, topic)
+
+    async def _apply(self, fault: Fault) -> None:
+        if fault.kind != "cross":
+            await super()._apply(fault)
+            return
+        for connection in list(self.connections):
+            state = self.states.get(connection)
+            if state is None:
+                continue
+            for name, topic in state.topics.items():
+                if not name.startswith("orderbook.") or topic.snapshot_due:
+                    continue
+                topic.update_id += 1  # in sequence: only the content is wrong
+                with contextlib.suppress(Exception):
+                    await connection.send(_book_message(
+                        name, "delta", 0, [[b"10000000", b"1"]], [], topic.update_id))
 
     async def on_request(self, connection: ServerConnection, state: BybitConnectionState,
                          request: dict[str, Any]) -> None:
@@ -558,6 +639,27 @@ def _bybit_book(event: BybitEvent, topic: BookTopicState) -> Iterator[bytes]:
            + b'","b":' + _levels(bids) + b',"a":' + _levels(asks) + b',"u":'
            + str(topic.update_id).encode() + b',"seq":' + str(topic.update_id).encode()
            + b'},"cts":' + str(event.ts_ms).encode() + b"}")
+
+
+def _bybit_depth(event: BybitEvent, topic: BookTopicState) -> bytes:
+    view: DepthView = event.payload
+    topic.update_id += 1
+    if topic.snapshot_due:
+        topic.snapshot_due = False
+        return _book_message(event.topic, "snapshot", event.ts_ms, view.view_bids,
+                             view.view_asks, topic.update_id)
+    return _book_message(event.topic, "delta", event.ts_ms, view.bids, view.asks,
+                         topic.update_id)
+
+
+def _book_message(name: str, kind: str, ts_ms: int, bids: list[list[bytes]],
+                  asks: list[list[bytes]], update_id: int) -> bytes:
+    symbol = name.rsplit(".", 1)[1]
+    return (b'{"topic":"' + name.encode() + b'","type":"' + kind.encode() + b'","ts":'
+            + str(ts_ms).encode() + b',"data":{"s":"' + symbol.encode() + b'","b":'
+            + _levels(bids) + b',"a":' + _levels(asks) + b',"u":' + str(update_id).encode()
+            + b',"seq":' + str(update_id).encode() + b'},"cts":' + str(ts_ms).encode()
+            + b"}")
 
 
 def _level_delta(old_price: bytes, price: bytes, qty: bytes,

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from daemon.core.model import Quote
 from daemon.market.bus import Bus
 from daemon.modes.watch import render_table
+from tests.helpers.damaged_files import truncated_recording, unusable_recordings
 
 REPO = Path(__file__).resolve().parents[2]
 VIEW_KEYS = {"symbol", "top_bid", "top_bid_quantity", "top_ask", "top_ask_quantity"}
@@ -124,3 +126,29 @@ def test_a_bad_replay_spec_or_missing_file_exits_2_with_one_line(tmp_path: Path)
         message = done.stderr.decode().strip().splitlines()[-1]
         assert message.startswith("cryptopipe: invalid setting feed:")
         assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "text file", "truncated gzip"])
+def test_a_replay_that_gives_nothing_usable_exits_2_with_its_damage(
+    tmp_path: Path, damage: str,
+) -> None:
+    """Issue 13 item 10: such a replay exited 0 in silence. Now it exits 2 with one line
+    naming the file and its damage counters."""
+    path = unusable_recordings(tmp_path / "files")[damage]
+    done = watch(tmp_path, "--feed", f"replay:{path}", "--speed", "max", "--format", "json")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == b""
+    message = done.stderr.decode().strip().splitlines()[-1]
+    assert message.startswith(f"cryptopipe: invalid setting feed: nothing usable in {path}")
+    assert "0 quotes, 0 trades" in message and "corrupt lines" in message
+    assert b"Traceback" not in done.stderr
+
+
+def test_a_replay_cut_short_prints_its_damage_and_what_it_read(tmp_path: Path) -> None:
+    path = truncated_recording(tmp_path / "files")
+    done = watch(tmp_path, "--feed", f"replay:{path}", "--speed", "max", "--format", "json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) > 100
+    damage = [line for line in done.stderr.decode().splitlines()
+              if line.startswith("cryptopipe: replay damage:")]
+    assert len(damage) == 1 and "truncated gzip stream" in damage[0]
