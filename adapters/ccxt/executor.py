@@ -73,7 +73,8 @@ from daemon.core.model import (
     Trade,
     split_symbol,
 )
-from daemon.core.vocabulary import OrderStatus
+from daemon.core.tasks import spawn
+from daemon.core.vocabulary import OrderAlert, OrderStatus
 from daemon.trading.errors import (
     ErrorKind,
     ExecutionError,
@@ -252,9 +253,11 @@ class LiveExecutor(ExecutionEvents):
                 raise wrap_error(error, self._redact) from None
         if background:
             for venue_id in self._exchanges:
-                self._background.append(asyncio.create_task(
+                # Through spawn: if either dies, the orders are no longer followed, so the
+                # process hears of it (/healthz, kill switch), not only the log.
+                self._background.append(spawn(
                     self._poll_loop(venue_id), name=f"live-poll:{venue_id}"))
-                self._background.append(asyncio.create_task(
+                self._background.append(spawn(
                     self._watch_loop(venue_id), name=f"live-watch:{venue_id}"))
 
     async def close(self) -> None:
@@ -370,7 +373,8 @@ class LiveExecutor(ExecutionEvents):
                   client_order_ids=unconfirmed, timeout_s=timeout_s)
         for order in still_open:
             self._ack(order, order.status or OrderStatus.UNKNOWN,
-                      f"cancel not confirmed within {timeout_s:g} s: may still rest at the venue")
+                      f"{OrderAlert.CANCEL_UNCONFIRMED} within {timeout_s:g} s: "
+                      "may still rest at the venue")
         return unconfirmed
 
     def balances(self, venue: str) -> Mapping[str, float]:
@@ -518,8 +522,8 @@ class LiveExecutor(ExecutionEvents):
                   "answers", client_order_id=order.client_order_id, waited_s=waited,
                   error=str(error))
         self._ack(order, OrderStatus.UNKNOWN,
-                  f"submit outcome unknown: no lookup answered within {waited:g} s; not resent, "
-                  f"held open until the venue answers ({error})")
+                  f"{OrderAlert.UNKNOWN_OUTCOME}: no lookup answered within {waited:g} s; "
+                  f"not resent, held open until the venue answers ({error})")
 
     async def _lookup(self, exchange: Any, order: _LiveOrder) -> dict[str, Any] | None:
         """The venue's view of one of our orders by client id; None when the venue says it

@@ -60,3 +60,20 @@ class OrderStatus(StrEnum):
 
 _TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED,
                        OrderStatus.EXPIRED})
+
+
+class OrderAlert(StrEnum):
+    """Acks an operator must hear of: the ack's reason starts with the value. Counted on
+    /metrics (`cryptopipe_order_alerts_total{kind}`) as well as in the decision log."""
+
+    #: A submit whose outcome no lookup could tell within the bound: held open, not resent.
+    UNKNOWN_OUTCOME = "submit outcome unknown"
+    #: A cancel the venue did not confirm within the bound: the order may still rest there.
+    CANCEL_UNCONFIRMED = "cancel not confirmed"
+
+    @classmethod
+    def of(cls, reason: str) -> OrderAlert | None:
+        for alert in cls:
+            if reason.startswith(alert.value):
+                return alert
+        return None

@@ -54,6 +54,7 @@ from daemon.core.model import (
     split_symbol,
 )
 from daemon.core.records import Record, RecordSink
+from daemon.core.vocabulary import OrderAlert
 from daemon.market.bus import Bus
 from daemon.market.view import ConsolidatedView
 from daemon.ops.health import Health, HealthReport
@@ -113,6 +114,8 @@ class TradingStats:
         self.decisions: Counter[tuple[str, str]] = Counter()  # (strategy, action)
         self.orders: Counter[tuple[str, str, str]] = Counter()  # (strategy, venue, type)
         self.acks: Counter[tuple[str, str]] = Counter()  # (venue, status)
+        #: Acks an operator must hear of (OrderAlert): (venue, kind)
+        self.order_alerts: Counter[tuple[str, str]] = Counter()
         self.fills: Counter[tuple[str, str, str]] = Counter()  # (strategy, venue, liquidity)
         self.fill_notional: Counter[tuple[str, str]] = Counter()  # (strategy, venue)
         #: (strategy, venue, symbol) -> [position in base, cash in quote, last fill price]
@@ -145,6 +148,9 @@ class TradingStats:
             self.orders[(record.strategy, record.venue, str(record.type))] += 1
         elif isinstance(record, OrderAck):
             self.acks[(record.venue, str(record.status))] += 1
+            alert = OrderAlert.of(record.reason) if record.reason else None
+            if alert is not None:
+                self.order_alerts[(record.venue, alert.name.lower())] += 1
         elif isinstance(record, Fill):
             self._on_fill(record)
         elif not isinstance(record, BalanceSnapshot):
@@ -312,6 +318,9 @@ class TradingCollector(Collector):
                        ["strategy", "venue", "type"], stats.orders)
         yield _counter("cryptopipe_order_acks", "Executor answers by status.",
                        ["venue", "status"], stats.acks)
+        yield _counter("cryptopipe_order_alerts", "Live orders needing an operator: an outcome "
+                       "no lookup could tell (held open, not resent) or a cancel the venue "
+                       "did not confirm.", ["venue", "kind"], stats.order_alerts)
         yield _counter("cryptopipe_fills", "Fills of our orders.",
                        ["strategy", "venue", "liquidity"], stats.fills)
         yield _counter("cryptopipe_fill_notional", "Filled notional, quote currency.",

@@ -18,7 +18,7 @@ from daemon.app import App
 from daemon.core.clock import now_ns
 from daemon.core.model import Decision, Fill, OrderAck, OrderIntent, OrderType, Quote, Side
 from daemon.core.records import MemorySink
-from daemon.core.vocabulary import OrderStatus
+from daemon.core.vocabulary import OrderAlert, OrderStatus
 from daemon.ops.metrics import (
     LATENCY_BUCKETS_S,
     TradingStats,
@@ -282,3 +282,21 @@ async def test_decision_log_counters_are_exported(tmp_path: Path) -> None:
     assert samples["cryptopipe_decision_log_records_total"] == 5
     assert samples["cryptopipe_decision_log_write_errors_total"] == 0
     assert "cryptopipe_decision_log_queued" in samples
+
+
+async def test_live_order_alerts_are_counted_by_kind() -> None:
+    """Issue 13 item 1: an unknown outcome flagged past its bound, and a cancel the venue
+    did not confirm, are on /metrics (they are also acks in the decision log)."""
+    app = make_app()
+    tee = app.trading.tee(MemorySink())
+    for reason in (f"{OrderAlert.UNKNOWN_OUTCOME}: no lookup answered within 30 s",
+                   f"{OrderAlert.CANCEL_UNCONFIRMED} within 10 s: may still rest at the venue",
+                   f"{OrderAlert.CANCEL_UNCONFIRMED} within 10 s: may still rest at the venue",
+                   "post-only order would cross"):
+        tee.record(OrderAck("cp-1", "binance_spot", "BTC/USDT", OrderStatus.UNKNOWN,
+                            now_ns(), reason=reason))
+    async with operations(app) as port:
+        samples = await scrape(port)
+    alerts = "cryptopipe_order_alerts_total"
+    assert samples[f'{alerts}{{kind="unknown_outcome",venue="binance_spot"}}'] == 1
+    assert samples[f'{alerts}{{kind="cancel_unconfirmed",venue="binance_spot"}}'] == 2
