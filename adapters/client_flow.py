@@ -24,6 +24,11 @@ or the decision log.
   answered, never fatal, never `ok`.
 - `SyntheticFlowSource`: Poisson arrivals around a mid, seeded, so a paper demo or a
   backtest sees the same flow every run.
+
+Live, a source's async iteration paces it (`run_flow` pumps it into the runner). A backtest
+and `--mode action` on a replay instead take a file or synthetic source as a `ClientFlow`,
+fills due by the feed clock and delivered between market events (`FeedClockFlow` in action),
+so both see the same fills at the same feed times, whatever the replay speed.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import hmac
 import math
 import random
@@ -50,7 +56,7 @@ import orjson
 from config.settings import ConfigError
 from daemon.core.clock import NS_PER_SECOND, now_ns
 from daemon.core.logs import get_logger
-from daemon.core.model import ClientFill, Side, split_symbol
+from daemon.core.model import ClientFill, Quote, Side, Trade, split_symbol
 
 log = get_logger("flow")
 
@@ -384,6 +390,152 @@ class SyntheticFlowSource:
                           f"syn-{self.seed}-{sequence}")
 
 
+# --- due by the feed clock: backtests and replays ----------------------------------------------
+
+
+#: Synthetic arrivals are drawn up to here; the data's end stops them first.
+_FOREVER_NS = 2**62
+
+
+class SteppedClock(Protocol):
+    """A clock that code can move forward: a backtest's simulated clock, a replay's feed
+    clock (`advance_to` never goes back)."""
+
+    def __call__(self) -> int: ...
+
+    def advance_to(self, ts_ns: int) -> None: ...
+
+
+class FlowTaker(Protocol):
+    """Who takes the client fills: the strategy runner (risk gate first, then the strategy)."""
+
+    def advance(self, now_ns: int) -> None: ...
+
+    def on_client_fill(self, fill: ClientFill) -> None: ...
+
+
+class ClientFlow:
+    """Client fills in time order, handed out as the feed clock passes them.
+
+    A backtest and `--mode action` on a replay deliver them the same way (`deliver`),
+    between market events, so both see the same fills at the same feed times."""
+
+    def __init__(self, fills: Iterator[ClientFill],
+                 reprice: Callable[[ClientFill], ClientFill | None] | None = None,
+                 skipped: Mapping[str, int] | None = None) -> None:
+        self._fills = fills
+        self._reprice = reprice
+        #: The source's count of fills it left out (read at the end: the file is read first).
+        self.skipped: Mapping[str, int] = skipped if skipped is not None else {}
+        self._next: ClientFill | None = next(fills, None)
+        self.delivered = 0
+        self.unpriced = 0
+
+    @property
+    def next_ts_ns(self) -> int | None:
+        """Time of the next fill (priced or not when it comes due); None at the end."""
+        return self._next.ts_ns if self._next is not None else None
+
+    def due(self, until_ns: int) -> Iterator[ClientFill]:
+        """Fills with a time <= until_ns, each priced (if repricing) as it comes due."""
+        while self._next is not None and self._next.ts_ns <= until_ns:
+            fill, self._next = self._next, next(self._fills, None)
+            if self._reprice is not None:
+                priced = self._reprice(fill)
+                if priced is None:
+                    self.unpriced += 1
+                    continue
+                fill = priced
+            self.delivered += 1
+            yield fill
+
+    def deliver(self, until_ns: int, clock: SteppedClock, taker: FlowTaker) -> None:
+        """The fills due by `until_ns` (the next market event's time) to `taker`, each at
+        its own time: the clock moves to it and what is due by then (order latency,
+        timers) happens first."""
+        for fill in self.due(until_ns):
+            clock.advance_to(fill.ts_ns)
+            taker.advance(clock())
+            taker.on_client_fill(fill)
+
+
+def timed_client_flow(settings: Any, hedge_quote: Callable[[], Quote | None],
+                      start_ns: int) -> ClientFlow:
+    """The configured source (`strategies.internalize.source`, settings: the daemon
+    Settings) as a time-ordered stream from `start_ns`, the data's first event.
+
+    "file": the CSV's fills by their own times. "synthetic": the seeded Poisson arrivals
+    of `SyntheticFlowSource`, each priced off the hedge market's mid when it comes due
+    (`hedge_quote`: the newest quote the strategy has seen, as live prices off the mid at
+    arrival). A WebSocket source cannot be replayed and is refused."""
+    own = settings.strategies.internalize
+    if own.source == "file":
+        file = FileFlowSource(flow_file(own), own.symbol,
+                              limits=FlowLimits(max_qty=own.max_client_qty))
+        fills = sorted(file, key=lambda f: f.ts_ns)
+        return ClientFlow(iter(fills), skipped=file.skipped)
+    if own.source != "synthetic":
+        raise ConfigError(f"strategies.internalize.source {own.source!r} cannot be replayed: "
+                          "use 'file' or 'synthetic' for a backtest")
+    source = SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
+                                 own.seed, own.synthetic_markup_bps)
+    # Arrival times and sizes come from the seeded source; the price is set when the fill
+    # comes due, off the mid at that moment.
+    arrivals = source.generate(start_ns, _FOREVER_NS, lambda _ts: 1.0)
+
+    def reprice(fill: ClientFill) -> ClientFill | None:
+        quote = hedge_quote()
+        if quote is None or quote.stale or not quote.mid > 0.0:
+            return None  # no market: the client would not have been quoted
+        sign = 1.0 if fill.side is Side.BUY else -1.0
+        return dataclasses.replace(fill, price=quote.mid * (1.0 + sign * source.markup))
+
+    return ClientFlow(arrivals, reprice)
+
+
+class FeedClockFlow:
+    """A file or synthetic source in `--mode action` on a replay: due by the feed clock.
+
+    The same arrivals as a backtest of the same data, whatever `--speed`: the flow starts
+    at the feed's first event (`on_published`, a bus sink, sees every event before any
+    conflation) and the action loop calls `before(event)` ahead of each market event it
+    hands the strategy, which delivers the fills due by then (`ClientFlow.deliver`).
+    Synthetic fills are priced off the newest hedge quote the strategy has seen.
+    """
+
+    def __init__(self, settings: Any, taker: FlowTaker, clock: SteppedClock) -> None:
+        own = settings.strategies.internalize
+        self._settings = settings
+        self._hedge_key = (own.venue, own.symbol)
+        self._hedge: Quote | None = None
+        self._taker = taker
+        self._clock = clock
+        if own.source == "file":
+            flow_file(own)  # a missing file is a setting error at start, not at the first event
+        #: Receive time of the feed's first event: the flow's start (0: none yet).
+        self.start_ns = 0
+        self.flow: ClientFlow | None = None
+
+    def on_published(self, event: Quote | Trade) -> None:
+        if not self.start_ns:
+            self.start_ns = event.local_ts_ns
+
+    def before(self, event: Quote | Trade) -> None:
+        """Deliver the fills due by `event`, which the strategy is about to see."""
+        now = event.local_ts_ns
+        flow = self.flow
+        if flow is None:
+            flow = self.flow = timed_client_flow(self._settings, self._hedge_quote,
+                                                 self.start_ns or now)
+        flow.deliver(now, self._clock, self._taker)
+        if (type(event) is Quote and event.exchange == self._hedge_key[0]
+                and event.symbol == self._hedge_key[1]):
+            self._hedge = event
+
+    def _hedge_quote(self) -> Quote | None:
+        return self._hedge
+
+
 # --- WebSocket ingest endpoint ------------------------------------------------------------------
 
 
@@ -534,6 +686,17 @@ def _excerpt(message: str | bytes, limit: int = 200) -> str:
 AnyFlowSource = FileFlowSource | SyntheticFlowSource | WebSocketFlowSource
 
 
+def flow_file(internalize: Any) -> Path:
+    """The CSV of source = "file" (settings `strategies.internalize`); ConfigError if none."""
+    if internalize.file is None:
+        raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
+                          "needs a CSV path")
+    if not Path(internalize.file).is_file():
+        raise ConfigError(f"invalid setting strategies.internalize.file: {internalize.file} "
+                          "is not a file")
+    return Path(internalize.file)
+
+
 def build_flow_source(settings: Any, mid: MidSource | None = None,
                       clock: Callable[[], int] = now_ns,
                       admit: Admission | None = None) -> AnyFlowSource:
@@ -544,13 +707,7 @@ def build_flow_source(settings: Any, mid: MidSource | None = None,
     refuses those when they are delivered."""
     own = settings.strategies.internalize
     if own.source == "file":
-        if own.file is None:
-            raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
-                              "needs a CSV path")
-        if not Path(own.file).is_file():
-            raise ConfigError(f"invalid setting strategies.internalize.file: {own.file} "
-                              "is not a file")
-        return FileFlowSource(Path(own.file), own.symbol,
+        return FileFlowSource(flow_file(own), own.symbol,
                               limits=FlowLimits(max_qty=own.max_client_qty))
     if own.source == "websocket":
         token = own.ingest_token.get_secret_value() if own.ingest_token else ""

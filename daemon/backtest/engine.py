@@ -40,18 +40,19 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.client_flow import ClientFlow, timed_client_flow
 from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats, check_usable
-from config.settings import ConfigError, Settings
+from config.settings import Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
 from daemon.core.clock import NS_PER_MS, SimulatedClock
 from daemon.core.logs import get_logger
-from daemon.core.model import ClientFill, Quote, Side, Trade
+from daemon.core.model import Quote, Trade
 from daemon.market.bus import Bus
 from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
@@ -67,8 +68,6 @@ log = get_logger("backtest")
 PROGRESS_EVERY = 8_192
 #: Replaying columns, yield to the event loop every this many rows (Ctrl-C, progress).
 YIELD_EVERY_ROWS = 8_192
-#: Synthetic arrivals are drawn up to here; the data's end stops them first.
-_FOREVER_NS = 2**62
 
 
 @dataclass(slots=True)
@@ -112,72 +111,14 @@ class BacktestResult:
         return data
 
 
-# -- client flow ---------------------------------------------------------------------------
-
-
-class ClientFlow:
-    """Client fills in time order, handed out as the simulated clock passes them."""
-
-    def __init__(self, fills: Iterator[ClientFill],
-                 reprice: Callable[[ClientFill], ClientFill | None] | None = None,
-                 skipped: Mapping[str, int] | None = None) -> None:
-        self._fills = fills
-        self._reprice = reprice
-        #: The source's count of fills it left out (read at the end: the file is read first).
-        self.skipped: Mapping[str, int] = skipped if skipped is not None else {}
-        self._next: ClientFill | None = next(fills, None)
-        self.delivered = 0
-        self.unpriced = 0
-
-    @property
-    def next_ts_ns(self) -> int | None:
-        """Time of the next fill (priced or not when it comes due); None at the end."""
-        return self._next.ts_ns if self._next is not None else None
-
-    def due(self, until_ns: int) -> Iterator[ClientFill]:
-        """Fills with a time <= until_ns, each priced (if repricing) as it comes due."""
-        while self._next is not None and self._next.ts_ns <= until_ns:
-            fill, self._next = self._next, next(self._fills, None)
-            if self._reprice is not None:
-                priced = self._reprice(fill)
-                if priced is None:
-                    self.unpriced += 1
-                    continue
-                fill = priced
-            self.delivered += 1
-            yield fill
+# -- client flow ----------------------------------------------------------------------------
 
 
 def build_client_flow(settings: Settings, bus: Bus, start_ns: int) -> ClientFlow:
-    """The configured client-flow source, as a time-ordered stream for the backtest."""
-    from adapters.client_flow import FileFlowSource, FlowLimits, SyntheticFlowSource
-
+    """The configured client-flow source, as a time-ordered stream for the backtest;
+    synthetic fills are priced off the hedge venue's quote on the bus when they come due."""
     own = settings.strategies.internalize
-    if own.source == "file":
-        if own.file is None or not Path(own.file).is_file():
-            raise ConfigError("invalid setting strategies.internalize.file: source 'file' "
-                              f"needs an existing CSV path (got {own.file})")
-        file = FileFlowSource(Path(own.file), own.symbol,
-                              limits=FlowLimits(max_qty=own.max_client_qty))
-        fills = sorted(file, key=lambda f: f.ts_ns)
-        return ClientFlow(iter(fills), skipped=file.skipped)
-    if own.source != "synthetic":
-        raise ConfigError(f"strategies.internalize.source {own.source!r} cannot be replayed: "
-                          "use 'file' or 'synthetic' for a backtest")
-    source = SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
-                                 own.seed, own.synthetic_markup_bps)
-    # Arrival times and sizes come from the seeded source; the price is set when the fill
-    # comes due, off the mid at that moment (live prices off the mid at arrival too).
-    arrivals = source.generate(start_ns, _FOREVER_NS, lambda _ts: 1.0)
-
-    def reprice(fill: ClientFill) -> ClientFill | None:
-        quote = bus.view.quote(own.venue, own.symbol)
-        if quote is None or quote.stale or not quote.mid > 0.0:
-            return None  # no market: the client would not have been quoted
-        sign = 1.0 if fill.side is Side.BUY else -1.0
-        return dataclasses.replace(fill, price=quote.mid * (1.0 + sign * source.markup))
-
-    return ClientFlow(arrivals, reprice)
+    return timed_client_flow(settings, lambda: bus.view.quote(own.venue, own.symbol), start_ns)
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -446,10 +387,7 @@ class Backtest:
         """Client fills due before this market event, each at its own time."""
         if self.flow is None:
             self.flow = build_client_flow(self.settings, self.bus, until_ns)
-        for fill in self.flow.due(until_ns):
-            self.clock.advance_to(fill.ts_ns)
-            self.runner.advance(self.clock.now_ns)
-            self.runner.on_client_fill(fill)
+        self.flow.deliver(until_ns, self.clock, self.runner)
 
     # -- the end of the data -----------------------------------------------------------
 

@@ -38,6 +38,10 @@ class FeedClock:
         if ts_ns > self.latest_ns:
             self.latest_ns = ts_ns
 
+    #: A replay's clock also moves to a client fill's own time before it is delivered, as
+    #: a backtest's simulated clock does (`advance_to`: never back).
+    advance_to = observe
+
     def __call__(self) -> int:
         return self.latest_ns if self.replaying else now_ns()
 

@@ -37,6 +37,7 @@ from daemon.trading.session import TradingSession, build_strategy, open_session
 from daemon.trading.transfers import BackgroundTransfers
 
 if TYPE_CHECKING:
+    from adapters.client_flow import FeedClockFlow
     from daemon.app import App
 
 log = get_logger("action")
@@ -132,8 +133,9 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
     """Feed bus events to the runner until the feed ends (replay) or we are cancelled."""
     runner, snapshots = session.runner, session.snapshots
     subscription = app.bus.subscribe(f"strategy:{runner.strategy.name}")
+    timed_flow = _feed_clock_flow(app, runner, clock)  # before the feed: it sees the first event
     feed = spawn(app.market_data(), name="feed")
-    flow = _start_client_flow(app, runner, clock)
+    flow = _start_client_flow(app, runner, clock) if timed_flow is None else None
     try:
         while True:
             waiter = spawn(subscription.wait(), name="strategy-wakeup")
@@ -141,6 +143,8 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             for event in subscription.drain():
+                if timed_flow is not None:
+                    timed_flow.before(event)  # the client fills due first, as in a backtest
                 clock.observe(event.local_ts_ns)
                 app.trading.tick(event.local_ts_ns)
                 if isinstance(event, Quote):
@@ -163,9 +167,25 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
         snapshots.record_now(clock())
 
 
+def _feed_clock_flow(app: App, runner: StrategyRunner, clock: FeedClock) -> FeedClockFlow | None:
+    """On a replay, a file or synthetic client flow comes due by the feed clock and the
+    trading loop delivers it before each market event, as a backtest does: the same fills
+    at the same feed times whatever `--speed`. None live (the feed clock is the wall clock:
+    the source paces itself) and for the /flow endpoint (its clients send when they do)."""
+    if (not runner.strategy.takes_client_flow or not clock.replaying
+            or app.settings.strategies.internalize.source == "websocket"):
+        return None
+    from adapters.client_flow import FeedClockFlow
+
+    flow = FeedClockFlow(app.settings, runner, clock)
+    app.bus.add_sink(on_quote=flow.on_published, on_trade=flow.on_published)
+    return flow
+
+
 def _start_client_flow(app: App, runner: StrategyRunner,
                        clock: FeedClock) -> asyncio.Task[int] | None:
-    """Client fills for strategies that take them (internalize), from the configured source."""
+    """Client fills that arrive by themselves (internalize live, or the /flow endpoint),
+    from the configured source, pumped into the runner as they come."""
     if not runner.strategy.takes_client_flow:
         return None
     from adapters.client_flow import build_flow_source, run_flow

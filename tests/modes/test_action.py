@@ -132,8 +132,11 @@ def test_a_dead_client_flow_task_trips_the_kill_switch_and_healthz(
         raise OverflowError("client fill time out of range")
 
     monkeypatch.setattr(adapters.client_flow, "run_flow", dying_flow)
+    # The /flow endpoint is a task of its own even on a replay (a synthetic or file flow
+    # there is delivered by the trading loop, by the feed clock).
     app = action_app(tmp_path / "data", "internalize",
-                     strategies={"internalize": {"symbol": "BTC/USDT"}})
+                     strategies={"internalize": {"symbol": "BTC/USDT", "source": "websocket",
+                                                 "ingest_token": "secret", "ingest_port": 0}})
     with capture_logs() as logs:
         status = asyncio.run(_supervise(app, run_action))
     assert status == 0
