@@ -52,7 +52,7 @@ from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
 from daemon.core.clock import NS_PER_MS, SimulatedClock
 from daemon.core.logs import get_logger
-from daemon.core.model import Quote, Trade
+from daemon.core.model import Decision, Fill, OrderIntent, Quote, Trade
 from daemon.market.bus import Bus
 from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
@@ -94,6 +94,10 @@ class BacktestResult:
     client_fills_skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     #: What the replay lost on the way (ReplayStats.damage_summary), None if nothing.
     damage: str | None = None
+    #: Decisions, order intents and fills in the decision log.
+    decisions: int = 0
+    orders: int = 0
+    fills: int = 0
 
     @property
     def skipped(self) -> int:
@@ -424,6 +428,9 @@ class Backtest:
             processed=self.processed,
             client_fills_skipped=dict(flow.skipped) if flow else {},
             damage=stats.damage_summary(),
+            decisions=self.writer.kinds[Decision],
+            orders=self.writer.kinds[OrderIntent],
+            fills=self.writer.kinds[Fill],
         )
 
 

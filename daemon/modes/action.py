@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from config.settings import ConfigError, Settings
 from daemon.core.clock import FeedClock
 from daemon.core.logs import get_logger
-from daemon.core.model import Quote
+from daemon.core.model import ClientFill, Quote
 from daemon.core.records import RecordSink
 from daemon.core.tasks import spawn
 from daemon.market.market_view import RingMarketView
+from daemon.modes.summary import RunSummary, print_summary, record_counts
 from daemon.postmortem.exports import write_strategy_exports
+from daemon.postmortem.schema import log_file_name
 from daemon.postmortem.writer import DecisionLogWriter
 from daemon.trading.errors import ExecutionError, LiveTradingRefused
 from daemon.trading.gate import GatedExecutor
@@ -47,8 +53,24 @@ log = get_logger("action")
 IDLE_TICK_S = 0.1
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What the trading loop saw, for the summary (kept as it goes: a stop cancels it)."""
+
+    first_ns: int = 0
+    delivered: int = 0
+    conflated: int = 0
+    client_fills: int = 0
+    client_fills_unpriced: int = 0
+    client_fills_skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: A live synthetic source's count of arrivals it could not price (read at the end).
+    unpriced: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
 async def run_action(app: App) -> int:
     settings = app.settings
+    started = time.perf_counter()
+    tally = _Tally()
     rings = app.start_rings()
     app.replay_yield_every = 1
     strategy = build_strategy(app.args.strategy, settings)
@@ -67,7 +89,7 @@ async def run_action(app: App) -> int:
         log.info("strategy_started", strategy=strategy.name, mode=settings.execution.mode,
                  log=str(writer.root))
         try:
-            await _trade(app, session, writer, clock)
+            await _trade(app, session, writer, clock, tally)
         finally:
             session.executor.cancel_all(clock())
             await _close_executor(inner)
@@ -79,7 +101,34 @@ async def run_action(app: App) -> int:
         writer.end_run("stopped" if clean else f"failed: {type(failure).__name__}")
         await writer.aclose()
         log.info("strategy_stopped", strategy=strategy.name, records=writer.durable_records)
+        if clean:  # the backtest's summary, on any clean stop (end of replay, signal, duration)
+            _print_summary(app, strategy.name, writer, tally, clock,
+                           time.perf_counter() - started)
     return 0
+
+
+def _print_summary(app: App, strategy: str, writer: DecisionLogWriter, tally: _Tally,
+                   clock: FeedClock, wall_seconds: float) -> None:
+    bus = app.bus
+    quotes, trades = bus.published_quotes, bus.published_trades
+    summary = RunSummary(
+        mode="action", run_id=app.run_id, strategy=strategy, events=quotes + trades,
+        quotes=quotes, trades=trades, first_ts_ns=tally.first_ns,
+        last_ts_ns=clock() if tally.first_ns else 0, wall_seconds=wall_seconds,
+        records=writer.durable_records,
+        log_files=sorted(writer.root.glob(f"*/{log_file_name(app.run_id)}")),
+        **record_counts(writer.kinds), client_fills=tally.client_fills,
+        client_fills_unpriced=tally.client_fills_unpriced or tally.unpriced.get("no_mid", 0),
+        client_fills_skipped=dict(tally.client_fills_skipped),
+        events_note=(f"{tally.delivered:,} reached the strategy, {tally.conflated:,} quotes "
+                     "conflated (a newer quote of the same market came first)"),
+    )
+    figures = {field.name: getattr(summary, field.name)
+               for field in dataclasses.fields(summary) if field.name != "events_note"}
+    figures.update(log_files=[str(path) for path in summary.log_files],
+                   events_per_second=summary.events / wall_seconds if wall_seconds > 0 else 0.0,
+                   delivered=tally.delivered, conflated=tally.conflated)
+    print_summary(summary, figures, app.args.format)
 
 
 async def _open_executor(settings: Settings, app: App) -> Any:
@@ -129,13 +178,13 @@ def _arm_kill_switch(app: App, executor: GatedExecutor) -> None:
 
 
 async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
-                 clock: FeedClock) -> None:
+                 clock: FeedClock, tally: _Tally) -> None:
     """Feed bus events to the runner until the feed ends (replay) or we are cancelled."""
     runner, snapshots = session.runner, session.snapshots
     subscription = app.bus.subscribe(f"strategy:{runner.strategy.name}")
     timed_flow = _feed_clock_flow(app, runner, clock)  # before the feed: it sees the first event
     feed = spawn(app.market_data(), name="feed")
-    flow = _start_client_flow(app, runner, clock) if timed_flow is None else None
+    flow = _start_client_flow(app, runner, clock, tally) if timed_flow is None else None
     try:
         while True:
             waiter = spawn(subscription.wait(), name="strategy-wakeup")
@@ -143,6 +192,8 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             for event in subscription.drain():
+                if not tally.first_ns:
+                    tally.first_ns = event.local_ts_ns
                 if timed_flow is not None:
                     timed_flow.before(event)  # the client fills due first, as in a backtest
                 clock.observe(event.local_ts_ns)
@@ -158,6 +209,11 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
                 feed.result()  # a feed failure surfaces here
                 break
     finally:
+        tally.delivered, tally.conflated = subscription.delivered, subscription.conflated
+        if timed_flow is not None and timed_flow.flow is not None:
+            tally.client_fills = timed_flow.flow.delivered
+            tally.client_fills_unpriced = timed_flow.flow.unpriced
+            tally.client_fills_skipped = timed_flow.flow.skipped
         app.bus.unsubscribe(subscription)
         for task in (feed, flow):
             if task is not None and not task.done():
@@ -182,13 +238,18 @@ def _feed_clock_flow(app: App, runner: StrategyRunner, clock: FeedClock) -> Feed
     return flow
 
 
-def _start_client_flow(app: App, runner: StrategyRunner,
-                       clock: FeedClock) -> asyncio.Task[int] | None:
+def _start_client_flow(app: App, runner: StrategyRunner, clock: FeedClock,
+                       tally: _Tally) -> asyncio.Task[int] | None:
     """Client fills that arrive by themselves (internalize live, or the /flow endpoint),
     from the configured source, pumped into the runner as they come."""
     if not runner.strategy.takes_client_flow:
         return None
-    from adapters.client_flow import build_flow_source, run_flow
+    from adapters.client_flow import (
+        FileFlowSource,
+        SyntheticFlowSource,
+        build_flow_source,
+        run_flow,
+    )
 
     own = app.settings.strategies.internalize
 
@@ -198,4 +259,14 @@ def _start_client_flow(app: App, runner: StrategyRunner,
 
     source = build_flow_source(app.settings, mid=mid, clock=clock,
                                admit=runner.client_fill_refusal)
-    return spawn(run_flow(source, runner.on_client_fill), name="client-flow")
+    # The summary's counts: a file's bad rows; synthetic arrivals with no mid to price them.
+    if isinstance(source, FileFlowSource):
+        tally.client_fills_skipped = source.skipped
+    elif isinstance(source, SyntheticFlowSource):
+        tally.unpriced = source.skipped
+
+    def deliver(fill: ClientFill) -> None:
+        tally.client_fills += 1
+        runner.on_client_fill(fill)
+
+    return spawn(run_flow(source, deliver), name="client-flow")

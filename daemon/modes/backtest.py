@@ -17,12 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from adapters.recordings.replay import NothingUsable, ReplayError, ReplaySpec, parse_spec
 from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, existing_logs
 from daemon.core.logs import get_logger
+from daemon.modes.summary import RunSummary, print_summary
 from daemon.postmortem.exports import write_strategy_exports
 
 if TYPE_CHECKING:
@@ -51,12 +50,7 @@ async def run_backtest(app: App) -> int:
     if result.damage is not None:
         print(f"cryptopipe: replay damage: {result.damage}", file=sys.stderr)
     write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
-    if args.format == "json":
-        sys.stdout.buffer.write(orjson.dumps(result.figures(), option=orjson.OPT_INDENT_2))
-        sys.stdout.buffer.write(b"\n")
-        sys.stdout.flush()
-    else:
-        _print_result(result)
+    print_summary(_summary(result), result.figures(), args.format)
     return 0
 
 
@@ -112,26 +106,15 @@ class _progress_bar:
             self._progress.stop()
 
 
-def _print_result(result: BacktestResult) -> None:
-    from rich.console import Console
-
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    span = (result.last_ts_ns - result.first_ts_ns) / 1e9
-    console.print(
-        f"backtest {result.run_id} ({result.strategy}): {result.events:,} events "
-        f"({result.quotes:,} quotes, {result.trades:,} trades) over {span:,.0f} s of data "
-        f"in {result.wall_seconds:.2f} s = {result.events_per_second:,.0f} events/s"
+def _summary(result: BacktestResult) -> RunSummary:
+    return RunSummary(
+        mode="backtest", run_id=result.run_id, strategy=result.strategy,
+        events=result.events, quotes=result.quotes, trades=result.trades,
+        first_ts_ns=result.first_ts_ns, last_ts_ns=result.last_ts_ns,
+        wall_seconds=result.wall_seconds, records=result.records, log_files=result.log_files,
+        decisions=result.decisions, orders=result.orders, fills=result.fills,
+        client_fills=result.client_fills, client_fills_unpriced=result.client_fills_unpriced,
+        client_fills_skipped=result.client_fills_skipped,
+        events_note=(f"cache {result.cache}; {result.processed:,} through the strategy "
+                     f"path, {result.skipped:,} skipped (they change nothing)"),
     )
-    console.print(f"events: cache {result.cache}; {result.processed:,} through the strategy "
-                  f"path, {result.skipped:,} skipped (they change nothing)")
-    if result.client_fills or result.client_fills_unpriced or result.client_fills_skipped:
-        console.print(f"client fills: {result.client_fills:,} delivered, "
-                      f"{result.client_fills_unpriced:,} without a market to price them")
-    if result.client_fills_skipped:
-        reasons = ", ".join(f"{count:,} {what}"
-                            for what, count in sorted(result.client_fills_skipped.items()))
-        console.print(f"client fills skipped (unusable rows): "
-                      f"{sum(result.client_fills_skipped.values()):,} ({reasons})")
-    console.print(f"decision log: {result.records:,} records in "
-                  f"{', '.join(str(p) for p in result.log_files) or '(none)'}")
-    console.print(f"report: python main.py --mode post-mortem --run {result.run_id}")

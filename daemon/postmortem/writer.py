@@ -62,7 +62,7 @@ import contextlib
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,6 +164,8 @@ class DecisionLogWriter:
         self.write_errors = 0
         self.torn_tails_repaired = 0
         self.max_queued = 0
+        #: Records by kind (Decision, OrderIntent, Fill, ...): a run's summary counts them.
+        self.kinds: Counter[type] = Counter()
         self._last_alert = 0.0
         #: Why records are not durable (the last write error), None while writes succeed.
         self.failing: str | None = None
@@ -192,6 +194,7 @@ class DecisionLogWriter:
             raise RuntimeError(f"decision log {self.run_id} is closed; record not written")
         ts_ns = own_time_ns(record) or self._previous_ts or self._clock()
         self._previous_ts = ts_ns
+        self.kinds[type(record)] += 1
         line = encode_record(record, self.run_id, ts_ns)
         day = ts_ns // NS_PER_DAY
         if day > self._day:  # never back: a late ack stays in today's file
