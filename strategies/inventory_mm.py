@@ -172,6 +172,10 @@ class InventoryMMStrategy(StrategyBase):
         self._spread_narrow = False
         self._wide_since_ns: int | None = None
         self._spread_hold_ns = int(settings.min_market_spread_hold_s * NS_PER_SECOND)
+        self._narrow_reason = (
+            f"market spread below minimum {settings.min_market_spread_bps:g} bps (quoting "
+            f"again at {settings.min_market_spread_bps + settings.min_market_spread_margin_bps:g}"
+            f" bps, or after {settings.min_market_spread_hold_s:g} s at the minimum)")
         # Fee floor: the nearest a quote may rest to the mid, as a fraction of it.
         self.min_half_spread_bps = 0.0 if settings.allow_quotes_inside_fees else \
             venue.maker_fee_bps + settings.min_edge_bps
@@ -360,26 +364,22 @@ class InventoryMMStrategy(StrategyBase):
 
     def _narrow_market_reason(self, quote: Quote, now: int) -> str | None:
         """The spread filter, with hysteresis so a spread hovering at the threshold does
-        not flip quote/skip on every tick."""
+        not flip quote/skip on every tick. One reason for the whole narrow spell, so the
+        skip is logged once (the spread itself is in the skip's inputs)."""
         s = self.settings
-        spread_bps = quote.spread_bps
-        if spread_bps < s.min_market_spread_bps:
+        if quote.spread_bps < s.min_market_spread_bps:
             # A market tighter than this leaves no edge over adverse selection.
             self._spread_narrow, self._wide_since_ns = True, None
-            return (f"market spread {spread_bps:.3f} bps below minimum "
-                    f"{s.min_market_spread_bps} bps")
+            return self._narrow_reason
         if not self._spread_narrow:
             return None
         if self._wide_since_ns is None:
             self._wide_since_ns = now
-        if (spread_bps >= s.min_market_spread_bps + s.min_market_spread_margin_bps
-                or (self._spread_hold_ns > 0 and now - self._wide_since_ns
-                    >= self._spread_hold_ns)):
+        if (quote.spread_bps >= s.min_market_spread_bps + s.min_market_spread_margin_bps
+                or now - self._wide_since_ns >= self._spread_hold_ns):
             self._spread_narrow, self._wide_since_ns = False, None
             return None
-        return (f"market spread back at the minimum {s.min_market_spread_bps} bps: waiting "
-                f"for {s.min_market_spread_bps + s.min_market_spread_margin_bps:g} bps or "
-                f"{s.min_market_spread_hold_s:g} s at the minimum")
+        return self._narrow_reason
 
     def _requote(self, now: int, quote: Quote, log_hold: bool) -> Decision | None:
         self._refresh_sigma(now)

@@ -213,6 +213,20 @@ def test_no_quoting_when_the_market_spread_is_below_the_minimum() -> None:
     assert h.quote(after_s=0.1) is None  # the same reason again is not logged twice
 
 
+def test_after_a_narrow_market_it_quotes_again_only_past_the_margin_or_the_hold() -> None:
+    h = Harness(min_market_spread_bps=0.5, min_market_spread_margin_bps=0.5,
+                min_market_spread_hold_s=5.0)
+    assert h.quote().action == "skip"  # 0.0167 bps: narrow
+    at_minimum = BID + MID * 0.6e-4  # 0.6 bps: past the minimum, not past the margin
+    waiting = h.quote(BID, at_minimum, after_s=0.1)
+    assert waiting is None  # still the same narrow spell: nothing new to log
+    assert h.quote(BID, at_minimum, after_s=4.0) is None  # 4.1 s at the minimum
+    assert h.quote(BID, at_minimum, after_s=1.0).action == "quote"  # held 5 s: quote
+    # Narrow again, then 1.1 bps (past 0.5 + 0.5): quotes at once, no hold needed.
+    assert h.quote(after_s=0.1).action == "skip"
+    assert h.quote(BID, BID + MID * 1.1e-4, after_s=0.1).action == "quote"
+
+
 @pytest.mark.parametrize("fields, reason", [({"stale": True}, "stale quote"),
                                             ({"bid": ASK + 1.0}, "crossed quote")])
 def test_stale_or_crossed_quotes_are_never_quoted_on(fields: dict, reason: str) -> None:
