@@ -278,10 +278,11 @@ class InventoryMMSettings(_Frozen):
     max_inventory: Annotated[float, Field(gt=0)] = 0.01
     #: Do not quote when the market's own spread is narrower than this (0 = off).
     min_market_spread_bps: Bps = 0.0
-    #: Hysteresis of that filter: after a skip for a narrow market, quote again only once
-    #: the spread is at least min_market_spread_bps plus this margin ...
+    #: Hysteresis of that filter: after a narrow market, quote again only once the spread is
+    #: at least min_market_spread_bps plus this margin (or after min_market_spread_hold_s).
     min_market_spread_margin_bps: Bps = 0.5
-    #: ... or has stayed at or above min_market_spread_bps for this long.
+    #: Hysteresis of that filter: after a narrow market, quote again once the spread has
+    #: stayed at or above min_market_spread_bps this long (or cleared the margin).
     min_market_spread_hold_s: Duration = 5.0
     #: Keep a resting order whose price is within this many bps of the target.
     delta_price_bps: Bps = 1.0
