@@ -249,8 +249,23 @@ class InventoryMMSettings(_Frozen):
     symbol: str = "BTC/USDT"
     #: Risk aversion (Avellaneda-Stoikov gamma): higher skews quotes harder against inventory.
     gamma: Annotated[float, Field(gt=0)] = 0.1
-    #: Order-arrival decay k; "auto" estimates it from trade arrivals around the mid.
-    k: float | Literal["auto"] = 1.5
+    #: Order-arrival decay k per bps of mid: fills at a quote d bps from the mid arrive at a
+    #: rate A exp(-k_bps d), so one value fits BTC, ETH and XRP alike (the order-flow part of
+    #: the spread is about 2 / k_bps bps). "auto" fits it from trade arrivals at each
+    #: distance. Replaces `k` (1/price), which is refused with the conversion.
+    k_bps: Annotated[float, Field(gt=0)] | Literal["auto"] = 0.5
+    #: k_bps = "auto": the fitted k is never taken below this (a flat or noisy fit would
+    #: otherwise quote absurdly wide); trades needed first are `k_auto_min_trades`.
+    k_auto_floor_bps: Annotated[float, Field(gt=0)] = 0.05
+    #: k_bps = "auto": trades in the volatility window before the fit is used (warm-up:
+    #: skip decisions say how many have been seen).
+    k_auto_min_trades: Annotated[int, Field(ge=2)] = 30
+    #: Each quote rests at least the venue's maker fee plus this many bps from the mid, so
+    #: a fill earns an edge after fees.
+    min_edge_bps: Bps = 1.0
+    #: Opt-out: let the model quote closer to the mid than maker fee + min_edge_bps (e.g.
+    #: to study the raw Avellaneda-Stoikov quotes). Off by default.
+    allow_quotes_inside_fees: bool = False
     #: Rolling horizon (T - t) for a 24/7 market.
     horizon_s: Duration = 60.0
     #: Window of the rolling volatility (log mid returns) behind the spread.
@@ -261,8 +276,14 @@ class InventoryMMSettings(_Frozen):
     size_decay: Annotated[float, Field(ge=0)] = 1.0
     #: Largest absolute inventory, base units; no fill may take it further.
     max_inventory: Annotated[float, Field(gt=0)] = 0.01
-    #: Do not quote when the market's own spread is narrower than this.
+    #: Do not quote when the market's own spread is narrower than this (0 = off).
     min_market_spread_bps: Bps = 0.0
+    #: Hysteresis of that filter: after a narrow market, quote again only once the spread is
+    #: at least min_market_spread_bps plus this margin (or after min_market_spread_hold_s).
+    min_market_spread_margin_bps: Bps = 0.5
+    #: Hysteresis of that filter: after a narrow market, quote again once the spread has
+    #: stayed at or above min_market_spread_bps this long (or cleared the margin).
+    min_market_spread_hold_s: Duration = 5.0
     #: Keep a resting order whose price is within this many bps of the target.
     delta_price_bps: Bps = 1.0
     #: Keep a resting order whose size is within this fraction of the target.
@@ -276,6 +297,23 @@ class InventoryMMSettings(_Frozen):
     target_base_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     #: Rebalance when the base share drifts further than this from target_base_weight.
     rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _k_in_bps(cls, data: Any) -> Any:
+        """`k` (1/price) became `k_bps` (1/bps of mid): "auto" carries over, a number is
+        refused with the conversion, since it depends on the instrument's price."""
+        if not isinstance(data, dict) or "k" not in data:
+            return data
+        data = dict(data)
+        k = data.pop("k")
+        if k == "auto" and "k_bps" not in data:
+            data["k_bps"] = "auto"
+            return data
+        raise ValueError(
+            f"strategies.inventory_mm.k = {k!r} is no longer read: k is now k_bps, the decay "
+            "per bps of mid (k_bps = k * mid / 10000; k = 1.5 at a mid of 60000 is k_bps = 9). "
+            "Set k_bps (or k_bps = \"auto\") and remove k.")
 
 
 class InternalizeSettings(_Frozen):

@@ -4,8 +4,12 @@ Each evaluation turns the market into two passive quotes:
 
 1. sigma: the market view's rolling volatility of log mid returns (per sqrt-second),
    converted to price units, sigma_abs = mid * sigma_log, as the model wants;
-2. k: configured, or "auto": fitted to the rates at which public trades print at or
-   beyond each distance from the mid, lambda(delta) = A exp(-k delta) (`fit_arrival_decay`);
+2. k: set per bps of mid (`k_bps`, so one value suits any price level; the kernel gets
+   k = k_bps / (mid * 1e-4) in 1/price), or "auto": fitted to the rates at which public
+   trades print at or beyond each distance (in bps) from the mid our quotes were priced at
+   (at most one requote interval old), lambda(delta) = A exp(-k delta)
+   (`fit_arrival_decay`), never below `k_auto_floor_bps`; until `k_auto_min_trades` have
+   been seen it skips, and every decision's inputs carry `k_state` and `k_trades`;
 3. `as_quotes_rolling_horizon` with a constant rolling horizon tau = `horizon_s` (a 24/7
    market has no session end). The model's unit of inventory is one order of `order_qty`
    (Delta), as in the paper where each fill moves q by one: the kernel gets q / Delta
@@ -15,11 +19,14 @@ Each evaluation turns the market into two passive quotes:
    Passing q in base units with gamma unscaled would price the spread term per
    (base unit)^2: for BTC it would be hundreds of dollars at any useful gamma, or the
    inventory skew would vanish;
-4. prices to the venue tick (bid down, ask up, never through the opposite touch, so a
+4. the fee floor: each quote at least maker fee + `min_edge_bps` from the mid (unless
+   `allow_quotes_inside_fees`), so every fill earns an edge after fees; then
+   prices to the venue tick (bid down, ask up, never through the opposite touch, so a
    post-only order rests); sizes `order_qty`, shrunk as exp(-size_decay q / max_inventory)
    on the side that adds risk, capped so no fill can take |q| past `max_inventory`,
    floored to the lot;
-5. resting orders within `delta_price_bps` / `delta_size` of the target are kept: a
+5. resting orders within `delta_price_bps` / `delta_size` of the target, and not inside
+   the fee floor, are kept: a
    Decision carries cancels and new intents only for the sides that changed.
 
 Units: prices in quote currency per base unit, inventory q in base units (the net of this
@@ -30,7 +37,11 @@ Decisions (`inputs` documented on `_quote_inputs`):
 - "quote": new intents and/or cancels; "hold": orders already at target (returned by
   `on_timer` only, so holds are logged once per interval, not per quote);
 - "skip": no quoting, with the reason (stale, crossed or too narrow market, volatility or
-  k unknown); resting orders are cancelled; logged when the reason changes;
+  k unknown); resting orders are cancelled; logged when the reason changes. The spread
+  filter has hysteresis: after a narrow market it quotes again only once the spread is
+  `min_market_spread_margin_bps` past the minimum, or has held at or above it for
+  `min_market_spread_hold_s` (a spread hovering at the threshold would otherwise flip
+  quote/skip many times a minute and spend the order-rate limit on it);
 - "max_loss_exit": P&L below -max_loss: cancel all, flatten with a market order, stop;
 - "portfolio_rebalance": a trade back to `target_base_weight` (IOC at the touch); not
   "rebalance", which is a transfer between venues that the runner routes to the
@@ -79,11 +90,8 @@ if TYPE_CHECKING:  # settings are data handed in by the factory; no runtime depe
 __all__ = ["InventoryMMStrategy", "as_quotes", "as_quotes_rolling_horizon"]
 
 BPS = 1e-4
-#: k auto: distances from the mid at which arrival rates are counted, in half ticks
-#: (in a one-tick market a trade at the touch prints half a tick from the mid).
-ARRIVAL_GRID_HALF_TICKS = 20
-#: k auto: trades needed in the window before the fit is trusted.
-MIN_TRADES_FOR_K = 30
+#: k auto: distances from the quoting mid at which arrival rates are counted, in bps.
+ARRIVAL_GRID_BPS = np.arange(1, 81) * 0.25
 #: k auto: ring of (time, distance) of the latest trades; at 200 trades/s it spans 5 min.
 TRADE_HISTORY = 1 << 16
 #: A move of the mid re-evaluates at most every requote_interval / this.
@@ -138,8 +146,9 @@ class InventoryMMStrategy(StrategyBase):
         if not rules.get("tick") or not rules.get("lot"):
             raise ValueError(f"venues.{settings.venue}.markets[{settings.symbol!r}] needs a "
                              "tick and a lot to round quotes")
-        if settings.k != "auto" and not settings.k > 0:
-            raise ValueError(f"strategies.inventory_mm.k must be > 0 or 'auto', got {settings.k}")
+        if settings.k_bps != "auto" and not settings.k_bps > 0:
+            raise ValueError("strategies.inventory_mm.k_bps must be > 0 or 'auto', "
+                             f"got {settings.k_bps}")
         self.settings = settings
         self.venue = settings.venue
         self.symbol = settings.symbol
@@ -158,8 +167,22 @@ class InventoryMMStrategy(StrategyBase):
         self._requote_spacing_ns = self._requote_ns // REQUOTE_SPACING_DIVISOR
         self._price_tolerance = settings.delta_price_bps * BPS
         self._min_spread_bps = settings.min_market_spread_bps
+        # Spread filter hysteresis: narrow until the spread clears min + margin, or has
+        # stayed at or above min for the hold time (since `_wide_since_ns`).
+        self._spread_narrow = False
+        self._wide_since_ns: int | None = None
+        self._spread_hold_ns = int(settings.min_market_spread_hold_s * NS_PER_SECOND)
+        self._narrow_reason = (
+            f"market spread below minimum {settings.min_market_spread_bps:g} bps (quoting "
+            f"again at {settings.min_market_spread_bps + settings.min_market_spread_margin_bps:g}"
+            f" bps, or after {settings.min_market_spread_hold_s:g} s at the minimum)")
+        # Fee floor: the nearest a quote may rest to the mid, as a fraction of it.
+        self.min_half_spread_bps = 0.0 if settings.allow_quotes_inside_fees else \
+            venue.maker_fee_bps + settings.min_edge_bps
+        self._floor_bid = math.inf  # this evaluation's floor prices (bid at most, ask at
+        self._floor_ask = -math.inf  # least), which also bound the orders kept
         self._loss_floor = -settings.max_loss
-        self._k_auto = settings.k == "auto"
+        self._k_auto = settings.k_bps == "auto"
         # Trades feed only the fit of k: with k set, on_trade returns None untouched.
         self.reads_trades = self._k_auto
         # Account of this strategy's own trades (quote currency, base units).
@@ -183,9 +206,15 @@ class InventoryMMStrategy(StrategyBase):
         self._last_skip: str | None = None
         self._sigma_log = math.nan
         self._sigma_ts_ns = -(1 << 62)
-        self._k = math.nan if settings.k == "auto" else float(settings.k)
+        self._k_bps = math.nan if self._k_auto else float(settings.k_bps)
+        self._k_state = "warming up" if self._k_auto else "configured"
+        self._k_trades = 0  # trades in the fit's window at its last refresh
         self._k_ts_ns = -(1 << 62)
-        self._arrival_grid = np.arange(1, ARRIVAL_GRID_HALF_TICKS + 1) * (0.5 * self.tick)
+        self._arrival_grid = ARRIVAL_GRID_BPS
+        # The mid our quotes were priced at, renewed at most every requote interval: a
+        # trade's distance from it is how far a quote must rest not to be hit by it.
+        self._anchor_mid = math.nan
+        self._anchor_ts_ns = -(1 << 62)
         self._trade_ts = np.full(TRADE_HISTORY, -1, dtype=np.int64)
         self._trade_distance = np.zeros(TRADE_HISTORY)
         self._trade_count = 0
@@ -212,6 +241,7 @@ class InventoryMMStrategy(StrategyBase):
         mid = (bid + ask) * 0.5
         elapsed = now - self._last_eval_ns
         if (not quote.stale and now - quote.local_ts_ns <= self.stale_after_ns and bid < ask
+                and not self._spread_narrow
                 and not (self._min_spread_bps > 0.0 and mid > 0
                          and (ask - bid) / mid * 1e4 < self._min_spread_bps)
                 and self.cash + self.position * mid >= self._loss_floor
@@ -236,9 +266,13 @@ class InventoryMMStrategy(StrategyBase):
         if (trade.exchange != self.venue or trade.symbol != self.symbol or quote is None
                 or quote.crossed):
             return None
-        mid = quote.mid
-        # Signed by the taker: a buy lifting offers prints above the mid.
-        distance = trade.price - mid if trade.side == "buy" else mid - trade.price
+        if (trade.local_ts_ns - self._anchor_ts_ns >= self._requote_ns
+                or not self._anchor_mid > 0.0):
+            self._anchor_mid, self._anchor_ts_ns = quote.mid, trade.local_ts_ns
+        mid = self._anchor_mid
+        # In bps of the mid, signed by the taker: a buy lifting offers prints above it.
+        offset = trade.price - mid if trade.side == "buy" else mid - trade.price
+        distance = offset / mid * 1e4
         slot = self._trade_count % TRADE_HISTORY
         self._trade_ts[slot] = trade.local_ts_ns
         self._trade_distance[slot] = distance
@@ -326,28 +360,48 @@ class InventoryMMStrategy(StrategyBase):
             return "stale quote"
         if quote.crossed:
             return "crossed quote"
-        if quote.spread_bps < self.settings.min_market_spread_bps:
+        return self._narrow_market_reason(quote, now)
+
+    def _narrow_market_reason(self, quote: Quote, now: int) -> str | None:
+        """The spread filter, with hysteresis so a spread hovering at the threshold does
+        not flip quote/skip on every tick. One reason for the whole narrow spell, so the
+        skip is logged once (the spread itself is in the skip's inputs)."""
+        s = self.settings
+        if quote.spread_bps < s.min_market_spread_bps:
             # A market tighter than this leaves no edge over adverse selection.
-            return (f"market spread {quote.spread_bps:.3f} bps below minimum "
-                    f"{self.settings.min_market_spread_bps} bps")
-        return None
+            self._spread_narrow, self._wide_since_ns = True, None
+            return self._narrow_reason
+        if not self._spread_narrow:
+            return None
+        if self._wide_since_ns is None:
+            self._wide_since_ns = now
+        if (quote.spread_bps >= s.min_market_spread_bps + s.min_market_spread_margin_bps
+                or now - self._wide_since_ns >= self._spread_hold_ns):
+            self._spread_narrow, self._wide_since_ns = False, None
+            return None
+        return self._narrow_reason
 
     def _requote(self, now: int, quote: Quote, log_hold: bool) -> Decision | None:
         self._refresh_sigma(now)
         self._refresh_k(now)
         if not self._sigma_log > 0.0:
             return self._skip(now, "volatility unknown", quote)
-        if not self._k > 0.0:
-            return self._skip(now, f"k not estimated yet (needs {MIN_TRADES_FOR_K} trades "
-                              "in the window and decaying arrival rates)", quote)
+        if not self._k_bps > 0.0:
+            return self._skip(now, f"k not estimated yet (warming up: needs "
+                              f"{self.settings.k_auto_min_trades} trades in the window and "
+                              "decaying arrival rates)", quote)
         mid = quote.mid
         sigma = mid * self._sigma_log  # price per sqrt(second), as the model wants
         s = self.settings
         # One order is the model's unit of inventory (see the module docstring).
         model_bid, model_ask = as_quotes_rolling_horizon(
             mid, self.inventory / s.order_qty, s.horizon_s, sigma, s.gamma * s.order_qty,
-            self._k)
-        bid_price, ask_price = self._round_passive(model_bid, model_ask, quote)
+            self._k_bps / (mid * BPS))
+        if not s.allow_quotes_inside_fees:  # opted out: the floors stay at -/+ infinity
+            self._floor_bid = mid * (1.0 - self.min_half_spread_bps * BPS)
+            self._floor_ask = mid * (1.0 + self.min_half_spread_bps * BPS)
+        bid_price, ask_price = self._round_passive(min(model_bid, self._floor_bid),
+                                                   max(model_ask, self._floor_ask), quote)
         wanted_bid, wanted_ask = self._target_sizes()
         changes: list[str] = []
         cancels: list[str] = []
@@ -422,10 +476,14 @@ class InventoryMMStrategy(StrategyBase):
         replacement = max(0.0, floor_to_step(min(target, left), self.lot))
         price_tolerance = self.settings.delta_price_bps * BPS * price
         size_tolerance = self.settings.delta_size * target + 1e-12
+        # A resting order the mid has come too close to no longer clears the fee floor.
+        sign = side.sign  # +1 buy: at most the floor bid; -1 sell: at least the floor ask
+        floor_price = self._floor_bid if side is Side.BUY else self._floor_ask
         kept: WorkingOrder | None = None
         for order in candidates:
             if (kept is None and target >= self.lot and left >= -1e-12
                     and abs(order.price - price) <= price_tolerance
+                    and sign * (floor_price - order.price) >= 0.0
                     and (abs(order.qty - target) <= size_tolerance
                          or order.qty >= replacement)):
                 kept = order
@@ -487,7 +545,9 @@ class InventoryMMStrategy(StrategyBase):
         inputs = self._account_inputs()
         if quote is not None:
             inputs.update(bid=quote.bid, ask=quote.ask, stale=quote.stale,
-                          quote_age_s=(now - quote.local_ts_ns) / NS_PER_SECOND)
+                          quote_age_s=(now - quote.local_ts_ns) / NS_PER_SECOND,
+                          market_spread_bps=quote.spread_bps)
+        inputs.update(self._k_inputs())
         return Decision(self.name, now, Action.SKIP, reason, inputs, cancels=cancels)
 
     # -- portfolio rebalancing ---------------------------------------------------------------
@@ -536,20 +596,36 @@ class InventoryMMStrategy(StrategyBase):
         self._sigma_ts_ns = now
 
     def _refresh_k(self, now: int, force: bool = False) -> None:
-        if self.settings.k != "auto" or (not force and now - self._k_ts_ns < 2 * self._requote_ns):
+        """k auto: refit k_bps on the trades of the volatility window; "warming up" until
+        there are enough of them and their rates decay, then "fitted", or "floored" when
+        the fit fell below `k_auto_floor_bps` (a flat fit would quote absurdly wide)."""
+        if not self._k_auto or (not force and now - self._k_ts_ns < 2 * self._requote_ns):
             return
         self._k_ts_ns = now
-        start_ns = now - int(self.settings.volatility_window_s * NS_PER_SECOND)
+        s = self.settings
+        start_ns = now - int(s.volatility_window_s * NS_PER_SECOND)
         filled = min(self._trade_count, TRADE_HISTORY)
         trade_ts = self._trade_ts[:filled]
         count, oldest_ns = trades_since(trade_ts, start_ns)
-        if count < MIN_TRADES_FOR_K:
-            self._k = math.nan
-            return
-        observed_s = max((now - oldest_ns) / NS_PER_SECOND, 1e-3)
-        _, k, _ = fit_arrival_decay(trade_ts, self._trade_distance[:filled], start_ns,
-                                    observed_s, self._arrival_grid)
-        self._k = k
+        self._k_trades = count
+        k_bps = math.nan
+        if count >= s.k_auto_min_trades:
+            observed_s = max((now - oldest_ns) / NS_PER_SECOND, 1e-3)
+            _, k_bps, _ = fit_arrival_decay(trade_ts, self._trade_distance[:filled], start_ns,
+                                            observed_s, self._arrival_grid)
+        if not k_bps > 0.0:
+            self._k_bps, self._k_state = math.nan, "warming up"
+        elif k_bps < s.k_auto_floor_bps:
+            self._k_bps, self._k_state = s.k_auto_floor_bps, "floored"
+        else:
+            self._k_bps, self._k_state = k_bps, "fitted"
+
+    def _k_inputs(self) -> dict[str, object]:
+        """Where k stands: configured, or auto's warm-up / fitted / floored and its trades."""
+        if not self._k_auto:
+            return {"k_state": self._k_state}
+        return {"k_state": self._k_state, "k_trades": self._k_trades,
+                "k_trades_needed": self.settings.k_auto_min_trades}
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -593,16 +669,20 @@ class InventoryMMStrategy(StrategyBase):
     def _quote_inputs(self, quote: Quote, sigma: float, model_bid: float, model_ask: float,
                       bid_price: float, ask_price: float, bid_qty: float,
                       ask_qty: float) -> dict[str, object]:
-        """Flat snapshot: prices in quote currency, sigma in price per sqrt-second, k in
-        1/price, inventory in base units (and in orders), horizon in seconds, P&L marked
-        at mid; model_gamma = gamma * order_qty is what the kernel got; bid_qty/ask_qty
-        are the target sizes, bid_room/ask_room what the limit leaves a side."""
+        """Flat snapshot: prices in quote currency, sigma in price per sqrt-second, k_bps in
+        1/bps of mid and k in 1/price (what the kernel got), k_state / k_trades the fit's
+        state, min_half_spread_bps the fee floor (0 when opted out), inventory in base
+        units (and in orders), horizon in seconds, P&L marked at mid; model_gamma =
+        gamma * order_qty is what the kernel got; bid_qty/ask_qty are the target sizes,
+        bid_room/ask_room what the limit leaves a side."""
         mid = quote.mid
         return {
             "venue": self.venue, "symbol": self.symbol, "mid": mid,
             "market_bid": quote.bid, "market_ask": quote.ask,
             "market_spread_bps": quote.spread_bps,
-            "sigma": sigma, "sigma_log": self._sigma_log, "k": self._k,
+            "sigma": sigma, "sigma_log": self._sigma_log, "k_bps": self._k_bps,
+            "k": self._k_bps / (mid * BPS), **self._k_inputs(),
+            "min_half_spread_bps": self.min_half_spread_bps,
             "gamma": self.settings.gamma, "horizon_s": self.settings.horizon_s,
             "model_gamma": self.settings.gamma * self.settings.order_qty,
             "inventory": self.inventory,

@@ -134,8 +134,12 @@ def run(runner_class: type[CountingRunner], data_dir: Path, **overrides: Any) ->
     """inventory-mm over the sample, wired as `Backtest.__init__` wires it (paper executor
     in the gated executor, ring market view, paper transfers, the kill switch on the
     runner), with the engine's per-event steps; every record kept in memory."""
-    settings = load_settings({"data_dir": data_dir, "retention": 600.0, **overrides},
-                             env_file=None)
+    # Quotes inside the fees (the fee floor opted out) and k_bps 9 (the old default of
+    # 1.5 /$ at this mid), so the 75 s sample fills often.
+    inside_fees = {"strategies": {"inventory_mm": {"allow_quotes_inside_fees": True,
+                                                   "k_bps": 9.0}}}
+    settings = load_settings({"data_dir": data_dir, "retention": 600.0, **inside_fees,
+                              **overrides}, env_file=None)
     clock = SimulatedClock()
     bus = Bus()
     rings = RingStore(retention_s=settings.retention, max_rate_hz=settings.ring.max_rate_hz)
@@ -178,7 +182,9 @@ def fields(record: Record) -> tuple[str, dict[str, Any]]:
     # rejected ack nests in the dispatch that sent the order (on_quote's and _deliver's).
     pytest.param({"risk": {"max_orders_per_s": 2.0}}, True, id="order-rate-2-per-s"),
     # k fitted from trades: the strategy reads every trade.
-    pytest.param({"strategies": {"inventory_mm": {"k": "auto"}}}, False, id="k-from-trades"),
+    pytest.param({"strategies": {"inventory_mm": {"k_bps": "auto",
+                                                  "allow_quotes_inside_fees": True}}},
+                 False, id="k-from-trades"),
 ])
 def test_the_idle_path_records_what_the_queue_records(tmp_path: Path, overrides: dict[str, Any],
                                                       nests: bool) -> None:
