@@ -229,12 +229,13 @@ def main() -> None:
     quotes = sum(isinstance(e, Quote) for e in events)
     print(f"## decision latency: on_quote -> Decision, {source}: {quotes:,} quotes, "
           f"{len(events) - quotes:,} trades; median of {args.rounds} rounds")
-    run_mm(events[:4000], k="auto")  # warm up: numba kernels compiled or loaded from cache
-    report_latency("inventory-mm, k 1.5", [run_mm(events, k=1.5) for _ in range(args.rounds)])
-    report_latency("inventory-mm, k auto", [run_mm(events, k="auto")
+    run_mm(events[:4000], k_bps="auto")  # warm up: numba kernels compiled or loaded from cache
+    report_latency("inventory-mm, k_bps 9",
+                   [run_mm(events, k_bps=9.0) for _ in range(args.rounds)])
+    report_latency("inventory-mm, k auto", [run_mm(events, k_bps="auto")
                                             for _ in range(args.rounds)])
-    report_latency("inventory-mm, k 1.5, re-evaluate every quote",
-                   [run_mm(events, k=1.5, requote_interval_s=1e-6)
+    report_latency("inventory-mm, k_bps 9, re-evaluate every quote",
+                   [run_mm(events, k_bps=9.0, requote_interval_s=1e-6)
                     for _ in range(args.rounds)])
     runs = [run_arbitrage(arb_quotes) for _ in range(args.rounds)]
     actions = {}
