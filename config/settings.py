@@ -401,6 +401,14 @@ class ExecutionSettings(_Frozen):
     submit_latency_ms: Annotated[float, Field(ge=0)] = 20.0
     #: Paper trading: a cancel reaches the venue this long after it is sent.
     cancel_latency_ms: Annotated[float, Field(ge=0)] = 20.0
+    #: Paper trading: queue position of resting orders. "none": a resting order fills as
+    #: soon as a print reaches its price. "probabilistic": it joins behind the size shown
+    #: at its level; prints at its price eat that queue first, and a drop in the shown size
+    #: no print explains (cancels) moves it up by hftbacktest's power model (queue_power).
+    queue_model: Literal["none", "probabilistic"] = "none"
+    #: Paper trading, queue_model = "probabilistic": n in the share of a cancel taken as
+    #: behind us, back^n / (back^n + front^n); the higher n, the more the longer side takes.
+    queue_power: Annotated[float, Field(gt=0)] = 2.0
     #: On start, open orders carrying our prefix are cancelled or adopted.
     reconcile: Literal["cancel", "adopt"] = "cancel"
     #: Live: an order whose submit outcome is unknown (response lost) is looked up by its

@@ -33,6 +33,22 @@ Fill rules:
   queue first, and an opposite touch merely equal to its price does not fill it. Orders
   placed behind the touch fill only on prints or quotes through their price. Off by
   default (the issue's rules); on, it is the conservative choice for market makers.
+- `execution.queue_model = "probabilistic"` (settings; "none" is the default and the rules
+  above): the queue above, plus cancellations. While an order's level is the touch, a drop
+  of its displayed size that the prints at its price since the last quote do not explain
+  (`cancelled = prev - new - printed`) is cancellations, and we move up by the share of
+  them expected in front of us. That is hftbacktest's `ProbQueueModel` with its power
+  function (https://github.com/nkaz001/hftbacktest, `PowerProbQueueFunc`): with `front`
+  the size ahead of us and `back` the size behind (the level after the prints, less
+  `front`), the chance a cancel came from behind is `prob = back^n / (back^n + front^n)`
+  (`n = execution.queue_power`) and `front' = min(front - (1 - prob) * cancelled +
+  min(back - prob * cancelled, 0), new)`. One deliberate difference: hftbacktest takes
+  `back = prev - front`, counting the printed size as behind us; here it is taken out.
+  Like hftbacktest this applies the expected advance, not a random draw, so a backtest is
+  reproducible without a seed. A level that grows leaves us where we were (capped at the
+  new size); a level that empties (the touch moves behind our price) puts us at the
+  front; an order placed behind the touch joins the queue at the size shown when the
+  touch reaches its price.
 
 Accounting, per venue: balances start from `VenueSettings.balances`. Spot: a buy locks
 quote (qty x limit price, plus the larger fee rate), a sell locks base; a fill moves base
@@ -130,8 +146,8 @@ class _Order:
 
     __slots__ = (
         "base", "cancel_pending", "duplicate", "exchange_order_id", "filled", "intent",
-        "kind", "live_at", "perp", "price", "qty", "queue_ahead", "quote", "reserve_asset",
-        "reserved", "side", "status", "symbol", "venue",
+        "kind", "level_printed", "level_qty", "live_at", "perp", "price", "qty", "queue_ahead",
+        "quote", "reserve_asset", "reserved", "side", "status", "symbol", "venue",
     )  # fmt: skip
 
     def __init__(self, intent: OrderIntent, live_at: int) -> None:
@@ -150,6 +166,10 @@ class _Order:
         self.reserved = 0.0
         self.reserve_asset = ""
         self.queue_ahead = 0.0
+        # queue_model "probabilistic": the size last shown at our level (NaN: not seen yet)
+        # and what printed at our price since.
+        self.level_qty = math.nan
+        self.level_printed = 0.0
         self.cancel_pending = False
         self.duplicate = False
         self.exchange_order_id = ""
@@ -294,7 +314,10 @@ class PaperExecutor(ExecutionEvents):
         self._submit_latency_ns = int(execution.submit_latency_ms * NS_PER_MS)
         self._cancel_latency_ns = int(execution.cancel_latency_ms * NS_PER_MS)
         self._depth = depth
-        self._queue_position = queue_position
+        probabilistic = execution.queue_model == "probabilistic"
+        self._queue_position = queue_position or probabilistic
+        #: n of the power queue model; None: no cancel advance (queue_model "none").
+        self._queue_power = execution.queue_power if probabilistic else None
         if leverage <= 0:
             raise ValueError("leverage must be positive")
         self._leverage = leverage
@@ -408,6 +431,8 @@ class PaperExecutor(ExecutionEvents):
             return
         if quote.ask > book.lowest_taken_ask or quote.bid < book.highest_taken_bid:
             book.forget_passed(quote.ask, quote.bid)
+        if self._queue_power is not None:
+            self._watch_queues(book, quote, self._queue_power)
         if quote.ask <= book.best_buy:
             self._cross_resting(book, book.buys, quote.ask, quote.ask_qty)
         if quote.bid >= book.best_sell:
@@ -423,6 +448,8 @@ class PaperExecutor(ExecutionEvents):
         book = venue_books.get(trade.symbol) if venue_books is not None else None
         if book is None:
             return
+        if self._queue_power is not None:
+            _note_print(book, trade)
         if trade.price <= book.best_buy:
             self._trade_through(book, book.buys, trade)
         if trade.price >= book.best_sell:
@@ -616,7 +643,23 @@ class PaperExecutor(ExecutionEvents):
     def _rest(self, order: _Order, book: _Book) -> None:
         if self._queue_position:
             order.queue_ahead = _queue_ahead(order, book.quote)
+            if self._queue_power is not None and order.queue_ahead != _INF:
+                order.level_qty = order.queue_ahead  # at the touch; 0 better than it
         book.add(order)
+
+    @staticmethod
+    def _watch_queues(book: _Book, quote: Quote, power: float) -> None:
+        """Queue model "probabilistic": follow the size shown at our orders' levels. Orders
+        behind the touch see nothing of their level, so only those at or better than it
+        (a level that emptied: shown size 0) are looked at."""
+        for order in book.buys:
+            if order.price < quote.bid:
+                break
+            _level_moved(order, quote.bid_qty if order.price == quote.bid else 0.0, power)
+        for order in book.sells:
+            if order.price > quote.ask:
+                break
+            _level_moved(order, quote.ask_qty if order.price == quote.ask else 0.0, power)
 
     # --- matching against market data -------------------------------------------------------
 
@@ -784,6 +827,39 @@ def _queue_ahead(order: _Order, quote: Quote | None) -> float:
         return size
     better = order.price > touch if order.side is Side.BUY else order.price < touch
     return 0.0 if better else _INF
+
+
+def _note_print(book: _Book, trade: Trade) -> None:
+    """Remember a print at our orders' price: it explains that much of the level's drop."""
+    price = trade.price
+    for order in book.buys:
+        if order.price < price:
+            break
+        if order.price == price:
+            order.level_printed += trade.qty
+    for order in book.sells:
+        if order.price > price:
+            break
+        if order.price == price:
+            order.level_printed += trade.qty
+
+
+def _level_moved(order: _Order, shown: float, power: float) -> None:
+    """The size shown at the order's level is now `shown`: move its queue (hftbacktest's
+    ProbQueueModel with the power function, see the module docstring)."""
+    previous, printed = order.level_qty, order.level_printed
+    order.level_qty = shown
+    order.level_printed = 0.0
+    front = order.queue_ahead
+    cancelled = previous - shown - printed  # NaN when the level was not seen before
+    if not cancelled > 0.0 or front <= 0.0:
+        order.queue_ahead = min(front, shown)  # grew, or all explained: only the cap
+        return
+    back = max(previous - printed - front, 0.0)
+    behind = back**power
+    prob = behind / (behind + front**power)
+    ahead = front - (1.0 - prob) * cancelled + min(back - prob * cancelled, 0.0)
+    order.queue_ahead = max(0.0, min(ahead, shown))
 
 
 def _touch_text(order: _Order, quote: Quote | None) -> str:

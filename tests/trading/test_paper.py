@@ -10,7 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from config.settings import ExecutionSettings, VenueSettings
+from adapters.recordings.replay import ReplaySpec
+from config.settings import ExecutionSettings, VenueSettings, load_settings
+from daemon.backtest.engine import Backtest
 from daemon.core.model import Fill, OrderAck, OrderIntent, OrderType, Quote, Side, Trade
 from daemon.core.routes import Callbacks
 from daemon.core.vocabulary import OrderStatus
@@ -21,6 +23,8 @@ MS = 1_000_000
 T0 = 1_723_161_254_000 * MS  # 2024-08-08 23:54:14 UTC
 VENUE = "binance_spot"
 SYMBOL = "BTC/USDT"
+SAMPLE_SPOT = (Path(__file__).resolve().parents[2] / "adapters" / "recordings" / "samples"
+               / "binance_spot_btcusdt_20240808_sample.gz")
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance_spot_btcusdt_20240808.gz"
 
 
@@ -230,6 +234,115 @@ def test_queue_position_makes_prints_at_our_price_eat_the_queue_ahead_first() ->
     assert [(f.price, f.qty) for f in seen.fills] == [(100.0, 0.5)]
     executor.on_trade(trade(32, 99.99, 0.2))  # through: no queue matters
     assert [f.qty for f in seen.fills] == pytest.approx([0.5, 0.2])
+
+
+# --- queue model setting (execution.queue_model) -----------------------------------------
+
+
+def queued(model: str, power: float = 2.0) -> tuple[PaperExecutor, Recorder, OrderIntent]:
+    """A buy of 1 @ 100 resting behind the 5.0 shown at the bid, under `model`."""
+    execution = ExecutionSettings(submit_latency_ms=0.0, cancel_latency_ms=0.0,
+                                  queue_model=model, queue_power=power)  # type: ignore[arg-type]
+    executor = PaperExecutor({VENUE: venue()}, execution, run_prefix("queue-test"))
+    recorder = Recorder()
+    executor.listener = recorder
+    executor.on_quote(quote(0, 100.0, 5.0, 100.5, 1.0))
+    order = intent(Side.BUY, OrderType.LIMIT, 1.0, 100.0)
+    executor.submit(order, at(0))
+    executor.advance(at(0))
+    return executor, recorder, order
+
+
+def test_queue_model_none_fills_a_resting_order_on_the_first_print_as_before() -> None:
+    executor, seen, order = queued("none")
+    executor.on_trade(trade(10, 100.0, 0.4))
+    assert [(f.client_order_id, f.price, f.qty, f.liquidity) for f in seen.fills] == [
+        (order.client_order_id, 100.0, 0.4, "maker")]
+
+
+def test_probabilistic_queue_fills_only_after_the_size_ahead_has_printed() -> None:
+    executor, seen, _ = queued("probabilistic")
+    executor.on_trade(trade(10, 100.0, 2.0))
+    executor.on_quote(quote(11, 100.0, 3.0, 100.5, 1.0))  # the drop is the print: no advance
+    executor.on_trade(trade(20, 100.0, 2.0))
+    assert seen.fills == []  # 1.0 still ahead
+    executor.on_trade(trade(30, 100.0, 1.5))  # 1.0 of queue, then 0.5 to us
+    assert [(f.price, f.qty) for f in seen.fills] == [(100.0, 0.5)]
+
+
+@pytest.mark.parametrize(("power", "ahead"), [
+    # Level 7 -> 5 with front 3, back 4 (4 joined behind us): prob = 4^n / (4^n + 3^n),
+    # front' = 3 - (1 - prob) * 2.
+    (1.0, 3 - (1 - 4 / 7) * 2),  # 2.142857
+    (2.0, 3 - (1 - 16 / 25) * 2),  # 2.28
+    (3.0, 3 - (1 - 64 / 91) * 2),  # 2.406593
+])
+def test_probabilistic_queue_moves_up_by_the_expected_share_of_cancels_ahead(
+    power: float, ahead: float,
+) -> None:
+    executor, seen, _ = queued("probabilistic", power)
+    # 5 -> 3 with nothing printed: 2 cancelled; nobody behind us (back 0), so prob = 0 and
+    # all of it was ahead: front 5 -> 3.
+    executor.on_quote(quote(10, 100.0, 3.0, 100.5, 1.0))
+    executor.on_quote(quote(20, 100.0, 7.0, 100.5, 1.0))  # 4 join behind: front stays 3
+    executor.on_quote(quote(30, 100.0, 5.0, 100.5, 1.0))  # 2 more cancelled
+    executor.on_trade(trade(40, 100.0, 3.0))  # eats `ahead`, the rest fills us
+    assert [f.qty for f in seen.fills] == pytest.approx([3.0 - ahead], abs=1e-9)
+
+
+def test_probabilistic_queue_puts_us_first_when_our_level_empties() -> None:
+    executor, seen, _ = queued("probabilistic")
+    executor.on_quote(quote(10, 99.99, 2.0, 100.5, 1.0))  # 100 is gone: nobody ahead
+    executor.on_trade(trade(20, 100.0, 0.3))
+    assert [(f.price, f.qty) for f in seen.fills] == [(100.0, 0.3)]
+
+
+def test_probabilistic_queue_joins_a_level_behind_the_touch_when_it_becomes_the_touch() -> None:
+    executor, seen, _ = queued("probabilistic")
+    behind = intent(Side.BUY, OrderType.LIMIT, 1.0, 99.0)
+    executor.submit(behind, at(5))
+    executor.on_quote(quote(10, 99.0, 2.0, 99.5, 1.0))  # the touch falls to 99: 2.0 ahead
+    executor.on_trade(trade(20, 99.0, 2.5))
+    assert [(f.price, f.qty) for f in seen.fills
+            if f.client_order_id == behind.client_order_id] == [(99.0, 0.5)]
+
+
+async def test_probabilistic_queue_in_a_backtest_fills_no_more_maker_orders_than_none(
+    tmp_path: Path,
+) -> None:
+    """execution.queue_model through the settings, on the shipped 75 s sample, with
+    inventory-mm quoting at the touch (inside the fees) so that it gets maker fills."""
+    maker_qty: dict[str, float] = {}
+    for model in ("none", "probabilistic"):
+        settings = load_settings({
+            "data_dir": tmp_path / model, "backtest": {"cache": False},
+            "execution": {"queue_model": model},
+            "strategies": {"inventory_mm": {"allow_quotes_inside_fees": True}},
+        }, env_file=None)
+        result = await Backtest(settings, "inventory-mm", [ReplaySpec(SAMPLE_SPOT)],
+                                "queue").run()
+        log = b"".join(path.read_bytes() for path in result.log_files)
+        maker_qty[model] = sum(r["qty"] for r in map(orjson.loads, log.splitlines())
+                               if r["type"] == "fill" and r["liquidity"] == "maker")
+    assert maker_qty["none"] > 0
+    # On this sample the two are equal today (0.001 each): inventory-mm's quotes rest off
+    # the touch and fill when the market trades through them, which no queue holds back.
+    assert maker_qty["probabilistic"] <= maker_qty["none"]
+
+
+def test_queue_model_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYPTOPIPE_EXECUTION__QUEUE_MODEL", "probabilistic")
+    monkeypatch.setenv("CRYPTOPIPE_EXECUTION__SUBMIT_LATENCY_MS", "0")
+    settings = load_settings({"venues": {VENUE: venue()}}, env_file=None)
+    assert settings.execution.queue_model == "probabilistic"
+    assert settings.execution.queue_power == 2.0
+    executor = PaperExecutor.from_settings(settings, "queue-env")
+    seen = Recorder()
+    executor.listener = seen
+    executor.on_quote(quote(0, 100.0, 5.0, 100.5, 1.0))
+    executor.submit(intent(Side.BUY, OrderType.LIMIT, 1.0, 100.0), at(0))
+    executor.on_trade(trade(10, 100.0, 4.0))  # 1.0 still ahead
+    assert seen.fills == []
 
 
 # --- latency ------------------------------------------------------------------------------
