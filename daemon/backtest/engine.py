@@ -40,7 +40,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from daemon.market.bus import Bus
 from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
 from daemon.postmortem.writer import DecisionLogWriter, decisions_dir
+from daemon.trading.coverage import market_names, traded_markets
 from daemon.trading.paper import PaperExecutor
 from daemon.trading.runner import NEVER_NS
 from daemon.trading.session import build_strategy, open_session
@@ -115,6 +116,11 @@ class BacktestResult:
         return data
 
 
+class NoMarketData(Exception):
+    """None of the strategy's markets has a single event in the data (a symbol or venue
+    the recording does not carry): the message names them and what the data has."""
+
+
 # -- client flow ----------------------------------------------------------------------------
 
 
@@ -152,6 +158,10 @@ class Backtest:
         self.writer = DecisionLogWriter.from_settings(settings, run_id, synchronous=True,
                                                       clock=self.clock)
         self._takes_client_flow = self.strategy.takes_client_flow
+        #: What the strategy trades (None: undeclared, not checked against the data).
+        self.markets = traded_markets(self.strategy, settings)
+        #: The markets of those with no event in the data, when others have (a warning).
+        self.missing_note: str | None = None
         #: Markets whose events always run; None: every event runs (no exact skip).
         self.interest = self._interest() if skip and settings.backtest.cache else None
         sink: GuardedSink | DecisionLogWriter = self.writer
@@ -179,14 +189,25 @@ class Backtest:
 
     def _interest(self) -> frozenset[tuple[str, str]] | None:
         """The strategy's declared markets, plus what the client flow reads, or None."""
-        declared = self.strategy.market_keys
-        if declared is None:
-            return None
-        interest = set(declared)
-        if self._takes_client_flow:
-            own = self.settings.strategies.internalize
-            interest.add((own.venue, own.symbol))  # client fills are priced off its mid
-        return frozenset(interest)
+        return self.markets
+
+    def _check_markets(self, present: Iterable[tuple[str, str]]) -> None:
+        """Raises `NoMarketData` if none of the strategy's markets is in the data; notes
+        (and logs) the missing ones if only some are."""
+        if self.markets is None:
+            return
+        present = frozenset(present)
+        missing = self.markets - present
+        if not missing:
+            return
+        files = ", ".join(str(dataclasses.replace(spec, path=Path(spec.path.name)))
+                          for spec in self.specs)
+        message = (f"no data for {market_names(missing)} in {files} "
+                   f"(markets there: {market_names(present)})")
+        if missing == self.markets:
+            raise NoMarketData(message)
+        log.warning("markets_without_data", strategy=self.strategy.name, detail=message)
+        self.missing_note = message
 
     async def run(self) -> BacktestResult:
         started = time.perf_counter()
@@ -201,8 +222,10 @@ class Backtest:
                 stats = check_usable(self.specs, await ReplayFeed(
                     self.specs, self.on_quote, self.on_trade, speed=None).run())
                 self.processed = self.events
+                self._check_markets(self.bus.published_keys())  # known only once replayed
             else:
                 check_usable(self.specs, data.stats)  # before the strategy sees nothing
+                self._check_markets(data.keys)
                 await self._run_columns(data)
                 stats = data.stats
             self._finish()

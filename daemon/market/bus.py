@@ -342,6 +342,17 @@ class Bus:
     def published_trades(self) -> int:
         return sum(c.published for cs in self._trade_channels.values() for c in cs.values())
 
+    def quoted_keys(self) -> set[Key]:
+        """The markets that have published at least one quote (not for the hot path)."""
+        return {(exchange, symbol) for exchange, channels in self._quote_channels.items()
+                for symbol, channel in channels.items() if channel.published}
+
+    def published_keys(self) -> set[Key]:
+        """The markets that have published a quote or a trade (not for the hot path)."""
+        traded = {(exchange, symbol) for exchange, channels in self._trade_channels.items()
+                  for symbol, channel in channels.items() if channel.published}
+        return self.quoted_keys() | traded
+
     def counters(self) -> dict[str, int]:
         subs = self._subscriptions
         gone = self._departed

@@ -35,6 +35,7 @@ from daemon.modes.summary import RunSummary, print_summary, record_counts
 from daemon.postmortem.exports import write_strategy_exports
 from daemon.postmortem.schema import log_file_name
 from daemon.postmortem.writer import DecisionLogWriter
+from daemon.trading.coverage import QuoteWatch, traded_markets
 from daemon.trading.errors import ExecutionError, LiveTradingRefused
 from daemon.trading.gate import GatedExecutor
 from daemon.trading.paper import PaperExecutor
@@ -185,6 +186,8 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
     timed_flow = _feed_clock_flow(app, runner, clock)  # before the feed: it sees the first event
     feed = spawn(app.market_data(), name="feed")
     flow = _start_client_flow(app, runner, clock, tally) if timed_flow is None else None
+    markets = traded_markets(runner.strategy, app.settings)
+    watch = QuoteWatch(runner.strategy.name, markets, app.bus) if markets else None
     try:
         while True:
             waiter = spawn(subscription.wait(), name="strategy-wakeup")
@@ -204,6 +207,8 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
                     runner.on_trade(event)
             runner.advance(clock())
             snapshots.maybe_record(clock())
+            if watch is not None and watch.check(tally.first_ns, clock()):
+                watch = None  # warned, or every market quoted: once per run
             await writer.wait_room()
             if feed.done() and not subscription.pending:
                 feed.result()  # a feed failure surfaces here

@@ -6,7 +6,8 @@
 The engine is daemon/backtest/engine.py; this entry checks the inputs, shows a progress bar
 on a terminal and prints the result (or JSON with `--format json`). What the replay lost
 (corrupt lines, dropped frames, a file cut short) is printed on stderr; files that gave
-not one quote or trade exit 2 with one line saying so, as a missing file does.
+not one quote or trade exit 2 with one line saying so, as a missing file does, and so does
+a strategy none of whose markets is in the data (a warning if only some are missing).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.recordings.replay import NothingUsable, ReplayError, ReplaySpec, parse_spec
 from config.settings import ConfigError
-from daemon.backtest.engine import Backtest, BacktestResult, existing_logs
+from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
 from daemon.core.logs import get_logger
 from daemon.modes.summary import RunSummary, print_summary
 from daemon.postmortem.exports import write_strategy_exports
@@ -47,6 +48,10 @@ async def run_backtest(app: App) -> int:
             result = await backtest.run()
         except NothingUsable as exc:  # random bytes, a text file, a gzip cut at once
             raise ConfigError(f"--data: {exc}") from None
+        except NoMarketData as exc:  # a symbol or venue the recording does not carry
+            raise ConfigError(f"--data: {exc}") from None
+    if backtest.missing_note is not None:
+        print(f"cryptopipe: warning: --data: {backtest.missing_note}", file=sys.stderr)
     if result.damage is not None:
         print(f"cryptopipe: replay damage: {result.damage}", file=sys.stderr)
     write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)

@@ -403,3 +403,31 @@ def test_a_backtest_of_a_recording_cut_short_reports_its_damage(tmp_path: Path) 
                                      "--run-id", "cut-json", "--format", "json", "--data",
                                      str(path)], tmp_path / "data").stdout)
     assert "truncated gzip stream" in figures["damage"] and figures["events"] > 100
+
+
+#: tick and lot for ETH/USDT (the recording has none of it), BTC/USDT kept.
+ETH_MARKETS = ('{"BTC/USDT": {"tick": 0.01, "lot": 0.00001},'
+               ' "ETH/USDT": {"tick": 0.01, "lot": 0.0001}}')
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_backtest_of_a_market_not_in_the_data_exits_2_naming_what_is_there(
+    tmp_path: Path, cache: str,
+) -> None:
+    """A strategy on ETH/USDT over a BTC/USDT recording: one line, exit 2, no summary."""
+    done = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id", "eth",
+                     "--data", str(SAMPLE_SPOT)], tmp_path / "data",
+                    CRYPTOPIPE_STRATEGIES__INVENTORY_MM__SYMBOL="ETH/USDT",
+                    CRYPTOPIPE_VENUES__BINANCE_SPOT__MARKETS=ETH_MARKETS,
+                    CRYPTOPIPE_BACKTEST__CACHE=cache)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert (f"cryptopipe: --data: no data for binance_spot ETH/USDT in {SAMPLE_SPOT.name} "
+            "(markets there: binance_spot BTC/USDT)") in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_backtest_with_some_markets_missing_runs_and_warns_naming_them(tmp_path: Path) -> None:
+    """arbitrage trades binance_spot and bybit_spot; the spot sample has only the first."""
+    done = backtest(tmp_path / "data", "arbitrage", "half", SAMPLE_SPOT)
+    assert (f"cryptopipe: warning: --data: no data for bybit_spot BTC/USDT in {SAMPLE_SPOT.name}"
+            " (markets there: binance_spot BTC/USDT)") in done.stderr

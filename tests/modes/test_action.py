@@ -215,3 +215,27 @@ def test_an_unwritable_decision_log_stops_trading_and_the_stop_exits_1_in_one_li
     reasons = app.health.evaluate(app.bus.view, replaying=True).reasons
     assert any(reason.startswith("decision log not durable") for reason in reasons)
     assert not list((tmp_path / "data").rglob("*.tmp"))
+
+
+#: tick and lot for ETH/USDT (the recording has none of it), BTC/USDT kept.
+ETH_MARKETS = ('{"BTC/USDT": {"tick": 0.01, "lot": 0.00001},'
+               ' "ETH/USDT": {"tick": 0.01, "lot": 0.0001}}')
+
+
+def test_action_warns_once_when_a_traded_market_has_no_quote_while_others_do(
+    tmp_path: Path,
+) -> None:
+    """inventory-mm on ETH/USDT over a BTC/USDT replay: a warning a few seconds of feed time
+    in, once, naming the market and what is quoting; the run still ends cleanly."""
+    sample = SAMPLES / "binance_spot_btcusdt_20240808_sample.gz"
+    done = run_main(["--strategy", "inventory-mm", "--mode", "action", "--speed", "max",
+                     "--run-id", "eth", "--feed", f"replay:{sample}"], tmp_path / "data",
+                    CRYPTOPIPE_STRATEGIES__INVENTORY_MM__SYMBOL="ETH/USDT",
+                    CRYPTOPIPE_VENUES__BINANCE_SPOT__MARKETS=ETH_MARKETS)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warnings = [line for line in done.stderr.splitlines()
+                if line.startswith("cryptopipe: warning: no quote for binance_spot ETH/USDT")]
+    assert len(warnings) == 1, done.stderr[-2000:]
+    assert "markets quoting: binance_spot BTC/USDT" in warnings[0]
+    logged = [line for line in done.stderr.splitlines() if "market_without_data" in line]
+    assert len(logged) == 1, done.stderr[-2000:]
