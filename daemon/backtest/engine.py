@@ -163,7 +163,7 @@ class Backtest:
         #: The markets of those with no event in the data, when others have (a warning).
         self.missing_note: str | None = None
         #: Markets whose events always run; None: every event runs (no exact skip).
-        self.interest = self._interest() if skip and settings.backtest.cache else None
+        self.interest = self.markets if skip and settings.backtest.cache else None
         sink: GuardedSink | DecisionLogWriter = self.writer
         market: MarketView = RingMarketView(self.bus.view, self.rings, self.clock)
         #: Trades of the strategy's markets run only when they matter (reads_trades False).
@@ -186,10 +186,6 @@ class Backtest:
         self.events = 0
         self.processed = 0
         self.cache = CacheStatus.OFF
-
-    def _interest(self) -> frozenset[tuple[str, str]] | None:
-        """The strategy's declared markets, plus what the client flow reads, or None."""
-        return self.markets
 
     def _check_markets(self, present: Iterable[tuple[str, str]]) -> None:
         """Raises `NoMarketData` if none of the strategy's markets is in the data; notes

@@ -190,7 +190,9 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
     watch = QuoteWatch(runner.strategy.name, markets, app.bus) if markets else None
     try:
         while True:
-            waiter = spawn(subscription.wait(), name="strategy-wakeup")
+            # Not spawned: awaited and cancelled right here, once per wake-up (the
+            # replay yields after every frame), where spawn's watch would be pure cost.
+            waiter = asyncio.ensure_future(subscription.wait())
             await asyncio.wait({waiter, feed}, timeout=None if clock.replaying else IDLE_TICK_S,
                                return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()

@@ -46,9 +46,9 @@ async def run_backtest(app: App) -> int:
         backtest._progress = progress
         try:
             result = await backtest.run()
-        except NothingUsable as exc:  # random bytes, a text file, a gzip cut at once
-            raise ConfigError(f"--data: {exc}") from None
-        except NoMarketData as exc:  # a symbol or venue the recording does not carry
+        # Random bytes, a text file, a gzip cut at once; or a symbol or venue the
+        # recording does not carry.
+        except (NothingUsable, NoMarketData) as exc:
             raise ConfigError(f"--data: {exc}") from None
     if backtest.missing_note is not None:
         print(f"cryptopipe: warning: --data: {backtest.missing_note}", file=sys.stderr)

@@ -122,8 +122,8 @@ class RiskGate:
     def on_quote(self, quote: Quote) -> str | None:
         """Remember the quote; re-mark P&L if we trade this market. Returns a new breach.
 
-        A backtest skips quotes of markets its strategy does not trade (daemon/
-        backtest_skip.py); that is exact as long as the gate reads stored quotes only of
+        A backtest skips quotes of markets its strategy does not trade
+        (daemon/backtest/skip.py); that is exact as long as the gate reads stored quotes only of
         markets with our orders, of the client flow's symbol and of fee assets. Keep it so.
         """
         # Every quote of a traded market comes here: Quote.mid is written out and client
