@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -52,6 +53,18 @@ import numpy as np
 
 from daemon.core.model import split_symbol
 from daemon.core.vocabulary import Action
+from daemon.postmortem.performance import (
+    DeskPortfolio,
+    MarketSeries,
+    Performance,
+    desk_portfolio,
+    market_series,
+    markouts,
+    performance,
+    timeline_events,
+    traded_notional,
+)
+from strategies.portfolio import PORTFOLIO_CSV
 
 #: Assets valued at 1 quote unit in portfolio values (the quote side of every symbol is too).
 STABLE_ASSETS = frozenset({"USDT", "USDC", "USD", "BUSD", "FDUSD", "DAI", "TUSD"})
@@ -130,6 +143,12 @@ class Series:
     portfolio_value: np.ndarray
     decision_ts: np.ndarray
     decision_action: np.ndarray
+    #: Halts, kills and rebalances (performance.timeline_events).
+    events_ts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    events_kind: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    events_reason: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    markets: list[MarketSeries] = field(default_factory=list)
+    desk: DeskPortfolio | None = None
 
 
 @dataclass(slots=True)
@@ -158,6 +177,12 @@ class RunSummary:
     orders: OrderStats
     arbitrage: ArbitrageStats | None = None
     internalize: InternalizeStats | None = None
+    #: Internalize: the desk portfolio's last equity (its export), else NaN.
+    desk_portfolio_value: float = math.nan
+    performance: Performance | None = None
+    #: The whole run's first and last record, whatever the report's time filter.
+    run_start_ns: int = 0
+    run_end_ns: int = 0
     series: Series | None = field(default=None, repr=False)
 
     def figures(self) -> dict[str, Any]:
@@ -196,8 +221,10 @@ def groups(db: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     return [(str(run), str(strategy)) for run, strategy in rows]
 
 
-def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str) -> RunSummary:
-    """All figures of one (run, strategy)."""
+def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str,
+              exports_root: Path | None = None) -> RunSummary:
+    """All figures of one (run, strategy); `exports_root/<run>/` holds the strategies'
+    own exports (internalize's desk portfolio)."""
     key = {"run": run_id, "strategy": strategy}
     where = "run_id = $run AND strategy = $strategy"
     start, end = db.execute(
@@ -249,13 +276,34 @@ def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str) -> RunS
     decision_rows = _arrays(
         db, f"SELECT ts_ns, action FROM decisions WHERE {where} ORDER BY ts_ns, decision_id",
         key)
+    events = timeline_events(db, key, where)
     summary.series = Series(
         pnl_ts=pnl.curve_ts, pnl=pnl.curve, realised_ts=pnl.realised_ts,
         realised=pnl.realised_curve, inventory=pnl.inventory_paths,
         portfolio_ts=portfolio_ts, portfolio_value=portfolio_value,
         decision_ts=decision_rows["ts_ns"], decision_action=decision_rows["action"],
+        events_ts=events[0], events_kind=events[1], events_reason=events[2],
+        markets=market_series(db, key, where, int(end)),
     )
+    if exports_root is not None and strategy_kind(strategy, actions) == "internalize":
+        summary.series.desk = desk_portfolio(db, exports_root / run_id / PORTFOLIO_CSV)
+    _add_performance(db, key, where, summary)
     return summary
+
+
+def _add_performance(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str,
+                     summary: RunSummary) -> None:
+    """Return on equity, Sharpe, turnover and markouts; the desk's equity when known."""
+    series = summary.series
+    assert series is not None
+    starting = float(series.portfolio_value[0]) if len(series.portfolio_value) else math.nan
+    if series.desk is not None:
+        starting = series.desk.starting_equity
+        summary.desk_portfolio_value = float(series.desk.equity[-1])
+    summary.performance = performance(
+        series.pnl_ts, series.pnl, summary.start_ns, summary.end_ns, starting,
+        summary.total_pnl, traded_notional(db, key, where))
+    summary.performance.markouts = markouts(db, key, where)
 
 
 def strategy_kind(strategy: str, actions: dict[str, int]) -> str:

@@ -46,7 +46,9 @@ inputs); the report reads only what is listed here and shows every other verb as
 
 - every strategy: "skip" (saw something and declined: edge too small, stale quote,
   cooldown...); recorded by the runner or the risk gate: "reject" (an intent or transfer
-  refused) and "kill" (the kill switch fired);
+  refused) and "kill" (the kill switch fired); the report's timeline marks "kill",
+  "flatten", "max_loss_exit", "unwind_failed", "rebalance", "portfolio_rebalance" and
+  any verb that names a halt or an alert (performance.TIMELINE_EVENTS);
 - arbitrage: "arbitrage" (an opportunity taken; its intents are the legs), "unwind" (a
   failed or partial leg hedged), "unwind_failed", "transfer_sell", "rebalance" (a transfer
   between venues, no intents);
@@ -58,8 +60,15 @@ inputs); the report reads only what is listed here and shows every other verb as
 `Decision.inputs` keys the report reads (all optional; absent means "not known"):
 
 - "venue", "symbol": what the decision is about (else its first intent's);
+  "hedge_venue" (internalize) stands for "venue" when that is absent;
 - "mid": the mid price the strategy saw (quote currency); with fill prices, it marks
-  open positions and is the reference for spread captured and market-order slippage;
+  open positions and is the reference for spread captured, market-order slippage and
+  markouts (performance.py);
+- "market_bid", "market_ask": the market's touch at that venue; without them "bid",
+  "ask" are the touch (a strategy that logs its own quotes as "bid"/"ask", as
+  inventory-mm does, logs the touch as "market_bid"/"market_ask" beside them);
+  arbitrage's "buy_venue"/"buy_bid"/"buy_ask" and "sell_venue"/"sell_bid"/"sell_ask"
+  give both venues' touch. The report charts them per market and marks fills with them;
 - "expected_edge_bps": an evaluated opportunity's expected net edge, bps (arbitrage; a
   "skip" that carries it counts as an opportunity seen and not taken);
 - "client_side", "client_qty", "client_price": a client fill the desk took the other side
