@@ -59,7 +59,7 @@ def downsample_steps(ts: np.ndarray, values: np.ndarray, max_points: int = MAX_P
     count = len(values)
     if count <= max_points:
         return ts, values
-    edges = np.linspace(0, count, max_points // 3 + 1).astype(np.int64)
+    edges = np.linspace(0, count, (max_points - 1) // 3 + 1).astype(np.int64)
     keep = [count - 1]
     for start, stop in itertools.pairwise(edges.tolist()):
         keep.extend(start + i for i in _extremes_and_gap(values[start:stop]))

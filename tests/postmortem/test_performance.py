@@ -284,3 +284,17 @@ async def test_report_of_a_backtest_on_the_shared_recording_renders_the_new_char
     # The series the market chart was given reach the page's data as numbers.
     market = summary.series.markets[0]
     assert np.isfinite(market.bid).all() and len(market.our_quotes["buy"][0]) > 1
+
+
+def test_downsampled_quote_steps_keep_their_extremes_and_gaps() -> None:
+    from daemon.postmortem.charts import downsample_steps
+
+    # 10,000 steps: our bid at 100 + i % 7, with no quote resting every 50th step.
+    ts = np.arange(10_000, dtype=np.int64)
+    price = 100.0 + (ts % 7)
+    price[::50] = np.nan
+    kept_ts, kept = downsample_steps(ts, price, max_points=600)
+    assert len(kept) <= 600 and kept_ts[-1] == ts[-1]
+    assert np.nanmin(kept) == 100.0 and np.nanmax(kept) == 106.0
+    # Every bucket of ~50 steps holds a gap, and keeps it.
+    assert np.isnan(kept).sum() >= 150
