@@ -87,6 +87,8 @@ async def run_action(app: App) -> int:
                                market=RingMarketView(app.bus.view, rings, clock), clock=clock,
                                transfers=_live_transfers(settings, inner, sink))
         _arm_kill_switch(app, session.executor)
+        # A halt the strategy comes back from by itself (e.g. after a failed unwind).
+        app.health.watch_degraded(f"strategy {strategy.name}", strategy.degraded)
         log.info("strategy_started", strategy=strategy.name, mode=settings.execution.mode,
                  log=str(writer.root))
         try:

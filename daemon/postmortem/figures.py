@@ -32,7 +32,9 @@ taken opportunities with a leg not completely filled (rejected, expired, cancell
 partial); over the `completed` ones (every leg filled), `expected_edge_completed` against
 `realised_edge` = what their legs' fills made (sells - buys - fees), also in bps of half
 the legs' notional (one side of the round trip). A failed leg's open position is in the
-P&L figures, not in the edge.
+P&L figures, not in the edge. `halts`: every "unwind_failed" decision (the strategy halted
+with a residual it could not hedge) with its time, symbol and residual, until the next
+"resume" (or the run's end: `resumed_ns` None); `halted_s` sums their durations.
 
 Internalize: counts of "hedge", "warehouse" and "partial_hedge" (all decisions and client
 fills only); the always-hedge baseline offsets every client fill at once:
@@ -99,6 +101,23 @@ class ArbitrageStats:
     realised_edge: float = 0.0
     realised_edge_bps: float = math.nan
     leg_failures: int = 0
+    #: Halts after a failed unwind (see `halts`) and the seconds of data they left untraded.
+    halts: int = 0
+    halted_s: float = 0.0
+    halt_log: list[Halt] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Halt:
+    """One halt of an arbitrage after a failed unwind: when, what was left unhedged, and
+    when it resumed (None: still halted when the run ended)."""
+
+    ts_ns: int
+    symbol: str | None
+    residual: float
+    resumed_ns: int | None
+    halted_s: float
+    reason: str
 
 
 @dataclass(slots=True)
@@ -241,6 +260,9 @@ def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str) -> RunS
     )
     if strategy_kind(strategy, actions) == "arbitrage":
         summary.arbitrage = arbitrage_stats(db, key, where)
+        summary.arbitrage.halt_log = halts(db, key, int(end))
+        summary.arbitrage.halts = len(summary.arbitrage.halt_log)
+        summary.arbitrage.halted_s = sum(h.halted_s for h in summary.arbitrage.halt_log)
     if ledger.client_fills or strategy_kind(strategy, actions) == "internalize":
         summary.internalize = internalize_stats(db, key, where, summary.total_pnl)
     portfolio_ts, portfolio_value = portfolio_series(db, key, where, ledger)
@@ -549,6 +571,26 @@ def arbitrage_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: s
     stats.realised_edge_bps = float(legs[2]) / (legs[3] / 2) * 1e4 if legs[3] else math.nan
     stats.expected_edge_completed = float(legs[4])
     return stats
+
+
+def halts(db: duckdb.DuckDBPyConnection, key: dict[str, Any], end_ns: int) -> list[Halt]:
+    """Each "unwind_failed" decision, paired with the "resume" that ended it."""
+    rows = db.execute(f"""
+        SELECT d.ts_ns, d.action, d.symbol, d.reason,
+               TRY_CAST(json_extract_string(r.inputs, '$.residual') AS DOUBLE) AS residual
+        FROM decisions d JOIN records r ON r.seq = d.decision_id
+        WHERE d.run_id = $run AND d.strategy = $strategy
+          AND d.action IN ('{Action.UNWIND_FAILED}', '{Action.RESUME}')
+        ORDER BY d.ts_ns, d.decision_id""", key).fetchall()
+    found: list[Halt] = []
+    for ts_ns, action, symbol, reason, residual in rows:
+        if action == Action.UNWIND_FAILED:
+            found.append(Halt(int(ts_ns), symbol, _float(residual), None,
+                              (end_ns - int(ts_ns)) / 1e9, reason or ""))
+        elif found and found[-1].resumed_ns is None:
+            found[-1].resumed_ns = int(ts_ns)
+            found[-1].halted_s = (int(ts_ns) - found[-1].ts_ns) / 1e9
+    return found
 
 
 # -- internalize -------------------------------------------------------------------------

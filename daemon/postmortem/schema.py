@@ -48,7 +48,9 @@ inputs); the report reads only what is listed here and shows every other verb as
   cooldown...); recorded by the runner or the risk gate: "reject" (an intent or transfer
   refused) and "kill" (the kill switch fired);
 - arbitrage: "arbitrage" (an opportunity taken; its intents are the legs), "unwind" (a
-  failed or partial leg hedged), "unwind_failed", "transfer_sell", "rebalance" (a transfer
+  failed or partial leg hedged), "unwind_failed" (an alert: every unwind attempt failed,
+  the strategy halts with inputs "residual" kept as position; a halt in the report),
+  "resume" (the halt's cooldown is over), "transfer_sell", "rebalance" (a transfer
   between venues, no intents);
 - inventory-mm: "quote" (quotes placed or replaced), "hold" (orders already at target),
   "max_loss_exit", "portfolio_rebalance";
