@@ -155,7 +155,8 @@ def _live_transfers(settings: Settings, inner: Any, sink: RecordSink) -> Any:
     from adapters.ccxt.transfers import LiveTransfers
 
     exchanges = {venue: inner.exchange(venue) for venue in settings.enabled_venues()}
-    return BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink)
+    return BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink,
+                               settings.execution)
 
 
 async def _close_executor(executor: Any) -> None:

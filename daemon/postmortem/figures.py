@@ -631,15 +631,18 @@ def internalize_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where:
 
 def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str,
                      ledger: _Ledger) -> tuple[np.ndarray, np.ndarray]:
-    """Value of the recorded balances (all venues) at each snapshot, at the marks then.
+    """Value of the recorded balances (all venues) at each snapshot, at the marks then,
+    funds in transit between venues included (a snapshot's `in_transit`: in no venue's
+    balance until they land, so without them the value would drop by the amount in flight
+    and come back on arrival; with them it moves only by the transfer's fee).
 
     A venue's latest snapshot stands until its next one. Quote and stable assets count at
     1; a base asset at the last mark of a symbol with that base (the first mark for a
     snapshot taken before any); others are left out.
     """
     rows = db.execute(
-        f"SELECT ts_ns, venue, balances FROM balances WHERE {where} ORDER BY ts_ns, seq",
-        key).fetchall()
+        f"""SELECT ts_ns, venue, balances, in_transit FROM balances WHERE {where}
+            ORDER BY ts_ns, seq""", key).fetchall()
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty(0)
     import orjson
@@ -664,12 +667,16 @@ def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: 
         at = int(np.searchsorted(mark_times[index], ts_ns, side="right")) - 1
         return float(prices[max(at, 0)])
 
+    def parsed(value: Any) -> dict[str, float]:
+        return (orjson.loads(value) if isinstance(value, str) else value) or {}
+
     latest: dict[str, dict[str, float]] = {}
+    arriving: dict[str, dict[str, float]] = {}
     times, values = [], []
-    for ts_ns, venue, balances in rows:
-        latest[venue] = orjson.loads(balances) if isinstance(balances, str) else balances
+    for ts_ns, venue, balances, in_transit in rows:
+        latest[venue], arriving[venue] = parsed(balances), parsed(in_transit)
         total = 0.0
-        for held in latest.values():
+        for held in (*latest.values(), *arriving.values()):
             for asset, amount in held.items():
                 worth = amount * price(asset, ts_ns) if amount else 0.0
                 if not math.isnan(worth):

@@ -27,7 +27,9 @@ infinities are written as `null`):
   exchange_order_id, reason, filled_qty.
 - `fill`: client_order_id, venue, symbol, side, price, qty, fee, fee_asset, liquidity
   ("maker"/"taker"), strategy, trade_id.
-- `balance`: venue, strategy, balances (object asset -> amount).
+- `balance`: venue, strategy, balances (object asset -> amount), in_transit (object asset
+  -> amount on its way to this venue: transfers sent and not yet landed, less their fee;
+  `{}` when none; absent in logs written before it was added).
 - `run_end`: status ("stopped", or "failed: <error type>"), written (how many records the
   run wrote before this one). The writer's last record, written only when the run stops
   cleanly (`DecisionLogWriter.end_run`): a log without it ended early (a crash, a kill,
@@ -133,6 +135,7 @@ COLUMNS: dict[str, str] = {
     "liquidity": "VARCHAR",
     "trade_id": "VARCHAR",
     "balances": "JSON",
+    "in_transit": "JSON",
     "written": "BIGINT",
 }
 
@@ -202,7 +205,8 @@ def _fill(r: Fill, run_id: str, ts_ns: int) -> dict[str, Any]:
 
 def _balance(r: BalanceSnapshot, run_id: str, ts_ns: int) -> dict[str, Any]:
     return {"v": SCHEMA_VERSION, "type": BALANCE, "run_id": run_id, "ts_ns": ts_ns,
-            "venue": r.venue, "strategy": r.strategy, "balances": r.balances}
+            "venue": r.venue, "strategy": r.strategy, "balances": r.balances,
+            "in_transit": r.in_transit}
 
 
 def _run_end(r: RunEnd, run_id: str, ts_ns: int) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Issue 14, item 7, on the shared recordings: a failed unwind halts the arbitrage for a
-cooldown, not for good; the halt is in the post-mortem and /healthz says degraded.
+"""Issue 14, items 7 and 8, on the shared recordings: a failed unwind halts the arbitrage
+for a cooldown, not for good (the halt in the post-mortem, /healthz degraded); funds in
+transit between venues keep their value in the portfolio.
 
 The case: Binance spot BTCUSDT 2024-08-08 against the USD-M file of the same minutes
 presented as a second spot venue, no fees, 1 bps minimum edge, 2,000 USDT per arbitrage.
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from daemon.postmortem.reader import LogFilter
 from daemon.postmortem.report import build_report
@@ -102,3 +104,30 @@ def test_action_mode_healthz_is_degraded_while_the_arbitrage_is_halted(
               for line in path.read_bytes().splitlines()]
     assert [r["action"] for r in logged if r.get("action") == "unwind_failed"] == \
         ["unwind_failed"]
+
+
+def test_portfolio_value_keeps_the_funds_in_transit_during_rebalances(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    """Inventory mode on the same pair with the default 1,000 USDT per arbitrage: the
+    trades skew the balances and the strategy rebalances 0.4043 BTC (6 min on the way)
+    and 29,993 USDT (1 min). Before the fix the portfolio value fell from 161.8 k to
+    136.8 k and 106.9 k while they travelled; now it moves by the market and the fees
+    only: no step between two 10 s snapshots beyond 1,000 USDT."""
+    spot, usdm = shared_file(SPOT), shared_file(USDM)
+    data_dir = tmp_path / "data"
+    settings = {k: v for k, v in SETTINGS.items() if not k.endswith("MAX_NOTIONAL")}
+    backtest(data_dir, "arbitrage", "transit", spot, f"{usdm}@bybit_spot:BTC/USDT", **settings)
+    logged = records(data_dir, "transit")
+    rebalances = [r for r in logged if r["type"] == "decision" and r["action"] == "rebalance"]
+    assert {r["inputs"]["asset"] for r in rebalances} == {"BTC", "USDT"}
+    (summary,) = build_report(data_dir, LogFilter(run_id="transit"), charts=False).summaries
+    assert summary.series is not None
+    values = summary.series.portfolio_value
+    assert len(values) > 30
+    steps = abs(values[1:] - values[:-1])
+    assert steps.max() < 1_000.0, steps.max()
+    # The BTC is still travelling when the data ends: valued, not lost.
+    assert summary.portfolio_value == pytest.approx(values[0], rel=0.005)
+    in_transit = [r for r in logged if r["type"] == "balance" and r.get("in_transit")]
+    assert in_transit, "no snapshot taken while a transfer was on its way"
