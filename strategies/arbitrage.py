@@ -23,14 +23,15 @@ Modes:
   the touch in one Decision ("arbitrage"). When both are final, any base left unmatched
   (a leg rejected or partly filled) is hedged with an IOC on the venue with the better
   price ("unwind"), limited `unwind_tolerance_bps` through the touch; each retry goes
-  `unwind_tolerance_step_bps` further, up to `unwind_tolerance_max_bps` (an IOC walks the
-  book down to its limit). After `unwind_attempts` the strategy halts ("unwind_failed", the
-  alert): the residual stays its position (inputs `residual`, valued at `mid`),
-  `degraded()` says why (/healthz reports degraded), and after `halt_cooldown_s` of the
-  feed clock it resumes ("resume"): it retries the unwind with fresh attempts, then trades
-  on. A halt never ends the run's trading for good; only the kill switch does. On the
-  timer, when a venue's share of an asset drifts more than `rebalance_threshold` from an
-  even split, a transfer from the richest to the poorest venue is requested ("rebalance").
+  `unwind_tolerance_step_bps` further, up to `unwind_tolerance_max_bps` (a venue fills an
+  IOC through the levels down to its limit). After `unwind_attempts` the strategy halts
+  ("unwind_failed", the alert): the residual stays its position (inputs `residual`,
+  valued at `mid`), `degraded()` says why (/healthz reports degraded), and after
+  `halt_cooldown_s` of the feed clock it resumes ("resume"): it retries the unwind with
+  fresh attempts, then trades on. A halt never ends the run's trading for good; only the
+  kill switch does. On the timer, when a venue's share of an asset drifts more than
+  `rebalance_threshold` from an even split, a transfer from the richest to the poorest
+  venue is requested ("rebalance").
 - "transfer": the buy leg goes out alone ("arbitrage"); once final, the bought base is
   moved to the sell venue ("rebalance"), and sold when it has arrived ("transfer_sell").
 
