@@ -238,8 +238,27 @@ class ArbitrageSettings(_Frozen):
     cooldown_s: Annotated[float, Field(ge=0)] = 1.0
     #: Inventory mode: rebalance when a venue's share of an asset drifts past this fraction.
     rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
-    #: Unwinding a failed leg: IOC limit this many bps through the touch (a protected market).
+    #: Unwinding a failed leg: IOC limit this many bps through the touch (a protected market)
+    #: on the first attempt; each retry widens it by unwind_tolerance_step_bps.
     unwind_tolerance_bps: Bps = 25.0
+    #: Each retry of an unwind goes this many bps further through the touch than the last.
+    unwind_tolerance_step_bps: Bps = 25.0
+    #: An unwind is never priced further than this many bps through the touch.
+    unwind_tolerance_max_bps: Bps = 100.0
+    #: IOC attempts to unwind a residual before the strategy halts (the residual is kept as
+    #: a position, an "unwind_failed" alert is logged and /healthz reports degraded).
+    unwind_attempts: Annotated[int, Field(ge=1)] = 3
+    #: After a failed unwind, the strategy pauses this long (feed clock), then resumes: it
+    #: retries the unwind of the residual it carries and trades on.
+    halt_cooldown_s: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _unwind_tolerances_widen(self) -> ArbitrageSettings:
+        if self.unwind_tolerance_max_bps < self.unwind_tolerance_bps:
+            raise ValueError(
+                f"unwind_tolerance_max_bps ({self.unwind_tolerance_max_bps:g}) is below "
+                f"unwind_tolerance_bps ({self.unwind_tolerance_bps:g}): retries would narrow")
+        return self
 
 
 class InventoryMMSettings(_Frozen):

@@ -32,7 +32,9 @@ taken opportunities with a leg not completely filled (rejected, expired, cancell
 partial); over the `completed` ones (every leg filled), `expected_edge_completed` against
 `realised_edge` = what their legs' fills made (sells - buys - fees), also in bps of half
 the legs' notional (one side of the round trip). A failed leg's open position is in the
-P&L figures, not in the edge.
+P&L figures, not in the edge. `halts`: every "unwind_failed" decision (the strategy halted
+with a residual it could not hedge) with its time, symbol and residual, until the next
+"resume" (or the run's end: `resumed_ns` None); `halted_s` sums their durations.
 
 Internalize: counts of "hedge", "warehouse" and "partial_hedge" (all decisions and client
 fills only); the always-hedge baseline offsets every client fill at once:
@@ -112,6 +114,23 @@ class ArbitrageStats:
     realised_edge: float = 0.0
     realised_edge_bps: float = math.nan
     leg_failures: int = 0
+    #: Halts after a failed unwind (see `halts`) and the seconds of data they left untraded.
+    halts: int = 0
+    halted_s: float = 0.0
+    halt_log: list[Halt] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Halt:
+    """One halt of an arbitrage after a failed unwind: when, what was left unhedged, and
+    when it resumed (None: still halted when the run ended)."""
+
+    ts_ns: int
+    symbol: str | None
+    residual: float
+    resumed_ns: int | None
+    halted_s: float
+    reason: str
 
 
 @dataclass(slots=True)
@@ -268,6 +287,9 @@ def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str,
     )
     if strategy_kind(strategy, actions) == "arbitrage":
         summary.arbitrage = arbitrage_stats(db, key, where)
+        summary.arbitrage.halt_log = halts(db, key, int(end))
+        summary.arbitrage.halts = len(summary.arbitrage.halt_log)
+        summary.arbitrage.halted_s = sum(h.halted_s for h in summary.arbitrage.halt_log)
     if ledger.client_fills or strategy_kind(strategy, actions) == "internalize":
         summary.internalize = internalize_stats(db, key, where, summary.total_pnl)
     portfolio_ts, portfolio_value = portfolio_series(db, key, where, ledger)
@@ -599,6 +621,26 @@ def arbitrage_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: s
     return stats
 
 
+def halts(db: duckdb.DuckDBPyConnection, key: dict[str, Any], end_ns: int) -> list[Halt]:
+    """Each "unwind_failed" decision, paired with the "resume" that ended it."""
+    rows = db.execute(f"""
+        SELECT d.ts_ns, d.action, d.symbol, d.reason,
+               TRY_CAST(json_extract_string(r.inputs, '$.residual') AS DOUBLE) AS residual
+        FROM decisions d JOIN records r ON r.seq = d.decision_id
+        WHERE d.run_id = $run AND d.strategy = $strategy
+          AND d.action IN ('{Action.UNWIND_FAILED}', '{Action.RESUME}')
+        ORDER BY d.ts_ns, d.decision_id""", key).fetchall()
+    found: list[Halt] = []
+    for ts_ns, action, symbol, reason, residual in rows:
+        if action == Action.UNWIND_FAILED:
+            found.append(Halt(int(ts_ns), symbol, _float(residual), None,
+                              (end_ns - int(ts_ns)) / 1e9, reason or ""))
+        elif found and found[-1].resumed_ns is None:
+            found[-1].resumed_ns = int(ts_ns)
+            found[-1].halted_s = (int(ts_ns) - found[-1].ts_ns) / 1e9
+    return found
+
+
 # -- internalize -------------------------------------------------------------------------
 
 
@@ -637,15 +679,18 @@ def internalize_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where:
 
 def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str,
                      ledger: _Ledger) -> tuple[np.ndarray, np.ndarray]:
-    """Value of the recorded balances (all venues) at each snapshot, at the marks then.
+    """Value of the recorded balances (all venues) at each snapshot, at the marks then,
+    funds in transit between venues included (a snapshot's `in_transit`: in no venue's
+    balance until they land, so without them the value would drop by the amount in flight
+    and come back on arrival; with them it moves only by the transfer's fee).
 
     A venue's latest snapshot stands until its next one. Quote and stable assets count at
     1; a base asset at the last mark of a symbol with that base (the first mark for a
     snapshot taken before any); others are left out.
     """
     rows = db.execute(
-        f"SELECT ts_ns, venue, balances FROM balances WHERE {where} ORDER BY ts_ns, seq",
-        key).fetchall()
+        f"""SELECT ts_ns, venue, balances, in_transit FROM balances WHERE {where}
+            ORDER BY ts_ns, seq""", key).fetchall()
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty(0)
     import orjson
@@ -670,12 +715,16 @@ def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: 
         at = int(np.searchsorted(mark_times[index], ts_ns, side="right")) - 1
         return float(prices[max(at, 0)])
 
+    def parsed(value: Any) -> dict[str, float]:
+        return (orjson.loads(value) if isinstance(value, str) else value) or {}
+
     latest: dict[str, dict[str, float]] = {}
+    arriving: dict[str, dict[str, float]] = {}
     times, values = [], []
-    for ts_ns, venue, balances in rows:
-        latest[venue] = orjson.loads(balances) if isinstance(balances, str) else balances
+    for ts_ns, venue, balances, in_transit in rows:
+        latest[venue], arriving[venue] = parsed(balances), parsed(in_transit)
         total = 0.0
-        for held in latest.values():
+        for held in (*latest.values(), *arriving.values()):
             for asset, amount in held.items():
                 worth = amount * price(asset, ts_ns) if amount else 0.0
                 if not math.isnan(worth):

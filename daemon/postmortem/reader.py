@@ -317,7 +317,8 @@ FROM records a LEFT JOIN orders_all o
 WHERE a.type = 'ack';
 
 CREATE TABLE balances_all AS
-SELECT seq, run_id, ts_ns, strategy, venue, balances FROM records WHERE type = 'balance';
+SELECT seq, run_id, ts_ns, strategy, venue, balances, in_transit FROM records
+WHERE type = 'balance';
 """
 
 _FILTERED = {

@@ -197,6 +197,7 @@ def write_summary_and_html(report: Report, target: Path, charts: bool = True
                  f"{report.corrupt_lines + report.unsupported_lines:,} line(s) skipped "
                  "(torn or corrupt)."]
         notes += [_unfinished(run, last) for run, last in report.unfinished_runs.items()]
+        notes += halt_lines(report.summaries)
         title = f"cryptopipe post-mortem — {_label(report.log_filter)}"
         exports["html"].write_text(report_html(report.summaries, title, notes), encoding="utf-8")
     return exports
@@ -220,7 +221,7 @@ def summary_row(summary: RunSummary) -> dict[str, Any]:
         elif name == "performance" and value is not None:
             row.update(_performance_columns(value))
         elif isinstance(value, dict):
-            row.update({f"{name}_{k}": v for k, v in value.items()})
+            row.update({f"{name}_{k}": _cell(v) for k, v in value.items()})
         elif value is not None:
             row[name] = value
     return row
@@ -235,6 +236,15 @@ def _performance_columns(performance: dict[str, Any]) -> dict[str, Any]:
                         f"{prefix}_bps": markout["markout_bps"],
                         f"{prefix}_marked": markout["marked"]})
     return columns
+
+
+def _cell(value: Any) -> Any:
+    """A list (e.g. the halts of an arbitrage) goes into one CSV cell as JSON."""
+    if isinstance(value, list):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    return value
 
 
 def _write_summary_csv(summaries: list[RunSummary], path: Path) -> None:
@@ -284,6 +294,8 @@ def print_report(report: Report, console: Console) -> None:
                   _arbitrage_table(report), _internalize_table(report)):
         if table is not None and table.row_count:
             console.print(table)
+    for line in halt_lines(report.summaries):
+        console.print(line, markup=False)
     skipped = report.corrupt_lines + report.unsupported_lines
     console.print(f"{report.files} log file(s), {report.records:,} records; "
                   f"{skipped:,} line(s) skipped (torn or corrupt)")
@@ -388,7 +400,7 @@ def _arbitrage_table(report: Report) -> Table | None:
     table = Table(title="Arbitrage")
     for column in ("run", "strategy", "seen", "taken", "expected edge", "expected bps",
                    "leg failures", "completed", "expected (completed)", "realised edge",
-                   "realised bps"):
+                   "realised bps", "halts", "halted s"):
         table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
     for s in rows:
         a = s.arbitrage
@@ -397,8 +409,25 @@ def _arbitrage_table(report: Report) -> Table | None:
                       f"{a.opportunities_taken:,}", _money(a.expected_edge),
                       _num(a.mean_expected_edge_bps, 2), f"{a.leg_failures:,}",
                       f"{a.completed:,}", _money(a.expected_edge_completed),
-                      _money(a.realised_edge), _num(a.realised_edge_bps, 2))
+                      _money(a.realised_edge), _num(a.realised_edge_bps, 2),
+                      f"{a.halts:,}", _num(a.halted_s, 1))
     return table
+
+
+def halt_lines(summaries: list[RunSummary]) -> list[str]:
+    """One line per halt of an arbitrage after a failed unwind: when, the residual it kept
+    as position, and when it resumed (or that it never did)."""
+    lines = []
+    for s in summaries:
+        if s.arbitrage is None:
+            continue
+        for halt in s.arbitrage.halt_log:
+            until = (f"resumed {_time(halt.resumed_ns)} UTC" if halt.resumed_ns is not None
+                     else "never resumed before the run ended")
+            lines.append(f"halt: {s.run_id} {s.strategy} at {_time(halt.ts_ns)} UTC, "
+                         f"{halt.residual:+g} {halt.symbol or ''} unhedged after a failed "
+                         f"unwind; {until} ({halt.halted_s:,.1f} s halted)")
+    return lines
 
 
 def _internalize_table(report: Report) -> Table | None:

@@ -27,7 +27,9 @@ infinities are written as `null`):
   exchange_order_id, reason, filled_qty.
 - `fill`: client_order_id, venue, symbol, side, price, qty, fee, fee_asset, liquidity
   ("maker"/"taker"), strategy, trade_id.
-- `balance`: venue, strategy, balances (object asset -> amount).
+- `balance`: venue, strategy, balances (object asset -> amount), in_transit (object asset
+  -> amount on its way to this venue: transfers sent and not yet landed, less their fee;
+  `{}` when none; absent in logs written before it was added).
 - `run_end`: status ("stopped", or "failed: <error type>"), written (how many records the
   run wrote before this one). The writer's last record, written only when the run stops
   cleanly (`DecisionLogWriter.end_run`): a log without it ended early (a crash, a kill,
@@ -50,7 +52,9 @@ inputs); the report reads only what is listed here and shows every other verb as
   "flatten", "max_loss_exit", "unwind_failed", "rebalance", "portfolio_rebalance" and
   any verb that names a halt or an alert (performance.TIMELINE_EVENTS);
 - arbitrage: "arbitrage" (an opportunity taken; its intents are the legs), "unwind" (a
-  failed or partial leg hedged), "unwind_failed", "transfer_sell", "rebalance" (a transfer
+  failed or partial leg hedged), "unwind_failed" (an alert: every unwind attempt failed,
+  the strategy halts with inputs "residual" kept as position; a halt in the report),
+  "resume" (the halt's cooldown is over), "transfer_sell", "rebalance" (a transfer
   between venues, no intents);
 - inventory-mm: "quote" (quotes placed or replaced), "hold" (orders already at target),
   "max_loss_exit", "portfolio_rebalance";
@@ -140,6 +144,7 @@ COLUMNS: dict[str, str] = {
     "liquidity": "VARCHAR",
     "trade_id": "VARCHAR",
     "balances": "JSON",
+    "in_transit": "JSON",
     "written": "BIGINT",
 }
 
@@ -209,7 +214,8 @@ def _fill(r: Fill, run_id: str, ts_ns: int) -> dict[str, Any]:
 
 def _balance(r: BalanceSnapshot, run_id: str, ts_ns: int) -> dict[str, Any]:
     return {"v": SCHEMA_VERSION, "type": BALANCE, "run_id": run_id, "ts_ns": ts_ns,
-            "venue": r.venue, "strategy": r.strategy, "balances": r.balances}
+            "venue": r.venue, "strategy": r.strategy, "balances": r.balances,
+            "in_transit": r.in_transit}
 
 
 def _run_end(r: RunEnd, run_id: str, ts_ns: int) -> dict[str, Any]:
