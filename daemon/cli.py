@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="backtest: also run the random-inventory baseline with this "
                         "many seeds on the same data and print the strategy's percentile")
     parser.add_argument("--run-id", default=None, help="name of this run (default: generated)")
-    parser.add_argument("--run", default=None, help="post-mortem: report on this run id only")
+    parser.add_argument("--run", default=None, help="post-mortem: report on this run id only; "
+                        "watch: show only this run's strategy state")
     parser.add_argument("--since", default=None, help="post-mortem: from this time (ISO 8601)")
     parser.add_argument("--until", default=None, help="post-mortem: until this time (ISO 8601)")
     parser.add_argument("--live", action="store_true",
