@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_origin
 
 from pydantic import (
     BaseModel,
@@ -335,6 +335,49 @@ class InventoryMMSettings(_Frozen):
             "Set k_bps (or k_bps = \"auto\") and remove k.")
 
 
+class RandomInventorySettings(_Frozen):
+    """The Monte Carlo baseline (seed inventory-management-research): inventory-mm's
+    market, order handling and loss exit, but a seeded random inventory target instead of
+    Avellaneda-Stoikov quotes, so a backtest shows what chance makes on the same data."""
+
+    #: Venue to trade on (as inventory-mm's).
+    venue: str = "binance_spot"
+    #: Symbol to trade (as inventory-mm's).
+    symbol: str = "BTC/USDT"
+    #: Random seed of the inventory targets: the same seed on the same data gives the same
+    #: decision log; run several seeds to see the spread of P&L chance gives.
+    seed: int = 42
+    #: A new target, drawn uniformly on the lot grid in [-max_inventory, +max_inventory],
+    #: this often (feed time).
+    retarget_interval_s: Duration = 30.0
+    #: Largest absolute inventory, base units; the bound of the targets, and no fill may
+    #: take the inventory further.
+    max_inventory: Annotated[float, Field(gt=0)] = 0.01
+    #: The target counts as reached (no order rests) when the inventory is within this
+    #: fraction of max_inventory of it.
+    target_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.05
+    #: Stop and flatten when P&L (quote currency, marked to mid) falls below -max_loss
+    #: (inventory-mm's exit).
+    max_loss: Annotated[float, Field(gt=0)] = 100.0
+    #: Re-evaluate the order at least this often.
+    requote_interval_s: Duration = 1.0
+    #: Keep the resting order while its price is within this many bps of the touch.
+    delta_price_bps: Bps = 1.0
+    #: Keep the resting order while its size is within this fraction of what is left to go.
+    delta_size: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    #: The settings that are this strategy's own; every other one is inventory-mm's.
+    OWN: ClassVar[frozenset[str]] = frozenset({"seed", "retarget_interval_s", "target_tolerance"})
+
+    def inventory_mm(self) -> InventoryMMSettings:
+        """The inventory-mm settings behind the shared machinery (market checks, order
+        reconciling, inventory limit, loss exit): the fields of the same name, the rest
+        inventory-mm's defaults (its quoting model is never used)."""
+        shared = {name: getattr(self, name) for name in type(self).model_fields
+                  if name not in self.OWN}
+        return InventoryMMSettings(**shared)
+
+
 class InternalizeSettings(_Frozen):
     #: Hedge venue.
     venue: str = "binance_spot"
@@ -388,6 +431,7 @@ class StrategySettings(_Frozen):
     arbitrage: ArbitrageSettings = ArbitrageSettings()
     inventory_mm: InventoryMMSettings = InventoryMMSettings()
     internalize: InternalizeSettings = InternalizeSettings()
+    random_inventory: RandomInventorySettings = RandomInventorySettings()
 
 
 class RiskSettings(_Frozen):
