@@ -39,8 +39,10 @@ class App:
     bus: Bus = field(default_factory=Bus)
     rings: RingStore | None = None
     #: Replay frames published between two yields to the event loop. A live socket yields
-    #: on every frame; strategy modes set 1 so a max-speed replay conflates no more than
-    #: live traffic would. Viewers keep a large batch: they only need the latest state.
+    #: on every frame; strategy modes set 1 so a paced replay conflates no more than live
+    #: traffic would (and one at max speed, in step with the strategy, still lets the
+    #: decision-log writer and signals in). Viewers keep a large batch: they only need the
+    #: latest state.
     replay_yield_every: int = 2048
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     #: Behind /healthz: required feeds and the kill switch (trip it via health.trip_kill_switch).
