@@ -271,8 +271,6 @@ async def _trade_in_step(app: App, session: TradingSession, clock: FeedClock,
                          tally: _Tally) -> None:
     """A replay at `--speed max`: every event through `Lockstep`, then the backtest's end
     of the data. A stop before the end (signal, --duration) ends as the live loop does."""
-    from adapters.recordings.replay import ReplayStats
-
     flow = _feed_clock_flow(app, session.runner, clock)
     # The /flow endpoint's fills come when its clients send them: a task of its own.
     endpoint = _start_client_flow(app, session.runner, clock, tally) if flow is None else None
@@ -281,10 +279,8 @@ async def _trade_in_step(app: App, session: TradingSession, clock: FeedClock,
     step = Lockstep(app, session, clock, tally, flow, watch)
     ended = False
     try:
-        stats = await app.market_data(Callbacks(step.on_quote, step.on_trade))
+        _note_span(tally, await app.market_data(Callbacks(step.on_quote, step.on_trade)))
         ended = True
-        if isinstance(stats, ReplayStats) and stats.first_ts_ns is not None:
-            tally.span_ns = (stats.first_ts_ns, stats.last_ts_ns or stats.first_ts_ns)
         session.finish_data(clock, app.settings.execution)
     finally:
         if flow is not None and flow.flow is not None:
@@ -299,6 +295,14 @@ async def _trade_in_step(app: App, session: TradingSession, clock: FeedClock,
             session.snapshots.record_now(clock())
 
 
+def _note_span(tally: _Tally, stats: object) -> None:
+    """A replay that ended: the recording's span for the summary, as a backtest gives it."""
+    from adapters.recordings.replay import ReplayStats
+
+    if isinstance(stats, ReplayStats) and stats.first_ts_ns is not None:
+        tally.span_ns = (stats.first_ts_ns, stats.last_ts_ns or stats.first_ts_ns)
+
+
 async def _trade_live(app: App, session: TradingSession, writer: DecisionLogWriter,
                       clock: FeedClock, tally: _Tally) -> None:
     """Drain the bus subscription into the runner until the feed ends or we are cancelled."""
@@ -309,6 +313,7 @@ async def _trade_live(app: App, session: TradingSession, writer: DecisionLogWrit
     flow = _start_client_flow(app, runner, clock, tally) if timed_flow is None else None
     markets = traded_markets(runner.strategy, app.settings)
     watch = QuoteWatch(runner.strategy.name, markets, app.bus) if markets else None
+    ended = False  # the feed ended by itself: a replay's data is over
     try:
         while True:
             # Not spawned: awaited and cancelled right here, once per wake-up (the
@@ -334,7 +339,8 @@ async def _trade_live(app: App, session: TradingSession, writer: DecisionLogWrit
                 watch = None  # warned, or every market quoted: once per run
             await writer.wait_room()
             if feed.done() and not subscription.pending:
-                feed.result()  # a feed failure surfaces here
+                _note_span(tally, feed.result())  # a feed failure surfaces here
+                ended = True
                 break
     finally:
         tally.delivered, tally.conflated = subscription.delivered, subscription.conflated
@@ -348,7 +354,9 @@ async def _trade_live(app: App, session: TradingSession, writer: DecisionLogWrit
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        snapshots.record_now(clock())
+        if not ended:
+            snapshots.record_now(clock())
+    session.finish_data(clock, app.settings.execution)  # a replay's end: as a backtest's
 
 
 def _feed_clock_flow(app: App, runner: StrategyRunner, clock: FeedClock) -> FeedClockFlow | None:

@@ -222,3 +222,20 @@ def test_a_replay_starts_from_the_recording_alone_not_the_live_ring_snapshot(
     _, replayed = action(recording, data_dir, BTC_CONFIG)
     assert_same_log(replayed, expected)
     assert {path.name: path.read_bytes() for path in (data_dir / "ring").iterdir()} == before
+
+
+def test_a_paced_replay_that_runs_to_its_end_closes_its_orders_as_a_backtest(
+    tmp_path: Path,
+) -> None:
+    """The end of the data is the backtest's at any speed: the orders still open are
+    cancelled and the cancels let through, then the balances are snapshotted. (Before,
+    a replay ended with the cancels sent and never answered: orders open in the log.)"""
+    _, records = action(SAMPLE_SPOT, tmp_path / "paced", BTC_CONFIG, "1000")
+    orders = {r["client_order_id"] for r in records if r["type"] == "intent"}
+    closed = {r["client_order_id"] for r in records
+              if r["type"] == "ack" and r["status"] in ("filled", "canceled", "rejected",
+                                                        "expired")}
+    assert orders and orders <= closed
+    last_ack = max(r["ts_ns"] for r in records if r["type"] == "ack")
+    balances = [r for r in records if r["type"] == "balance"]
+    assert balances[-1]["ts_ns"] >= last_ack
