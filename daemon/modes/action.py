@@ -8,7 +8,8 @@ Wiring, in start-up order (start-up and crash recovery are one path):
 3. the executor: paper by default; live only with keys and an explicit opt-in, and it
    reconciles its open orders before anything else happens;
 4. the risk gate and kill switch wrap the executor (SIGUSR1 and the flag file fire it);
-5. the strategy starts on a conflated bus subscription, then the market-data feed.
+5. the strategy starts (on a conflated bus subscription, or in step with a replay at
+   `--speed max`), then the market-data feed.
 
 The strategy's clock is the feed's: wall time live, the recorded receive time in a replay.
 
@@ -80,8 +81,8 @@ class _Tally:
     conflated: int = 0
     #: How events reached the strategy: `LOCKSTEP` or `LIVE_LOOP`.
     dispatch: str = ""
-    #: The recording's span (first and last frame) once a replay in step has ended: the
-    #: span a backtest's summary gives.
+    #: The recording's span (first and last frame) once a replay has ended: the span a
+    #: backtest's summary gives.
     span_ns: tuple[int, int] | None = None
     client_fills: int = 0
     client_fills_unpriced: int = 0
