@@ -21,6 +21,9 @@ dropped) and builds these tables in an in-memory database:
   `client_side/client_qty/client_price`, as the desk's side of the trade;
 - `acks`, `balances`: as recorded, strategy resolved like fills.
 
+A strategy filter keeps the strategy's baseline twin (`<strategy>.always-hedge`) too: the
+figures read it as that strategy's baseline.
+
 A run whose log has no `run_end` record did not end cleanly (a crash, a kill -9, a disk
 that stopped taking writes): `LoadedLog.unfinished_runs` names it with the time of its last
 durable record. With `--until`, a run with records at or past that time is not judged (its
@@ -36,6 +39,7 @@ from pathlib import Path
 
 import duckdb
 
+from daemon.core.vocabulary import BASELINE_SUFFIX
 from daemon.postmortem.schema import COLUMNS, RUN_END, SCHEMA_VERSION
 from daemon.postmortem.writer import decisions_dir
 
@@ -269,8 +273,10 @@ def _build_tables(db: duckdb.DuckDBPyConnection, strategy: str | None) -> None:
         if wanted is None:
             db.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
         else:
+            # The strategy's baseline twin comes with it (figures.py reads it as such).
             db.execute(
                 f"""CREATE TABLE {name} AS SELECT * FROM {source}
-                    WHERE lower(replace(trim(strategy), '_', '-')) = $wanted""",
-                {"wanted": wanted},
+                    WHERE lower(replace(trim(strategy), '_', '-'))
+                          IN ($wanted, $wanted || $twin)""",
+                {"wanted": wanted, "twin": BASELINE_SUFFIX},
             )
