@@ -43,7 +43,8 @@ def client_fills(data_dir: Path) -> list[tuple[str, int, str]]:
         for line in path.read_bytes().splitlines():
             record = orjson.loads(line)
             inputs = record.get("inputs") or {}
-            if record["type"] == "decision" and inputs.get("trigger") == "client_fill":
+            if (record["type"] == "decision" and inputs.get("trigger") == "client_fill"
+                    and record["strategy"] == "internalize"):  # not its always-hedge twin
                 fills.append((inputs["fill_id"], inputs["fill_ts_ns"], record["action"]))
     return fills
 
