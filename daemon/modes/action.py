@@ -31,7 +31,7 @@ from daemon.core.model import ClientFill, Quote
 from daemon.core.records import RecordSink
 from daemon.core.tasks import spawn
 from daemon.market.market_view import RingMarketView
-from daemon.modes.summary import RunSummary, print_summary, record_counts
+from daemon.modes.summary import RunSummary, print_summary, record_counts, strategy_notes
 from daemon.postmortem.exports import write_strategy_exports
 from daemon.postmortem.schema import log_file_name
 from daemon.postmortem.writer import DecisionLogWriter
@@ -42,6 +42,7 @@ from daemon.trading.paper import PaperExecutor
 from daemon.trading.runner import StrategyRunner
 from daemon.trading.session import TradingSession, build_strategy, open_session
 from daemon.trading.transfers import BackgroundTransfers
+from strategies.base import Strategy
 
 if TYPE_CHECKING:
     from adapters.client_flow import FeedClockFlow
@@ -103,17 +104,17 @@ async def run_action(app: App) -> int:
         await writer.aclose()
         log.info("strategy_stopped", strategy=strategy.name, records=writer.durable_records)
         if clean:  # the backtest's summary, on any clean stop (end of replay, signal, duration)
-            _print_summary(app, strategy.name, writer, tally, clock,
+            _print_summary(app, strategy, writer, tally, clock,
                            time.perf_counter() - started)
     return 0
 
 
-def _print_summary(app: App, strategy: str, writer: DecisionLogWriter, tally: _Tally,
+def _print_summary(app: App, strategy: Strategy, writer: DecisionLogWriter, tally: _Tally,
                    clock: FeedClock, wall_seconds: float) -> None:
     bus = app.bus
     quotes, trades = bus.published_quotes, bus.published_trades
     summary = RunSummary(
-        mode="action", run_id=app.run_id, strategy=strategy, events=quotes + trades,
+        mode="action", run_id=app.run_id, strategy=strategy.name, events=quotes + trades,
         quotes=quotes, trades=trades, first_ts_ns=tally.first_ns,
         last_ts_ns=clock() if tally.first_ns else 0, wall_seconds=wall_seconds,
         records=writer.durable_records,
@@ -124,8 +125,9 @@ def _print_summary(app: App, strategy: str, writer: DecisionLogWriter, tally: _T
         events_note=(f"{tally.delivered:,} reached the strategy, {tally.conflated:,} quotes "
                      "conflated (a newer quote of the same market came first)"),
     )
-    figures = {field.name: getattr(summary, field.name)
-               for field in dataclasses.fields(summary) if field.name != "events_note"}
+    summary.strategy_notes = strategy_notes(strategy)
+    figures = {field.name: getattr(summary, field.name) for field in dataclasses.fields(summary)
+               if field.name not in ("events_note", "strategy_notes")}
     figures.update(log_files=[str(path) for path in summary.log_files],
                    events_per_second=summary.events / wall_seconds if wall_seconds > 0 else 0.0,
                    delivered=tally.delivered, conflated=tally.conflated)

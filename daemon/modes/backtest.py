@@ -22,7 +22,7 @@ from adapters.recordings.replay import NothingUsable, ReplayError, ReplaySpec, p
 from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
 from daemon.core.logs import get_logger
-from daemon.modes.summary import RunSummary, print_summary
+from daemon.modes.summary import RunSummary, print_summary, strategy_notes
 from daemon.postmortem.exports import write_strategy_exports
 
 if TYPE_CHECKING:
@@ -55,7 +55,9 @@ async def run_backtest(app: App) -> int:
     if result.damage is not None:
         print(f"cryptopipe: replay damage: {result.damage}", file=sys.stderr)
     write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
-    print_summary(_summary(result), result.figures(), args.format)
+    summary = _summary(result)
+    summary.strategy_notes = strategy_notes(backtest.strategy)
+    print_summary(summary, result.figures(), args.format)
     return 0
 
 

@@ -43,12 +43,20 @@ class RunSummary:
     #: The mode's own line on its events (backtest: the cache and the skip; action: what
     #: reached the strategy and what the bus conflated).
     events_note: str = ""
+    #: The strategy's own lines (`summary_lines`: internalize's P&L against its baseline).
+    strategy_notes: list[str] = field(default_factory=list)
 
 
 def record_counts(kinds: Mapping[type, int]) -> dict[str, int]:
     """Decisions, orders and fills from a decision log writer's `kinds`."""
     return {"decisions": kinds.get(Decision, 0), "orders": kinds.get(OrderIntent, 0),
             "fills": kinds.get(Fill, 0)}
+
+
+def strategy_notes(strategy: object) -> list[str]:
+    """The strategy's own summary lines, if it has any (`summary_lines`)."""
+    lines = getattr(strategy, "summary_lines", None)
+    return list(lines()) if lines is not None else []
 
 
 def print_summary(summary: RunSummary, figures: Mapping[str, Any], fmt: str | None) -> None:
@@ -72,6 +80,8 @@ def print_summary(summary: RunSummary, figures: Mapping[str, Any], fmt: str | No
         console.print(f"events: {summary.events_note}", markup=False)
     console.print(f"decisions: {summary.decisions:,}, orders: {summary.orders:,}, "
                   f"fills: {summary.fills:,}", markup=False)
+    for note in summary.strategy_notes:
+        console.print(note, markup=False)
     skipped = summary.client_fills_skipped
     if summary.client_fills or summary.client_fills_unpriced or skipped:
         console.print(f"client fills: {summary.client_fills:,} delivered, "
