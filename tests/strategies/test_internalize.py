@@ -689,3 +689,19 @@ def test_hedge_at_once_is_priced_by_the_always_hedge_twins_fill(tmp_path: Path) 
     assert float(row["always_hedge_fee"]) == pytest.approx(fee)
     # The desk sold 2 at 3001.5; hedging at once re-buys them at the twin's 3001.25.
     assert float(row["hedge_pnl"]) == pytest.approx(2.0 * (3001.5 - 3001.25) - fee)
+
+
+def test_the_twin_is_built_only_when_there_is_something_to_compare() -> None:
+    from config.settings import load_settings
+
+    def built(**internalize: object) -> InternalizeStrategy:
+        settings = load_settings({"strategies": {"internalize": internalize}}, env_file=None)
+        return InternalizeStrategy.from_settings(settings)
+
+    strategy = built()
+    assert strategy.policy == "optimal" and strategy.baseline is not None
+    assert strategy.baseline.policy == "always_hedge"
+    assert strategy.baseline.name == "internalize.always-hedge"
+    assert strategy.baseline.baseline is None
+    assert built(always_hedge_baseline=False).baseline is None
+    assert built(policy="always_hedge").baseline is None  # it is its own baseline
