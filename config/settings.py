@@ -421,6 +421,13 @@ class InternalizeSettings(_Frozen):
     #: source = "websocket": a client fill whose time is further than this from the feed
     #: clock (past or future) is refused; one without a time gets the time it arrived.
     flow_time_window_s: Duration = 300.0
+    #: "optimal": hedge or warehouse, whichever costs less; "always_hedge": offset every
+    #: client fill at once (the baseline policy, forced).
+    policy: Literal["optimal", "always_hedge"] = "optimal"
+    #: Run an always-hedge twin beside the strategy (same client flow, its own paper
+    #: executor, logged as `<strategy>.always-hedge`): the baseline the post-mortem's
+    #: "saved vs always-hedge" compares with, priced by the same fill model.
+    always_hedge_baseline: bool = True
     #: Starting balances of the desk per asset.
     initial_balances: dict[str, float] = Field(
         default_factory=lambda: {"ETH": 100.0, "USDT": 100_000.0}

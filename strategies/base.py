@@ -62,6 +62,9 @@ class Strategy(Protocol):
     #: True: the strategy takes the other side of client fills (`on_client_fill`), and the
     #: mode starts the configured client-flow source for it.
     takes_client_flow: bool
+    #: A twin run beside the strategy on paper with the same inputs, as the baseline its
+    #: results are compared with (internalize's always-hedge policy), or None.
+    baseline: Strategy | None
 
     def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None: ...
 
@@ -92,6 +95,10 @@ class Strategy(Protocol):
         hedge, resuming by itself later), or None: /healthz reports it as degraded."""
         ...
 
+    def summary_lines(self) -> list[str]:
+        """The strategy's own lines for the end-of-run summary."""
+        ...
+
 
 class StrategyBase:
     """The defaults of the optional capabilities: every event ignored, no timer, any
@@ -103,6 +110,7 @@ class StrategyBase:
     market_keys: frozenset[tuple[str, str]] | None = None
     reads_trades: bool = True
     takes_client_flow: bool = False
+    baseline: Strategy | None = None
 
     def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None:
         pass
@@ -133,3 +141,6 @@ class StrategyBase:
 
     def degraded(self) -> str | None:
         return None
+
+    def summary_lines(self) -> list[str]:
+        return []

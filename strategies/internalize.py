@@ -36,6 +36,33 @@ the client with an error, and the runner, for every source, records a "reject" D
 instead of booking it. It is never warehoused past the limit with no mid to price the
 risk. Fills within the limit, and fills that reduce the inventory, are always taken.
 
+**Policies.** `policy = "optimal"` is the above; `"always_hedge"` offsets the whole
+inventory on every client fill (and what an IOC left unfilled on the next re-evaluation):
+the baseline policy, forced.
+
+**The always-hedge baseline: a twin, not a formula.** What warehousing saved is only
+meaningful against an always-hedge desk priced by the same fill model as ours: the
+executor's real (paper or live) fills, never the formula above, which the executor does not
+charge. `from_settings` therefore gives the strategy a twin, `baseline`: an
+InternalizeStrategy with `policy = "always_hedge"` named `<name>.always-hedge`. The trading
+session (daemon/trading/session.py) runs it beside the strategy, on a paper executor of
+its own with the same settings and its own risk gate, and its runner is fed the very same
+quotes, trades, client fills and time as the strategy's, in the same process; its
+records go to the same decision log under its own name. So the twin *is* a run of the
+forced always-hedge policy on the same flow and the same executor rules: the post-mortem
+computes its P&L with the same code as the strategy's, and "saved vs always-hedge" compares
+like with like. Why a twin and not a second backtest pass: it costs one more strategy on
+the events the strategy already sees (no second replay), it works the same in `--mode
+action` (paper or live: there the baseline is the paper model, the only one that can
+execute a policy not traded), and it needs no second copy of the client flow. Each
+policy is alone in its own book: the twin does not see the strategy's taken liquidity,
+nor the strategy the twin's, as two separate runs would not. Off with
+`always_hedge_baseline = false` (the post-mortem then has no baseline to show).
+
+**Hedge prices are fills.** Every hedge order is matched to the client fill it was sent
+for (by client order id); its executions, as the executor reported them, are what the
+results CSV shows (`strategies/portfolio.py`), beside the estimate the strategy decided on.
+
 The runner drives `on_client_fill` for every client fill it takes (one Decision each,
 always: action "hedge" | "partial_hedge" | "warehouse"); `on_timer` and `on_quote` return a
 Decision only when they hedge. Decision `inputs` (flat; money in quote, sizes in base):
@@ -70,11 +97,13 @@ from daemon.core.model import (
     Side,
     Trade,
 )
-from daemon.core.vocabulary import Action
+from daemon.core.vocabulary import BASELINE_SUFFIX, Action
 from strategies.base import AccountView, MarketView, StrategyBase
-from strategies.portfolio import Portfolio
+from strategies.portfolio import Portfolio, TradeOutcome
 
 FEE_PER_BPS = 1e-4
+OPTIMAL = "optimal"
+ALWAYS_HEDGE = "always_hedge"
 LN2 = math.log(2.0)
 #: +1 buying, -1 selling; a dict lookup is several times cheaper than the `Side.sign` property
 #: on the per-fill path.
@@ -181,6 +210,8 @@ class PendingHedge:
     intent: OrderIntent
     remaining: float
     sent_ns: int
+    #: The client fill this hedge was sent for (None: a hedge of warehoused inventory).
+    trade: TradeOutcome | None = None
 
 
 @dataclass(slots=True)
@@ -238,15 +269,22 @@ class InternalizeStrategy(StrategyBase):
         pending_timeout_s: float = 30.0,
         max_order_notional: float = math.inf,
         flatten_on_kill: bool = False,
+        policy: str = OPTIMAL,
         name: str = "internalize",
     ) -> None:
         """`hedge_venues`: venue id -> taker fee in bps. `gamma`: risk aversion per quote
         unit (1/USDT). `slippage_coefficient`: fractional price impact per base unit.
         `lot`: hedge sizes are rounded to it (0: no rounding). `max_order_notional` (quote):
         one hedge order is capped at it, as the risk gate would refuse more; the rest
-        follows on the next re-evaluation."""
+        follows on the next re-evaluation. `policy`: "optimal" or "always_hedge"."""
         if not hedge_venues:
             raise ValueError("InternalizeStrategy needs at least one hedge venue")
+        if policy not in (OPTIMAL, ALWAYS_HEDGE):
+            raise ValueError(f"internalize policy {policy!r}: expected {OPTIMAL!r} or "
+                             f"{ALWAYS_HEDGE!r}")
+        self.policy = policy
+        #: The always-hedge twin the session runs beside this strategy (None: no baseline).
+        self.baseline: InternalizeStrategy | None = None
         self.name = name
         self.symbol = symbol
         self.timer_interval_s: float | None = reevaluate_interval_s
@@ -274,7 +312,7 @@ class InternalizeStrategy(StrategyBase):
         self.killed = False
         self._market: MarketView | None = None
         self._walk: Any = None
-        self._clock: Clock = lambda: 0
+        self._clock: Clock = _unbound_clock
         self._sigma = math.nan
         self._sigma_ts_ns = -1
         self._last_quote_eval_ns = -(2**62)
@@ -288,16 +326,25 @@ class InternalizeStrategy(StrategyBase):
                              "venue")
         venue = settings.venues[own.venue]
         lot = float(venue.markets.get(own.symbol, {}).get("lot", 0.0))
-        return cls(
-            own.symbol, {own.venue: venue.taker_fee_bps}, gamma=own.gamma,
-            horizon_s=own.horizon_s, max_inventory=own.max_inventory,
-            slippage_coefficient=own.slippage_coefficient,
-            initial_balances=own.initial_balances,
-            volatility_window_s=own.volatility_window_s, flow_halflife_s=own.flow_halflife_s,
-            reevaluate_interval_s=own.reevaluate_interval_s, lot=lot,
-            max_order_notional=settings.risk.max_order_notional,
-            flatten_on_kill=settings.risk.flatten_on_kill, name=name,
-        )
+
+        def build(policy: str, strategy_name: str) -> InternalizeStrategy:
+            return cls(
+                own.symbol, {own.venue: venue.taker_fee_bps}, gamma=own.gamma,
+                horizon_s=own.horizon_s, max_inventory=own.max_inventory,
+                slippage_coefficient=own.slippage_coefficient,
+                initial_balances=own.initial_balances,
+                volatility_window_s=own.volatility_window_s,
+                flow_halflife_s=own.flow_halflife_s,
+                reevaluate_interval_s=own.reevaluate_interval_s, lot=lot,
+                max_order_notional=settings.risk.max_order_notional,
+                flatten_on_kill=settings.risk.flatten_on_kill, policy=policy,
+                name=strategy_name,
+            )
+
+        strategy = build(own.policy, name)
+        if own.always_hedge_baseline and own.policy != ALWAYS_HEDGE:
+            strategy.baseline = build(ALWAYS_HEDGE, name + BASELINE_SUFFIX)
+        return strategy
 
     # -- contract ----------------------------------------------------------------------------
 
@@ -317,10 +364,30 @@ class InternalizeStrategy(StrategyBase):
         return self.portfolio.inventory + sum(hedge.remaining for hedge in self.pending)
 
     def write_exports(self, out_dir: Path) -> list[Path]:
-        """The desk portfolio: flow_internalization_results.csv, portfolio_tracking_results.csv."""
+        """The desk portfolio: flow_internalization_results.csv, portfolio_tracking_results.csv;
+        each client fill's hedge-at-once alternative priced by the twin's fills, if any."""
         from strategies.portfolio import write_results
 
-        return write_results(self.portfolio, out_dir)
+        if self.baseline is not None:
+            self.portfolio.adopt_baseline(self.baseline.portfolio)
+        return list(write_results(self.portfolio, out_dir))
+
+    def summary_lines(self) -> list[str]:
+        """For the end-of-run summary: the desk's P&L and, with a twin, the baseline's, each
+        from its own fills, marked at its last mid."""
+        desk = self.portfolio
+        pnl = desk.pnl_trading(desk.last_mid)
+        lines = [f"desk P&L {pnl:+,.2f} {desk.quote} at the last mid: {len(desk.trades):,} "
+                 f"client fills, {desk.hedge_fills:,} hedge fills ({desk.hedge_fees:,.2f} "
+                 "fees)"]
+        if self.baseline is not None:
+            twin = self.baseline.portfolio
+            base = twin.pnl_trading(twin.last_mid)
+            lines.append(f"always-hedge twin {self.baseline.name} (same flow, same fill "
+                         f"model; its records are in the counts above): P&L {base:+,.2f}, "
+                         f"{twin.hedge_fills:,} hedge fills; saved vs always-hedge "
+                         f"{pnl - base:+,.2f}")
+        return lines
 
     def client_fill_refusal(self, fill: ClientFill,
                             queued_desk_delta: float = 0.0) -> str | None:
@@ -351,7 +418,7 @@ class InternalizeStrategy(StrategyBase):
         self.flow.add(now, delta)
         plan = self._plan(after, now)
         touch = plan.touch
-        fill_cost, fill_price, fill_fee = self._fill_hedge_cost(fill, touch, plan)
+        fill_cost, expected_price, expected_fee = self._fill_hedge_cost(fill, touch, plan)
         hedged = plan.hedge_qty
         if self.killed:
             hedged, reason = 0.0, "kill switch: not hedging"
@@ -359,7 +426,8 @@ class InternalizeStrategy(StrategyBase):
             reason = plan.reason
         outcome = _fill_outcome(hedged, fill.qty, self.lot)
         mid = touch.mid if touch is not None else math.nan
-        self.portfolio.on_client_fill(fill, mid, outcome, hedged, fill_price, fill_fee)
+        trade = self.portfolio.on_client_fill(fill, mid, outcome, hedged, expected_price,
+                                              expected_fee)
         inputs = self._inputs(plan, now, "client_fill", hedged, outcome)
         warehouse_marginal = plan.warehouse_cost - warehouse_cost(
             before, plan.risk_per_base2, plan.expected_flow)
@@ -369,7 +437,7 @@ class InternalizeStrategy(StrategyBase):
             inventory_before=before, inventory_after=after,
             hedge_cost=fill_cost, warehouse_cost=warehouse_marginal,
         )
-        return self._decision(now, outcome, reason, plan, hedged, inputs)
+        return self._decision(now, outcome, reason, plan, hedged, inputs, trade)
 
     def on_quote(self, quote: Quote) -> Decision | None:
         """Mark the portfolio and re-evaluate warehoused inventory, at most once a throttle."""
@@ -392,7 +460,7 @@ class InternalizeStrategy(StrategyBase):
             hedge.remaining -= fill.qty if fill.side is Side.BUY else -fill.qty
             if abs(hedge.remaining) <= 1e-9 * hedge.intent.qty:
                 self.pending.remove(hedge)
-        self.portfolio.on_hedge_fill(fill)
+        self.portfolio.on_hedge_fill(fill, hedge.trade if hedge is not None else None)
         return None
 
     def on_ack(self, ack: OrderAck) -> Decision | None:
@@ -455,15 +523,12 @@ class InternalizeStrategy(StrategyBase):
         sigma_price = sigma * touch.mid
         risk = self.gamma * sigma_price * sigma_price * self.horizon_s
         coefficient, model = self._coefficient(touch, abs(position))
-        sign = _SIGN[side]
-        unit_cost = sign * (touch.touch - touch.mid) + touch.fee_rate * touch.touch
-        impact = (1.0 + sign * touch.fee_rate) * coefficient * touch.touch
-        hedge = optimal_hedge_qty(position, unit_cost, impact, risk, offset)
-        reason = ("flat: nothing to hedge" if position == 0.0
-                  else "volatility unknown: risk cannot be priced, hedge all"
-                  if math.isnan(risk)
-                  else "hedge beats warehousing" if hedge > 0.0
-                  else "warehousing beats hedging")
+        if self.policy == ALWAYS_HEDGE:  # to the nearest lot: what is left is within half one
+            lot = self.lot
+            hedge = round(abs(position) / lot) * lot if lot > 0.0 else abs(position)
+            reason = "always hedge: offset the whole inventory"
+        else:
+            hedge, reason = self._optimal(position, touch, coefficient, risk, offset)
         forced = abs(position) - hedge > self.max_inventory
         if forced:
             hedge = abs(position) - self.max_inventory
@@ -476,6 +541,21 @@ class InternalizeStrategy(StrategyBase):
         residual = abs(position) - offset
         return _Plan(position, hedge, touch, sigma, risk, expected_flow, offset,
                      risk * residual * residual, coefficient, model, forced, reason)
+
+    @staticmethod
+    def _optimal(position: float, touch: _Touch, coefficient: float, risk: float,
+                 offset: float) -> tuple[float, str]:
+        """The hedge minimising C(h) + W(q - h), and why."""
+        sign = _SIGN[touch.side]
+        unit_cost = sign * (touch.touch - touch.mid) + touch.fee_rate * touch.touch
+        impact = (1.0 + sign * touch.fee_rate) * coefficient * touch.touch
+        hedge = optimal_hedge_qty(position, unit_cost, impact, risk, offset)
+        reason = ("flat: nothing to hedge" if position == 0.0
+                  else "volatility unknown: risk cannot be priced, hedge all"
+                  if math.isnan(risk)
+                  else "hedge beats warehousing" if hedge > 0.0
+                  else "warehousing beats hedging")
+        return hedge, reason
 
     def _best_touch(self, side: Side, qty: float) -> _Touch | None:
         """The fresh venue with the lowest formulaic cost for `qty` on `side`."""
@@ -570,7 +650,7 @@ class InternalizeStrategy(StrategyBase):
         }
 
     def _decision(self, now: int, outcome: Action, reason: str, plan: _Plan, hedged: float,
-                  inputs: dict[str, Any]) -> Decision:
+                  inputs: dict[str, Any], trade: TradeOutcome | None = None) -> Decision:
         """The Decision with its IOC hedge (if any) at the chosen venue's touch."""
         touch = plan.touch
         intents: list[OrderIntent] = []
@@ -583,14 +663,16 @@ class InternalizeStrategy(StrategyBase):
             remaining = plan.inventory + _SIGN[side] * hedged
             expected = cost + warehouse_cost(remaining, plan.risk_per_base2, plan.expected_flow)
             inputs["hedge_cost_chosen"] = cost
-            intents.append(self._hedge_intent(hedge_touch, hedged, reason))
+            intents.append(self._hedge_intent(hedge_touch, hedged, reason, trade))
         inputs["expected_cost"] = expected
         return Decision(self.name, now, outcome, reason, inputs, expected, intents)
 
-    def _hedge_intent(self, touch: _Touch, qty: float, reason: str) -> OrderIntent:
+    def _hedge_intent(self, touch: _Touch, qty: float, reason: str,
+                      trade: TradeOutcome | None) -> OrderIntent:
         intent = OrderIntent(touch.venue, self.symbol, touch.side, OrderType.IOC, qty,
                              touch.touch, "", self.name, reason)
-        self.pending.append(PendingHedge(intent, qty * _SIGN[touch.side], self._clock()))
+        self.pending.append(PendingHedge(intent, qty * _SIGN[touch.side], self._clock(),
+                                         trade))
         return intent
 
     def _pending_for(self, client_order_id: str) -> PendingHedge | None:
@@ -605,6 +687,11 @@ class InternalizeStrategy(StrategyBase):
         """Forget hedges whose outcome never came (a lost ack): they must not block for ever."""
         while self.pending and now - self.pending[0].sent_ns > self._pending_timeout_ns:
             self.pending.pop(0)
+
+
+def _unbound_clock() -> int:
+    """The clock before `bind`: a plain function, so an unbound strategy (a twin) pickles."""
+    return 0
 
 
 def _fill_outcome(hedged: float, fill_qty: float, lot: float) -> Action:

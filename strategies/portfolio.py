@@ -12,11 +12,21 @@ mids it sees; it keeps
   the initial balances valued at the *same* mid: what the flow and hedging made) and
   `pnl_total` (equity minus the initial equity at the first mid: including the market
   move on the initial holding);
-- per client fill, the two alternatives the seed study compares (its
-  flow_internalization_results.csv): `hedge_pnl` = offset at once on the venue (edge
-  against the expected hedge price, minus the taker fee) and `warehouse_pnl` = hold until
-  the horizon (edge against the mid one horizon later: the mark-out), plus what the
-  strategy actually chose.
+- per client fill, what the strategy did and the two alternatives the seed study compares
+  (its flow_internalization_results.csv):
+  - the hedge the strategy sent right after the fill, as it executed: `hedge_qty` sent,
+    `hedge_filled_qty`, `hedge_price` (the volume-weighted price of that order's fills, as
+    the executor reported them, NaN if none) and `hedge_fee` (their fees, in quote);
+    `expected_hedge_price` / `expected_hedge_fee` are what the strategy estimated (formula
+    or walked depth) for offsetting the whole fill, kept beside the fill for comparison;
+  - `hedge_pnl` = offset at once: the client's edge against the always-hedge price minus
+    its fee, per unit times the fill's quantity. The price comes, best first, from the
+    always-hedge twin's fills for this very client fill (`always_hedge_source`
+    "always_hedge": the same flow through the same executor, see strategies/internalize.py),
+    from the strategy's own fills when it hedged the whole fill ("own_hedge"), else from
+    the estimate ("estimate": nothing executed to price it);
+  - `warehouse_pnl` = hold until the horizon (edge against the mid one horizon later: the
+    mark-out).
 
 Signs: the desk's side is the opposite of the client's; `desk_sign` is +1 when the desk
 bought base. All money amounts are in the quote currency of the symbol.
@@ -55,11 +65,18 @@ class TradeOutcome:
     outcome: str
     #: Base quantity the strategy sent to hedge right after this fill.
     hedge_qty: float
-    #: Expected average price of offsetting the whole fill at once (touch + slippage).
-    hedge_price: float
-    hedge_fee: float
-    #: desk_sign * qty * (hedge_price - client_price) - hedge_fee.
-    hedge_pnl: float
+    #: The strategy's estimate of offsetting the whole fill at once (touch + slippage, or
+    #: the walked depth) and its taker fee: what it decided on, not what it got.
+    expected_hedge_price: float
+    expected_hedge_fee: float
+    #: What that hedge order actually filled: base, notional and fees (quote).
+    hedge_filled_qty: float = 0.0
+    hedge_notional: float = 0.0
+    hedge_fee: float = 0.0
+    #: The always-hedge twin's fills for this client fill (set by `adopt_baseline`).
+    always_hedge_filled_qty: float = 0.0
+    always_hedge_notional: float = 0.0
+    always_hedge_fee_paid: float = 0.0
     #: desk_sign * qty * (markout_mid - client_price); NaN until marked.
     warehouse_pnl: float = math.nan
     markout_mid: float = math.nan
@@ -68,10 +85,77 @@ class TradeOutcome:
     markout_complete: bool = False
 
     @property
+    def desk_sign(self) -> float:
+        """+1 when the desk bought base (the client sold)."""
+        return 1.0 if self.client_side == Side.SELL else -1.0
+
+    @property
+    def hedge_price(self) -> float:
+        """Volume-weighted price of the fills of the hedge sent for this fill; NaN if none."""
+        if self.hedge_filled_qty <= 0.0:
+            return math.nan
+        return self.hedge_notional / self.hedge_filled_qty
+
+    def add_hedge_fill(self, qty: float, price: float, fee_quote: float) -> None:
+        """One execution of the hedge order this client fill triggered."""
+        self.hedge_filled_qty += qty
+        self.hedge_notional += qty * price
+        self.hedge_fee += fee_quote
+
+    @property
+    def always_hedge_source(self) -> str:
+        """Where the always-hedge price comes from: "always_hedge" (the twin's fills),
+        "own_hedge" (this strategy hedged the whole fill), "estimate", or "" (none)."""
+        if self.always_hedge_filled_qty > 0.0:
+            return "always_hedge"
+        if self.outcome == "hedge" and self.hedge_filled_qty > 0.0:
+            return "own_hedge"
+        return "estimate" if math.isfinite(self.expected_hedge_price) else ""
+
+    def _always_hedge(self) -> tuple[float, float]:
+        """(average price, fee per base unit) of offsetting this fill at once."""
+        source = self.always_hedge_source
+        if source == "always_hedge":
+            filled = self.always_hedge_filled_qty
+            return self.always_hedge_notional / filled, self.always_hedge_fee_paid / filled
+        if source == "own_hedge":
+            filled = self.hedge_filled_qty
+            return self.hedge_notional / filled, self.hedge_fee / filled
+        if source == "estimate":
+            return self.expected_hedge_price, self.expected_hedge_fee / self.qty
+        return math.nan, math.nan
+
+    @property
+    def always_hedge_price(self) -> float:
+        return self._always_hedge()[0]
+
+    @property
+    def always_hedge_fee(self) -> float:
+        """The always-hedge fee for the whole fill (per unit paid times the fill's qty)."""
+        return self._always_hedge()[1] * self.qty
+
+    @property
+    def hedge_pnl(self) -> float:
+        """desk_sign * qty * (always_hedge_price - client_price) - always_hedge_fee."""
+        price, fee_per_unit = self._always_hedge()
+        return self.desk_sign * self.qty * (price - self.client_price) - fee_per_unit * self.qty
+
+    @property
     def better_in_hindsight(self) -> str:
-        if math.isnan(self.warehouse_pnl) or math.isnan(self.hedge_pnl):
+        hedge_pnl = self.hedge_pnl
+        if math.isnan(self.warehouse_pnl) or math.isnan(hedge_pnl):
             return ""
-        return "hedge" if self.hedge_pnl > self.warehouse_pnl else "warehouse"
+        return "hedge" if hedge_pnl > self.warehouse_pnl else "warehouse"
+
+
+#: flow_internalization_results.csv, in order (properties included, running sums not).
+TRADE_COLUMNS = (
+    "ts_ns", "fill_id", "client_id", "symbol", "client_side", "qty", "client_price", "mid",
+    "outcome", "hedge_qty", "hedge_filled_qty", "hedge_price", "hedge_fee",
+    "expected_hedge_price", "expected_hedge_fee", "always_hedge_price", "always_hedge_fee",
+    "always_hedge_filled_qty", "always_hedge_source", "hedge_pnl", "warehouse_pnl",
+    "markout_mid", "markout_ts_ns", "markout_complete", "better_in_hindsight",
+)
 
 
 @dataclass(slots=True)
@@ -118,6 +202,9 @@ class Portfolio:
         self.client_flow: dict[str, float] = {self.base: 0.0, self.quote: 0.0}
         self.hedge_flow: dict[str, float] = {self.base: 0.0, self.quote: 0.0}
         self.fees: dict[str, float] = {}
+        #: Hedge executions booked and their fees in the quote currency.
+        self.hedge_fills = 0
+        self.hedge_fees = 0.0
         self.first_mid = math.nan
         self.last_mid = math.nan
         self.last_ts_ns = 0
@@ -150,20 +237,19 @@ class Portfolio:
         mid: float,
         outcome: str,
         hedge_qty: float,
-        hedge_price: float,
-        hedge_fee: float,
+        expected_price: float,
+        expected_fee: float,
     ) -> TradeOutcome:
-        """Book a client fill; `hedge_price`/`hedge_fee` price offsetting all of it at once."""
+        """Book a client fill; `expected_price`/`expected_fee`: the strategy's estimate of
+        offsetting all of it at once. The hedge's real fills come through `on_hedge_fill`."""
         desk_base = fill.desk_base_delta
         self._move(self.client_flow, self.base, desk_base)
         self._move(self.client_flow, self.quote, -desk_base * fill.price)
-        desk_sign = 1.0 if desk_base > 0 else -1.0
         trade = TradeOutcome(
             ts_ns=fill.ts_ns, fill_id=fill.fill_id, client_id=fill.client_id,
             symbol=fill.symbol, client_side=str(fill.side), qty=fill.qty,
             client_price=fill.price, mid=mid, outcome=outcome, hedge_qty=hedge_qty,
-            hedge_price=hedge_price, hedge_fee=hedge_fee,
-            hedge_pnl=desk_sign * fill.qty * (hedge_price - fill.price) - hedge_fee,
+            expected_hedge_price=expected_price, expected_hedge_fee=expected_fee,
         )
         self.trades.append(trade)
         self._awaiting_markout.append(trade)
@@ -171,14 +257,20 @@ class Portfolio:
         self._record(fill.ts_ns, "client_fill", str(fill.desk_side), fill.qty, fill.price, 0.0)
         return trade
 
-    def on_hedge_fill(self, fill: Fill) -> None:
-        """Book one execution of a hedge order on the venue."""
+    def on_hedge_fill(self, fill: Fill, trade: TradeOutcome | None = None) -> None:
+        """Book one execution of a hedge order on the venue; `trade`: the client fill that
+        order was sent for (None for a hedge of warehoused inventory)."""
         signed_qty = fill.qty if fill.side is Side.BUY else -fill.qty
         self._move(self.hedge_flow, self.base, signed_qty)
         self._move(self.hedge_flow, self.quote, -signed_qty * fill.price)
         if fill.fee:
             self.balances[fill.fee_asset] = self.balances.get(fill.fee_asset, 0.0) - fill.fee
             self.fees[fill.fee_asset] = self.fees.get(fill.fee_asset, 0.0) + fill.fee
+        fee_quote = self.fee_in_quote(fill)
+        self.hedge_fills += 1
+        self.hedge_fees += fee_quote
+        if trade is not None:
+            trade.add_hedge_fill(fill.qty, fill.price, fee_quote)
         self._record(fill.ts_ns, "hedge_fill", str(fill.side), fill.qty, fill.price, fill.fee)
 
     def mark(self, ts_ns: int, mid: float, record: bool = False) -> None:
@@ -197,6 +289,25 @@ class Portfolio:
         while self._awaiting_markout:
             self._markout(self._awaiting_markout.popleft(), self.last_ts_ns, self.last_mid,
                           complete=False)
+
+    def fee_in_quote(self, fill: Fill) -> float:
+        """A fill's fee in the quote currency (a base-asset fee at the fill's price)."""
+        if not fill.fee or fill.fee_asset == self.quote:
+            return fill.fee
+        if fill.fee_asset == self.base:
+            return fill.fee * fill.price
+        return math.nan  # a third asset (BNB): no price for it here
+
+    def adopt_baseline(self, baseline: Portfolio) -> None:
+        """Take the always-hedge twin's executed hedge of each client fill (by fill id) as
+        the price of this portfolio's hedge-at-once alternative."""
+        twins = {trade.fill_id: trade for trade in baseline.trades}
+        for trade in self.trades:
+            twin = twins.get(trade.fill_id)
+            if twin is not None:
+                trade.always_hedge_filled_qty = twin.hedge_filled_qty
+                trade.always_hedge_notional = twin.hedge_notional
+                trade.always_hedge_fee_paid = twin.hedge_fee
 
     def reconcile(self) -> dict[str, float]:
         """Per asset: balance - (initial + client flow + hedge flow - fees); all ~0."""
@@ -223,11 +334,10 @@ class Portfolio:
         self.last_ts_ns = max(self.last_ts_ns, ts_ns)
 
     def _markout(self, trade: TradeOutcome, ts_ns: int, mid: float, complete: bool) -> None:
-        desk_sign = 1.0 if trade.client_side == Side.SELL else -1.0
         trade.markout_mid = mid
         trade.markout_ts_ns = ts_ns
         trade.markout_complete = complete
-        trade.warehouse_pnl = desk_sign * trade.qty * (mid - trade.client_price)
+        trade.warehouse_pnl = trade.desk_sign * trade.qty * (mid - trade.client_price)
 
     def _record(self, ts_ns: int, event: str, side: str, qty: float, price: float,
                 fee: float) -> None:
@@ -254,12 +364,11 @@ def write_results(portfolio: Portfolio, directory: Path) -> tuple[Path, Path]:
     portfolio.close()
     directory.mkdir(parents=True, exist_ok=True)
     trades_path = directory / INTERNALIZATION_CSV
-    trade_columns = [f.name for f in fields(TradeOutcome)] + ["better_in_hindsight"]
     with open(trades_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(trade_columns)
+        writer.writerow(TRADE_COLUMNS)
         for trade in portfolio.trades:
-            writer.writerow([getattr(trade, name) for name in trade_columns])
+            writer.writerow([getattr(trade, name) for name in TRADE_COLUMNS])
     rows_path = directory / PORTFOLIO_CSV
     row_columns = [f.name for f in fields(PortfolioRow)]
     with open(rows_path, "w", newline="", encoding="utf-8") as handle:

@@ -24,6 +24,10 @@ Deterministic: the same files, settings, seed and `--run-id` give a byte-identic
 wall-clock time, no ring snapshot from disk, client order ids derived from the run id).
 A run id whose log already exists is refused rather than appended to or overwritten.
 
+A strategy's baseline twin (internalize's always-hedge policy, see
+daemon/trading/session.py) runs in the same pass: its runner is fed through the
+strategy's, and what is due on its own paper executor counts as due here.
+
 Fast path (`backtest.cache`, on by default; issue #8): the frames are parsed once and the
 events kept as columns (daemon/backtest/cache.py), so a rerun over the same files reads
 them instead of parsing; and events that provably change nothing are skipped: those of
@@ -179,6 +183,9 @@ class Backtest:
         self.session = session
         self.executor, self.runner = session.executor, session.runner
         self.snapshots = session.snapshots
+        #: The strategy's baseline twin (internalize): its runner is fed through the
+        #: strategy's; only what is due on its own paper executor is asked for here.
+        self.baseline = session.baseline
         self.flow: ClientFlow | None = None
         self._rare_dues = (self._takes_client_flow
                            or self.executor.kill_switch.flag_file is not None)
@@ -256,7 +263,7 @@ class Backtest:
         bus, clock, snapshots = self.bus, self.clock, self.snapshots
         runner_on_quote, runner_on_trade = self.runner.on_quote, self.runner.on_trade
         deliver = self._deliver_client_fills if self._takes_client_flow else None
-        reaches_orders = self.paper.print_reaches_orders if self.skip_trades else None
+        reaches_orders = self._print_reaches_orders() if self.skip_trades else None
         next_quote, next_trade = quotes.__next__, trades.__next__
         start = 0  # the first row not yet run or skipped
         skipped = NO_GAP  # running max time of the rows skipped since the last one run
@@ -332,6 +339,11 @@ class Backtest:
         pending = self.paper.next_event_ns
         if pending is not None and pending < due:
             due = pending
+        if self.baseline is not None:
+            pending = self.baseline.paper.next_event_ns
+            if pending is not None and pending < due:
+                due = pending
+            due = min(due, self.baseline.runner.next_timer_ns)
         return self._rarely_due(due) if self._rare_dues else due
 
     def _rarely_due(self, due: int) -> int:
@@ -340,11 +352,14 @@ class Backtest:
             fill = self.flow.next_ts_ns if self.flow is not None else 0
             if fill is not None and fill < due:
                 due = fill
-        kill_switch = self.executor.kill_switch
-        if kill_switch.flag_file is not None:
-            poll = kill_switch.next_poll_ns
-            if poll is not None and poll < due:
-                due = poll
+        switches = [self.executor.kill_switch]
+        if self.baseline is not None:
+            switches.append(self.baseline.executor.kill_switch)
+        for kill_switch in switches:
+            if kill_switch.flag_file is not None:
+                poll = kill_switch.next_poll_ns
+                if poll is not None and poll < due:
+                    due = poll
         return due
 
     def _run_due_rows(self, plan: SkipPlan, data: BacktestData, start: int, stop: int) -> int:
@@ -369,6 +384,17 @@ class Backtest:
         (that is why they were skipped), so nothing lands: only the clocks move."""
         self.clock.advance_to(ts_ns)
         self.paper.note_time(ts_ns)
+        if self.baseline is not None:
+            self.baseline.paper.note_time(ts_ns)
+
+    def _print_reaches_orders(self) -> Callable[[str, str, float], bool]:
+        """Would a print fill a resting order of the strategy's (or of its twin's)?"""
+        reaches = self.paper.print_reaches_orders
+        if self.baseline is None:
+            return reaches
+        twin_reaches = self.baseline.paper.print_reaches_orders
+        return lambda venue, symbol, price: (reaches(venue, symbol, price)
+                                             or twin_reaches(venue, symbol, price))
 
     # -- per event (the hot path) ------------------------------------------------------
 

@@ -80,3 +80,14 @@ class OrderAlert(StrEnum):
             if reason.startswith(alert.value):
                 return alert
         return None
+
+
+#: A strategy's always-hedge twin is logged as `<strategy>` + this (internalize's baseline,
+#: strategies/internalize.py): the post-mortem reads it as that strategy's baseline, not as
+#: a strategy of its own.
+BASELINE_SUFFIX = ".always-hedge"
+
+
+def baseline_of(strategy: str) -> str | None:
+    """The strategy whose baseline `strategy` is, or None if it is no baseline twin."""
+    return strategy.removesuffix(BASELINE_SUFFIX) if strategy.endswith(BASELINE_SUFFIX) else None

@@ -46,7 +46,7 @@ from daemon.core.records import RecordSink
 from daemon.core.routes import Callbacks
 from daemon.core.tasks import spawn
 from daemon.market.market_view import RingMarketView
-from daemon.modes.summary import RunSummary, print_summary, record_counts
+from daemon.modes.summary import RunSummary, print_summary, record_counts, strategy_notes
 from daemon.postmortem.exports import write_strategy_exports
 from daemon.postmortem.schema import log_file_name
 from daemon.postmortem.writer import DecisionLogWriter
@@ -57,6 +57,7 @@ from daemon.trading.paper import PaperExecutor
 from daemon.trading.runner import StrategyRunner
 from daemon.trading.session import TradingSession, build_strategy, open_session
 from daemon.trading.transfers import BackgroundTransfers
+from strategies.base import Strategy
 
 if TYPE_CHECKING:
     from adapters.client_flow import FeedClockFlow
@@ -128,18 +129,18 @@ async def run_action(app: App) -> int:
         await writer.aclose()
         log.info("strategy_stopped", strategy=strategy.name, records=writer.durable_records)
         if clean:  # the backtest's summary, on any clean stop (end of replay, signal, duration)
-            _print_summary(app, strategy.name, writer, tally, clock,
+            _print_summary(app, strategy, writer, tally, clock,
                            time.perf_counter() - started)
     return 0
 
 
-def _print_summary(app: App, strategy: str, writer: DecisionLogWriter, tally: _Tally,
+def _print_summary(app: App, strategy: Strategy, writer: DecisionLogWriter, tally: _Tally,
                    clock: FeedClock, wall_seconds: float) -> None:
     bus = app.bus
     quotes, trades = bus.published_quotes, bus.published_trades
     first_ns, last_ns = tally.span_ns or (tally.first_ns, clock() if tally.first_ns else 0)
     summary = RunSummary(
-        mode="action", run_id=app.run_id, strategy=strategy, events=quotes + trades,
+        mode="action", run_id=app.run_id, strategy=strategy.name, events=quotes + trades,
         quotes=quotes, trades=trades, first_ts_ns=first_ns, last_ts_ns=last_ns,
         wall_seconds=wall_seconds,
         records=writer.durable_records,
@@ -149,8 +150,9 @@ def _print_summary(app: App, strategy: str, writer: DecisionLogWriter, tally: _T
         client_fills_skipped=dict(tally.client_fills_skipped),
         events_note=_events_note(tally),
     )
-    figures = {field.name: getattr(summary, field.name)
-               for field in dataclasses.fields(summary) if field.name != "events_note"}
+    summary.strategy_notes = strategy_notes(strategy)
+    figures = {field.name: getattr(summary, field.name) for field in dataclasses.fields(summary)
+               if field.name not in ("events_note", "strategy_notes")}
     figures.update(log_files=[str(path) for path in summary.log_files],
                    events_per_second=summary.events / wall_seconds if wall_seconds > 0 else 0.0,
                    delivered=tally.delivered, conflated=tally.conflated,

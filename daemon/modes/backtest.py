@@ -26,7 +26,7 @@ from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
 from daemon.backtest.monte_carlo import against_chance, seed_range, seed_run_id
 from daemon.core.logs import get_logger
-from daemon.modes.summary import RunSummary, print_summary
+from daemon.modes.summary import RunSummary, print_summary, strategy_notes
 from daemon.postmortem.exports import write_strategy_exports
 
 if TYPE_CHECKING:
@@ -63,13 +63,15 @@ async def run_backtest(app: App) -> int:
     if result.damage is not None:
         print(f"cryptopipe: replay damage: {result.damage}", file=sys.stderr)
     write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
+    summary = _summary(result)
+    summary.strategy_notes = strategy_notes(backtest.strategy)
     figures = result.figures()
     chance = None
     if seeds:
         chance = await against_chance(settings, specs, backtest.strategy.name,
                                       backtest.executor.gate.pnl(), app.run_id, seeds)
         figures["against_chance"] = chance.figures()
-    print_summary(_summary(result), figures, args.format)
+    print_summary(summary, figures, args.format)
     if chance is not None and args.format != "json":
         print("\n".join(chance.lines()))
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from daemon.core.model import Decision, Fill, OrderIntent
+from strategies.base import Strategy
 
 
 @dataclass(slots=True)
@@ -43,12 +44,19 @@ class RunSummary:
     #: The mode's own line on its events (backtest: the cache and the skip; action: what
     #: reached the strategy and what the bus conflated).
     events_note: str = ""
+    #: The strategy's own lines (`summary_lines`: internalize's P&L against its baseline).
+    strategy_notes: list[str] = field(default_factory=list)
 
 
 def record_counts(kinds: Mapping[type, int]) -> dict[str, int]:
     """Decisions, orders and fills from a decision log writer's `kinds`."""
     return {"decisions": kinds.get(Decision, 0), "orders": kinds.get(OrderIntent, 0),
             "fills": kinds.get(Fill, 0)}
+
+
+def strategy_notes(strategy: Strategy) -> list[str]:
+    """The strategy's own summary lines (`summary_lines`; most strategies have none)."""
+    return list(strategy.summary_lines())
 
 
 def print_summary(summary: RunSummary, figures: Mapping[str, Any], fmt: str | None) -> None:
@@ -72,6 +80,8 @@ def print_summary(summary: RunSummary, figures: Mapping[str, Any], fmt: str | No
         console.print(f"events: {summary.events_note}", markup=False)
     console.print(f"decisions: {summary.decisions:,}, orders: {summary.orders:,}, "
                   f"fills: {summary.fills:,}", markup=False)
+    for note in summary.strategy_notes:
+        console.print(note, markup=False)
     skipped = summary.client_fills_skipped
     if summary.client_fills or summary.client_fills_unpriced or skipped:
         console.print(f"client fills: {summary.client_fills:,} delivered, "

@@ -37,10 +37,18 @@ with a residual it could not hedge) with its time, symbol and residual, until th
 "resume" (or the run's end: `resumed_ns` None); `halted_s` sums their durations.
 
 Internalize: counts of "hedge", "warehouse" and "partial_hedge" (all decisions and client
-fills only); the always-hedge baseline offsets every client fill at once:
-baseline P&L = sum(desk side x qty x (mid - client price) - inputs["hedge_cost"]);
-`cost_saved_vs_always_hedge` = the strategy's total P&L - that baseline (positive: the
-warehousing decisions paid off).
+fills only). The always-hedge baseline is the strategy's twin, `<strategy>.always-hedge`
+in the same run (strategies/internalize.py): the same client flow through the forced
+always-hedge policy on a paper executor of its own, logged like any strategy. Its P&L,
+`always_hedge_pnl`, is computed by the same ledger as the strategy's `total_pnl` (its
+fills as the executor made them, its fees, marked at its own last price), with its
+`always_hedge_fills` and `always_hedge_fees`; `cost_saved_vs_always_hedge` = the
+strategy's total P&L - that baseline (positive: the warehousing decisions paid off). A
+run without a twin has no baseline (NaN): `always_hedge_pnl_estimate` is then the only
+figure, sum(desk side x qty x (mid - client price) - inputs["hedge_cost"]), the
+strategy's own estimate of hedging each fill at once (formula slippage the executor does
+not charge: not comparable with a P&L made of fills). A twin is never a strategy of its
+own in `groups`.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ import duckdb
 import numpy as np
 
 from daemon.core.model import split_symbol
-from daemon.core.vocabulary import Action
+from daemon.core.vocabulary import BASELINE_SUFFIX, Action, baseline_of
 from daemon.postmortem.performance import (
     DeskPortfolio,
     MarketSeries,
@@ -143,8 +151,13 @@ class InternalizeStats:
     client_fill_hedge: int = 0
     client_fill_warehouse: int = 0
     client_fill_partial_hedge: int = 0
+    #: The always-hedge twin's P&L from its fills (NaN: the run has no twin).
     always_hedge_pnl: float = math.nan
     cost_saved_vs_always_hedge: float = math.nan
+    always_hedge_fills: int = 0
+    always_hedge_fees: float = 0.0
+    #: The strategy's own estimate of hedging every fill at once (formula or depth).
+    always_hedge_pnl_estimate: float = math.nan
     #: Client fills without a mid or hedge cost (no quote at the time): not in the baseline.
     unpriced_client_fills: int = 0
 
@@ -237,7 +250,11 @@ def groups(db: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
                SELECT run_id, strategy FROM fills)
            WHERE strategy IS NOT NULL ORDER BY run_id, strategy"""
     ).fetchall()
-    return [(str(run), str(strategy)) for run, strategy in rows]
+    found = [(str(run), str(strategy)) for run, strategy in rows]
+    present = set(found)
+    # A baseline twin is part of its strategy's figures, not a strategy of its own.
+    return [(run, strategy) for run, strategy in found
+            if (run, baseline_of(strategy)) not in present]
 
 
 def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str,
@@ -355,6 +372,10 @@ class _ProfitAndLoss:
     realised_ts: np.ndarray
     realised_curve: np.ndarray
     inventory_paths: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def total(self) -> float:
+        return self.realised + self.unrealised
 
 
 @dataclass(slots=True)
@@ -644,6 +665,18 @@ def halts(db: duckdb.DuckDBPyConnection, key: dict[str, Any], end_ns: int) -> li
 # -- internalize -------------------------------------------------------------------------
 
 
+_WHERE = "run_id = $run AND strategy = $strategy"
+
+
+def _span(db: duckdb.DuckDBPyConnection, key: dict[str, Any]) -> tuple[Any, Any]:
+    """(first, last) record time of one (run, strategy); (None, None) without records."""
+    return db.execute(  # type: ignore[return-value]
+        f"""SELECT min(ts_ns), max(ts_ns) FROM (
+                SELECT ts_ns FROM decisions WHERE {_WHERE} UNION ALL
+                SELECT ts_ns FROM fills WHERE {_WHERE} UNION ALL
+                SELECT ts_ns FROM acks WHERE {_WHERE})""", key).fetchone()
+
+
 def internalize_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str,
                       total_pnl: float) -> InternalizeStats:
     row = db.execute(f"""
@@ -666,10 +699,16 @@ def internalize_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where:
         client_fills=int(client[0]), client_volume=float(client[1]),
         hedge=int(row[0]), warehouse=int(row[1]), partial_hedge=int(row[2]),
         client_fill_hedge=int(client[2]), client_fill_warehouse=int(client[3]),
-        client_fill_partial_hedge=int(client[4]), always_hedge_pnl=_float(client[5]),
+        client_fill_partial_hedge=int(client[4]), always_hedge_pnl_estimate=_float(client[5]),
         unpriced_client_fills=int(client[6]),
     )
-    if not math.isnan(stats.always_hedge_pnl):
+    twin = {"run": key["run"], "strategy": key["strategy"] + BASELINE_SUFFIX}
+    _, end = _span(db, twin)
+    if end is not None:  # the twin ran: its P&L from its fills, by the same ledger
+        stats.always_hedge_pnl = _Ledger.build(db, twin, _WHERE).profit_and_loss(int(end)).total
+        fills, fees = db.execute(f"SELECT count(*), coalesce(sum(fee_quote), 0) FROM fills "
+                                 f"WHERE {_WHERE}", twin).fetchone()  # type: ignore[misc]
+        stats.always_hedge_fills, stats.always_hedge_fees = int(fills), float(fees)
         stats.cost_saved_vs_always_hedge = total_pnl - stats.always_hedge_pnl
     return stats
 

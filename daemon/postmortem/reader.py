@@ -25,6 +25,9 @@ dropped) and builds these tables in an in-memory database:
   row per venue a decision's inputs price (schema.py: "market_bid"/"bid", arbitrage's
   "buy_*"/"sell_*"); crossed, missing or non-positive quotes are left out.
 
+A strategy filter keeps the strategy's baseline twin (`<strategy>.always-hedge`) too: the
+figures read it as that strategy's baseline.
+
 A run whose log has no `run_end` record did not end cleanly (a crash, a kill -9, a disk
 that stopped taking writes): `LoadedLog.unfinished_runs` names it with the time of its last
 durable record. With `--until`, a run with records at or past that time is not judged (its
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import duckdb
 
+from daemon.core.vocabulary import BASELINE_SUFFIX
 from daemon.postmortem.schema import COLUMNS, RUN_END, SCHEMA_VERSION, log_file_name
 from daemon.postmortem.writer import decisions_dir
 
@@ -339,8 +343,10 @@ def _build_tables(db: duckdb.DuckDBPyConnection, strategy: str | None) -> None:
         if wanted is None:
             db.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
         else:
+            # The strategy's baseline twin comes with it (figures.py reads it as such).
             db.execute(
                 f"""CREATE TABLE {name} AS SELECT * FROM {source}
-                    WHERE lower(replace(trim(strategy), '_', '-')) = $wanted""",
-                {"wanted": wanted},
+                    WHERE lower(replace(trim(strategy), '_', '-'))
+                          IN ($wanted, $wanted || $twin)""",
+                {"wanted": wanted, "twin": BASELINE_SUFFIX},
             )

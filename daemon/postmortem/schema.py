@@ -77,8 +77,13 @@ inputs); the report reads only what is listed here and shows every other verb as
   "skip" that carries it counts as an opportunity seen and not taken);
 - "client_side", "client_qty", "client_price": a client fill the desk took the other side
   of (internalize; the client's side, base quantity, price): booked as the desk's fill;
-- "hedge_cost": the quote-currency cost of offsetting that client fill at once
-  (crossing, slippage and fee against the mid): the always-hedge baseline.
+- "hedge_cost": the strategy's estimate (formula or walked depth) of the quote-currency
+  cost of offsetting that client fill at once (crossing, slippage and fee against the
+  mid): shown as `always_hedge_pnl_estimate`, never as the baseline.
+
+`Decision.strategy` ending in ".always-hedge" (`daemon.core.vocabulary.BASELINE_SUFFIX`): the
+always-hedge twin of the strategy named before it, run beside it on the same client flow;
+its P&L is that strategy's always-hedge baseline, and it is no strategy of its own.
 `Decision.expected` is the expected profit (positive) or cost (negative) of the action, in
 quote currency.
 

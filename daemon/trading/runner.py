@@ -77,6 +77,9 @@ class StrategyRunner:
         self.transfers = transfers
         self.clock = clock
         self.killed_reason: str | None = None
+        #: A shadow runner fed every market event, client fill and tick of time this one
+        #: gets (the strategy's baseline twin, daemon/trading/session.py), or None.
+        self.twin: StrategyRunner | None = None
         self._queue: deque[Callable[[], Decision | None]] = deque()
         self._dispatching = False
         interval = strategy.timer_interval_s
@@ -91,6 +94,8 @@ class StrategyRunner:
     # -- market events and time (called by the loop that owns the clock) -----------------
 
     def on_quote(self, quote: Quote) -> None:
+        if self.twin is not None:
+            self.twin.on_quote(quote)
         self.executor.on_quote(quote)
         if self._dispatching or self._queue:
             self._deliver(self.strategy.on_quote, quote)
@@ -108,6 +113,8 @@ class StrategyRunner:
             self._fire_timer(quote.local_ts_ns)
 
     def on_trade(self, trade: Trade) -> None:
+        if self.twin is not None:
+            self.twin.on_trade(trade)
         self.executor.on_trade(trade)
         self._deliver(self.strategy.on_trade, trade)
         if trade.local_ts_ns >= self.next_timer_ns:
@@ -115,6 +122,8 @@ class StrategyRunner:
 
     def advance(self, now_ns: int) -> None:
         """Time passes without market data: latency, transfers and timers still happen."""
+        if self.twin is not None:
+            self.twin.advance(now_ns)
         self.executor.advance(now_ns)
         self._fire_timer(now_ns)
 
@@ -127,7 +136,9 @@ class StrategyRunner:
         it into positions and P&L, then the strategy decides what to do about it.
 
         One the strategy cannot take (`client_fill_refusal`) is booked nowhere: a "reject"
-        Decision records it instead."""
+        Decision records it instead. The twin, if any, takes (or refuses) it on its own."""
+        if self.twin is not None:
+            self.twin.on_client_fill(fill)
         reason = self.client_fill_refusal(fill)
         if reason is not None:
             log.warning("client_fill_refused", fill_id=fill.fill_id, side=str(fill.side),

@@ -12,6 +12,14 @@ differ only in what they pass: the executor behind the gate (paper or live), the
 
 Every refusal — a risk limit or the kill switch — is the gated executor's: it records the
 one "reject" Decision shape (`risk.rejection_decision`) and answers a rejected ack.
+
+A strategy with a `baseline` twin (internalize's always-hedge policy) gets a second,
+shadow session: the twin behind a paper executor and a risk gate of its own, with the
+same settings, its runner fed every market event, client fill and tick of time the
+strategy's runner gets (`StrategyRunner.twin`). Its records go to the decision log under
+the twin's name (never to the live tee: /metrics and `watch` show the strategy only);
+its orders carry a run prefix of their own, so their ids never meet the strategy's. It
+records no balance snapshots: its P&L comes from its fills, like every strategy's.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Protocol
 from config.settings import ConfigError, ExecutionSettings, Settings
 from daemon.core.clock import NS_PER_MS, Clock
 from daemon.core.records import RecordSink
+from daemon.core.vocabulary import BASELINE_SUFFIX
 from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, InTransitSource
 from daemon.trading.executor import OrderGateway
 from daemon.trading.gate import GatedExecutor
@@ -46,6 +55,8 @@ class TradingSession:
     runner: StrategyRunner
     #: Periodic balance snapshots into the decision log.
     snapshots: BalanceSnapshots
+    #: The strategy's baseline twin, run beside it on paper (None: the strategy has none).
+    baseline: BaselineSession | None = None
 
     def finish_data(self, clock: SteppedClock, execution: ExecutionSettings) -> None:
         """The end of recorded data: cancel what is still open, let the cancels through
@@ -56,10 +67,22 @@ class TradingSession:
         if end == 0:
             return  # no market data at all
         self.executor.cancel_all(end)
+        if self.baseline is not None:
+            self.baseline.executor.cancel_all(end)
         settle_ns = int((execution.submit_latency_ms + execution.cancel_latency_ms) * NS_PER_MS)
         clock.advance_to(end + settle_ns)
         self.runner.advance(clock())
         self.snapshots.record_now(clock())
+
+
+@dataclass(slots=True)
+class BaselineSession:
+    """A strategy's baseline twin behind its own paper executor and risk gate."""
+
+    strategy: Strategy
+    paper: PaperExecutor
+    executor: GatedExecutor
+    runner: StrategyRunner
 
 
 def build_strategy(name: str, settings: Settings) -> Strategy:
@@ -95,4 +118,20 @@ def open_session(settings: Settings, strategy: Strategy, inner: OrderGateway, *,
     snapshots = BalanceSnapshots(writer, executor, settings.enabled_venues(),
                                  settings.postmortem.balance_snapshot_interval_s, strategy.name,
                                  transfers=in_transit)
-    return TradingSession(strategy, executor, runner, snapshots)
+    twin = strategy.baseline
+    baseline = (open_baseline(settings, twin, writer=writer, market=market, clock=clock)
+                if twin is not None else None)
+    if baseline is not None:
+        runner.twin = baseline.runner
+    return TradingSession(strategy, executor, runner, snapshots, baseline)
+
+
+def open_baseline(settings: Settings, twin: Strategy, *, writer: DecisionLogWriter,
+                  market: MarketView, clock: Clock) -> BaselineSession:
+    """The twin's shadow session: paper, with the settings' venues, latencies and limits."""
+    paper = PaperExecutor.from_settings(settings, writer.run_id + BASELINE_SUFFIX)
+    executor = GatedExecutor(paper, RiskGate(settings.risk), sink=writer)
+    runner = StrategyRunner(twin, executor, writer, market, account=executor, clock=clock,
+                            transfers=PaperTransfers(paper, settings.execution))
+    executor.kill_switch.on_fire(lambda why, _now: runner.kill(why))
+    return BaselineSession(twin, paper, executor, runner)

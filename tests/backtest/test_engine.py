@@ -120,7 +120,8 @@ def test_internalize_backtest_delivers_seeded_client_flow_deterministically(
     backtest(tmp_path / "two", "internalize", "desk", SAMPLE_SPOT, **flow)
     assert log_bytes(tmp_path / "one", "desk") == log_bytes(tmp_path / "two", "desk")
     client_decisions = [r for r in records(tmp_path / "one", "desk")
-                        if r["type"] == "decision" and "client_qty" in r["inputs"]]
+                        if r["type"] == "decision" and "client_qty" in r["inputs"]
+                        and r["strategy"] == "internalize"]  # not its always-hedge twin's
     assert len(client_decisions) > 20  # ~75 s of data at 1 fill/s
     for decision in client_decisions:
         inputs = decision["inputs"]

@@ -43,7 +43,8 @@ def client_fills(data_dir: Path) -> list[tuple[str, int, str]]:
         for line in path.read_bytes().splitlines():
             record = orjson.loads(line)
             inputs = record.get("inputs") or {}
-            if record["type"] == "decision" and inputs.get("trigger") == "client_fill":
+            if (record["type"] == "decision" and inputs.get("trigger") == "client_fill"
+                    and record["strategy"] == "internalize"):  # not its always-hedge twin
                 fills.append((inputs["fill_id"], inputs["fill_ts_ns"], record["action"]))
     return fills
 
@@ -95,3 +96,20 @@ def test_a_flow_file_on_a_replay_comes_due_by_its_own_times_as_in_a_backtest(
     assert [fill_id for fill_id, _, _ in expected] == [f"f{n}" for n in range(7)]
     assert ids_and_times(action(tmp_path / "max", "max", **env)) == ids_and_times(expected)
 
+
+
+def test_the_always_hedge_twin_takes_the_same_flow_in_an_action_run(tmp_path: Path) -> None:
+    """The baseline twin runs in `--mode action` too: every client fill the strategy took,
+    the twin took and hedged at once; the summary shows the desk against it."""
+    data_dir = tmp_path / "max"
+    done = run_main(["--mode", "action", "--speed", "max", "--feed", f"replay:{SAMPLE_SPOT}"],
+                    data_dir, **FLOW)
+    taken: dict[str, list[str]] = {}
+    for path in sorted((data_dir / "decisions").glob("*/flow.jsonl")):
+        for line in path.read_bytes().splitlines():
+            record = orjson.loads(line)
+            if record["type"] == "decision" and "client_qty" in (record.get("inputs") or {}):
+                taken.setdefault(record["strategy"], []).append(record["inputs"]["fill_id"])
+    assert len(taken["internalize"]) > 20
+    assert taken["internalize.always-hedge"] == taken["internalize"]
+    assert "saved vs always-hedge" in done.stdout

@@ -621,3 +621,87 @@ async def test_the_ingest_endpoint_answers_a_refused_fill_with_an_error() -> Non
     assert [r["ok"] for r in replies] == [True, False, True]
     assert "inventory limit 5" in replies[1]["error"]
     assert [f.qty for f in received] == [3.0, 1.0] and source.rejected["refused"] == 1
+
+
+# --- hedge prices are fills; the baseline is the always-hedge twin (issue 14, item 10) --------
+
+
+def read_trades(path: Path) -> list[dict[str, str]]:
+    with open(path / INTERNALIZATION_CSV, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_results_csv_shows_the_hedge_fills_price_not_the_formulas(tmp_path: Path) -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-4))
+    decision = strategy.on_client_fill(client(Side.BUY, 2.0, clock, price=3001.5))
+    [intent] = decision.intents
+    intent.client_order_id = "h1"  # the runner names it before it is sent
+    # The executor fills the hedge in two pieces, walking the asks: 60% at 3001, the rest
+    # at 3002. The formula would have had it all at ask * (1 + 0.0005 * 2) = 3004.001.
+    first, second = round(intent.qty * 0.6, 9), intent.qty - round(intent.qty * 0.6, 9)
+    strategy.on_fill(hedge_fill("h1", Side.BUY, first, 3001.0, clock.now))
+    strategy.on_fill(hedge_fill("h1", Side.BUY, second, 3002.0, clock.now))
+    strategy.write_exports(tmp_path)
+    [row] = read_trades(tmp_path)
+    vwap = (first * 3001.0 + second * 3002.0) / intent.qty
+    assert float(row["hedge_price"]) == pytest.approx(vwap)
+    assert float(row["hedge_filled_qty"]) == pytest.approx(intent.qty)
+    assert float(row["hedge_fee"]) == pytest.approx(FEE * (first * 3001.0 + second * 3002.0))
+    # The estimate the strategy decided on stays, by its own name.
+    assert float(row["expected_hedge_price"]) == pytest.approx(3004.001)
+    assert float(row["expected_hedge_fee"]) == pytest.approx(6.008002)
+
+
+def test_always_hedge_policy_offsets_the_whole_inventory_at_once() -> None:
+    strategy, _, clock = make(FakeMarket(sigma=1e-9), policy="always_hedge")
+    decision = strategy.on_client_fill(client(Side.SELL, 2.0, clock))
+    assert decision.action == "hedge" and decision.intents[0].qty == pytest.approx(2.0)
+    assert decision.intents[0].side is Side.SELL
+    decision.intents[0].client_order_id = "h1"
+    strategy.on_fill(hedge_fill("h1", Side.SELL, 0.5, BID, clock.now))  # IOC: 1.5 expire
+    strategy.on_ack(OrderAck("h1", VENUE, SYMBOL, OrderStatus.EXPIRED, clock.now))
+    later = strategy.on_timer(clock.advance(5))
+    assert later is not None and later.intents[0].qty == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="policy"):
+        make(policy="sometimes")
+
+
+def test_hedge_at_once_is_priced_by_the_always_hedge_twins_fill(tmp_path: Path) -> None:
+    market = FakeMarket(sigma=1e-9)  # no risk: the strategy warehouses everything
+    strategy, _, clock = make(market)
+    twin = InternalizeStrategy(SYMBOL, {VENUE: 10.0}, gamma=GAMMA, horizon_s=HORIZON,
+                               max_inventory=50.0, slippage_coefficient=COEFFICIENT,
+                               initial_balances={"ETH": 100.0, "USDT": 100_000.0},
+                               policy="always_hedge", name="internalize.always-hedge")
+    twin.bind(market, NoAccount(), clock)
+    strategy.baseline = twin
+    fill = client(Side.BUY, 2.0, clock, price=3001.5)
+    assert strategy.on_client_fill(fill).action == "warehouse"
+    [intent] = twin.on_client_fill(fill).intents
+    intent.client_order_id = "t1"
+    twin.on_fill(hedge_fill("t1", Side.BUY, 2.0, 3001.25, clock.now))
+    strategy.write_exports(tmp_path)
+    [row] = read_trades(tmp_path)
+    assert row["outcome"] == "warehouse" and row["hedge_price"] == "nan"
+    assert row["always_hedge_source"] == "always_hedge"
+    assert float(row["always_hedge_price"]) == 3001.25
+    fee = FEE * 2.0 * 3001.25
+    assert float(row["always_hedge_fee"]) == pytest.approx(fee)
+    # The desk sold 2 at 3001.5; hedging at once re-buys them at the twin's 3001.25.
+    assert float(row["hedge_pnl"]) == pytest.approx(2.0 * (3001.5 - 3001.25) - fee)
+
+
+def test_the_twin_is_built_only_when_there_is_something_to_compare() -> None:
+    from config.settings import load_settings
+
+    def built(**internalize: object) -> InternalizeStrategy:
+        settings = load_settings({"strategies": {"internalize": internalize}}, env_file=None)
+        return InternalizeStrategy.from_settings(settings)
+
+    strategy = built()
+    assert strategy.policy == "optimal" and strategy.baseline is not None
+    assert strategy.baseline.policy == "always_hedge"
+    assert strategy.baseline.name == "internalize.always-hedge"
+    assert strategy.baseline.baseline is None
+    assert built(always_hedge_baseline=False).baseline is None
+    assert built(policy="always_hedge").baseline is None  # it is its own baseline
