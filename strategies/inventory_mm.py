@@ -57,11 +57,12 @@ Decisions (`inputs` documented on `_quote_inputs`):
   share of the venue portfolio, the quote asset holding the rest; `target_base_weight` is
   its one-asset case): the asset furthest from its target, when past
   `rebalance_threshold`, one IOC at the touch of its market against the quote asset (the
-  quoted symbol for the base, ASSET/QUOTE for the others, which join `market_keys`). An
-  asset without market rules or a usable quote is reported in a "skip" naming it (once
-  per reason, quotes untouched) and nothing is rebalanced until it has one. Not
-  "rebalance", which is a transfer between venues that the runner routes to the
-  transfer service;
+  quoted symbol for the base, ASSET/QUOTE for the others, which join `market_keys`), at
+  most the touch's size and the risk gate's `max_order_notional`: a big drift trades in
+  slices, one per timer tick once the previous one is done. An asset without market
+  rules or a usable quote is reported in a "skip" naming it (once per reason, quotes
+  untouched) and nothing is rebalanced until it has one. Not "rebalance", which is a
+  transfer between venues that the runner routes to the transfer service;
 - "flatten": after the kill switch, a market order closing the inventory (only when built
   with `flatten_on_kill`; the runner itself logs the kill and cancels the orders).
 `Decision.expected`, in quote currency: for "quote"/"hold" the spread captured against the
@@ -198,7 +199,8 @@ class InventoryMMStrategy(StrategyBase):
     name = "inventory-mm"
 
     def __init__(self, settings: InventoryMMSettings, venue: VenueSettings,
-                 flatten_on_kill: bool = False) -> None:
+                 flatten_on_kill: bool = False,
+                 max_order_notional: float = math.inf) -> None:
         rules = venue.markets.get(settings.symbol, {})
         if not rules.get("tick") or not rules.get("lot"):
             raise ValueError(f"venues.{settings.venue}.markets[{settings.symbol!r}] needs a "
@@ -230,6 +232,9 @@ class InventoryMMStrategy(StrategyBase):
         self.lot = float(rules["lot"])
         self.stale_after_ns = int(venue.stale_after_s * NS_PER_SECOND)
         self.flatten_on_kill = flatten_on_kill
+        # The risk gate's per-order cap: a rebalance trades in slices under it, rather than
+        # sending an order the gate refuses on every timer tick.
+        self.max_order_notional = max_order_notional
         self.timer_interval_s: float | None = settings.requote_interval_s
         self._requote_ns = int(settings.requote_interval_s * NS_PER_SECOND)
         # Per-quote constants of `on_quote`'s quick checks (the same values the full
@@ -837,7 +842,8 @@ class InventoryMMStrategy(StrategyBase):
         else:
             touch_price, touch_qty = mark.ask, mark.ask_qty
             affordable = balances.get(self.quote_asset, 0.0) / touch_price
-        qty = floor_to_step(min(abs(drift) * total_value / mark.mid, touch_qty, affordable), lot)
+        qty = floor_to_step(min(abs(drift) * total_value / mark.mid, touch_qty, affordable,
+                                self.max_order_notional / touch_price), lot)
         if qty < lot:
             return None
         intent = self._new_intent(side, OrderType.IOC, qty, touch_price, "rebalance",

@@ -282,7 +282,7 @@ def test_rebalances_the_asset_furthest_from_its_target_weight_in_its_own_market(
     assert (order.symbol, order.side, order.type, order.price) == (ETH, Side.BUY, OrderType.IOC,
                                                                    ETH_ASK)
     total = 30_000.025 + 70_000.0
-    assert order.qty == floor_to_step(0.2 * total / ETH_MID, 0.0001) == 7.6921
+    assert order.qty == floor_to_step(0.2 * total / ETH_MID, 0.0001) == 7.6921  # in one go
     inputs = decision.inputs
     assert (inputs["asset"], inputs["symbol"], inputs["target_weight"]) == ("ETH", ETH, 0.2)
     assert inputs["weight_BTC"] == pytest.approx(30_000.025 / total)
@@ -299,6 +299,17 @@ def test_rebalances_the_asset_furthest_from_its_target_weight_in_its_own_market(
     h.clock.advance(1.0)
     after = h.strategy.on_timer(h.clock())
     assert after is None or after.action != "portfolio_rebalance"  # within the threshold
+
+
+def test_a_rebalance_bigger_than_the_order_notional_cap_trades_in_slices() -> None:
+    h = MultiHarness({"BTC": 0.5, "ETH": 0.0, "USDT": 70_000.0},
+                     target_weights={"BTC": 0.3, "ETH": 0.2}, rebalance_threshold=0.05)
+    h.strategy.max_order_notional = 5_000.0  # the risk gate's default, from the registry
+    h.eth_quote()
+    h.ack_all(h.quote())
+    h.clock.advance(1.0)
+    (order,) = h.strategy.on_timer(h.clock()).intents
+    assert order.qty == floor_to_step(5_000.0 / ETH_ASK, 0.0001) == 1.923
 
 
 def test_target_base_weight_is_the_single_asset_case_of_target_weights() -> None:
@@ -359,7 +370,6 @@ async def test_rebalances_btc_and_eth_to_their_weights_on_recorded_prices(
     mm = {"symbol": "ETH/USDT", "order_qty": 0.01, "max_inventory": 0.1, "max_loss": 1e6,
           "target_weights": {"BTC": 0.3, "ETH": 0.3}, "rebalance_threshold": 0.05}
     records = await decision_log(tmp_path, specs, venues={"binance_spot": venue},
-                                 risk={"max_order_notional": 1e6},
                                  strategies={"inventory_mm": mm})
     rebalances = [r for r in records
                   if r.get("type") == "decision" and r["action"] == "portfolio_rebalance"]
@@ -368,6 +378,9 @@ async def test_rebalances_btc_and_eth_to_their_weights_on_recorded_prices(
         (intent,) = record["intents"]
         assert intent["symbol"] == record["inputs"]["symbol"]
         assert intent["symbol"].startswith(record["inputs"]["asset"] + "/")
+        # In slices the risk gate takes (max_order_notional 5000 by default): none refused.
+        assert intent["qty"] * intent["price"] <= 5_000.0
+    assert not [r for r in records if r.get("type") == "decision" and r["action"] == "reject"]
     # At the end both weights are within the threshold of 0.3, from the paper balances
     # valued at the last mids.
     balances = [r for r in records if r.get("type") == "balance" and r["venue"] == VENUE][-1]
