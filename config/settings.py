@@ -309,13 +309,48 @@ class InventoryMMSettings(_Frozen):
     delta_size: Annotated[float, Field(ge=0, le=1)] = 0.2
     #: Stop and flatten when P&L (quote currency, marked to mid) falls below -max_loss.
     max_loss: Annotated[float, Field(gt=0)] = 100.0
+    #: Also stop and flatten when P&L falls below this percentage of the starting equity
+    #: (the venue portfolio's value at the first usable quote; 2 = 2 %); whichever of this
+    #: and max_loss is the smaller loss bites first. Unset: only max_loss.
+    max_loss_pct: Annotated[float, Field(gt=0, le=100)] | None = None
+    #: Direction flip: after more than this many fills in a row on one side (partial fills
+    #: of one order count once), quote only the side that reduces the inventory until
+    #: |inventory| is back within flip_release_inventory. 0 = off.
+    one_sided_fills_limit: Annotated[int, Field(ge=0)] = 10
+    #: Direction flip: quote both sides again once |inventory| is at most this fraction of
+    #: max_inventory (0 = only when flat).
+    flip_release_inventory: Annotated[float, Field(ge=0, lt=1)] = 0.25
     #: Re-evaluate the quotes at least this often.
     requote_interval_s: Duration = 1.0
-    #: Portfolio rebalancing: target share of the venue's value (at mid) held in the base
-    #: asset; None = off. Trades back to target when the share drifts past the threshold.
+    #: Portfolio rebalancing over several assets: target share of the venue's portfolio
+    #: value per asset, e.g. {BTC = 0.4, ETH = 0.2}; the symbol's quote asset (USDT) holds
+    #: the rest (or is listed, and the weights sum to 1). Each asset trades against the
+    #: quote asset on this venue: it needs a venues.<venue>.markets entry and quotes (list
+    #: the symbol in `symbols` for a live feed); an asset without them is reported in a
+    #: skip decision and nothing is rebalanced. Empty = off.
+    target_weights: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict)
+    #: Portfolio rebalancing, one asset: the base asset's target share of the venue's value
+    #: (the same as target_weights = {BASE = weight}); unset = off. Set one of the two.
     target_base_weight: Annotated[float, Field(ge=0, le=1)] | None = None
-    #: Rebalance when the base share drifts further than this from target_base_weight.
+    #: Rebalance when an asset's share drifts further than this from its target weight.
     rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.1
+    #: positions.csv under the run's report folder: a row per market appended after every
+    #: this many fills (the seed exported every 1000 trades). 0 = not by fills.
+    positions_every_fills: Annotated[int, Field(ge=0)] = 1000
+    #: positions.csv: rows appended at least this often (seconds of the feed clock), and
+    #: once at the end of the run. 0 = not by time (with positions_every_fills 0: no file).
+    positions_every_s: Annotated[float, Field(ge=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _one_rebalancing_target(self) -> InventoryMMSettings:
+        if self.target_weights and self.target_base_weight is not None:
+            raise ValueError("strategies.inventory_mm: set target_weights or target_base_weight "
+                             "(the one-asset case), not both")
+        if sum(self.target_weights.values()) > 1.0 + 1e-9:
+            raise ValueError("strategies.inventory_mm.target_weights sum to "
+                             f"{sum(self.target_weights.values()):g}, more than 1")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -38,7 +38,8 @@ def build_inventory_mm(settings: Settings) -> Strategy:
     if mm.venue not in settings.venues:
         raise ValueError(f"strategies.inventory_mm.venue {mm.venue!r} is not a configured venue")
     return InventoryMMStrategy(mm, settings.venues[mm.venue],
-                               flatten_on_kill=settings.risk.flatten_on_kill)
+                               flatten_on_kill=settings.risk.flatten_on_kill,
+                               max_order_notional=settings.risk.max_order_notional)
 
 
 def build_random_inventory(settings: Settings) -> Strategy:

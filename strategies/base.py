@@ -11,7 +11,7 @@ its `cancels` (client order ids) cancelled by the runner, after the risk gate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +39,17 @@ class AccountView(Protocol):
     """Read-only account state of the executor behind the runner."""
 
     def balances(self, venue: str) -> Mapping[str, float]: ...
+
+
+class ExportSink(Protocol):
+    """Where a strategy appends rows of a per-run export while the run goes (e.g.
+    positions.csv). The daemon's object does the I/O, so a strategy callback never opens a
+    file; rows already appended survive a crash, and a failed write never raises."""
+
+    def append(self, name: str, columns: Sequence[str],
+               rows: Sequence[Sequence[object]]) -> None:
+        """Append `rows` to the export `name` (its `columns` head a new file)."""
+        ...
 
 
 class Strategy(Protocol):
@@ -84,6 +95,11 @@ class Strategy(Protocol):
 
     def on_client_fill(self, fill: ClientFill) -> Decision | None:
         """A client trade the desk took (only called when `takes_client_flow`)."""
+        ...
+
+    def attach_exports(self, sink: ExportSink) -> None:
+        """Before the run: where to append exports written during it (the run's report
+        folder)."""
         ...
 
     def write_exports(self, out_dir: Path) -> list[Path]:
@@ -135,6 +151,9 @@ class StrategyBase:
 
     def on_client_fill(self, fill: ClientFill) -> Decision | None:
         raise NotImplementedError(f"{self.name} takes no client flow")
+
+    def attach_exports(self, sink: ExportSink) -> None:
+        pass
 
     def write_exports(self, out_dir: Path) -> list[Path]:
         return []

@@ -60,6 +60,7 @@ from daemon.core.model import Decision, Fill, OrderIntent, Quote, Trade
 from daemon.market.bus import Bus
 from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
+from daemon.postmortem.exports import attach_strategy_exports
 from daemon.postmortem.writer import DecisionLogWriter, decisions_dir
 from daemon.trading.coverage import market_names, traded_markets
 from daemon.trading.paper import PaperExecutor
@@ -159,6 +160,8 @@ class Backtest:
                                max_rate_hz=settings.ring.max_rate_hz)
         self.bus.add_sink(self.rings)  # each key's channel writes straight to its ring
         self.strategy = build_strategy(strategy_name, settings)
+        # Exports appended during the run (positions.csv) go to the run's report folder.
+        attach_strategy_exports(self.strategy, settings.data_dir, run_id)
         self.writer = DecisionLogWriter.from_settings(settings, run_id, synchronous=True,
                                                       clock=self.clock)
         self._takes_client_flow = self.strategy.takes_client_flow

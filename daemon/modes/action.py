@@ -47,7 +47,7 @@ from daemon.core.routes import Callbacks
 from daemon.core.tasks import spawn
 from daemon.market.market_view import RingMarketView
 from daemon.modes.summary import RunSummary, print_summary, record_counts, strategy_notes
-from daemon.postmortem.exports import write_strategy_exports
+from daemon.postmortem.exports import attach_strategy_exports, write_strategy_exports
 from daemon.postmortem.schema import log_file_name
 from daemon.postmortem.writer import DecisionLogWriter
 from daemon.trading.coverage import QuoteWatch, traded_markets
@@ -99,6 +99,7 @@ async def run_action(app: App) -> int:
     rings = app.start_rings(warm=not app.replaying)  # a replay starts cold, as a backtest
     app.replay_yield_every = 1
     strategy = build_strategy(app.args.strategy, settings)
+    attach_strategy_exports(strategy, settings.data_dir, app.run_id)
     app.warm_up_kernels()
     clock = FeedClock(replaying=app.replaying)
     writer = DecisionLogWriter.from_settings(settings, app.run_id, clock=clock)

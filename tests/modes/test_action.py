@@ -102,10 +102,14 @@ def test_every_strategy_runs_in_action_mode_on_the_sample(tmp_path: Path, strate
                      "--speed", "max"], data_dir, **env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert any(r["type"] == "decision" for r in read_log(data_dir))
+    (run_dir,) = (data_dir / "reports").iterdir()
     if strategy == "internalize":
-        (run_dir,) = (data_dir / "reports").iterdir()
         assert (run_dir / "flow_internalization_results.csv").is_file()
         assert (run_dir / "portfolio_tracking_results.csv").is_file()
+    else:  # positions.csv: at the first quote, every 60 s of the ~75 s sample, at the end
+        rows = (run_dir / "positions.csv").read_text().splitlines()
+        assert rows[0].startswith("ts,ts_ns,venue,symbol,position,")
+        assert [row.rsplit(",", 1)[1] for row in rows[1:]] == ["start", "interval", "end"]
 
 
 def action_app(data_dir: Path, strategy: str, feed: str = "sample", **settings: object) -> Any:

@@ -135,9 +135,10 @@ def run(runner_class: type[CountingRunner], data_dir: Path, **overrides: Any) ->
     in the gated executor, ring market view, paper transfers, the kill switch on the
     runner), with the engine's per-event steps; every record kept in memory."""
     # Quotes inside the fees (the fee floor opted out) and k_bps 9 (the old default of
-    # 1.5 /$ at this mid), so the 75 s sample fills often.
+    # 1.5 /$ at this mid), so the 75 s sample fills often; no direction flip, which would
+    # spare the order rate the requotes whose refusals nest (no-latency).
     inside_fees = {"strategies": {"inventory_mm": {"allow_quotes_inside_fees": True,
-                                                   "k_bps": 9.0}}}
+                                                   "k_bps": 9.0, "one_sided_fills_limit": 0}}}
     settings = load_settings({"data_dir": data_dir, "retention": 600.0, **inside_fees,
                               **overrides}, env_file=None)
     clock = SimulatedClock()
