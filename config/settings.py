@@ -486,6 +486,13 @@ class BacktestSettings(_Frozen):
     cache_max_mb: float = Field(default=2048.0, gt=0.0)
 
 
+class RecordSettings(_Frozen):
+    #: `--mode record` also records order-book depth: Binance `<symbol>@depth@100ms` with
+    #: its REST snapshot, Bybit `orderbook.50` (or the venue's `book_depth` if deeper), so
+    #: `--mode calibrate` can walk the book of your own recordings.
+    depth: bool = False
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. Field names are a contract: keep them stable."""
 
@@ -516,6 +523,7 @@ class Settings(BaseSettings):
     book_socket: BookSocketSettings = BookSocketSettings()
     postmortem: PostMortemSettings = PostMortemSettings()
     backtest: BacktestSettings = BacktestSettings()
+    record: RecordSettings = RecordSettings()
 
     @field_validator("venues", mode="before")
     @classmethod
