@@ -205,8 +205,8 @@ def calibrate_slippage(recording: Path, fills: Iterable[ClientFill], symbol: str
 def _walk_fill(result: SlippageCalibration, fill: ClientFill,
                parsers: dict[str, DepthParser], wanted: str, coefficient: float) -> bool:
     """One fill against the book of the moment; False if no book was synced then."""
-    book = next((b for b in map(lambda p: _synced_book(p, wanted), parsers.values())
-                 if b is not None), None)
+    books = (_synced_book(parser, wanted) for parser in parsers.values())
+    book = next((found for found in books if found is not None), None)
     top = book.top() if book is not None else None
     if book is None or top is None:
         result.outside_recording += 1
