@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_origin
 
 from pydantic import (
     BaseModel,
@@ -242,8 +242,27 @@ class ArbitrageSettings(_Frozen):
     cooldown_s: Annotated[float, Field(ge=0)] = 1.0
     #: Inventory mode: rebalance when a venue's share of an asset drifts past this fraction.
     rebalance_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
-    #: Unwinding a failed leg: IOC limit this many bps through the touch (a protected market).
+    #: Unwinding a failed leg: IOC limit this many bps through the touch (a protected market)
+    #: on the first attempt; each retry widens it by unwind_tolerance_step_bps.
     unwind_tolerance_bps: Bps = 25.0
+    #: Each retry of an unwind goes this many bps further through the touch than the last.
+    unwind_tolerance_step_bps: Bps = 25.0
+    #: An unwind is never priced further than this many bps through the touch.
+    unwind_tolerance_max_bps: Bps = 100.0
+    #: IOC attempts to unwind a residual before the strategy halts (the residual is kept as
+    #: a position, an "unwind_failed" alert is logged and /healthz reports degraded).
+    unwind_attempts: Annotated[int, Field(ge=1)] = 3
+    #: After a failed unwind, the strategy pauses this long (feed clock), then resumes: it
+    #: retries the unwind of the residual it carries and trades on.
+    halt_cooldown_s: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _unwind_tolerances_widen(self) -> ArbitrageSettings:
+        if self.unwind_tolerance_max_bps < self.unwind_tolerance_bps:
+            raise ValueError(
+                f"unwind_tolerance_max_bps ({self.unwind_tolerance_max_bps:g}) is below "
+                f"unwind_tolerance_bps ({self.unwind_tolerance_bps:g}): retries would narrow")
+        return self
 
 
 class InventoryMMSettings(_Frozen):
@@ -320,6 +339,49 @@ class InventoryMMSettings(_Frozen):
             "Set k_bps (or k_bps = \"auto\") and remove k.")
 
 
+class RandomInventorySettings(_Frozen):
+    """The Monte Carlo baseline (seed inventory-management-research): inventory-mm's
+    market, order handling and loss exit, but a seeded random inventory target instead of
+    Avellaneda-Stoikov quotes, so a backtest shows what chance makes on the same data."""
+
+    #: Venue to trade on (as inventory-mm's).
+    venue: str = "binance_spot"
+    #: Symbol to trade (as inventory-mm's).
+    symbol: str = "BTC/USDT"
+    #: Random seed of the inventory targets: the same seed on the same data gives the same
+    #: decision log; run several seeds to see the spread of P&L chance gives.
+    seed: int = 42
+    #: A new target, drawn uniformly on the lot grid in [-max_inventory, +max_inventory],
+    #: this often (feed time).
+    retarget_interval_s: Duration = 30.0
+    #: Largest absolute inventory, base units; the bound of the targets, and no fill may
+    #: take the inventory further.
+    max_inventory: Annotated[float, Field(gt=0)] = 0.01
+    #: The target counts as reached (no order rests) when the inventory is within this
+    #: fraction of max_inventory of it.
+    target_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.05
+    #: Stop and flatten when P&L (quote currency, marked to mid) falls below -max_loss
+    #: (inventory-mm's exit).
+    max_loss: Annotated[float, Field(gt=0)] = 100.0
+    #: Re-evaluate the order at least this often.
+    requote_interval_s: Duration = 1.0
+    #: Keep the resting order while its price is within this many bps of the touch.
+    delta_price_bps: Bps = 1.0
+    #: Keep the resting order while its size is within this fraction of what is left to go.
+    delta_size: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    #: The settings that are this strategy's own; every other one is inventory-mm's.
+    OWN: ClassVar[frozenset[str]] = frozenset({"seed", "retarget_interval_s", "target_tolerance"})
+
+    def inventory_mm(self) -> InventoryMMSettings:
+        """The inventory-mm settings behind the shared machinery (market checks, order
+        reconciling, inventory limit, loss exit): the fields of the same name, the rest
+        inventory-mm's defaults (its quoting model is never used)."""
+        shared = {name: getattr(self, name) for name in type(self).model_fields
+                  if name not in self.OWN}
+        return InventoryMMSettings(**shared)
+
+
 class InternalizeSettings(_Frozen):
     #: Hedge venue.
     venue: str = "binance_spot"
@@ -373,6 +435,7 @@ class StrategySettings(_Frozen):
     arbitrage: ArbitrageSettings = ArbitrageSettings()
     inventory_mm: InventoryMMSettings = InventoryMMSettings()
     internalize: InternalizeSettings = InternalizeSettings()
+    random_inventory: RandomInventorySettings = RandomInventorySettings()
 
 
 class RiskSettings(_Frozen):

@@ -15,8 +15,10 @@ from typing import Any
 
 from config.settings import ConfigError, known_ccxt_exchanges, load_settings
 from daemon.core.model import NATIVE_VENUES
+from strategies import STRATEGIES as STRATEGY_FACTORIES
 
-STRATEGIES = ("arbitrage", "inventory-mm", "internalize")
+#: The registry's names (its factories import their strategy modules only when called).
+STRATEGIES = tuple(STRATEGY_FACTORIES)
 MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate")
 
 EXIT_OK = 0
@@ -56,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output: a live table (default on a terminal) or JSON lines")
     parser.add_argument("--data", nargs="+", type=Path, default=None,
                         help="recorded files for --mode backtest")
+    parser.add_argument("--seeds", type=_seed_count, default=None,
+                        help="backtest: also run the random-inventory baseline with this "
+                        "many seeds on the same data and print the strategy's percentile")
     parser.add_argument("--run-id", default=None, help="name of this run (default: generated)")
-    parser.add_argument("--run", default=None, help="post-mortem: report on this run id only")
+    parser.add_argument("--run", default=None, help="post-mortem: report on this run id only; "
+                        "watch: show only this run's strategy state")
     parser.add_argument("--since", default=None, help="post-mortem: from this time (ISO 8601)")
     parser.add_argument("--until", default=None, help="post-mortem: until this time (ISO 8601)")
     parser.add_argument("--live", action="store_true",
@@ -72,6 +78,16 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _seed_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 

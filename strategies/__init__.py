@@ -41,6 +41,18 @@ def build_inventory_mm(settings: Settings) -> Strategy:
                                flatten_on_kill=settings.risk.flatten_on_kill)
 
 
+def build_random_inventory(settings: Settings) -> Strategy:
+    """The Monte Carlo baseline on `strategies.random_inventory.venue` / `.symbol`."""
+    from strategies.random_inventory import RandomInventoryStrategy
+
+    ri = settings.strategies.random_inventory
+    if ri.venue not in settings.venues:
+        raise ValueError(
+            f"strategies.random_inventory.venue {ri.venue!r} is not a configured venue")
+    return RandomInventoryStrategy(ri, settings.venues[ri.venue],
+                                   flatten_on_kill=settings.risk.flatten_on_kill)
+
+
 def build_internalize(settings: Settings) -> Strategy:
     """Hedge-or-warehouse for client flow on `strategies.internalize.venue` / `.symbol`."""
     from strategies.internalize import InternalizeStrategy
@@ -53,6 +65,7 @@ STRATEGIES: dict[str, Callable[[Settings], Strategy]] = {
     "arbitrage": build_arbitrage,
     "inventory-mm": build_inventory_mm,
     "internalize": build_internalize,
+    "random-inventory": build_random_inventory,
 }
 
 

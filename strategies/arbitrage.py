@@ -22,10 +22,16 @@ Modes:
 - "inventory" (pre-funded on both venues): both legs go out together as IOC orders at
   the touch in one Decision ("arbitrage"). When both are final, any base left unmatched
   (a leg rejected or partly filled) is hedged with an IOC on the venue with the better
-  price, limited `unwind_tolerance_bps` through the touch ("unwind"; retried, and after
-  `MAX_UNWIND_ATTEMPTS` the strategy halts with "unwind_failed"). On the timer, when a
-  venue's share of an asset drifts more than `rebalance_threshold` from an even split, a
-  transfer from the richest to the poorest venue is requested ("rebalance").
+  price ("unwind"), limited `unwind_tolerance_bps` through the touch; each retry goes
+  `unwind_tolerance_step_bps` further, up to `unwind_tolerance_max_bps` (a venue fills an
+  IOC through the levels down to its limit). After `unwind_attempts` the strategy halts
+  ("unwind_failed", the alert): the residual stays its position (inputs `residual`,
+  valued at `mid`), `degraded()` says why (/healthz reports degraded), and after
+  `halt_cooldown_s` of the feed clock it resumes ("resume"): it retries the unwind with
+  fresh attempts, then trades on. A halt never ends the run's trading for good; only the
+  kill switch does. On the timer, when a venue's share of an asset drifts more than
+  `rebalance_threshold` from an even split, a transfer from the richest to the poorest
+  venue is requested ("rebalance").
 - "transfer": the buy leg goes out alone ("arbitrage"); once final, the bought base is
   moved to the sell venue ("rebalance"), and sold when it has arrived ("transfer_sell").
 
@@ -33,7 +39,7 @@ Guards: stale, crossed or aged quotes are never traded; nothing is sent while an
 unwind or transfer of ours is unsettled; after acting, a venue pair of a symbol cools
 down for `cooldown_s` so one opportunity is not taken twice.
 
-Decisions: "arbitrage", "unwind", "unwind_failed", "transfer_sell", "rebalance" (no
+Decisions: "arbitrage", "unwind", "unwind_failed", "resume", "transfer_sell", "rebalance" (no
 intents: the runner builds a `daemon.core.model.TransferIntent` from `inputs` with
 `TransferIntent.from_inputs` and routes it to the transfer service) and "skip" (logged
 when the best cross-venue edge or the blocking reason of a symbol changes, net edge
@@ -76,7 +82,6 @@ BPS = 1e-4
 VOLATILITY_WINDOW_S = 360.0
 #: The 6-minute volatility is re-read from the market view at most this often.
 VOLATILITY_TTL_NS = NS_PER_SECOND
-MAX_UNWIND_ATTEMPTS = 3
 #: Transfers of an asset are not repeated before the last one can have arrived.
 DEFAULT_TRANSFER_S = 600.0
 #: A size this close to zero is "nothing" when no lot is configured for the venue.
@@ -183,7 +188,10 @@ class ArbitrageStrategy(StrategyBase):
         self.symbols = list(symbols)
         self.transfer_time_s = dict(transfer_time_s or {})
         self.transfer_fee = dict(transfer_fee or {})
+        #: Why the strategy does not trade now (a failed unwind, the kill switch), or None.
         self.halted_reason: str | None = None
+        #: Feed time the halt ends (a failed unwind's cooldown); None: for good (kill switch).
+        self._halted_until: int | None = None
         self._venues_of = {s: [v for v, vs in self.venues.items()
                                if (vs.market_type == "linear") == is_perp_symbol(s)]
                            for s in self.symbols}
@@ -226,6 +234,8 @@ class ArbitrageStrategy(StrategyBase):
         book[quote.exchange] = quote
         now = self._clock()
         if self.halted_reason is not None:
+            if self._halt_over(now):
+                return self._resume(now)
             return self._skip(quote.symbol, now, ("halted",), self.halted_reason)
         if self._executions:
             return self._skip(quote.symbol, now, ("in flight",), "orders in flight")
@@ -264,6 +274,8 @@ class ArbitrageStrategy(StrategyBase):
         return self._settle(execution, self._clock())
 
     def on_timer(self, now_ns: int) -> Decision | None:
+        if self.halted_reason is not None and self._halt_over(now_ns):
+            return self._resume(now_ns)
         if self.halted_reason is not None or self._executions:
             return None
         if self.settings.mode == "inventory" and not any(
@@ -274,7 +286,15 @@ class ArbitrageStrategy(StrategyBase):
     def on_kill(self, reason: str) -> Decision | None:
         # IOC legs do not rest; the runner cancels anything open. Stop for good.
         self.halted_reason = f"kill switch: {reason}"
+        self._halted_until = None
         return None
+
+    def degraded(self) -> str | None:
+        """Halted after a failed unwind (until the cooldown ends): /healthz says degraded.
+        The kill switch is not "degraded": /healthz already reports it as unhealthy."""
+        if self.halted_reason is None or self._halted_until is None:
+            return None
+        return self.halted_reason
 
     # -- opportunity -----------------------------------------------------------------------
 
@@ -416,15 +436,14 @@ class ArbitrageStrategy(StrategyBase):
         return self._unwind(symbol, now)
 
     def _unwind(self, symbol: str, now: int) -> Decision | None:
-        """Hedge the unmatched base with a protected IOC on the venue paying best."""
+        """Hedge the unmatched base with a protected IOC on the venue paying best, each
+        attempt further through the touch; halt for a cooldown when none is left."""
         residual = self._residual[symbol]
         attempts = self._unwind_attempts[symbol]
         inputs: dict[str, object] = {"symbol": symbol, "residual": residual,
                                      "attempt": attempts + 1}
-        if attempts >= MAX_UNWIND_ATTEMPTS:
-            self.halted_reason = (f"unwind failed: {residual:g} {symbol} unhedged after "
-                                  f"{attempts} attempts")
-            return Decision(self.name, now, Action.UNWIND_FAILED, self.halted_reason, inputs)
+        if attempts >= self.settings.unwind_attempts:
+            return self._halt(symbol, residual, now, inputs)
         side = Side.SELL if residual > 0 else Side.BUY
         venue, price = self._best_unwind_venue(symbol, side, abs(residual), now)
         if venue is None:
@@ -432,15 +451,68 @@ class ArbitrageStrategy(StrategyBase):
             return self._skip(symbol, now, ("unwind blocked",), why, extra=inputs)
         qty = _floor_to(abs(residual), self._lot(venue, symbol))
         self._unwind_attempts[symbol] = attempts + 1
-        tolerance = self.settings.unwind_tolerance_bps * BPS
+        tolerance_bps = self._unwind_tolerance_bps(attempts)
+        tolerance = tolerance_bps * BPS
         limit = price * (1.0 - tolerance) if side is Side.SELL else price * (1.0 + tolerance)
         leg = Leg(self._next_id(), venue, side, qty, limit)
         intent = self._register(Execution(Action.UNWIND, symbol, [leg]), leg, "unwind residual")
         inputs.update(venue=venue, side=str(side), qty=qty, touch=price, limit=limit,
-                      tolerance_bps=self.settings.unwind_tolerance_bps)
+                      tolerance_bps=tolerance_bps)
         return Decision(self.name, now, Action.UNWIND,
                         f"hedge {residual:+g} {symbol} left by a failed or partial leg",
                         inputs, intents=[intent])
+
+    def _unwind_tolerance_bps(self, attempts_made: int) -> float:
+        """How far through the touch the next attempt goes: widening, capped."""
+        s = self.settings
+        return min(s.unwind_tolerance_bps + attempts_made * s.unwind_tolerance_step_bps,
+                   s.unwind_tolerance_max_bps)
+
+    def _halt(self, symbol: str, residual: float, now: int,
+              inputs: dict[str, object]) -> Decision:
+        """Every unwind attempt failed: keep the residual as the position it is, say so
+        (the alert), and stop trading until the cooldown ends."""
+        s = self.settings
+        attempts = self._unwind_attempts[symbol]
+        widest = self._unwind_tolerance_bps(attempts - 1)
+        self._halted_until = now + int(s.halt_cooldown_s * NS_PER_SECOND)
+        self.halted_reason = (
+            f"unwind failed: {residual:+g} {symbol} unhedged after {attempts} attempts (up to "
+            f"{widest:g} bps through the touch); kept as position, resuming in "
+            f"{s.halt_cooldown_s:g} s")
+        mid = self._mid(symbol, now)
+        inputs.update(attempts=attempts, widest_tolerance_bps=widest, mid=mid,
+                      position_value=residual * mid if mid is not None else None,
+                      cooldown_s=s.halt_cooldown_s, resume_ns=self._halted_until)
+        return Decision(self.name, now, Action.UNWIND_FAILED, self.halted_reason, inputs)
+
+    def _halt_over(self, now: int) -> bool:
+        return self._halted_until is not None and now >= self._halted_until
+
+    def _resume(self, now: int) -> Decision:
+        """The cooldown after a failed unwind is over: trade again, first unwinding the
+        residuals still carried, with a fresh set of attempts."""
+        carried = {s: r for s, r in self._residual.items() if abs(r) > self._dust(s)}
+        halted_for = self.halted_reason
+        self.halted_reason, self._halted_until = None, None
+        self._last_skip.clear()  # the first skip after a halt is news again
+        for symbol in self._unwind_attempts:
+            self._unwind_attempts[symbol] = 0
+        inputs: dict[str, object] = {"residuals": carried, "halted_for": halted_for,
+                                     "cooldown_s": self.settings.halt_cooldown_s}
+        if len(carried) == 1:
+            ((symbol, residual),) = carried.items()
+            inputs.update(symbol=symbol, residual=residual)
+        plan = ("unwinding " + ", ".join(f"{r:+g} {s}" for s, r in carried.items()) + " first"
+                if carried else "nothing left to unwind")
+        return Decision(self.name, now, Action.RESUME,
+                        f"cooldown of {self.settings.halt_cooldown_s:g} s over: trading again, "
+                        f"{plan}", inputs)
+
+    def _mid(self, symbol: str, now: int) -> float | None:
+        """The mean mid of the usable venues quoting the symbol (None if none is)."""
+        mids = [q.mid for q in self._quotes[symbol].values() if self._unusable(q, now) is None]
+        return sum(mids) / len(mids) if mids else None
 
     def _best_unwind_venue(self, symbol: str, side: Side, qty: float,
                            now: int) -> tuple[str | None, float]:

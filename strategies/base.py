@@ -87,11 +87,16 @@ class Strategy(Protocol):
         """Files the strategy keeps in memory for after the run (e.g. a desk portfolio)."""
         ...
 
+    def degraded(self) -> str | None:
+        """Why the strategy runs below its capability now (e.g. halted after a failed
+        hedge, resuming by itself later), or None: /healthz reports it as degraded."""
+        ...
+
 
 class StrategyBase:
     """The defaults of the optional capabilities: every event ignored, no timer, any
-    market, trades read, no client flow, nothing to export. Strategies subclass it and
-    override what they do."""
+    market, trades read, no client flow, nothing to export, never degraded. Strategies
+    subclass it and override what they do."""
 
     name: str = ""
     timer_interval_s: float | None = None
@@ -125,3 +130,6 @@ class StrategyBase:
 
     def write_exports(self, out_dir: Path) -> list[Path]:
         return []
+
+    def degraded(self) -> str | None:
+        return None

@@ -9,7 +9,8 @@ Each evaluation turns the market into two passive quotes:
    trades print at or beyond each distance (in bps) from the mid our quotes were priced at
    (at most one requote interval old), lambda(delta) = A exp(-k delta)
    (`fit_arrival_decay`), never below `k_auto_floor_bps`; until `k_auto_min_trades` have
-   been seen it skips, and every decision's inputs carry `k_state` and `k_trades`;
+   been seen it skips (logged again as the count grows), and every decision's inputs carry
+   `k_state` and `k_trades`;
 3. `as_quotes_rolling_horizon` with a constant rolling horizon tau = `horizon_s` (a 24/7
    market has no session end). The model's unit of inventory is one order of `order_qty`
    (Delta), as in the paper where each fill moves q by one: the kernel gets q / Delta
@@ -387,9 +388,11 @@ class InventoryMMStrategy(StrategyBase):
         if not self._sigma_log > 0.0:
             return self._skip(now, "volatility unknown", quote)
         if not self._k_bps > 0.0:
-            return self._skip(now, f"k not estimated yet (warming up: needs "
-                              f"{self.settings.k_auto_min_trades} trades in the window and "
-                              "decaying arrival rates)", quote)
+            # The count in the reason: each step of the warm-up is logged (once), so the
+            # log and `--mode watch` show its progress, not just its start.
+            return self._skip(now, f"k not estimated yet (warming up: {self._k_trades} "
+                              f"trades in the window, {self.settings.k_auto_min_trades} "
+                              "needed, and decaying arrival rates)", quote)
         mid = quote.mid
         sigma = mid * self._sigma_log  # price per sqrt(second), as the model wants
         s = self.settings

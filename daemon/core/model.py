@@ -262,9 +262,13 @@ class Decision:
 
 @dataclass(slots=True)
 class BalanceSnapshot:
-    """Balances of one venue account at a moment (periodic, for the decision log)."""
+    """Balances of one venue account at a moment (periodic, for the decision log).
+
+    `in_transit`: what transfers already sent will credit this venue (amount less the
+    network fee, per asset): in no venue's balance until they land, yet still ours."""
 
     venue: str
     ts_ns: int
     balances: dict[str, float]
     strategy: str = ""
+    in_transit: dict[str, float] = field(default_factory=dict)

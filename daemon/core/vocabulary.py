@@ -25,7 +25,10 @@ class Action(StrEnum):
     # arbitrage
     ARBITRAGE = "arbitrage"  # an opportunity taken; its intents are the legs
     UNWIND = "unwind"  # a failed or partial leg hedged
+    #: An alert: every unwind attempt failed; the residual is kept as position and the
+    #: strategy halts (/healthz degraded) until its cooldown ends.
     UNWIND_FAILED = "unwind_failed"
+    RESUME = "resume"  # a halt's cooldown is over: trading again
     TRANSFER_SELL = "transfer_sell"  # the bought base has arrived: sell it
     # inventory market making
     QUOTE = "quote"  # quotes placed or replaced

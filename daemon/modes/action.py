@@ -92,6 +92,8 @@ async def run_action(app: App) -> int:
                                market=RingMarketView(app.bus.view, rings, clock), clock=clock,
                                transfers=_live_transfers(settings, inner, sink))
         _arm_kill_switch(app, session.executor)
+        # A halt the strategy comes back from by itself (e.g. after a failed unwind).
+        app.health.watch_degraded(f"strategy {strategy.name}", strategy.degraded)
         log.info("strategy_started", strategy=strategy.name, mode=settings.execution.mode,
                  log=str(writer.root))
         try:
@@ -158,7 +160,8 @@ def _live_transfers(settings: Settings, inner: Any, sink: RecordSink) -> Any:
     from adapters.ccxt.transfers import LiveTransfers
 
     exchanges = {venue: inner.exchange(venue) for venue in settings.enabled_venues()}
-    return BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink)
+    return BackgroundTransfers(LiveTransfers(exchanges, settings.execution), sink,
+                               settings.execution)
 
 
 async def _close_executor(executor: Any) -> None:

@@ -8,6 +8,9 @@ on a terminal and prints the result (or JSON with `--format json`). What the rep
 (corrupt lines, dropped frames, a file cut short) is printed on stderr; files that gave
 not one quote or trade exit 2 with one line saying so, as a missing file does, and so does
 a strategy none of whose markets is in the data (a warning if only some are missing).
+
+`--seeds N` then runs the Monte Carlo baseline (`random-inventory`) N times on the same
+data and prints where the strategy's P&L falls among them (daemon/backtest/monte_carlo.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.recordings.replay import NothingUsable, ReplayError, ReplaySpec, parse_spec
 from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
+from daemon.backtest.monte_carlo import against_chance, seed_range, seed_run_id
 from daemon.core.logs import get_logger
 from daemon.feeds import resolve_markets
 from daemon.modes.summary import RunSummary, print_summary
@@ -36,10 +40,14 @@ async def run_backtest(app: App) -> int:
     """Mode entry point: check the inputs, run with a progress bar on a terminal, report."""
     settings, args = app.settings, app.args
     specs = _specs(args.data)
-    previous = existing_logs(settings.data_dir, app.run_id)
-    if previous:
-        raise ConfigError(f"backtest run {app.run_id!r} already has a decision log "
-                          f"({previous[0]}); choose another --run-id or remove it")
+    seeds = getattr(args, "seeds", None) or 0  # absent from hand-built namespaces
+    run_ids = [app.run_id] + [seed_run_id(app.run_id, seed)
+                              for seed in seed_range(settings, seeds)]
+    for run_id in run_ids:
+        previous = existing_logs(settings.data_dir, run_id)
+        if previous:
+            raise ConfigError(f"backtest run {run_id!r} already has a decision log "
+                              f"({previous[0]}); choose another --run-id or remove it")
     # Tick, lot and paper balances of recorded markets the settings leave out.
     settings = app.settings = await resolve_markets(settings, specs=specs)
     backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
@@ -58,7 +66,15 @@ async def run_backtest(app: App) -> int:
     if result.damage is not None:
         print(f"cryptopipe: replay damage: {result.damage}", file=sys.stderr)
     write_strategy_exports(backtest.strategy, settings.data_dir, app.run_id)
-    print_summary(_summary(result), result.figures(), args.format)
+    figures = result.figures()
+    chance = None
+    if seeds:
+        chance = await against_chance(settings, specs, backtest.strategy.name,
+                                      backtest.executor.gate.pnl(), app.run_id, seeds)
+        figures["against_chance"] = chance.figures()
+    print_summary(_summary(result), figures, args.format)
+    if chance is not None and args.format != "json":
+        print("\n".join(chance.lines()))
     return 0
 
 

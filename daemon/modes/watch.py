@@ -2,7 +2,12 @@
 
 On a terminal (and without `--format json`) a rich table refreshes a few times a second:
 per symbol, each venue's bid/ask and sizes, its own spread, the age of its quote, and the
-cross-venue spread (best bid anywhere against best ask anywhere).
+cross-venue spread (best bid anywhere against best ask anywhere). Under it, for every
+strategy running beside it (its decision log in the same `data_dir` written to in the last
+two minutes; `--run RUN` picks one run, `--strategy NAME` one strategy), where its
+order-arrival model stands, read from the newest decision in its log
+(daemon/postmortem/tail.py): inventory-mm's k, configured, or auto's warm-up with trades
+seen / needed, then fitted or floored with its k_bps; its inventory and P&L.
 
 Otherwise it prints one consolidated-view JSON line per quote update, in the
 crypto-pipe.txt shape, so scripts can consume it. Those lines are written from a bus sink,
@@ -14,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -26,6 +32,7 @@ from daemon.core.clock import now_ns
 from daemon.core.model import Quote
 from daemon.core.tasks import spawn
 from daemon.market.view import ConsolidatedView
+from daemon.postmortem.tail import LogTails, StrategyState
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -61,12 +68,15 @@ async def _watch_table(app: App) -> int:
     console = Console()
     feed = spawn(app.market_data(), name="feed")
     clock = _feed_clock(app)
-    with Live(render_table(app.bus.view, clock()), console=console,
+    # Hand-built argument namespaces (tests) may lack the flags.
+    tails = LogTails(app.settings.data_dir, run_id=getattr(app.args, "run", None),
+                     strategy=getattr(app.args, "strategy", None))
+    with Live(render_watch(app.bus.view, clock(), tails.states()), console=console,
               refresh_per_second=REFRESH_HZ, transient=False) as live:
         try:
             while not feed.done():
                 await asyncio.wait({feed}, timeout=1 / REFRESH_HZ)
-                live.update(render_table(app.bus.view, clock()))
+                live.update(render_watch(app.bus.view, clock(), tails.states()))
         finally:
             if not feed.done():
                 feed.cancel()
@@ -82,6 +92,31 @@ def _feed_clock(app: App) -> Callable[[], int]:
         return now_ns
     view = app.bus.view
     return lambda: max((q.local_ts_ns for q in view.all_quotes()), default=0)
+
+
+def render_watch(view: ConsolidatedView, now: int,
+                 states: list[StrategyState]) -> RenderableType:
+    """The book, and under it the running strategies' state when there are any."""
+    book = render_table(view, now)
+    return Group(book, render_strategies(states)) if states else book
+
+
+def render_strategies(states: list[StrategyState]) -> Table:
+    """One row per running strategy: its k (warm-up progress in yellow), inventory, P&L
+    and its newest decision (the strategy's clock: feed time in a replay)."""
+    table = Table(title="strategies (newest decision in their logs)", expand=False)
+    for column in ("run", "strategy", "k", "inventory", "P&L", "decision"):
+        table.add_column(column, justify="right" if column in ("inventory", "P&L") else "left")
+    for state in states:
+        at = time.strftime("%H:%M:%S", time.gmtime(state.ts_ns / 1e9))
+        table.add_row(
+            state.run_id, state.strategy,
+            Text(state.k_text, style="yellow" if state.k_state == "warming up" else ""),
+            "" if state.inventory is None else f"{state.inventory:.6g}",
+            "" if state.pnl is None else f"{state.pnl:.2f}",
+            f"{state.action} at {at} UTC" + (" (run ended)" if state.ended else ""),
+        )
+    return table
 
 
 def render_table(view: ConsolidatedView, now: int) -> Table:

@@ -13,6 +13,14 @@ Four things make the daemon unhealthy:
 - the **decision log is not durable**: the disk refuses its writes (`decision_log_failing`,
   set by `App.attach_decision_log`).
 
+**Degraded** is softer: the daemon runs and its feeds are fresh, but a component works below
+its capability for a while and an operator should look (an arbitrage halted after an unwind
+it could not complete, which resumes by itself after its cooldown). Whoever can be degraded
+registers a probe with `watch_degraded(name, probe)`; a probe answers why, or None. While
+any probe answers, `/healthz` says `"status": "degraded"` with the reasons under
+`"degraded"`, still HTTP 200 unless something above makes it unhealthy (503): degraded is
+an alert, not a reason to restart the process.
+
 Live, the required feeds are the configured ones (`Settings.enabled_venues()` x
 `symbols_for(venue)`) and ages are measured on the wall clock. In a replay the recording
 decides which feeds exist, so every feed seen so far is required, and ages are measured on
@@ -49,11 +57,21 @@ class HealthReport:
     reasons: list[str]
     kill_switch: str | None
     feeds: dict[str, dict[str, Any]]
+    #: Why something runs below its capability (healthy may still be True): see the doc.
+    degraded: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """"unhealthy" (503), "degraded" (200, an operator should look) or "ok"."""
+        if not self.healthy:
+            return "unhealthy"
+        return "degraded" if self.degraded else "ok"
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "status": "ok" if self.healthy else "unhealthy",
+            "status": self.status,
             "reasons": self.reasons,
+            "degraded": self.degraded,
             "kill_switch": self.kill_switch,
             "feeds": self.feeds,
         }
@@ -73,6 +91,21 @@ class Health:
     tasks: TaskWatch = field(default_factory=TaskWatch)
     #: Why the decision log is not durable (its last write error), None while it is.
     decision_log_failing: Callable[[], str | None] = lambda: None
+    #: name -> probe answering why that component is degraded, or None (`watch_degraded`).
+    degraded_probes: dict[str, Callable[[], str | None]] = field(default_factory=dict)
+
+    def watch_degraded(self, name: str, probe: Callable[[], str | None]) -> None:
+        """Ask `probe` on every evaluation; while it answers, /healthz reports degraded."""
+        self.degraded_probes[name] = probe
+
+    def degraded_reasons(self) -> list[str]:
+        """`<name>: <why>` for every probe that answers now."""
+        reasons = []
+        for name, probe in sorted(self.degraded_probes.items()):
+            why = probe()
+            if why:
+                reasons.append(f"{name}: {why}")
+        return reasons
 
     def require_configured_feeds(self, settings: Settings) -> None:
         """Every enabled venue x each of its symbols must stay fresh."""
@@ -98,7 +131,7 @@ class Health:
         replaying: bool = False,
         clock: Callable[[], int] = now_ns,
     ) -> HealthReport:
-        """Check every required feed against the view, and the kill switch."""
+        """Check every required feed against the view, the kill switch, and what is degraded."""
         if replaying:
             # The feed's clock: the newest receive time of any quote seen.
             now = max((q.local_ts_ns for q in view.all_quotes()), default=0)
@@ -136,4 +169,5 @@ class Health:
             reasons.append(f"decision log not durable: {log_failure}")
         if self.kill_switch_reason is not None:
             reasons.append(f"kill switch on: {self.kill_switch_reason}")
-        return HealthReport(not reasons, reasons, self.kill_switch_reason, feeds)
+        return HealthReport(not reasons, reasons, self.kill_switch_reason, feeds,
+                            self.degraded_reasons())

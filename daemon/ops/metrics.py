@@ -249,6 +249,10 @@ class FeedCollector(Collector):
                                 value=1.0 if report.healthy else 0.0)
         yield GaugeMetricFamily("cryptopipe_kill_switch", "1 when the kill switch is on.",
                                 value=0.0 if report.kill_switch is None else 1.0)
+        yield GaugeMetricFamily("cryptopipe_degraded",
+                                "1 while /healthz reports something degraded (e.g. a "
+                                "strategy halted until its cooldown ends).",
+                                value=1.0 if report.degraded else 0.0)
 
 
 class VenueStatsCollector(Collector):

@@ -32,7 +32,9 @@ taken opportunities with a leg not completely filled (rejected, expired, cancell
 partial); over the `completed` ones (every leg filled), `expected_edge_completed` against
 `realised_edge` = what their legs' fills made (sells - buys - fees), also in bps of half
 the legs' notional (one side of the round trip). A failed leg's open position is in the
-P&L figures, not in the edge.
+P&L figures, not in the edge. `halts`: every "unwind_failed" decision (the strategy halted
+with a residual it could not hedge) with its time, symbol and residual, until the next
+"resume" (or the run's end: `resumed_ns` None); `halted_s` sums their durations.
 
 Internalize: counts of "hedge", "warehouse" and "partial_hedge" (all decisions and client
 fills only); the always-hedge baseline offsets every client fill at once:
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -52,6 +55,18 @@ import numpy as np
 
 from daemon.core.model import split_symbol
 from daemon.core.vocabulary import Action
+from daemon.postmortem.performance import (
+    DeskPortfolio,
+    MarketSeries,
+    Performance,
+    desk_portfolio,
+    market_series,
+    markouts,
+    performance,
+    timeline_events,
+    traded_notional,
+)
+from strategies.portfolio import PORTFOLIO_CSV
 
 #: Assets valued at 1 quote unit in portfolio values (the quote side of every symbol is too).
 STABLE_ASSETS = frozenset({"USDT", "USDC", "USD", "BUSD", "FDUSD", "DAI", "TUSD"})
@@ -99,6 +114,23 @@ class ArbitrageStats:
     realised_edge: float = 0.0
     realised_edge_bps: float = math.nan
     leg_failures: int = 0
+    #: Halts after a failed unwind (see `halts`) and the seconds of data they left untraded.
+    halts: int = 0
+    halted_s: float = 0.0
+    halt_log: list[Halt] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Halt:
+    """One halt of an arbitrage after a failed unwind: when, what was left unhedged, and
+    when it resumed (None: still halted when the run ended)."""
+
+    ts_ns: int
+    symbol: str | None
+    residual: float
+    resumed_ns: int | None
+    halted_s: float
+    reason: str
 
 
 @dataclass(slots=True)
@@ -130,6 +162,12 @@ class Series:
     portfolio_value: np.ndarray
     decision_ts: np.ndarray
     decision_action: np.ndarray
+    #: Halts, kills and rebalances (performance.timeline_events).
+    events_ts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    events_kind: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    events_reason: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    markets: list[MarketSeries] = field(default_factory=list)
+    desk: DeskPortfolio | None = None
 
 
 @dataclass(slots=True)
@@ -158,6 +196,12 @@ class RunSummary:
     orders: OrderStats
     arbitrage: ArbitrageStats | None = None
     internalize: InternalizeStats | None = None
+    #: Internalize: the desk portfolio's last equity (its export), else NaN.
+    desk_portfolio_value: float = math.nan
+    performance: Performance | None = None
+    #: The whole run's first and last record, whatever the report's time filter.
+    run_start_ns: int = 0
+    run_end_ns: int = 0
     series: Series | None = field(default=None, repr=False)
 
     def figures(self) -> dict[str, Any]:
@@ -196,8 +240,10 @@ def groups(db: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     return [(str(run), str(strategy)) for run, strategy in rows]
 
 
-def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str) -> RunSummary:
-    """All figures of one (run, strategy)."""
+def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str,
+              exports_root: Path | None = None) -> RunSummary:
+    """All figures of one (run, strategy); `exports_root/<run>/` holds the strategies'
+    own exports (internalize's desk portfolio)."""
     key = {"run": run_id, "strategy": strategy}
     where = "run_id = $run AND strategy = $strategy"
     start, end = db.execute(
@@ -241,6 +287,9 @@ def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str) -> RunS
     )
     if strategy_kind(strategy, actions) == "arbitrage":
         summary.arbitrage = arbitrage_stats(db, key, where)
+        summary.arbitrage.halt_log = halts(db, key, int(end))
+        summary.arbitrage.halts = len(summary.arbitrage.halt_log)
+        summary.arbitrage.halted_s = sum(h.halted_s for h in summary.arbitrage.halt_log)
     if ledger.client_fills or strategy_kind(strategy, actions) == "internalize":
         summary.internalize = internalize_stats(db, key, where, summary.total_pnl)
     portfolio_ts, portfolio_value = portfolio_series(db, key, where, ledger)
@@ -249,13 +298,34 @@ def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str) -> RunS
     decision_rows = _arrays(
         db, f"SELECT ts_ns, action FROM decisions WHERE {where} ORDER BY ts_ns, decision_id",
         key)
+    events = timeline_events(db, key, where)
     summary.series = Series(
         pnl_ts=pnl.curve_ts, pnl=pnl.curve, realised_ts=pnl.realised_ts,
         realised=pnl.realised_curve, inventory=pnl.inventory_paths,
         portfolio_ts=portfolio_ts, portfolio_value=portfolio_value,
         decision_ts=decision_rows["ts_ns"], decision_action=decision_rows["action"],
+        events_ts=events[0], events_kind=events[1], events_reason=events[2],
+        markets=market_series(db, key, where, int(end)),
     )
+    if exports_root is not None and strategy_kind(strategy, actions) == "internalize":
+        summary.series.desk = desk_portfolio(db, exports_root / run_id / PORTFOLIO_CSV)
+    _add_performance(db, key, where, summary)
     return summary
+
+
+def _add_performance(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str,
+                     summary: RunSummary) -> None:
+    """Return on equity, Sharpe, turnover and markouts; the desk's equity when known."""
+    series = summary.series
+    assert series is not None
+    starting = float(series.portfolio_value[0]) if len(series.portfolio_value) else math.nan
+    if series.desk is not None:
+        starting = series.desk.starting_equity
+        summary.desk_portfolio_value = float(series.desk.equity[-1])
+    summary.performance = performance(
+        series.pnl_ts, series.pnl, summary.start_ns, summary.end_ns, starting,
+        summary.total_pnl, traded_notional(db, key, where))
+    summary.performance.markouts = markouts(db, key, where)
 
 
 def strategy_kind(strategy: str, actions: dict[str, int]) -> str:
@@ -551,6 +621,26 @@ def arbitrage_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: s
     return stats
 
 
+def halts(db: duckdb.DuckDBPyConnection, key: dict[str, Any], end_ns: int) -> list[Halt]:
+    """Each "unwind_failed" decision, paired with the "resume" that ended it."""
+    rows = db.execute(f"""
+        SELECT d.ts_ns, d.action, d.symbol, d.reason,
+               TRY_CAST(json_extract_string(r.inputs, '$.residual') AS DOUBLE) AS residual
+        FROM decisions d JOIN records r ON r.seq = d.decision_id
+        WHERE d.run_id = $run AND d.strategy = $strategy
+          AND d.action IN ('{Action.UNWIND_FAILED}', '{Action.RESUME}')
+        ORDER BY d.ts_ns, d.decision_id""", key).fetchall()
+    found: list[Halt] = []
+    for ts_ns, action, symbol, reason, residual in rows:
+        if action == Action.UNWIND_FAILED:
+            found.append(Halt(int(ts_ns), symbol, _float(residual), None,
+                              (end_ns - int(ts_ns)) / 1e9, reason or ""))
+        elif found and found[-1].resumed_ns is None:
+            found[-1].resumed_ns = int(ts_ns)
+            found[-1].halted_s = (int(ts_ns) - found[-1].ts_ns) / 1e9
+    return found
+
+
 # -- internalize -------------------------------------------------------------------------
 
 
@@ -589,15 +679,18 @@ def internalize_stats(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where:
 
 def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str,
                      ledger: _Ledger) -> tuple[np.ndarray, np.ndarray]:
-    """Value of the recorded balances (all venues) at each snapshot, at the marks then.
+    """Value of the recorded balances (all venues) at each snapshot, at the marks then,
+    funds in transit between venues included (a snapshot's `in_transit`: in no venue's
+    balance until they land, so without them the value would drop by the amount in flight
+    and come back on arrival; with them it moves only by the transfer's fee).
 
     A venue's latest snapshot stands until its next one. Quote and stable assets count at
     1; a base asset at the last mark of a symbol with that base (the first mark for a
     snapshot taken before any); others are left out.
     """
     rows = db.execute(
-        f"SELECT ts_ns, venue, balances FROM balances WHERE {where} ORDER BY ts_ns, seq",
-        key).fetchall()
+        f"""SELECT ts_ns, venue, balances, in_transit FROM balances WHERE {where}
+            ORDER BY ts_ns, seq""", key).fetchall()
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty(0)
     import orjson
@@ -622,12 +715,16 @@ def portfolio_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: 
         at = int(np.searchsorted(mark_times[index], ts_ns, side="right")) - 1
         return float(prices[max(at, 0)])
 
+    def parsed(value: Any) -> dict[str, float]:
+        return (orjson.loads(value) if isinstance(value, str) else value) or {}
+
     latest: dict[str, dict[str, float]] = {}
+    arriving: dict[str, dict[str, float]] = {}
     times, values = [], []
-    for ts_ns, venue, balances in rows:
-        latest[venue] = orjson.loads(balances) if isinstance(balances, str) else balances
+    for ts_ns, venue, balances, in_transit in rows:
+        latest[venue], arriving[venue] = parsed(balances), parsed(in_transit)
         total = 0.0
-        for held in latest.values():
+        for held in (*latest.values(), *arriving.values()):
             for asset, amount in held.items():
                 worth = amount * price(asset, ts_ns) if amount else 0.0
                 if not math.isnan(worth):

@@ -18,8 +18,12 @@ dropped) and builds these tables in an in-memory database:
   `fee_quote` (a fee in the base asset valued at the fill price; one in the quote asset as
   is; any other asset is not valued and counted in `fees_unvalued`);
 - `client_fills`: internalize's client fills, taken from decisions that carry
-  `client_side/client_qty/client_price`, as the desk's side of the trade;
-- `acks`, `balances`: as recorded, strategy resolved like fills.
+  `client_side/client_qty/client_price`, as the desk's side of the trade (`venue`: the
+  venue whose quote priced it, the decision's "venue" or "hedge_venue");
+- `acks`, `balances`: as recorded, strategy resolved like fills;
+- `market_quotes`: the market's touch (venue, symbol, bid, ask) as decisions saw it, one
+  row per venue a decision's inputs price (schema.py: "market_bid"/"bid", arbitrage's
+  "buy_*"/"sell_*"); crossed, missing or non-positive quotes are left out.
 
 A run whose log has no `run_end` record did not end cleanly (a crash, a kill -9, a disk
 that stopped taking writes): `LoadedLog.unfinished_runs` names it with the time of its last
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import duckdb
 
-from daemon.postmortem.schema import COLUMNS, RUN_END, SCHEMA_VERSION
+from daemon.postmortem.schema import COLUMNS, RUN_END, SCHEMA_VERSION, log_file_name
 from daemon.postmortem.writer import decisions_dir
 
 _DAY_DIR = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -65,6 +69,8 @@ class LoadedLog:
     unsupported_lines: int = 0
     #: run id -> time (ns) of its last durable record, for runs without a `run_end` record.
     unfinished_runs: dict[str, int] = field(default_factory=dict)
+    #: run id -> (first, last) record time (ns) of the whole run, whatever the time filter.
+    run_spans: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def skipped_lines(self) -> int:
@@ -124,7 +130,44 @@ def load_log(data_dir: Path, log_filter: LogFilter, threads: int | None = None) 
     _read_records(loaded, log_filter)
     if loaded.records:
         _build_tables(db, log_filter.strategy)
+        loaded.run_spans = _run_spans(db, _pruned_files(data_dir, db, loaded.files))
     return loaded
+
+
+def _pruned_files(data_dir: Path, db: duckdb.DuckDBPyConnection, read: list[Path]
+                  ) -> list[Path]:
+    """Files of the reported runs that the time filter left unread (other days)."""
+    runs = [str(run) for (run,) in db.execute("SELECT DISTINCT run_id FROM records").fetchall()]
+    files = find_log_files(data_dir, LogFilter())
+    names = {log_file_name(run) for run in runs if _safe_name(run)}
+    return [path for path in files if path.name in names and path not in set(read)]
+
+
+def _safe_name(run_id: str) -> bool:
+    try:
+        log_file_name(run_id)
+    except ValueError:
+        return False
+    return True
+
+
+def _run_spans(db: duckdb.DuckDBPyConnection, pruned: list[Path]
+               ) -> dict[str, tuple[int, int]]:
+    """First and last record of each reported run: the files read, plus the days of the
+    run that `--since`/`--until` left out (only their times are read)."""
+    extra = ""
+    if pruned:
+        extra = """UNION ALL SELECT v, run_id, ts_ns FROM read_ndjson($files,
+            columns = {'v': 'INTEGER', 'run_id': 'VARCHAR', 'ts_ns': 'BIGINT'},
+            ignore_errors = true, format = 'newline_delimited')"""
+    rows = db.execute(
+        f"""SELECT run_id, min(ts_ns), max(ts_ns) FROM (
+                SELECT v, run_id, ts_ns FROM raw {extra})
+            WHERE v = {SCHEMA_VERSION} AND ts_ns IS NOT NULL
+              AND run_id IN (SELECT DISTINCT run_id FROM records)
+            GROUP BY run_id""", {"files": [str(p) for p in pruned]} if pruned else None,
+    ).fetchall()
+    return {str(run): (int(first), int(last)) for run, first, last in rows}
 
 
 def _read_records(loaded: LoadedLog, log_filter: LogFilter) -> None:
@@ -183,7 +226,10 @@ WITH d AS (
            coalesce(len(intents), 0) AS n_intents, coalesce(len(cancels), 0) AS n_cancels,
            -- one parse of the inputs for every key the report reads
            json_extract_string(inputs, ['$.mid', '$.symbol', '$.venue', '$.client_side',
-               '$.client_qty', '$.client_price', '$.hedge_cost', '$.expected_edge_bps'])
+               '$.client_qty', '$.client_price', '$.hedge_cost', '$.expected_edge_bps',
+               '$.market_bid', '$.market_ask', '$.bid', '$.ask', '$.hedge_venue',
+               '$.buy_venue', '$.buy_bid', '$.buy_ask', '$.sell_venue', '$.sell_bid',
+               '$.sell_ask'])
                AS known
     FROM records WHERE type = 'decision')
 SELECT seq AS decision_id, run_id, ts_ns, strategy, action, reason, expected,
@@ -195,8 +241,29 @@ SELECT seq AS decision_id, run_id, ts_ns, strategy, action, reason, expected,
        TRY_CAST(known[6] AS DOUBLE) AS client_price,
        TRY_CAST(known[7] AS DOUBLE) AS hedge_cost,
        TRY_CAST(known[8] AS DOUBLE) AS expected_edge_bps,
-       n_intents, n_cancels
+       n_intents, n_cancels,
+       -- the market's touch: "market_bid"/"market_ask", else "bid"/"ask" (schema.py)
+       TRY_CAST(coalesce(known[9], known[11]) AS DOUBLE) AS market_bid,
+       TRY_CAST(coalesce(known[10], known[12]) AS DOUBLE) AS market_ask,
+       coalesce(known[3], known[13], first_venue) AS market_venue,
+       known[14] AS buy_venue, TRY_CAST(known[15] AS DOUBLE) AS buy_bid,
+       TRY_CAST(known[16] AS DOUBLE) AS buy_ask,
+       known[17] AS sell_venue, TRY_CAST(known[18] AS DOUBLE) AS sell_bid,
+       TRY_CAST(known[19] AS DOUBLE) AS sell_ask
 FROM d;
+
+CREATE TABLE market_quotes_all AS
+SELECT * FROM (
+    SELECT decision_id AS seq, run_id, ts_ns, strategy, market_venue AS venue, symbol,
+           market_bid AS bid, market_ask AS ask FROM decisions_all
+    UNION ALL
+    SELECT decision_id, run_id, ts_ns, strategy, buy_venue, symbol, buy_bid, buy_ask
+    FROM decisions_all WHERE buy_venue IS NOT NULL
+    UNION ALL
+    SELECT decision_id, run_id, ts_ns, strategy, sell_venue, symbol, sell_bid, sell_ask
+    FROM decisions_all WHERE sell_venue IS NOT NULL)
+WHERE venue IS NOT NULL AND symbol IS NOT NULL AND isfinite(bid) AND isfinite(ask)
+  AND bid > 0 AND ask >= bid;
 
 CREATE TABLE requested AS
 SELECT r.run_id, r.seq AS decision_id, r.ts_ns, r.strategy AS decision_strategy, r.action,
@@ -237,7 +304,8 @@ WHERE f.type = 'fill';
 CREATE TABLE client_fills_all AS
 SELECT decision_id AS seq, run_id, ts_ns, strategy, symbol,
        CASE WHEN client_side = 'buy' THEN 'sell' ELSE 'buy' END AS side,
-       client_price AS price, client_qty AS qty, mid, action, hedge_cost
+       client_price AS price, client_qty AS qty, mid, action, hedge_cost,
+       market_venue AS venue
 FROM decisions_all
 WHERE client_side IS NOT NULL AND client_qty IS NOT NULL;
 
@@ -249,7 +317,8 @@ FROM records a LEFT JOIN orders_all o
 WHERE a.type = 'ack';
 
 CREATE TABLE balances_all AS
-SELECT seq, run_id, ts_ns, strategy, venue, balances FROM records WHERE type = 'balance';
+SELECT seq, run_id, ts_ns, strategy, venue, balances, in_transit FROM records
+WHERE type = 'balance';
 """
 
 _FILTERED = {
@@ -259,6 +328,7 @@ _FILTERED = {
     "client_fills": "client_fills_all",
     "acks": "acks_all",
     "balances": "balances_all",
+    "market_quotes": "market_quotes_all",
 }
 
 

@@ -32,13 +32,12 @@ from rich.table import Table
 
 from daemon.core.logs import get_logger
 from daemon.postmortem.charts import report_html
+from daemon.postmortem.exports import REPORTS_DIR
 from daemon.postmortem.figures import RunSummary, groups, summarise
 from daemon.postmortem.reader import LoadedLog, LogFilter, load_log
 from daemon.postmortem.writer import decisions_dir
 
 log = get_logger("postmortem")
-
-REPORTS_DIR = "reports"
 
 
 class ReportNotWritten(Exception):
@@ -128,7 +127,7 @@ def compile_report(loaded: LoadedLog, data_dir: Path, log_filter: LogFilter,
         return report
     target = out_dir or data_dir / REPORTS_DIR / _label(log_filter)
     try:
-        _compute_and_export(loaded, report, target, charts)
+        _compute_and_export(loaded, report, data_dir, target, charts)
     except (OSError, duckdb.IOException) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ReportNotWritten(f"post-mortem: cannot write the reports under {target}: "
@@ -137,17 +136,21 @@ def compile_report(loaded: LoadedLog, data_dir: Path, log_filter: LogFilter,
     return report
 
 
-def _compute_and_export(loaded: LoadedLog, report: Report, target: Path, charts: bool) -> None:
+def _compute_and_export(loaded: LoadedLog, report: Report, data_dir: Path, target: Path,
+                        charts: bool) -> None:
     target.mkdir(parents=True, exist_ok=True)
     cursor = loaded.db.cursor()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="postmortem-csv") as pool:
             tables = pool.submit(export_tables, cursor, target)
-            report.summaries = [summarise(loaded.db, run, strategy)
+            report.summaries = [summarise(loaded.db, run, strategy, data_dir / REPORTS_DIR)
                                 for run, strategy in groups(loaded.db)]
             report.exports = tables.result()
     finally:
         cursor.close()
+    for summary in report.summaries:
+        summary.run_start_ns, summary.run_end_ns = loaded.run_spans.get(
+            summary.run_id, (summary.start_ns, summary.end_ns))
     report.exports.update(write_summary_and_html(report, target, charts))
 
 
@@ -194,6 +197,7 @@ def write_summary_and_html(report: Report, target: Path, charts: bool = True
                  f"{report.corrupt_lines + report.unsupported_lines:,} line(s) skipped "
                  "(torn or corrupt)."]
         notes += [_unfinished(run, last) for run, last in report.unfinished_runs.items()]
+        notes += halt_lines(report.summaries)
         title = f"cryptopipe post-mortem — {_label(report.log_filter)}"
         exports["html"].write_text(report_html(report.summaries, title, notes), encoding="utf-8")
     return exports
@@ -214,11 +218,33 @@ def summary_row(summary: RunSummary) -> dict[str, Any]:
             for stats in value:
                 symbol = stats.pop("symbol")
                 row.update({f"inventory_{symbol}_{k}": v for k, v in stats.items()})
+        elif name == "performance" and value is not None:
+            row.update(_performance_columns(value))
         elif isinstance(value, dict):
-            row.update({f"{name}_{k}": v for k, v in value.items()})
+            row.update({f"{name}_{k}": _cell(v) for k, v in value.items()})
         elif value is not None:
             row[name] = value
     return row
+
+
+def _performance_columns(performance: dict[str, Any]) -> dict[str, Any]:
+    """`return_on_equity`, ..., and `markout_venue_1s_bps` per kind of fill and horizon."""
+    columns = {name: value for name, value in performance.items() if name != "markouts"}
+    for markout in performance["markouts"]:
+        prefix = f"markout_{markout['kind']}_{markout['horizon_s']}s"
+        columns.update({f"{prefix}_quote": markout["markout"],
+                        f"{prefix}_bps": markout["markout_bps"],
+                        f"{prefix}_marked": markout["marked"]})
+    return columns
+
+
+def _cell(value: Any) -> Any:
+    """A list (e.g. the halts of an arbitrage) goes into one CSV cell as JSON."""
+    if isinstance(value, list):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    return value
 
 
 def _write_summary_csv(summaries: list[RunSummary], path: Path) -> None:
@@ -264,10 +290,12 @@ def print_report(report: Report, console: Console) -> None:
         console.print(f"post-mortem: {report.message()}")
         return
     for table in (_runs_table(report), _actions_table(report), _inventory_table(report),
-                  _orders_table(report), _arbitrage_table(report),
-                  _internalize_table(report)):
+                  _orders_table(report), _performance_table(report), _markouts_table(report),
+                  _arbitrage_table(report), _internalize_table(report)):
         if table is not None and table.row_count:
             console.print(table)
+    for line in halt_lines(report.summaries):
+        console.print(line, markup=False)
     skipped = report.corrupt_lines + report.unsupported_lines
     console.print(f"{report.files} log file(s), {report.records:,} records; "
                   f"{skipped:,} line(s) skipped (torn or corrupt)")
@@ -276,12 +304,13 @@ def print_report(report: Report, console: Console) -> None:
 
 
 def _runs_table(report: Report) -> Table:
-    table = Table(title="P&L per strategy and run (quote currency)")
+    table = Table(title="P&L per strategy and run (quote currency; from/to: the run's first "
+                        "and last record)")
     for column in ("run", "strategy", "from", "to", "decisions", "intents", "fills", "volume",
                    "fees", "realised", "unrealised", "total P&L", "max drawdown"):
         table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
     for s in report.summaries:
-        table.add_row(s.run_id, s.strategy, _time(s.start_ns), _time(s.end_ns),
+        table.add_row(s.run_id, s.strategy, _time(s.run_start_ns), _time(s.run_end_ns),
                       f"{s.decisions:,}", f"{s.intents_sent:,}", f"{s.fills:,}",
                       _money(s.volume), _money(s.fees), _money(s.realised_pnl),
                       _money(s.unrealised_pnl), _money(s.total_pnl), _money(s.max_drawdown))
@@ -329,6 +358,41 @@ def _orders_table(report: Report) -> Table:
     return table
 
 
+def _performance_table(report: Report) -> Table:
+    table = Table(title="Return, risk and turnover (Sharpe: P&L sampled at equal intervals, "
+                        "per day; annualised x sqrt(365))")
+    for column in ("run", "strategy", "starting equity", "desk portfolio", "return on equity",
+                   "turnover", "Sharpe / day", "Sharpe / year", "sampled every"):
+        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    for s in report.summaries:
+        p = s.performance
+        if p is None:
+            continue
+        table.add_row(s.run_id, s.strategy, _money(p.starting_equity),
+                      _money(s.desk_portfolio_value), _ratio_precise(p.return_on_equity),
+                      _num(p.turnover), _num(p.sharpe_per_day, 2),
+                      _num(p.sharpe_annualised, 2),
+                      f"{p.sharpe_interval_s} s" if p.sharpe_interval_s else "–")
+    return table
+
+
+def _markouts_table(report: Report) -> Table:
+    table = Table(title="Markouts: side x (mid after the horizon - fill price)")
+    for column in ("run", "strategy", "fills", "horizon", "marked", "not marked",
+                   "markout (quote)", "markout (bps)"):
+        table.add_column(column, justify="left" if column in ("run", "strategy", "fills")
+                         else "right")
+    for s in report.summaries:
+        for m in s.performance.markouts if s.performance else ():
+            table.add_row(s.run_id, s.strategy, m.kind, f"{m.horizon_s} s", f"{m.marked:,}",
+                          f"{m.unmarked:,}", _money(m.markout), _num(m.markout_bps, 2))
+    return table
+
+
+def _ratio_precise(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.4%}"
+
+
 def _arbitrage_table(report: Report) -> Table | None:
     rows = [s for s in report.summaries if s.arbitrage is not None]
     if not rows:
@@ -336,7 +400,7 @@ def _arbitrage_table(report: Report) -> Table | None:
     table = Table(title="Arbitrage")
     for column in ("run", "strategy", "seen", "taken", "expected edge", "expected bps",
                    "leg failures", "completed", "expected (completed)", "realised edge",
-                   "realised bps"):
+                   "realised bps", "halts", "halted s"):
         table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
     for s in rows:
         a = s.arbitrage
@@ -345,8 +409,25 @@ def _arbitrage_table(report: Report) -> Table | None:
                       f"{a.opportunities_taken:,}", _money(a.expected_edge),
                       _num(a.mean_expected_edge_bps, 2), f"{a.leg_failures:,}",
                       f"{a.completed:,}", _money(a.expected_edge_completed),
-                      _money(a.realised_edge), _num(a.realised_edge_bps, 2))
+                      _money(a.realised_edge), _num(a.realised_edge_bps, 2),
+                      f"{a.halts:,}", _num(a.halted_s, 1))
     return table
+
+
+def halt_lines(summaries: list[RunSummary]) -> list[str]:
+    """One line per halt of an arbitrage after a failed unwind: when, the residual it kept
+    as position, and when it resumed (or that it never did)."""
+    lines = []
+    for s in summaries:
+        if s.arbitrage is None:
+            continue
+        for halt in s.arbitrage.halt_log:
+            until = (f"resumed {_time(halt.resumed_ns)} UTC" if halt.resumed_ns is not None
+                     else "never resumed before the run ended")
+            lines.append(f"halt: {s.run_id} {s.strategy} at {_time(halt.ts_ns)} UTC, "
+                         f"{halt.residual:+g} {halt.symbol or ''} unhedged after a failed "
+                         f"unwind; {until} ({halt.halted_s:,.1f} s halted)")
+    return lines
 
 
 def _internalize_table(report: Report) -> Table | None:

@@ -27,7 +27,9 @@ infinities are written as `null`):
   exchange_order_id, reason, filled_qty.
 - `fill`: client_order_id, venue, symbol, side, price, qty, fee, fee_asset, liquidity
   ("maker"/"taker"), strategy, trade_id.
-- `balance`: venue, strategy, balances (object asset -> amount).
+- `balance`: venue, strategy, balances (object asset -> amount), in_transit (object asset
+  -> amount on its way to this venue: transfers sent and not yet landed, less their fee;
+  `{}` when none; absent in logs written before it was added).
 - `run_end`: status ("stopped", or "failed: <error type>"), written (how many records the
   run wrote before this one). The writer's last record, written only when the run stops
   cleanly (`DecisionLogWriter.end_run`): a log without it ended early (a crash, a kill,
@@ -46,9 +48,13 @@ inputs); the report reads only what is listed here and shows every other verb as
 
 - every strategy: "skip" (saw something and declined: edge too small, stale quote,
   cooldown...); recorded by the runner or the risk gate: "reject" (an intent or transfer
-  refused) and "kill" (the kill switch fired);
+  refused) and "kill" (the kill switch fired); the report's timeline marks "kill",
+  "flatten", "max_loss_exit", "unwind_failed", "rebalance", "portfolio_rebalance" and
+  any verb that names a halt or an alert (performance.TIMELINE_EVENTS);
 - arbitrage: "arbitrage" (an opportunity taken; its intents are the legs), "unwind" (a
-  failed or partial leg hedged), "unwind_failed", "transfer_sell", "rebalance" (a transfer
+  failed or partial leg hedged), "unwind_failed" (an alert: every unwind attempt failed,
+  the strategy halts with inputs "residual" kept as position; a halt in the report),
+  "resume" (the halt's cooldown is over), "transfer_sell", "rebalance" (a transfer
   between venues, no intents);
 - inventory-mm: "quote" (quotes placed or replaced), "hold" (orders already at target),
   "max_loss_exit", "portfolio_rebalance";
@@ -58,8 +64,15 @@ inputs); the report reads only what is listed here and shows every other verb as
 `Decision.inputs` keys the report reads (all optional; absent means "not known"):
 
 - "venue", "symbol": what the decision is about (else its first intent's);
+  "hedge_venue" (internalize) stands for "venue" when that is absent;
 - "mid": the mid price the strategy saw (quote currency); with fill prices, it marks
-  open positions and is the reference for spread captured and market-order slippage;
+  open positions and is the reference for spread captured, market-order slippage and
+  markouts (performance.py);
+- "market_bid", "market_ask": the market's touch at that venue; without them "bid",
+  "ask" are the touch (a strategy that logs its own quotes as "bid"/"ask", as
+  inventory-mm does, logs the touch as "market_bid"/"market_ask" beside them);
+  arbitrage's "buy_venue"/"buy_bid"/"buy_ask" and "sell_venue"/"sell_bid"/"sell_ask"
+  give both venues' touch. The report charts them per market and marks fills with them;
 - "expected_edge_bps": an evaluated opportunity's expected net edge, bps (arbitrage; a
   "skip" that carries it counts as an opportunity seen and not taken);
 - "client_side", "client_qty", "client_price": a client fill the desk took the other side
@@ -131,6 +144,7 @@ COLUMNS: dict[str, str] = {
     "liquidity": "VARCHAR",
     "trade_id": "VARCHAR",
     "balances": "JSON",
+    "in_transit": "JSON",
     "written": "BIGINT",
 }
 
@@ -200,7 +214,8 @@ def _fill(r: Fill, run_id: str, ts_ns: int) -> dict[str, Any]:
 
 def _balance(r: BalanceSnapshot, run_id: str, ts_ns: int) -> dict[str, Any]:
     return {"v": SCHEMA_VERSION, "type": BALANCE, "run_id": run_id, "ts_ns": ts_ns,
-            "venue": r.venue, "strategy": r.strategy, "balances": r.balances}
+            "venue": r.venue, "strategy": r.strategy, "balances": r.balances,
+            "in_transit": r.in_transit}
 
 
 def _run_end(r: RunEnd, run_id: str, ts_ns: int) -> dict[str, Any]:

@@ -67,7 +67,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from daemon.core.clock import NS_PER_DAY, now_ns
 from daemon.core.logs import get_logger
@@ -507,17 +507,29 @@ class BalanceSource(Protocol):
     def balances(self, venue: str) -> Mapping[str, float]: ...
 
 
+@runtime_checkable
+class InTransitSource(Protocol):
+    """Transfers sent and not landed: per asset, what each will credit `venue`."""
+
+    def in_transit(self, venue: str, now_ns: int) -> Mapping[str, float]: ...
+
+
 class BalanceSnapshots:
-    """Records each venue's balances every `interval_s` of the strategy clock.
+    """Records each venue's balances every `interval_s` of the strategy clock, with what
+    transfers on their way will credit it (`transfers`, when the session can move funds):
+    a transfer debits its source at once and credits its destination only on arrival, and
+    the funds in between are still ours (the post-mortem values them at the mark).
 
     Call `maybe_record(now_ns)` on every event (it is one comparison when nothing is due);
     in a backtest `now_ns` is event time, so snapshots land at the same places every run.
     """
 
     def __init__(self, sink: RecordSink, account: BalanceSource, venues: Sequence[str],
-                 interval_s: float, strategy: str = "") -> None:
+                 interval_s: float, strategy: str = "",
+                 transfers: InTransitSource | None = None) -> None:
         self.sink = sink
         self.account = account
+        self.transfers = transfers
         self.venues = list(venues)
         self.strategy = strategy
         self._interval_ns = int(interval_s * 1e9)
@@ -533,4 +545,7 @@ class BalanceSnapshots:
         self.next_ns = now_ns + self._interval_ns
         for venue in self.venues:
             balances = dict(self.account.balances(venue))
-            self.sink.record(BalanceSnapshot(venue, now_ns, balances, self.strategy))
+            in_transit = (dict(self.transfers.in_transit(venue, now_ns))
+                          if self.transfers is not None else {})
+            self.sink.record(BalanceSnapshot(venue, now_ns, balances, self.strategy,
+                                             in_transit))

@@ -96,6 +96,7 @@ def wanted_markets(settings: Settings, strategy: str | None) -> list[Key]:
     keys = {(venue, symbol) for venue in settings.enabled_venues()
             for symbol in settings.symbols_for(venue)}
     own = {"inventory-mm": settings.strategies.inventory_mm,
+           "random-inventory": settings.strategies.random_inventory,
            "internalize": settings.strategies.internalize}.get(strategy or "")
     if own is not None and own.venue in settings.venues:
         keys.add((own.venue, own.symbol))

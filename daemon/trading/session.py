@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from config.settings import ConfigError, Settings
 from daemon.core.clock import Clock
 from daemon.core.records import RecordSink
-from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter
+from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, InTransitSource
 from daemon.trading.executor import OrderGateway
 from daemon.trading.gate import GatedExecutor
 from daemon.trading.paper import PaperExecutor
@@ -68,6 +68,10 @@ def open_session(settings: Settings, strategy: Strategy, inner: OrderGateway, *,
     runner = StrategyRunner(strategy, executor, sink, market, account=executor, clock=clock,
                             transfers=transfers)
     executor.kill_switch.on_fire(lambda why, _now: runner.kill(why))
+    # Funds in flight between venues go into the snapshots too, or they would vanish
+    # from the portfolio's value until they land.
+    in_transit = transfers if isinstance(transfers, InTransitSource) else None
     snapshots = BalanceSnapshots(writer, executor, settings.enabled_venues(),
-                                 settings.postmortem.balance_snapshot_interval_s, strategy.name)
+                                 settings.postmortem.balance_snapshot_interval_s, strategy.name,
+                                 transfers=in_transit)
     return TradingSession(strategy, executor, runner, snapshots)

@@ -9,13 +9,20 @@ asset with no configured delay cannot be moved (we would be guessing how long it
 
 Live: withdrawals through ccxt (adapters/ccxt/transfers.py), only to whitelisted
 addresses; `BackgroundTransfers` runs them as tasks for the synchronous runner.
+
+Funds in transit are in no venue's balance, so both say what is on its way to a venue
+(`in_transit(venue, now_ns)`, per asset, net of the fee) for the balance snapshots, and
+the portfolio's value does not drop by the amount in flight. Paper knows the arrival;
+live counts a withdrawal the venue accepted as in transit for the asset's
+`transfer_delay_s` (an estimate: the deposit is not polled; an asset with no delay
+configured is not counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +106,10 @@ class PaperTransfers:
     def in_flight(self) -> list[Transfer]:
         return list(self._in_flight.values())
 
+    def in_transit(self, venue: str, now_ns: int = 0) -> dict[str, float]:
+        """Per asset, what transfers in flight will credit `venue` (net of fees)."""
+        return _credits_to(venue, self._in_flight.values())
+
     def in_flight_amount(self, asset: str, to_venue: str | None = None) -> float:
         """What is on its way (net of fees), e.g. to count it in an inventory."""
         return sum(t.credited for t in self._in_flight.values()
@@ -115,12 +126,25 @@ class PaperTransfers:
 
 
 class BackgroundTransfers:
-    """Runs live transfers as tasks (the runner is synchronous); a failure is recorded."""
+    """Runs live transfers as tasks (the runner is synchronous); a failure is recorded.
+    An accepted withdrawal counts as in transit for the asset's configured delay."""
 
-    def __init__(self, transfers: Any, sink: RecordSink) -> None:
+    def __init__(self, transfers: Any, sink: RecordSink,
+                 execution: ExecutionSettings | None = None) -> None:
         self._transfers = transfers
         self._sink = sink
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._delays = dict(execution.transfer_delay_s) if execution is not None else {}
+        self._fees = dict(execution.transfer_fee) if execution is not None else {}
+        self._ids = itertools.count(1)
+        self._in_flight: dict[str, Transfer] = {}
+
+    def in_transit(self, venue: str, now_ns: int) -> dict[str, float]:
+        """Per asset, what accepted withdrawals should credit `venue` and, by the configured
+        delay, have not yet: an estimate (see the module doc)."""
+        for key in [k for k, t in self._in_flight.items() if t.arrives_ns <= now_ns]:
+            del self._in_flight[key]
+        return _credits_to(venue, self._in_flight.values())
 
     def transfer(self, asset: str, amount: float, from_venue: str, to_venue: str,
                  now_ns: int) -> None:
@@ -139,3 +163,19 @@ class BackgroundTransfers:
             inputs = TransferIntent(asset, from_venue, to_venue, amount).as_inputs()
             self._sink.record(Decision("transfers", now_ns, Action.REJECT, str(exc),
                                        inputs=inputs))
+            return
+        delay_s = self._delays.get(asset)
+        if delay_s is None:
+            return  # no idea when it lands: not guessed
+        transfer_id = f"live-transfer-{next(self._ids)}"
+        self._in_flight[transfer_id] = Transfer(
+            transfer_id, asset, amount, self._fees.get(asset, 0.0), from_venue, to_venue,
+            now_ns, now_ns + int(delay_s * NS_PER_SECOND))
+
+
+def _credits_to(venue: str, transfers: Iterable[Transfer]) -> dict[str, float]:
+    credits: dict[str, float] = {}
+    for transfer in transfers:
+        if transfer.to_venue == venue:
+            credits[transfer.asset] = credits.get(transfer.asset, 0.0) + transfer.credited
+    return credits

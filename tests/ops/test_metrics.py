@@ -151,6 +151,44 @@ async def test_healthz_flips_on_a_stale_feed_and_back() -> None:
         assert (await health())[0] == 200
 
 
+async def test_healthz_reports_degraded_while_the_arbitrage_is_halted_after_a_failed_unwind(
+) -> None:
+    """Issue 14: a halted arbitrage was silent. While it waits out its cooldown, /healthz
+    says "degraded" (HTTP 200: the daemon itself is fit) with the reason, and
+    `cryptopipe_degraded` is 1; once it resumes, "ok" again."""
+    from tests.strategies.test_arbitrage import Harness, legs
+
+    h = Harness(unwind_attempts=1, halt_cooldown_s=30.0)
+    app = make_app()
+    app.health.watch_degraded("strategy arbitrage", h.strategy.degraded)
+    async with operations(app) as port:
+        app.bus.publish_quote(quote(now_ns()))
+        status, body = await http_get(port, "/healthz")
+        assert (status, orjson.loads(body)["status"]) == (200, "ok")
+
+        buy, sell = legs(h.books(3.0))
+        h.settle(buy, 1.0)
+        unwind = h.settle(sell, 0.0, OrderStatus.REJECTED)
+        assert h.settle(unwind.intents[0], 0.0).action == "unwind_failed"
+        status, body = await http_get(port, "/healthz")
+        report = orjson.loads(body)
+        assert (status, report["status"], report["reasons"]) == (200, "degraded", [])
+        (reason,) = report["degraded"]
+        assert reason.startswith("strategy arbitrage: unwind failed: +1 BTC/USDT unhedged")
+        assert (await scrape(port))["cryptopipe_degraded"] == 1.0
+
+        app.health.trip_kill_switch("daily loss limit")  # unhealthy outranks degraded
+        status, body = await http_get(port, "/healthz")
+        assert (status, orjson.loads(body)["status"]) == (503, "unhealthy")
+        app.health.clear_kill_switch()
+
+        assert h.strategy.on_timer(h.clock.advance(30.0)).action == "resume"
+        status, body = await http_get(port, "/healthz")
+        assert (status, orjson.loads(body)["status"], orjson.loads(body)["degraded"]) == \
+            (200, "ok", [])
+        assert (await scrape(port))["cryptopipe_degraded"] == 0.0
+
+
 async def test_other_paths_and_methods() -> None:
     app = make_app()
     async with operations(app) as port:

@@ -340,9 +340,11 @@ def test_html_report_renders_its_charts_in_headless_chromium(tmp_path: Path) -> 
     )
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     assert not [line for line in console if "Uncaught" in line or "Error" in line], console
-    # Three runs, each one figure; plotly draws every figure into <svg class="main-svg">.
-    assert result.stdout.count('class="main-svg"') >= 3
-    assert result.stdout.count('class="plot-container plotly"') == 3
+    # Three runs, each its figure, one per market and its markouts (issue 14 item 13):
+    # inventory-mm 1 + 1 + 1, internalize 1 + 1 (the hedge's venue) + 1, arbitrage 1 + 2
+    # + 1. Plotly draws every figure into <svg class="main-svg">.
+    assert result.stdout.count('class="main-svg"') >= 10
+    assert result.stdout.count('class="plot-container plotly"') == 10
     shutil.rmtree(profile, ignore_errors=True)
 
 

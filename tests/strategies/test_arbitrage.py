@@ -234,19 +234,73 @@ def test_a_rejected_buy_leg_buys_back_on_the_best_ask() -> None:
     assert order.price == pytest.approx(ASK_A * (1 + 25e-4))
 
 
-def test_an_unwind_that_keeps_failing_halts_the_strategy() -> None:
-    h = Harness()
+def test_an_unwind_that_keeps_failing_widens_then_halts_for_the_cooldown_and_resumes() -> None:
+    """Issue 14: a failed unwind used to halt the strategy for good. Hand maths: long 1 BTC
+    after a rejected sell leg; B's bid b = bid_for_net_edge(60000, 3) pays best, so each
+    attempt sells 1 BTC on B at b (1 - t), t = 25, 50, then 60 bps (25 + 25 k, capped at
+    60); then it halts for 30 s, degraded, the 1 BTC kept as position worth 1 x mid."""
+    h = Harness(unwind_tolerance_step_bps=25.0, unwind_tolerance_max_bps=60.0,
+                unwind_attempts=3, halt_cooldown_s=30.0)
     buy, sell = legs(h.books(3.0))
     h.settle(buy, 1.0)
     decision = h.settle(sell, 0.0, OrderStatus.REJECTED)
-    for attempt in (1, 2, 3):
+    for attempt, tolerance_bps in ((1, 25.0), (2, 50.0), (3, 60.0)):
         assert decision.action == "unwind" and decision.inputs["attempt"] == attempt
-        decision = h.settle(decision.intents[0], 0.0)  # expired, nothing filled
+        (order,) = decision.intents
+        assert (order.venue, order.side, order.qty) == (B, Side.SELL, 1.0)
+        assert decision.inputs["tolerance_bps"] == tolerance_bps
+        assert order.price == pytest.approx(sell.price * (1 - tolerance_bps / 1e4))
+        decision = h.settle(order, 0.0)  # expired, nothing filled
+    halted_at = h.clock()
     assert decision.action == "unwind_failed"
-    assert h.strategy.halted_reason and "unhedged" in h.strategy.halted_reason
-    blocked = h.quote(B, bid_for_net_edge(ASK_A, 9.0), bid_for_net_edge(ASK_A, 9.0) + 10.0,
-                      after_s=5.0)
-    assert blocked.action == "skip" and not blocked.intents
+    mid = ((ASK_A - 10.0 + ASK_A) / 2 + (sell.price + sell.price + 10.0) / 2) / 2
+    inputs = decision.inputs
+    assert inputs["residual"] == 1.0 and inputs["attempts"] == 3
+    assert inputs["widest_tolerance_bps"] == 60.0
+    assert inputs["mid"] == pytest.approx(mid)
+    assert inputs["position_value"] == pytest.approx(mid)  # kept, valued, not lost
+    assert inputs["resume_ns"] == halted_at + 30 * NS
+    assert "kept as position" in decision.reason and "resuming in 30 s" in decision.reason
+    assert h.strategy._residual[SYMBOL] == 1.0
+    assert "unwind failed" in h.strategy.degraded()
+    rich = bid_for_net_edge(ASK_A, 9.0)
+    blocked = h.quote(B, rich, rich + 10.0, after_s=5.0)
+    assert blocked.action == "skip" and not blocked.intents and "unwind failed" in blocked.reason
+    assert h.strategy.degraded() is not None
+    # 30 s of feed time after the halt: resume, then unwind the carried 1 BTC afresh.
+    resumed = h.quote(B, rich, rich + 10.0, after_s=25.0)
+    assert resumed.action == "resume" and not resumed.intents
+    assert resumed.inputs["residual"] == 1.0 and "unwinding +1 BTC/USDT first" in resumed.reason
+    assert h.strategy.degraded() is None
+    unwind = h.quote(B, rich, rich + 10.0)
+    assert unwind.action == "unwind" and unwind.inputs["attempt"] == 1
+    assert unwind.inputs["tolerance_bps"] == 25.0
+    assert h.settle(unwind.intents[0], 1.0) is None  # hedged
+    assert h.strategy._residual[SYMBOL] == 0.0
+    # A's quote went stale during the halt; its next one opens the 9 bps edge: taken.
+    assert h.quote(A, ASK_A - 10.0, ASK_A, after_s=1.0).action == "arbitrage"
+
+
+def test_the_timer_ends_a_halt_without_quotes_and_the_kill_switch_is_never_resumed() -> None:
+    h = Harness(unwind_attempts=1, halt_cooldown_s=10.0)
+    buy, sell = legs(h.books(3.0))
+    h.settle(buy, 1.0)
+    unwind = h.settle(sell, 0.0, OrderStatus.REJECTED)
+    assert h.settle(unwind.intents[0], 0.0).action == "unwind_failed"
+    assert h.strategy.on_timer(h.clock.advance(9.0)) is None
+    assert h.strategy.on_timer(h.clock.advance(1.0)).action == "resume"
+
+    killed = Harness(halt_cooldown_s=1.0)
+    killed.strategy.on_kill("max loss")
+    assert killed.strategy.degraded() is None  # /healthz reports the kill switch itself
+    assert killed.strategy.on_timer(killed.clock.advance(3600.0)) is None
+    decision = killed.quote(A, ASK_A - 10.0, ASK_A)
+    assert decision.action == "skip" and "kill switch" in decision.reason
+
+
+def test_unwind_tolerances_must_not_narrow() -> None:
+    with pytest.raises(ValueError, match="unwind_tolerance_max_bps"):
+        ArbitrageSettings(unwind_tolerance_bps=50.0, unwind_tolerance_max_bps=40.0)
 
 
 def test_fills_reported_only_by_the_terminal_ack_count() -> None:

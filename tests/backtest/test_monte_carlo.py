@@ -1,0 +1,85 @@
+"""A strategy against chance: the random-inventory baseline over the same recording, one
+decision log per seed, and the strategy's percentile among them (issue 14, item 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from daemon.backtest.monte_carlo import AgainstChance
+from tests.backtest.test_engine import backtest, records, run_main
+
+RECORDING = "binance_spot_btcusdt_20240808.gz"
+
+
+def decisions(data_dir: Path, run_id: str) -> list[dict]:
+    """The run's records without the run id, which is all that may differ."""
+    return [{k: v for k, v in r.items() if k != "run_id"} for r in records(data_dir, run_id)]
+
+
+def targets(data_dir: Path, run_id: str) -> list[float]:
+    return [r["inputs"]["target"] for r in records(data_dir, run_id)
+            if r["type"] == "decision" and r["reason"].startswith("new target")]
+
+
+def test_percentile_counts_seeds_below_and_half_the_ties() -> None:
+    result = AgainstChance("inventory-mm", 1.0, {1: 0.0, 2: 1.0, 3: 2.0, 4: -1.0})
+    assert result.percentile == 62.5  # 0.0 and -1.0 below, 1.0 a tie: (2 + 0.5) / 4
+    figures = result.figures()
+    assert figures["baseline_pnl"]["min"] == -1.0 and figures["baseline_pnl"]["max"] == 2.0
+    assert figures["baseline_pnl"]["median"] == 0.5
+
+
+def test_the_baseline_backtest_is_seeded_and_deterministic(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    recording = shared_file(RECORDING)
+    data_dir = tmp_path / "data"
+    backtest(data_dir, "random-inventory", "one", recording)
+    backtest(data_dir, "random-inventory", "two", recording)
+    backtest(data_dir, "random-inventory", "other", recording,
+             CRYPTOPIPE_STRATEGIES__RANDOM_INVENTORY__SEED="43")
+    assert decisions(data_dir, "one") == decisions(data_dir, "two")
+    first = targets(data_dir, "one")
+    assert len(first) >= 10 and all(abs(t) <= 0.01 for t in first)  # every 30 s of 346 s
+    assert targets(data_dir, "other") != first
+    fills = [r for r in records(data_dir, "one") if r["type"] == "fill"]
+    assert {f["side"] for f in fills} == {"buy", "sell"}
+    assert all(f["strategy"] == "random-inventory" for f in fills)
+
+
+def test_backtest_with_seeds_places_the_strategy_among_the_baseline_s(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    recording = shared_file(RECORDING)
+    data_dir = tmp_path / "data"
+    done = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id", "mc",
+                     "--seeds", "3", "--format", "json", "--data", str(recording)], data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    chance = orjson.loads(done.stdout)["against_chance"]
+    assert chance["strategy"] == "inventory-mm" and chance["seeds"] == 3
+    assert chance["seed_run_ids"] == {"42": "mc-seed42", "43": "mc-seed43", "44": "mc-seed44"}
+    pnls = [float(p) for p in chance["seed_pnls"].values()]
+    assert len(set(pnls)) == 3, "each seed trades differently"
+    below = sum(p < chance["pnl"] for p in pnls) + 0.5 * sum(p == chance["pnl"] for p in pnls)
+    assert chance["percentile"] == pytest.approx(100 * below / 3)
+    for run_id in chance["seed_run_ids"].values():  # each seed's log, for the post-mortem
+        assert decisions(data_dir, run_id)
+    # The seed 42 run is the default random-inventory backtest, decision for decision.
+    backtest(data_dir, "random-inventory", "alone", recording)
+    assert decisions(data_dir, "alone") == decisions(data_dir, "mc-seed42")
+
+    text = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id", "mc2",
+                     "--seeds", "2", "--data", str(recording)], data_dir)
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "against chance: inventory-mm P&L" in text.stdout
+    assert "percentile of chance" in text.stdout
+    # A seed's run id that already has a log is refused before anything runs.
+    backtest(data_dir, "random-inventory", "x-seed42", recording)
+    clash = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id", "x",
+                      "--seeds", "1", "--data", str(recording)], data_dir)
+    assert clash.returncode == 2 and "'x-seed42' already has a decision log" in clash.stderr
+    assert not records(data_dir, "x")
