@@ -18,6 +18,7 @@ from pathlib import Path
 from config.settings import Settings
 from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
+from daemon.core.routes import Callbacks
 from daemon.core.tasks import spawn
 from daemon.market.bus import Bus
 from daemon.market.ringbuffer import RingStore, snapshot_every
@@ -38,8 +39,10 @@ class App:
     bus: Bus = field(default_factory=Bus)
     rings: RingStore | None = None
     #: Replay frames published between two yields to the event loop. A live socket yields
-    #: on every frame; strategy modes set 1 so a max-speed replay conflates no more than
-    #: live traffic would. Viewers keep a large batch: they only need the latest state.
+    #: on every frame; strategy modes set 1 so a paced replay conflates no more than live
+    #: traffic would (and one at max speed, in step with the strategy, still lets the
+    #: decision-log writer and signals in). Viewers keep a large batch: they only need the
+    #: latest state.
     replay_yield_every: int = 2048
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     #: Behind /healthz: required feeds and the kill switch (trip it via health.trip_kill_switch).
@@ -65,9 +68,19 @@ class App:
         self.decision_log = writer
         self.health.decision_log_failing = lambda: writer.failing
 
-    def start_rings(self) -> RingStore:
-        """Reload the last snapshot (dropping rows past retention) and attach to the bus."""
+    def start_rings(self, *, warm: bool = True) -> RingStore:
+        """Reload the last snapshot (dropping rows past retention) and attach to the bus.
+
+        `warm=False`: a fresh store that neither reads nor writes the snapshot, as a
+        backtest's (a strategy on a replay: its history is the recording's; a live
+        snapshot newer than the recording would clamp every replayed row to its own last
+        time, and the replay's rows must not become the next live start's history)."""
         settings = self.settings
+        if not warm:
+            rings = RingStore(retention_s=settings.retention,
+                              max_rate_hz=settings.ring.max_rate_hz)
+            self.bus.add_sink(rings)
+            return rings
         self.rings = RingStore.load(
             self.ring_dir, retention_s=settings.retention, now_ns=now_ns(),
             max_rate_hz=settings.ring.max_rate_hz,
@@ -106,9 +119,10 @@ class App:
         warm_up()
         log.info("kernels_ready", seconds=round(time.perf_counter() - started, 3))
 
-    def market_data(self) -> Awaitable[object]:
-        """The feed chosen by `--feed`: live adapters, the shipped sample, or recordings."""
+    def market_data(self, replay_to: Callbacks | None = None) -> Awaitable[object]:
+        """The feed chosen by `--feed`: live adapters, the shipped sample, or recordings.
+        `replay_to`: a replay's events go there, which publishes them (daemon/feeds.py)."""
         from daemon.feeds import run_feed
 
         return run_feed(self.args.feed, self.settings, self.bus, speed=self.args.speed,
-                        yield_every=self.replay_yield_every)
+                        yield_every=self.replay_yield_every, replay_to=replay_to)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from config.settings import ConfigError, Settings
 from daemon.core.logs import get_logger
+from daemon.core.routes import Callbacks
 from daemon.market.bus import Bus
 from daemon.trading.markets import FoundRules, apply_market_rules, missing_rules, wanted_markets
 
@@ -20,10 +21,15 @@ REPLAY_PREFIX = "replay:"
 
 
 async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | None,
-                   yield_every: int) -> object:
-    """Run the chosen feed into `bus` until it ends (replay) or is cancelled (live)."""
+                   yield_every: int, replay_to: Callbacks | None = None) -> object:
+    """Run the chosen feed into `bus` until it ends (replay) or is cancelled (live).
+
+    `replay_to`: a replay hands each event to these callbacks instead of publishing it,
+    and they publish it on the bus themselves (an action replay that steps the strategy
+    with each event, as a backtest does). Live feeds always publish on the bus."""
     if feed == "sample" or feed.startswith(REPLAY_PREFIX):
-        return await _run_replay(feed, bus, speed, yield_every)
+        publish = replay_to or Callbacks(bus.publish_quote, bus.publish_trade)
+        return await _run_replay(feed, publish, speed, yield_every)
     if feed == "live":
         from adapters.market_data import run_live
 
@@ -33,7 +39,8 @@ async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | No
     )
 
 
-async def _run_replay(feed: str, bus: Bus, speed: float | None, yield_every: int) -> object:
+async def _run_replay(feed: str, publish: Callbacks, speed: float | None,
+                      yield_every: int) -> object:
     """Replay the files once. What was lost on the way is printed on stderr (one line);
     files that gave not one quote or trade are an input error (ConfigError: exit 2),
     never a silent success."""
@@ -47,7 +54,7 @@ async def _run_replay(feed: str, bus: Bus, speed: float | None, yield_every: int
 
     try:
         specs = sample_specs() if feed == "sample" else parse_specs(feed)
-        replay = ReplayFeed(specs, bus.publish_quote, bus.publish_trade,
+        replay = ReplayFeed(specs, publish.on_quote, publish.on_trade,
                             speed=speed, yield_every=yield_every)
         stats = await replay.run()
         damage = stats.damage_summary()

@@ -50,7 +50,7 @@ from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats, chec
 from config.settings import Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
-from daemon.core.clock import NS_PER_MS, SimulatedClock
+from daemon.core.clock import SimulatedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import Decision, Fill, OrderIntent, Quote, Trade
 from daemon.market.bus import Bus
@@ -176,6 +176,7 @@ class Backtest:
         self.paper = PaperExecutor.from_settings(settings, run_id)
         session = open_session(settings, self.strategy, self.paper, sink=sink, market=market,
                                clock=self.clock, writer=self.writer)
+        self.session = session
         self.executor, self.runner = session.executor, session.runner
         self.snapshots = session.snapshots
         self.flow: ClientFlow | None = None
@@ -415,16 +416,9 @@ class Backtest:
     # -- the end of the data -----------------------------------------------------------
 
     def _finish(self) -> None:
-        """Cancel what is still open, let the cancels through, snapshot the balances."""
-        end = self.clock.now_ns
-        if end == 0:
-            return  # no market data at all
-        self.executor.cancel_all(end)
-        execution = self.settings.execution
-        settle_ns = int((execution.submit_latency_ms + execution.cancel_latency_ms) * NS_PER_MS)
-        self.clock.advance_to(end + settle_ns)
-        self.runner.advance(self.clock.now_ns)
-        self.snapshots.record_now(self.clock.now_ns)
+        """Cancel what is still open, let the cancels through, snapshot the balances (the
+        session's end of data, which an action replay at --speed max shares)."""
+        self.session.finish_data(self.clock, self.settings.execution)
 
     def _result(self, stats: ReplayStats, wall_seconds: float) -> BacktestResult:
         flow = self.flow

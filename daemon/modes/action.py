@@ -2,15 +2,29 @@
 
 Wiring, in start-up order (start-up and crash recovery are one path):
 
-1. the ring buffer reloads its snapshot, so volatility windows are warm at once;
+1. the ring buffer reloads its snapshot, so volatility windows are warm at once (live
+   only: a replay starts with the recording's history alone, as a backtest does);
 2. the decision log opens; every record from here on is durable within its flush interval;
 3. the executor: paper by default; live only with keys and an explicit opt-in, and it
    reconciles its open orders before anything else happens;
 4. the risk gate and kill switch wrap the executor (SIGUSR1 and the flag file fire it);
-5. the strategy starts on a conflated bus subscription, then the market-data feed.
+5. the strategy starts (on a conflated bus subscription, or in step with a replay at
+   `--speed max`), then the market-data feed.
 
-The strategy's clock is the feed's: wall time live, the recorded receive time in a replay,
-so a replay at `--speed max` decides exactly as the same data would live.
+The strategy's clock is the feed's: wall time live, the recorded receive time in a replay.
+
+Two ways to hand events to the strategy (README "Action replay vs backtest"):
+
+- live, and a replay paced at `--speed N`: the live loop. The feed publishes on the bus;
+  the loop wakes up, drains its subscription — the newest quote per market (a burst is
+  conflated, as live) and every trade — and feeds them to the runner, then moves time on
+  (`runner.advance`). What the strategy sees depends on how fast it keeps up.
+- a replay at `--speed max`: in step (`Lockstep`). Pacing means nothing there, and a loop
+  that wakes up when it can would see whatever the CPU let it, so each event is handed to
+  the strategy as the replay publishes it, through the backtest engine's steps in its
+  order (client fills due, the clock, the bus, the runner, balance snapshots), and the
+  end of the data is the engine's (`TradingSession.finish_data`). The decision log is the
+  backtest's of the same file, record for record (tests/modes/test_action_parity.py).
 """
 
 from __future__ import annotations
@@ -27,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 from config.settings import ConfigError, Settings
 from daemon.core.clock import FeedClock
 from daemon.core.logs import get_logger
-from daemon.core.model import ClientFill, Quote
+from daemon.core.model import ClientFill, Quote, Trade
 from daemon.core.records import RecordSink
+from daemon.core.routes import Callbacks
 from daemon.core.tasks import spawn
 from daemon.market.market_view import RingMarketView
 from daemon.modes.summary import RunSummary, print_summary, record_counts
@@ -52,6 +67,9 @@ log = get_logger("action")
 #: Live loop tick when no market data arrives: order latency, timers and transfers still
 #: need time to pass.
 IDLE_TICK_S = 0.1
+#: The summary's name of each dispatch (the `dispatch` figure).
+LOCKSTEP = "every event"
+LIVE_LOOP = "conflated (live loop)"
 
 
 @dataclass(slots=True)
@@ -61,6 +79,11 @@ class _Tally:
     first_ns: int = 0
     delivered: int = 0
     conflated: int = 0
+    #: How events reached the strategy: `LOCKSTEP` or `LIVE_LOOP`.
+    dispatch: str = ""
+    #: The recording's span (first and last frame) once a replay has ended: the span a
+    #: backtest's summary gives.
+    span_ns: tuple[int, int] | None = None
     client_fills: int = 0
     client_fills_unpriced: int = 0
     client_fills_skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
@@ -77,7 +100,7 @@ async def run_action(app: App) -> int:
                                                     strategy=app.args.strategy)
     started = time.perf_counter()
     tally = _Tally()
-    rings = app.start_rings()
+    rings = app.start_rings(warm=not app.replaying)  # a replay starts cold, as a backtest
     app.replay_yield_every = 1
     strategy = build_strategy(app.args.strategy, settings)
     app.warm_up_kernels()
@@ -119,24 +142,33 @@ def _print_summary(app: App, strategy: str, writer: DecisionLogWriter, tally: _T
                    clock: FeedClock, wall_seconds: float) -> None:
     bus = app.bus
     quotes, trades = bus.published_quotes, bus.published_trades
+    first_ns, last_ns = tally.span_ns or (tally.first_ns, clock() if tally.first_ns else 0)
     summary = RunSummary(
         mode="action", run_id=app.run_id, strategy=strategy, events=quotes + trades,
-        quotes=quotes, trades=trades, first_ts_ns=tally.first_ns,
-        last_ts_ns=clock() if tally.first_ns else 0, wall_seconds=wall_seconds,
+        quotes=quotes, trades=trades, first_ts_ns=first_ns, last_ts_ns=last_ns,
+        wall_seconds=wall_seconds,
         records=writer.durable_records,
         log_files=sorted(writer.root.glob(f"*/{log_file_name(app.run_id)}")),
         **record_counts(writer.kinds), client_fills=tally.client_fills,
         client_fills_unpriced=tally.client_fills_unpriced or tally.unpriced.get("no_mid", 0),
         client_fills_skipped=dict(tally.client_fills_skipped),
-        events_note=(f"{tally.delivered:,} reached the strategy, {tally.conflated:,} quotes "
-                     "conflated (a newer quote of the same market came first)"),
+        events_note=_events_note(tally),
     )
     figures = {field.name: getattr(summary, field.name)
                for field in dataclasses.fields(summary) if field.name != "events_note"}
     figures.update(log_files=[str(path) for path in summary.log_files],
                    events_per_second=summary.events / wall_seconds if wall_seconds > 0 else 0.0,
-                   delivered=tally.delivered, conflated=tally.conflated)
+                   delivered=tally.delivered, conflated=tally.conflated,
+                   dispatch=tally.dispatch)
     print_summary(summary, figures, app.args.format)
+
+
+def _events_note(tally: _Tally) -> str:
+    if tally.dispatch == LOCKSTEP:
+        return (f"{tally.delivered:,} reached the strategy: every event, in step with the "
+                "replay, as in a backtest")
+    return (f"{tally.delivered:,} reached the strategy, {tally.conflated:,} quotes "
+            "conflated (a newer quote of the same market came first)")
 
 
 async def _open_executor(settings: Settings, app: App) -> Any:
@@ -188,7 +220,101 @@ def _arm_kill_switch(app: App, executor: GatedExecutor) -> None:
 
 async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
                  clock: FeedClock, tally: _Tally) -> None:
-    """Feed bus events to the runner until the feed ends (replay) or we are cancelled."""
+    """Hand the feed's events to the strategy until the feed ends (replay) or we are
+    cancelled: in step with a replay at `--speed max`, else by the live loop."""
+    if clock.replaying and getattr(app.args, "speed", 1.0) is None:
+        tally.dispatch = LOCKSTEP
+        await _trade_in_step(app, session, clock, tally)
+    else:
+        tally.dispatch = LIVE_LOOP
+        await _trade_live(app, session, writer, clock, tally)
+
+
+class Lockstep:
+    """A replay's events handed to the strategy one by one as the replay publishes them,
+    through the steps of the backtest engine's `Backtest.on_quote`/`on_trade`
+    (daemon/backtest/engine.py) in the same order: the client fills due by the event
+    (priced off the hedge quote before it), the feed clock, the bus (view and ring), the
+    runner (paper executor first, then the strategy), a balance snapshot when due. The
+    engine writes these steps out inline for speed; tests/modes/test_action_parity.py
+    holds the two to the same decision log."""
+
+    def __init__(self, app: App, session: TradingSession, clock: FeedClock, tally: _Tally,
+                 flow: FeedClockFlow | None, watch: QuoteWatch | None) -> None:
+        self._bus, self._trading = app.bus, app.trading
+        self._runner, self._snapshots = session.runner, session.snapshots
+        self._clock, self._tally = clock, tally
+        self._flow, self._watch = flow, watch
+
+    def on_quote(self, quote: Quote) -> None:
+        now = self._before(quote)
+        self._bus.publish_quote(quote)
+        self._runner.on_quote(quote)
+        self._after(now)
+
+    def on_trade(self, trade: Trade) -> None:
+        now = self._before(trade)
+        self._bus.publish_trade(trade)
+        self._runner.on_trade(trade)
+        self._after(now)
+
+    def _before(self, event: Quote | Trade) -> int:
+        now = event.local_ts_ns
+        tally = self._tally
+        if not tally.first_ns:
+            tally.first_ns = now
+        tally.delivered += 1
+        if self._flow is not None:
+            self._flow.before(event)
+        self._clock.observe(now)
+        self._trading.tick(now)
+        return now
+
+    def _after(self, now: int) -> None:
+        self._snapshots.maybe_record(now)
+        if self._watch is not None and self._watch.check(self._tally.first_ns, now):
+            self._watch = None  # warned, or every market quoted: once per run
+
+
+async def _trade_in_step(app: App, session: TradingSession, clock: FeedClock,
+                         tally: _Tally) -> None:
+    """A replay at `--speed max`: every event through `Lockstep`, then the backtest's end
+    of the data. A stop before the end (signal, --duration) ends as the live loop does."""
+    flow = _feed_clock_flow(app, session.runner, clock)
+    # The /flow endpoint's fills come when its clients send them: a task of its own.
+    endpoint = _start_client_flow(app, session.runner, clock, tally) if flow is None else None
+    markets = traded_markets(session.runner.strategy, app.settings)
+    watch = QuoteWatch(session.runner.strategy.name, markets, app.bus) if markets else None
+    step = Lockstep(app, session, clock, tally, flow, watch)
+    ended = False
+    try:
+        _note_span(tally, await app.market_data(Callbacks(step.on_quote, step.on_trade)))
+        ended = True
+        session.finish_data(clock, app.settings.execution)
+    finally:
+        if flow is not None and flow.flow is not None:
+            tally.client_fills = flow.flow.delivered
+            tally.client_fills_unpriced = flow.flow.unpriced
+            tally.client_fills_skipped = flow.flow.skipped
+        if endpoint is not None and not endpoint.done():
+            endpoint.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await endpoint
+        if not ended:
+            session.snapshots.record_now(clock())
+
+
+def _note_span(tally: _Tally, stats: object) -> None:
+    """A replay that ended: the recording's span for the summary, as a backtest gives it."""
+    from adapters.recordings.replay import ReplayStats
+
+    if isinstance(stats, ReplayStats) and stats.first_ts_ns is not None:
+        tally.span_ns = (stats.first_ts_ns, stats.last_ts_ns or stats.first_ts_ns)
+
+
+async def _trade_live(app: App, session: TradingSession, writer: DecisionLogWriter,
+                      clock: FeedClock, tally: _Tally) -> None:
+    """Drain the bus subscription into the runner until the feed ends or we are cancelled."""
     runner, snapshots = session.runner, session.snapshots
     subscription = app.bus.subscribe(f"strategy:{runner.strategy.name}")
     timed_flow = _feed_clock_flow(app, runner, clock)  # before the feed: it sees the first event
@@ -196,6 +322,7 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
     flow = _start_client_flow(app, runner, clock, tally) if timed_flow is None else None
     markets = traded_markets(runner.strategy, app.settings)
     watch = QuoteWatch(runner.strategy.name, markets, app.bus) if markets else None
+    ended = False  # the feed ended by itself: a replay's data is over
     try:
         while True:
             # Not spawned: awaited and cancelled right here, once per wake-up (the
@@ -221,7 +348,8 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
                 watch = None  # warned, or every market quoted: once per run
             await writer.wait_room()
             if feed.done() and not subscription.pending:
-                feed.result()  # a feed failure surfaces here
+                _note_span(tally, feed.result())  # a feed failure surfaces here
+                ended = True
                 break
     finally:
         tally.delivered, tally.conflated = subscription.delivered, subscription.conflated
@@ -235,7 +363,9 @@ async def _trade(app: App, session: TradingSession, writer: DecisionLogWriter,
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        snapshots.record_now(clock())
+        if not ended:
+            snapshots.record_now(clock())
+    session.finish_data(clock, app.settings.execution)  # a replay's end: as a backtest's
 
 
 def _feed_clock_flow(app: App, runner: StrategyRunner, clock: FeedClock) -> FeedClockFlow | None:

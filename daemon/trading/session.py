@@ -17,9 +17,10 @@ one "reject" Decision shape (`risk.rejection_decision`) and answers a rejected a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from config.settings import ConfigError, Settings
-from daemon.core.clock import Clock
+from config.settings import ConfigError, ExecutionSettings, Settings
+from daemon.core.clock import NS_PER_MS, Clock
 from daemon.core.records import RecordSink
 from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, InTransitSource
 from daemon.trading.executor import OrderGateway
@@ -31,6 +32,12 @@ from daemon.trading.transfers import PaperTransfers
 from strategies.base import MarketView, Strategy
 
 
+class SteppedClock(Clock, Protocol):
+    """A clock the loop moves forward itself: `SimulatedClock`, or `FeedClock` on a replay."""
+
+    def advance_to(self, ts_ns: int) -> None: ...
+
+
 @dataclass(slots=True)
 class TradingSession:
     strategy: Strategy
@@ -39,6 +46,20 @@ class TradingSession:
     runner: StrategyRunner
     #: Periodic balance snapshots into the decision log.
     snapshots: BalanceSnapshots
+
+    def finish_data(self, clock: SteppedClock, execution: ExecutionSettings) -> None:
+        """The end of recorded data: cancel what is still open, let the cancels through
+        (one submit plus one cancel latency later, so an order still in flight lands and is
+        cancelled too), then snapshot the balances. A backtest and an action replay at
+        `--speed max` end the same way, so their logs end alike."""
+        end = clock()
+        if end == 0:
+            return  # no market data at all
+        self.executor.cancel_all(end)
+        settle_ns = int((execution.submit_latency_ms + execution.cancel_latency_ms) * NS_PER_MS)
+        clock.advance_to(end + settle_ns)
+        self.runner.advance(clock())
+        self.snapshots.record_now(clock())
 
 
 def build_strategy(name: str, settings: Settings) -> Strategy:
