@@ -130,9 +130,13 @@ class VenueSettings(_Frozen):
     ping_interval_s: Duration = 20.0
     #: Live trading: orders per second sent to this venue (a token bucket per API key).
     max_orders_per_s: float = Field(default=10.0, gt=0.0)
-    #: Paper trading: starting balances per asset on this venue.
+    #: Paper trading: starting balances per asset on this venue. A traded market's asset
+    #: left out starts at a default, said in the log: 50,000 of a USD stablecoin quote, a
+    #: spot base worth half the quote balance at the first recorded mid.
     balances: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
-    #: Paper trading market rules per unified symbol: {"tick": 0.01, "lot": 0.00001}.
+    #: Market rules per unified symbol: {"tick": 0.01, "lot": 0.00001}. A market left out
+    #: takes them from the recording (replay, backtest) or the venue's markets via ccxt
+    #: (live, with "min_notional"), said in the log.
     markets: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     @property
@@ -591,6 +595,13 @@ class BacktestSettings(_Frozen):
     cache_max_mb: float = Field(default=2048.0, gt=0.0)
 
 
+class RecordSettings(_Frozen):
+    #: `--mode record` also records order-book depth: Binance `<symbol>@depth@100ms` with
+    #: its REST snapshot, Bybit `orderbook.50` (or the venue's `book_depth` if deeper), so
+    #: `--mode calibrate` can walk the book of your own recordings.
+    depth: bool = False
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. Field names are a contract: keep them stable."""
 
@@ -621,6 +632,7 @@ class Settings(BaseSettings):
     book_socket: BookSocketSettings = BookSocketSettings()
     postmortem: PostMortemSettings = PostMortemSettings()
     backtest: BacktestSettings = BacktestSettings()
+    record: RecordSettings = RecordSettings()
 
     @field_validator("venues", mode="before")
     @classmethod

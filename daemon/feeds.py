@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from config.settings import ConfigError, Settings
+from daemon.core.logs import get_logger
 from daemon.core.routes import Callbacks
 from daemon.market.bus import Bus
+from daemon.trading.markets import FoundRules, apply_market_rules, missing_rules, wanted_markets
+
+if TYPE_CHECKING:
+    from adapters.recordings.replay import ReplaySpec
+
+log = get_logger("feeds")
 
 REPLAY_PREFIX = "replay:"
 
@@ -54,3 +63,53 @@ async def _run_replay(feed: str, publish: Callbacks, speed: float | None,
         return check_usable(specs, stats)
     except ReplayError as exc:
         raise ConfigError(f"invalid setting feed: {exc}") from None
+
+
+async def resolve_markets(settings: Settings, *, feed: str = "live",
+                          specs: list[ReplaySpec] | None = None,
+                          strategy: str | None = None) -> Settings:
+    """`settings` completed with the tick and lot (and paper balances) of the markets it
+    says nothing about: from the recordings (`specs`, or those of a replay `feed`) or, on
+    a live feed, from each venue's markets through ccxt (daemon/trading/markets.py)."""
+    from adapters.recordings.replay import ReplayError, parse_specs, sample_specs
+
+    paper = settings.execution.mode != "live"
+    if specs is None and feed != "live":
+        try:
+            specs = sample_specs() if feed == "sample" else parse_specs(feed)
+        except ReplayError:
+            return settings  # the feed itself reports the problem
+    if specs is not None:
+        from adapters.recordings.market_rules import sample_market_rules
+
+        found = await asyncio.to_thread(sample_market_rules, specs)
+        return apply_market_rules(settings, found, paper=paper)
+    return apply_market_rules(settings, await _venue_market_rules(settings, strategy),
+                              paper=paper)
+
+
+async def _venue_market_rules(settings: Settings, strategy: str | None
+                              ) -> dict[tuple[str, str], FoundRules]:
+    from adapters.ccxt.exchange import MARKETS_SOURCE, fetch_market_rules
+    from adapters.common.errors import FeedError
+
+    by_venue: dict[str, list[str]] = {}
+    for venue, symbol in missing_rules(settings, wanted_markets(settings, strategy)):
+        by_venue.setdefault(venue, []).append(symbol)
+    found: dict[tuple[str, str], FoundRules] = {}
+    for venue, symbols in by_venue.items():
+        try:
+            rules = await fetch_market_rules(venue, settings.venues[venue], symbols)
+        except (FeedError, ValueError) as exc:
+            log.warning("markets_unavailable", venue=venue, symbols=symbols, error=str(exc),
+                        note=f"set venues.{venue}.markets (tick, lot) for {', '.join(symbols)}")
+            continue
+        for symbol in symbols:
+            if symbol not in rules:
+                log.warning("market_not_listed", venue=venue, symbol=symbol,
+                            note=f"{venue} does not list {symbol}; set venues.{venue}.markets")
+                continue
+            rule = rules[symbol]
+            found[(venue, symbol)] = FoundRules(rule["tick"], rule["lot"], MARKETS_SOURCE,
+                                                min_notional=rule.get("min_notional"))
+    return found

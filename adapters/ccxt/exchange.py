@@ -240,3 +240,49 @@ def _redacting_logger(venue_id: str, *secrets: str) -> logging.Logger:
         logger.addFilter(redacting)
     redacting.redact.add(*secrets)
     return logger
+
+
+# -- market rules for paper trading -----------------------------------------------------------
+
+MARKETS_SOURCE = "the venue's markets (ccxt)"
+
+
+async def fetch_market_rules(venue_id: str, venue: VenueSettings, symbols: Iterable[str]
+                             ) -> dict[str, dict[str, float]]:
+    """Tick, lot and (where the venue says) min notional of `symbols`, from the venue's
+    market description (ccxt `load_markets` over REST, no keys, against `rest_url`).
+    Symbols the venue does not list are left out; a venue that cannot be asked raises
+    `VenueRefused` with ccxt's reason."""
+    exchange = build_exchange(venue_id, venue, websocket=False, keys=False)
+    try:
+        await exchange.load_markets()
+    except Exception as error:
+        raise VenueRefused(venue_id, f"loading markets failed: {type(error).__name__}: "
+                                     f"{error}") from None
+    finally:
+        await exchange.close()
+    found = {}
+    for symbol in symbols:
+        market = exchange.markets.get(symbol)
+        rules = _market_rules(exchange, market) if market else None
+        if rules is not None:
+            found[symbol] = rules
+    return found
+
+
+def _market_rules(exchange: Any, market: Mapping[str, Any]) -> dict[str, float] | None:
+    from ccxt.base.decimal_to_precision import DECIMAL_PLACES, TICK_SIZE
+
+    precision = market.get("precision") or {}
+    tick, lot = precision.get("price"), precision.get("amount")
+    if tick is None or lot is None:
+        return None
+    if exchange.precisionMode == DECIMAL_PLACES:  # a number of decimals, not a step
+        tick, lot = 10.0 ** -float(tick), 10.0 ** -float(lot)
+    elif exchange.precisionMode != TICK_SIZE:  # significant digits: no fixed step
+        return None
+    rules = {"tick": float(tick), "lot": float(lot)}
+    min_notional = ((market.get("limits") or {}).get("cost") or {}).get("min")
+    if min_notional:
+        rules["min_notional"] = float(min_notional)
+    return rules

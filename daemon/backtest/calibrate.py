@@ -2,8 +2,10 @@
 
 The internalize strategy prices a hedge of `q` base units at the touch moved by
 `slippage_coefficient * q` (a fraction of the touch per base unit). Here every client
-fill is replayed against the Binance depth book recorded at its time (REST snapshot +
-`@depth` diffs, synced by `adapters.binance.parser.BinanceParser`): the hedge side is
+fill is replayed against the depth book recorded at its time (Binance: REST snapshot +
+`@depth` diffs, synced by `adapters.binance.parser.BinanceParser`; Bybit: the
+`orderbook.N` snapshot + deltas, by `BybitParser`; `--mode record` records both with
+`record.depth = true`): the hedge side is
 the client's own side (the desk redoes the client's trade), the book is walked for the
 fill's size, and
 
@@ -16,9 +18,10 @@ size by definition). `R^2 = 1 - SSR / SST` around the mean (can be negative when
 through the origin fits worse than the mean). Fills whose size exceeds the visible depth
 are reported ("beyond_book") and left out of the fit.
 
-`--mode calibrate --data RECORDING.gz` (daemon/modes/calibrate.py) prints the comparison as
-a rich table and writes `slippage_comparison_vs_orderbook.csv` under `data_dir` (the seed's
-file name).
+`--mode calibrate --data RECORDING.gz` (daemon/modes/calibrate.py) prints the comparison
+(rich tables on a terminal, plain aligned text when piped), the fitted coefficient and the
+setting that applies it, and writes `slippage_comparison_vs_orderbook.csv` (the seed's file
+name) under the run's report folder, `<data_dir>/reports/<run_id>/`.
 """
 
 from __future__ import annotations
@@ -38,10 +41,20 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from adapters.binance.parser import BinanceParser
+    from adapters.bybit.parser import BybitParser
+    from adapters.common.parsing import L2Book
+
+    DepthParser = BinanceParser | BybitParser
 
 SLIPPAGE_CSV = "slippage_comparison_vs_orderbook.csv"
 #: Depth books come from the Binance parser (spot and USD-M recordings).
 BINANCE_VENUES = ("binance_spot", "binance_usdm")
+#: Bybit's order-book topics, deepest first (`orderbook.<N>.<SYMBOL>`).
+BYBIT_VENUES = ("bybit_spot", "bybit_linear")
+BYBIT_BOOK_DEPTHS = (1000, 500, 200, 50)
+DEPTH_VENUES = BINANCE_VENUES + BYBIT_VENUES
+COEFFICIENT_SETTING = "strategies.internalize.slippage_coefficient"
+COEFFICIENT_ENV = "CRYPTOPIPE_STRATEGIES__INTERNALIZE__SLIPPAGE_COEFFICIENT"
 #: Rows shown in the printed table (all of them go to the CSV).
 TABLE_ROWS = 25
 
@@ -106,8 +119,8 @@ def fit_through_origin(sizes: list[float], slippages: list[float]) -> tuple[floa
 # --- replaying the recording ---------------------------------------------------------------------
 
 
-def _parser(venue: str, books: bool, quotes: list[Quote] | None = None) -> BinanceParser:
-    from adapters.binance.parser import BinanceParser
+def _parser(venue: str, books: bool, quotes: list[Quote] | None = None) -> DepthParser:
+    from adapters.venues import make_parser
     from daemon.core.routes import Callbacks
 
     def keep(quote: Quote) -> None:
@@ -117,7 +130,20 @@ def _parser(venue: str, books: bool, quotes: list[Quote] | None = None) -> Binan
     def ignore(trade: Trade) -> None:
         return None
 
-    return BinanceParser(venue, Callbacks(keep, ignore), books=books)
+    return make_parser(venue, Callbacks(keep, ignore), books=books)
+
+
+def _synced_book(parser: DepthParser, wanted: str) -> L2Book | None:
+    """The synced depth book of venue symbol `wanted` in a parser, if it has one."""
+    from adapters.binance.parser import BinanceParser
+
+    if isinstance(parser, BinanceParser):
+        return parser.book(wanted) if parser.in_sync(wanted) else None
+    for depth in BYBIT_BOOK_DEPTHS:  # orderbook.1 is the touch alone: nothing to walk
+        topic = f"orderbook.{depth}.{wanted}"
+        if parser.in_sync(topic):
+            return parser.book(topic)
+    return None
 
 
 def _frames(recording: Path) -> Iterator[tuple[int, bytes, str]]:
@@ -134,9 +160,9 @@ def _frames(recording: Path) -> Iterator[tuple[int, bytes, str]]:
 def recorded_mids(recording: Path, symbol: str) -> tuple[list[int], list[float]]:
     """(local ts, mid) of every recorded top-of-book quote of `symbol`, in time order."""
     quotes: list[Quote] = []
-    parsers: dict[str, BinanceParser] = {}
+    parsers: dict[str, DepthParser] = {}
     for ts_ns, frame, venue in _frames(recording):
-        if venue not in BINANCE_VENUES:
+        if venue not in DEPTH_VENUES:
             continue
         parser = parsers.get(venue) or parsers.setdefault(venue, _parser(venue, False, quotes))
         parser.feed(frame, ts_ns)
@@ -146,26 +172,29 @@ def recorded_mids(recording: Path, symbol: str) -> tuple[list[int], list[float]]
 
 def calibrate_slippage(recording: Path, fills: Iterable[ClientFill], symbol: str,
                        coefficient: float) -> SlippageCalibration:
-    """Walk the recorded Binance depth book for every fill at its time (fills in time order)."""
+    """Walk the recorded depth book for every fill at its time (fills in time order)."""
     result = SlippageCalibration(symbol, coefficient)
     pending = sorted(fills, key=lambda fill: fill.ts_ns)
     wanted = venue_symbol(symbol)
-    parsers: dict[str, BinanceParser] = {}
+    parsers: dict[str, DepthParser] = {}
+    synced = False
     index = 0
     for ts_ns, frame, venue in _frames(recording):
         # Each fill sees the book as it stood just before the first frame after its time.
         while index < len(pending) and pending[index].ts_ns < ts_ns:
-            _walk_fill(result, pending[index], parsers, wanted, coefficient)
+            synced |= _walk_fill(result, pending[index], parsers, wanted, coefficient)
             index += 1
-        if venue not in BINANCE_VENUES:
+        if venue not in DEPTH_VENUES:
             continue
         parser = parsers.get(venue) or parsers.setdefault(venue, _parser(venue, True))
         parser.feed(frame, ts_ns)
     result.outside_recording += len(pending) - index
-    if not parsers or all(p.book(wanted) is None for p in parsers.values()):
+    if not synced and not any(_synced_book(p, wanted) for p in parsers.values()):
         raise ConfigError(
-            f"invalid setting --data: {recording} holds no Binance depth for {symbol} "
-            "(set strategies.internalize.symbol to the recorded symbol)"
+            f"invalid setting --data: {recording} holds no depth book for {symbol} "
+            "(Binance depth diffs with a snapshot, or Bybit orderbook.50+: record with "
+            "CRYPTOPIPE_RECORD__DEPTH=true; set strategies.internalize.symbol to the "
+            "recorded symbol)"
         )
     used = result.fitted_rows
     result.fitted_coefficient, result.r_squared = fit_through_origin(
@@ -174,13 +203,14 @@ def calibrate_slippage(recording: Path, fills: Iterable[ClientFill], symbol: str
 
 
 def _walk_fill(result: SlippageCalibration, fill: ClientFill,
-               parsers: dict[str, BinanceParser], wanted: str, coefficient: float) -> None:
-    parser = next((p for p in parsers.values() if p.in_sync(wanted)), None)
-    book = parser.book(wanted) if parser is not None else None
+               parsers: dict[str, DepthParser], wanted: str, coefficient: float) -> bool:
+    """One fill against the book of the moment; False if no book was synced then."""
+    books = (_synced_book(parser, wanted) for parser in parsers.values())
+    book = next((found for found in books if found is not None), None)
     top = book.top() if book is not None else None
     if book is None or top is None:
         result.outside_recording += 1
-        return
+        return False
     side = fill.side
     sign = side.sign
     touch = top[2] if side is Side.BUY else top[0]
@@ -195,6 +225,7 @@ def _walk_fill(result: SlippageCalibration, fill: ClientFill,
         formula_slippage=formula_slippage, difference=walked_slippage - formula_slippage,
         levels=len(book.asks if side is Side.BUY else book.bids),
     ))
+    return True
 
 
 # --- the flow to calibrate on ---------------------------------------------------------------------
@@ -242,24 +273,9 @@ def write_slippage_csv(result: SlippageCalibration, directory: Path) -> Path:
     return path
 
 
-def print_calibration(result: SlippageCalibration, console: Console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"Slippage: formula vs recorded depth, {result.symbol} "
-                        f"({len(result.rows)} fills, first {min(TABLE_ROWS, len(result.rows))})")
-    for name in ("time (UTC)", "side", "qty", "touch", "walked avg", "walked bps",
-                 "formula bps", "diff bps"):
-        table.add_column(name, justify="left" if name in ("time (UTC)", "side") else "right")
-    for row in result.rows[:TABLE_ROWS]:
-        table.add_row(_utc(row.ts_ns), row.side, f"{row.qty:.6f}", f"{row.touch:.2f}",
-                      "beyond book" if row.beyond_book else f"{row.walked_price:.2f}",
-                      _bps(row.walked_slippage), _bps(row.formula_slippage),
-                      _bps(row.difference))
-    console.print(table)
-    summary = Table(title="Fit: walked slippage = coefficient x size (least squares)")
-    summary.add_column("measure")
-    summary.add_column("value", justify="right")
-    for name, value in (
+def fit_summary(result: SlippageCalibration) -> list[tuple[str, str]]:
+    """(measure, value) lines of the fit, for the table and the plain text alike."""
+    return [
         ("fills walked", f"{len(result.fitted_rows)}"),
         ("beyond the visible book", f"{result.beyond_book}"),
         ("outside the recording / book not synced", f"{result.outside_recording}"),
@@ -268,13 +284,80 @@ def print_calibration(result: SlippageCalibration, console: Console) -> None:
         ("fitted coefficient (fraction per base unit)", f"{result.fitted_coefficient:.6g}"),
         ("R^2 of the fit", f"{result.r_squared:.4f}"),
         ("mean |walked - formula| (bps)", _bps(result.mean_abs_difference)),
-    ):
+    ]
+
+
+def how_to_apply(result: SlippageCalibration) -> list[str]:
+    """The lines that say how to use the fitted coefficient (or why there is none)."""
+    fitted = result.fitted_coefficient
+    if not math.isfinite(fitted) or fitted < 0:
+        return [f"no coefficient fitted (no fill walked the book); {COEFFICIENT_SETTING} "
+                f"stays {result.configured_coefficient:.6g}"]
+    return [f"apply it: {COEFFICIENT_ENV}={fitted:.6g}",
+            f"   or in a --config TOML file: [strategies.internalize] "
+            f"slippage_coefficient = {fitted:.6g}"]
+
+
+def _row_cells(row: SlippageRow) -> list[str]:
+    return [_utc(row.ts_ns), row.side, f"{row.qty:.6f}", f"{row.touch:.2f}",
+            "beyond book" if row.beyond_book else f"{row.walked_price:.2f}",
+            _bps(row.walked_slippage), _bps(row.formula_slippage), _bps(row.difference)]
+
+
+_COLUMNS = ("time (UTC)", "side", "qty", "touch", "walked avg", "walked bps", "formula bps",
+            "diff bps")
+
+
+def _title(result: SlippageCalibration) -> str:
+    return (f"Slippage: formula vs recorded depth, {result.symbol} "
+            f"({len(result.rows)} fills, first {min(TABLE_ROWS, len(result.rows))})")
+
+
+def calibration_text(result: SlippageCalibration) -> str:
+    """The comparison as plain aligned text (no markup, no box drawing): for pipes and logs."""
+    rows = [list(_COLUMNS)] + [_row_cells(row) for row in result.rows[:TABLE_ROWS]]
+    widths = [max(len(cells[i]) for cells in rows) for i in range(len(_COLUMNS))]
+    lines = [_title(result)]
+    for cells in rows:
+        lines.append("  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)
+                               for i, (cell, width) in enumerate(zip(cells, widths,
+                                                                     strict=True))).rstrip())
+    summary = fit_summary(result)
+    width = max(len(name) for name, _ in summary)
+    lines += ["", "Fit: walked slippage = coefficient x size (least squares)"]
+    lines += [f"{name.ljust(width)}  {value}" for name, value in summary]
+    return "\n".join([*lines, "", *how_to_apply(result)])
+
+
+def print_calibration(result: SlippageCalibration, console: Console) -> None:
+    """Rich tables on a terminal; the plain text of `calibration_text` anywhere else."""
+    if not console.is_terminal:
+        console.print(calibration_text(result), markup=False, highlight=False,
+                      soft_wrap=True)
+        return
+    from rich.table import Table
+
+    table = Table(title=_title(result))
+    for name in _COLUMNS:
+        table.add_column(name, justify="left" if name in ("time (UTC)", "side") else "right")
+    for row in result.rows[:TABLE_ROWS]:
+        table.add_row(*_row_cells(row))
+    console.print(table)
+    summary = Table(title="Fit: walked slippage = coefficient x size (least squares)")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    for name, value in fit_summary(result):
         summary.add_row(name, value)
     console.print(summary)
+    for line in how_to_apply(result):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _bps(fraction: float) -> str:
-    return "nan" if math.isnan(fraction) else f"{fraction * 1e4:.3f}"
+    if math.isnan(fraction):
+        return "nan"
+    bps = fraction * 1e4
+    return f"{bps if abs(bps) >= 0.0005 else 0.0:.3f}"  # no "-0.000" from float noise
 
 
 def _utc(ts_ns: int) -> str:
@@ -286,12 +369,14 @@ def _utc(ts_ns: int) -> str:
 # --- the library entry ----------------------------------------------------------------------------
 
 
-def run_calibration(settings: Any, recording: Path, console: Console) -> SlippageCalibration:
-    """Library entry: fills from the settings, walk the recording, print, write the CSV."""
+def run_calibration(settings: Any, recording: Path, console: Console,
+                    directory: Path | None = None) -> SlippageCalibration:
+    """Library entry: fills from the settings, walk the recording, print, write the CSV
+    under `directory` (the mode passes the run's report folder; default `data_dir`)."""
     own = settings.strategies.internalize
     fills = calibration_fills(settings, recording)
     result = calibrate_slippage(recording, fills, own.symbol, own.slippage_coefficient)
     print_calibration(result, console)
-    path = write_slippage_csv(result, Path(settings.data_dir))
-    console.print(f"wrote {path}")
+    path = write_slippage_csv(result, Path(directory or settings.data_dir))
+    console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     return result

@@ -93,7 +93,12 @@ class _Tally:
 
 
 async def run_action(app: App) -> int:
-    settings = app.settings
+    from daemon.feeds import resolve_markets
+
+    # Tick, lot and paper balances of markets the settings leave out: from the recording
+    # on a replay, from the venue's markets live (explicit settings win).
+    settings = app.settings = await resolve_markets(app.settings, feed=app.args.feed,
+                                                    strategy=app.args.strategy)
     started = time.perf_counter()
     tally = _Tally()
     rings = app.start_rings(warm=not app.replaying)  # a replay starts cold, as a backtest

@@ -26,6 +26,7 @@ from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
 from daemon.backtest.monte_carlo import against_chance, seed_range, seed_run_id
 from daemon.core.logs import get_logger
+from daemon.feeds import resolve_markets
 from daemon.modes.summary import RunSummary, print_summary, strategy_notes
 from daemon.postmortem.exports import write_strategy_exports
 
@@ -47,6 +48,8 @@ async def run_backtest(app: App) -> int:
         if previous:
             raise ConfigError(f"backtest run {run_id!r} already has a decision log "
                               f"({previous[0]}); choose another --run-id or remove it")
+    # Tick, lot and paper balances of recorded markets the settings leave out.
+    settings = app.settings = await resolve_markets(settings, specs=specs)
     backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
     app.warm_up_kernels()  # outside the timed run: its events/s is the engine's own
     log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])

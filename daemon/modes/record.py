@@ -6,6 +6,10 @@ Runs the live adapters with the recorder tapping every frame (see adapters/recor
 for the file format) until Ctrl-C, SIGTERM or `--duration`; the last second of frames is
 flushed on the way out. The bus is fed as in any live mode, so the ring buffer and the
 staleness flags work as usual; a line of per-venue counters is logged every minute.
+
+`record.depth = true` records order-book depth too (`RECORD_BOOK_DEPTH` levels at least):
+Binance's `<symbol>@depth@100ms` diffs and the REST snapshot each sync starts from (the
+recorder keeps it as a frame), Bybit's `orderbook.50`; `--mode calibrate` walks those books.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from config.settings import ConfigError
+from config.settings import ConfigError, Settings
 from daemon.core.logs import get_logger
 from daemon.core.tasks import spawn
 
@@ -25,6 +29,20 @@ if TYPE_CHECKING:
 log = get_logger("record")
 
 PROGRESS_INTERVAL_S = 60.0
+#: Book levels asked for with `record.depth` (Bybit orderbook.50; Binance: any depth > 1
+#: subscribes its full diff stream).
+RECORD_BOOK_DEPTH = 50
+
+
+def with_recorded_depth(settings: Settings) -> Settings:
+    """`settings` with every venue's `book_depth` at least `RECORD_BOOK_DEPTH` when
+    `record.depth` is on (the adapters then subscribe the depth streams)."""
+    if not settings.record.depth:
+        return settings
+    venues = {venue_id: venue.model_copy(
+                  update={"book_depth": max(venue.book_depth, RECORD_BOOK_DEPTH)})
+              for venue_id, venue in settings.venues.items()}
+    return settings.model_copy(update={"venues": venues})
 
 
 async def run_record(app: App) -> int:
@@ -34,14 +52,15 @@ async def run_record(app: App) -> int:
     if app.args.feed != "live":
         raise ConfigError(f"invalid setting feed: --mode record records live venues, "
                           f"not {app.args.feed!r}")
-    directory = app.settings.data_dir / "recordings"
+    settings = with_recorded_depth(app.settings)
+    directory = settings.data_dir / "recordings"
     recorder = Recorder(directory, run_id=app.run_id)
-    log.info("recording", directory=str(directory), venues=app.settings.enabled_venues(),
-             symbols=app.settings.symbols)
+    log.info("recording", directory=str(directory), venues=settings.enabled_venues(),
+             symbols=settings.symbols, depth=settings.record.depth)
     flusher = spawn(recorder.run(), name="recorder")
     progress = spawn(_report(recorder), name="record-progress")
     try:
-        await run_live(app.settings, app.bus, recorder=recorder)
+        await run_live(settings, app.bus, recorder=recorder)
     finally:
         progress.cancel()
         flusher.cancel()

@@ -96,7 +96,7 @@ def test_file_fills_outside_the_recording_or_beyond_the_book_are_reported(
 
 def test_calibration_needs_the_recorded_symbol(tmp_path: Path) -> None:
     fills = [ClientFill(1, "ETH/USDT", Side.BUY, 1.0, 2500.0)]
-    with pytest.raises(ConfigError, match="no Binance depth for ETH/USDT"):
+    with pytest.raises(ConfigError, match="no depth book for ETH/USDT"):
         calibrate_slippage(SAMPLE, fills, "ETH/USDT", COEFFICIENT)
     with pytest.raises(ConfigError, match="no quotes for ETH/USDT"):
         calibration_fills(settings(tmp_path, symbol="ETH/USDT"), SAMPLE)
@@ -121,13 +121,31 @@ def test_full_recording_calibration_prints_and_writes_the_csv(tmp_path: Path) ->
 def test_calibrate_mode_from_the_command_line(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Piped (not a terminal): plain text, the fitted coefficient with the line that applies
+    it, and the CSV under the run's report folder (issue 14 item 15; it was under data_dir,
+    in a rich table whose columns were cut to 80 characters)."""
     monkeypatch.setenv("CRYPTOPIPE_DATA_DIR", str(tmp_path / "out"))
     monkeypatch.setenv("CRYPTOPIPE_STRATEGIES__INTERNALIZE__SYMBOL", SYMBOL)
     monkeypatch.setenv("CRYPTOPIPE_STRATEGIES__INTERNALIZE__SYNTHETIC_MEAN_QTY", "0.3")
     monkeypatch.setenv("CRYPTOPIPE_METRICS__ENABLED", "false")
-    assert main(["--mode", "calibrate", "--data", str(SAMPLE)]) == 0
-    assert (tmp_path / "out" / SLIPPAGE_CSV).is_file()
-    assert "fitted coefficient" in capsys.readouterr().out
+    assert main(["--mode", "calibrate", "--data", str(SAMPLE), "--run-id", "cal"]) == 0
+    csv_path = tmp_path / "out" / "reports" / "cal" / SLIPPAGE_CSV
+    assert csv_path.is_file()
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    walked = [r for r in rows if r["walked_price"] != "nan"]
+    qty = [float(r["qty"]) for r in walked]
+    fitted = (sum(q * float(r["walked_slippage"]) for q, r in zip(qty, walked, strict=True))
+              / sum(q * q for q in qty))
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and not set(out) & set("┃━│─┏┗╇")  # no ANSI, no box drawing
+    lines = out.splitlines()
+    fit_line = next(line for line in lines if line.startswith("fitted coefficient"))
+    assert float(fit_line.split()[-1]) == pytest.approx(fitted, rel=1e-5)
+    assert f"apply it: CRYPTOPIPE_STRATEGIES__INTERNALIZE__SLIPPAGE_COEFFICIENT={fitted:.6g}" in (
+        lines)
+    assert f"wrote {csv_path}" in lines
+    first_row = next(line for line in lines if line.startswith("2024-08-08 "))
+    assert len(first_row.split()) == 9 and "…" not in out  # whole cells, none cut
     assert main(["--mode", "calibrate"]) == 2
-    assert "calibrate needs exactly one Binance recording" in capsys.readouterr().err
-
+    assert "calibrate needs exactly one recording" in capsys.readouterr().err

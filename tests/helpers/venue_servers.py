@@ -25,7 +25,7 @@ import contextlib
 import gzip
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,8 @@ class _ReplayServer:
             if fault is not None:
                 await self._apply(fault)
                 continue
+            if not next_at:  # a client listening from its first moment: pace from now
+                next_at = loop.time()
             for connection, state in self._listening():
                 try:
                     for frame in self.frames_at(self.position, state):
@@ -299,9 +301,13 @@ class BinanceServer(_ReplayServer):
 
     def __init__(self, tape: list[TapeFrame], *, market: str = "spot",
                  snapshot: bytes | None = None, reject_streams: Iterable[str] = (),
-                 symbols: Iterable[str] = ("BTCUSDT",), **kwargs: Any) -> None:
+                 symbols: Iterable[str] = ("BTCUSDT",),
+                 market_rules: Mapping[str, MarketFilters] | None = None,
+                 **kwargs: Any) -> None:
+        """`market_rules`: exchangeInfo filters per venue symbol (default BTCUSDT's)."""
         super().__init__(**kwargs)
         self.tape = tape
+        self.market_rules = dict(market_rules or {})
         self.market = market
         self.snapshot = snapshot
         self.reject_streams = set(reject_streams)
@@ -365,28 +371,43 @@ class BinanceServer(_ReplayServer):
         if route in ("/api/v3/depth", "/fapi/v1/depth") and self.snapshot is not None:
             return 200, self.snapshot
         if route == "/api/v3/exchangeInfo":
-            return 200, exchange_info(self.symbols, spot=True)
+            return 200, exchange_info(self.symbols, spot=True, rules=self.market_rules)
         if route == "/fapi/v1/exchangeInfo":
-            return 200, exchange_info(self.symbols, spot=False)
+            return 200, exchange_info(self.symbols, spot=False, rules=self.market_rules)
         return 404, b'{"code":-1121,"msg":"Invalid symbol."}'
 
 
-def exchange_info(symbols: Iterable[str], spot: bool) -> bytes:
+@dataclass(frozen=True, slots=True)
+class MarketFilters:
+    """A symbol's PRICE_FILTER tick, LOT_SIZE step and (optional) NOTIONAL minimum."""
+
+    tick: str = "0.01"
+    step: str = "0.00001"
+    min_notional: str | None = None
+
+
+def exchange_info(symbols: Iterable[str], spot: bool,
+                  rules: Mapping[str, MarketFilters] | None = None) -> bytes:
     """A minimal exchangeInfo body in Binance's shape, enough for ccxt's load_markets."""
     entries = []
     for symbol in symbols:
         base, quote = symbol[:-4], symbol[-4:]
+        filters = (rules or {}).get(symbol, MarketFilters())
         entry: dict[str, Any] = {
             "symbol": symbol, "status": "TRADING", "baseAsset": base,
             "baseAssetPrecision": 8, "quoteAsset": quote, "quotePrecision": 8,
             "quoteAssetPrecision": 8, "orderTypes": ["LIMIT", "MARKET"],
             "filters": [
-                {"filterType": "PRICE_FILTER", "minPrice": "0.01", "maxPrice": "1000000.00",
-                 "tickSize": "0.01"},
-                {"filterType": "LOT_SIZE", "minQty": "0.00001", "maxQty": "9000.00",
-                 "stepSize": "0.00001"},
+                {"filterType": "PRICE_FILTER", "minPrice": filters.tick,
+                 "maxPrice": "1000000.00", "tickSize": filters.tick},
+                {"filterType": "LOT_SIZE", "minQty": filters.step, "maxQty": "9000.00",
+                 "stepSize": filters.step},
             ],
         }
+        if filters.min_notional is not None:
+            entry["filters"].append({"filterType": "NOTIONAL" if spot else "MIN_NOTIONAL",
+                                     "minNotional": filters.min_notional,
+                                     "notional": filters.min_notional})
         if spot:
             entry.update({"isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
                           "permissions": ["SPOT"], "permissionSets": [["SPOT"]]})
