@@ -586,9 +586,9 @@ class BinanceParser:
         self.depth_stats["applied"] += 1
         if (depth := self._depth_routes.get(diff.s)) is not None:
             if state.announced:
-                depth(False, diff.b, diff.a)
+                depth(local_ts_ns, False, diff.b, diff.a)
             else:  # first diff on a snapshot: the whole book
-                depth(True, book.bids.items(), book.asks.items())
+                depth(local_ts_ns, True, book.bids.items(), book.asks.items())
                 state.announced = True
         if self.depth_quotes:
             self._publish_book_top(diff, book, local_ts_ns)

@@ -200,7 +200,7 @@ class BybitParser:
             state.book.load(data.b, data.a, data.u)
             state.venue_symbol = data.s
             if (depth := self._depth_routes.get(data.s)) is not None:
-                depth(True, data.b, data.a)
+                depth(local_ts_ns, True, data.b, data.a)
             state.synced = True
             state.resync_requested = False
             state.last_u = data.u
@@ -222,7 +222,7 @@ class BybitParser:
             state.book.apply_asks(data.a)
             state.book.update_id = state.last_u = data.u
             if (depth := self._depth_routes.get(data.s)) is not None:
-                depth(False, data.b, data.a)
+                depth(local_ts_ns, False, data.b, data.a)
         top = state.book.top()
         if top is None or top == state.last_top:
             return

@@ -170,11 +170,11 @@ class DepthRoutes:
             self._routes[venue_symbol] = route
         return route
 
-    def lost(self, venue_symbol: str) -> None:
+    def lost(self, venue_symbol: str, local_ts_ns: int = 0) -> None:
         """The symbol's book can no longer be trusted: its depth is gone until resynced."""
         route = self.get(venue_symbol)
         if route is not None:
-            route(True, (), ())
+            route(local_ts_ns, True, (), ())
 
     def forget(self) -> None:
         """Ask the sink again (the symbol mapping changed)."""

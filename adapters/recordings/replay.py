@@ -585,8 +585,9 @@ def _relabelled_depth(spec: ReplaySpec, publish_depth: KeyedDepthCallback
     """`publish_depth` with a file's venue and/or symbol replaced, as `_relabelled`."""
     venue, symbol = spec.venue, spec.symbol
 
-    def depth(exchange: str, unified: str, reset: bool, bids: Levels, asks: Levels) -> None:
-        publish_depth(venue or exchange, symbol or unified, reset, bids, asks)
+    def depth(exchange: str, unified: str, local_ts_ns: int, reset: bool, bids: Levels,
+              asks: Levels) -> None:
+        publish_depth(venue or exchange, symbol or unified, local_ts_ns, reset, bids, asks)
 
     return depth
 

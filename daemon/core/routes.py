@@ -21,12 +21,14 @@ QuoteCallback = Callable[[Quote], None]
 TradeCallback = Callable[[Trade], None]
 #: (price, size) pairs of one book side: absolute sizes, size 0 removes the level.
 Levels = Iterable[tuple[float, float]]
-#: A change to the depth book of one key: (reset, bids, asks). `reset`: the book is now
-#: exactly these levels (a snapshot; empty: the book was lost); else they update it.
-#: The levels are only valid during the call (a parser may hand its own book's views).
-DepthCallback = Callable[[bool, Levels, Levels], None]
-#: The same with the key first: (exchange, symbol, reset, bids, asks).
-KeyedDepthCallback = Callable[[str, str, bool, Levels, Levels], None]
+#: A change to the depth book of one key: (local_ts_ns, reset, bids, asks), the receive
+#: time of the frame that carried it (0: not from a frame, a reconnect). `reset`: the
+#: book is now exactly these levels (a snapshot; empty: the book was lost); else they
+#: update it. The levels are only valid during the call (a parser may hand its own
+#: book's views).
+DepthCallback = Callable[[int, bool, Levels, Levels], None]
+#: The same with the key first: (exchange, symbol, local_ts_ns, reset, bids, asks).
+KeyedDepthCallback = Callable[[str, str, int, bool, Levels, Levels], None]
 
 
 class MarketSink(Protocol):

@@ -22,8 +22,8 @@ class SideBooks:
         self.bids: dict[float, float] = {}
         self.asks: dict[float, float] = {}
 
-    def apply(self, reset: bool, bids: Levels, asks: Levels) -> None:
-        """One change (the `DepthCallback` contract)."""
+    def apply(self, local_ts_ns: int, reset: bool, bids: Levels, asks: Levels) -> None:
+        """One change (the `DepthCallback` contract; live, its time does not matter)."""
         if reset:
             self.bids.clear()
             self.asks.clear()
@@ -62,10 +62,10 @@ class DepthBooks:
         """The depth route of one key (what a sink's `depth_route` hands a parser)."""
         return self.book(exchange, symbol).apply
 
-    def apply(self, exchange: str, symbol: str, reset: bool, bids: Levels,
+    def apply(self, exchange: str, symbol: str, local_ts_ns: int, reset: bool, bids: Levels,
               asks: Levels) -> None:
         """A change of any key (a `KeyedDepthCallback`)."""
-        self.book(exchange, symbol).apply(reset, bids, asks)
+        self.book(exchange, symbol).apply(local_ts_ns, reset, bids, asks)
 
     def levels(self, exchange: str, symbol: str, side: str) -> list[tuple[float, float]] | None:
         """Best-first (price, size) of "bid" or "ask"; None without a book (the paper

@@ -47,9 +47,9 @@ async def test_binance_depth_diffs_reach_the_depth_books_once_synced_and_relabel
 def test_a_reset_replaces_the_book_and_size_zero_removes_a_level() -> None:
     books = DepthBooks()
     route = books.route("v", "S")
-    route(True, [(99.0, 1.0), (98.0, 2.0)], [(101.0, 1.0)])
-    route(False, [(99.0, 0.0), (97.0, 3.0)], [(102.0, 0.5)])
+    route(1, True, [(99.0, 1.0), (98.0, 2.0)], [(101.0, 1.0)])
+    route(2, False, [(99.0, 0.0), (97.0, 3.0)], [(102.0, 0.5)])
     assert books.levels("v", "S", "bid") == [(98.0, 2.0), (97.0, 3.0)]
     assert books.levels("v", "S", "ask") == [(101.0, 1.0), (102.0, 0.5)]
-    route(True, (), ())  # sync lost
+    route(3, True, (), ())  # sync lost
     assert books.levels("v", "S", "bid") is None and books.levels("v", "T", "ask") is None

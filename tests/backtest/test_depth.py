@@ -1,0 +1,153 @@
+"""Backtest taker fills walk the recorded book (issue 14 item 5).
+
+A test strategy sends one IOC buy 25 bps through the ask, several times the touch's size,
+into a backtest of the shared Bybit `orderbook.500` recording; its fills must be the
+recorded ask levels, best first, at their recorded sizes, up to the limit. The book the
+fills are checked against is built here from the file with the Bybit parser alone: every
+frame received up to the order's arrival.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import strategies
+from adapters.bybit.parser import BybitParser
+from adapters.recordings.replay import ReplaySpec
+from config.settings import load_settings
+from daemon.backtest.engine import Backtest
+from daemon.core.model import Decision, Fill, OrderIntent, OrderType, Quote, Side
+from daemon.core.routes import Callbacks
+from daemon.core.vocabulary import Action
+from strategies.base import StrategyBase
+
+VENUE = "bybit_linear"
+SYMBOL = "XRP/USDT:USDT"
+OB500 = "bybit_linear_xrpusdt_ob500_20241201.jsonl"
+QTY = 40_000.0  # XRP: ~5x the touch's size in this file
+THROUGH = 25e-4  # the arbitrage unwind's 25 bps
+
+
+class OneTaker(StrategyBase):
+    """On its `at`-th quote, one IOC buy of QTY priced THROUGH above the ask."""
+
+    name = "one-taker"
+    market_keys = frozenset({(VENUE, SYMBOL)})
+
+    def __init__(self, at: int = 5) -> None:
+        self.at = at
+        self.quotes = 0
+        self.limit = 0.0
+        self.fills: list[Fill] = []
+
+    def on_quote(self, quote: Quote) -> Decision | None:
+        self.quotes += 1
+        if self.quotes != self.at:
+            return None
+        self.limit = round(quote.ask * (1 + THROUGH), 4)
+        intent = OrderIntent(VENUE, SYMBOL, Side.BUY, OrderType.IOC, QTY, self.limit,
+                             strategy=self.name)
+        return Decision(self.name, quote.local_ts_ns, Action.UNWIND, "walk the book",
+                        intents=[intent])
+
+    def on_fill(self, fill: Fill) -> Decision | None:
+        self.fills.append(fill)
+        return None
+
+
+def settings_for(data_dir: Path, **overrides: Any) -> Any:
+    return load_settings({
+        "data_dir": data_dir,
+        "venues": {VENUE: {"enabled": True, "taker_fee_bps": 5.5,
+                           "balances": {"USDT": 1_000_000.0}}},
+        "risk": {"max_order_notional": 1_000_000.0},
+        **overrides,
+    }, env_file=None)
+
+
+async def run_one_taker(data_dir: Path, path: Path, monkeypatch: pytest.MonkeyPatch,
+                        **overrides: Any) -> tuple[OneTaker, Any]:
+    taker = OneTaker()
+    monkeypatch.setitem(strategies.STRATEGIES, taker.name, lambda settings: taker)
+    engine = Backtest(settings_for(data_dir, **overrides), taker.name, [ReplaySpec(path)],
+                      "depth-walk")
+    result = await engine.run()
+    return taker, result
+
+
+def recorded_asks(path: Path, until_ns: int) -> list[tuple[float, float]]:
+    """The ask levels of the recorded book after every frame received by `until_ns`."""
+    parser = BybitParser(VENUE, Callbacks())
+    for line in path.read_bytes().splitlines():
+        received_ns = orjson.loads(line)["ts"] * 1_000_000
+        if received_ns > until_ns:
+            break
+        parser.feed(line, received_ns)
+    book = parser.book("orderbook.500.XRPUSDT")
+    assert book is not None
+    return book.levels("ask")
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "frames"])
+async def test_a_taker_larger_than_the_touch_fills_across_the_recorded_levels(
+    shared_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    cache: bool,
+) -> None:
+    path = shared_file(OB500)
+    taker, result = await run_one_taker(tmp_path, path, monkeypatch,
+                                        backtest={"cache": cache})
+    assert result.fills == len(taker.fills) and taker.fills
+    arrival = taker.fills[0].ts_ns
+    expected, left = [], QTY
+    for price, size in recorded_asks(path, arrival):
+        if price > taker.limit or left <= 0:
+            break
+        expected.append((price, min(size, left)))
+        left -= min(size, left)
+    assert len(expected) >= 3  # several levels: the touch alone was not enough
+    assert [(f.price, f.qty) for f in taker.fills] == [
+        (price, pytest.approx(qty)) for price, qty in expected]
+    assert all(f.liquidity == "taker" for f in taker.fills)
+    assert {f.ts_ns for f in taker.fills} == {arrival}
+
+
+async def test_without_depth_the_same_taker_takes_only_the_touch(
+    shared_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = shared_file(OB500)
+    taker, _ = await run_one_taker(tmp_path, path, monkeypatch,
+                                   execution={"walk_depth": False})
+    assert len(taker.fills) == 1
+    touch_price, touch_size = recorded_asks(path, taker.fills[0].ts_ns)[0]
+    assert (taker.fills[0].price, taker.fills[0].qty) == (touch_price, touch_size)
+
+
+async def test_the_depth_beside_the_cache_is_read_back_and_a_damaged_one_rebuilt(
+    shared_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = shared_file(OB500)
+    first, built = await run_one_taker(tmp_path / "a", path, monkeypatch)
+    assert built.cache == "built"
+    cache_dir = tmp_path / "a" / "cache" / "backtest"
+    depth_files = list(cache_dir.glob("*.depth"))
+    assert len(depth_files) == 1
+    shutil.copytree(cache_dir, tmp_path / "b" / "cache" / "backtest")
+    second, hit = await run_one_taker(tmp_path / "b", path, monkeypatch)
+    assert hit.cache == "hit"
+    assert [(f.price, f.qty) for f in second.fills] == [(f.price, f.qty) for f in first.fills]
+    # Overwritten bytes in the depth file: the cache is rebuilt, the fills are the same.
+    damaged = tmp_path / "c" / "cache" / "backtest"
+    shutil.copytree(cache_dir, damaged)
+    depth_file = next(damaged.glob("*.depth"))
+    raw = bytearray(depth_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    depth_file.write_bytes(bytes(raw))
+    third, rebuilt = await run_one_taker(tmp_path / "c", path, monkeypatch)
+    assert rebuilt.cache == "built"
+    assert [(f.price, f.qty) for f in third.fills] == [(f.price, f.qty) for f in first.fills]
