@@ -38,8 +38,10 @@ async def _run_replay(feed: str, bus: Bus, speed: float | None, yield_every: int
 
     try:
         specs = sample_specs() if feed == "sample" else parse_specs(feed)
+        depth = bus.depth  # kept when a paper executor walks it (--mode action)
         replay = ReplayFeed(specs, bus.publish_quote, bus.publish_trade,
-                            speed=speed, yield_every=yield_every)
+                            speed=speed, yield_every=yield_every, books=depth is not None,
+                            publish_depth=depth.apply if depth is not None else None)
         stats = await replay.run()
         damage = stats.damage_summary()
         if damage is not None and stats.usable:

@@ -7,8 +7,9 @@ changes in the order they came, up to the first one received after the order rea
 the venue (the executor's clock at arrival): the frame of the event that lands an order
 is not yet in the book the order walks, as its quote is not yet the touch.
 
-Frame by frame, `RecordedDepth.record` takes the changes as the parsers emit them (those
-of the future wait in a short queue per market). From the cache, the changes are kept
+Frame by frame, `RecordedDepth` takes the changes as the parsers emit them, a
+`daemon.market.depth.DepthBooks` on the executor's clock (those of the future wait in a
+short queue per market). From the cache, the changes are kept
 beside the event columns (`DepthColumns`, one row per change: `pos`, the number of events
 published before it, its time, the key, whether it resets the book, and its levels) and
 applied lazily: when the executor asks for a market's levels while the engine runs event
@@ -23,7 +24,6 @@ Size (the 75 s Binance sample, spot + USD-M, 25,060 events): {changes} depth cha
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -137,47 +137,19 @@ class DepthRecorder:
         )
 
 
-_Change = tuple[int, bool, list[tuple[float, float]], list[tuple[float, float]]]
-
-
-class RecordedDepth:
+class RecordedDepth(DepthBooks):
     """The backtest's `DepthProvider` (see the module docstring): fed frame by frame
-    through `record`, or from `DepthColumns` through `load` and `at_row`. `clock` is the
-    executor's feed clock (the order's arrival time during a walk)."""
+    through `apply` (a `DepthBooks` on the executor's clock), or from `DepthColumns`
+    through `load` and `at_row`."""
 
     def __init__(self, clock: Callable[[], int] = lambda: 0) -> None:
-        self.books = DepthBooks()
-        self.clock = clock
+        super().__init__(clock)
         #: The event row being run: changes with pos <= at_row have been emitted.
         self.at_row = 0
-        self._pending: dict[tuple[str, str], deque[_Change]] = {}
         self._columns: DepthColumns | None = None
         self._key_ids: dict[tuple[str, str], int] = {}
         self._changes: list[list[int]] = []  # per key: its change indices
         self._applied: list[int] = []  # per key: how many of them are applied
-
-    # -- frame by frame ------------------------------------------------------------------
-
-    def record(self, exchange: str, symbol: str, local_ts_ns: int, reset: bool,
-               bids: Levels, asks: Levels) -> None:
-        """A change as a parser emits it (a `KeyedDepthCallback`): applied at once if its
-        time has come and nothing is waiting before it, else queued (copied)."""
-        key = (exchange, symbol)
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = deque()
-        now = self.clock()
-        if pending:
-            self._flush(key, pending, now)
-        if not pending and local_ts_ns <= now:
-            self.books.book(exchange, symbol).apply(local_ts_ns, reset, bids, asks)
-        else:
-            pending.append((local_ts_ns, reset, list(bids), list(asks)))
-
-    def _flush(self, key: tuple[str, str], pending: deque[_Change], now: int) -> None:
-        book = self.books.book(*key)
-        while pending and pending[0][0] <= now:
-            book.apply(*pending.popleft())
 
     # -- from the cache ------------------------------------------------------------------
 
@@ -196,7 +168,7 @@ class RecordedDepth:
         assert columns is not None
         changes = self._changes[index]
         done = self._applied[index]
-        book = self.books.book(exchange, symbol)
+        book = self.book(exchange, symbol)
         pos, ts, offsets, n_bids, reset = (columns.pos, columns.ts, columns.offsets,
                                            columns.n_bids, columns.reset)
         at_row = self.at_row
@@ -216,11 +188,6 @@ class RecordedDepth:
     # -- the provider --------------------------------------------------------------------
 
     def levels(self, exchange: str, symbol: str, side: str) -> list[tuple[float, float]] | None:
-        now = self.clock()
         if self._columns is not None:
-            self._catch_up(exchange, symbol, now)
-        else:
-            pending = self._pending.get((exchange, symbol))
-            if pending:
-                self._flush((exchange, symbol), pending, now)
-        return self.books.levels(exchange, symbol, side)
+            self._catch_up(exchange, symbol, self.clock())  # type: ignore[misc]
+        return super().levels(exchange, symbol, side)

@@ -234,7 +234,7 @@ class Backtest:
                 stats = check_usable(self.specs, await ReplayFeed(
                     self.specs, self.on_quote, self.on_trade, speed=None,
                     books=depth is not None,
-                    publish_depth=depth.record if depth is not None else None).run())
+                    publish_depth=depth.apply if depth is not None else None).run())
                 self.processed = self.events
                 self._check_markets(self.bus.published_keys())  # known only once replayed
             else:

@@ -32,23 +32,22 @@ SYMBOL = "XRP/USDT:USDT"
 OB500 = "bybit_linear_xrpusdt_ob500_20241201.jsonl"
 QTY = 40_000.0  # XRP: ~5x the touch's size in this file
 THROUGH = 25e-4  # the arbitrage unwind's 25 bps
+AT_NS = 1_733_011_201_000_000_000  # 2024-12-01 00:00:01 UTC, a second into the file
 
 
 class OneTaker(StrategyBase):
-    """On its `at`-th quote, one IOC buy of QTY priced THROUGH above the ask."""
+    """On its first quote received at or after AT_NS, one IOC buy of QTY priced THROUGH
+    above the ask."""
 
     name = "one-taker"
     market_keys = frozenset({(VENUE, SYMBOL)})
 
-    def __init__(self, at: int = 5) -> None:
-        self.at = at
-        self.quotes = 0
+    def __init__(self) -> None:
         self.limit = 0.0
         self.fills: list[Fill] = []
 
     def on_quote(self, quote: Quote) -> Decision | None:
-        self.quotes += 1
-        if self.quotes != self.at:
+        if self.limit or quote.local_ts_ns < AT_NS:
             return None
         self.limit = round(quote.ask * (1 + THROUGH), 4)
         intent = OrderIntent(VENUE, SYMBOL, Side.BUY, OrderType.IOC, QTY, self.limit,
@@ -94,15 +93,10 @@ def recorded_asks(path: Path, until_ns: int) -> list[tuple[float, float]]:
     return book.levels("ask")
 
 
-@pytest.mark.parametrize("cache", [True, False], ids=["cache", "frames"])
-async def test_a_taker_larger_than_the_touch_fills_across_the_recorded_levels(
-    shared_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    cache: bool,
-) -> None:
-    path = shared_file(OB500)
-    taker, result = await run_one_taker(tmp_path, path, monkeypatch,
-                                        backtest={"cache": cache})
-    assert result.fills == len(taker.fills) and taker.fills
+def assert_walked_the_recorded_asks(taker: OneTaker, path: Path) -> None:
+    """The taker's fills are the recorded ask levels at its arrival, best first, each at
+    its recorded size (the last one in part), up to its limit."""
+    assert taker.fills
     arrival = taker.fills[0].ts_ns
     expected, left = [], QTY
     for price, size in recorded_asks(path, arrival):
@@ -115,6 +109,18 @@ async def test_a_taker_larger_than_the_touch_fills_across_the_recorded_levels(
         (price, pytest.approx(qty)) for price, qty in expected]
     assert all(f.liquidity == "taker" for f in taker.fills)
     assert {f.ts_ns for f in taker.fills} == {arrival}
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "frames"])
+async def test_a_taker_larger_than_the_touch_fills_across_the_recorded_levels(
+    shared_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    cache: bool,
+) -> None:
+    path = shared_file(OB500)
+    taker, result = await run_one_taker(tmp_path, path, monkeypatch,
+                                        backtest={"cache": cache})
+    assert result.fills == len(taker.fills)
+    assert_walked_the_recorded_asks(taker, path)
 
 
 async def test_without_depth_the_same_taker_takes_only_the_touch(
@@ -151,3 +157,28 @@ async def test_the_depth_beside_the_cache_is_read_back_and_a_damaged_one_rebuilt
     third, rebuilt = await run_one_taker(tmp_path / "c", path, monkeypatch)
     assert rebuilt.cache == "built"
     assert [(f.price, f.qty) for f in third.fills] == [(f.price, f.qty) for f in first.fills]
+
+
+async def test_action_on_a_replay_walks_the_same_recorded_levels_as_the_backtest(
+    shared_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--mode action` on paper keeps the replay's depth books on the bus and the paper
+    executor walks them, on its own clock: the same fills as the backtest's."""
+    from daemon.app import App
+    from daemon.cli import build_parser
+    from daemon.modes.action import run_action
+    from daemon.run import _supervise
+
+    path = shared_file(OB500)
+    backtested, _ = await run_one_taker(tmp_path / "backtest", path, monkeypatch)
+    taker = OneTaker()
+    monkeypatch.setitem(strategies.STRATEGIES, "inventory-mm", lambda settings: taker)
+    args = build_parser().parse_args(["--mode", "action", "--strategy", "inventory-mm",
+                                      "--feed", f"replay:{path}", "--speed", "max",
+                                      "--run-id", "action-walk"])
+    settings = settings_for(tmp_path / "action", metrics={"enabled": False})
+    app = App(settings=settings, args=args, run_id="action-walk")
+    assert await _supervise(app, run_action) == 0
+    assert_walked_the_recorded_asks(taker, path)
+    assert [(f.price, f.qty, f.ts_ns) for f in taker.fills] == [
+        (f.price, f.qty, f.ts_ns) for f in backtested.fills]
