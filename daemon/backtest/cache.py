@@ -16,8 +16,8 @@ Columns, one row per published event: `kind` (QUOTE, TRADE), `key` (index into t
 (trades). A field a kind does not have holds 0, False or "".
 
 With `execution.walk_depth` (the default) the replay also keeps the depth books' changes
-(daemon/backtest/depth.py) and saves them beside the events, `<digest>.depth` (Arrow:
-one row per change, its levels as list columns); the events file's metadata carries
+(daemon/backtest/depth.py) and saves them beside the events, `<digest>.depth` (Arrow,
+lz4: one row per change, its levels as list columns); the events file's metadata carries
 their count and SHA-256, so a missing or altered depth file has the cache rebuilt.
 Whether depth is kept is part of the name.
 
@@ -79,6 +79,7 @@ _META_DIGEST = b"digest"
 _META_DEPTH = b"depth"
 #: The depth changes beside a cache file (`<name>.depth`), when the replay had depth.
 _DEPTH_SUFFIX = ".depth"
+_DEPTH_COMPRESSION: str | None = "lz4"
 _DEPTH_SCHEMA = pa.schema([
     pa.field("pos", pa.int64(), nullable=False),
     pa.field("ts", pa.int64(), nullable=False),
@@ -422,7 +423,12 @@ def _write_depth(path: Path, depth: DepthColumns) -> None:
     ], schema=schema)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        # lz4: levels repeat (the same prices, sizes that barely change): half the raw
+        # float64 size, read back in ~13 ms for the shared 346 s files (zstd: a third
+        # of the size but 32 ms, uncompressed twice the size, 1 ms).
+        options = pa.ipc.IpcWriteOptions(compression=_DEPTH_COMPRESSION)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema,
+                                                                 options=options) as writer:
             writer.write_batch(batch)
         _fsync(tmp)
         os.replace(tmp, path)

@@ -4,8 +4,9 @@ A replay with depth (Binance `@depth` diffs on a REST snapshot, Bybit `orderbook
 every change of a synced book to a depth route before the events it moves, with the
 receive time of its frame (`daemon.core.routes.DepthCallback`). A walk sees a market's
 changes in the order they came, up to the first one received after the order reached
-the venue (the executor's clock at arrival): the frame of the event that lands an order
-is not yet in the book the order walks, as its quote is not yet the touch.
+the venue (the executor's clock at arrival): a frame received later is not in the book
+the order walks, even the one whose event lands the order (its quote is not yet the
+touch either).
 
 Frame by frame, `RecordedDepth` takes the changes as the parsers emit them, a
 `daemon.market.depth.DepthBooks` on the executor's clock (those of the future wait in a
@@ -17,8 +18,10 @@ row r (`at_row`), that market's changes with `pos <= r` are the ones emitted so 
 frame by frame. So both paths walk the same books and write the same decision log, and
 markets nobody walks cost nothing at run time.
 
-Size (the 75 s Binance sample, spot + USD-M, 25,060 events): {changes} depth changes with
-{levels} levels, 16 bytes a level (price and size as float64) and ~33 a change.
+Size (the 75 s Binance sample, spot + USD-M, 25,060 events): 2,156 depth changes with
+117,866 levels; the depth file (lz4) is 0.92 MB beside the events' 1.78 MB (1.96 MB as
+raw float64). From the cache the changes are read with the events and applied only for
+the markets walked; `bench/bench_backtest.py` compares runs with and without depth.
 """
 
 from __future__ import annotations

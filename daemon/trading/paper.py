@@ -31,11 +31,12 @@ Fill rules:
   orders in price priority, and what we took at a price level stays taken until the touch
   moves past that level (our paper fills never show up in the real feed, so without this
   the same displayed size would fill us again on every quote). A walk of the depth book
-  remembers, per level, the size the level showed when we took from it; the taken size
-  is forgotten when the book shows another size at that price (the level refreshed:
-  orders came or went there since, so what it shows now is taken as the liquidity on
-  offer) or when the touch moves past it. Without depth nothing is refreshed: the
-  touch rule above, as before.
+  remembers, per level, the size the level showed when we took from it. While the level
+  shows that size or less, what we took stays taken (size gone since went to others:
+  shown - taken is what would be left had our fills been real); once it shows more, the
+  level was refilled and what we took is forgotten (new orders there are taken as
+  replacing ours). The touch moving past a level forgets it too. Without depth nothing
+  is refilled: the touch rule above, as before.
 - Optional `queue_position=True`: an order that joins an existing price level waits
   behind the size displayed there when it arrived; prints exactly at its price eat that
   queue first, and an opposite touch merely equal to its price does not fill it. Orders
@@ -242,11 +243,11 @@ class _Book:
 
     def taken_at(self, buying: bool, price: float, shown: float) -> float:
         """What we took at a level the depth book now shows `shown` at: 0 once the level
-        refreshed (it shows another size than when we took), and then forgotten."""
+        was refilled (it shows more than when we took), and then forgotten."""
         taken, sizes = ((self.taken_asks, self.shown_asks) if buying
                         else (self.taken_bids, self.shown_bids))
         qty = taken.get(price, 0.0)
-        if qty and sizes.get(price, shown) != shown:
+        if qty and shown > sizes.get(price, shown):
             del taken[price], sizes[price]
             if buying:
                 self.lowest_taken_ask = _lowest(taken)

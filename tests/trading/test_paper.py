@@ -172,10 +172,11 @@ class Depth:
         return sorted(self.book[side].items(), reverse=side == "bid")
 
 
-def test_depth_walk_remembers_what_it_took_per_level_until_the_level_refreshes() -> None:
+def test_depth_walk_remembers_what_it_took_per_level_until_the_level_is_refilled() -> None:
     """Issue 14 item 5, by hand: three IOC buys on one book. The first takes 101.0 and
     101.5, the second finds both taken and takes 102.0, the third comes after the 101.5
-    level showed another size (refreshed) and gets it again, plus what 102.0 has left."""
+    level grew (refilled: taken again) and 102.0 shrank (others took some of what we
+    left: only shown - taken is there)."""
     depth = Depth({100.0: 5.0}, {101.0: 0.2, 101.5: 0.3, 102.0: 1.0})
     executor, seen = paper(depth=depth)
     executor.on_quote(quote(0, 100.0, 5.0, 101.0, 0.2))
@@ -191,12 +192,13 @@ def test_depth_walk_remembers_what_it_took_per_level_until_the_level_refreshes()
 
     assert buy(0, 0.6, 101.6) == [(101.0, 0.2), (101.5, 0.3)]  # 102 is past the limit
     assert buy(20, 0.6, 102.5) == [(102.0, 0.6)]  # 101.0 and 101.5 still taken
-    depth.book["ask"][101.5] = 0.4  # orders came and went at 101.5: the level refreshed
+    depth.book["ask"][101.5] = 0.4  # 0.3 when we took it all: refilled
+    depth.book["ask"][102.0] = 0.8  # 1.0 when we took 0.6: 0.2 gone to others
     third = buy(40, 1.0, 102.0)
-    assert third == [(101.5, 0.4), (102.0, pytest.approx(0.4))]  # 1.0 - 0.6 left at 102
-    # 0.2*101 + 0.3*101.5 + 0.6*102 + 0.4*101.5 + 0.4*102 = 193.25, 10 bps taker fee.
-    assert executor.balances(VENUE)["USDT"] == pytest.approx(100_000 - 193.25 - 0.19325)
-    assert executor.balances(VENUE)["BTC"] == pytest.approx(1.0 + 1.9)
+    assert third == [(101.5, 0.4), (102.0, pytest.approx(0.2))]  # 0.8 - 0.6 at 102
+    # 0.2*101 + 0.3*101.5 + 0.6*102 + 0.4*101.5 + 0.2*102 = 172.85, 10 bps taker fee.
+    assert executor.balances(VENUE)["USDT"] == pytest.approx(100_000 - 172.85 - 0.17285)
+    assert executor.balances(VENUE)["BTC"] == pytest.approx(1.0 + 1.7)
 
 
 def test_an_ioc_priced_through_a_taken_touch_walks_the_book_instead_of_failing() -> None:
