@@ -19,7 +19,7 @@ import pytest
 
 import strategies
 from adapters.bybit.parser import BybitParser
-from adapters.recordings.replay import ReplaySpec
+from adapters.recordings.replay import SAMPLE_FILES, ReplaySpec
 from config.settings import load_settings
 from daemon.backtest.engine import Backtest
 from daemon.core.model import Decision, Fill, OrderIntent, OrderType, Quote, Side
@@ -36,22 +36,26 @@ AT_NS = 1_733_011_201_000_000_000  # 2024-12-01 00:00:01 UTC, a second into the 
 
 
 class OneTaker(StrategyBase):
-    """On its first quote received at or after AT_NS, one IOC buy of QTY priced THROUGH
-    above the ask."""
+    """On its first quote received at or after `at_ns`, one IOC of `qty` priced THROUGH
+    beyond the touch (a buy above the ask, a sell below the bid)."""
 
     name = "one-taker"
-    market_keys = frozenset({(VENUE, SYMBOL)})
 
-    def __init__(self) -> None:
+    def __init__(self, venue: str = VENUE, symbol: str = SYMBOL, side: Side = Side.BUY,
+                 qty: float = QTY, at_ns: int = AT_NS) -> None:
+        self.market_keys = frozenset({(venue, symbol)})
+        self.venue, self.symbol, self.side, self.qty, self.at_ns = venue, symbol, side, qty, at_ns
         self.limit = 0.0
         self.fills: list[Fill] = []
 
     def on_quote(self, quote: Quote) -> Decision | None:
-        if self.limit or quote.local_ts_ns < AT_NS:
+        if self.limit or quote.local_ts_ns < self.at_ns:
             return None
-        self.limit = round(quote.ask * (1 + THROUGH), 4)
-        intent = OrderIntent(VENUE, SYMBOL, Side.BUY, OrderType.IOC, QTY, self.limit,
-                             strategy=self.name)
+        buying = self.side is Side.BUY
+        self.limit = round(quote.ask * (1 + THROUGH) if buying else quote.bid * (1 - THROUGH),
+                           2 if quote.bid > 100 else 4)
+        intent = OrderIntent(self.venue, self.symbol, self.side, OrderType.IOC, self.qty,
+                             self.limit, strategy=self.name)
         return Decision(self.name, quote.local_ts_ns, Action.UNWIND, "walk the book",
                         intents=[intent])
 
@@ -64,15 +68,17 @@ def settings_for(data_dir: Path, **overrides: Any) -> Any:
     return load_settings({
         "data_dir": data_dir,
         "venues": {VENUE: {"enabled": True, "taker_fee_bps": 5.5,
-                           "balances": {"USDT": 1_000_000.0}}},
+                           "balances": {"USDT": 1_000_000.0}},
+                   "binance_spot": {"balances": {"BTC": 20.0, "USDT": 1_000_000.0}}},
         "risk": {"max_order_notional": 1_000_000.0},
         **overrides,
     }, env_file=None)
 
 
 async def run_one_taker(data_dir: Path, path: Path, monkeypatch: pytest.MonkeyPatch,
-                        **overrides: Any) -> tuple[OneTaker, Any]:
-    taker = OneTaker()
+                        taker: OneTaker | None = None, **overrides: Any,
+                        ) -> tuple[OneTaker, Any]:
+    taker = taker or OneTaker()
     monkeypatch.setitem(strategies.STRATEGIES, taker.name, lambda settings: taker)
     engine = Backtest(settings_for(data_dir, **overrides), taker.name, [ReplaySpec(path)],
                       "depth-walk")
@@ -182,3 +188,22 @@ async def test_action_on_a_replay_walks_the_same_recorded_levels_as_the_backtest
     assert_walked_the_recorded_asks(taker, path)
     assert [(f.price, f.qty, f.ts_ns) for f in taker.fills] == [
         (f.price, f.qty, f.ts_ns) for f in backtested.fills]
+
+
+async def test_a_sell_through_the_binance_bid_walks_the_depth_book_the_same_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Binance: the touch from bookTicker, the levels beyond it from the @depth book (REST
+    snapshot + diffs); frame by frame and from the cache, the same fills."""
+    fills = {}
+    for cache in (False, True):
+        taker = OneTaker("binance_spot", "BTC/USDT", Side.SELL, 8.0,
+                         at_ns=1_723_161_284_000_000_000)  # 30 s into the sample
+        taker, result = await run_one_taker(tmp_path / str(cache), SAMPLE_FILES[0],
+                                            monkeypatch, taker, backtest={"cache": cache})
+        assert result.cache == ("built" if cache else "off")
+        fills[cache] = [(f.price, f.qty, f.ts_ns) for f in taker.fills]
+    assert fills[True] == fills[False]
+    prices = [price for price, _, _ in fills[True]]
+    assert len(prices) >= 3 and prices == sorted(prices, reverse=True)
+    assert len(set(prices)) == len(prices) and prices[-1] >= taker.limit
