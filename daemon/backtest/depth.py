@@ -114,13 +114,13 @@ class DepthRecorder:
         self._reset.append(reset)
         price, size = self._price, self._size
         start = len(price)
-        for level_price, level_size in bids:
-            price.append(level_price)
-            size.append(level_size)
-        self._n_bids.append(len(price) - start)
-        for level_price, level_size in asks:
-            price.append(level_price)
-            size.append(level_size)
+        for side, levels in enumerate((bids, asks)):
+            # One unzip per side instead of two appends per level.
+            prices, sizes = zip(*levels, strict=True) if levels else ((), ())
+            price.extend(prices)
+            size.extend(sizes)
+            if side == 0:
+                self._n_bids.append(len(price) - start)
         self._ends.append(len(price))
 
     def columns(self) -> DepthColumns | None:

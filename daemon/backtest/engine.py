@@ -26,11 +26,11 @@ A run id whose log already exists is refused rather than appended to or overwrit
 
 Depth (`execution.walk_depth`, on by default): where the files carry order books (Binance
 `@depth` diffs on their REST snapshot, Bybit `orderbook.N`), marketable paper orders walk
-them (daemon/trading/paper.py), as the books stood when the event being run was
-published; frame by frame the parsers feed the books as they go, from the cache
-`RecordedDepth` applies the saved changes up to the row being run (daemon/backtest/
-depth.py), so both give the same log. A walk sees the changes received up to the order's
-arrival, not the frame of the event that lands it. Files without depth fill at the touch, as before.
+them (daemon/trading/paper.py) as they stood when the order arrived: the changes received
+by then, not the frame of the event that lands it. Frame by frame the parsers feed the
+books as they go; from the cache `RecordedDepth` applies the saved changes up to the row
+being run (daemon/backtest/depth.py), so both give the same log. Files without depth
+fill at the touch, as before.
 
 Fast path (`backtest.cache`, on by default; issue #8): the frames are parsed once and the
 events kept as columns (daemon/backtest/cache.py), so a rerun over the same files reads

@@ -21,6 +21,7 @@ import strategies
 from adapters.bybit.parser import BybitParser
 from adapters.recordings.replay import SAMPLE_FILES, ReplaySpec
 from config.settings import load_settings
+from daemon.backtest.depth import DepthRecorder, RecordedDepth
 from daemon.backtest.engine import Backtest
 from daemon.core.model import Decision, Fill, OrderIntent, OrderType, Quote, Side
 from daemon.core.routes import Callbacks
@@ -207,3 +208,36 @@ async def test_a_sell_through_the_binance_bid_walks_the_depth_book_the_same_from
     prices = [price for price, _, _ in fills[True]]
     assert len(prices) >= 3 and prices == sorted(prices, reverse=True)
     assert len(set(prices)) == len(prices) and prices[-1] >= taker.limit
+
+
+def test_recorded_depth_applies_a_markets_changes_in_order_up_to_the_row_and_the_clock() -> None:
+    """The same book from the columns as frame by frame: changes emitted by the row being
+    run, in order, up to the first one received after the clock; a lost book is empty."""
+    published: list[object] = []
+    recorder = DepthRecorder(published)
+    now = [0]
+    live = RecordedDepth(lambda: now[0])
+    changes = [  # (events published before, time, reset, bids, asks)
+        (0, 10, True, [(99.0, 1.0)], [(101.0, 1.0)]),
+        (1, 20, False, [], [(101.0, 0.0), (102.0, 2.0)]),
+        (1, 30, True, (), ()),  # sync lost
+        (2, 40, True, [(98.0, 1.0)], [(103.0, 1.0)]),
+    ]
+    for pos, ts, reset, bids, asks in changes:
+        published[:] = [None] * pos
+        recorder("v", "S", ts, reset, bids, asks)
+    columns = recorder.columns()
+    assert columns is not None and len(columns) == 4 and columns.levels == 6
+    columns.check(events=2)
+    cached = RecordedDepth(lambda: now[0])
+    cached.load(columns)
+    emitted = 0
+    for at_row, clock, asks in [(0, 5, None), (1, 15, [(101.0, 1.0)]), (1, 25, [(102.0, 2.0)]),
+                                (1, 100, None), (2, 100, [(103.0, 1.0)])]:
+        now[0] = clock
+        while emitted < len(changes) and changes[emitted][0] <= at_row:
+            live.apply("v", "S", *changes[emitted][1:])
+            emitted += 1
+        cached.at_row = at_row
+        assert cached.levels("v", "S", "ask") == live.levels("v", "S", "ask") == asks
+    assert cached.levels("v", "S", "bid") == [(98.0, 1.0)]
