@@ -110,7 +110,9 @@ class VenueSettings(_Frozen):
     api_key: SecretStr | None = None
     #: API secret for live trading; never logged, never in a config file.
     api_secret: SecretStr | None = None
-    #: Top-of-book depth to subscribe to where the venue lets us choose (Bybit orderbook.N).
+    #: Order-book depth to subscribe to: Bybit orderbook.N (rounded up to a published N);
+    #: Binance adds @depth diffs and a REST snapshot when > 1. Paper taker orders walk
+    #: that book (execution.walk_depth); at 1 they take the touch.
     book_depth: int = Field(default=1, ge=1, le=1000)
     #: A quote older than this is flagged stale and must not be acted on.
     stale_after_s: Duration = 10.0
@@ -518,6 +520,11 @@ class ExecutionSettings(_Frozen):
     #: Paper trading, queue_model = "probabilistic": n in the share of a cancel taken as
     #: behind us, back^n / (back^n + front^n); the higher n, the more the longer side takes.
     queue_power: Annotated[float, Field(gt=0)] = 2.0
+    #: Paper trading: a marketable order walks the order book's levels (bounded by its
+    #: limit, taken size remembered per level) where the market data has depth: Binance
+    #: @depth books (live: book_depth > 1), Bybit orderbook.N (N > 1), recordings that
+    #: hold them; elsewhere it takes the touch. false: always the touch only.
+    walk_depth: bool = True
     #: On start, open orders carrying our prefix are cancelled or adopted.
     reconcile: Literal["cancel", "adopt"] = "cancel"
     #: Live: an order whose submit outcome is unknown (response lost) is looked up by its

@@ -29,7 +29,7 @@ async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | No
     with each event, as a backtest does). Live feeds always publish on the bus."""
     if feed == "sample" or feed.startswith(REPLAY_PREFIX):
         publish = replay_to or Callbacks(bus.publish_quote, bus.publish_trade)
-        return await _run_replay(feed, publish, speed, yield_every)
+        return await _run_replay(feed, bus, publish, speed, yield_every)
     if feed == "live":
         from adapters.market_data import run_live
 
@@ -39,7 +39,7 @@ async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | No
     )
 
 
-async def _run_replay(feed: str, publish: Callbacks, speed: float | None,
+async def _run_replay(feed: str, bus: Bus, publish: Callbacks, speed: float | None,
                       yield_every: int) -> object:
     """Replay the files once. What was lost on the way is printed on stderr (one line);
     files that gave not one quote or trade are an input error (ConfigError: exit 2),
@@ -54,8 +54,10 @@ async def _run_replay(feed: str, publish: Callbacks, speed: float | None,
 
     try:
         specs = sample_specs() if feed == "sample" else parse_specs(feed)
+        depth = bus.depth  # kept when a paper executor walks it (--mode action)
         replay = ReplayFeed(specs, publish.on_quote, publish.on_trade,
-                            speed=speed, yield_every=yield_every)
+                            speed=speed, yield_every=yield_every, books=depth is not None,
+                            publish_depth=depth.apply if depth is not None else None)
         stats = await replay.run()
         damage = stats.damage_summary()
         if damage is not None and stats.usable:

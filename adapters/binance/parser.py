@@ -19,6 +19,11 @@ book correctly"), which differs per market:
 - USD-M: drop diffs with u < lastUpdateId; the first applied diff has
   U <= lastUpdateId <= u; afterwards each pu == previous u.
 
+A synced book's changes also go to the sink's depth route, when it has one
+(`daemon.core.routes.depth_route`): the whole book with the first diff applied on a
+snapshot, then each applied diff as is, and an empty reset when sync is lost. That is
+what the paper executor walks.
+
 Live adapters get bytes from the socket (`recv(decode=False)`): a str frame is encoded
 once on entry, which costs a copy.
 """
@@ -44,6 +49,7 @@ from adapters.binance.schemas import (
     TradeEvent,
 )
 from adapters.common.parsing import (
+    DepthRoutes,
     L2Book,
     ResyncCallback,
     Route,
@@ -146,11 +152,13 @@ class _TickerState:
 class _DepthState:
     """Sync state of one symbol's depth book."""
 
-    __slots__ = ("book", "last_u", "pending", "snapshot_id", "synced")
+    __slots__ = ("announced", "book", "last_u", "pending", "snapshot_id", "synced")
 
     def __init__(self) -> None:
         self.book = L2Book()
         self.synced = False
+        #: The depth route has the whole synced book (diffs alone follow it from there).
+        self.announced = False
         self.snapshot_id: int | None = None  # lastUpdateId of a snapshot not yet bridged
         self.last_u = 0
         #: Diffs waiting for a snapshot, with their local receive time.
@@ -171,7 +179,7 @@ class BinanceParser:
     # Slots: a fixed attribute set (a typo fails loudly) and slightly cheaper reads.
     __slots__ = (
         "_combined_decoders", "_decode_combined_ticker", "_decode_combined_trade",
-        "_decode_snapshot", "_depth", "_handlers", "_n_depth", "_n_depth_skipped",
+        "_decode_snapshot", "_depth", "_depth_routes", "_handlers", "_n_depth", "_n_depth_skipped",
         "_n_other", "_n_quote", "_n_trade", "_orphan_snapshot", "_raw_decoders",
         "_stream_kinds", "_symbol", "_tickers", "_trade_routes", "_usdm", "depth_quotes",
         "depth_stats", "dropped", "keep_books", "on_resync", "sink", "venue",
@@ -204,6 +212,7 @@ class BinanceParser:
         self._tickers: dict[str, _TickerState] = {}
         self._trade_routes: dict[str, Route[TradeCallback]] = {}
         self._depth: dict[str, _DepthState] = {}
+        self._depth_routes = DepthRoutes(venue, sink, self._symbol)
         self._orphan_snapshot: DepthSnapshot | None = None
         # Hot counters as plain ints (a Counter increment costs a method call per frame).
         self._n_quote = 0
@@ -253,6 +262,9 @@ class BinanceParser:
 
     def reset(self) -> None:
         """Forget sequence and book state (call on reconnect: a new session starts over)."""
+        for venue_symbol, state in self._depth.items():
+            if state.announced:
+                self._depth_routes.lost(venue_symbol)
         self._tickers.clear()
         self._depth.clear()
         self._orphan_snapshot = None
@@ -261,6 +273,7 @@ class BinanceParser:
         """Publish exactly these venue -> unified symbols from now on, keeping the books
         and sequence state of the symbols that stay."""
         self._symbol.remap(symbols)
+        self._depth_routes.forget()
         forget_remapped(self._tickers, symbols)
         forget_remapped(self._trade_routes, symbols)
 
@@ -512,6 +525,9 @@ class BinanceParser:
         state = self._depth.get(venue_symbol)
         if state is None:
             state = self._depth[venue_symbol] = _DepthState()
+        if state.announced:  # a new snapshot over a synced book: resynced from scratch
+            self._depth_routes.lost(venue_symbol)
+            state.announced = False  # the depth route gets the whole book once synced
         state.book.load(snapshot.bids, snapshot.asks, snapshot.lastUpdateId)
         state.snapshot_id = snapshot.lastUpdateId
         state.synced = False
@@ -568,6 +584,12 @@ class BinanceParser:
         book.apply_asks(diff.a)
         book.update_id = state.last_u = diff.u
         self.depth_stats["applied"] += 1
+        if (depth := self._depth_routes.get(diff.s)) is not None:
+            if state.announced:
+                depth(local_ts_ns, False, diff.b, diff.a)
+            else:  # first diff on a snapshot: the whole book
+                depth(local_ts_ns, True, book.bids.items(), book.asks.items())
+                state.announced = True
         if self.depth_quotes:
             self._publish_book_top(diff, book, local_ts_ns)
 
@@ -585,6 +607,9 @@ class BinanceParser:
         publish(diff.to_quote(self.venue, symbol, top, local_ts_ns))
 
     def _lose_sync(self, venue_symbol: str, state: _DepthState) -> None:
+        if state.announced:
+            self._depth_routes.lost(venue_symbol)
+            state.announced = False
         state.synced = False
         state.snapshot_id = None
         state.book.clear()

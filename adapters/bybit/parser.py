@@ -10,6 +10,10 @@ new snapshot) and deltas are dropped until the next snapshot. A book that comes 
 crossed (bid >= ask) is out of sync too: it is cleared and resynced the same way, since
 at depth > 1 a bad level would otherwise stay in it for good.
 
+Every applied snapshot and delta also goes, as is, to the sink's depth route (when it
+has one: `daemon.core.routes.depth_route`), before the quote it moves; a book that
+loses sync goes there as an empty reset. That is what the paper executor walks.
+
 A Quote is published whenever the best bid/ask price or size changes, and on every
 snapshot (a repeated level-1 snapshot reaffirms an unchanged top, which keeps a staleness
 watchdog quiet on a quiet market).
@@ -28,6 +32,7 @@ import orjson
 
 from adapters.bybit.schemas import BookMessage, TradeMessage
 from adapters.common.parsing import (
+    DepthRoutes,
     L2Book,
     ResyncCallback,
     Route,
@@ -46,10 +51,11 @@ BYBIT_VENUES = ("bybit_spot", "bybit_linear")
 class _TopicBook:
     """One order-book topic: the book, its sync state and the last published top."""
 
-    __slots__ = ("book", "last_top", "last_u", "resync_requested", "synced")
+    __slots__ = ("book", "last_top", "last_u", "resync_requested", "synced", "venue_symbol")
 
     def __init__(self) -> None:
         self.book = L2Book()
+        self.venue_symbol = ""  # of the last message applied (depth routes are per symbol)
         self.synced = False
         self.last_u = 0
         self.last_top: tuple[float, float, float, float] | None = None
@@ -85,6 +91,7 @@ class BybitParser:
         #: known venue symbols only, for quotes and for trades
         self._quote_routes: dict[str, Route[QuoteCallback]] = {}
         self._trade_routes: dict[str, Route[TradeCallback]] = {}
+        self._depth_routes = DepthRoutes(venue, sink, self._symbol)
         self._decode_book = msgspec.json.Decoder(BookMessage, strict=False).decode
         self._decode_trades = msgspec.json.Decoder(TradeMessage, strict=False).decode
 
@@ -101,12 +108,16 @@ class BybitParser:
 
     def reset(self) -> None:
         """Forget all books (call on reconnect: resubscribing sends fresh snapshots)."""
+        for state in self._books.values():
+            if state.venue_symbol:
+                self._depth_routes.lost(state.venue_symbol)
         self._books.clear()
 
     def set_symbols(self, symbols: Mapping[str, str]) -> None:
         """Publish exactly these venue -> unified symbols from now on, keeping the books
         of the symbols that stay (a new parser would make every book resubscribe)."""
         self._symbol.remap(symbols)
+        self._depth_routes.forget()
         forget_remapped(self._quote_routes, symbols)
         forget_remapped(self._trade_routes, symbols)
 
@@ -187,6 +198,9 @@ class BybitParser:
         if message.type == "snapshot":
             self.counts["snapshot"] += 1
             state.book.load(data.b, data.a, data.u)
+            state.venue_symbol = data.s
+            if (depth := self._depth_routes.get(data.s)) is not None:
+                depth(local_ts_ns, True, data.b, data.a)
             state.synced = True
             state.resync_requested = False
             state.last_u = data.u
@@ -207,6 +221,8 @@ class BybitParser:
             state.book.apply_bids(data.b)
             state.book.apply_asks(data.a)
             state.book.update_id = state.last_u = data.u
+            if (depth := self._depth_routes.get(data.s)) is not None:
+                depth(local_ts_ns, False, data.b, data.a)
         top = state.book.top()
         if top is None or top == state.last_top:
             return
@@ -242,6 +258,8 @@ class BybitParser:
 
     def _lose_sync(self, topic: str, state: _TopicBook, reason: str) -> None:
         """The book cannot be trusted: forget it and ask for a fresh snapshot."""
+        if state.synced and state.venue_symbol:
+            self._depth_routes.lost(state.venue_symbol)
         state.synced = False
         state.book.clear()
         state.last_top = None

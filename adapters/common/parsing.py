@@ -39,6 +39,8 @@ from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import msgspec
 
+from daemon.core.routes import DepthCallback, MarketSink, depth_route
+
 #: Called with the key of a book that lost sync (Binance: venue symbol, Bybit: topic), so
 #: a live adapter can refetch the snapshot or resubscribe.
 ResyncCallback = Callable[[str], None]
@@ -143,6 +145,40 @@ class SymbolMapper:
         for name in self.cache:
             self.cache[name] = None
         self.cache.update(symbols)
+
+
+class DepthRoutes:
+    """Where the changes of each venue symbol's depth book go: the sink's depth route for
+    its unified symbol, None when the sink wants no depth (resolved once per symbol)."""
+
+    __slots__ = ("_routes", "_sink", "_symbol", "_venue")
+
+    def __init__(self, venue: str, sink: MarketSink, symbol: SymbolMapper) -> None:
+        self._venue = venue
+        self._sink = sink
+        self._symbol = symbol
+        self._routes: dict[str, DepthCallback | None] = {}
+
+    def get(self, venue_symbol: str) -> DepthCallback | None:
+        try:
+            return self._routes[venue_symbol]
+        except KeyError:
+            pass
+        symbol = self._symbol(venue_symbol)
+        route = depth_route(self._sink, self._venue, symbol) if symbol is not None else None
+        if len(self._routes) < 10_000:  # bounded, as the symbol cache
+            self._routes[venue_symbol] = route
+        return route
+
+    def lost(self, venue_symbol: str, local_ts_ns: int = 0) -> None:
+        """The symbol's book can no longer be trusted: its depth is gone until resynced."""
+        route = self.get(venue_symbol)
+        if route is not None:
+            route(local_ts_ns, True, (), ())
+
+    def forget(self) -> None:
+        """Ask the sink again (the symbol mapping changed)."""
+        self._routes.clear()
 
 
 class Route(Generic[Publish]):

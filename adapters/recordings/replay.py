@@ -49,7 +49,7 @@ from adapters.venues import (
     make_parser,
 )
 from daemon.core.model import NATIVE_VENUES, Quote, Trade
-from daemon.core.routes import Callbacks
+from daemon.core.routes import Callbacks, KeyedDepthCallback, Levels
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 #: ~75 s of real Binance BTCUSDT frames (spot and USD-M, each with its REST depth
@@ -454,6 +454,9 @@ class ReplayFeed:
 
     `speed`: None = as fast as possible, 1.0 = real time, N = N times real time.
     `books=True` has Binance parsers keep depth books (not needed for top of book).
+    `publish_depth` gets every change of every synced depth book (Binance with `books`,
+    Bybit always), relabelled like the quotes; each change comes before the events it
+    moves (`daemon.core.routes.DepthCallback`).
     `sleep`/`clock` are injectable so tests never sleep for real.
     """
 
@@ -465,6 +468,7 @@ class ReplayFeed:
         speed: float | None = None,
         *,
         books: bool = False,
+        publish_depth: KeyedDepthCallback | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         yield_every: int = YIELD_EVERY_FRAMES,
@@ -481,6 +485,7 @@ class ReplayFeed:
         self.publish_trade = publish_trade
         self.speed = speed
         self.books = books
+        self.publish_depth = publish_depth
         self._sleep = sleep
         self._clock = clock
         self._yield_every = max(1, yield_every)
@@ -538,9 +543,12 @@ class ReplayFeed:
     def _new_parser(self, index: int, venue: str) -> BinanceParser | BybitParser:
         spec = self.specs[index]
         on_quote, on_trade = self.publish_quote, self.publish_trade
+        on_depth = self.publish_depth
         if spec.venue is not None or spec.symbol is not None:
             on_quote, on_trade = _relabelled(spec, on_quote, on_trade)
-        parser = make_parser(venue, Callbacks(on_quote, on_trade), books=self.books)
+            if on_depth is not None:
+                on_depth = _relabelled_depth(spec, on_depth)
+        parser = make_parser(venue, Callbacks(on_quote, on_trade, on_depth), books=self.books)
         self.parsers[(index, venue)] = parser
         return parser
 
@@ -570,6 +578,18 @@ def _tagged(
 ) -> Iterator[tuple[int, int, bytes, FrameMeta]]:
     for ts, frame, meta in frames:
         yield ts, index, frame, meta
+
+
+def _relabelled_depth(spec: ReplaySpec, publish_depth: KeyedDepthCallback
+                      ) -> KeyedDepthCallback:
+    """`publish_depth` with a file's venue and/or symbol replaced, as `_relabelled`."""
+    venue, symbol = spec.venue, spec.symbol
+
+    def depth(exchange: str, unified: str, local_ts_ns: int, reset: bool, bids: Levels,
+              asks: Levels) -> None:
+        publish_depth(venue or exchange, symbol or unified, local_ts_ns, reset, bids, asks)
+
+    return depth
 
 
 def _relabelled(

@@ -28,6 +28,14 @@ A strategy's baseline twin (internalize's always-hedge policy, see
 daemon/trading/session.py) runs in the same pass: its runner is fed through the
 strategy's, and what is due on its own paper executor counts as due here.
 
+Depth (`execution.walk_depth`, on by default): where the files carry order books (Binance
+`@depth` diffs on their REST snapshot, Bybit `orderbook.N`), marketable paper orders walk
+them (daemon/trading/paper.py) as they stood when the order arrived: the changes received
+by then, not the frame of the event that lands it. Frame by frame the parsers feed the
+books as they go; from the cache `RecordedDepth` applies the saved changes up to the row
+being run (daemon/backtest/depth.py), so both give the same log. Files without depth
+fill at the touch, as before.
+
 Fast path (`backtest.cache`, on by default; issue #8): the frames are parsed once and the
 events kept as columns (daemon/backtest/cache.py), so a rerun over the same files reads
 them instead of parsing; and events that provably change nothing are skipped: those of
@@ -53,6 +61,7 @@ from adapters.client_flow import ClientFlow, timed_client_flow
 from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats, check_usable
 from config.settings import Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
+from daemon.backtest.depth import RecordedDepth
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
 from daemon.core.clock import SimulatedClock
 from daemon.core.logs import get_logger
@@ -180,7 +189,12 @@ class Backtest:
             sink = GuardedSink(self.writer, self.interest, self.strategy.name)
             market = GuardedMarketView(market, self.interest, self.strategy.name,
                                        reads_trades=not self.skip_trades)
-        self.paper = PaperExecutor.from_settings(settings, run_id)
+        #: The recorded books marketable paper orders walk (execution.walk_depth).
+        self.depth = RecordedDepth() if settings.execution.walk_depth else None
+        self.paper = PaperExecutor.from_settings(
+            settings, run_id, depth=self.depth.levels if self.depth is not None else None)
+        if self.depth is not None:
+            self.depth.clock = lambda: self.paper.now_ns  # an order walks as it arrives
         session = open_session(settings, self.strategy, self.paper, sink=sink, market=market,
                                clock=self.clock, writer=self.writer)
         self.session = session
@@ -224,10 +238,14 @@ class Backtest:
             data: BacktestData | None = None
             if self.settings.backtest.cache:
                 data, self.cache = await load(self.specs, self.settings.data_dir,
-                                              self.settings.backtest.cache_max_mb * 1e6)
+                                              self.settings.backtest.cache_max_mb * 1e6,
+                                              depth=self.depth is not None)
             if data is None:
+                depth = self.depth
                 stats = check_usable(self.specs, await ReplayFeed(
-                    self.specs, self.on_quote, self.on_trade, speed=None).run())
+                    self.specs, self.on_quote, self.on_trade, speed=None,
+                    books=depth is not None,
+                    publish_depth=depth.apply if depth is not None else None).run())
                 self.processed = self.events
                 self._check_markets(self.bus.published_keys())  # known only once replayed
             else:
@@ -254,6 +272,10 @@ class Backtest:
             interest = interest | {key for key in data.keys if key[1] == symbol}
         plan = SkipPlan(data, interest)
         rows = plan.rows
+        # With recorded depth, the books a walk reads are those as of the row being run.
+        depth = self.depth if data.depth is not None else None
+        if depth is not None:
+            depth.load(data.depth)  # type: ignore[arg-type]
         is_quote = data.kind[rows] == QUOTE
         quotes = iter(data.quotes(rows[is_quote]))
         trades = iter(data.trades(rows[~is_quote]))
@@ -306,6 +328,8 @@ class Backtest:
                     continue
             skipped = NO_GAP
             due = None  # this row runs: what is due may change
+            if depth is not None:
+                depth.at_row = row
             if deliver is not None:
                 deliver(now)
             if now > clock.now_ns:
@@ -330,6 +354,8 @@ class Backtest:
             start = self._run_due_rows(plan, data, start, end)
             if start < end:
                 self._catch_up(plan.running_max_at(end - 1))
+        if depth is not None:
+            depth.at_row = end  # the end of the data: every change is in
         self.events = end
         self.processed += len(rows) - trades_skipped
 
@@ -373,6 +399,8 @@ class Backtest:
             if start < row and (skipped_max := plan.running_max_at(row - 1)) > event.local_ts_ns:
                 self._catch_up(skipped_max)
             self.events = row
+            if self.depth is not None:
+                self.depth.at_row = row
             if type(event) is Quote:
                 self.on_quote(event)
             else:

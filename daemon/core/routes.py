@@ -10,22 +10,43 @@ ring; `Callbacks` with the same two plain functions for every key (tests and too
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from daemon.core.model import Quote, Trade
 
 QuoteCallback = Callable[[Quote], None]
 TradeCallback = Callable[[Trade], None]
+#: (price, size) pairs of one book side: absolute sizes, size 0 removes the level.
+Levels = Iterable[tuple[float, float]]
+#: A change to the depth book of one key: (local_ts_ns, reset, bids, asks), the receive
+#: time of the frame that carried it (0: not from a frame, a reconnect). `reset`: the
+#: book is now exactly these levels (a snapshot; empty: the book was lost); else they
+#: update it. The levels are only valid during the call (a parser may hand its own
+#: book's views).
+DepthCallback = Callable[[int, bool, Levels, Levels], None]
+#: The same with the key first: (exchange, symbol, local_ts_ns, reset, bids, asks).
+KeyedDepthCallback = Callable[[str, str, int, bool, Levels, Levels], None]
 
 
 class MarketSink(Protocol):
-    """Hands out the callable that takes every quote (trade) of one (exchange, symbol)."""
+    """Hands out the callable that takes every quote (trade) of one (exchange, symbol).
+
+    A sink may also have `depth_route(exchange, symbol) -> DepthCallback | None`: where a
+    parser that keeps depth books sends their changes (None: not wanted); `depth_route`
+    below asks for it."""
 
     def quote_route(self, exchange: str, symbol: str) -> QuoteCallback: ...
 
     def trade_route(self, exchange: str, symbol: str) -> TradeCallback: ...
+
+
+def depth_route(sink: MarketSink, exchange: str, symbol: str) -> DepthCallback | None:
+    """The sink's depth route of a key, None when it wants no depth (or has no such route)."""
+    route = getattr(sink, "depth_route", None)
+    return route(exchange, symbol) if route is not None else None
 
 
 def ignore(_event: Quote | Trade) -> None:
@@ -38,9 +59,14 @@ class Callbacks:
 
     on_quote: QuoteCallback = ignore
     on_trade: TradeCallback = ignore
+    #: Depth book changes of every key (None: depth not wanted).
+    on_depth: KeyedDepthCallback | None = None
 
     def quote_route(self, exchange: str, symbol: str) -> QuoteCallback:
         return self.on_quote
 
     def trade_route(self, exchange: str, symbol: str) -> TradeCallback:
         return self.on_trade
+
+    def depth_route(self, exchange: str, symbol: str) -> DepthCallback | None:
+        return None if self.on_depth is None else partial(self.on_depth, exchange, symbol)

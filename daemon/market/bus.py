@@ -25,13 +25,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from msgspec.structs import replace
 
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote, Trade
-from daemon.core.routes import Callbacks, MarketSink, QuoteCallback, TradeCallback, ignore
+from daemon.core.routes import (
+    Callbacks,
+    DepthCallback,
+    MarketSink,
+    QuoteCallback,
+    TradeCallback,
+    ignore,
+)
+from daemon.market.depth import DepthBooks
 from daemon.market.view import ConsolidatedView
 
 log = get_logger("bus")
@@ -204,6 +212,9 @@ class Bus:
         #: Delivery counters of subscriptions that have gone (totals stay monotonic).
         self._departed = {"delivered": 0, "conflated": 0, "trades_dropped": 0}
         self.stale_marks = 0
+        #: Depth books from the parsers that keep them; None: depth not wanted (the
+        #: parsers' depth routes are None and cost nothing). See `keep_depth`.
+        self.depth: DepthBooks | None = None
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -228,6 +239,17 @@ class Bus:
         for exchange, trade_channels in self._trade_channels.items():
             for symbol, trade_channel in trade_channels.items():
                 trade_channel.routes = self._trade_routes(exchange, symbol)
+
+    def keep_depth(self, clock: Callable[[], int] | None = None) -> DepthBooks:
+        """Keep the depth books parsers send (the paper executor walks them). Call it
+        before the feed starts: a parser asks for a key's depth route once."""
+        if self.depth is None:
+            self.depth = DepthBooks(clock)
+        return self.depth
+
+    def depth_route(self, exchange: str, symbol: str) -> DepthCallback | None:
+        """Where a parser sends one key's depth changes; None unless `keep_depth`."""
+        return self.depth.route(exchange, symbol) if self.depth is not None else None
 
     def subscribe(
         self, name: str, trades: bool = True, trade_queue_size: int | None = None

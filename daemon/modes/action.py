@@ -176,7 +176,7 @@ def _events_note(tally: _Tally) -> str:
 
 async def _open_executor(settings: Settings, app: App) -> Any:
     if settings.execution.mode != "live":
-        return PaperExecutor.from_settings(settings, app.run_id)
+        return _paper_executor(settings, app)
     from adapters.ccxt.executor import LiveExecutor
 
     try:
@@ -185,6 +185,18 @@ async def _open_executor(settings: Settings, app: App) -> Any:
     except (LiveTradingRefused, ExecutionError) as exc:
         raise ConfigError(str(exc)) from None
     return executor
+
+
+def _paper_executor(settings: Settings, app: App) -> PaperExecutor:
+    """Paper: with `execution.walk_depth`, the bus keeps the depth books the parsers send
+    (a replay's recorded ones; live, Binance with book_depth > 1 and Bybit orderbook.N),
+    on the executor's clock, and marketable orders walk them as the backtest's do."""
+    if not settings.execution.walk_depth:
+        return PaperExecutor.from_settings(settings, app.run_id)
+    books = app.bus.keep_depth()
+    paper = PaperExecutor.from_settings(settings, app.run_id, depth=books.levels)
+    books.clock = lambda: paper.now_ns  # an order walks the book as it arrives
+    return paper
 
 
 def _live_transfers(settings: Settings, inner: Any, sink: RecordSink) -> Any:

@@ -17,8 +17,11 @@ Order life (all times on the feed clock):
 Fill rules:
 
 - Marketable on arrival (market, IOC, or a limit that crosses): takes the displayed
-  opposite touch up to its size, at the touch price (taker). With a depth provider it
-  walks the levels instead, one fill per level, bounded by the limit price. What is left
+  opposite touch up to its size, at the touch price (taker). With a depth provider that
+  has levels for the market (`execution.walk_depth`: Binance `@depth` books, Bybit
+  `orderbook.N`, live or recorded) it walks the book instead, one fill per level,
+  bounded by the limit price (a market order by nothing but the book): the touch is the
+  quote's (price and size), the levels beyond it are the depth book's. What is left
   expires (market, IOC) or rests at the limit price (limit). Post-only that would cross
   is rejected.
 - Resting limit: fills at its own price (maker) when the opposite touch reaches it (size
@@ -27,7 +30,13 @@ Fill rules:
 - Liquidity is shared and not reused: one displayed size or one print is split among our
   orders in price priority, and what we took at a price level stays taken until the touch
   moves past that level (our paper fills never show up in the real feed, so without this
-  the same displayed size would fill us again on every quote).
+  the same displayed size would fill us again on every quote). A walk of the depth book
+  remembers, per level, the size the level showed when we took from it. While the level
+  shows that size or less, what we took stays taken (size gone since went to others:
+  shown - taken is what would be left had our fills been real); once it shows more, the
+  level was refilled and what we took is forgotten (new orders there are taken as
+  replacing ours). The touch moving past a level forgets it too. Without depth nothing
+  is refilled: the touch rule above, as before.
 - Optional `queue_position=True`: an order that joins an existing price level waits
   behind the size displayed there when it arrived; prints exactly at its price eat that
   queue first, and an opposite touch merely equal to its price does not fill it. Orders
@@ -68,7 +77,7 @@ import functools
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from types import MappingProxyType
@@ -198,7 +207,7 @@ class _Book:
     """What we know of one market: the last quote, our resting orders, liquidity we took."""
 
     __slots__ = ("best_buy", "best_sell", "buys", "highest_taken_bid", "lowest_taken_ask",
-                 "quote", "sells", "taken_asks", "taken_bids")
+                 "quote", "sells", "shown_asks", "shown_bids", "taken_asks", "taken_bids")
 
     def __init__(self) -> None:
         self.quote: Quote | None = None
@@ -212,17 +221,40 @@ class _Book:
         self.taken_bids: dict[float, float] = {}
         self.lowest_taken_ask = _INF
         self.highest_taken_bid = -_INF
+        # Depth walks only: the size a level showed when we took from it (see `taken_at`).
+        self.shown_asks: dict[float, float] = {}
+        self.shown_bids: dict[float, float] = {}
 
-    def take(self, buying: bool, price: float, qty: float) -> None:
-        """We took `qty` at `price`: from the asks when buying, from the bids when selling."""
+    def take(self, buying: bool, price: float, qty: float, shown: float | None = None) -> None:
+        """We took `qty` at `price`: from the asks when buying, from the bids when selling.
+        `shown`: the size the depth book showed there (a walk), remembered with it."""
         if buying:
             self.taken_asks[price] = self.taken_asks.get(price, 0.0) + qty
             if price < self.lowest_taken_ask:
                 self.lowest_taken_ask = price
+            if shown is not None:
+                self.shown_asks.setdefault(price, shown)
         else:
             self.taken_bids[price] = self.taken_bids.get(price, 0.0) + qty
             if price > self.highest_taken_bid:
                 self.highest_taken_bid = price
+            if shown is not None:
+                self.shown_bids.setdefault(price, shown)
+
+    def taken_at(self, buying: bool, price: float, shown: float) -> float:
+        """What we took at a level the depth book now shows `shown` at: 0 once the level
+        was refilled (it shows more than when we took), and then forgotten."""
+        taken, sizes = ((self.taken_asks, self.shown_asks) if buying
+                        else (self.taken_bids, self.shown_bids))
+        qty = taken.get(price, 0.0)
+        if qty and shown > sizes.get(price, shown):
+            del taken[price], sizes[price]
+            if buying:
+                self.lowest_taken_ask = _lowest(taken)
+            else:
+                self.highest_taken_bid = _highest(taken)
+            return 0.0
+        return qty
 
     def forget_passed(self, ask: float, bid: float) -> None:
         """Drop what we took at levels the touch has moved past: that liquidity is gone.
@@ -236,11 +268,13 @@ class _Book:
             taken = self.taken_asks
             for price in [p for p in taken if p < ask]:
                 del taken[price]
+                self.shown_asks.pop(price, None)
             self.lowest_taken_ask = _lowest(taken)
         if bid < self.highest_taken_bid:
             taken = self.taken_bids
             for price in [p for p in taken if p > bid]:
                 del taken[price]
+                self.shown_bids.pop(price, None)
             self.highest_taken_bid = _highest(taken)
 
     def add(self, order: _Order) -> None:
@@ -349,6 +383,11 @@ class PaperExecutor(ExecutionEvents):
     def now_ns(self) -> int:
         """The feed clock: the latest event time seen."""
         return self._now
+
+    @property
+    def depth(self) -> DepthProvider | None:
+        """The depth books marketable orders walk, or None (the touch only)."""
+        return self._depth
 
     def assign_client_order_id(self, intent: OrderIntent) -> str:
         return self._ids.assign(intent)
@@ -533,7 +572,7 @@ class PaperExecutor(ExecutionEvents):
         """The order reaches the venue: validate, ack, match, rest or expire."""
         reason = self._validate(order)
         book = self._book(order.venue, order.symbol)
-        plan: list[tuple[float, float]] = []
+        plan: list[tuple[float, float, float]] = []
         if reason is None:
             quote = book.quote
             crosses = self._crosses(order, quote)
@@ -553,8 +592,8 @@ class PaperExecutor(ExecutionEvents):
         order.status = OrderStatus.NEW
         self._ack(order, OrderStatus.NEW)
         buying = order.side is Side.BUY
-        for price, qty in plan:
-            book.take(buying, price, qty)
+        for price, qty, shown in plan:
+            book.take(buying, price, qty, None if shown != shown else shown)  # NaN: no depth
             self._fill(order, price, qty, "taker")
         if order.status in (OrderStatus.FILLED, OrderStatus.CANCELED):
             return
@@ -585,39 +624,48 @@ class PaperExecutor(ExecutionEvents):
             return False
         return order.price >= quote.ask if order.side is Side.BUY else order.price <= quote.bid
 
-    def _plan_take(self, order: _Order, book: _Book) -> list[tuple[float, float]]:
-        """Taker fills on arrival: the touch (or the depth walk), less what we already took."""
+    def _plan_take(self, order: _Order, book: _Book) -> list[tuple[float, float, float]]:
+        """Taker fills on arrival, as (price, qty, size shown or NaN): the touch (or the
+        depth walk), less what we already took."""
         quote = book.quote
         assert quote is not None
         buying = order.side is Side.BUY
+        touch, touch_qty = (quote.ask, quote.ask_qty) if buying else (quote.bid, quote.bid_qty)
         levels: Sequence[tuple[float, float]] | None = None
         if self._depth is not None:
             levels = self._depth(order.venue, order.symbol, "ask" if buying else "bid")
+        limit = order.price if order.kind is not OrderType.MARKET else (
+            _INF if buying else -_INF)
         if not levels:
-            levels = [(quote.ask, quote.ask_qty)] if buying else [(quote.bid, quote.bid_qty)]
-        taken = book.taken_asks if buying else book.taken_bids
-        limit = order.price
-        plan: list[tuple[float, float]] = []
+            taken = book.taken_asks if buying else book.taken_bids
+            if touch > limit if buying else touch < limit:
+                return []
+            available = touch_qty - taken.get(touch, 0.0)
+            qty = min(order.qty, available)
+            return [(touch, qty, math.nan)] if qty > 0.0 else []
+        plan: list[tuple[float, float, float]] = []
         left = order.qty
-        for price, size in levels:
-            if order.kind is not OrderType.MARKET and (price > limit if buying else price < limit):
+        # The quote's touch first, then the book's levels beyond it: a depth book that
+        # lags the quote (Binance's @depth@100ms behind bookTicker) never fills better.
+        for price, size in _beyond(touch, touch_qty, levels, buying):
+            if price > limit if buying else price < limit:
                 break
-            available = size - taken.get(price, 0.0)
+            available = size - book.taken_at(buying, price, size)
             if available <= 0.0:
                 continue
             qty = min(left, available)
-            plan.append((price, qty))
+            plan.append((price, qty, size))
             left -= qty
             if left <= 0.0:
                 break
         return plan
 
-    def _reserve(self, order: _Order, plan: list[tuple[float, float]]) -> str | None:
+    def _reserve(self, order: _Order, plan: list[tuple[float, float, float]]) -> str | None:
         """Lock what the order may spend; None if the balance covers it, else the reason."""
         account = self._account(order.venue)
         fee_rate = max(account.maker_fee, account.taker_fee)
         if order.kind is OrderType.MARKET:
-            notional = sum(price * qty for price, qty in plan)
+            notional = sum(price * qty for price, qty, _ in plan)
         else:
             notional = order.price * order.qty
         if order.perp:
@@ -815,6 +863,15 @@ def _highest(prices: dict[float, float]) -> float:
         if price > highest:
             highest = price
     return highest
+
+
+def _beyond(touch: float, touch_qty: float, levels: Sequence[tuple[float, float]],
+            buying: bool) -> Iterator[tuple[float, float]]:
+    """The touch, then the book's levels strictly worse than it (best first)."""
+    yield touch, touch_qty
+    for price, size in levels:
+        if price > touch if buying else price < touch:
+            yield price, size
 
 
 def _queue_ahead(order: _Order, quote: Quote | None) -> float:

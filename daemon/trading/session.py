@@ -34,7 +34,7 @@ from daemon.core.vocabulary import BASELINE_SUFFIX
 from daemon.postmortem.writer import BalanceSnapshots, DecisionLogWriter, InTransitSource
 from daemon.trading.executor import OrderGateway
 from daemon.trading.gate import GatedExecutor
-from daemon.trading.paper import PaperExecutor
+from daemon.trading.paper import DepthProvider, PaperExecutor
 from daemon.trading.risk import RiskGate
 from daemon.trading.runner import StrategyRunner, TransferService
 from daemon.trading.transfers import PaperTransfers
@@ -119,17 +119,21 @@ def open_session(settings: Settings, strategy: Strategy, inner: OrderGateway, *,
                                  settings.postmortem.balance_snapshot_interval_s, strategy.name,
                                  transfers=in_transit)
     twin = strategy.baseline
-    baseline = (open_baseline(settings, twin, writer=writer, market=market, clock=clock)
-                if twin is not None else None)
+    # The twin's paper orders walk the same depth books as the strategy's paper orders.
+    depth = inner.depth if isinstance(inner, PaperExecutor) else None
+    baseline = (open_baseline(settings, twin, writer=writer, market=market, clock=clock,
+                              depth=depth) if twin is not None else None)
     if baseline is not None:
         runner.twin = baseline.runner
     return TradingSession(strategy, executor, runner, snapshots, baseline)
 
 
 def open_baseline(settings: Settings, twin: Strategy, *, writer: DecisionLogWriter,
-                  market: MarketView, clock: Clock) -> BaselineSession:
-    """The twin's shadow session: paper, with the settings' venues, latencies and limits."""
-    paper = PaperExecutor.from_settings(settings, writer.run_id + BASELINE_SUFFIX)
+                  market: MarketView, clock: Clock,
+                  depth: DepthProvider | None = None) -> BaselineSession:
+    """The twin's shadow session: paper, with the settings' venues, latencies and limits
+    (and the depth books the strategy's paper orders walk, if any)."""
+    paper = PaperExecutor.from_settings(settings, writer.run_id + BASELINE_SUFFIX, depth=depth)
     executor = GatedExecutor(paper, RiskGate(settings.risk), sink=writer)
     runner = StrategyRunner(twin, executor, writer, market, account=executor, clock=clock,
                             transfers=PaperTransfers(paper, settings.execution))

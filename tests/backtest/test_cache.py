@@ -54,7 +54,8 @@ def specs(tmp_path: Path) -> list[ReplaySpec]:
 
 async def parsed(specs: list[ReplaySpec]) -> tuple[list[Quote | Trade], ReplayStats]:
     events: list[Quote | Trade] = []
-    stats = await ReplayFeed(specs, events.append, events.append).run()
+    # With depth books kept, as the cache decodes by default (execution.walk_depth).
+    stats = await ReplayFeed(specs, events.append, events.append, books=True).run()
     return events, stats
 
 
@@ -177,19 +178,29 @@ async def test_the_cache_keeps_under_its_size_dropping_the_least_recently_used(
     data_dir = tmp_path / "data"
     spot, usdm, both = [specs[0]], [specs[1]], specs[:2]
     await load(both, tmp_path / "probe")  # only to learn the size of that entry
-    both_size = cache_path(tmp_path / "probe", both).stat().st_size
+    both_size = entry_size(cache_path(tmp_path / "probe", both))
     assert (await load(usdm, data_dir))[1] is CacheStatus.BUILT
     assert (await load(spot, data_dir))[1] is CacheStatus.BUILT
     os.utime(cache_path(data_dir, usdm), ns=(1, 1))  # long unused...
     assert (await load(usdm, data_dir))[1] is CacheStatus.HIT  # ...until now
-    limit = cache_path(data_dir, usdm).stat().st_size + both_size
+    limit = entry_size(cache_path(data_dir, usdm)) + both_size
     assert (await load(both, data_dir, limit))[1] is CacheStatus.BUILT
     kept = {path.name for path in cache_path(data_dir, both).parent.iterdir()}
-    assert kept == {cache_path(data_dir, usdm).name, cache_path(data_dir, both).name}
+    # An entry is its events file and the depth file beside it, kept or dropped together.
+    assert kept == {name for spec in (usdm, both)
+                    for name in entry_names(cache_path(data_dir, spec))}
 
     newest = cache_path(data_dir, both)
     assert prune(newest.parent, 0, keep=newest) == [cache_path(data_dir, usdm)]
-    assert [path.name for path in newest.parent.iterdir()] == [newest.name]
+    assert sorted(path.name for path in newest.parent.iterdir()) == entry_names(newest)
+
+
+def entry_names(path: Path) -> list[str]:
+    return sorted([path.name, path.stem + ".depth"])
+
+
+def entry_size(path: Path) -> int:
+    return path.stat().st_size + path.with_name(path.stem + ".depth").stat().st_size
 
 
 def test_a_use_right_after_a_build_is_strictly_later(tmp_path: Path) -> None:

@@ -7,6 +7,9 @@ presented as a second spot venue, no fees, 1 bps minimum edge, 2,000 USDT per ar
 At 23:54:23 a sell leg comes back short by 0.02768 BTC and three unwinds on the same
 touch get nothing (the paper touch was taken): before the fix the strategy halted there
 for good and left the last 337 s of the 346 s recording untraded, with no report line.
+That happens on the touch-only fill model (data without depth, `execution.walk_depth =
+false`); where the paper orders walk the recorded depth (the default on these files), the
+legs fill in full and there is nothing to unwind.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ SETTINGS = {
     "CRYPTOPIPE_STRATEGIES__ARBITRAGE__MIN_NET_EDGE_BPS": "1",
     "CRYPTOPIPE_STRATEGIES__ARBITRAGE__MAX_NOTIONAL": "2000",
 }
+#: The case's fill model: the touch only, as on data without depth.
+TOUCH_ONLY = {**SETTINGS, "CRYPTOPIPE_EXECUTION__WALK_DEPTH": "false"}
 NS = 1_000_000_000
 
 
@@ -39,7 +44,7 @@ def test_a_failed_unwind_halts_for_the_cooldown_then_the_rest_of_the_data_is_tra
 ) -> None:
     spot, usdm = shared_file(SPOT), shared_file(USDM)
     data_dir = tmp_path / "data"
-    backtest(data_dir, "arbitrage", "halt", spot, f"{usdm}@bybit_spot:BTC/USDT", **SETTINGS)
+    backtest(data_dir, "arbitrage", "halt", spot, f"{usdm}@bybit_spot:BTC/USDT", **TOUCH_ONLY)
     logged = records(data_dir, "halt")
     decisions = [r for r in logged if r["type"] == "decision"]
     failed = [d for d in decisions if d["action"] == "unwind_failed"]
@@ -77,6 +82,27 @@ def test_a_failed_unwind_halts_for_the_cooldown_then_the_rest_of_the_data_is_tra
     assert "arbitrage_halts" in summary_csv and "arbitrage_halt_log" in summary_csv
 
 
+def test_with_the_recorded_depth_the_same_legs_fill_in_full_and_nothing_is_unwound(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    """Item 5 on item 7's case: with the recorded books, a level we took from counts as
+    refilled once the book shows more there again (touch only, it stays taken until the
+    touch moves past it), and a leg may walk past it; the short leg of 23:54:23 never
+    happens and every leg fills in full."""
+    spot, usdm = shared_file(SPOT), shared_file(USDM)
+    data_dir = tmp_path / "data"
+    backtest(data_dir, "arbitrage", "depth", spot, f"{usdm}@bybit_spot:BTC/USDT", **SETTINGS)
+    logged = records(data_dir, "depth")
+    actions = [r["action"] for r in logged if r["type"] == "decision"]
+    assert actions.count("arbitrage") >= 10
+    assert "unwind" not in actions and "unwind_failed" not in actions
+    orders = {r["client_order_id"]: r["qty"] for r in logged if r["type"] == "intent"}
+    filled: dict[str, float] = {}
+    for fill in (r for r in logged if r["type"] == "fill"):
+        filled[fill["client_order_id"]] = filled.get(fill["client_order_id"], 0.0) + fill["qty"]
+    assert filled and all(qty == pytest.approx(orders[oid]) for oid, qty in filled.items())
+
+
 def test_action_mode_healthz_is_degraded_while_the_arbitrage_is_halted(
     tmp_path: Path, shared_file: Callable[[str], Path],
 ) -> None:
@@ -93,7 +119,8 @@ def test_action_mode_healthz_is_degraded_while_the_arbitrage_is_halted(
                      venues={"binance_spot": zero_fee, "bybit_spot": zero_fee},
                      strategies={"arbitrage": {"slippage_bps": 0.0, "min_net_edge_bps": 1.0,
                                                "max_notional": 2000.0,
-                                               "halt_cooldown_s": 3600.0}})
+                                               "halt_cooldown_s": 3600.0}},
+                     execution={"walk_depth": False})
     assert asyncio.run(_supervise(app, run_action)) == 0
     report = app.health.evaluate(app.bus.view, replaying=True)
     assert report.status == "degraded"

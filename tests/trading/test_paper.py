@@ -162,6 +162,89 @@ def test_depth_provider_walks_levels_with_price_impact_bounded_by_the_limit() ->
         == [(102.0, 0.4)]
 
 
+class Depth:
+    """A DepthProvider over a mutable book: price -> size per side."""
+
+    def __init__(self, bids: dict[float, float], asks: dict[float, float]) -> None:
+        self.book = {"bid": bids, "ask": asks}
+
+    def __call__(self, venue: str, symbol: str, side: str) -> list[tuple[float, float]]:
+        return sorted(self.book[side].items(), reverse=side == "bid")
+
+
+def test_depth_walk_remembers_what_it_took_per_level_until_the_level_is_refilled() -> None:
+    """Issue 14 item 5, by hand: three IOC buys on one book. The first takes 101.0 and
+    101.5, the second finds both taken and takes 102.0, the third comes after the 101.5
+    level grew (refilled: taken again) and 102.0 shrank (others took some of what we
+    left: only shown - taken is there)."""
+    depth = Depth({100.0: 5.0}, {101.0: 0.2, 101.5: 0.3, 102.0: 1.0})
+    executor, seen = paper(depth=depth)
+    executor.on_quote(quote(0, 100.0, 5.0, 101.0, 0.2))
+
+    def buy(t_ms: float, qty: float, limit: float) -> list[tuple[float, float]]:
+        order = intent(Side.BUY, OrderType.IOC, qty, limit)
+        executor.submit(order, at(t_ms))
+        executor.advance(at(t_ms + 20))
+        assert seen.statuses(order.client_order_id)[-1] in (OrderStatus.FILLED,
+                                                              OrderStatus.EXPIRED)
+        return [(f.price, f.qty) for f in seen.fills
+                if f.client_order_id == order.client_order_id]
+
+    assert buy(0, 0.6, 101.6) == [(101.0, 0.2), (101.5, 0.3)]  # 102 is past the limit
+    assert buy(20, 0.6, 102.5) == [(102.0, 0.6)]  # 101.0 and 101.5 still taken
+    depth.book["ask"][101.5] = 0.4  # 0.3 when we took it all: refilled
+    depth.book["ask"][102.0] = 0.8  # 1.0 when we took 0.6: 0.2 gone to others
+    third = buy(40, 1.0, 102.0)
+    assert third == [(101.5, 0.4), (102.0, pytest.approx(0.2))]  # 0.8 - 0.6 at 102
+    # 0.2*101 + 0.3*101.5 + 0.6*102 + 0.4*101.5 + 0.2*102 = 172.85, 10 bps taker fee.
+    assert executor.balances(VENUE)["USDT"] == pytest.approx(100_000 - 172.85 - 0.17285)
+    assert executor.balances(VENUE)["BTC"] == pytest.approx(1.0 + 1.7)
+
+
+def test_an_ioc_priced_through_a_taken_touch_walks_the_book_instead_of_failing() -> None:
+    """The arbitrage unwind of issue 14: a sell IOC 25 bps through the bid after our
+    earlier order took the whole touch fills on the levels below it, not nothing."""
+    depth = Depth({100.0: 0.5, 99.9: 0.3, 99.8: 0.4, 99.7: 9.0}, {100.1: 5.0})
+    executor, seen = paper(depth=depth)
+    executor.on_quote(quote(0, 100.0, 0.5, 100.1, 5.0))
+    first = intent(Side.SELL, OrderType.IOC, 0.5, 100.0)
+    executor.submit(first, at(0))
+    executor.advance(at(20))
+    unwind = intent(Side.SELL, OrderType.IOC, 0.45, 100.0 * (1 - 25e-4))  # 99.75
+    executor.submit(unwind, at(20))
+    executor.advance(at(40))
+    assert [(f.price, f.qty) for f in seen.fills if f.client_order_id == unwind.client_order_id
+            ] == [(99.9, 0.3), (99.8, pytest.approx(0.15))]
+    assert seen.statuses(unwind.client_order_id) == [OrderStatus.NEW, OrderStatus.FILLED]
+
+
+def test_a_depth_book_behind_the_quote_never_fills_better_than_the_touch() -> None:
+    """Binance's @depth@100ms lags bookTicker: levels better than the quote's touch are
+    gone, the touch's size is the quote's, and the walk goes on past it in the book."""
+    depth = Depth({100.0: 5.0}, {100.5: 3.0, 101.0: 3.0, 101.5: 1.0})
+    executor, seen = paper(depth=depth)
+    executor.on_quote(quote(0, 100.0, 5.0, 101.0, 0.5))
+    order = intent(Side.BUY, OrderType.MARKET, 1.0)
+    executor.submit(order, at(0))
+    executor.advance(at(20))
+    assert [(f.price, f.qty) for f in seen.fills] == [(101.0, 0.5), (101.5, 0.5)]
+
+
+def test_without_depth_a_taker_takes_only_the_touch_as_before() -> None:
+    for depth in (None, Depth({}, {})):  # no provider, or one with no levels for the market
+        executor, seen = paper(depth=depth)
+        executor.on_quote(quote(0, 100.0, 5.0, 101.0, 0.2))
+        order = intent(Side.BUY, OrderType.IOC, 1.0, 105.0)
+        executor.submit(order, at(0))
+        executor.advance(at(20))
+        again = intent(Side.BUY, OrderType.IOC, 1.0, 105.0)
+        executor.on_quote(quote(30, 100.0, 5.0, 101.0, 0.3))  # another size: still taken
+        executor.submit(again, at(30))
+        executor.advance(at(60))
+        assert [(f.price, f.qty) for f in seen.fills] == [(101.0, 0.2),
+                                                          (101.0, pytest.approx(0.1))]
+
+
 def test_post_only_that_would_cross_is_rejected_and_one_that_does_not_rests() -> None:
     executor, seen = paper()
     executor.on_quote(quote(0, 100.0, 1.0, 101.0, 1.0))
