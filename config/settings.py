@@ -400,6 +400,9 @@ class RandomInventorySettings(_Frozen):
     #: Stop and flatten when P&L (quote currency, marked to mid) falls below -max_loss
     #: (inventory-mm's exit).
     max_loss: Annotated[float, Field(gt=0)] = 100.0
+    #: Also stop and flatten below this percentage of the starting equity (inventory-mm's
+    #: max_loss_pct; the same exit on both sides of an A-S against chance comparison).
+    max_loss_pct: Annotated[float, Field(gt=0, le=100)] | None = None
     #: Re-evaluate the order at least this often.
     requote_interval_s: Duration = 1.0
     #: Keep the resting order while its price is within this many bps of the touch.

@@ -116,6 +116,20 @@ def test_max_loss_exit_on_a_hand_computed_crash() -> None:
     assert h.quote(after_s=40.0) is None and h.strategy.on_timer(h.clock()) is None
 
 
+def test_max_loss_pct_of_starting_equity_is_the_same_exit_as_inventory_mm_s() -> None:
+    """Starting equity 100,000 USDT + 1 BTC at the first mid 60,000.05 = 160,000.05;
+    0.005 % of it is 8.0000025 $, smaller than max_loss 100: the -8.01 at 57,000.05 bites."""
+    h = Harness(max_loss=100.0, max_loss_pct=0.005)
+    assert h.strategy.settings.max_loss_pct == 0.005  # carried across to inventory-mm's
+    (bid,) = h.quote().intents
+    h.fill(bid)
+    crash = h.quote(57_000.0, 57_000.1, after_s=1.0)
+    assert crash.action == "max_loss_exit"
+    assert crash.inputs["loss_limit_source"] == "max_loss_pct"
+    assert crash.inputs["starting_equity"] == pytest.approx(160_000.05)
+    assert crash.inputs["loss_limit"] == pytest.approx(8.0000025)
+
+
 def test_settings_map_onto_inventory_mm_s_and_the_registry_builds_it() -> None:
     from config.settings import Settings
     from daemon.cli import build_parser
