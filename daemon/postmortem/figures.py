@@ -74,6 +74,7 @@ from daemon.postmortem.performance import (
     timeline_events,
     traded_notional,
 )
+from daemon.postmortem.reader import query_arrays
 from strategies.portfolio import PORTFOLIO_CSV
 
 #: Assets valued at 1 quote unit in portfolio values (the quote side of every symbol is too).
@@ -231,17 +232,6 @@ def _scalar(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> 
     return row[0] if row else None
 
 
-def _arrays(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]
-            ) -> dict[str, np.ndarray]:
-    """Query -> plain numpy arrays (NULL floats become NaN)."""
-    out = {}
-    for name, column in db.execute(sql, params).fetchnumpy().items():
-        if isinstance(column, np.ma.MaskedArray):
-            column = column.filled(np.nan) if column.dtype.kind == "f" else column.data
-        out[name] = np.asarray(column)
-    return out
-
-
 def groups(db: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     """(run_id, strategy) pairs that have any decision or fill, in order."""
     rows = db.execute(
@@ -312,7 +302,7 @@ def summarise(db: duckdb.DuckDBPyConnection, run_id: str, strategy: str,
     portfolio_ts, portfolio_value = portfolio_series(db, key, where, ledger)
     if len(portfolio_value):
         summary.portfolio_value = float(portfolio_value[-1])
-    decision_rows = _arrays(
+    decision_rows = query_arrays(
         db, f"SELECT ts_ns, action FROM decisions WHERE {where} ORDER BY ts_ns, decision_id",
         key)
     events = timeline_events(db, key, where)
@@ -405,7 +395,7 @@ class _Ledger:
                 WHERE symbol IS NOT NULL ORDER BY symbol""", key).fetchall()]
         # A decision that names no symbol marks the strategy's only symbol, if it has one.
         only = symbols[0] if len(symbols) == 1 else None
-        events = _arrays(db, f"""
+        events = query_arrays(db, f"""
             SELECT ts_ns, list_position($symbols, symbol) - 1 AS symbol, signed_qty, price,
                    fee, is_fill, is_mark FROM (
                 SELECT ts_ns, seq, symbol, signed_qty, price, coalesce(fee_quote, 0) AS fee,

@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 
 from daemon.core.vocabulary import Action
+from daemon.postmortem.reader import query_arrays
 
 MARKOUT_HORIZONS_S = (1, 10, 60)
 SECONDS_PER_DAY = 86_400
@@ -112,16 +113,6 @@ class DeskPortfolio:
     quote_balance: np.ndarray
     pnl_trading: np.ndarray
     starting_equity: float
-
-
-def _arrays(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]
-            ) -> dict[str, np.ndarray]:
-    out = {}
-    for name, column in db.execute(sql, params).fetchnumpy().items():
-        if isinstance(column, np.ma.MaskedArray):
-            column = column.filled(np.nan) if column.dtype.kind == "f" else column.data
-        out[name] = np.asarray(column)
-    return out
 
 
 # -- markouts ----------------------------------------------------------------------------
@@ -244,10 +235,10 @@ def timeline_events(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: s
 def market_series(db: duckdb.DuckDBPyConnection, key: dict[str, Any], where: str,
                   end_ns: int) -> list[MarketSeries]:
     """Every market the strategy quoted, filled or priced, in (venue, symbol) order."""
-    touch = _arrays(db, f"""SELECT venue, symbol, ts_ns, bid, ask FROM market_quotes
+    touch = query_arrays(db, f"""SELECT venue, symbol, ts_ns, bid, ask FROM market_quotes
                             WHERE {where} ORDER BY ts_ns, seq""", key)
-    steps = _arrays(db, _QUOTE_STEPS.format(where=where), {**key, "end": end_ns})
-    fills = _arrays(db, f"""SELECT * FROM ({_OUR_FILLS.format(where=where)})
+    steps = query_arrays(db, _QUOTE_STEPS.format(where=where), {**key, "end": end_ns})
+    fills = query_arrays(db, f"""SELECT * FROM ({_OUR_FILLS.format(where=where)})
                             ORDER BY ts_ns""", key)
     markets = sorted({(v, s) for table in (touch, steps, fills)
                       for v, s in zip(table["venue"].tolist(), table["symbol"].tolist(),
@@ -309,7 +300,7 @@ def desk_portfolio(db: duckdb.DuckDBPyConnection, path: Path) -> DeskPortfolio |
     if not path.is_file():
         return None
     try:
-        table = _arrays(db, """
+        table = query_arrays(db, """
             SELECT ts_ns, equity, base_balance, quote_balance, pnl_trading, pnl_total
             FROM read_csv($path, header = true, columns = {
                 'ts_ns': 'BIGINT', 'event': 'VARCHAR', 'side': 'VARCHAR', 'qty': 'DOUBLE',

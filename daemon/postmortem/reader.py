@@ -40,8 +40,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import numpy as np
 
 from daemon.core.vocabulary import BASELINE_SUFFIX
 from daemon.postmortem.schema import COLUMNS, RUN_END, SCHEMA_VERSION, log_file_name
@@ -350,3 +352,14 @@ def _build_tables(db: duckdb.DuckDBPyConnection, strategy: str | None) -> None:
                           IN ($wanted, $wanted || $twin)""",
                 {"wanted": wanted, "twin": BASELINE_SUFFIX},
             )
+
+
+def query_arrays(db: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]
+            ) -> dict[str, np.ndarray]:
+    """Query -> plain numpy arrays (NULL floats become NaN)."""
+    out = {}
+    for name, column in db.execute(sql, params).fetchnumpy().items():
+        if isinstance(column, np.ma.MaskedArray):
+            column = column.filled(np.nan) if column.dtype.kind == "f" else column.data
+        out[name] = np.asarray(column)
+    return out
