@@ -136,9 +136,10 @@ class VenueSettings(_Frozen):
     #: left out starts at a default, said in the log: 50,000 of a USD stablecoin quote, a
     #: spot base worth half the quote balance at the first recorded mid.
     balances: dict[str, Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)
-    #: Market rules per unified symbol: {"tick": 0.01, "lot": 0.00001}. A market left out
-    #: takes them from the recording (replay, backtest) or the venue's markets via ccxt
-    #: (live, with "min_notional"), said in the log.
+    #: Market rules per unified symbol: {"tick": 0.01, "lot": 0.00001}, optionally
+    #: "min_notional" (quote currency; paper refuses smaller orders, as the venue does). A
+    #: market left out takes them from the recording (replay, backtest) or the venue's
+    #: markets via ccxt (live, with "min_notional"), said in the log.
     markets: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     @property

@@ -8,8 +8,8 @@ input.
 Order life (all times on the feed clock):
 
 - `submit` at t: the order reaches the venue at t + `submit_latency_ms`. Only then is it
-  validated (lot/tick rounding, post-only, balance), acked and matched. Before that it
-  cannot fill, whatever the market does.
+  validated (lot/tick rounding, minimum notional, post-only, balance), acked and
+  matched. Before that it cannot fill, whatever the market does.
 - `cancel` at t: takes effect at t + `cancel_latency_ms` (never before the order itself
   arrived). Until then the order can still fill; a cancel that comes too late is answered
   with the order's status and a "cancel rejected:" reason.
@@ -114,16 +114,19 @@ _INF = math.inf
 
 
 class MarketRules:
-    """Tick and lot of one market. Quantities round down to the lot; prices to the tick
-    in the passive direction (buys down, sells up), never more aggressive than asked."""
+    """Tick, lot and minimum notional of one market. Quantities round down to the lot;
+    prices to the tick in the passive direction (buys down, sells up), never more
+    aggressive than asked; an order worth less than `min_notional` (quote currency; 0 =
+    none) is refused, as the venue's notional filter would."""
 
-    __slots__ = ("_lot_decimals", "_tick_decimals", "lot", "tick")
+    __slots__ = ("_lot_decimals", "_tick_decimals", "lot", "min_notional", "tick")
 
-    def __init__(self, tick: float, lot: float) -> None:
+    def __init__(self, tick: float, lot: float, min_notional: float = 0.0) -> None:
         if not (tick > 0 and lot > 0):
             raise ValueError(f"tick and lot must be positive, got tick={tick} lot={lot}")
         self.tick = tick
         self.lot = lot
+        self.min_notional = min_notional
         # Rounding the product to the step's decimals removes binary noise (0.30000000000000004).
         self._tick_decimals = _decimals(tick)
         self._lot_decimals = _decimals(lot)
@@ -358,7 +361,8 @@ class PaperExecutor(ExecutionEvents):
         self._accounts = {venue_id: _Account(venue) for venue_id, venue in venues.items()}
         self._rules = {
             venue_id: {
-                symbol: MarketRules(tick=float(rule["tick"]), lot=float(rule["lot"]))
+                symbol: MarketRules(tick=float(rule["tick"]), lot=float(rule["lot"]),
+                                    min_notional=float(rule.get("min_notional", 0.0)))
                 for symbol, rule in venue.markets.items()
             }
             for venue_id, venue in venues.items()
@@ -614,6 +618,19 @@ class PaperExecutor(ExecutionEvents):
             if not order.price > 0:  # also catches NaN (no price given)
                 return f"{order.kind} order needs a positive price"
             order.price = rules.round_price(order.price, order.side)
+        if rules.min_notional:
+            return self._below_min_notional(order, rules.min_notional)
+        return None
+
+    def _below_min_notional(self, order: _Order, min_notional: float) -> str | None:
+        """A market order is valued at the opposite touch (not checked without a quote)."""
+        price = order.price
+        if order.kind is OrderType.MARKET:
+            quote = self._book(order.venue, order.symbol).quote
+            price = (quote.ask if order.side is Side.BUY else quote.bid) if quote else math.nan
+        notional = order.qty * price
+        if notional < min_notional:  # False for NaN: no price, no check
+            return f"notional {notional:g} below the market's minimum {min_notional:g}"
         return None
 
     @staticmethod

@@ -261,6 +261,27 @@ def test_post_only_that_would_cross_is_rejected_and_one_that_does_not_rests() ->
     assert [o.client_order_id for o in executor.open_orders()] == [passive.client_order_id]
 
 
+def test_an_order_below_the_markets_min_notional_is_rejected_as_the_venue_would() -> None:
+    """min notional 10 USDT (Binance's NOTIONAL filter, taken from the venue's markets):
+    0.09 at 100.5 = 9.045 is refused; 0.1 at 100.5 = 10.05 rests; a market sell of 0.05 at
+    a 100 bid (5 USDT) is refused too."""
+    markets = {SYMBOL: {"tick": 0.01, "lot": 0.00001, "min_notional": 10.0}}
+    executor, seen = paper(venue_settings=venue(markets=markets))
+    executor.on_quote(quote(0, 100.0, 1.0, 101.0, 1.0))
+    small = intent(Side.BUY, OrderType.LIMIT, 0.09, 100.5)
+    enough = intent(Side.BUY, OrderType.LIMIT, 0.1, 100.5)
+    market = intent(Side.SELL, OrderType.MARKET, 0.05)
+    for order in (small, enough, market):
+        executor.submit(order, at(0))
+    executor.advance(at(20))
+    for refused in (small, market):
+        (ack,) = [a for a in seen.acks if a.client_order_id == refused.client_order_id]
+        assert ack.status is OrderStatus.REJECTED
+        assert ack.reason.startswith("notional") and "below the market's minimum 10" in ack.reason
+    assert seen.statuses(enough.client_order_id) == [OrderStatus.NEW]
+    assert seen.fills == []
+
+
 # --- resting orders -----------------------------------------------------------------------
 
 
