@@ -96,6 +96,7 @@ from daemon.core.model import (
     Quote,
     Side,
     Trade,
+    is_perp_symbol,
     split_symbol,
 )
 from daemon.core.vocabulary import Action, OrderStatus
@@ -213,6 +214,7 @@ class InventoryMMStrategy(StrategyBase):
         self.venue = settings.venue
         self.symbol = settings.symbol
         self.base_asset, self.quote_asset = split_symbol(settings.symbol)
+        self._perp = is_perp_symbol(settings.symbol)
         # Portfolio rebalancing: asset -> target weight (the quote asset holds the rest),
         # each asset's market against the quote asset, and our trades in the markets other
         # than the quoted one.
@@ -604,8 +606,13 @@ class InventoryMMStrategy(StrategyBase):
         a direction flip, at most |q| on the side that reduces it (reduce only)."""
         q_max = self.settings.max_inventory
         balances = self._account.balances(self.venue) if self._account is not None else {}
+        quote_funded = balances.get(self.quote_asset, 0.0) / price
         if side is Side.BUY:
-            room = min(q_max - self.inventory, balances.get(self.quote_asset, 0.0) / price)
+            room = min(q_max - self.inventory, quote_funded)
+        elif self._perp:
+            # A perp short is margined in the quote currency (unleveraged here, the
+            # conservative bound); closing a long needs none. There is no base asset.
+            room = min(q_max + self.inventory, max(self.inventory, 0.0) + quote_funded)
         else:
             room = min(q_max + self.inventory, balances.get(self.base_asset, 0.0))
         return min(room, abs(self.inventory)) if side is self.flip_side else room

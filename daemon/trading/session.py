@@ -95,6 +95,17 @@ def build_strategy(name: str, settings: Settings) -> Strategy:
         raise ConfigError(f"invalid setting strategies: {exc}") from None
 
 
+def traded_venues(settings: Settings, strategy: Strategy) -> list[str]:
+    """The venues whose balances are the strategy's equity: those of the markets it
+    declares, else every enabled venue (a venue it never trades would dilute its return
+    on equity in the post-mortem)."""
+    enabled = settings.enabled_venues()
+    if strategy.market_keys is None:
+        return enabled
+    declared = {venue for venue, _ in strategy.market_keys}
+    return [venue for venue in enabled if venue in declared]
+
+
 def open_session(settings: Settings, strategy: Strategy, inner: OrderGateway, *,
                  sink: RecordSink, market: MarketView, clock: Clock,
                  writer: DecisionLogWriter,
@@ -115,7 +126,7 @@ def open_session(settings: Settings, strategy: Strategy, inner: OrderGateway, *,
     # Funds in flight between venues go into the snapshots too, or they would vanish
     # from the portfolio's value until they land.
     in_transit = transfers if isinstance(transfers, InTransitSource) else None
-    snapshots = BalanceSnapshots(writer, executor, settings.enabled_venues(),
+    snapshots = BalanceSnapshots(writer, executor, traded_venues(settings, strategy),
                                  settings.postmortem.balance_snapshot_interval_s, strategy.name,
                                  transfers=in_transit)
     twin = strategy.baseline
