@@ -233,7 +233,8 @@ def _complete_venues(raw: Any) -> dict[str, Any]:
 class ArbitrageSettings(_Frozen):
     #: Act when the net edge after all costs is at least this many bps.
     min_net_edge_bps: Bps = 2.0
-    #: Slippage estimate per leg, bps of notional.
+    #: Slippage estimate per leg, bps of notional; each leg's IOC is priced this far through
+    #: the touch, so a touch that moves within the budget before the leg lands still fills.
     slippage_bps: Bps = 1.0
     #: Largest notional (quote currency) one arbitrage may trade.
     max_notional: Annotated[float, Field(gt=0)] = 1_000.0

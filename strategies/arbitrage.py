@@ -19,8 +19,9 @@ balance on the sell venue (inventory mode), max_notional / price), floored to th
 coarser lot of the two venues.
 
 Modes:
-- "inventory" (pre-funded on both venues): both legs go out together as IOC orders at
-  the touch in one Decision ("arbitrage"). When both are final, any base left unmatched
+- "inventory" (pre-funded on both venues): both legs go out together as IOC orders
+  `slippage_bps` through the touch (the slippage the net edge paid for) in one Decision
+  ("arbitrage"). When both are final, any base left unmatched
   (a leg rejected or partly filled) is hedged with an IOC on the venue with the better
   price ("unwind"), limited `unwind_tolerance_bps` through the touch; each retry goes
   `unwind_tolerance_step_bps` further, up to `unwind_tolerance_max_bps` (a venue fills an
@@ -404,9 +405,14 @@ class ArbitrageStrategy(StrategyBase):
     def _send_arbitrage(self, opportunity: Opportunity, now: int) -> Decision:
         symbol, qty = opportunity.symbol, opportunity.qty
         buy, sell = opportunity.buy, opportunity.sell
-        legs = [Leg(self._next_id(), buy.exchange, Side.BUY, qty, buy.ask)]
+        # Each IOC is priced through the touch by the slippage the net edge already paid
+        # for: a touch that moves within that budget before the leg lands still fills it,
+        # and the worst fill still leaves at least the minimum net edge.
+        through = 1.0 + self.settings.slippage_bps * BPS
+        legs = [Leg(self._next_id(), buy.exchange, Side.BUY, qty, buy.ask * through)]
         if self.settings.mode == "inventory":
-            legs.append(Leg(self._next_id(), sell.exchange, Side.SELL, qty, sell.bid))
+            legs.append(Leg(self._next_id(), sell.exchange, Side.SELL, qty,
+                            sell.bid / through))
         execution = Execution(Action.ARBITRAGE, symbol, legs, sell_venue=sell.exchange)
         intents = [self._register(execution, leg, "arbitrage leg") for leg in legs]
         inputs = self._opportunity_inputs(opportunity)

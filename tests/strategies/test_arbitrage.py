@@ -109,8 +109,14 @@ def test_one_bps_below_the_threshold_skips_and_one_above_acts() -> None:
     decision = h.quote(B, bid_b, bid_b + 10.0)
     assert decision.action == "arbitrage"
     buy, sell = legs(decision)
-    assert (buy.venue, buy.price, buy.type) == (A, ASK_A, OrderType.IOC)
-    assert (sell.venue, sell.price, sell.type) == (B, bid_b, OrderType.IOC)
+    # Each IOC is priced through the touch by the 1 bps of slippage the edge paid for.
+    assert (buy.venue, buy.type) == (A, OrderType.IOC)
+    assert buy.price == pytest.approx(ASK_A * 1.0001)
+    assert (sell.venue, sell.type) == (B, OrderType.IOC)
+    assert sell.price == pytest.approx(bid_b / 1.0001)
+    # Filled at those worst prices, the legs still net the minimum edge after fees (10 bps
+    # a leg): 3 bps net of 2 x 1 bps of slippage is 5 at the touch, 3 at the limits.
+    assert net_edge_bps(buy.price, sell.price, fee=0.001) == pytest.approx(3.0, abs=0.01)
     assert buy.qty == sell.qty == 1.0
     inputs = decision.inputs
     assert inputs["net_edge_bps"] == pytest.approx(net_edge_bps(ASK_A, bid_b), abs=1e-9)
@@ -210,7 +216,7 @@ def test_a_rejected_sell_leg_is_unwound_on_the_best_bid() -> None:
     (order,) = unwind.intents
     # Long 1 BTC: sell it where the bid pays most after fees, B's bid above A's.
     assert (order.venue, order.side, order.type, order.qty) == (B, Side.SELL, OrderType.IOC, 1.0)
-    assert order.price == pytest.approx(sell.price * (1 - 25e-4))
+    assert order.price == pytest.approx(bid_for_net_edge(ASK_A, 3.0) * (1 - 25e-4))
     assert h.settle(order, 1.0) is None  # hedged: nothing left
     assert h.strategy._residual[SYMBOL] == 0.0
 
@@ -242,6 +248,7 @@ def test_an_unwind_that_keeps_failing_widens_then_halts_for_the_cooldown_and_res
     h = Harness(unwind_tolerance_step_bps=25.0, unwind_tolerance_max_bps=60.0,
                 unwind_attempts=3, halt_cooldown_s=30.0)
     buy, sell = legs(h.books(3.0))
+    bid_b = bid_for_net_edge(ASK_A, 3.0)  # B's touch
     h.settle(buy, 1.0)
     decision = h.settle(sell, 0.0, OrderStatus.REJECTED)
     for attempt, tolerance_bps in ((1, 25.0), (2, 50.0), (3, 60.0)):
@@ -249,11 +256,11 @@ def test_an_unwind_that_keeps_failing_widens_then_halts_for_the_cooldown_and_res
         (order,) = decision.intents
         assert (order.venue, order.side, order.qty) == (B, Side.SELL, 1.0)
         assert decision.inputs["tolerance_bps"] == tolerance_bps
-        assert order.price == pytest.approx(sell.price * (1 - tolerance_bps / 1e4))
+        assert order.price == pytest.approx(bid_b * (1 - tolerance_bps / 1e4))
         decision = h.settle(order, 0.0)  # expired, nothing filled
     halted_at = h.clock()
     assert decision.action == "unwind_failed"
-    mid = ((ASK_A - 10.0 + ASK_A) / 2 + (sell.price + sell.price + 10.0) / 2) / 2
+    mid = ((ASK_A - 10.0 + ASK_A) / 2 + (bid_b + bid_b + 10.0) / 2) / 2
     inputs = decision.inputs
     assert inputs["residual"] == 1.0 and inputs["attempts"] == 3
     assert inputs["widest_tolerance_bps"] == 60.0
@@ -333,9 +340,10 @@ def test_cooldown_per_venue_pair_stops_taking_the_same_opportunity_twice() -> No
     buy, sell = legs(h.books(3.0))
     h.settle(buy, 1.0)
     h.settle(sell, 1.0)
-    again = h.quote(B, sell.price, sell.price + 10.0, after_s=0.5)  # the same book, 0.5 s on
+    bid_b = bid_for_net_edge(ASK_A, 3.0)
+    again = h.quote(B, bid_b, bid_b + 10.0, after_s=0.5)  # the same book, 0.5 s on
     assert again.action == "skip" and again.reason.startswith("cooldown")
-    later = h.quote(B, sell.price, sell.price + 10.0, after_s=0.6)  # 1.1 s after acting
+    later = h.quote(B, bid_b, bid_b + 10.0, after_s=0.6)  # 1.1 s after acting
     assert later.action == "arbitrage"
 
 
