@@ -44,7 +44,7 @@ def reservation_price(
 @njit(cache=True)
 def optimal_spread(time_left: float, sigma: float, gamma: float, k: float) -> float:
     """gamma sigma^2 (T - t) + (2/gamma) ln(1 + gamma/k): inventory risk + order-flow term."""
-    return gamma * sigma * sigma * time_left + (2.0 / gamma) * math.log(1.0 + gamma / k)
+    return gamma * sigma * sigma * time_left + (2.0 / gamma) * math.log1p(gamma / k)
 
 
 @njit(cache=True)
