@@ -121,3 +121,35 @@ def test_live_iteration_is_a_flow_source() -> None:
     assert received == run(source(5.0, seed=9), 1_000.0)[:20]
     with pytest.raises(ValueError, match="mid source"):
         asyncio.run(run_flow(source(5.0), received.append))
+
+
+async def test_a_backtest_takes_the_quoted_flow_where_the_synthetic_one_plugs(
+    tmp_path,
+) -> None:
+    """The engine builds its flow lazily (`Backtest.flow` is None until the first event);
+    a quoted flow set there beforehand is delivered through the runner like any other,
+    each client priced off the hedge venue's quote on the bus when due."""
+    import gzip
+
+    from adapters.recordings.replay import SAMPLE_FILES, ReplaySpec
+    from config.settings import load_settings
+    from daemon.backtest.engine import Backtest
+
+    spot = SAMPLE_FILES[0]
+    with gzip.open(spot, "rb") as handle:
+        first_ns = int(handle.readline().split(b" ", 1)[0])
+    settings = load_settings({"data_dir": tmp_path, "strategies": {"internalize": {
+        "symbol": "BTC/USDT", "venue": "binance_spot"}}}, env_file=None)
+    engine = Backtest(settings, "internalize", [ReplaySpec(spot)], "quoted")
+    quoted = QuotedFlowSource("BTC/USDT", PoissonArrivals(2.0), LognormalSizes(math.log(0.01),
+                              0.5), K, 5, fixed_markup(5.0))
+    engine.flow = quoted.client_flow(
+        first_ns, lambda: engine.bus.view.quote("binance_spot", "BTC/USDT"))
+    result = await engine.run()
+    tally = quoted.tally
+    assert tally.accepted > 20 and tally.declined > 10
+    assert result.client_fills == tally.accepted
+    assert result.client_fills_unpriced == tally.declined + tally.no_mid
+    expected = math.exp(-K * 5.0)
+    assert abs(tally.acceptance_rate - expected) < 5 * math.sqrt(expected * (1 - expected)
+                                                                 / tally.shown)
