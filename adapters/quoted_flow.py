@@ -15,8 +15,9 @@ on one seed face the very same clients, and a tighter quote wins a superset of t
 fills a wider one wins: paired comparisons of policies are not noise.
 
 Output is `ClientFill`, like the other sources: `generate` (synchronous, a mid function),
-`client_flow` (a `ClientFlow` priced off the hedge quote when each client comes due, as a
-backtest's `self.flow` or `FeedClockFlow.flow` take it), or async iteration (live paper).
+`client_flow` (a `ClientFlow` priced off the hedge quote when each client comes due: set
+it as `Backtest.flow` before `run()`, or as `FeedClockFlow.flow` on a replay), or async
+iteration (live paper).
 It is not selectable by settings yet (`strategies.internalize.source`): the markup must
 come from a strategy, which the settings cannot name.
 """
