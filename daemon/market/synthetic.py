@@ -102,6 +102,11 @@ class SyntheticQuotes:
         bus.add_sink(self)
         bus.on_stale(self._on_leg_stale)
 
+    @property
+    def legs(self) -> list[Key]:
+        """Every market some cross is priced from."""
+        return list(self._by_leg)
+
     # -- the bus sink (MarketSink) ------------------------------------------------------
 
     def quote_route(self, exchange: str, symbol: str) -> QuoteCallback:
