@@ -635,11 +635,31 @@ class CrossRateSettings(_Frozen):
         return value
 
 
+class ConsolidatedSettings(_Frozen):
+    """One consolidated best bid/offer over the same instrument on several venues."""
+
+    #: Its symbol, published under the venue "synthetic" (e.g. "BTC/USDT").
+    symbol: str
+    #: The markets it consolidates, each "venue:SYMBOL" (e.g. "binance_spot:BTC/USDT").
+    legs: list[str] = Field(min_length=1)
+
+    @field_validator("legs")
+    @classmethod
+    def _venue_symbols(cls, value: list[str]) -> list[str]:
+        for leg in value:
+            venue, sep, symbol = leg.partition(":")
+            if not sep or not venue or not symbol:
+                raise ValueError(f"{leg!r}: expected 'venue:SYMBOL'")
+        return value
+
+
 class SyntheticSettings(_Frozen):
     """Derived markets published on the bus (daemon/market/synthetic.py)."""
 
     #: Cross rates: list of {symbol, base_leg, quote_leg, net_of_fees}; none by default.
     crosses: list[CrossRateSettings] = Field(default_factory=list)
+    #: Consolidated best bid/offer: list of {symbol, legs}; none by default.
+    consolidated: list[ConsolidatedSettings] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):

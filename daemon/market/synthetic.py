@@ -1,5 +1,9 @@
 """Synthetic quotes: markets derived from others, published on the bus as markets of their own.
 
+Two kinds: cross rates (`CrossRate`, below) and consolidated best bid/offer over venues
+(`ConsolidatedBBO`, its own docstring), configured under `synthetic.crosses` and
+`synthetic.consolidated`.
+
 A cross rate, e.g. ETH/BTC from an ETH/USDT leg and a BTC/USDT leg (on any venues), is the
 price at which the desk could trade the cross by trading both legs at their touches:
 
@@ -25,8 +29,9 @@ published from inside its leg's publish, so subscribers see the cross just befor
 quote that moved it.
 
 Staleness follows the bus: when a leg is flagged stale (`Bus.mark_stale`, by the feed's
-watchdog or a disconnect) the cross is flagged stale too, and no cross is published while
-either leg is stale or missing; the next good quote of both legs publishes a fresh one.
+watchdog or a disconnect) the market is repriced: a cross is flagged stale too, and no
+cross is published while either leg is stale or missing; the next good quote of both
+legs publishes a fresh one.
 Leg quotes that cannot price a cross (a non-positive price) are dropped and counted.
 """
 
@@ -39,6 +44,7 @@ from daemon.core.logs import get_logger
 from daemon.core.model import Quote
 from daemon.core.routes import QuoteCallback, TradeCallback, ignore
 from daemon.market.bus import Bus
+from daemon.market.view import ConsolidatedView
 
 log = get_logger("synthetic")
 
@@ -69,6 +75,19 @@ class CrossRate:
     #: Leg quotes that could not price the cross (non-positive prices), dropped.
     dropped: int = 0
 
+    @property
+    def legs(self) -> tuple[Key, Key]:
+        return (self.base_leg, self.quote_leg)
+
+    def derive(self, view: ConsolidatedView) -> Quote | str | None:
+        """The cross now; STALE when a leg is stale; None before both legs quoted."""
+        base, quote = view.quote(*self.base_leg), view.quote(*self.quote_leg)
+        if base is None or quote is None:
+            return None
+        if base.stale or quote.stale:
+            return STALE
+        return self.price(base, quote)
+
     def price(self, base: Quote, quote: Quote) -> Quote | None:
         """The cross from the legs' touches, or None when they cannot price it."""
         if not (base.bid > 0 and base.ask > 0 and quote.bid > 0 and quote.ask > 0):
@@ -89,54 +108,94 @@ class CrossRate:
         )
 
 
-class SyntheticQuotes:
-    """The configured crosses on one bus: a sink on their legs' keys, a stale listener."""
+#: What `derive` returns when the market must be flagged stale (a leg is).
+STALE = "stale"
 
-    def __init__(self, bus: Bus, crosses: list[CrossRate]) -> None:
+
+@dataclass(slots=True)
+class ConsolidatedBBO:
+    """The best bid and offer of one instrument over its `legs` (venue, symbol) markets.
+
+    bid = the highest bid of the fresh legs, its size the sum of the sizes of every fresh
+    leg bidding that price (ask likewise); times of the newest fresh leg. A stale leg is
+    left out (the other venues still make a market); stale only when every leg is. A
+    crossed result (one venue's bid above another's ask) is published as it is: it is the
+    market's state, an opportunity, not bad data."""
+
+    symbol: str
+    legs: tuple[Key, ...]
+    seq: int = 0
+
+    def derive(self, view: ConsolidatedView) -> Quote | str | None:
+        fresh = [q for q in (view.quote(*leg) for leg in self.legs)
+                 if q is not None and not q.stale and q.bid > 0 and q.ask > 0]
+        if not fresh:
+            seen = any(view.quote(*leg) is not None for leg in self.legs)
+            return STALE if seen else None
+        bid = max(q.bid for q in fresh)
+        ask = min(q.ask for q in fresh)
+        self.seq += 1
+        return Quote(
+            SYNTHETIC_VENUE, self.symbol,
+            bid, sum(q.bid_qty for q in fresh if q.bid == bid),
+            ask, sum(q.ask_qty for q in fresh if q.ask == ask),
+            max(q.exchange_ts_ns for q in fresh), max(q.local_ts_ns for q in fresh),
+            seq=self.seq,
+        )
+
+
+SyntheticMarket = CrossRate | ConsolidatedBBO
+
+
+class SyntheticQuotes:
+    """The configured synthetic markets on one bus: a sink on their legs' keys, and a
+    listener of the legs' stale flags."""
+
+    def __init__(self, bus: Bus, markets: list[SyntheticMarket]) -> None:
         self.bus = bus
-        self.crosses = crosses
-        self._by_leg: dict[Key, list[CrossRate]] = {}
-        for cross in crosses:
-            for leg in (cross.base_leg, cross.quote_leg):
-                self._by_leg.setdefault(leg, []).append(cross)
+        self.markets = markets
+        self._by_leg: dict[Key, list[SyntheticMarket]] = {}
+        for market in markets:
+            for leg in market.legs:
+                self._by_leg.setdefault(leg, []).append(market)
         bus.add_sink(self)
-        bus.on_stale(self._on_leg_stale)
+        bus.on_stale(self._reprice_leg)
+
+    @property
+    def crosses(self) -> list[CrossRate]:
+        return [m for m in self.markets if isinstance(m, CrossRate)]
 
     @property
     def legs(self) -> list[Key]:
-        """Every market some cross is priced from."""
+        """Every market some synthetic market is derived from."""
         return list(self._by_leg)
 
     # -- the bus sink (MarketSink) ------------------------------------------------------
 
     def quote_route(self, exchange: str, symbol: str) -> QuoteCallback:
-        crosses = self._by_leg.get((exchange, symbol))
-        if not crosses:
+        markets = self._by_leg.get((exchange, symbol))
+        if not markets:
             return ignore
-        return lambda _quote: self._reprice(crosses)
+        return lambda _quote: self._reprice(markets)
 
     def trade_route(self, exchange: str, symbol: str) -> TradeCallback:
         return ignore
 
     # -- pricing ------------------------------------------------------------------------
 
-    def _reprice(self, crosses: list[CrossRate]) -> None:
-        view = self.bus.view
-        for cross in crosses:
-            base = view.quote(*cross.base_leg)
-            quote = view.quote(*cross.quote_leg)
-            if base is None or quote is None:
-                continue  # not priced until both legs have quoted
-            if base.stale or quote.stale:
-                self.bus.mark_stale(SYNTHETIC_VENUE, cross.symbol)
-                continue
-            priced = cross.price(base, quote)
-            if priced is not None:
-                self.bus.publish_quote(priced)
+    def _reprice(self, markets: list[SyntheticMarket]) -> None:
+        bus = self.bus
+        for market in markets:
+            derived = market.derive(bus.view)
+            if isinstance(derived, Quote):
+                bus.publish_quote(derived)
+            elif derived == STALE:
+                bus.mark_stale(SYNTHETIC_VENUE, market.symbol)
 
-    def _on_leg_stale(self, exchange: str, symbol: str) -> None:
-        for cross in self._by_leg.get((exchange, symbol), ()):
-            self.bus.mark_stale(SYNTHETIC_VENUE, cross.symbol)
+    def _reprice_leg(self, exchange: str, symbol: str) -> None:
+        markets = self._by_leg.get((exchange, symbol))
+        if markets:
+            self._reprice(markets)
 
 
 def build_cross(spec: CrossRateSettings, settings: Settings) -> CrossRate:
@@ -155,9 +214,11 @@ def build_cross(spec: CrossRateSettings, settings: Settings) -> CrossRate:
 
 def attach_synthetics(bus: Bus, settings: Settings) -> SyntheticQuotes | None:
     """Publish the configured synthetic markets on `bus` (None when none is configured)."""
-    specs = settings.synthetic.crosses
-    if not specs:
+    own = settings.synthetic
+    markets: list[SyntheticMarket] = [build_cross(spec, settings) for spec in own.crosses]
+    markets += [ConsolidatedBBO(spec.symbol, tuple(parse_leg(leg) for leg in spec.legs))
+                for spec in own.consolidated]
+    if not markets:
         return None
-    crosses = [build_cross(spec, settings) for spec in specs]
-    log.info("synthetic_crosses", crosses=[c.symbol for c in crosses])
-    return SyntheticQuotes(bus, crosses)
+    log.info("synthetic_markets", markets=[m.symbol for m in markets])
+    return SyntheticQuotes(bus, markets)

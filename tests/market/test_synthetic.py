@@ -15,6 +15,7 @@ from daemon.core.model import Quote
 from daemon.market.bus import Bus
 from daemon.market.synthetic import (
     SYNTHETIC_VENUE,
+    ConsolidatedBBO,
     CrossRate,
     SyntheticQuotes,
     attach_synthetics,
@@ -159,3 +160,51 @@ def test_cross_from_real_recorded_usdm_legs_equals_a_hand_computation(
     # A leg going stale takes the cross with it.
     bus.mark_stale(venue, btc_symbol)
     assert bus.view.quote(SYNTHETIC_VENUE, "ETH/BTC").stale  # type: ignore[union-attr]
+
+
+# -- consolidated best bid/offer -------------------------------------------------------------
+
+SPOT_A = ("binance_spot", "BTC/USDT")
+SPOT_B = ("bybit_spot", "BTC/USDT")
+
+
+def bbo_bus() -> Bus:
+    bus = Bus()
+    SyntheticQuotes(bus, [ConsolidatedBBO("BTC/USDT", (SPOT_A, SPOT_B))])
+    return bus
+
+
+def test_consolidated_bbo_is_the_best_price_of_each_side_summing_sizes_at_it() -> None:
+    bus = bbo_bus()
+    bus.publish_quote(leg(SPOT_A, 60_000.0, 1.0, 60_002.0, 2.0, ts=100))
+    first = bus.view.quote(SYNTHETIC_VENUE, "BTC/USDT")
+    assert first is not None and (first.bid, first.ask) == (60_000.0, 60_002.0)
+    bus.publish_quote(leg(SPOT_B, 60_000.0, 0.5, 60_001.0, 0.3, ts=90))
+    bbo = bus.view.quote(SYNTHETIC_VENUE, "BTC/USDT")
+    assert bbo is not None
+    assert (bbo.bid, bbo.bid_qty) == (60_000.0, 1.5)  # both venues bid the best price
+    assert (bbo.ask, bbo.ask_qty) == (60_001.0, 0.3)  # only bybit offers the best
+    assert (bbo.exchange_ts_ns, bbo.local_ts_ns) == (100, 105)
+
+
+def test_consolidated_bbo_leaves_out_a_stale_venue_and_is_stale_when_all_are() -> None:
+    bus = bbo_bus()
+    bus.publish_quote(leg(SPOT_A, 60_000.0, 1.0, 60_002.0, 2.0, ts=100))
+    bus.publish_quote(leg(SPOT_B, 60_001.0, 0.5, 60_003.0, 0.3, ts=110))
+    bus.mark_stale(*SPOT_B)
+    bbo = bus.view.quote(SYNTHETIC_VENUE, "BTC/USDT")
+    assert bbo is not None and not bbo.stale and bbo.bid == 60_000.0  # binance only
+    bus.mark_stale(*SPOT_A)
+    assert bus.view.quote(SYNTHETIC_VENUE, "BTC/USDT").stale  # type: ignore[union-attr]
+    bus.publish_quote(leg(SPOT_B, 60_001.0, 0.5, 60_003.0, 0.3, ts=120))
+    bbo = bus.view.quote(SYNTHETIC_VENUE, "BTC/USDT")
+    assert bbo is not None and not bbo.stale and bbo.bid == 60_001.0
+
+
+def test_consolidated_settings_build_a_bbo() -> None:
+    settings = Settings(synthetic={"consolidated": [
+        {"symbol": "BTC/USDT", "legs": ["binance_spot:BTC/USDT", "bybit_spot:BTC/USDT"]}]})
+    synthetics = attach_synthetics(Bus(), settings)
+    assert synthetics is not None and synthetics.legs == [SPOT_A, SPOT_B]
+    with pytest.raises(ValueError, match="venue:SYMBOL"):
+        Settings(synthetic={"consolidated": [{"symbol": "BTC/USDT", "legs": ["BTC/USDT"]}]})
