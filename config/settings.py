@@ -614,6 +614,54 @@ class RecordSettings(_Frozen):
     depth: bool = False
 
 
+class CrossRateSettings(_Frozen):
+    """One synthetic cross rate, e.g. ETH/BTC from ETH/USDT and BTC/USDT legs."""
+
+    #: The cross's symbol, published under the venue "synthetic" (e.g. "ETH/BTC").
+    symbol: str
+    #: The leg whose base is the cross's base, "venue:SYMBOL" (e.g. "binance_spot:ETH/USDT").
+    base_leg: str
+    #: The leg whose base is the cross's quote, "venue:SYMBOL" (e.g. "binance_spot:BTC/USDT").
+    quote_leg: str
+    #: Price the cross net of both legs' taker fees (bid lower, ask higher).
+    net_of_fees: bool = False
+
+    @field_validator("base_leg", "quote_leg")
+    @classmethod
+    def _venue_symbol(cls, value: str) -> str:
+        venue, sep, symbol = value.partition(":")
+        if not sep or not venue or not symbol:
+            raise ValueError(f"{value!r}: expected 'venue:SYMBOL'")
+        return value
+
+
+class ConsolidatedSettings(_Frozen):
+    """One consolidated best bid/offer over the same instrument on several venues."""
+
+    #: Its symbol, published under the venue "synthetic" (e.g. "BTC/USDT").
+    symbol: str
+    #: The markets it consolidates, each "venue:SYMBOL" (e.g. "binance_spot:BTC/USDT").
+    legs: list[str] = Field(min_length=1)
+
+    @field_validator("legs")
+    @classmethod
+    def _venue_symbols(cls, value: list[str]) -> list[str]:
+        for leg in value:
+            venue, sep, symbol = leg.partition(":")
+            if not sep or not venue or not symbol:
+                raise ValueError(f"{leg!r}: expected 'venue:SYMBOL'")
+        return value
+
+
+class SyntheticSettings(_Frozen):
+    """Derived markets published on the bus (daemon/market/synthetic.py)."""
+
+    #: Cross rates: list of {symbol, base_leg, quote_leg, net_of_fees}; none by default.
+    crosses: list[CrossRateSettings] = Field(default_factory=list)
+    #: Consolidated best bid/offer: list of {symbol, legs}; none by default.
+    consolidated: list[ConsolidatedSettings] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. Field names are a contract: keep them stable."""
 
@@ -645,6 +693,7 @@ class Settings(BaseSettings):
     postmortem: PostMortemSettings = PostMortemSettings()
     backtest: BacktestSettings = BacktestSettings()
     record: RecordSettings = RecordSettings()
+    synthetic: SyntheticSettings = SyntheticSettings()
 
     @field_validator("venues", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from daemon.core.routes import Callbacks
 from daemon.core.tasks import spawn
 from daemon.market.bus import Bus
 from daemon.market.ringbuffer import RingStore, snapshot_every
+from daemon.market.synthetic import attach_synthetics
 from daemon.ops.health import Health
 from daemon.ops.metrics import TradingStats
 from daemon.postmortem.writer import DecisionLogWriter
@@ -74,8 +75,12 @@ class App:
         `warm=False`: a fresh store that neither reads nor writes the snapshot, as a
         backtest's (a strategy on a replay: its history is the recording's; a live
         snapshot newer than the recording would clamp every replayed row to its own last
-        time, and the replay's rows must not become the next live start's history)."""
+        time, and the replay's rows must not become the next live start's history).
+
+        The configured synthetic markets (`synthetic.crosses`) are published from here on
+        (watch, action); a backtest attaches them to its own bus."""
         settings = self.settings
+        attach_synthetics(self.bus, settings)
         if not warm:
             rings = RingStore(retention_s=settings.retention,
                               max_rate_hz=settings.ring.max_rate_hz)

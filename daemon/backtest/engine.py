@@ -69,6 +69,7 @@ from daemon.core.model import Decision, Fill, OrderIntent, Quote, Trade
 from daemon.market.bus import Bus
 from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
+from daemon.market.synthetic import attach_synthetics
 from daemon.postmortem.exports import attach_strategy_exports
 from daemon.postmortem.writer import DecisionLogWriter, decisions_dir
 from daemon.trading.coverage import market_names, traded_markets
@@ -168,6 +169,11 @@ class Backtest:
         self.rings = RingStore(retention_s=settings.retention,
                                max_rate_hz=settings.ring.max_rate_hz)
         self.bus.add_sink(self.rings)  # each key's channel writes straight to its ring
+        # Configured cross rates, published as markets of their own (synthetic.crosses).
+        synthetics = attach_synthetics(self.bus, settings)
+        #: Legs of those: never skipped, or a cross would be priced off an old leg.
+        self._synthetic_legs: set[tuple[str, str]] = (
+            set(synthetics.legs) if synthetics is not None else set())
         self.strategy = build_strategy(strategy_name, settings)
         # Exports appended during the run (positions.csv) go to the run's report folder.
         attach_strategy_exports(self.strategy, settings.data_dir, run_id)
@@ -270,6 +276,8 @@ class Backtest:
             # any venue: every market of that symbol is of interest.
             symbol = self.settings.strategies.internalize.symbol
             interest = interest | {key for key in data.keys if key[1] == symbol}
+        if interest is not None:
+            interest = interest | self._synthetic_legs
         plan = SkipPlan(data, interest)
         rows = plan.rows
         # With recorded depth, the books a walk reads are those as of the row being run.

@@ -215,6 +215,9 @@ class Bus:
         #: Depth books from the parsers that keep them; None: depth not wanted (the
         #: parsers' depth routes are None and cost nothing). See `keep_depth`.
         self.depth: DepthBooks | None = None
+        #: Called with (exchange, symbol) after a key is flagged stale (synthetic markets
+        #: follow their legs); stale flags skip the sinks, so they need their own hook.
+        self._stale_listeners: list[Callable[[str, str], None]] = []
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -250,6 +253,10 @@ class Bus:
     def depth_route(self, exchange: str, symbol: str) -> DepthCallback | None:
         """Where a parser sends one key's depth changes; None unless `keep_depth`."""
         return self.depth.route(exchange, symbol) if self.depth is not None else None
+
+    def on_stale(self, listener: Callable[[str, str], None]) -> None:
+        """Call `listener(exchange, symbol)` each time a key is newly flagged stale."""
+        self._stale_listeners.append(listener)
 
     def subscribe(
         self, name: str, trades: bool = True, trade_queue_size: int | None = None
@@ -352,6 +359,8 @@ class Bus:
         self.stale_marks += 1
         self.view.update(stale)
         self._offer_quote((exchange, symbol), stale)
+        for listener in self._stale_listeners:
+            listener(exchange, symbol)
         return stale
 
     # -- counters -------------------------------------------------------------------------

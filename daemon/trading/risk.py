@@ -9,6 +9,8 @@ that starts with the name of the limit it hit:
 - `non-finite value:`  the P&L or a position is NaN or infinite (a fill at a price of
   inf, a position whose value overflows): no limit can be checked against it, so it is a
   breach like the loss limit (the kill switch fires), never a silent pass.
+- `synthetic market:`  the intent's venue is `SYNTHETIC_VENUE`: a derived quote
+  (daemon/market/synthetic.py) has no order book; trade its legs instead.
 - `stale quote:`       no quote for the market, a quote flagged stale by the feed, or one
   older than `stale_quote_s` on the feed clock.
 - `price collar:`      the limit price is more than `price_collar_bps` from mid.
@@ -59,6 +61,7 @@ from daemon.core.model import (
     split_symbol,
 )
 from daemon.core.vocabulary import Action
+from daemon.market.synthetic import SYNTHETIC_VENUE
 from daemon.trading.ratelimit import TokenBucket
 
 log = get_logger("risk")
@@ -244,6 +247,9 @@ class RiskGate:
         self._roll_day(now_ns)
         if self.loss_breach is not None:
             return self.loss_breach
+        if intent.venue == SYNTHETIC_VENUE:
+            return (f"synthetic market: {intent.venue} {intent.symbol} is derived from other "
+                    "markets and takes no orders; trade its legs")
         quote = self._quotes.get(intent.venue, {}).get(intent.symbol)
         reason = self._check_quote(intent, quote, now_ns)
         if reason is not None:

@@ -432,3 +432,27 @@ def test_backtest_with_some_markets_missing_runs_and_warns_naming_them(tmp_path:
     done = backtest(tmp_path / "data", "arbitrage", "half", SAMPLE_SPOT)
     assert (f"cryptopipe: warning: --data: no data for bybit_spot BTC/USDT in {SAMPLE_SPOT.name}"
             " (markets there: binance_spot BTC/USDT)") in done.stderr
+
+
+async def test_a_backtest_publishes_configured_crosses_from_legs_it_would_skip(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    # inventory-mm trades the spot market only: without the cross, the exact skip leaves
+    # the USD-M quotes out; as a leg of a cross, every one of them must reach the bus.
+    specs = [ReplaySpec(shared_file("binance_spot_btcusdt_20240808.gz")),
+             ReplaySpec(shared_file("binance_usdm_btcusdt_20240808.gz"))]
+    cross = {"symbol": "BTC/BTCPERP", "base_leg": "binance_spot:BTC/USDT",
+             "quote_leg": "binance_usdm:BTC/USDT:USDT"}
+    published = {}
+    for name, cache in (("frames", False), ("built", True), ("hit", True)):
+        data_dir = tmp_path / name
+        if name == "hit":
+            shutil.copytree(tmp_path / "built" / "cache", data_dir / "cache")
+        settings = load_settings({"data_dir": data_dir, "backtest": {"cache": cache},
+                                  "synthetic": {"crosses": [cross]}}, env_file=None)
+        engine = Backtest(settings, "inventory-mm", specs, "cross")
+        await engine.run()
+        published[name] = engine.bus.published_by("synthetic")
+        assert engine.rings is not None and engine.bus.view.quote("synthetic", "BTC/BTCPERP")
+    assert published["frames"] > 10_000
+    assert published["built"] == published["hit"] == published["frames"]

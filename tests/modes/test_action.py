@@ -245,3 +245,21 @@ def test_action_warns_once_when_a_traded_market_has_no_quote_while_others_do(
     assert "markets quoting: binance_spot BTC/USDT" in warnings[0]
     logged = [line for line in done.stderr.splitlines() if "market_without_data" in line]
     assert len(logged) == 1, done.stderr[-2000:]
+
+
+def test_action_publishes_configured_crosses_on_its_bus(tmp_path: Path) -> None:
+    import asyncio
+
+    from daemon.modes.action import run_action
+    from daemon.run import _supervise
+
+    cross = {"symbol": "BTC/BTCPERP", "base_leg": "binance_spot:BTC/USDT",
+             "quote_leg": "binance_usdm:BTC/USDT:USDT"}
+    app = action_app(tmp_path / "data", "inventory-mm", synthetic={"crosses": [cross]})
+    assert asyncio.run(_supervise(app, run_action)) == 0
+    spot = app.bus.view.quote("binance_spot", "BTC/USDT")
+    perp = app.bus.view.quote("binance_usdm", "BTC/USDT:USDT")
+    synthetic = app.bus.view.quote("synthetic", "BTC/BTCPERP")
+    assert spot is not None and perp is not None and synthetic is not None
+    assert synthetic.bid == spot.bid / perp.ask and synthetic.ask == spot.ask / perp.bid
+    assert app.bus.published_by("synthetic") > 100

@@ -84,6 +84,18 @@ def test_stale_quote_guard_rejects_missing_flagged_and_old_quotes() -> None:
     assert reason is not None and reason.startswith("stale quote:") and "2.5 s old" in reason
 
 
+def test_orders_on_a_synthetic_market_are_refused_even_with_a_fresh_quote() -> None:
+    # A cross rate (daemon/market/synthetic.py) is priced from its legs and has no book.
+    gate = RiskGate(risk())
+    cross = Quote("synthetic", "ETH/BTC", 0.0529, 5.0, 0.0530, 5.0, at(0), at(0))
+    gate.on_quote(cross)
+    order = OrderIntent("synthetic", "ETH/BTC", Side.BUY, OrderType.LIMIT, 0.1, 0.053,
+                        strategy="mm")
+    reason = gate.check(order, at(0))
+    assert reason is not None and reason.startswith("synthetic market:")
+    assert "synthetic ETH/BTC" in reason and "legs" in reason
+
+
 def test_price_collar_rejects_prices_too_far_from_mid() -> None:
     gate = RiskGate(risk())
     gate.on_quote(quote(0))  # mid 1000, collar 50 bps = 5.0
