@@ -74,12 +74,12 @@ async def test_record_binance_depth_then_calibrate_on_it(
         tmp_path: Path, shared_file: Callable[[str], Path]) -> None:
     tape, snapshot = binance_tape(shared_file(SPOT_FILE))
     # Under 1,000 depth diffs in all: the parser buffers every one until the snapshot.
-    async with BinanceServer(tape[:8_000], snapshot=snapshot, rate_hz=800) as server:
+    async with BinanceServer(tape[:8_000], snapshot=snapshot, rate_hz=3_000) as server:
         env = environment(tmp_path / "data", CRYPTOPIPE_RECORD__DEPTH="true",
                           CRYPTOPIPE_VENUES__BINANCE_SPOT__WS_URL=server.ws_url,
                           CRYPTOPIPE_VENUES__BINANCE_SPOT__REST_URL=server.rest_url)
         code, _, err = await main_py("--mode", "record", "--venues", "binance_spot",
-                                     "--symbols", "BTC/USDT", "--duration", "10", env=env,
+                                     "--symbols", "BTC/USDT", "--duration", "4", env=env,
                                      cwd=tmp_path)
     assert code == 0, err[-3000:]
     assert "btcusdt@depth@100ms" in server.subscribed_paths[0]
@@ -94,11 +94,11 @@ async def test_record_bybit_orderbook_50_then_calibrate_on_it(
     tape, snapshot = binance_tape(shared_file(SPOT_FILE))
     assert snapshot is not None
     events = bybit_depth_events_from_binance(tape[:16_000], snapshot, depth=50)
-    async with BybitServer(events, rate_hz=1_000) as server:
+    async with BybitServer(events, rate_hz=4_000) as server:
         env = environment(tmp_path / "data", CRYPTOPIPE_RECORD__DEPTH="true",
                           CRYPTOPIPE_VENUES__BYBIT_SPOT__WS_URL=server.ws_url)
         code, _, err = await main_py("--mode", "record", "--venues", "bybit_spot",
-                                     "--symbols", "BTC/USDT", "--duration", "10", env=env,
+                                     "--symbols", "BTC/USDT", "--duration", "4", env=env,
                                      cwd=tmp_path)
     assert code == 0, err[-3000:]
     assert {"op": "subscribe", "args": ["orderbook.50.BTCUSDT"],
