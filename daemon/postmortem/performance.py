@@ -41,9 +41,8 @@ MIN_SHARPE_INTERVALS = 10
 SHARPE_INTERVALS_S = (SECONDS_PER_DAY, 3_600, 60, 1)
 NS = 1_000_000_000
 
-#: Decisions the timeline marks: halts, kills and rebalances. "halt" and "alert" are
-#: taken from the vocabulary when it has them (an arbitrage that stops after a failed
-#: unwind); any action whose name says halt or alert is marked as a halt too.
+#: Decisions the timeline marks: halts (an arbitrage that stops after a failed unwind),
+#: kills and rebalances; any other action whose name says halt or alert is a halt too.
 TIMELINE_EVENTS: dict[str, str] = {
     Action.KILL: "kill",
     Action.FLATTEN: "kill",
@@ -51,7 +50,6 @@ TIMELINE_EVENTS: dict[str, str] = {
     Action.UNWIND_FAILED: "halt",
     Action.REBALANCE: "rebalance",
     Action.PORTFOLIO_REBALANCE: "rebalance",
-    **{getattr(Action, name): "halt" for name in ("HALT", "ALERT") if hasattr(Action, name)},
 }
 
 
