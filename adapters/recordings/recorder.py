@@ -183,7 +183,10 @@ class Recorder:
         """Write everything buffered so far, in a worker thread."""
         segments = self._take_all()
         if segments:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self._write, segments)
+            # Shielded: a cancel (shutdown) while the write waits its turn must not cancel
+            # it, or the batch already taken from the buffers would never reach the disk.
+            written = asyncio.wrap_future(self._writer.submit(self._write, segments))
+            await asyncio.shield(written)
 
     def flush_now(self) -> None:
         """Write everything buffered so far, on the calling thread (shutdown)."""

@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import os
 import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -130,6 +131,25 @@ def test_a_crash_loses_at_most_the_last_member(tmp_path: Path) -> None:
     frames = [f for _, f, meta in iter_frames(path, stats) if meta.session is None]
     assert len(frames) >= 500  # every earlier flush is intact
     assert stats.damage is not None
+
+
+async def test_a_flush_cancelled_before_its_write_starts_still_writes(tmp_path: Path) -> None:
+    """Stopping the flush loop while the writer thread is busy must not drop the batch it
+    had just taken (the asyncio cancel used to cancel the queued write: lost frames)."""
+    recorder = Recorder(tmp_path, fsync=False)
+    recording = recorder.open_venue("binance_spot", ["BTC/USDT"])
+    for i in range(100):
+        recording.write(b'{"stream":"btcusdt@trade","data":{"i":%d}}' % i, HOUR_23 + i)
+    writer_busy = threading.Event()
+    recorder._writer.submit(writer_busy.wait, 10)  # an earlier write still in progress
+    flush = asyncio.create_task(recorder.flush())
+    await asyncio.sleep(0.01)  # the batch is taken and queued behind the busy write
+    flush.cancel()
+    await asyncio.gather(flush, return_exceptions=True)
+    writer_busy.set()
+    recorder.close()
+    frames = [f for _, f, meta in iter_frames(recorder.paths()[0]) if meta.session is None]
+    assert len(frames) == 100
 
 
 async def test_recording_replays_to_the_same_quotes_binance(spot_tape, tmp_path: Path) -> None:
