@@ -44,6 +44,17 @@ orders, while nothing is due (daemon/backtest/skip.py). Events that run take the
 path as above, one by one; the decision log is byte-identical to the frame-by-frame
 replay's. Skipped events still count in `events`; the result says how many ran
 (`processed`) and whether the cache was hit, built or off.
+
+Stepped (issue 15: a Gymnasium environment on the real engine). The column loop is one
+synchronous generator (`_rows`): `run()` drives it to the end, yielding to the event loop
+at its periodic pause points; `open(data, window)`, `run_until(ts_ns)` and `finish()` drive
+it from outside, a stretch of data time at a time, and `request_pause()` (called from a
+strategy callback, e.g. a policy waiting for an agent's action) stops it right after the
+runner call under way. The same rows run in the same order either way, so the decision log
+is the same; the events are loaded once (`cache.load`) and reused by every episode, an
+episode being a fresh `Backtest` over a window of rows. Only the columns step: the
+frame-by-frame replay (`backtest.cache` off, or events the cache cannot keep) is `run()`
+only. `decision_log=False` records into a null sink (training writes no log).
 """
 
 from __future__ import annotations
