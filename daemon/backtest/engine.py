@@ -325,7 +325,8 @@ class Backtest:
         time span); None runs all of them. The run starts fresh at the window's first row
         (empty account history, strategy, flow and clocks; the recorded order books as of
         that row) and its end is the window's end. Then `run_until`, then `finish`.
-        Raises `NoMarketData` (as `run()` does) and ValueError for a bad window.
+        Raises `NoMarketData` (as `run()` does) and ValueError for a bad window. The
+        result's `cache` is "hit" (the events came ready).
         """
         self._claim("open()")
         if window is not None:
@@ -360,7 +361,8 @@ class Backtest:
         """
         stepping = self._stepping
         if stepping is None:
-            raise RuntimeError("run_until() needs open() first (and not after finish())")
+            raise RuntimeError("run_until() needs an open stepped run: open() first; not "
+                               "after finish() or a run_until() that raised")
         if self._exhausted:
             return False
         target = NEVER_NS if ts_ns is None else ts_ns
@@ -396,7 +398,8 @@ class Backtest:
         Before the data ran out, the rows not run yet are left out: `events` counts the
         window's rows up to the last one reached."""
         if self._stepping is None:
-            raise RuntimeError("finish() needs open() first (and only once)")
+            raise RuntimeError("finish() needs an open stepped run: open() first; once, and "
+                               "not after a run_until() that raised (the log is closed)")
         stepping, self._stepping = self._stepping, None
         try:
             if not self._exhausted:
