@@ -17,7 +17,7 @@ from adapters.recordings.replay import ReplaySpec
 from config.settings import Settings, load_settings
 from daemon.backtest.cache import QUOTE, BacktestData, load
 from daemon.backtest.engine import Backtest, BacktestResult, window_rows
-from daemon.core.model import Decision, OrderIntent, OrderType, Quote, Side
+from daemon.core.model import ClientFill, Decision, OrderIntent, OrderType, Quote, Side
 from daemon.core.vocabulary import Action
 from strategies.base import StrategyBase
 
@@ -158,6 +158,66 @@ async def test_a_pause_from_a_callback_lands_the_agents_order_as_if_returned(
     assert log_of(agent) == log_of(itself)
     assert (agent.orders, agent.fills, agent.records) == (itself.orders, itself.fills,
                                                           itself.records)
+
+
+class AgentDesk(StrategyBase):
+    """A tiny desk that hedges every client fill at once with a market order; waiting for
+    an agent, it keeps the hedge for the agent and asks the engine to pause."""
+
+    name = "agent-desk"
+    market_keys = frozenset({("binance_spot", "BTC/USDT")})
+    reads_trades = False
+    takes_client_flow = True
+
+    def __init__(self) -> None:
+        self.ask_agent: Callable[[], None] | None = None
+        self.pending: Decision | None = None
+        self.fills: list[int] = []  # times of the client fills taken
+
+    def on_client_fill(self, fill: ClientFill) -> Decision | None:
+        self.fills.append(fill.ts_ns)
+        delta = fill.desk_base_delta
+        hedge = OrderIntent("binance_spot", "BTC/USDT", Side.BUY if delta < 0 else Side.SELL,
+                            OrderType.MARKET, abs(delta))
+        decision = Decision(self.name, fill.ts_ns, Action.HEDGE, fill.fill_id,
+                            inputs={"client_qty": fill.qty}, intents=[hedge])
+        if self.ask_agent is None:
+            return decision
+        self.pending = decision
+        self.ask_agent()
+        return None
+
+
+async def test_a_pause_from_a_client_fill_lands_the_hedge_before_the_next_event(
+    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Client fills come before the market event they are due by: a pause asked for while
+    one is taken comes right after it, so the agent's hedge lands before that event (and
+    before the next fill) as the strategy's own would have."""
+    built: list[AgentDesk] = []
+    monkeypatch.setitem(strategies.STRATEGIES, AgentDesk.name,
+                        lambda _settings: built.append(AgentDesk()) or built[-1])
+    specs = [ReplaySpec(shared_file(SPOT)), ReplaySpec(shared_file(USDM))]
+    flow = {"strategies": FLOW}
+    itself = await Backtest(settings_for(tmp_path / "itself", **flow), AgentDesk.name, specs,
+                            "desk").run()
+    data = await loaded(settings_for(tmp_path / "itself", **flow), specs)
+
+    engine = Backtest(settings_for(tmp_path / "agent", **flow), AgentDesk.name, specs, "desk")
+    desk = built[-1]
+    desk.ask_agent = engine.request_pause
+    engine.open(data)
+    pauses = 0
+    while engine.run_until(None):
+        pauses += 1
+        decision, desk.pending = desk.pending, None
+        assert decision is not None and len(desk.fills) == pauses
+        assert engine.clock.now_ns == desk.fills[-1]  # at the fill's own time
+        engine.runner.call(lambda decision=decision: decision)
+    agent = engine.finish()
+
+    assert pauses == itself.client_fills > 300 and itself.fills > 300
+    assert log_of(agent) == log_of(itself)
 
 
 async def test_a_window_runs_only_its_rows(
