@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.client_flow import ClientFlow, timed_client_flow
+from adapters.quoted_flow import DeskQuote
 from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats, check_usable
 from config.settings import Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
@@ -139,11 +140,14 @@ class NoMarketData(Exception):
 # -- client flow ----------------------------------------------------------------------------
 
 
-def build_client_flow(settings: Settings, bus: Bus, start_ns: int) -> ClientFlow:
+def build_client_flow(settings: Settings, bus: Bus, start_ns: int,
+                      desk_quote: DeskQuote | None = None) -> ClientFlow:
     """The configured client-flow source, as a time-ordered stream for the backtest;
-    synthetic fills are priced off the hedge venue's quote on the bus when they come due."""
+    synthetic and quoted fills are priced off the hedge venue's quote on the bus when they
+    come due (quoted clients shown `desk_quote`, the strategy's quote, if it has one)."""
     own = settings.strategies.internalize
-    return timed_client_flow(settings, lambda: bus.view.quote(own.venue, own.symbol), start_ns)
+    return timed_client_flow(settings, lambda: bus.view.quote(own.venue, own.symbol), start_ns,
+                             desk_quote)
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -475,7 +479,8 @@ class Backtest:
     def _deliver_client_fills(self, until_ns: int) -> None:
         """Client fills due before this market event, each at its own time."""
         if self.flow is None:
-            self.flow = build_client_flow(self.settings, self.bus, until_ns)
+            self.flow = build_client_flow(self.settings, self.bus, until_ns,
+                                          getattr(self.strategy, "desk_quote", None))
         self.flow.deliver(until_ns, self.clock, self.runner)
 
     # -- the end of the data -----------------------------------------------------------
