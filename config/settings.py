@@ -521,13 +521,17 @@ class RLInternalizeSettings(_Frozen):
     policy: Literal["model", "never-hedge", "a-s"] = "model"
     #: The model folder to decide with (--model overrides it); None: no model.
     model: Path | None = None
-    #: Training: DQN learning rate, replay buffer, discount, exploration share of the steps,
-    #: hidden layers of the Q-network, and the seed of the network and episode draws.
+    #: Training: the DQN's learning rate.
     learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    #: Training: transitions kept in the replay buffer.
     buffer_size: Annotated[int, Field(gt=0)] = 50_000
+    #: Training: the discount factor of future rewards (per decision).
     discount: Annotated[float, Field(gt=0, le=1)] = 0.99
+    #: Training: share of the steps over which exploration falls from 1 to its floor.
     exploration_fraction: Annotated[float, Field(gt=0, le=1)] = 0.3
+    #: Training: hidden layer widths of the Q-network (ReLU between them).
     hidden_layers: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 64])
+    #: Training: seed of the network's initialisation, exploration and episode draws.
     train_seed: int = 1
 
     @model_validator(mode="after")
