@@ -460,15 +460,21 @@ class ClientFlow:
 
 
 def timed_client_flow(settings: Any, hedge_quote: Callable[[], Quote | None],
-                      start_ns: int) -> ClientFlow:
+                      start_ns: int, desk_quote: Any = None) -> ClientFlow:
     """The configured source (`strategies.internalize.source`, settings: the daemon
     Settings) as a time-ordered stream from `start_ns`, the data's first event.
 
     "file": the CSV's fills by their own times. "synthetic": the seeded Poisson arrivals
     of `SyntheticFlowSource`, each priced off the hedge market's mid when it comes due
     (`hedge_quote`: the newest quote the strategy has seen, as live prices off the mid at
-    arrival). A WebSocket source cannot be replayed and is refused."""
+    arrival). "quoted": seeded candidates shown `desk_quote` (the strategy's, e.g.
+    rl-internalize's shading; None: `synthetic_markup_bps` on both sides) who accept or
+    not (adapters/quoted_flow.py). A WebSocket source cannot be replayed and is refused."""
     own = settings.strategies.internalize
+    if own.source == "quoted":
+        from adapters.quoted_flow import quoted_source
+
+        return quoted_source(settings, desk_quote).client_flow(start_ns, hedge_quote)
     if own.source == "file":
         file = FileFlowSource(flow_file(own), own.symbol,
                               limits=FlowLimits(max_qty=own.max_client_qty))
@@ -476,7 +482,7 @@ def timed_client_flow(settings: Any, hedge_quote: Callable[[], Quote | None],
         return ClientFlow(iter(fills), skipped=file.skipped)
     if own.source != "synthetic":
         raise ConfigError(f"strategies.internalize.source {own.source!r} cannot be replayed: "
-                          "use 'file' or 'synthetic' for a backtest")
+                          "use 'file', 'synthetic' or 'quoted' for a backtest")
     source = SyntheticFlowSource(own.symbol, own.synthetic_rate_hz, own.synthetic_mean_qty,
                                  own.seed, own.synthetic_markup_bps)
     # Arrival times and sizes come from the seeded source; the price is set when the fill
@@ -503,9 +509,11 @@ class FeedClockFlow:
     Synthetic fills are priced off the newest hedge quote the strategy has seen.
     """
 
-    def __init__(self, settings: Any, taker: FlowTaker, clock: SteppedClock) -> None:
+    def __init__(self, settings: Any, taker: FlowTaker, clock: SteppedClock,
+                 desk_quote: Any = None) -> None:
         own = settings.strategies.internalize
         self._settings = settings
+        self._desk_quote = desk_quote  # the strategy's quote to clients (quoted flow)
         self._hedge_key = (own.venue, own.symbol)
         self._hedge: Quote | None = None
         self._taker = taker
@@ -526,7 +534,7 @@ class FeedClockFlow:
         flow = self.flow
         if flow is None:
             flow = self.flow = timed_client_flow(self._settings, self._hedge_quote,
-                                                 self.start_ns or now)
+                                                 self.start_ns or now, self._desk_quote)
         flow.deliver(now, self._clock, self._taker)
         if (type(event) is Quote and event.exchange == self._hedge_key[0]
                 and event.symbol == self._hedge_key[1]):
@@ -699,13 +707,18 @@ def flow_file(internalize: Any) -> Path:
 
 def build_flow_source(settings: Any, mid: MidSource | None = None,
                       clock: Callable[[], int] = now_ns,
-                      admit: Admission | None = None) -> AnyFlowSource:
+                      admit: Admission | None = None, desk_quote: Any = None) -> AnyFlowSource:
     """The source chosen by `strategies.internalize.source` (settings: the daemon Settings).
 
     `admit` (the runner's `client_fill_refusal`) lets the ingest endpoint answer a fill
     the desk cannot take with an error; the other sources cannot answer, so the runner
-    refuses those when they are delivered."""
+    refuses those when they are delivered. `desk_quote`: the strategy's quote to clients
+    for the quoted source."""
     own = settings.strategies.internalize
+    if own.source == "quoted":
+        from adapters.quoted_flow import quoted_source
+
+        return quoted_source(settings, desk_quote, mid=mid)
     if own.source == "file":
         return FileFlowSource(flow_file(own), own.symbol,
                               limits=FlowLimits(max_qty=own.max_client_qty))

@@ -18,8 +18,11 @@ Output is `ClientFill`, like the other sources: `generate` (synchronous, a mid f
 `client_flow` (a `ClientFlow` priced off the hedge quote when each client comes due: set
 it as `Backtest.flow` before `run()`, or as `FeedClockFlow.flow` on a replay), or async
 iteration (live paper).
-It is not selectable by settings yet (`strategies.internalize.source`): the markup must
-come from a strategy, which the settings cannot name.
+Selected by `strategies.internalize.source = "quoted"` (`quoted_source`): candidates
+at `synthetic_rate_hz`, Poisson or (`quoted_arrivals = "hawkes"`) clustered, lognormal
+sizes of mean `synthetic_mean_qty`, acceptance `quoted_k_per_bps`, shown the strategy's
+`desk_quote` if it has one (rl-internalize) or `synthetic_markup_bps` on both sides (every
+other policy: the baselines face the same clients at a fixed price).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -109,6 +112,11 @@ class LognormalSizes:
             raise ValueError("a size fit needs at least 2 positive sizes")
         logs = np.log(values)
         return cls(float(logs.mean()), float(logs.std()))
+
+    @classmethod
+    def with_mean(cls, mean: float, log_sd: float) -> LognormalSizes:
+        """Sizes of mean `mean` (E[size] = exp(mu + sd^2 / 2)) and log spread `log_sd`."""
+        return cls(math.log(mean) - log_sd * log_sd / 2.0, log_sd)
 
     def draw(self, rng: np.random.Generator) -> float:
         return max(round(float(rng.lognormal(self.log_mean, self.log_sd)), 6), 1e-6)
@@ -244,6 +252,21 @@ class QuotedFlowSource:
             fill = self.decide(candidate, mid())
             if fill is not None:
                 yield fill
+
+
+def quoted_source(settings: Any, desk_quote: DeskQuote | None = None,
+                  mid: MidSource | None = None) -> QuotedFlowSource:
+    """The quoted flow of the settings (`strategies.internalize`, see the module notes)."""
+    own = settings.strategies.internalize
+    sizes = LognormalSizes.with_mean(own.synthetic_mean_qty, own.quoted_size_log_sd)
+    quote = desk_quote if desk_quote is not None else fixed_markup(own.synthetic_markup_bps)
+    arrivals: Arrivals = PoissonArrivals(own.synthetic_rate_hz)
+    if own.quoted_arrivals == "hawkes":
+        branching, decay = own.quoted_hawkes_branching, own.quoted_hawkes_decay_per_s
+        arrivals = HawkesArrivals(HawkesParams(own.synthetic_rate_hz * (1.0 - branching),
+                                               branching * decay, decay))
+    return QuotedFlowSource(own.symbol, arrivals, sizes, own.quoted_k_per_bps, own.seed,
+                            quote, mid=mid)
 
 
 # --- calibration from a recording ------------------------------------------------------------

@@ -429,8 +429,11 @@ class InternalizeSettings(_Frozen):
     venue: str = "binance_spot"
     #: Symbol the clients trade (and the desk hedges).
     symbol: str = "ETH/USDT"
-    #: Where client fills come from: a CSV file, a local WebSocket endpoint, or synthetic flow.
-    source: Literal["file", "websocket", "synthetic"] = "synthetic"
+    #: Where client fills come from: a CSV file, a local WebSocket endpoint, synthetic flow
+    #: (every arrival fills at `synthetic_markup_bps`), or quoted flow (candidate clients see
+    #: the desk's quote and accept with probability exp(-quoted_k_per_bps * markup_bps):
+    #: adapters/quoted_flow.py; the rl-internalize agent shades that quote).
+    source: Literal["file", "websocket", "synthetic", "quoted"] = "synthetic"
     #: Client fills for source = "file": a CSV of time, side, qty, price (or a Dune export).
     file: Path | None = None
     #: Risk aversion per quote unit (1/quote currency): the cost of warehousing inventory.
@@ -455,6 +458,21 @@ class InternalizeSettings(_Frozen):
     synthetic_mean_qty: Annotated[float, Field(gt=0)] = 1.0
     #: Synthetic flow: random seed, so every run sees the same flow.
     seed: int = 7
+    #: Quoted flow: how fast acceptance falls with the markup a client is shown, per bps
+    #: (a client shown m bps accepts with probability exp(-k m); 0.1: 5 bps wins 61 %).
+    #: Candidates arrive at `synthetic_rate_hz` with lognormal sizes of mean
+    #: `synthetic_mean_qty`; the seed is `seed`.
+    quoted_k_per_bps: Annotated[float, Field(ge=0)] = 0.1
+    #: Quoted flow: standard deviation of log client sizes (their spread around the mean).
+    quoted_size_log_sd: Annotated[float, Field(ge=0)] = 0.8
+    #: Quoted flow: candidate arrivals, "poisson" at `synthetic_rate_hz`, or "hawkes":
+    #: clustered as a market's takers are, at the same mean rate (adapters/hawkes.py).
+    #: `--mode calibrate` prints both Hawkes figures below fitted to a recording's trades.
+    quoted_arrivals: Literal["poisson", "hawkes"] = "poisson"
+    #: Hawkes arrivals: the branching ratio (arrivals each arrival triggers, on average).
+    quoted_hawkes_branching: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    #: Hawkes arrivals: how fast the excitement of an arrival decays, per second.
+    quoted_hawkes_decay_per_s: Annotated[float, Field(gt=0)] = 1.0
     #: source = "websocket": address of the ws://HOST:PORT/flow endpoint.
     ingest_host: str = "127.0.0.1"
     #: source = "websocket": port of the flow endpoint.
@@ -480,11 +498,63 @@ class InternalizeSettings(_Frozen):
     )
 
 
+class RLInternalizeSettings(_Frozen):
+    """The learned internalizer (strategies/rl_internalize.py): the internalize desk of
+    `strategies.internalize` (venue, symbol, limits, balances, client flow) whose client
+    quote shading and hedging a policy chooses every `decision_interval_s`, from the
+    discrete grid `shades_bps` x `hedge_fractions` (DQN's actions)."""
+
+    #: A decision (observation, action) this often, feed time.
+    decision_interval_s: Duration = 1.0
+    #: The desk's markup to clients before shading, bps of mid on each side.
+    base_markup_bps: float = 3.0
+    #: Shading choices, bps: positive lowers both client prices (a long desk sells more).
+    shades_bps: list[float] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0])
+    #: Hedge choices: the fraction of the inventory offset on the venue at a decision.
+    hedge_fractions: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0])
+    #: Reward: change in marked-to-market P&L minus this times (inventory /
+    #: max_inventory)^2 per decision, quote currency.
+    inventory_penalty: Annotated[float, Field(ge=0)] = 1.0
+    #: Training episodes: random windows of this length of the data (the observation's
+    #: time-in-episode is measured against it).
+    episode_s: Annotated[Duration, Field(gt=0)] = 600.0
+    #: Recent return feature: mid change over this window.
+    return_window_s: Annotated[Duration, Field(gt=0)] = 10.0
+    #: Training: also play each window's mirrored price path (p0^2 / p).
+    mirror_prices: bool = False
+    #: Who chooses: "model" (the trained agent of `model`), or a formula baseline on the
+    #: same desk: "never-hedge" (shade 0, hedge only back to max_inventory) or "a-s" (the
+    #: Avellaneda-Stoikov client quote: shade = q * gamma * sigma^2 * horizon, no hedging).
+    policy: Literal["model", "never-hedge", "a-s"] = "model"
+    #: The model folder to decide with (--model overrides it); None: no model.
+    model: Path | None = None
+    #: Training: the DQN's learning rate.
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    #: Training: transitions kept in the replay buffer.
+    buffer_size: Annotated[int, Field(gt=0)] = 50_000
+    #: Training: the discount factor of future rewards (per decision).
+    discount: Annotated[float, Field(gt=0, le=1)] = 0.99
+    #: Training: share of the steps over which exploration falls from 1 to its floor.
+    exploration_fraction: Annotated[float, Field(gt=0, le=1)] = 0.3
+    #: Training: hidden layer widths of the Q-network (ReLU between them).
+    hidden_layers: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [64, 64])
+    #: Training: seed of the network's initialisation, exploration and episode draws.
+    train_seed: int = 1
+
+    @model_validator(mode="after")
+    def _grid(self) -> RLInternalizeSettings:
+        if not self.shades_bps or not self.hedge_fractions:
+            raise ValueError("shades_bps and hedge_fractions each need at least one value")
+        return self
+
+
 class StrategySettings(_Frozen):
     arbitrage: ArbitrageSettings = ArbitrageSettings()
     inventory_mm: InventoryMMSettings = InventoryMMSettings()
     internalize: InternalizeSettings = InternalizeSettings()
     random_inventory: RandomInventorySettings = RandomInventorySettings()
+    rl_internalize: RLInternalizeSettings = RLInternalizeSettings()
 
 
 class RiskSettings(_Frozen):

@@ -19,7 +19,8 @@ from strategies import STRATEGIES as STRATEGY_FACTORIES
 
 #: The registry's names (its factories import their strategy modules only when called).
 STRATEGIES = tuple(STRATEGY_FACTORIES)
-MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate")
+MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate", "train",
+         "evaluate")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=_seed_count, default=None,
                         help="backtest: also run the random-inventory baseline with this "
                         "many seeds on the same data and print the strategy's percentile")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="rl-internalize: the model folder to decide with (backtest, "
+                        "action, evaluate), as written by --mode train")
+    parser.add_argument("--steps", type=_seed_count, default=None,
+                        help="train: environment steps to train for")
     parser.add_argument("--run-id", default=None, help="name of this run (default: generated)")
     parser.add_argument("--run", default=None, help="post-mortem: report on this run id only; "
                         "watch: show only this run's strategy state")
@@ -123,6 +129,8 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["symbols"] = args.symbols
     if args.live:
         overrides["execution"] = {"mode": "live"}
+    if getattr(args, "model", None) is not None:
+        overrides["strategies"] = {"rl_internalize": {"model": args.model}}
     return overrides
 
 

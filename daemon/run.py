@@ -43,6 +43,8 @@ MODE_ENTRY_POINTS = {
     "backtest": "daemon.modes.backtest:run_backtest",
     "post-mortem": "daemon.modes.postmortem:run_postmortem",
     "calibrate": "daemon.modes.calibrate:run_calibrate",
+    "train": "daemon.modes.train:run_train",
+    "evaluate": "daemon.modes.evaluate:run_evaluate",
 }
 
 

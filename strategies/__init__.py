@@ -61,12 +61,20 @@ def build_internalize(settings: Settings) -> Strategy:
     return InternalizeStrategy.from_settings(settings)
 
 
+def build_rl_internalize(settings: Settings) -> Strategy:
+    """The learned internalizer: a model's shading and hedging on the internalize desk."""
+    from strategies.rl_internalize import RLInternalizeStrategy
+
+    return RLInternalizeStrategy.from_settings(settings)
+
+
 #: CLI name -> factory.
 STRATEGIES: dict[str, Callable[[Settings], Strategy]] = {
     "arbitrage": build_arbitrage,
     "inventory-mm": build_inventory_mm,
     "internalize": build_internalize,
     "random-inventory": build_random_inventory,
+    "rl-internalize": build_rl_internalize,
 }
 
 

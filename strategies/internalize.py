@@ -523,12 +523,7 @@ class InternalizeStrategy(StrategyBase):
         sigma_price = sigma * touch.mid
         risk = self.gamma * sigma_price * sigma_price * self.horizon_s
         coefficient, model = self._coefficient(touch, abs(position))
-        if self.policy == ALWAYS_HEDGE:  # to the nearest lot: what is left is within half one
-            lot = self.lot
-            hedge = round(abs(position) / lot) * lot if lot > 0.0 else abs(position)
-            reason = "always hedge: offset the whole inventory"
-        else:
-            hedge, reason = self._optimal(position, touch, coefficient, risk, offset)
+        hedge, reason = self._policy_hedge(position, touch, coefficient, risk, offset)
         forced = abs(position) - hedge > self.max_inventory
         if forced:
             hedge = abs(position) - self.max_inventory
@@ -541,6 +536,15 @@ class InternalizeStrategy(StrategyBase):
         residual = abs(position) - offset
         return _Plan(position, hedge, touch, sigma, risk, expected_flow, offset,
                      risk * residual * residual, coefficient, model, forced, reason)
+
+    def _policy_hedge(self, position: float, touch: _Touch, coefficient: float, risk: float,
+                      offset: float) -> tuple[float, str]:
+        """What the policy hedges of `position` before the limit, lot and notional caps."""
+        if self.policy == ALWAYS_HEDGE:  # to the nearest lot: what is left is within half one
+            lot = self.lot
+            hedge = round(abs(position) / lot) * lot if lot > 0.0 else abs(position)
+            return hedge, "always hedge: offset the whole inventory"
+        return self._optimal(position, touch, coefficient, risk, offset)
 
     @staticmethod
     def _optimal(position: float, touch: _Touch, coefficient: float, risk: float,

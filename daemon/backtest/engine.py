@@ -71,6 +71,7 @@ from typing import Any
 import numpy as np
 
 from adapters.client_flow import ClientFlow, timed_client_flow
+from adapters.quoted_flow import DeskQuote
 from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats, check_usable
 from config.settings import Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
@@ -154,11 +155,14 @@ class NoMarketData(Exception):
 # -- client flow ----------------------------------------------------------------------------
 
 
-def build_client_flow(settings: Settings, bus: Bus, start_ns: int) -> ClientFlow:
+def build_client_flow(settings: Settings, bus: Bus, start_ns: int,
+                      desk_quote: DeskQuote | None = None) -> ClientFlow:
     """The configured client-flow source, as a time-ordered stream for the backtest;
-    synthetic fills are priced off the hedge venue's quote on the bus when they come due."""
+    synthetic and quoted fills are priced off the hedge venue's quote on the bus when they
+    come due (quoted clients shown `desk_quote`, the strategy's quote, if it has one)."""
     own = settings.strategies.internalize
-    return timed_client_flow(settings, lambda: bus.view.quote(own.venue, own.symbol), start_ns)
+    return timed_client_flow(settings, lambda: bus.view.quote(own.venue, own.symbol), start_ns,
+                             desk_quote)
 
 
 # -- the engine ----------------------------------------------------------------------------
@@ -236,6 +240,11 @@ class Backtest:
                                clock=self.clock, writer=self.writer)
         self.session = session
         self.executor, self.runner = session.executor, session.runner
+        if synthetics is not None:  # the runner sees them as a live subscription would
+            synthetics.deliver_to(self.runner.on_quote)
+        #: Synthetic markets and their legs: one counts as in the data when its legs are.
+        self._synthetic_markets: dict[tuple[str, str], list[tuple[str, str]]] = (
+            synthetics.market_legs() if synthetics is not None else {})
         self.snapshots = session.snapshots
         #: The strategy's baseline twin (internalize): its runner is fed through the
         #: strategy's; only what is due on its own paper executor is asked for here.
@@ -269,6 +278,8 @@ class Backtest:
         if self.markets is None:
             return
         present = frozenset(present)
+        present |= {market for market, legs in self._synthetic_markets.items()
+                    if all(leg in present for leg in legs)}
         missing = self.markets - present
         if not missing:
             return
@@ -683,7 +694,8 @@ class Backtest:
     def _deliver_client_fills(self, until_ns: int) -> None:
         """Client fills due before this market event, each at its own time."""
         if self.flow is None:
-            self.flow = build_client_flow(self.settings, self.bus, until_ns)
+            self.flow = build_client_flow(self.settings, self.bus, until_ns,
+                                          getattr(self.strategy, "desk_quote", None))
         self.flow.deliver(until_ns, self.clock, self.runner)
 
     # -- the end of the data -----------------------------------------------------------

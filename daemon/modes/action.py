@@ -260,6 +260,8 @@ class Lockstep:
         self._runner, self._snapshots = session.runner, session.snapshots
         self._clock, self._tally = clock, tally
         self._flow, self._watch = flow, watch
+        if app.synthetics is not None:  # as the live loop's subscription delivers them
+            app.synthetics.deliver_to(session.runner.on_quote)
 
     def on_quote(self, quote: Quote) -> None:
         now = self._before(quote)
@@ -393,7 +395,8 @@ def _feed_clock_flow(app: App, runner: StrategyRunner, clock: FeedClock) -> Feed
         return None
     from adapters.client_flow import FeedClockFlow
 
-    flow = FeedClockFlow(app.settings, runner, clock)
+    flow = FeedClockFlow(app.settings, runner, clock,
+                         getattr(runner.strategy, "desk_quote", None))
     app.bus.add_sink(on_quote=flow.on_published, on_trade=flow.on_published)
     return flow
 
@@ -418,7 +421,8 @@ def _start_client_flow(app: App, runner: StrategyRunner, clock: FeedClock,
         return quote.mid if quote is not None and not quote.stale else None
 
     source = build_flow_source(app.settings, mid=mid, clock=clock,
-                               admit=runner.client_fill_refusal)
+                               admit=runner.client_fill_refusal,
+                               desk_quote=getattr(runner.strategy, "desk_quote", None))
     # The summary's counts: a file's bad rows; synthetic arrivals with no mid to price them.
     if isinstance(source, FileFlowSource):
         tally.client_fills_skipped = source.skipped
