@@ -6,6 +6,7 @@ training runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,61 @@ async def test_a_pause_from_a_client_fill_or_a_timer_lands_the_agents_decision_a
     assert len(desk.fills) == itself.client_fills > 300 and itself.fills > 300
     assert len(set(desk.timers) & set(desk.fills)) > 3  # timers fired by a fill's time
     assert log_of(agent) == log_of(itself)
+
+
+ETH = "binance_usdm_ethusdt_20240718.gz"
+#: rl-internalize on the ETH perpetual with the quoted client flow (as its own tests run it).
+RL_DESK = {
+    "venues": {"binance_usdm": {"enabled": True, "balances": {"USDT": 1_000_000.0},
+                                "markets": {"ETH/USDT:USDT": {"tick": 0.01, "lot": 0.001}}}},
+    "strategies": {"internalize": {"venue": "binance_usdm", "symbol": "ETH/USDT:USDT",
+                                   "source": "quoted", "max_inventory": 20.0},
+                   "rl_internalize": {"policy": "a-s"}},
+}
+
+
+async def test_rl_internalize_deciding_through_an_outside_agent_writes_its_policys_log(
+    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the Gymnasium environment does: the policy returns None and asks the engine
+    to pause; the agent (here the A-S formula itself) answers through `runner.call`. The
+    log is the one of the strategy deciding with that formula on its own."""
+    from strategies.rl_internalize import RLInternalizeStrategy, policy_from_name
+
+    specs = [ReplaySpec(shared_file(ETH))]
+    itself = await Backtest(settings_for(tmp_path / "itself", **RL_DESK), "rl-internalize",
+                            specs, "rl").run()
+    data = await loaded(settings_for(tmp_path / "itself", **RL_DESK), specs)
+
+    settings = settings_for(tmp_path / "agent", **RL_DESK)
+    asked: list[tuple[Any, Any]] = []
+    engine: Backtest | None = None
+
+    def outside(observation: Any, state: Any) -> None:
+        asked.append((observation, state))
+        assert engine is not None
+        engine.request_pause()
+
+    monkeypatch.setitem(strategies.STRATEGIES, "rl-internalize",
+                        lambda s: RLInternalizeStrategy.from_settings(s, policy=outside))
+    engine = Backtest(settings, "rl-internalize", specs, "rl")
+    desk = engine.strategy
+    assert isinstance(desk, RLInternalizeStrategy)
+    formula = policy_from_name("a-s", settings)
+    engine.open(data)
+    until = int(data.local_ts_ns[0])
+    while engine.run_until(until):  # pauses on time too, as an environment's step may
+        until += 3 * SECOND
+        if desk.awaiting is None:
+            continue
+        observation, state = asked[-1]
+        action = formula(observation, state)
+        engine.runner.call(partial(desk.act, action, state.now_ns, observation))
+    agent = engine.finish()
+
+    assert len(asked) == desk.decisions > 150
+    assert log_of(agent) == log_of(itself)
+    assert itself.client_fills > 20
 
 
 async def test_a_window_runs_only_its_rows(
