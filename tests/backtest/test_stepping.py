@@ -5,6 +5,7 @@ training runs."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -38,11 +39,31 @@ def log_of(result: BacktestResult) -> bytes:
     return b"".join(path.read_bytes() for path in result.log_files)
 
 
-async def loaded(settings: Settings, specs: list[ReplaySpec]) -> BacktestData:
-    """The events as an environment loads them: once, before any episode."""
-    data, _ = await load(specs, settings.data_dir, depth=settings.execution.walk_depth)
-    assert data is not None
-    return data
+class Caches:
+    """The events of each set of files, decoded once for the module (as an environment
+    loads them once for every episode), and their cache copied into each test's data
+    directory so that a plain run there reads it too."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.built: dict[tuple[str, ...], tuple[Path, BacktestData]] = {}
+
+    async def load(self, specs: list[ReplaySpec], *data_dirs: Path) -> BacktestData:
+        key = tuple(map(str, specs))
+        if key not in self.built:
+            home = self.root / str(len(self.built))
+            data, _ = await load(specs, home)
+            assert data is not None
+            self.built[key] = (home, data)
+        home, data = self.built[key]
+        for data_dir in data_dirs:
+            shutil.copytree(home / "cache", data_dir / "cache")
+        return data
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory: pytest.TempPathFactory) -> Caches:
+    return Caches(tmp_path_factory.mktemp("events"))
 
 
 def step_through(engine: Backtest, data: BacktestData, every_ns: int,
@@ -62,13 +83,14 @@ def step_through(engine: Backtest, data: BacktestData, every_ns: int,
 @pytest.mark.parametrize(("strategy", "overrides"), [("inventory-mm", {}),
                                                      ("internalize", {"strategies": FLOW})])
 async def test_stepping_a_second_at_a_time_writes_the_log_of_a_plain_run(
-    tmp_path: Path, shared_file: Callable[[str], Path], strategy: str,
+    tmp_path: Path, shared_file: Callable[[str], Path], caches: Caches, strategy: str,
     overrides: dict[str, Any],
 ) -> None:
     specs = [ReplaySpec(shared_file(SPOT))]
+    data = await caches.load(specs, tmp_path / "plain")
     plain_settings = settings_for(tmp_path / "plain", **overrides)
     plain = await Backtest(plain_settings, strategy, specs, "same").run()
-    data = await loaded(plain_settings, specs)  # the cache the plain run built
+    assert plain.cache == "hit"
 
     stepped_settings = settings_for(tmp_path / "stepped", **overrides)
     engine = Backtest(stepped_settings, strategy, specs, "same")
@@ -120,7 +142,8 @@ class AgentStand(StrategyBase):
 
 
 async def test_a_pause_from_a_callback_lands_the_agents_order_as_if_returned(
-    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_file: Callable[[str], Path], caches: Caches,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     built: list[AgentStand] = []
 
@@ -132,9 +155,9 @@ async def test_a_pause_from_a_callback_lands_the_agents_order_as_if_returned(
     # With USD-M events to skip: an order placed at a pause makes something due (its
     # ack, one latency later) that the engine must not skip past.
     specs = [ReplaySpec(shared_file(SPOT)), ReplaySpec(shared_file(USDM))]
+    data = await caches.load(specs, tmp_path / "itself")
     itself = await Backtest(settings_for(tmp_path / "itself"), AgentStand.name, specs,
                             "agent").run()
-    data = await loaded(settings_for(tmp_path / "itself"), specs)
 
     engine = Backtest(settings_for(tmp_path / "agent"), AgentStand.name, specs, "agent")
     stand = built[-1]
@@ -202,7 +225,8 @@ class AgentDesk(StrategyBase):
 
 
 async def test_a_pause_from_a_client_fill_or_a_timer_lands_the_agents_decision_as_returned(
-    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_file: Callable[[str], Path], caches: Caches,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Client fills come before the market event they are due by, and time moves to each
     first (a strategy timer may fire then): a pause asked for in either callback comes
@@ -213,9 +237,9 @@ async def test_a_pause_from_a_client_fill_or_a_timer_lands_the_agents_decision_a
                         lambda _settings: built.append(AgentDesk()) or built[-1])
     specs = [ReplaySpec(shared_file(SPOT)), ReplaySpec(shared_file(USDM))]
     flow = {"strategies": FLOW}
+    data = await caches.load(specs, tmp_path / "itself")
     itself = await Backtest(settings_for(tmp_path / "itself", **flow), AgentDesk.name, specs,
                             "desk").run()
-    data = await loaded(settings_for(tmp_path / "itself", **flow), specs)
 
     engine = Backtest(settings_for(tmp_path / "agent", **flow), AgentDesk.name, specs, "desk")
     desk = built[-1]
@@ -247,7 +271,8 @@ RL_DESK = {
 
 
 async def test_rl_internalize_deciding_through_an_outside_agent_writes_its_policys_log(
-    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_file: Callable[[str], Path], caches: Caches,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What the Gymnasium environment does: the policy returns None and asks the engine
     to pause; the agent (here the A-S formula itself) answers through `runner.call`. The
@@ -255,9 +280,9 @@ async def test_rl_internalize_deciding_through_an_outside_agent_writes_its_polic
     from strategies.rl_internalize import RLInternalizeStrategy, policy_from_name
 
     specs = [ReplaySpec(shared_file(ETH))]
+    data = await caches.load(specs, tmp_path / "itself")
     itself = await Backtest(settings_for(tmp_path / "itself", **RL_DESK), "rl-internalize",
                             specs, "rl").run()
-    data = await loaded(settings_for(tmp_path / "itself", **RL_DESK), specs)
 
     settings = settings_for(tmp_path / "agent", **RL_DESK)
     asked: list[tuple[Any, Any]] = []
@@ -291,14 +316,15 @@ async def test_rl_internalize_deciding_through_an_outside_agent_writes_its_polic
 
 
 async def test_a_window_runs_only_its_rows(
-    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, shared_file: Callable[[str], Path], caches: Caches,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     built: list[AgentStand] = []
     monkeypatch.setitem(strategies.STRATEGIES, AgentStand.name,
                         lambda _settings: built.append(AgentStand()) or built[-1])
     settings = settings_for(tmp_path)
     specs = [ReplaySpec(shared_file(SPOT))]
-    data = await loaded(settings, specs)
+    data = await caches.load(specs)
     first = int(data.local_ts_ns[0])
     start, stop = window_rows(data, first + 60 * SECOND, first + 120 * SECOND)
     assert 0 < start < stop < len(data)
@@ -315,13 +341,13 @@ async def test_a_window_runs_only_its_rows(
 
 
 async def test_without_a_decision_log_nothing_is_written_and_the_counts_stay(
-    tmp_path: Path, shared_file: Callable[[str], Path],
+    tmp_path: Path, shared_file: Callable[[str], Path], caches: Caches,
 ) -> None:
     specs = [ReplaySpec(shared_file(SPOT))]
+    quiet_dir = tmp_path / "quiet"
+    data = await caches.load(specs, tmp_path / "logged", quiet_dir)
     logged = await Backtest(settings_for(tmp_path / "logged"), "inventory-mm", specs,
                             "train").run()
-    quiet_dir = tmp_path / "quiet"
-    data = await loaded(settings_for(tmp_path / "logged"), specs)
     plain = await Backtest(settings_for(quiet_dir), "inventory-mm", specs, "train",
                            decision_log=False).run()
     engine = Backtest(settings_for(quiet_dir), "inventory-mm", specs, "stepped",
@@ -337,10 +363,11 @@ async def test_without_a_decision_log_nothing_is_written_and_the_counts_stay(
 
 
 async def test_stepping_refuses_what_it_cannot_do(tmp_path: Path,
-                                                  shared_file: Callable[[str], Path]) -> None:
+                                                  shared_file: Callable[[str], Path],
+                                                  caches: Caches) -> None:
     settings = settings_for(tmp_path)
     specs = [ReplaySpec(shared_file(SPOT))]
-    data = await loaded(settings, specs)
+    data = await caches.load(specs)
     engine = Backtest(settings, "inventory-mm", specs, "refused", decision_log=False)
     with pytest.raises(RuntimeError, match="open"):
         engine.run_until(0)
@@ -355,6 +382,31 @@ async def test_stepping_refuses_what_it_cannot_do(tmp_path: Path,
         engine.finish()
     with pytest.raises(RuntimeError, match="one run each"):
         await engine.run()
+
+
+async def test_a_strategy_that_raises_while_stepped_ends_the_run_with_its_log_closed(
+    tmp_path: Path, shared_file: Callable[[str], Path], caches: Caches,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Failing(AgentStand):
+        def on_quote(self, quote: Quote) -> Decision | None:
+            if len(self.seen) == 1_000:
+                raise ZeroDivisionError("a strategy bug")
+            return super().on_quote(quote)
+
+    monkeypatch.setitem(strategies.STRATEGIES, AgentStand.name, lambda _s: Failing())
+    settings = settings_for(tmp_path)
+    specs = [ReplaySpec(shared_file(SPOT))]
+    data = await caches.load(specs)
+    engine = Backtest(settings, AgentStand.name, specs, "failing")
+    engine.open(data)
+    with pytest.raises(ZeroDivisionError):
+        engine.run_until(None)
+    written = list((tmp_path / "decisions").glob("*/failing.jsonl"))
+    assert written and b"run_end" not in written[0].read_bytes()  # durable, not ended
+    for step in (lambda: engine.run_until(None), engine.finish):
+        with pytest.raises(RuntimeError, match="raised"):
+            step()
 
 
 def test_window_rows_follow_the_running_max_of_receive_times() -> None:
