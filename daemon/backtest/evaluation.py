@@ -222,10 +222,12 @@ def _hedge_sign(side: str) -> float:
 
 
 def client_fills(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The client fills the desk booked: their decisions' inputs."""
+    """The client fills the desk booked: their decisions' inputs (a refused fill's
+    "reject" record names its size `refused_qty`, not `client_qty`: not booked)."""
     return [record["inputs"] for record in records
             if record.get("type") == "decision"
-            and record.get("inputs", {}).get("trigger") == "client_fill"]
+            and record.get("inputs", {}).get("trigger") == "client_fill"
+            and "client_qty" in record["inputs"]]
 
 
 def hedge_fills(records: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, Any], float]]:
