@@ -175,8 +175,11 @@ class RunMetrics:
     markout_10s_bps: float = math.nan
     markout_60s_bps: float = math.nan
     sharpe_per_day: float = math.nan
+    #: Hedge orders rejected (risk gate, paper balance) and the first one's reason.
+    hedges_rejected: int = 0
     events: int = 0
     wall_seconds: float = 0.0
+    rejection: str = ""
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,7 +187,8 @@ class RunMetrics:
 
 #: The numeric figures of a run, in CSV order (what `summarise` averages).
 METRICS: tuple[str, ...] = tuple(
-    f.name for f in fields(RunMetrics) if f.name not in ("policy", "seed", "run_id"))
+    f.name for f in fields(RunMetrics) if f.name not in ("policy", "seed", "run_id",
+                                                         "rejection"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +202,27 @@ class RunJob:
     run_id: str
 
 
+def read_records(log_files: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every record of a run's decision log files, in order."""
+    return [orjson.loads(line) for path in log_files for line in path.read_bytes().splitlines()]
+
+
 def read_log(log_files: Iterable[Path], strategy: str) -> list[dict[str, Any]]:
     """The records of `strategy` in a run's decision log files, in order."""
-    return [record for path in log_files for line in path.read_bytes().splitlines()
-            if (record := orjson.loads(line)).get("strategy") == strategy]
+    return [record for record in read_records(log_files) if record.get("strategy") == strategy]
+
+
+def rejected_hedges(records: Sequence[Mapping[str, Any]],
+                    own: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
+    """(how many, the first reason) of the hedge orders of `own` (a strategy's records)
+    that the risk gate or the paper venue rejected, from every record of the run (acks
+    carry no strategy name): e.g. a paper account too small for the hedges."""
+    sent = {intent["client_order_id"] for record in own if record.get("type") == "decision"
+            for intent in record.get("intents") or ()}
+    rejected = [record for record in records if record.get("type") == "ack"
+                and record.get("status") == "rejected"
+                and record.get("client_order_id") in sent | {""}]
+    return len(rejected), str(rejected[0].get("reason", "")) if rejected else ""
 
 
 def _finite(value: Any) -> float:
@@ -337,7 +358,8 @@ def measure(backtest: Backtest, result: BacktestResult, policy: str, seed: int
     strategy: Any = backtest.strategy
     desk = strategy.portfolio
     pnl = desk.pnl_trading(desk.last_mid)
-    records = read_log(result.log_files, strategy.name)
+    every = read_records(result.log_files)
+    records = [record for record in every if record.get("strategy") == strategy.name]
     split = pnl_split(records, pnl)
     fills = client_fills(records)
     metrics = RunMetrics(policy, seed, backtest.run_id, pnl=pnl, markup=split.markup,
@@ -348,6 +370,7 @@ def measure(backtest: Backtest, result: BacktestResult, policy: str, seed: int
     metrics.client_base = sum(fill["client_qty"] for fill in fills)
     metrics.client_notional = sum(fill["client_qty"] * fill["client_price"] for fill in fills)
     metrics.hedge_base = sum(fill["qty"] for fill, _ in hedge_fills(records))
+    metrics.hedges_rejected, metrics.rejection = rejected_hedges(every, records)
     if metrics.client_notional > 0.0:
         metrics.pnl_bps = pnl / metrics.client_notional / BPS
     if metrics.client_base > 0.0:
@@ -488,8 +511,14 @@ async def _in_workers(jobs: Sequence[RunJob], workers: int,
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_worker) as pool:
         pending = [loop.run_in_executor(pool, run_job, job) for job in jobs]
-        for next_done in asyncio.as_completed(pending):
-            finished(await next_done)
+        try:
+            for next_done in asyncio.as_completed(pending):
+                finished(await next_done)
+        except BaseException:  # one failure (or Ctrl-C) ends the evaluation: not the rest
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def existing_run_logs(settings: Settings, run_id: str, seeds: int) -> list[Path]:

@@ -46,7 +46,7 @@ def write_files(evaluation: Evaluation, folder: Path) -> list[Path]:
 
 
 def write_runs_csv(evaluation: Evaluation, path: Path) -> None:
-    columns = ["policy", "seed", "run_id", *METRICS, "pnl_std"]
+    columns = ["policy", "seed", "run_id", *METRICS, "pnl_std", "rejection"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
@@ -113,6 +113,19 @@ def tables(evaluation: Evaluation) -> list[Any]:
 
 
 # -- HTML ------------------------------------------------------------------------------
+
+
+def warnings(evaluation: Evaluation) -> list[str]:
+    """What makes the comparison suspect: hedge orders the paper venue or the risk gate
+    rejected (they did not hedge, so the policies' hedging was not what it chose)."""
+    rejected = [run for run in evaluation.runs if run.hedges_rejected]
+    if not rejected:
+        return []
+    first = rejected[0]
+    total = sum(run.hedges_rejected for run in rejected)
+    return [f"warning: {total:,} hedge orders were rejected in {len(rejected)} of "
+            f"{len(evaluation.runs)} runs (first: {first.run_id}: {first.rejection}); "
+            "give the hedge venue's paper account enough (venues.<venue>.balances)"]
 
 
 def figures(evaluation: Evaluation) -> list[Any]:

@@ -44,7 +44,7 @@ from daemon.backtest.evaluation import (
     free_cores,
     policy_settings,
 )
-from daemon.backtest.evaluation_report import report_folder, tables, write_files
+from daemon.backtest.evaluation_report import report_folder, tables, warnings, write_files
 from daemon.feeds import resolve_markets
 from daemon.trading.session import build_strategy
 
@@ -184,7 +184,7 @@ def _print(evaluation: Evaluation, paths: list[Path], free: float, fmt: str | No
                    "workers": evaluation.workers, "wall_seconds": evaluation.wall_seconds,
                    "summary": evaluation.summary,
                    "differences": [d.row() for d in evaluation.differences],
-                   "files": [str(path) for path in paths]}
+                   "files": [str(path) for path in paths], "warnings": warnings(evaluation)}
         sys.stdout.buffer.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2 |
                                              orjson.OPT_SERIALIZE_NUMPY))
         sys.stdout.buffer.write(b"\n")
@@ -196,6 +196,8 @@ def _print(evaluation: Evaluation, paths: list[Path], free: float, fmt: str | No
     for table in tables(evaluation):
         console.print(table)
     console.print(timing, markup=False)
+    for line in warnings(evaluation):
+        console.print(line, markup=False)
     console.print(f"files: {', '.join(str(path) for path in paths)}", markup=False)
     console.print(f"each run's decision log: --mode post-mortem --run "
                   f"{evaluation.run_id}-<policy>-seed<seed>", markup=False)

@@ -31,6 +31,7 @@ from daemon.backtest.evaluation import (
     read_log,
     run_id_for,
 )
+from daemon.backtest.evaluation_report import warnings
 from daemon.core.logs import configure_logging
 from tests.helpers.rl_models import write_random_model
 from tests.strategies.test_rl_internalize import ETH, GRID, settings_for
@@ -176,3 +177,18 @@ def test_two_workers_only_with_more_than_one_free_core() -> None:
     assert choose_workers(15, free=1.8) == 2
     assert choose_workers(15, free=0.9) == 1
     assert choose_workers(1, free=2.0) == 1
+
+
+def test_rejected_hedges_are_counted_and_warned_about(
+        evaluated: tuple[Evaluation, Any], shared_file: Callable[[str], Path]) -> None:
+    """A paper account too small to hedge makes always-hedge a never-hedge: said, not hidden."""
+    evaluation, settings = evaluated
+    assert all(run.hedges_rejected == 0 for run in evaluation.runs)
+    assert warnings(evaluation) == []
+    venue = settings.venues["binance_usdm"].model_copy(update={"balances": {"USDT": 100.0}})
+    poor = settings.model_copy(update={"venues": {**settings.venues, "binance_usdm": venue}})
+    run = _run(poor, "always-hedge", 7, "poor", shared_file)[0]
+    assert run.hedges_rejected > 10 and run.hedge_base == 0.0
+    assert "insufficient balance" in run.rejection
+    lines = warnings(Evaluation("poor", [7], [run], 1, 0.0))
+    assert len(lines) == 1 and "venues.<venue>.balances" in lines[0]
