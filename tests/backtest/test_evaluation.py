@@ -192,3 +192,17 @@ def test_rejected_hedges_are_counted_and_warned_about(
     assert "insufficient balance" in run.rejection
     lines = warnings(Evaluation("poor", [7], [run], 1, 0.0))
     assert len(lines) == 1 and "venues.<venue>.balances" in lines[0]
+
+
+def test_worker_processes_give_the_figures_of_the_runs_in_this_process(
+        evaluated: tuple[Evaluation, Any], shared_file: Callable[[str], Path]) -> None:
+    evaluation, settings = evaluated
+    parallel = asyncio.run(evaluate(settings, [ReplaySpec(shared_file(ETH))], "par", 1,
+                                    workers=2))
+    assert parallel.workers == 2 and len(parallel.runs) == len(POLICY_NAMES)
+
+    def figures(run: RunMetrics) -> dict[str, Any]:
+        return {k: v for k, v in run.row().items() if k not in ("run_id", "wall_seconds")}
+
+    for name in POLICY_NAMES:
+        assert figures(parallel.runs_of(name)[0]) == figures(evaluation.runs_of(name)[0])
