@@ -19,9 +19,10 @@ ids whose decision logs exist already, data without the desk's market.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -45,6 +46,7 @@ from daemon.backtest.evaluation import (
     policy_settings,
 )
 from daemon.backtest.evaluation_report import report_folder, tables, warnings, write_files
+from daemon.core.logs import configure_logging
 from daemon.feeds import resolve_markets
 from daemon.trading.session import build_strategy
 
@@ -75,7 +77,7 @@ async def run_evaluate(app: App) -> int:
         build_strategy(policy.strategy, policy_settings(settings, policy, 0))
     await _cache(settings, specs)
     free = free_cores()
-    with _progress(enabled=sys.stderr.isatty()) as progress:
+    with _progress(enabled=sys.stderr.isatty()) as progress, _quiet_runs(settings, app.run_id):
         evaluation = await evaluate(settings, specs, app.run_id, seeds, progress=progress)
     paths = write_files(evaluation, report_folder(settings.data_dir, app.run_id))
     _print(evaluation, paths, free, args.format)
@@ -127,6 +129,21 @@ async def _cache(settings: Settings, specs: list[ReplaySpec]) -> None:
         raise ConfigError(f"--data: no {own.venue} {own.symbol} quotes in the files (they "
                           f"have {have or 'nothing'}): set strategies.internalize.venue "
                           "and symbol")
+
+
+@contextlib.contextmanager
+def _quiet_runs(settings: Settings, run_id: str) -> Iterator[None]:
+    """At the default level, info lines of every run (its rings, the cache hit) would bury
+    the progress: warnings only while the runs go (debug or warning are left as chosen)."""
+    level, fmt = settings.logging.level, settings.logging.format
+    if level != "info":
+        yield
+        return
+    configure_logging(run_id, "warning", fmt)
+    try:
+        yield
+    finally:
+        configure_logging(run_id, level, fmt)
 
 
 class _progress:
