@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapters.quoted_flow import flow_tally
 from adapters.recordings.replay import NothingUsable, ReplayError, ReplaySpec, parse_spec
 from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
@@ -69,6 +70,10 @@ async def run_backtest(app: App) -> int:
     summary = _summary(result)
     summary.strategy_notes = strategy_notes(backtest.strategy)
     figures = result.figures()
+    tally = flow_tally(backtest.flow)
+    if tally is not None:  # quoted clients: who declined, who had no market
+        summary.client_fills_declined = figures["client_fills_declined"] = tally.declined
+        summary.client_fills_no_market = figures["client_fills_no_market"] = tally.no_mid
     chance = None
     if seeds:
         chance = await against_chance(settings, specs, backtest.strategy.name,
