@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recorded files for --mode backtest")
     parser.add_argument("--seeds", type=_seed_count, default=None,
                         help="backtest: also run the random-inventory baseline with this "
-                        "many seeds on the same data and print the strategy's percentile")
+                        "many seeds on the same data and print the strategy's percentile; "
+                        "evaluate: the number of client-flow seeds (default 30)")
     parser.add_argument("--model", type=Path, default=None,
                         help="rl-internalize: the model folder to decide with (backtest, "
                         "action, evaluate), as written by --mode train")
