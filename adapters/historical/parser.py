@@ -21,6 +21,8 @@ positive number, a side that is not bid/ask) is dropped and counted by reason
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -76,7 +78,11 @@ def read_rows(path: Path, first_line: bytes, lines: Iterator[bytes], stats: Line
         layout = tardis_layout(path, first_line)
         next(lines, None)
         stats.lines += 1  # the header row
-        return layout, _tardis_rows(path, layout, lines, stats)
+        first_row = next(lines, None)
+        if first_row is None:
+            return layout, iter(())
+        layout = _with_market(path, layout, first_row)
+        return layout, _tardis_rows(layout, itertools.chain((first_row,), lines), stats)
     if not is_binance_csv(first_line):
         raise HistoricalError(f"{path}: neither Binance public data nor a Tardis.dev CSV "
                               f"(first line {first_line[:60]!r})")
@@ -111,11 +117,22 @@ def _binance_rows(layout: Layout, lines: Iterator[bytes], stats: LineCounts
         yield _us_or_ms_ns(ts), line
 
 
-def _tardis_rows(path: Path, layout: Layout, lines: Iterator[bytes], stats: LineCounts
+def _with_market(path: Path, layout: Layout, first_row: bytes) -> Layout:
+    """The layout with the venue and symbol of the file's first row (a Tardis file is one
+    exchange and symbol); HistoricalError when that market is refused. A malformed first
+    row leaves the layout as it is (each row names its market anyway)."""
+    fields = first_row.split(b",")
+    if len(fields) != layout.width:
+        return layout
+    symbol = fields[layout.columns["symbol"]].decode(errors="replace")
+    venue, unified = tardis_market(path, fields[layout.columns["exchange"]].decode(
+        errors="replace"), symbol)
+    return dataclasses.replace(layout, venue=venue, symbol=symbol, unified=unified)
+
+
+def _tardis_rows(layout: Layout, lines: Iterator[bytes], stats: LineCounts
                  ) -> Iterator[tuple[int, bytes]]:
     width, column = layout.width, layout.time_column
-    exchange_at, symbol_at = layout.columns["exchange"], layout.columns["symbol"]
-    checked = False
     group: list[bytes] = []
     group_ts = -1
     grouped = layout.kind == BOOK_L2
@@ -131,10 +148,6 @@ def _tardis_rows(path: Path, layout: Layout, lines: Iterator[bytes], stats: Line
         except ValueError:
             stats.corrupt_lines += 1
             continue
-        if not checked:  # the file's market: refused as a whole when not supported
-            tardis_market(path, fields[exchange_at].decode(errors="replace"),
-                          fields[symbol_at].decode(errors="replace"))
-            checked = True
         if not grouped:
             yield ts, line
         elif ts == group_ts:

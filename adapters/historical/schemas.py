@@ -89,7 +89,8 @@ class Layout:
     """How to read one historical file: provider, kind, where each value is.
 
     Binance: `venue` and `symbol` (venue form) hold for every row. Tardis: each row names
-    its exchange and symbol; `columns` maps the header's names to their positions.
+    its exchange and symbol (`venue`, `symbol` are the first row's); `columns` maps the
+    header's names to their positions.
     """
 
     provider: str
@@ -200,7 +201,8 @@ def is_tardis_csv(first_line: bytes) -> bool:
 
 def tardis_layout(path: Path, header: bytes) -> Layout:
     """The layout of a Tardis.dev CSV from its header row. The exchange and symbol are
-    per row; `check_tardis_market` refuses an unsupported one on the first row."""
+    per row; the reader takes the first row's (`tardis_market` refuses an unsupported
+    one)."""
     names = header.strip().decode("utf-8", "replace").split(",")
     columns = {name: index for index, name in enumerate(names)}
     kind = _tardis_kind(columns)

@@ -201,6 +201,7 @@ async def test_tardis_quotes_and_trades_give_the_recorded_events(
     assert key((e.local_ts_ns, type(e).__name__) for e in events) == key(
         (e.local_ts_ns // 1000 * 1000, type(e).__name__) for e in expected)
     assert {(e.exchange, e.symbol) for e in events} == {(venue, symbol)}
+    assert [f.venues for f in stats.files] == [{venue}, {venue}]
     got_quotes = [(q.bid, q.bid_qty, q.ask, q.ask_qty) for q in events if type(q) is Quote]
     assert got_quotes == [(q.bid, q.bid_qty, q.ask, q.ask_qty) for q in expected
                           if type(q) is Quote]
@@ -208,6 +209,24 @@ async def test_tardis_quotes_and_trades_give_the_recorded_events(
                   if type(t) is Trade]
     assert got_trades == [(t.price, t.qty, t.side, t.trade_id, t.exchange_ts_ns)
                           for t in expected if type(t) is Trade]
+
+
+async def test_tardis_rows_with_bad_values_are_skipped_and_counted(
+    tmp_path: Path, shared_file: SharedFile,
+) -> None:
+    frames = recorded_frames(shared_file(USDM), 200, ["trade"])
+    rows = tardis_trade_rows(frames, "binance-futures")
+    rows[2] = rows[2].replace(",sell,", ",unknown,").replace(",buy,", ",unknown,")
+    cells = rows[5].split(",")
+    cells[6] = "-1"  # a negative price
+    rows[5] = ",".join(cells)
+    rows[8] = rows[8] + ",extra"  # one column too many
+    path = write_csv(tmp_path / f"binance-futures_trades_{DAY}_BTCUSDT.csv.gz", rows,
+                     TARDIS_TRADES_HEADER)
+    stats, events = await replay(ReplaySpec(path))
+    assert stats.trades == len(events) == 197
+    assert stats.dropped == {"unknown_side": 1, "malformed_row": 1}
+    assert stats.files[0].corrupt_lines == 1
 
 
 def changes(tops: list[tuple[float, float, float, float]]
