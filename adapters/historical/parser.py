@@ -44,6 +44,7 @@ from adapters.historical.schemas import (
     Layout,
     binance_layout,
     is_binance_csv,
+    is_binance_name,
     is_tardis_csv,
     tardis_layout,
     tardis_market,
@@ -66,7 +67,8 @@ class LineCounts(Protocol):
 
 def is_historical(path: Path, first_line: bytes) -> bool:
     """Whether a file is historical data rather than a recording: by its shape."""
-    return path.suffix == ".zip" or is_tardis_csv(first_line) or is_binance_csv(first_line)
+    return (path.suffix == ".zip" or is_binance_name(path) or is_tardis_csv(first_line)
+            or is_binance_csv(first_line))
 
 
 def read_rows(path: Path, first_line: bytes, lines: Iterator[bytes], stats: LineCounts,

@@ -75,6 +75,8 @@ _INVERSE_SYMBOL = re.compile(r"[A-Z0-9]+USD(?:_(?:PERP|\d{6})|[FGHJKMNQUVXZ]\d{2
 #: A Binance COIN-M symbol inside a frame or a stream name.
 COINM_IN_FRAME = re.compile(rb'"s":"[A-Z0-9]+USD_(?:PERP|\d{6})"|"[a-z0-9]+usd_(?:perp|\d{6})@')
 
+#: A Binance CSV line: 6 to 8 fields of words, numbers and dots (a header or a row).
+_CSV_LINE = re.compile(rb"[\w.\-]+(?:,[\w.\-]+){5,7}\s*")
 _TRUE_FALSE = frozenset({b"true", b"false", b"True", b"False", b"TRUE", b"FALSE"})
 #: Milliseconds below this, microseconds above (year 5138 in ms; 1973 in us).
 MICROS_FROM = 100_000_000_000_000
@@ -110,10 +112,15 @@ class Layout:
 
 
 def is_binance_csv(first_line: bytes) -> bool:
-    """A first line of comma-separated values, no JSON: a Binance public data CSV (its
+    """A first line of 6 to 8 plain comma-separated values: a Binance public data CSV (its
     header row or a first data row). Recordings start with `<ns> {`, Tardis with a header
-    naming `exchange,symbol,`."""
-    return b"," in first_line and b"{" not in first_line and not is_tardis_csv(first_line)
+    naming `exchange,symbol,`; random bytes are none of these."""
+    return _CSV_LINE.fullmatch(first_line) is not None and not is_tardis_csv(first_line)
+
+
+def is_binance_name(path: Path) -> bool:
+    """Named as Binance names its files: `BTCUSDT-bookTicker-2024-08-08.csv`."""
+    return _BINANCE_NAME.fullmatch(path.name) is not None
 
 
 def binance_layout(path: Path, first_line: bytes, symbol: str | None) -> Layout:
