@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import itertools
 import math
+import secrets
 import shutil
 import threading
 import time
@@ -336,8 +337,10 @@ class Runner:
             raise ConfigError(f"--cluster {self.cluster}: no scheduler there ({exc})"
                               ) from None
         with client:
-            futures = [client.submit(run_task, task, key=f"cryptopipe-sweep-{task.run_id}",
-                                     pure=False) for task in tasks]
+            token = secrets.token_hex(4)  # another client's same run id is another task
+            futures = [client.submit(run_task, task, pure=False,
+                                     key=f"cryptopipe-sweep-{task.run_id}-{token}")
+                       for task in tasks]
             try:
                 return self._collect(tasks, futures, stop)
             finally:

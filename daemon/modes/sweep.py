@@ -160,7 +160,7 @@ class _Sweep:
         self._total, self._finished = len(tasks), 0
         to_run = sum(task.run for task in tasks)
         where = (f"on the cluster at {self.runner.cluster}" if self.runner.cluster
-                 else f"in {min(self.runner.workers, max(to_run, 1))} worker process(es)")
+                 else f"in {min(self.runner.workers, len(tasks))} worker process(es)")
         print(f"sweep {self.sweep_id}: {to_run} of {len(tasks)} run(s) to run {where}"
               + (f", {len(tasks) - to_run} finished before" if to_run < len(tasks) else ""),
               file=sys.stderr)
