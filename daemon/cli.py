@@ -82,7 +82,8 @@ def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     """`--mode sweep` (daemon/modes/sweep.py): the grid, where it runs, walk-forward."""
     parser.add_argument("--grid", action="append", default=None, metavar="NAME=V1,V2,...",
                         help="sweep: a setting and its values (repeatable); NAME is the "
-                        "strategy's own setting, or a dotted path such as execution.latency_ms")
+                        "strategy's own setting, or a dotted path such as "
+                        "execution.submit_latency_ms")
     parser.add_argument("--grid-file", type=Path, default=None,
                         help="sweep: a TOML table of name = [values]")
     parser.add_argument("--workers", type=_seed_count, default=None,

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from adapters.recordings.replay import NothingUsable, ReplaySpec
 from config.settings import ConfigError, Settings, describe_validation_error
 from daemon.backtest.engine import Backtest, NoMarketData, existing_logs
@@ -394,9 +396,22 @@ def ranking(figures: Sequence[RunFigures], criterion: str) -> list[int]:
     return sorted(range(len(figures)), key=key)
 
 
-def absolute_data_dir(settings: Settings) -> Settings:
-    """The settings a task gets: an absolute data_dir (workers may start elsewhere)."""
-    return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+def task_settings(settings: Settings) -> Settings:
+    """The settings a task gets: an absolute data_dir (workers may start elsewhere), paper
+    execution and no secret at all (API keys, tokens): a backtest needs none, and a task
+    may travel to another machine."""
+    data = _without_secrets(settings.model_dump())
+    data["data_dir"] = settings.data_dir.resolve()
+    data["execution"]["mode"] = "paper"
+    return Settings.model_validate(data)
+
+
+def _without_secrets(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _without_secrets(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_without_secrets(value) for value in node]
+    return None if isinstance(node, SecretStr) else node
 
 
 def resolved(specs: Sequence[ReplaySpec]) -> tuple[ReplaySpec, ...]:

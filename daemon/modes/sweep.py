@@ -50,7 +50,6 @@ from daemon.backtest.sweep import (
     Runner,
     SweepInputError,
     SweepTask,
-    absolute_data_dir,
     build_grid,
     combination_settings,
     combinations,
@@ -60,6 +59,7 @@ from daemon.backtest.sweep import (
     read_grid_file,
     resolved,
     run_finished,
+    task_settings,
 )
 from daemon.backtest.sweep_report import (
     CSV_NAME,
@@ -88,7 +88,7 @@ async def run_sweep(app: App) -> int:
     report_dir = app.settings.data_dir / REPORTS_DIR / sweep_id
     manifest = _read_manifest(report_dir)
     specs = resolved(_specs(args.data, manifest))
-    settings = absolute_data_dir(await resolve_markets(app.settings, specs=specs))
+    settings = task_settings(await resolve_markets(app.settings, specs=specs))
     axes = build_grid(settings, strategy, _raw_grid(args, manifest))
     train, test = _span(args, "train"), _span(args, "test")
     if test is not None and train is None:

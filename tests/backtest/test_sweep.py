@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from daemon.backtest.sweep import (
     parse_grid_flag,
     ranking,
     read_grid_file,
+    task_settings,
 )
 from daemon.feeds import resolve_markets
 from tests.backtest.test_engine import records
@@ -156,3 +158,16 @@ def test_a_backtest_on_a_span_runs_only_the_events_received_in_it(
     with pytest.raises(NoMarketData, match="needs the event cache"):
         asyncio.run(Backtest(uncached, "inventory-mm", specs, "frames", span=span).run())
     assert not math.isnan(result.wall_seconds)
+
+
+def test_a_task_carries_no_secret_and_an_absolute_data_dir() -> None:
+    settings = load_settings({
+        "venues": {"binance_spot": {"api_key": "key-1", "api_secret": "secret-1"},
+                   "bybit_spot": {"enabled": False}},
+        "execution": {"mode": "live"}, "data_dir": "data"})
+    task = task_settings(settings)
+    assert task.venues["binance_spot"].api_key is None
+    assert task.venues["binance_spot"].api_secret is None
+    assert task.execution.mode == "paper" and task.data_dir.is_absolute()
+    assert "key-1" not in repr(pickle.dumps(task)) and "secret-1" not in repr(pickle.dumps(task))
+    assert task.strategies == settings.strategies
