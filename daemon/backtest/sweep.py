@@ -12,7 +12,8 @@ back from that log by the post-mortem's own code (`run_figures`: daemon/postmort
 sweep's P&L is the post-mortem's P&L, never a second formula.
 
 Tasks run in worker processes (`run_task` is the whole of a worker's job): local ones
-(`ProcessPoolExecutor`, spawned) or the workers of an existing Dask distributed scheduler
+(`ProcessPoolExecutor`, forked from a forkserver that imported this code once; spawned
+where there is none) or the workers of an existing Dask distributed scheduler
 (`--cluster ADDRESS`), which run the very same function on the very same task, so the
 results are identical. The decoded-event cache (daemon/backtest/cache.py) is built once
 by the caller before any task starts; every worker then reads it (a hit), read-only. Dask
@@ -316,7 +317,7 @@ class Runner:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        context = multiprocessing.get_context("spawn")  # no copy of the caller's threads
+        context = _worker_context(multiprocessing)
         with ProcessPoolExecutor(max_workers=max(1, min(self.workers, len(tasks))),
                                  mp_context=context) as pool:
             futures = [pool.submit(run_task, task) for task in tasks]
@@ -376,6 +377,17 @@ class Runner:
         if self.on_done is not None:
             self.on_done(task, figures)
         return figures
+
+
+def _worker_context(multiprocessing: Any) -> Any:
+    """Fresh worker processes, never a fork of the caller (its threads, its event loop):
+    forked from a server that imported the backtest code once where there is one (Unix),
+    so each worker starts in milliseconds rather than importing it again; else spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 # -- ranking -------------------------------------------------------------------------------
