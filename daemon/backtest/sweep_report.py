@@ -56,15 +56,22 @@ def number(value: Any, digits: int = 4) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
-def table_rows(rows: Sequence[SweepRow], axes: Sequence[Axis]) -> tuple[list[str], list[list[str]]]:
-    """Header and text cells of the ranking, as the terminal and the HTML show it."""
-    header = ["phase", "rank", "run", *(axis.name for axis in axes),
+def table_rows(rows: Sequence[SweepRow], axes: Sequence[Axis]
+               ) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells of the ranking, as the terminal and the HTML show it (the
+    phase only for a walk-forward; a setting's value as given, never rounded)."""
+    phases = any(row.phase != "grid" for row in rows)
+    header = [*(["phase"] if phases else []), "rank", "run", *(axis.name for axis in axes),
               *(HEADERS[name] for name in FIGURE_COLUMNS), "status"]
-    body = [[row.phase, "" if row.rank is None else str(row.rank), row.figures.run_id,
-             *(number(value) for value in row.values),
+    body = [[*([row.phase] if phases else []), "" if row.rank is None else str(row.rank),
+             row.figures.run_id, *(_setting(value) for value in row.values),
              *(number(value, 0 if name == "fills" else 4) for name, value in row.cells().items()),
              row.status] for row in rows]
     return header, body
+
+
+def _setting(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def write_csv(rows: Sequence[SweepRow], axes: Sequence[Axis], path: Path) -> Path:

@@ -14,8 +14,8 @@ The sweep id is `--run-id` (default: generated); run `i` of the grid is `<sweep-
 (walk-forward: `<sweep-id>-train-<i>` and `<sweep-id>-test`). `sweep.json` in the
 sweep's report folder keeps what the sweep is (strategy, grid, data, spans, criterion,
 a digest of the settings): the same `--run-id` again resumes it, running only the runs
-that did not finish (the grid and data may then be left out); a different grid, data or
-settings under the same id is refused.
+that did not finish (the grid, data, spans and criterion may then be left out); a
+different grid, data or settings under the same id is refused.
 
 Walk-forward: `--train FROM..TO` runs the grid on the events received in [FROM, TO)
 only; the best run by `--select` (P&L by default, or Sharpe per day) is then run with its
@@ -90,10 +90,10 @@ async def run_sweep(app: App) -> int:
     specs = resolved(_specs(args.data, manifest))
     settings = task_settings(await resolve_markets(app.settings, specs=specs))
     axes = build_grid(settings, strategy, _raw_grid(args, manifest))
-    train, test = _span(args, "train"), _span(args, "test")
+    train, test = _span(args, "train", manifest), _span(args, "test", manifest)
     if test is not None and train is None:
         raise ConfigError("--test needs --train: the parameters are chosen on the train span")
-    criterion = getattr(args, "select", None) or "pnl"
+    criterion = getattr(args, "select", None) or (manifest or {}).get("select") or "pnl"
     plan = {"strategy": strategy, "grid": {axis.name: list(axis.values) for axis in axes},
             "data": [str(spec) for spec in specs],
             "train": str(train) if train else None, "test": str(test) if test else None,
@@ -211,8 +211,9 @@ def _raw_grid(args: Any, manifest: dict[str, Any] | None) -> dict[str, list[Any]
     return grid
 
 
-def _span(args: Any, name: str) -> Span | None:
-    text = getattr(args, name, None)
+def _span(args: Any, name: str, manifest: dict[str, Any] | None) -> Span | None:
+    """`--train`/`--test`; left out, a resumed sweep's own."""
+    text = getattr(args, name, None) or (manifest or {}).get(name)
     if text is None:
         return None
     try:
@@ -303,8 +304,8 @@ def _print(rows: list[SweepRow], axes: list[Axis], output: str | None, notes: li
         from rich.table import Table
 
         table = Table(title=f"sweep {figures['sweep_id']}", caption=" ".join(notes))
-        for index, name in enumerate(header):
-            table.add_column(name, justify="left" if index in (0, 2) or name == "status"
+        for name in header:
+            table.add_column(name, justify="left" if name in ("phase", "run", "status")
                              else "right")
         for line in body:
             table.add_row(*line)

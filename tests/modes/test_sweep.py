@@ -143,3 +143,8 @@ def test_walk_forward_picks_on_the_train_span_and_reports_the_choice_on_the_test
     test_times = [r["ts_ns"] for r in records(data_dir, "wf-test") if r["type"] == "decision"]
     assert train_times and max(train_times) < split + 10**9  # closing cancels: just after
     assert test_times and min(test_times) >= split
+    # Resumed by its id alone, spans and all: nothing left to run, the same report.
+    again = sweep(data_dir, "wf")
+    assert {row["status"] for row in again["rows"]} == {"finished before"}
+    assert [comparable(row) for row in again["rows"]] == [
+        comparable(row) for row in result["rows"]]
