@@ -149,6 +149,22 @@ class FlowTally:
         return self.accepted / self.shown if self.shown else math.nan
 
 
+class QuotedClientFlow(ClientFlow):
+    """The `ClientFlow` of a quoted source, with its `tally`: `ClientFlow.unpriced` counts
+    the declines and the no-market candidates together, the tally tells them apart."""
+
+    def __init__(self, fills: Iterator[ClientFill],
+                 reprice: Callable[[ClientFill], ClientFill | None], tally: FlowTally) -> None:
+        super().__init__(fills, reprice)
+        self.tally = tally
+
+
+def flow_tally(flow: ClientFlow | None) -> FlowTally | None:
+    """What the candidates of a run's client flow did (shown, accepted, declined, no
+    market); None when the flow is not a quoted one (or there was none)."""
+    return flow.tally if isinstance(flow, QuotedClientFlow) else None
+
+
 class QuotedFlowSource:
     """Seeded candidate clients who accept the desk's quote with probability
     exp(-k * markup_bps). Deterministic for a seed (numpy `Generator`)."""
@@ -233,7 +249,7 @@ class QuotedFlowSource:
             mid = None if quote is None or quote.stale else quote.mid
             return self.decide(candidate, mid)
 
-        return ClientFlow(placeholders(), reprice)
+        return QuotedClientFlow(placeholders(), reprice, self.tally)
 
     def __aiter__(self) -> AsyncIterator[ClientFill]:
         """Live, as a `FlowSource` (`run_flow`): needs the `mid` given at construction."""

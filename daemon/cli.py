@@ -20,7 +20,7 @@ from strategies import STRATEGIES as STRATEGY_FACTORIES
 #: The registry's names (its factories import their strategy modules only when called).
 STRATEGIES = tuple(STRATEGY_FACTORIES)
 MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate", "train",
-         "evaluate")
+         "evaluate", "sweep")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recorded files for --mode backtest")
     parser.add_argument("--seeds", type=_seed_count, default=None,
                         help="backtest: also run the random-inventory baseline with this "
-                        "many seeds on the same data and print the strategy's percentile")
+                        "many seeds on the same data and print the strategy's percentile; "
+                        "evaluate: the number of client-flow seeds (default 30)")
     parser.add_argument("--model", type=Path, default=None,
                         help="rl-internalize: the model folder to decide with (backtest, "
                         "action, evaluate), as written by --mode train")
     parser.add_argument("--steps", type=_seed_count, default=None,
                         help="train: environment steps to train for")
+    _add_sweep_flags(parser)
     parser.add_argument("--run-id", default=None, help="name of this run (default: generated)")
     parser.add_argument("--run", default=None, help="post-mortem: report on this run id only; "
                         "watch: show only this run's strategy state")
@@ -75,6 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--live", action="store_true",
                         help="trade for real (needs API keys); without it orders go to paper")
     return parser
+
+
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    """`--mode sweep` (daemon/modes/sweep.py): the grid, where it runs, walk-forward."""
+    parser.add_argument("--grid", action="append", default=None, metavar="NAME=V1,V2,...",
+                        help="sweep: a setting and its values (repeatable); NAME is the "
+                        "strategy's own setting, or a dotted path such as "
+                        "execution.submit_latency_ms")
+    parser.add_argument("--grid-file", type=Path, default=None,
+                        help="sweep: a TOML table of name = [values]")
+    parser.add_argument("--workers", type=_seed_count, default=None,
+                        help="sweep: local worker processes (default: the number of cores)")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS",
+                        help="sweep: run on this Dask distributed scheduler, e.g. "
+                        "tcp://10.0.0.5:8786, instead of local processes")
+    parser.add_argument("--train", default=None, metavar="FROM..TO",
+                        help="sweep: run the grid on the data received in [FROM, TO) "
+                        "(ISO 8601, UTC) and pick the best")
+    parser.add_argument("--test", default=None, metavar="FROM..TO",
+                        help="sweep: run the chosen settings on this span (needs --train)")
+    parser.add_argument("--select", choices=("pnl", "sharpe"), default=None,
+                        help="sweep: what --train picks the best by (default: pnl)")
 
 
 def _positive_seconds(text: str) -> float:
@@ -138,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mode is None:
         args.mode = "action" if args.strategy else "watch"
-    if args.mode in ("action", "backtest") and args.strategy is None:
+    if args.mode in ("action", "backtest", "sweep") and args.strategy is None:
         args.strategy = "arbitrage"
     try:
         settings = load_settings(settings_overrides(args), config_file=args.config)

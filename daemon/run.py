@@ -45,6 +45,7 @@ MODE_ENTRY_POINTS = {
     "calibrate": "daemon.modes.calibrate:run_calibrate",
     "train": "daemon.modes.train:run_train",
     "evaluate": "daemon.modes.evaluate:run_evaluate",
+    "sweep": "daemon.modes.sweep:run_sweep",
 }
 
 

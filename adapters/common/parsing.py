@@ -102,7 +102,8 @@ def derive_unified_symbol(venue: str, venue_symbol: str) -> str | None:
     symbol = venue_symbol.upper()
     perp = venue in PERP_VENUES
     if perp and symbol.endswith("PERP") and len(symbol) > 4:
-        return f"{symbol[:-4]}/USDC:USDC"
+        # Not `BTCUSD_PERP` (Binance COIN-M, an inverse contract): no base "BTCUSD_".
+        return f"{symbol[:-4]}/USDC:USDC" if symbol[:-4].isalnum() else None
     for quote in QUOTE_CURRENCIES:
         if symbol.endswith(quote) and len(symbol) > len(quote):
             base = symbol[: -len(quote)]

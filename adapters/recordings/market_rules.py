@@ -13,8 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from adapters.recordings.replay import ReplayError, ReplaySpec, _relabelled, iter_frames
-from adapters.venues import make_parser
+from adapters.recordings.replay import (
+    ReplayError,
+    ReplaySpec,
+    _relabelled,
+    iter_frames,
+    make_frame_parser,
+)
 from daemon.core.model import Quote, Trade
 from daemon.core.routes import Callbacks
 from daemon.trading.markets import FoundRules, Key, decimal_step
@@ -74,14 +79,14 @@ def _sample_file(spec: ReplaySpec, seen: dict[Key, _Seen], limit: int) -> None:
     if spec.venue is not None or spec.symbol is not None:
         publish_quote, publish_trade = _relabelled(spec, on_quote, on_trade)
     parsers = {}
-    for ts_ns, frame, meta in iter_frames(spec.path):
+    for ts_ns, frame, meta in iter_frames(spec.path, symbol=spec.symbol):
         if meta.session is not None:
             continue
         parser = parsers.get(meta.venue)
         if parser is None:
             try:
-                parser = parsers[meta.venue] = make_parser(
-                    meta.venue, Callbacks(publish_quote, publish_trade))
+                parser = parsers[meta.venue] = make_frame_parser(
+                    meta, Callbacks(publish_quote, publish_trade))
             except ValueError:
                 continue
         parser.feed(frame, ts_ns)

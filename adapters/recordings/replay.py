@@ -10,10 +10,16 @@ Formats (see ../shared/data/README.md), plain or gzip (by the `.gz` suffix):
   connection); other events ("disconnect", ...) are passed on and otherwise ignored.
 - `<frame JSON>` per line (Bybit's `.jsonl` history): no receive time, so the message's
   own `ts` (ms) stands in for it.
+- Public historical data, told by its shape (a `.zip`, or a first line of CSV): Binance
+  public data (`bookTicker`, `trades`, `aggTrades`; zip or CSV, with or without header)
+  and Tardis.dev CSV (`quotes`, `trades`, `incremental_book_L2`, `book_snapshot_25`),
+  read by `adapters.historical` into the same Quote/Trade, merged by time with the rest.
 
 Which parser reads a frame: a session meta line names the venue; otherwise Binance spot
 and USD-M are told apart by frame shape (`detect_binance_market`), Bybit spot and linear
-by the file-name prefix (`bybit_spot_...`), defaulting to linear.
+by the file-name prefix (`bybit_spot_...`), defaulting to linear. Binance COIN-M frames
+(`btcusd_perp@...`: inverse contracts, which no venue here trades) are refused with one
+line (`ReplayError`), never replayed as USD-M.
 
 A spec `FILE@VENUE:SYMBOL` relabels what FILE publishes (exchange and symbol of every
 Quote/Trade); the frames are still parsed by the parser of their real format.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import re
 import time
 import zlib
@@ -41,6 +48,9 @@ from typing import Any
 
 import orjson
 
+from adapters.historical.files import zip_chunks
+from adapters.historical.parser import HistoricalParser, is_historical, read_rows
+from adapters.historical.schemas import COINM_IN_FRAME, HistoricalError, Layout
 from adapters.venues import (
     BYBIT_VENUES,
     BinanceParser,
@@ -74,6 +84,7 @@ _MESSAGE_TIME = re.compile(rb'"(?:ts|E|T)":(\d{1,19})')
 #: Recorder meta events after which frames come from a new connection.
 _NEW_CONNECTION = frozenset({"session", "connect"})
 
+FrameParser = BinanceParser | BybitParser | HistoricalParser
 PublishQuote = Callable[[Quote], None]
 PublishTrade = Callable[[Trade], None]
 Sleep = Callable[[float], Awaitable[None]]
@@ -123,6 +134,8 @@ class FrameMeta:
     path: str
     #: The parsed meta line for a recorder meta event ("cryptopipe" key), else None.
     session: Mapping[str, Any] | None = None
+    #: How to read the rows of a historical file (`adapters.historical`), else None.
+    layout: Layout | None = None
 
 
 @dataclass(slots=True)
@@ -258,13 +271,16 @@ def venue_from_filename(path: Path) -> str | None:
 
 
 def iter_frames(
-    path: str | Path, stats: FileStats | None = None
+    path: str | Path, stats: FileStats | None = None, symbol: str | None = None
 ) -> Iterator[tuple[int, bytes, FrameMeta]]:
     """(local_ts_ns, frame, meta) for each line of a recording, in file order.
 
     Meta events (recorder lines with a "cryptopipe" key) are yielded too, with
     `meta.session` set, so a backtest engine can see session boundaries. Opens the file
     now: a missing or unreadable file raises `ReplayError` here, not on first iteration.
+    A historical file yields its rows with `meta.layout` set (`make_frame_parser` reads
+    them); `symbol` (a spec's unified symbol) names the market of one whose name does not.
+    A file refused as a whole (Binance COIN-M) raises `ReplayError` on first iteration.
     """
     path = Path(path)
     try:
@@ -273,49 +289,82 @@ def iter_frames(
         raise ReplayError(f"cannot read replay file {path}: {error.strerror or error}") from None
     if stats is None:
         stats = FileStats(str(path))
-    return _frames(handle, path, stats)
+    return _frames(handle, path, stats, symbol)
 
 
-def _frames(handle: Any, path: Path, stats: FileStats) -> Iterator[tuple[int, bytes, FrameMeta]]:
+def _frames(handle: Any, path: Path, stats: FileStats, symbol: str | None = None
+            ) -> Iterator[tuple[int, bytes, FrameMeta]]:
+    with handle:
+        lines = _lines(handle, path, stats)
+        first = next(lines, None)
+        if first is None:  # an empty file (or one damaged before its first line)
+            return
+        lines = itertools.chain((first,), lines)
+        if is_historical(path, first):
+            yield from _historical_frames(path, first, lines, stats, symbol)
+        else:
+            yield from _recorded_frames(lines, path, stats)
+
+
+def _historical_frames(path: Path, first: bytes, lines: Iterator[bytes], stats: FileStats,
+                       symbol: str | None) -> Iterator[tuple[int, bytes, FrameMeta]]:
+    try:
+        layout, rows = read_rows(path, first, lines, stats, symbol)
+        meta = FrameMeta(layout.venue, str(path), layout=layout)
+        for ts, frame in rows:
+            stats.frames += 1
+            yield ts, frame, meta
+    except HistoricalError as error:
+        raise ReplayError(str(error)) from None
+    if layout.venue:
+        stats.venues.add(layout.venue)
+
+
+def _recorded_frames(lines: Iterator[bytes], path: Path, stats: FileStats
+                     ) -> Iterator[tuple[int, bytes, FrameMeta]]:
     resolver = _VenueResolver(path)
     last_ts = 0
-    with handle:
-        for line in _lines(handle, path, stats):
-            stats.lines += 1
-            if not line or line.isspace():
+    for line in lines:
+        stats.lines += 1
+        if not line or line.isspace():
+            continue
+        if line[:1] == b"{":  # no receive-time prefix: the message's own time
+            frame = line
+            match = _MESSAGE_TIME.search(frame)
+            ts = int(match.group(1)) * 1_000_000 if match else last_ts
+        else:
+            ts_text, _, frame = line.partition(b" ")
+            try:
+                ts = int(ts_text)
+            except ValueError:
+                stats.corrupt_lines += 1
                 continue
-            if line[:1] == b"{":  # no receive-time prefix: the message's own time
-                frame = line
-                match = _MESSAGE_TIME.search(frame)
-                ts = int(match.group(1)) * 1_000_000 if match else last_ts
-            else:
-                ts_text, _, frame = line.partition(b" ")
-                try:
-                    ts = int(ts_text)
-                except ValueError:
-                    stats.corrupt_lines += 1
-                    continue
-                if not frame:
-                    stats.corrupt_lines += 1
-                    continue
-            last_ts = ts
-            # Meta lines carry the key near the start (the recorder writes it first); venue
-            # frames never do, so a short prefix search keeps the check cheap per line.
-            if b'"cryptopipe"' in frame[:128]:
-                meta = resolver.meta_event(frame)
-                if meta is not None:
-                    stats.meta_lines += 1
-                    yield ts, frame, meta
-                    continue
-            stats.frames += 1
-            yield ts, frame, resolver.meta_for(frame)
+            if not frame:
+                stats.corrupt_lines += 1
+                continue
+        last_ts = ts
+        # Meta lines carry the key near the start (the recorder writes it first); venue
+        # frames never do, so a short prefix search keeps the check cheap per line.
+        if b'"cryptopipe"' in frame[:128]:
+            meta = resolver.meta_event(frame)
+            if meta is not None:
+                stats.meta_lines += 1
+                yield ts, frame, meta
+                continue
+        stats.frames += 1
+        yield ts, frame, resolver.meta_for(frame)
     stats.venues.update(resolver.venues_seen)
 
 
 def _lines(handle: Any, path: Path, stats: FileStats) -> Iterator[bytes]:
     """Lines without their newline. A torn last line of a damaged file is dropped."""
     tail = b""
-    chunks = _gzip_chunks(handle, stats) if path.suffix == ".gz" else _plain_chunks(handle)
+    if path.suffix == ".zip":
+        chunks = zip_chunks(path, stats)
+    elif path.suffix == ".gz":
+        chunks = _gzip_chunks(handle, stats)
+    else:
+        chunks = _plain_chunks(handle)
     for chunk in chunks:
         lines = (tail + chunk).split(b"\n") if tail else chunk.split(b"\n")
         tail = lines.pop()
@@ -432,6 +481,10 @@ class _VenueResolver:
             if self.filename_venue in BYBIT_VENUES:
                 return self.filename_venue, True
             return _DEFAULT_BYBIT_VENUE, True
+        if COINM_IN_FRAME.search(frame) is not None:
+            raise ReplayError(
+                f"{self.path}: Binance COIN-M futures frames ({frame[:40].decode(errors='replace')}"
+                "...): inverse contracts are not supported")
         market = detect_binance_market(frame)
         if market is not None:
             self.binance_market = market
@@ -490,13 +543,13 @@ class ReplayFeed:
         self._clock = clock
         self._yield_every = max(1, yield_every)
         #: (spec index, wire venue) -> parser; created on a venue's first frame.
-        self.parsers: dict[tuple[int, str], BinanceParser | BybitParser] = {}
+        self.parsers: dict[tuple[int, str], FrameParser] = {}
 
     async def run(self) -> ReplayStats:
         """Replay every file once; returns what was read, parsed and dropped."""
         file_stats = [FileStats(str(spec.path)) for spec in self.specs]
         sources = [
-            _tagged(index, iter_frames(spec.path, file_stats[index]))
+            _tagged(index, iter_frames(spec.path, file_stats[index], spec.symbol))
             for index, spec in enumerate(self.specs)
         ]
         # heapq.merge with a key is stable: equal receive times keep file order.
@@ -530,7 +583,7 @@ class ReplayFeed:
                 unpaused = 0
             parser = parsers.get((index, meta.venue))
             if parser is None:
-                parser = self._new_parser(index, meta.venue)
+                parser = self._new_parser(index, meta)
             parser.feed(frame, ts)
             frames += 1
             unpaused += 1
@@ -540,7 +593,7 @@ class ReplayFeed:
         self._collect(stats)
         return stats
 
-    def _new_parser(self, index: int, venue: str) -> BinanceParser | BybitParser:
+    def _new_parser(self, index: int, meta: FrameMeta) -> FrameParser:
         spec = self.specs[index]
         on_quote, on_trade = self.publish_quote, self.publish_trade
         on_depth = self.publish_depth
@@ -548,8 +601,9 @@ class ReplayFeed:
             on_quote, on_trade = _relabelled(spec, on_quote, on_trade)
             if on_depth is not None:
                 on_depth = _relabelled_depth(spec, on_depth)
-        parser = make_parser(venue, Callbacks(on_quote, on_trade, on_depth), books=self.books)
-        self.parsers[(index, venue)] = parser
+        parser = make_frame_parser(meta, Callbacks(on_quote, on_trade, on_depth),
+                                   books=self.books)
+        self.parsers[(index, meta.venue)] = parser
         return parser
 
     def _on_meta(self, index: int, meta: FrameMeta) -> None:
@@ -571,6 +625,15 @@ class ReplayFeed:
             stats.dropped.update(file.dropped)
         stats.quotes = stats.counts["quote"]
         stats.trades = stats.counts["trade"]
+
+
+def make_frame_parser(meta: FrameMeta, sink: Callbacks, *, books: bool = False
+                      ) -> FrameParser:
+    """The parser of the frames `meta` describes: a historical file's rows, or a venue's
+    wire frames (`adapters.venues.make_parser`; ValueError for an unknown venue)."""
+    if meta.layout is not None:
+        return HistoricalParser(meta.layout, sink)
+    return make_parser(meta.venue, sink, books=books)
 
 
 def _tagged(

@@ -77,6 +77,7 @@ from config.settings import Settings
 from daemon.backtest.cache import QUOTE, BacktestData, CacheStatus, load
 from daemon.backtest.depth import RecordedDepth
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
+from daemon.backtest.span import Span, within
 from daemon.core.clock import SimulatedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import Decision, Fill, OrderIntent, Quote, Trade
@@ -189,9 +190,11 @@ class Backtest:
 
     def __init__(self, settings: Settings, strategy_name: str, specs: list[ReplaySpec],
                  run_id: str, progress: Callable[[int, int], None] | None = None,
-                 bus: Bus | None = None, *, skip: bool = True,
+                 bus: Bus | None = None, *, skip: bool = True, span: Span | None = None,
                  decision_log: bool = True) -> None:
         self.settings = settings
+        #: Only the events received in this span run (walk-forward: daemon/backtest/span.py).
+        self.span = span
         self.specs = specs
         self.run_id = run_id
         self.clock = SimulatedClock()
@@ -303,6 +306,8 @@ class Backtest:
                 data, self.cache = await load(self.specs, self.settings.data_dir,
                                               self.settings.backtest.cache_max_mb * 1e6,
                                               depth=self.depth is not None)
+            if self.span is not None:
+                data = self._in_span(data, self.span)
             if data is None:
                 depth = self.depth
                 stats = check_usable(self.specs, await ReplayFeed(
@@ -325,6 +330,15 @@ class Backtest:
         finally:
             self.writer.close()
         return self._result(stats, time.perf_counter() - started)
+
+    @staticmethod
+    def _in_span(data: BacktestData | None, span: Span) -> BacktestData:
+        if data is None:  # frame by frame (cache off or impossible) has no rows to cut
+            raise NoMarketData(f"a time span ({span}) needs the event cache (backtest.cache)")
+        data = within(data, span)
+        if not len(data):
+            raise NoMarketData(f"no events received in {span}")
+        return data
 
     # -- stepping (a Gymnasium environment drives the run) ---------------------------
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.recordings.replay import NothingUsable, ReplayError, ReplaySpec, parse_spec
+from adapters.quoted_flow import flow_tally
+from adapters.recordings.replay import ReplayError, ReplaySpec, parse_spec
 from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
 from daemon.backtest.monte_carlo import against_chance, seed_range, seed_run_id
@@ -58,8 +59,8 @@ async def run_backtest(app: App) -> int:
         try:
             result = await backtest.run()
         # Random bytes, a text file, a gzip cut at once; or a symbol or venue the
-        # recording does not carry.
-        except (NothingUsable, NoMarketData) as exc:
+        # recording does not carry; or a file refused as a whole (Binance COIN-M).
+        except (ReplayError, NoMarketData) as exc:  # NothingUsable is a ReplayError
             raise ConfigError(f"--data: {exc}") from None
     if backtest.missing_note is not None:
         print(f"cryptopipe: warning: --data: {backtest.missing_note}", file=sys.stderr)
@@ -69,6 +70,10 @@ async def run_backtest(app: App) -> int:
     summary = _summary(result)
     summary.strategy_notes = strategy_notes(backtest.strategy)
     figures = result.figures()
+    tally = flow_tally(backtest.flow)
+    if tally is not None:  # quoted clients: who declined, who had no market
+        summary.client_fills_declined = figures["client_fills_declined"] = tally.declined
+        summary.client_fills_no_market = figures["client_fills_no_market"] = tally.no_mid
     chance = None
     if seeds:
         chance = await against_chance(settings, specs, backtest.strategy.name,

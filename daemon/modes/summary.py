@@ -41,6 +41,10 @@ class RunSummary:
     client_fills: int = 0
     client_fills_unpriced: int = 0
     client_fills_skipped: dict[str, int] = field(default_factory=dict)
+    #: With the quoted flow, the unpriced split: clients who declined the desk's quote and
+    #: those no market could price (None: another source, where unpriced means no market).
+    client_fills_declined: int | None = None
+    client_fills_no_market: int | None = None
     #: The mode's own line on its events (backtest: the cache and the skip; action: what
     #: reached the strategy and what the bus conflated).
     events_note: str = ""
@@ -85,8 +89,7 @@ def print_summary(summary: RunSummary, figures: Mapping[str, Any], fmt: str | No
     skipped = summary.client_fills_skipped
     if summary.client_fills or summary.client_fills_unpriced or skipped:
         console.print(f"client fills: {summary.client_fills:,} delivered, "
-                      f"{summary.client_fills_unpriced:,} without a market to price them",
-                      markup=False)
+                      f"{_unpriced(summary)} without a market to price them", markup=False)
     if skipped:
         reasons = ", ".join(f"{count:,} {what}" for what, count in sorted(skipped.items()))
         console.print(f"client fills skipped (unusable rows): {sum(skipped.values()):,} "
@@ -95,3 +98,12 @@ def print_summary(summary: RunSummary, figures: Mapping[str, Any], fmt: str | No
                   f"{', '.join(str(p) for p in summary.log_files) or '(none)'}", markup=False)
     console.print(f"report: python main.py --mode post-mortem --run {summary.run_id}",
                   markup=False)
+
+
+def _unpriced(summary: RunSummary) -> str:
+    """The undelivered client fills: with the quoted flow, most are clients who were shown
+    the desk's quote and declined it, not fills without a market."""
+    if summary.client_fills_declined is None or summary.client_fills_no_market is None:
+        return f"{summary.client_fills_unpriced:,}"
+    return (f"{summary.client_fills_declined:,} declined the desk's quote, "
+            f"{summary.client_fills_no_market:,}")

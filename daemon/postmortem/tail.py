@@ -128,6 +128,12 @@ def read_state(path: Path, strategy: str | None = None) -> StrategyState | None:
     return None
 
 
+def run_ended(paths: list[Path]) -> bool:
+    """Whether a run's log files (oldest day first) end with its `run_end` record, which
+    `DecisionLogWriter.end_run` writes only when the run finished cleanly."""
+    return bool(paths) and _ends_run(paths[-1])
+
+
 def _ends_run(path: Path) -> bool:
     records = _tail_records(path)
     return bool(records) and records[-1].get("type") == RUN_END
