@@ -350,9 +350,13 @@ class Backtest:
         time span); None runs all of them. The run starts fresh at the window's first row
         (empty account history, strategy, flow and clocks; the recorded order books as of
         that row) and its end is the window's end. Then `run_until`, then `finish`.
-        Raises `NoMarketData` (as `run()` does) and ValueError for a bad window. The
-        result's `cache` is "hit" (the events came ready).
+        Raises `NoMarketData` (as `run()` does), ValueError for a bad window or for no
+        columns (`data` None: `cache.load` could not keep the events; only `run()` replays
+        those, frame by frame). The result's `cache` is "hit" (the events came ready).
         """
+        if data is None:  # what `cache.load` returns for events it cannot keep as columns
+            raise ValueError("stepping needs the events as columns, and the cache could not "
+                             "keep these files' events: run() replays them frame by frame")
         self._claim("open()")
         if window is not None:
             start, stop = window

@@ -373,6 +373,8 @@ async def test_stepping_refuses_what_it_cannot_do(tmp_path: Path,
         engine.run_until(0)
     with pytest.raises(ValueError, match="window"):
         engine.open(data, (10, 10))
+    with pytest.raises(ValueError, match="frame by frame"):  # load() found no columns
+        engine.open(None)  # type: ignore[arg-type]
     engine = Backtest(settings, "inventory-mm", specs, "once", decision_log=False)
     engine.open(data, (0, 1_000))
     assert engine.run_until(int(data.local_ts_ns[0]))  # the clock is there after one row
