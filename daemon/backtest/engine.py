@@ -44,6 +44,17 @@ orders, while nothing is due (daemon/backtest/skip.py). Events that run take the
 path as above, one by one; the decision log is byte-identical to the frame-by-frame
 replay's. Skipped events still count in `events`; the result says how many ran
 (`processed`) and whether the cache was hit, built or off.
+
+Stepped (issue 15: a Gymnasium environment on the real engine). The column loop is one
+synchronous generator (`_rows`): `run()` drives it to the end, yielding to the event loop
+at its periodic pause points; `open(data, window)`, `run_until(ts_ns)` and `finish()` drive
+it from outside, a stretch of data time at a time, and `request_pause()` (called from a
+strategy callback, e.g. a policy waiting for an agent's action) stops it right after the
+runner call under way. The same rows run in the same order either way, so the decision log
+is the same; the events are loaded once (`cache.load`) and reused by every episode, an
+episode being a fresh `Backtest` over a window of rows. Only the columns step: the
+frame-by-frame replay (`backtest.cache` off, or events the cache cannot keep) is `run()`
+only. `decision_log=False` records into a null sink (training writes no log).
 """
 
 from __future__ import annotations
@@ -52,10 +63,12 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from adapters.client_flow import ClientFlow, timed_client_flow
 from adapters.quoted_flow import DeskQuote
@@ -72,7 +85,7 @@ from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
 from daemon.market.synthetic import attach_synthetics
 from daemon.postmortem.exports import attach_strategy_exports
-from daemon.postmortem.writer import DecisionLogWriter, decisions_dir
+from daemon.postmortem.writer import DecisionLogWriter, NullDecisionLog, decisions_dir
 from daemon.trading.coverage import market_names, traded_markets
 from daemon.trading.paper import PaperExecutor
 from daemon.trading.runner import NEVER_NS
@@ -85,6 +98,8 @@ log = get_logger("backtest")
 PROGRESS_EVERY = 8_192
 #: Replaying columns, yield to the event loop every this many rows (Ctrl-C, progress).
 YIELD_EVERY_ROWS = 8_192
+#: `Backtest._pause_ns` once `request_pause()` was called: every clock has reached it.
+PAUSE_NOW = NO_GAP
 
 
 @dataclass(slots=True)
@@ -159,11 +174,23 @@ class Backtest:
     `skip=False` runs every event through the per-event path even from the cache (the
     parity tests compare it with the exact skip); with `backtest.cache` off the frames are
     replayed one by one and nothing is skipped.
+
+    `decision_log=False` (training: many episodes nobody reports on) records into a
+    `NullDecisionLog`: no file is written (nor the strategy's exports), the result's
+    counts (records, decisions, orders, fills) are those a logged run would show, and
+    `log_files` is empty.
+
+    A Backtest runs once, either all at once (`await run()`) or stepped by a caller that
+    needs control between events (a Gymnasium environment): `open(data)`, then
+    `run_until(ts_ns)` as often as it likes (`request_pause()` from inside a strategy
+    callback stops it early), then `finish()`. Stepping goes through the very loop `run()`
+    does, so the same data and settings give the same decision log either way.
     """
 
     def __init__(self, settings: Settings, strategy_name: str, specs: list[ReplaySpec],
                  run_id: str, progress: Callable[[int, int], None] | None = None,
-                 bus: Bus | None = None, *, skip: bool = True) -> None:
+                 bus: Bus | None = None, *, skip: bool = True,
+                 decision_log: bool = True) -> None:
         self.settings = settings
         self.specs = specs
         self.run_id = run_id
@@ -179,10 +206,14 @@ class Backtest:
         self._synthetic_legs: set[tuple[str, str]] = (
             set(synthetics.legs) if synthetics is not None else set())
         self.strategy = build_strategy(strategy_name, settings)
-        # Exports appended during the run (positions.csv) go to the run's report folder.
-        attach_strategy_exports(self.strategy, settings.data_dir, run_id)
-        self.writer = DecisionLogWriter.from_settings(settings, run_id, synchronous=True,
-                                                      clock=self.clock)
+        #: Whether the run writes its decision log (and exports); False: a null sink.
+        self.decision_log = decision_log
+        if decision_log:
+            # Exports appended during the run (positions.csv) go to the run's report folder.
+            attach_strategy_exports(self.strategy, settings.data_dir, run_id)
+        log_class = DecisionLogWriter if decision_log else NullDecisionLog
+        self.writer = log_class.from_settings(settings, run_id, synchronous=True,
+                                              clock=self.clock)
         self._takes_client_flow = self.strategy.takes_client_flow
         #: What the strategy trades (None: undeclared, not checked against the data).
         self.markets = traded_markets(self.strategy, settings)
@@ -221,6 +252,20 @@ class Backtest:
         self.events = 0
         self.processed = 0
         self.cache = CacheStatus.OFF
+        #: Stepping pauses right after the row (run) that brings the clock to this time;
+        #: PAUSE_NOW once `request_pause()` was called. NEVER_NS: no pause (`run()`).
+        self._pause_ns = NEVER_NS
+        #: The stepped run (`open`): the row loop, paused; None before `open` and after
+        #: `finish` (or a failure).
+        self._stepping: Generator[bool, None, None] | None = None
+        self._stepped_stats: ReplayStats | None = None
+        self._exhausted = False
+        self._started = 0.0
+        self._used = False
+        #: Due rows run among the skippable ones, and rows of interest run before the
+        #: last `_note_progress` (the counts of a stepped run finished early).
+        self._due_rows_run = 0
+        self._interest_ran = 0
 
     def _check_markets(self, present: Iterable[tuple[str, str]]) -> None:
         """Raises `NoMarketData` if none of the strategy's markets is in the data; notes
@@ -241,6 +286,7 @@ class Backtest:
         self.missing_note = message
 
     async def run(self) -> BacktestResult:
+        self._claim("run()")
         started = time.perf_counter()
         if self._progress is not None:
             self._next_progress = PROGRESS_EVERY
@@ -261,7 +307,11 @@ class Backtest:
             else:
                 check_usable(self.specs, data.stats)  # before the strategy sees nothing
                 self._check_markets(data.keys)
-                await self._run_columns(data)
+                for paused in self._rows(data, self._plan(data, None)):
+                    if paused:  # a pause asked for outside stepping: nobody to hand over to
+                        self._pause_ns = NEVER_NS
+                    else:
+                        await asyncio.sleep(0)
                 stats = data.stats
             self._finish()
             self.writer.end_run()  # the log says the run ended cleanly (post-mortem reads it)
@@ -269,11 +319,118 @@ class Backtest:
             self.writer.close()
         return self._result(stats, time.perf_counter() - started)
 
+    # -- stepping (a Gymnasium environment drives the run) ---------------------------
+
+    def open(self, data: BacktestData, window: tuple[int, int] | None = None) -> None:
+        """Start a stepped run over `data`, events already loaded (`await cache.load(...)`,
+        once: an episode reuses them, nothing is read or parsed again).
+
+        `window`: the rows [start, stop) of `data` to run (`window_rows` finds them for a
+        time span); None runs all of them. The run starts fresh at the window's first row
+        (empty account history, strategy, flow and clocks; the recorded order books as of
+        that row) and its end is the window's end. Then `run_until`, then `finish`.
+        Raises `NoMarketData` (as `run()` does) and ValueError for a bad window. The
+        result's `cache` is "hit" (the events came ready).
+        """
+        self._claim("open()")
+        if window is not None:
+            start, stop = window
+            if not 0 <= start < stop <= len(data):
+                raise ValueError(f"window {window} is not a non-empty row range of the "
+                                 f"data's {len(data):,} rows")
+        check_usable(self.specs, data.stats)
+        self._check_markets(data.keys)
+        self._started = time.perf_counter()
+        self.cache = CacheStatus.HIT
+        plan = self._plan(data, window)
+        self._stepped_stats = window_stats(data, plan.start, plan.stop)
+        self._stepping = self._rows(data, plan)
+
+    def run_until(self, ts_ns: int | None = None) -> bool:
+        """Run rows until the simulated clock reaches `ts_ns` (None: no time limit), or
+        until `request_pause()` is called, whichever comes first. True when it paused
+        (there may be rows left), False once the data (window) ran out: then `finish()`.
+
+        A pause on time comes right after the row that brought the clock to (or past)
+        `ts_ns`, once the runner has taken it (`runner.on_quote`/`on_trade` returned) and
+        before that row's balance-snapshot check. If the clock is already there, nothing
+        runs. Only rows that run can pause: the exact skip (daemon/backtest/skip.py) leaves
+        out events that change nothing, so the clock may be past `ts_ns` by then.
+
+        A pause requested during a row comes at the same place, so an order the caller
+        then submits through `runner.call(...)` lands exactly where it would have had the
+        strategy returned it from that callback; one requested while a client fill was
+        taken (`on_client_fill`) comes right after that fill, before the next one (and
+        before the row's market event).
+        """
+        stepping = self._stepping
+        if stepping is None:
+            raise RuntimeError("run_until() needs an open stepped run: open() first; not "
+                               "after finish() or a run_until() that raised")
+        if self._exhausted:
+            return False
+        target = NEVER_NS if ts_ns is None else ts_ns
+        if self.clock.now_ns >= target:
+            return True
+        self._pause_ns = target
+        try:
+            for paused in stepping:
+                if paused:
+                    return True
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            self._pause_ns = NEVER_NS
+        self._exhausted = True
+        return False
+
+    def request_pause(self) -> None:
+        """Pause the stepped run right after the runner call under way (see `run_until`):
+        called from inside a strategy callback, e.g. by a policy that waits for an action
+        from an agent outside the run. Ignored by `run()`, and between `run_until` calls."""
+        self._pause_ns = PAUSE_NOW
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the stepped run's data (window) ran out (`run_until` returned False)."""
+        return self._exhausted
+
+    def finish(self) -> BacktestResult:
+        """End the stepped run as `run()` ends (cancel what is open and let the cancels
+        through, snapshot the balances, `run_end`, close the log) and return its result.
+        Before the data ran out, the rows not run yet are left out: `events` counts the
+        window's rows up to the last one reached."""
+        if self._stepping is None:
+            raise RuntimeError("finish() needs an open stepped run: open() first; once, and "
+                               "not after a run_until() that raised (the log is closed)")
+        stepping, self._stepping = self._stepping, None
+        try:
+            if not self._exhausted:
+                stepping.close()
+            self._finish()
+            self.writer.end_run()
+        finally:
+            self.writer.close()
+        assert self._stepped_stats is not None
+        return self._result(self._stepped_stats, time.perf_counter() - self._started)
+
+    def _abandon(self) -> None:
+        """A row raised while stepping: the run is over, its log closed (no `run_end`)."""
+        stepping, self._stepping = self._stepping, None
+        if stepping is not None:
+            stepping.close()
+        self.writer.close()
+
+    def _claim(self, how: str) -> None:
+        if self._used:
+            raise RuntimeError(f"{how}: this Backtest has run already (one run each)")
+        self._used = True
+
     # -- from columns, with the exact skip -------------------------------------------
 
-    async def _run_columns(self, data: BacktestData) -> None:
-        """Every event of interest through the per-event path, in order; of the others only
-        those at which something is due (daemon/backtest/skip.py)."""
+    def _plan(self, data: BacktestData, window: tuple[int, int] | None) -> SkipPlan:
+        """The rows to run and how to find the due ones among the others."""
         interest = self.interest
         if interest is not None and self._takes_client_flow:
             # The risk gate marks client trades at the newest mid of the flow's symbol on
@@ -282,7 +439,15 @@ class Backtest:
             interest = interest | {key for key in data.keys if key[1] == symbol}
         if interest is not None:
             interest = interest | self._synthetic_legs
-        plan = SkipPlan(data, interest)
+        return SkipPlan(data, interest, window)
+
+    def _rows(self, data: BacktestData, plan: SkipPlan) -> Generator[bool, None, None]:
+        """Every event of interest through the per-event path, in order; of the others only
+        those at which something is due (daemon/backtest/skip.py).
+
+        Yields False every YIELD_EVERY_ROWS rows (`run()` lets other tasks run there) and
+        True where stepping pauses (see `run_until`); the run goes on when it is resumed.
+        """
         rows = plan.rows
         # With recorded depth, the books a walk reads are those as of the row being run.
         depth = self.depth if data.depth is not None else None
@@ -299,29 +464,30 @@ class Backtest:
         trade_routes: dict[int, Callable[[Trade], None]] = {}
         bus, clock, snapshots = self.bus, self.clock, self.snapshots
         runner_on_quote, runner_on_trade = self.runner.on_quote, self.runner.on_trade
-        deliver = self._deliver_client_fills if self._takes_client_flow else None
+        flows = self._takes_client_flow
         reaches_orders = self._print_reaches_orders() if self.skip_trades else None
         next_quote, next_trade = quotes.__next__, trades.__next__
-        start = 0  # the first row not yet run or skipped
+        start = plan.start  # the first row not yet run or skipped
         skipped = NO_GAP  # running max time of the rows skipped since the last one run
         trades_skipped = 0
         due: int | None = None  # `_due_ns()`, kept while no row runs (None: ask again)
-        next_progress = YIELD_EVERY_ROWS  # and a yield to other tasks
+        next_progress = start + YIELD_EVERY_ROWS  # and a yield to other tasks
         for row, gap, quote, key in zip(rows.tolist(), plan.gap_max, is_quote.tolist(),
                                         data.key[rows].tolist(), strict=True):
             if row >= next_progress:  # every few thousand rows: progress, other tasks
                 next_progress = row + YIELD_EVERY_ROWS
                 if row >= self._next_progress:
-                    self.events = row
+                    self.events = row - plan.start
                     self._report_progress(clock.now_ns)
-                await asyncio.sleep(0)
+                yield False
             event: Quote | Trade = next_quote() if quote else next_trade()
             now = event.local_ts_ns
             if gap != NO_GAP:  # rows [start, row) are not of interest
                 if due is None:
                     due = self._due_ns()
                 if gap >= due:
-                    start = self._run_due_rows(plan, data, start, row)
+                    self._note_progress(plan, row, trades_skipped)
+                    start = yield from self._due_rows(plan, data, start, row)
                     due = None
                 # The running max of rows before this one, if the last of them was skipped.
                 skipped = gap if start < row else NO_GAP
@@ -339,11 +505,15 @@ class Backtest:
                         skipped = now
                     continue
             skipped = NO_GAP
-            due = None  # this row runs: what is due may change
+            due = None  # this row runs: what is due may change (a pause too: see below)
             if depth is not None:
                 depth.at_row = row
-            if deliver is not None:
-                deliver(now)
+            if flows:  # client fills due by now first (`_deliver_client_fills`)
+                flow = self.flow
+                if flow is None or ((next_fill := flow.next_ts_ns) is not None
+                                    and next_fill <= now):
+                    self._note_progress(plan, row, trades_skipped)
+                    yield from self._client_fills(now)
             if now > clock.now_ns:
                 clock.now_ns = now
             if quote:
@@ -358,18 +528,74 @@ class Backtest:
                     publish_trade = trade_routes[key] = bus.trade_route(*data.keys[key])
                 publish_trade(event)  # type: ignore[arg-type]
                 runner_on_trade(event)  # type: ignore[arg-type]
+            if clock.now_ns >= self._pause_ns:  # stepping: hand over before the snapshot
+                self._note_progress(plan, row + 1, trades_skipped)
+                yield True
             if now >= snapshots.next_ns:
                 snapshots.record_now(now)
             start = row + 1
-        end = len(plan)
+        end = plan.stop
         if start < end:
-            start = self._run_due_rows(plan, data, start, end)
+            self._note_progress(plan, end, trades_skipped)
+            start = yield from self._due_rows(plan, data, start, end)
             if start < end:
                 self._catch_up(plan.running_max_at(end - 1))
         if depth is not None:
             depth.at_row = end  # the end of the data: every change is in
-        self.events = end
-        self.processed += len(rows) - trades_skipped
+        self.events = end - plan.start
+        self.processed = len(rows) - trades_skipped + self._due_rows_run
+
+    def _note_progress(self, plan: SkipPlan, row: int, trades_skipped: int) -> None:
+        """`events` and `processed` up to `row` (excluded), before the loop may pause (a
+        stepped run may `finish()` there; the loop's own end sets them at once)."""
+        self.events = row - plan.start
+        self._interest_ran = int(plan.rows.searchsorted(row)) - trades_skipped
+        self.processed = self._interest_ran + self._due_rows_run
+
+    def _due_rows(self, plan: SkipPlan, data: BacktestData, start: int,
+                  stop: int) -> Generator[bool, None, int]:
+        """Run the rows in [start, stop) at which something is due, skip the others.
+        Returns the row after the last one run (`start` if none was). Each runs as
+        `on_quote`/`on_trade` would run it, a stepping pause before its snapshot check."""
+        clock = self.clock
+        while (row := plan.first_due(start, stop, self._due_ns())) < stop:
+            event = data.event(row)
+            now = event.local_ts_ns
+            if start < row and (skipped_max := plan.running_max_at(row - 1)) > now:
+                self._catch_up(skipped_max)
+            self.events = row - plan.start
+            if self.depth is not None:
+                self.depth.at_row = row
+            if self._takes_client_flow:
+                yield from self._client_fills(now)
+            if now > clock.now_ns:
+                clock.now_ns = now
+            if type(event) is Quote:
+                self.bus.publish_quote(event)
+                self.runner.on_quote(event)
+            else:
+                self.bus.publish_trade(event)
+                self.runner.on_trade(event)
+            self._due_rows_run += 1
+            self.processed = self._interest_ran + self._due_rows_run
+            if clock.now_ns >= self._pause_ns:
+                yield True
+            self._after(now)
+            start = row + 1
+        return start
+
+    def _client_fills(self, until_ns: int) -> Generator[bool, None, None]:
+        """Client fills due before this market event, each at its own time (as
+        `ClientFlow.deliver` hands them out), with a pause after a fill that asked for one."""
+        if self.flow is None:
+            self.flow = build_client_flow(self.settings, self.bus, until_ns)
+        clock, runner = self.clock, self.runner
+        for fill in self.flow.due(until_ns):
+            clock.advance_to(fill.ts_ns)
+            runner.advance(clock())
+            runner.on_client_fill(fill)
+            if self._pause_ns == PAUSE_NOW:
+                yield True
 
     def _due_ns(self) -> int:
         """The earliest time at which something besides the strategy's markets is due."""
@@ -402,24 +628,6 @@ class Backtest:
                 if poll is not None and poll < due:
                     due = poll
         return due
-
-    def _run_due_rows(self, plan: SkipPlan, data: BacktestData, start: int, stop: int) -> int:
-        """Run the rows in [start, stop) at which something is due, skip the others.
-        Returns the row after the last one run (`start` if none was)."""
-        while (row := plan.first_due(start, stop, self._due_ns())) < stop:
-            event = data.event(row)
-            if start < row and (skipped_max := plan.running_max_at(row - 1)) > event.local_ts_ns:
-                self._catch_up(skipped_max)
-            self.events = row
-            if self.depth is not None:
-                self.depth.at_row = row
-            if type(event) is Quote:
-                self.on_quote(event)
-            else:
-                self.on_trade(event)  # type: ignore[arg-type]
-            self.processed += 1
-            start = row + 1
-        return start
 
     def _catch_up(self, ts_ns: int) -> None:
         """Move the clocks to where skipped rows (out of time order) left them; `ts_ns` is
@@ -504,7 +712,8 @@ class Backtest:
             last_ts_ns=stats.last_ts_ns or 0,
             wall_seconds=wall_seconds,
             records=self.writer.durable_records,
-            log_files=existing_logs(self.settings.data_dir, self.run_id),
+            log_files=(existing_logs(self.settings.data_dir, self.run_id)
+                       if self.decision_log else []),
             corrupt_lines=stats.corrupt_lines,
             dropped=dict(stats.dropped),
             cache=self.cache.value,
@@ -515,6 +724,26 @@ class Backtest:
             orders=self.writer.kinds[OrderIntent],
             fills=self.writer.kinds[Fill],
         )
+
+
+def window_rows(data: BacktestData, start_ns: int, end_ns: int) -> tuple[int, int]:
+    """The rows of `data` received in [start_ns, end_ns), as a `Backtest.open` window:
+    from the first row whose running max receive time reaches `start_ns` to the first that
+    reaches `end_ns` (rows are in receive order; one out of order stays with its place)."""
+    running_max = np.maximum.accumulate(data.local_ts_ns)
+    start, stop = running_max.searchsorted([start_ns, end_ns]).tolist()
+    return int(start), int(stop)
+
+
+def window_stats(data: BacktestData, start: int, stop: int) -> ReplayStats:
+    """`data.stats` with the quotes, trades and times of the rows [start, stop) (the
+    files' damage and drops stay those of the whole files)."""
+    if (start, stop) == (0, len(data)):
+        return data.stats
+    quotes = int(np.count_nonzero(data.kind[start:stop] == QUOTE))
+    times = data.local_ts_ns[start:stop]
+    return dataclasses.replace(data.stats, quotes=quotes, trades=stop - start - quotes,
+                               first_ts_ns=int(times.min()), last_ts_ns=int(times.max()))
 
 
 def existing_logs(data_dir: Path, run_id: str) -> list[Path]:

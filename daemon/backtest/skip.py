@@ -62,40 +62,48 @@ class UndeclaredMarket(RuntimeError):
 class SkipPlan:
     """Where a backtest's rows of interest are and how to find the next row that is due."""
 
-    def __init__(self, data: BacktestData, interest: frozenset[Key] | None) -> None:
-        """`interest`: the markets whose every event runs; None runs every event."""
-        running_max = np.maximum.accumulate(data.local_ts_ns)
-        #: Running maximum of local_ts_ns: sorted, so due rows are found by bisection.
+    def __init__(self, data: BacktestData, interest: frozenset[Key] | None,
+                 window: tuple[int, int] | None = None) -> None:
+        """`interest`: the markets whose every event runs; None runs every event.
+        `window`: the rows [start, stop) of the data to run (a stepped episode's part of
+        a recording); None: all of them. Rows outside it do not exist for the plan."""
+        start, stop = window if window is not None else (0, len(data))
+        #: The window's first row and the row after its last (rows are data rows).
+        self.start, self.stop = start, stop
+        running_max = np.maximum.accumulate(data.local_ts_ns[start:stop])
+        #: Running maximum of local_ts_ns over the window (index: row - start): sorted,
+        #: so due rows are found by bisection.
         self.running_max: np.ndarray = running_max
         if interest is None:
-            rows = np.arange(len(data))
+            rows = np.arange(start, stop)
         else:
             wanted = np.array([key in interest for key in data.keys] or [False])
-            rows = np.flatnonzero(wanted[data.key])
+            rows = np.flatnonzero(wanted[data.key[start:stop]]) + start
         #: Rows whose events always run, in order.
         self.rows: np.ndarray = rows
         #: Per row of interest: the running max time of the skippable rows just before it
         #: (the last of them), or NO_GAP when the row before it is of interest too.
         gap_max = np.full(len(rows), NO_GAP, dtype=np.int64)
         if len(rows):
-            previous = np.concatenate(([-1], rows[:-1]))
+            previous = np.concatenate(([start - 1], rows[:-1]))
             has_gap = rows - previous > 1
-            gap_max[has_gap] = running_max[rows[has_gap] - 1]
+            gap_max[has_gap] = running_max[rows[has_gap] - 1 - start]
         self.gap_max: list[int] = gap_max.tolist()
 
     def __len__(self) -> int:
+        """Rows in the window (skipped or not)."""
         return int(self.running_max.shape[0])
 
     def first_due(self, start: int, stop: int, due_ns: int) -> int:
         """The first row in [start, stop) whose running max time reaches `due_ns`; `stop`
         when there is none (every row in between may be skipped)."""
-        # The running max is sorted over all rows: search all of it (no slice to make),
-        # then keep the answer within [start, stop].
-        found = int(self.running_max.searchsorted(due_ns))
+        # The running max is sorted over the whole window: search all of it (no slice to
+        # make), then keep the answer within [start, stop].
+        found = int(self.running_max.searchsorted(due_ns)) + self.start
         return start if found < start else stop if found > stop else found
 
     def running_max_at(self, row: int) -> int:
-        return int(self.running_max[row])
+        return int(self.running_max[row - self.start])
 
 
 class GuardedMarketView:

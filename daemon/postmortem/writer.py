@@ -495,6 +495,45 @@ class DecisionLogWriter:
         self.close()
 
 
+class NullDecisionLog(DecisionLogWriter):
+    """A decision log that keeps nothing: for training runs, thousands of short backtest
+    episodes that nobody reports on (`Backtest(..., decision_log=False)`).
+
+    It takes every record the way the writer does (a closed log still refuses one) and
+    counts it by kind (`kinds`), but encodes nothing and opens no file, ever: not even
+    the day's directory. Its counters stay those of a log that wrote everything, so a
+    run's result and summary read the same figures: `durable_records` (and `records` in
+    `counters()`) are the records taken, none is ever `queued`, and nothing fails.
+    """
+
+    def record(self, record: Record) -> None:
+        if self._closed:
+            raise RuntimeError(f"decision log {self.run_id} is closed; record not written")
+        self.kinds[type(record)] += 1
+        self._enqueued += 1
+
+    def end_run(self, status: str = "stopped") -> None:
+        self.record(RunEnd(0, status, self._enqueued))
+
+    def flush(self) -> None:
+        """Nothing to write."""
+
+    @property
+    def durable_records(self) -> int:
+        """Records taken (and dropped by design): what a writing log would hold."""
+        return self._enqueued
+
+    @property
+    def queued(self) -> int:
+        return 0
+
+    def counters(self) -> dict[str, float]:
+        return {**super().counters(), "durable_records": self._enqueued, "queued": 0}
+
+    async def start(self) -> None:
+        """No writer task: nothing is ever written."""
+
+
 def _fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

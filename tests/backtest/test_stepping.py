@@ -1,0 +1,295 @@
+"""Stepping the backtest engine (issue 15 item 2): `open` / `run_until` / `request_pause` /
+`finish` drive the very row loop `run()` does, so a Gymnasium environment built on them
+reproduces a plain backtest's decision log byte for byte; and the null decision log of
+training runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import strategies
+from adapters.recordings.replay import ReplaySpec
+from config.settings import Settings, load_settings
+from daemon.backtest.cache import QUOTE, BacktestData, load
+from daemon.backtest.engine import Backtest, BacktestResult, window_rows
+from daemon.core.model import ClientFill, Decision, OrderIntent, OrderType, Quote, Side
+from daemon.core.vocabulary import Action
+from strategies.base import StrategyBase
+
+SPOT = "binance_spot_btcusdt_20240808.gz"
+USDM = "binance_usdm_btcusdt_20240808.gz"
+SECOND = 1_000_000_000
+#: Synthetic client flow at a fill a second (internalize).
+FLOW = {"internalize": {"symbol": "BTC/USDT", "synthetic_mean_qty": 0.02,
+                        "synthetic_rate_hz": 1.0}}
+
+
+def settings_for(data_dir: Path, **overrides: Any) -> Settings:
+    return load_settings({"data_dir": data_dir, **overrides}, env_file=None)
+
+
+def log_of(result: BacktestResult) -> bytes:
+    return b"".join(path.read_bytes() for path in result.log_files)
+
+
+async def loaded(settings: Settings, specs: list[ReplaySpec]) -> BacktestData:
+    """The events as an environment loads them: once, before any episode."""
+    data, _ = await load(specs, settings.data_dir, depth=settings.execution.walk_depth)
+    assert data is not None
+    return data
+
+
+def step_through(engine: Backtest, data: BacktestData, every_ns: int,
+                 window: tuple[int, int] | None = None) -> tuple[BacktestResult, int]:
+    """open, run_until every `every_ns` of data time until the data runs out, finish."""
+    engine.open(data, window)
+    start = int(data.local_ts_ns[window[0] if window else 0])
+    steps, until = 0, start + every_ns
+    while engine.run_until(until):
+        steps += 1
+        assert engine.clock.now_ns >= until  # paused on time: the clock got there
+        until += every_ns
+    assert engine.exhausted and not engine.run_until(until)
+    return engine.finish(), steps
+
+
+@pytest.mark.parametrize(("strategy", "overrides"), [("inventory-mm", {}),
+                                                     ("internalize", {"strategies": FLOW})])
+async def test_stepping_a_second_at_a_time_writes_the_log_of_a_plain_run(
+    tmp_path: Path, shared_file: Callable[[str], Path], strategy: str,
+    overrides: dict[str, Any],
+) -> None:
+    specs = [ReplaySpec(shared_file(SPOT))]
+    plain_settings = settings_for(tmp_path / "plain", **overrides)
+    plain = await Backtest(plain_settings, strategy, specs, "same").run()
+    data = await loaded(plain_settings, specs)  # the cache the plain run built
+
+    stepped_settings = settings_for(tmp_path / "stepped", **overrides)
+    engine = Backtest(stepped_settings, strategy, specs, "same")
+    stepped, steps = step_through(engine, data, SECOND)
+
+    assert steps > 300  # the file is ~6 minutes of data
+    assert log_of(plain) and log_of(stepped) == log_of(plain)
+    for figure in ("events", "processed", "quotes", "trades", "records", "decisions",
+                   "orders", "fills", "client_fills", "first_ts_ns", "last_ts_ns"):
+        assert getattr(stepped, figure) == getattr(plain, figure), figure
+    if strategy == "internalize":
+        assert stepped.client_fills > 100
+
+
+class AgentStand(StrategyBase):
+    """A tiny strategy whose every 400th quote calls for an order (a market buy or sell,
+    alternately, and a resting bid). Deciding itself, it returns the decision from
+    `on_quote`; waiting for an agent, it keeps the decision for the agent and asks the
+    engine to pause (`ask_agent`), as a policy that needs an outside action would."""
+
+    name = "agent-stand"
+    market_keys = frozenset({("binance_spot", "BTC/USDT")})
+    #: So the engine skips trades that reach none of its orders, while nothing is due.
+    reads_trades = False
+    EVERY = 400
+
+    def __init__(self) -> None:
+        self.ask_agent: Callable[[], None] | None = None
+        self.pending: Decision | None = None
+        self.seen: list[int] = []  # receive times of the quotes seen
+
+    def on_quote(self, quote: Quote) -> Decision | None:
+        self.seen.append(quote.local_ts_ns)
+        count = len(self.seen) - 1
+        if count % self.EVERY:
+            return None
+        side = Side.BUY if count // self.EVERY % 2 == 0 else Side.SELL
+        decision = Decision(self.name, quote.local_ts_ns, Action.QUOTE, f"quote {count}",
+                            inputs={"bid": quote.bid, "ask": quote.ask},
+                            intents=[OrderIntent("binance_spot", "BTC/USDT", side,
+                                                 OrderType.MARKET, 0.001),
+                                     OrderIntent("binance_spot", "BTC/USDT", Side.BUY,
+                                                 OrderType.LIMIT, 0.001, quote.bid)])
+        if self.ask_agent is None:
+            return decision
+        self.pending = decision
+        self.ask_agent()
+        return None
+
+
+async def test_a_pause_from_a_callback_lands_the_agents_order_as_if_returned(
+    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[AgentStand] = []
+
+    def build(_settings: Settings) -> AgentStand:
+        built.append(AgentStand())
+        return built[-1]
+
+    monkeypatch.setitem(strategies.STRATEGIES, AgentStand.name, build)
+    # With USD-M events to skip: an order placed at a pause makes something due (its
+    # ack, one latency later) that the engine must not skip past.
+    specs = [ReplaySpec(shared_file(SPOT)), ReplaySpec(shared_file(USDM))]
+    itself = await Backtest(settings_for(tmp_path / "itself"), AgentStand.name, specs,
+                            "agent").run()
+    data = await loaded(settings_for(tmp_path / "itself"), specs)
+
+    engine = Backtest(settings_for(tmp_path / "agent"), AgentStand.name, specs, "agent")
+    stand = built[-1]
+    stand.ask_agent = engine.request_pause
+    engine.open(data)
+    pauses = 0
+    while engine.run_until(None):  # no time limit: only the strategy's requests pause
+        pauses += 1
+        decision, stand.pending = stand.pending, None
+        assert decision is not None
+        # Right after the row that asked: nothing after it has run.
+        assert engine.clock.now_ns == stand.seen[-1] == decision.ts_ns
+        assert len(stand.seen) == (pauses - 1) * AgentStand.EVERY + 1
+        engine.runner.call(lambda decision=decision: decision)
+    agent = engine.finish()
+
+    assert pauses == len(stand.seen) // AgentStand.EVERY + 1 > 50
+    assert itself.orders > 100 and itself.fills > 50
+    assert itself.processed < itself.events / 2 and agent.processed == itself.processed
+    # The very first quote asks too: had the engine paused after that row's balance
+    # snapshot, the agent's order would follow it in the log.
+    assert log_of(agent) == log_of(itself)
+    assert (agent.orders, agent.fills, agent.records) == (itself.orders, itself.fills,
+                                                          itself.records)
+
+
+class AgentDesk(StrategyBase):
+    """A tiny desk that hedges every client fill at once with a market order; waiting for
+    an agent, it keeps the hedge for the agent and asks the engine to pause."""
+
+    name = "agent-desk"
+    market_keys = frozenset({("binance_spot", "BTC/USDT")})
+    reads_trades = False
+    takes_client_flow = True
+
+    def __init__(self) -> None:
+        self.ask_agent: Callable[[], None] | None = None
+        self.pending: Decision | None = None
+        self.fills: list[int] = []  # times of the client fills taken
+
+    def on_client_fill(self, fill: ClientFill) -> Decision | None:
+        self.fills.append(fill.ts_ns)
+        delta = fill.desk_base_delta
+        hedge = OrderIntent("binance_spot", "BTC/USDT", Side.BUY if delta < 0 else Side.SELL,
+                            OrderType.MARKET, abs(delta))
+        decision = Decision(self.name, fill.ts_ns, Action.HEDGE, fill.fill_id,
+                            inputs={"client_qty": fill.qty}, intents=[hedge])
+        if self.ask_agent is None:
+            return decision
+        self.pending = decision
+        self.ask_agent()
+        return None
+
+
+async def test_a_pause_from_a_client_fill_lands_the_hedge_before_the_next_event(
+    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Client fills come before the market event they are due by: a pause asked for while
+    one is taken comes right after it, so the agent's hedge lands before that event (and
+    before the next fill) as the strategy's own would have."""
+    built: list[AgentDesk] = []
+    monkeypatch.setitem(strategies.STRATEGIES, AgentDesk.name,
+                        lambda _settings: built.append(AgentDesk()) or built[-1])
+    specs = [ReplaySpec(shared_file(SPOT)), ReplaySpec(shared_file(USDM))]
+    flow = {"strategies": FLOW}
+    itself = await Backtest(settings_for(tmp_path / "itself", **flow), AgentDesk.name, specs,
+                            "desk").run()
+    data = await loaded(settings_for(tmp_path / "itself", **flow), specs)
+
+    engine = Backtest(settings_for(tmp_path / "agent", **flow), AgentDesk.name, specs, "desk")
+    desk = built[-1]
+    desk.ask_agent = engine.request_pause
+    engine.open(data)
+    pauses = 0
+    while engine.run_until(None):
+        pauses += 1
+        decision, desk.pending = desk.pending, None
+        assert decision is not None and len(desk.fills) == pauses
+        assert engine.clock.now_ns == desk.fills[-1]  # at the fill's own time
+        engine.runner.call(lambda decision=decision: decision)
+    agent = engine.finish()
+
+    assert pauses == itself.client_fills > 300 and itself.fills > 300
+    assert log_of(agent) == log_of(itself)
+
+
+async def test_a_window_runs_only_its_rows(
+    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[AgentStand] = []
+    monkeypatch.setitem(strategies.STRATEGIES, AgentStand.name,
+                        lambda _settings: built.append(AgentStand()) or built[-1])
+    settings = settings_for(tmp_path)
+    specs = [ReplaySpec(shared_file(SPOT))]
+    data = await loaded(settings, specs)
+    first = int(data.local_ts_ns[0])
+    start, stop = window_rows(data, first + 60 * SECOND, first + 120 * SECOND)
+    assert 0 < start < stop < len(data)
+    times = data.local_ts_ns[start:stop]
+    assert times.min() >= first + 60 * SECOND and times.max() < first + 120 * SECOND
+
+    engine = Backtest(settings, AgentStand.name, specs, "window")
+    result, steps = step_through(engine, data, 5 * SECOND, (start, stop))
+    quotes = data.local_ts_ns[start:stop][data.kind[start:stop] == QUOTE]
+    assert built[-1].seen == quotes.tolist()  # every quote of the window, no other
+    assert (result.events, result.quotes + result.trades) == (stop - start, stop - start)
+    assert (result.first_ts_ns, result.last_ts_ns) == (times.min(), times.max())
+    assert 10 <= steps <= 12 and result.orders > 0
+
+
+async def test_without_a_decision_log_nothing_is_written_and_the_counts_stay(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    specs = [ReplaySpec(shared_file(SPOT))]
+    logged = await Backtest(settings_for(tmp_path / "logged"), "inventory-mm", specs,
+                            "train").run()
+    quiet_dir = tmp_path / "quiet"
+    data = await loaded(settings_for(tmp_path / "logged"), specs)
+    plain = await Backtest(settings_for(quiet_dir), "inventory-mm", specs, "train",
+                           decision_log=False).run()
+    engine = Backtest(settings_for(quiet_dir), "inventory-mm", specs, "stepped",
+                      decision_log=False)
+    stepped, _ = step_through(engine, data, 10 * SECOND)
+    # Only the cache the plain run built: no decision log, no report folder (exports).
+    assert sorted(path.name for path in quiet_dir.iterdir()) == ["cache"]
+    for result in (plain, stepped):
+        assert result.log_files == []
+        assert (result.records, result.decisions, result.orders, result.fills) == (
+            logged.records, logged.decisions, logged.orders, logged.fills)
+        assert result.records > 1000
+
+
+async def test_stepping_refuses_what_it_cannot_do(tmp_path: Path,
+                                                  shared_file: Callable[[str], Path]) -> None:
+    settings = settings_for(tmp_path)
+    specs = [ReplaySpec(shared_file(SPOT))]
+    data = await loaded(settings, specs)
+    engine = Backtest(settings, "inventory-mm", specs, "refused", decision_log=False)
+    with pytest.raises(RuntimeError, match="open"):
+        engine.run_until(0)
+    with pytest.raises(ValueError, match="window"):
+        engine.open(data, (10, 10))
+    engine = Backtest(settings, "inventory-mm", specs, "once", decision_log=False)
+    engine.open(data, (0, 1_000))
+    assert engine.run_until(int(data.local_ts_ns[0]))  # the clock is there after one row
+    result = engine.finish()  # before the end of the window: the rows reached so far
+    assert 0 < result.events < 1_000 and result.processed == result.events
+    with pytest.raises(RuntimeError, match="finish"):
+        engine.finish()
+    with pytest.raises(RuntimeError, match="one run each"):
+        await engine.run()
+
+
+def test_window_rows_follow_the_running_max_of_receive_times() -> None:
+    class Times:
+        local_ts_ns = np.array([10, 20, 15, 30, 40])
+
+    assert window_rows(Times(), 16, 35) == (1, 4)  # type: ignore[arg-type]
+    assert window_rows(Times(), 0, 100) == (0, 5)  # type: ignore[arg-type]
