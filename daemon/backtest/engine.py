@@ -588,7 +588,8 @@ class Backtest:
         """Client fills due before this market event, each at its own time (as
         `ClientFlow.deliver` hands them out), with a pause after a fill that asked for one."""
         if self.flow is None:
-            self.flow = build_client_flow(self.settings, self.bus, until_ns)
+            self.flow = build_client_flow(self.settings, self.bus, until_ns,
+                                          getattr(self.strategy, "desk_quote", None))
         clock, runner = self.clock, self.runner
         for fill in self.flow.due(until_ns):
             clock.advance_to(fill.ts_ns)

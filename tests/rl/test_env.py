@@ -1,6 +1,6 @@
 """The Gymnasium environment on the real backtest engine (issue 15 item 2): the API
 checker, a fixed policy stepped here writes the plain backtest's decision log byte for
-byte, rewards add up to the P&L."""
+byte, rewards add up to the P&L, clients see the agent's shaded quote, mirrored paths."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gymnasium.utils.env_checker import check_env
 from adapters.recordings.replay import ReplaySpec
 from daemon.backtest.engine import Backtest
 from daemon.rl.env import InternalizeEnv
-from strategies.rl_internalize import ActionGrid, AgentPolicy
+from strategies.rl_internalize import ActionGrid, AgentPolicy, DeskAction
 from tests.helpers.rl_models import write_random_model
 from tests.rl.common import OTHER_FILE, TRAIN_FILE, log_bytes, log_records, rl_settings
 
@@ -82,3 +82,29 @@ def test_rewards_add_up_to_the_pnl_less_the_inventory_penalty(
         penalties += 2.0 * (info["inventory"] / 20.0) ** 2
     assert rewards + penalties == pytest.approx(info["pnl"] - start_pnl, abs=1e-6)
     assert penalties > 0.0
+
+
+def test_clients_are_shown_the_agents_shaded_quote(
+        tmp_path: Path, shared_file: Callable[[str], Path]) -> None:
+    settings = rl_settings(tmp_path, synthetic_rate_hz=2.0)
+    env = InternalizeEnv(settings, [ReplaySpec(shared_file(TRAIN_FILE))], decision_log=True,
+                         run_id="shaded")
+    env.reset(seed=1, options={"window": "all"})
+    done, step = False, 0
+    while not done:  # shade -4 bps then +4 bps, alternating every 10 decisions
+        _, _, done, _, _ = env.step(GRID.index(DeskAction(-4.0 if (step // 10) % 2 else 4.0, 0.0)))
+        step += 1
+    logged = log_records(tmp_path, "shaded")
+    shades = [(r["ts_ns"], r["inputs"]["shade_bps"]) for r in logged
+              if r.get("inputs", {}).get("trigger") == "decision"]
+    fills = [r["inputs"] for r in logged if r.get("inputs", {}).get("trigger") == "client_fill"]
+    assert len(fills) > 20
+    seen = set()
+    for fill in fills:
+        shade = max(((t, s) for t, s in shades if t < fill["fill_ts_ns"]), default=(0, 0.0))[1]
+        markup_bps = (fill["client_price"] / fill["mid"] - 1.0) * 1e4
+        # A client buying pays base - shade above mid; one selling gets base + shade below.
+        expected = 3.0 - shade if fill["client_side"] == "buy" else -(3.0 + shade)
+        assert markup_bps == pytest.approx(expected, abs=1e-6)
+        seen.add(shade)
+    assert {-4.0, 4.0} <= seen
