@@ -18,11 +18,11 @@ Output is `ClientFill`, like the other sources: `generate` (synchronous, a mid f
 `client_flow` (a `ClientFlow` priced off the hedge quote when each client comes due: set
 it as `Backtest.flow` before `run()`, or as `FeedClockFlow.flow` on a replay), or async
 iteration (live paper).
-Selected by `strategies.internalize.source = "quoted"` (`quoted_source`): Poisson
-candidates at `synthetic_rate_hz`, lognormal sizes of mean `synthetic_mean_qty`, acceptance
-`quoted_k_per_bps`, shown the strategy's `desk_quote` if it has one (rl-internalize) or
-`synthetic_markup_bps` on both sides (every other policy: the baselines face the same
-clients at a fixed price).
+Selected by `strategies.internalize.source = "quoted"` (`quoted_source`): candidates
+at `synthetic_rate_hz`, Poisson or (`quoted_arrivals = "hawkes"`) clustered, lognormal
+sizes of mean `synthetic_mean_qty`, acceptance `quoted_k_per_bps`, shown the strategy's
+`desk_quote` if it has one (rl-internalize) or `synthetic_markup_bps` on both sides (every
+other policy: the baselines face the same clients at a fixed price).
 """
 
 from __future__ import annotations
@@ -260,8 +260,13 @@ def quoted_source(settings: Any, desk_quote: DeskQuote | None = None,
     own = settings.strategies.internalize
     sizes = LognormalSizes.with_mean(own.synthetic_mean_qty, own.quoted_size_log_sd)
     quote = desk_quote if desk_quote is not None else fixed_markup(own.synthetic_markup_bps)
-    return QuotedFlowSource(own.symbol, PoissonArrivals(own.synthetic_rate_hz), sizes,
-                            own.quoted_k_per_bps, own.seed, quote, mid=mid)
+    arrivals: Arrivals = PoissonArrivals(own.synthetic_rate_hz)
+    if own.quoted_arrivals == "hawkes":
+        branching, decay = own.quoted_hawkes_branching, own.quoted_hawkes_decay_per_s
+        arrivals = HawkesArrivals(HawkesParams(own.synthetic_rate_hz * (1.0 - branching),
+                                               branching * decay, decay))
+    return QuotedFlowSource(own.symbol, arrivals, sizes, own.quoted_k_per_bps, own.seed,
+                            quote, mid=mid)
 
 
 # --- calibration from a recording ------------------------------------------------------------

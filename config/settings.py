@@ -465,6 +465,14 @@ class InternalizeSettings(_Frozen):
     quoted_k_per_bps: Annotated[float, Field(ge=0)] = 0.1
     #: Quoted flow: standard deviation of log client sizes (their spread around the mean).
     quoted_size_log_sd: Annotated[float, Field(ge=0)] = 0.8
+    #: Quoted flow: candidate arrivals, "poisson" at `synthetic_rate_hz`, or "hawkes":
+    #: clustered as a market's takers are, at the same mean rate (adapters/hawkes.py).
+    #: `--mode calibrate` prints both Hawkes figures below fitted to a recording's trades.
+    quoted_arrivals: Literal["poisson", "hawkes"] = "poisson"
+    #: Hawkes arrivals: the branching ratio (arrivals each arrival triggers, on average).
+    quoted_hawkes_branching: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    #: Hawkes arrivals: how fast the excitement of an arrival decays, per second.
+    quoted_hawkes_decay_per_s: Annotated[float, Field(gt=0)] = 1.0
     #: source = "websocket": address of the ws://HOST:PORT/flow endpoint.
     ingest_host: str = "127.0.0.1"
     #: source = "websocket": port of the flow endpoint.

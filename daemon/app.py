@@ -22,7 +22,7 @@ from daemon.core.routes import Callbacks
 from daemon.core.tasks import spawn
 from daemon.market.bus import Bus
 from daemon.market.ringbuffer import RingStore, snapshot_every
-from daemon.market.synthetic import attach_synthetics
+from daemon.market.synthetic import SyntheticQuotes, attach_synthetics
 from daemon.ops.health import Health
 from daemon.ops.metrics import TradingStats
 from daemon.postmortem.writer import DecisionLogWriter
@@ -39,6 +39,8 @@ class App:
     run_id: str
     bus: Bus = field(default_factory=Bus)
     rings: RingStore | None = None
+    #: The configured synthetic markets on the bus (`start_rings` attaches them).
+    synthetics: SyntheticQuotes | None = None
     #: Replay frames published between two yields to the event loop. A live socket yields
     #: on every frame; strategy modes set 1 so a paced replay conflates no more than live
     #: traffic would (and one at max speed, in step with the strategy, still lets the
@@ -80,7 +82,7 @@ class App:
         The configured synthetic markets (`synthetic.crosses`) are published from here on
         (watch, action); a backtest attaches them to its own bus."""
         settings = self.settings
-        attach_synthetics(self.bus, settings)
+        self.synthetics = attach_synthetics(self.bus, settings)
         if not warm:
             rings = RingStore(retention_s=settings.retention,
                               max_rate_hz=settings.ring.max_rate_hz)

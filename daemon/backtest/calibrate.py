@@ -379,4 +379,26 @@ def run_calibration(settings: Any, recording: Path, console: Console,
     print_calibration(result, console)
     path = write_slippage_csv(result, Path(directory or settings.data_dir))
     console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    print_arrivals_fit(recording, own.symbol, console)
     return result
+
+
+def print_arrivals_fit(recording: Path, symbol: str, console: Console) -> None:
+    """The Hawkes fit of the recording's taker arrivals, as quoted-flow settings."""
+    from adapters.quoted_flow import fit_recording
+
+    try:
+        fit = fit_recording(recording, symbol)
+    except ValueError as exc:  # too few trades of the symbol to fit
+        console.print(f"client arrivals: no Hawkes fit ({exc})", markup=False,
+                      highlight=False, soft_wrap=True)
+        return
+    params = fit.hawkes.params
+    console.print(
+        f"client arrivals: Hawkes fit of {fit.trades:,} recorded trades "
+        f"({fit.hawkes.arrivals:,} taker arrivals): {params.mean_rate_hz:.3g}/s, branching "
+        f"ratio {params.branching_ratio:.3f}, decay {params.beta:.3g}/s; for the quoted "
+        f"flow: quoted_arrivals = \"hawkes\", quoted_hawkes_branching = "
+        f"{params.branching_ratio:.3f}, quoted_hawkes_decay_per_s = {params.beta:.3g} "
+        "(strategies.internalize; the mean rate stays synthetic_rate_hz)",
+        markup=False, highlight=False, soft_wrap=True)

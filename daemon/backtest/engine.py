@@ -240,6 +240,11 @@ class Backtest:
                                clock=self.clock, writer=self.writer)
         self.session = session
         self.executor, self.runner = session.executor, session.runner
+        if synthetics is not None:  # the runner sees them as a live subscription would
+            synthetics.deliver_to(self.runner.on_quote)
+        #: Synthetic markets and their legs: one counts as in the data when its legs are.
+        self._synthetic_markets: dict[tuple[str, str], list[tuple[str, str]]] = (
+            synthetics.market_legs() if synthetics is not None else {})
         self.snapshots = session.snapshots
         #: The strategy's baseline twin (internalize): its runner is fed through the
         #: strategy's; only what is due on its own paper executor is asked for here.
@@ -273,6 +278,8 @@ class Backtest:
         if self.markets is None:
             return
         present = frozenset(present)
+        present |= {market for market, legs in self._synthetic_markets.items()
+                    if all(leg in present for leg in legs)}
         missing = self.markets - present
         if not missing:
             return

@@ -170,6 +170,17 @@ class SyntheticQuotes:
         """Every market some synthetic market is derived from."""
         return list(self._by_leg)
 
+    def market_legs(self) -> dict[Key, list[Key]]:
+        """Each synthetic market's key and the markets it is derived from."""
+        return {(SYNTHETIC_VENUE, market.symbol): list(market.legs) for market in self.markets}
+
+    def deliver_to(self, on_quote: QuoteCallback) -> None:
+        """Hand every synthetic quote to `on_quote` as it is published (a backtest's or a
+        lockstep replay's runner, which is called directly rather than through a bus
+        subscription): from inside the leg's publish, just before the leg, in the order a
+        live subscription sees them."""
+        self.bus.add_sink(_SyntheticOnly(on_quote))
+
     # -- the bus sink (MarketSink) ------------------------------------------------------
 
     def quote_route(self, exchange: str, symbol: str) -> QuoteCallback:
@@ -196,6 +207,19 @@ class SyntheticQuotes:
         markets = self._by_leg.get((exchange, symbol))
         if markets:
             self._reprice(markets)
+
+
+class _SyntheticOnly:
+    """A bus sink passing the synthetic markets' quotes to one callback, nothing else."""
+
+    def __init__(self, on_quote: QuoteCallback) -> None:
+        self._on_quote = on_quote
+
+    def quote_route(self, exchange: str, symbol: str) -> QuoteCallback:
+        return self._on_quote if exchange == SYNTHETIC_VENUE else ignore
+
+    def trade_route(self, exchange: str, symbol: str) -> TradeCallback:
+        return ignore
 
 
 def build_cross(spec: CrossRateSettings, settings: Settings) -> CrossRate:

@@ -260,6 +260,8 @@ class Lockstep:
         self._runner, self._snapshots = session.runner, session.snapshots
         self._clock, self._tally = clock, tally
         self._flow, self._watch = flow, watch
+        if app.synthetics is not None:  # as the live loop's subscription delivers them
+            app.synthetics.deliver_to(session.runner.on_quote)
 
     def on_quote(self, quote: Quote) -> None:
         now = self._before(quote)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
+import numpy as np
 import pytest
 
 from adapters.client_flow import run_flow
@@ -153,3 +155,23 @@ async def test_a_backtest_takes_the_quoted_flow_where_the_synthetic_one_plugs(
     expected = math.exp(-K * 5.0)
     assert abs(tally.acceptance_rate - expected) < 5 * math.sqrt(expected * (1 - expected)
                                                                  / tally.shown)
+
+
+def test_settings_choose_hawkes_arrivals_at_the_configured_mean_rate() -> None:
+    from adapters.quoted_flow import quoted_source
+    from config.settings import load_settings
+
+    settings = load_settings({"strategies": {"internalize": {
+        "source": "quoted", "quoted_arrivals": "hawkes", "synthetic_rate_hz": 2.0,
+        "quoted_hawkes_branching": 0.8, "quoted_hawkes_decay_per_s": 0.5}}}, env_file=None)
+    source = quoted_source(settings)
+    assert isinstance(source.arrivals, HawkesArrivals)
+    params = source.arrivals.params
+    assert params.mean_rate_hz == pytest.approx(2.0)
+    assert (params.branching_ratio, params.beta) == (pytest.approx(0.8), 0.5)
+    # Clustered: gaps vary more than a Poisson stream's (whose coefficient of variation is 1).
+    times = np.array(list(itertools.islice(source.arrivals.times(np.random.default_rng(1)),
+                                           4_000)))
+    gaps = np.diff(times)
+    assert gaps.mean() == pytest.approx(0.5, rel=0.25)
+    assert gaps.std() / gaps.mean() > 1.4

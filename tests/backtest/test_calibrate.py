@@ -111,6 +111,8 @@ def test_full_recording_calibration_prints_and_writes_the_csv(tmp_path: Path) ->
     assert len(result.fitted_rows) > 100  # ~0.5 fills/s over ~346 s
     text = console.export_text()
     assert "fitted coefficient" in text and "Slippage: formula vs recorded depth" in text
+    # And the recording's taker arrivals as quoted-flow settings (issue 15, item 1).
+    assert 'quoted_arrivals = "hawkes", quoted_hawkes_branching = 0.' in text
     with open(tmp_path / "data" / SLIPPAGE_CSV, newline="") as handle:
         written = list(csv.DictReader(handle))
     assert len(written) == len(result.rows)
