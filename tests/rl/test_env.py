@@ -25,6 +25,8 @@ from tests.rl.common import OTHER_FILE, TRAIN_FILE, log_bytes, log_records, rl_s
 GRID = ActionGrid((-4.0, -2.0, 0.0, 2.0, 4.0), (0.0, 0.5, 1.0))  # the settings' default
 
 
+# The observation space is unbounded by design (daemon/rl/env.py): the checker warns of it.
+@pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value is:UserWarning")
 def test_the_environment_passes_the_gymnasium_checker(
         tmp_path: Path, shared_file: Callable[[str], Path]) -> None:
     settings = rl_settings(tmp_path, rl={"episode_s": 20.0})
