@@ -17,7 +17,12 @@ then hands the action to `strategy.act(...)` through `backtest.runner.call(...)`
 decision, and its hedge order, go through the runner, the gate and the executor exactly
 where the strategy would have returned them -- and runs to the next decision. So a fixed
 policy stepped here writes the same decision log as a plain `Backtest.run()` with that
-policy (tests/rl/test_env.py, byte for byte).
+policy (tests/rl/test_env.py, byte for byte). One case the engine's pause points miss:
+a timer that fires as the client flow moves time to a client fill's (`runner.advance`,
+before `runner.on_client_fill`) pauses only after that fill; run plainly, the policy
+would have acted before it. The environment holds such a fill and delivers it right after
+the agent's action (`_hold_client_fills_while_deciding`); a pause check after the
+flow's `advance` in the engine would make this unnecessary.
 
 **Spaces.** Observation: `Box(float32, (len(FEATURES),))`, the strategy's `FEATURES`
 (inventory vs limit, current shade, venue spread, volatility, expected net client flow,
