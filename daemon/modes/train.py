@@ -36,7 +36,7 @@ from adapters.recordings.replay import ReplayError, ReplaySpec, parse_spec
 from config.settings import ConfigError
 from daemon.core.logs import configure_logging, get_logger
 from daemon.feeds import resolve_markets
-from daemon.rl import RLExtraMissing, require_rl_extra
+from daemon.rl import RLExtraMissing, model_folder, require_rl_extra
 
 if TYPE_CHECKING:
     from daemon.app import App
@@ -57,8 +57,6 @@ async def run_train(app: App) -> int:
     if args.strategy != STRATEGY:
         raise ConfigError(f"--mode train trains {STRATEGY}: pass --strategy {STRATEGY}")
     specs = data_specs(args.data)
-    from daemon.rl.train import model_folder
-
     folder = model_folder(settings.data_dir, app.run_id)
     if folder.exists():
         raise ConfigError(f"model folder {folder} exists already; choose another --run-id "

@@ -11,6 +11,7 @@ to install (`require_rl_extra`). Deciding with a trained model needs numpy only
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 #: The distributions of the extra, by the module each installs.
 RL_MODULES = {"torch": "torch", "stable_baselines3": "stable-baselines3",
@@ -36,3 +37,8 @@ def require_rl_extra() -> None:
     if missing:
         raise RLExtraMissing(f"training needs the RL extra ({', '.join(missing)} not "
                              f"installed): {INSTALL_HINT}")
+
+
+def model_folder(data_dir: Path, run_id: str) -> Path:
+    """Where `--mode train` writes a run's model: data_dir/models/rl-internalize/<run-id>."""
+    return Path(data_dir) / "models" / "rl-internalize" / run_id

@@ -69,10 +69,6 @@ def learning_starts(steps: int) -> int:
     return max(32, min(1_000, steps // 20))
 
 
-def model_folder(data_dir: Path, run_id: str) -> Path:
-    return Path(data_dir) / "models" / "rl-internalize" / run_id
-
-
 @dataclass(slots=True)
 class TrainingProgress:
     """What a progress display is told, after every step (cheap) and at each episode's end."""
