@@ -366,9 +366,13 @@ class Backtest:
 
         A pause requested during a row comes at the same place, so an order the caller
         then submits through `runner.call(...)` lands exactly where it would have had the
-        strategy returned it from that callback; one requested while a client fill was
-        taken (`on_client_fill`) comes right after that fill, before the next one (and
-        before the row's market event).
+        strategy returned it from that callback. Client fills come before the market
+        event they are due by, each at its own time: time moves to the fill first (a
+        strategy timer may fire: `runner.advance`), then the runner takes it
+        (`runner.on_client_fill`); a pause asked for in either comes right after that
+        call, before the rest of the row. One runner call that runs more than one
+        callback (e.g. `on_quote` and a timer due at the same event) pauses after all of
+        them: a strategy should ask for an outside decision from one of them only.
         """
         stepping = self._stepping
         if stepping is None:
@@ -592,15 +596,16 @@ class Backtest:
         return start
 
     def _client_fills(self, until_ns: int) -> Generator[bool, None, None]:
-        """Client fills due before this market event, each at its own time (as
-        `ClientFlow.deliver` hands them out), with a pause after a fill that asked for one."""
-        if self.flow is None:
-            self.flow = build_client_flow(self.settings, self.bus, until_ns,
-                                          getattr(self.strategy, "desk_quote", None))
+        """Client fills due before this market event, each at its own time, as
+        `ClientFlow.deliver` hands them out; a pause asked for while time moved to a fill
+        (a strategy timer) comes before the fill is taken, one asked for while it was
+        taken right after it."""
         clock, runner = self.clock, self.runner
-        for fill in self.flow.due(until_ns):
+        for fill in self._client_flow(until_ns).due(until_ns):
             clock.advance_to(fill.ts_ns)
             runner.advance(clock())
+            if self._pause_ns == PAUSE_NOW:
+                yield True
             runner.on_client_fill(fill)
             if self._pause_ns == PAUSE_NOW:
                 yield True
@@ -694,10 +699,14 @@ class Backtest:
 
     def _deliver_client_fills(self, until_ns: int) -> None:
         """Client fills due before this market event, each at its own time."""
+        self._client_flow(until_ns).deliver(until_ns, self.clock, self.runner)
+
+    def _client_flow(self, start_ns: int) -> ClientFlow:
+        """The run's client flow, built at its first event (`start_ns`)."""
         if self.flow is None:
-            self.flow = build_client_flow(self.settings, self.bus, until_ns,
+            self.flow = build_client_flow(self.settings, self.bus, start_ns,
                                           getattr(self.strategy, "desk_quote", None))
-        self.flow.deliver(until_ns, self.clock, self.runner)
+        return self.flow
 
     # -- the end of the data -----------------------------------------------------------
 

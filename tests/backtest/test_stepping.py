@@ -6,6 +6,7 @@ training runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,26 +162,38 @@ async def test_a_pause_from_a_callback_lands_the_agents_order_as_if_returned(
 
 
 class AgentDesk(StrategyBase):
-    """A tiny desk that hedges every client fill at once with a market order; waiting for
-    an agent, it keeps the hedge for the agent and asks the engine to pause."""
+    """A tiny desk that hedges every client fill at once with a market order and notes
+    its inventory on a timer; waiting for an agent, it keeps each decision for the agent
+    and asks the engine to pause."""
 
     name = "agent-desk"
     market_keys = frozenset({("binance_spot", "BTC/USDT")})
     reads_trades = False
     takes_client_flow = True
+    #: Often enough that some timers fire as time moves to a client fill.
+    timer_interval_s = 0.25
 
     def __init__(self) -> None:
         self.ask_agent: Callable[[], None] | None = None
         self.pending: Decision | None = None
         self.fills: list[int] = []  # times of the client fills taken
+        self.timers: list[int] = []
+        self.inventory = 0.0
 
     def on_client_fill(self, fill: ClientFill) -> Decision | None:
         self.fills.append(fill.ts_ns)
         delta = fill.desk_base_delta
         hedge = OrderIntent("binance_spot", "BTC/USDT", Side.BUY if delta < 0 else Side.SELL,
                             OrderType.MARKET, abs(delta))
-        decision = Decision(self.name, fill.ts_ns, Action.HEDGE, fill.fill_id,
-                            inputs={"client_qty": fill.qty}, intents=[hedge])
+        return self._decide(Decision(self.name, fill.ts_ns, Action.HEDGE, fill.fill_id,
+                                     inputs={"client_qty": fill.qty}, intents=[hedge]))
+
+    def on_timer(self, now_ns: int) -> Decision | None:
+        self.timers.append(now_ns)
+        return self._decide(Decision(self.name, now_ns, Action.HOLD, "timer",
+                                     inputs={"fills": len(self.fills)}))
+
+    def _decide(self, decision: Decision) -> Decision | None:
         if self.ask_agent is None:
             return decision
         self.pending = decision
@@ -188,12 +201,13 @@ class AgentDesk(StrategyBase):
         return None
 
 
-async def test_a_pause_from_a_client_fill_lands_the_hedge_before_the_next_event(
+async def test_a_pause_from_a_client_fill_or_a_timer_lands_the_agents_decision_as_returned(
     tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Client fills come before the market event they are due by: a pause asked for while
-    one is taken comes right after it, so the agent's hedge lands before that event (and
-    before the next fill) as the strategy's own would have."""
+    """Client fills come before the market event they are due by, and time moves to each
+    first (a strategy timer may fire then): a pause asked for in either callback comes
+    right after it, so the agent's decision lands before the fill, the next fill or the
+    market event, where the strategy's own would have."""
     built: list[AgentDesk] = []
     monkeypatch.setitem(strategies.STRATEGIES, AgentDesk.name,
                         lambda _settings: built.append(AgentDesk()) or built[-1])
@@ -211,13 +225,69 @@ async def test_a_pause_from_a_client_fill_lands_the_hedge_before_the_next_event(
     while engine.run_until(None):
         pauses += 1
         decision, desk.pending = desk.pending, None
-        assert decision is not None and len(desk.fills) == pauses
-        assert engine.clock.now_ns == desk.fills[-1]  # at the fill's own time
+        assert decision is not None and pauses == len(desk.fills) + len(desk.timers)
+        assert engine.clock.now_ns == decision.ts_ns  # at the fill's (timer's) own time
         engine.runner.call(lambda decision=decision: decision)
     agent = engine.finish()
 
-    assert pauses == itself.client_fills > 300 and itself.fills > 300
+    assert len(desk.fills) == itself.client_fills > 300 and itself.fills > 300
+    assert len(set(desk.timers) & set(desk.fills)) > 3  # timers fired by a fill's time
     assert log_of(agent) == log_of(itself)
+
+
+ETH = "binance_usdm_ethusdt_20240718.gz"
+#: rl-internalize on the ETH perpetual with the quoted client flow (as its own tests run it).
+RL_DESK = {
+    "venues": {"binance_usdm": {"enabled": True, "balances": {"USDT": 1_000_000.0},
+                                "markets": {"ETH/USDT:USDT": {"tick": 0.01, "lot": 0.001}}}},
+    "strategies": {"internalize": {"venue": "binance_usdm", "symbol": "ETH/USDT:USDT",
+                                   "source": "quoted", "max_inventory": 20.0},
+                   "rl_internalize": {"policy": "a-s"}},
+}
+
+
+async def test_rl_internalize_deciding_through_an_outside_agent_writes_its_policys_log(
+    tmp_path: Path, shared_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the Gymnasium environment does: the policy returns None and asks the engine
+    to pause; the agent (here the A-S formula itself) answers through `runner.call`. The
+    log is the one of the strategy deciding with that formula on its own."""
+    from strategies.rl_internalize import RLInternalizeStrategy, policy_from_name
+
+    specs = [ReplaySpec(shared_file(ETH))]
+    itself = await Backtest(settings_for(tmp_path / "itself", **RL_DESK), "rl-internalize",
+                            specs, "rl").run()
+    data = await loaded(settings_for(tmp_path / "itself", **RL_DESK), specs)
+
+    settings = settings_for(tmp_path / "agent", **RL_DESK)
+    asked: list[tuple[Any, Any]] = []
+    engine: Backtest | None = None
+
+    def outside(observation: Any, state: Any) -> None:
+        asked.append((observation, state))
+        assert engine is not None
+        engine.request_pause()
+
+    monkeypatch.setitem(strategies.STRATEGIES, "rl-internalize",
+                        lambda s: RLInternalizeStrategy.from_settings(s, policy=outside))
+    engine = Backtest(settings, "rl-internalize", specs, "rl")
+    desk = engine.strategy
+    assert isinstance(desk, RLInternalizeStrategy)
+    formula = policy_from_name("a-s", settings)
+    engine.open(data)
+    until = int(data.local_ts_ns[0])
+    while engine.run_until(until):  # pauses on time too, as an environment's step may
+        until += 3 * SECOND
+        if desk.awaiting is None:
+            continue
+        observation, state = asked[-1]
+        action = formula(observation, state)
+        engine.runner.call(partial(desk.act, action, state.now_ns, observation))
+    agent = engine.finish()
+
+    assert len(asked) == desk.decisions > 150
+    assert log_of(agent) == log_of(itself)
+    assert itself.client_fills > 20
 
 
 async def test_a_window_runs_only_its_rows(
