@@ -17,12 +17,8 @@ then hands the action to `strategy.act(...)` through `backtest.runner.call(...)`
 decision, and its hedge order, go through the runner, the gate and the executor exactly
 where the strategy would have returned them -- and runs to the next decision. So a fixed
 policy stepped here writes the same decision log as a plain `Backtest.run()` with that
-policy (tests/rl/test_env.py, byte for byte). One case the engine's pause points miss:
-a timer that fires as the client flow moves time to a client fill's (`runner.advance`,
-before `runner.on_client_fill`) pauses only after that fill; run plainly, the policy
-would have acted before it. The environment holds such a fill and delivers it right after
-the agent's action (`_hold_client_fills_while_deciding`); a pause check after the
-flow's `advance` in the engine would make this unnecessary.
+policy (tests/rl/test_env.py, byte for byte), also when the timer fires as time moves to
+a client fill's (the engine pauses before that fill is taken).
 
 **Spaces.** Observation: `Box(float32, (len(FEATURES),))`, the strategy's `FEATURES`
 (inventory vs limit, current shade, venue spread, volatility, expected net client flow,
@@ -65,7 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -78,7 +74,6 @@ from config.settings import Settings
 from daemon.backtest.cache import BacktestData, load
 from daemon.backtest.engine import Backtest, BacktestResult, window_rows
 from daemon.core.clock import NS_PER_SECOND
-from daemon.core.model import ClientFill
 from daemon.rl.mirror import first_mids, mirror
 from strategies.rl_internalize import (
     FEATURES,
@@ -183,10 +178,6 @@ class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._observation: np.ndarray | None = None
         self._mark = 0.0
         self._replay_mirrored: tuple[int, int] | None = None  # the window to play mirrored
-        #: Client fills that came while a decision waited for the agent (see
-        #: `_hold_client_fills_while_deciding`), and the runner's own delivery of them.
-        self._held_fills: list[ClientFill] = []
-        self._deliver_fill: Callable[[ClientFill], None] = lambda fill: None
 
     # -- the Gymnasium API -------------------------------------------------------------
 
@@ -218,7 +209,6 @@ class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
         chosen = self.grid.action(int(action))
         observation, now = self._observation, agent.now_ns
         backtest.runner.call(lambda: strategy.act(chosen, now, observation))
-        self._deliver_held_fills()
         if backtest.run_until(None):
             reward = self._reward(strategy)
             self._observation = strategy.awaiting
@@ -279,7 +269,6 @@ class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
         strategy.grid = self.grid
         agent = _PausingPolicy(backtest)
         strategy.agent = agent
-        self._hold_client_fills_while_deciding(backtest, strategy)
         full = window == (0, len(data))
         backtest.open(data, None if full else window)
         self.backtest, self.strategy, self._agent = backtest, strategy, agent
@@ -292,32 +281,6 @@ class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
         mark = strategy.mark_to_market()
         self._mark = mark if math.isfinite(mark) else 0.0
         return True
-
-    def _hold_client_fills_while_deciding(self, backtest: Backtest,
-                                          strategy: RLInternalizeStrategy) -> None:
-        """A decision whose timer fires as time moves to a client fill's time (the flow's
-        `runner.advance`, before `runner.on_client_fill`) pauses the engine only after that
-        fill: the engine checks for a pause after the fill. Run as a backtest, the policy
-        would have acted before it. So a fill that arrives while a decision waits for the
-        agent is held and delivered right after the agent's action (`step`): the order of
-        a plain run, and its decision log."""
-        runner = backtest.runner
-        deliver = runner.on_client_fill
-        held = self._held_fills = []
-
-        def on_client_fill(fill: ClientFill) -> None:
-            if strategy.awaiting is not None:
-                held.append(fill)
-            else:
-                deliver(fill)
-
-        runner.on_client_fill = on_client_fill  # type: ignore[method-assign]
-        self._deliver_fill = deliver
-
-    def _deliver_held_fills(self) -> None:
-        held = self._held_fills
-        while held:
-            self._deliver_fill(held.pop(0))
 
     def _abandon(self) -> None:
         """End an episode left unfinished (a reset before its end)."""
