@@ -4,12 +4,14 @@ refusals (another strategy, no --data, the extra missing)."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,7 +107,6 @@ def test_training_writes_the_model_folder_and_a_backtest_of_it_needs_no_torch(
 def test_numpy_inference_takes_the_torch_policys_actions(
         tmp_path: Path, shared_file: Callable[[str], Path]) -> None:
     pytest.importorskip("stable_baselines3", reason="the RL extra is not installed")
-    import asyncio
 
     from stable_baselines3 import DQN
 
@@ -164,3 +165,25 @@ def test_training_without_the_rl_extra_says_how_to_install_it(
     assert err[-1].startswith("cryptopipe: training needs the RL extra (torch")
     assert err[-1].endswith(" not installed): pip install -e '.[rl]'")
     assert not (tmp_path / "data" / "models").exists()
+
+
+def test_training_stopped_early_still_writes_its_model(
+        tmp_path: Path, shared_file: Callable[[str], Path]) -> None:
+    """Ctrl-C or --duration sets the stop event: training ends after the step under way
+    and the folder is written with what was learned, marked as stopped early."""
+    pytest.importorskip("stable_baselines3", reason="the RL extra is not installed")
+    from daemon.rl.env import load_data
+    from daemon.rl.train import train
+    from strategies.rl_internalize import AgentPolicy
+
+    settings = rl_settings(tmp_path, rl={"hidden_layers": [8]})
+    specs = [ReplaySpec(shared_file(TRAIN_FILE))]
+    stop = threading.Event()
+    stop.set()
+    run = train(settings, specs, asyncio.run(load_data(settings, specs)), 50_000,
+                tmp_path / "model", stop=stop)
+    assert run.stopped and run.steps < 50_000
+    spec = json.loads((run.folder / "model.json").read_text())
+    assert spec["training"]["stopped_early"] is True
+    assert spec["training"]["steps"] == run.steps
+    assert AgentPolicy.load(run.folder).network.n_actions == 15
