@@ -34,6 +34,7 @@ published nothing at all as an input error (`check_usable` -> `NothingUsable`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import re
@@ -234,6 +235,28 @@ def parse_spec(text: str) -> ReplaySpec:
             "BTC/USDT:USDT"
         )
     return ReplaySpec(Path(path_text), venue or None, symbol or None)
+
+
+def expand_spec(text: str) -> list[ReplaySpec]:
+    """`parse_spec`, with a directory standing for every file directly in it and a glob
+    (`*`, `?`, `[`) for every file it matches (hidden files left out, as a shell does), in
+    name order (which is time order for the
+    recorder's and the providers' daily files; the replay merges all by time anyway); a
+    `@VENUE:SYMBOL` label applies to each. A directory or glob with no file is an error."""
+    spec = parse_spec(text)
+    path = spec.path
+    if path.is_dir():
+        found = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+    elif any(char in str(path) for char in "*?["):
+        anchor = Path(path.anchor) if path.is_absolute() else Path()
+        pattern = str(path.relative_to(anchor)) if path.is_absolute() else str(path)
+        found = sorted(f for f in anchor.glob(pattern)
+                       if f.is_file() and not f.name.startswith("."))
+    else:
+        return [spec]
+    if not found:
+        raise ReplayError(f"--data {text!r}: no files there")
+    return [dataclasses.replace(spec, path=file) for file in found]
 
 
 def parse_specs(text: str) -> list[ReplaySpec]:

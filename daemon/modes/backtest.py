@@ -18,16 +18,16 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.quoted_flow import flow_tally
-from adapters.recordings.replay import ReplayError, ReplaySpec, parse_spec
+from adapters.recordings.replay import ReplayError
 from config.settings import ConfigError
 from daemon.backtest.engine import Backtest, BacktestResult, NoMarketData, existing_logs
 from daemon.backtest.monte_carlo import against_chance, seed_range, seed_run_id
 from daemon.core.logs import get_logger
 from daemon.feeds import resolve_markets
+from daemon.modes.data import data_specs
 from daemon.modes.summary import RunSummary, print_summary, strategy_notes
 from daemon.postmortem.exports import write_strategy_exports
 
@@ -40,7 +40,7 @@ log = get_logger("backtest")
 async def run_backtest(app: App) -> int:
     """Mode entry point: check the inputs, run with a progress bar on a terminal, report."""
     settings, args = app.settings, app.args
-    specs = _specs(args.data)
+    specs = data_specs(args.data, "backtest")
     seeds = getattr(args, "seeds", None) or 0  # absent from hand-built namespaces
     run_ids = [app.run_id] + [seed_run_id(app.run_id, seed)
                               for seed in seed_range(settings, seeds)]
@@ -85,17 +85,6 @@ async def run_backtest(app: App) -> int:
     return 0
 
 
-def _specs(data: list[Path] | None) -> list[ReplaySpec]:
-    if not data:
-        raise ConfigError("--mode backtest needs recorded files: --data FILE [FILE...]")
-    try:
-        specs = [parse_spec(str(path)) for path in data]
-    except ReplayError as exc:
-        raise ConfigError(str(exc)) from None
-    missing = [str(spec.path) for spec in specs if not spec.path.is_file()]
-    if missing:
-        raise ConfigError(f"--data: no such file: {', '.join(missing)}")
-    return specs
 
 
 class _progress_bar:

@@ -29,10 +29,8 @@ import orjson
 
 from adapters.recordings.replay import (
     NothingUsable,
-    ReplayError,
     ReplaySpec,
     check_usable,
-    parse_spec,
 )
 from config.settings import ConfigError, Settings
 from daemon.backtest.cache import load
@@ -48,6 +46,7 @@ from daemon.backtest.evaluation import (
 from daemon.backtest.evaluation_report import report_folder, tables, warnings, write_files
 from daemon.core.logs import configure_logging
 from daemon.feeds import resolve_markets
+from daemon.modes.data import data_specs
 from daemon.trading.session import build_strategy
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ async def run_evaluate(app: App) -> int:
     if args.strategy != STRATEGY:
         raise ConfigError(f"--mode evaluate compares the {STRATEGY} agent with its baselines: "
                           f"pass --strategy {STRATEGY} (got {args.strategy or 'none'})")
-    specs = _specs(args.data)
+    specs = data_specs(args.data, "evaluate")
     _check_model(settings)
     seeds = getattr(args, "seeds", None) or DEFAULT_SEEDS
     previous = existing_run_logs(settings, app.run_id, seeds)
@@ -84,17 +83,6 @@ async def run_evaluate(app: App) -> int:
     return 0
 
 
-def _specs(data: list[Path] | None) -> list[ReplaySpec]:
-    if not data:
-        raise ConfigError("--mode evaluate needs recorded files: --data FILE [FILE...]")
-    try:
-        specs = [parse_spec(str(path)) for path in data]
-    except ReplayError as exc:
-        raise ConfigError(str(exc)) from None
-    missing = [str(spec.path) for spec in specs if not spec.path.is_file()]
-    if missing:
-        raise ConfigError(f"--data: no such file: {', '.join(missing)}")
-    return specs
 
 
 def _check_model(settings: Settings) -> None:

@@ -36,10 +36,8 @@ import orjson
 
 from adapters.recordings.replay import (
     NothingUsable,
-    ReplayError,
     ReplaySpec,
     check_usable,
-    parse_spec,
 )
 from config.settings import ConfigError, Settings
 from daemon.backtest.cache import load
@@ -71,6 +69,7 @@ from daemon.backtest.sweep_report import (
 )
 from daemon.core.logs import get_logger
 from daemon.feeds import resolve_markets
+from daemon.modes.data import data_specs
 from daemon.postmortem.exports import REPORTS_DIR
 
 if TYPE_CHECKING:
@@ -184,17 +183,9 @@ class _Sweep:
 
 
 def _specs(data: list[Path] | None, manifest: dict[str, Any] | None) -> list[ReplaySpec]:
+    """`--data`, or a resumed sweep's data from its manifest."""
     texts = [str(path) for path in data] if data else (manifest or {}).get("data")
-    if not texts:
-        raise ConfigError("--mode sweep needs recorded files: --data FILE [FILE...]")
-    try:
-        specs = [parse_spec(text) for text in texts]
-    except ReplayError as exc:
-        raise ConfigError(str(exc)) from None
-    missing = [str(spec.path) for spec in specs if not spec.path.is_file()]
-    if missing:
-        raise ConfigError(f"--data: no such file: {', '.join(missing)}")
-    return specs
+    return data_specs(texts, "sweep")
 
 
 def _raw_grid(args: Any, manifest: dict[str, Any] | None) -> dict[str, list[Any]]:

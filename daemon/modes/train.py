@@ -29,13 +29,13 @@ import math
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.recordings.replay import ReplayError, ReplaySpec, parse_spec
+from adapters.recordings.replay import ReplaySpec
 from config.settings import ConfigError
 from daemon.core.logs import configure_logging, get_logger
 from daemon.feeds import resolve_markets
+from daemon.modes.data import data_specs
 from daemon.rl import RLExtraMissing, model_folder, require_rl_extra
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ async def run_train(app: App) -> int:
     settings, args = app.settings, app.args
     if args.strategy != STRATEGY:
         raise ConfigError(f"--mode train trains {STRATEGY}: pass --strategy {STRATEGY}")
-    specs = data_specs(args.data)
+    specs = data_specs(args.data, "train")
     folder = model_folder(settings.data_dir, app.run_id)
     if folder.exists():
         raise ConfigError(f"model folder {folder} exists already; choose another --run-id "
@@ -92,17 +92,6 @@ async def run_train(app: App) -> int:
     return 0
 
 
-def data_specs(data: list[Path] | None) -> list[ReplaySpec]:
-    if not data:
-        raise ConfigError("--mode train needs recorded files: --data FILE [FILE...]")
-    try:
-        specs = [parse_spec(str(path)) for path in data]
-    except ReplayError as exc:
-        raise ConfigError(str(exc)) from None
-    missing = [str(spec.path) for spec in specs if not spec.path.is_file()]
-    if missing:
-        raise ConfigError(f"--data: no such file: {', '.join(missing)}")
-    return specs
 
 
 def _print_result(run: TrainingRun, specs: list[ReplaySpec]) -> None:
