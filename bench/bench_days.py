@@ -1,0 +1,100 @@
+"""Backtest memory and throughput as the data grows: 1, 4 and 16 time-shifted copies of a
+recording (issue 18, item 2: "peak RSS within 20 % of each other" is the goal; today every
+event is built as a Python object up front, so memory grows with the days).
+
+Run: .venv/bin/python bench/bench_days.py [--copies 1,4,16] [--strategy inventory-mm]
+Prints figures, never asserts on time. Each copy is the shared spot BTCUSDT recording
+(~346 s) with every receive time shifted by a whole number of spans, so the copies follow
+each other as consecutive "days" (their exchange times are left as recorded). Each size
+runs in a child process of its own, given as directories to `--data`, twice: cold (the
+event cache built) and warm (read back); the child's peak RSS (`ru_maxrss`) is printed for
+each, with the ratio to one copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT.parent / "shared" / "data" / "binance_spot_btcusdt_20240808.gz"
+
+CHILD = """
+import asyncio, json, resource, sys, time
+sys.path.insert(0, {root!r})
+from config.settings import load_settings
+from daemon.backtest.engine import Backtest
+from daemon.core.logs import configure_logging
+from daemon.modes.data import data_specs
+configure_logging("bench", "warning", "json")
+settings = load_settings({{"data_dir": {data_dir!r}}}, env_file=None)
+specs = data_specs([{days!r}], "backtest")
+started = time.perf_counter()
+result = asyncio.run(Backtest(settings, {strategy!r}, specs, {run_id!r}).run())
+print(json.dumps({{"events": result.events, "cache": result.cache,
+                  "seconds": time.perf_counter() - started,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def shifted_copies(directory: Path, copies: int) -> Path:
+    """`copies` files in `directory`, copy k shifted by k spans of the source."""
+    lines = gzip.decompress(SOURCE.read_bytes()).splitlines(keepends=True)
+    stamps = [int(line.split(b" ", 1)[0]) for line in lines if line[:1].isdigit()]
+    span = max(stamps) - min(stamps) + 1_000_000_000
+    directory.mkdir(parents=True, exist_ok=True)
+    for k in range(copies):
+        out = []
+        for line in lines:
+            stamp, sep, rest = line.partition(b" ")
+            out.append(b"%d%s%s" % (int(stamp) + k * span, sep, rest) if stamp.isdigit()
+                       else line)
+        name = f"binance_spot_btcusdt_day{k:03d}.gz"
+        (directory / name).write_bytes(gzip.compress(b"".join(out), compresslevel=1))
+    return directory
+
+
+def run_child(days: Path, data_dir: Path, strategy: str, run_id: str) -> dict:
+    code = CHILD.format(root=str(ROOT), data_dir=str(data_dir), days=str(days),
+                        strategy=strategy, run_id=run_id)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": "0"})
+    if done.returncode != 0:
+        sys.exit(f"bench_days: the backtest of {days} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", default="1,4,16")
+    parser.add_argument("--strategy", default="inventory-mm")
+    args = parser.parse_args()
+    if not SOURCE.is_file():
+        sys.exit(f"bench_days: {SOURCE} is absent (../shared/data)")
+    sizes = [int(n) for n in args.copies.split(",")]
+    print(f"{args.strategy} over N shifted copies of {SOURCE.name}; peak RSS of the child")
+    print(f"{'copies':>6} {'events':>10} {'cold ev/s':>10} {'cold MB':>8} {'warm ev/s':>10} "
+          f"{'warm MB':>8} {'warm MB vs 1':>12}")
+    base_rss = None
+    with tempfile.TemporaryDirectory(prefix="bench-days-") as tmp:
+        for copies in sizes:
+            days = shifted_copies(Path(tmp) / f"days{copies}", copies)
+            data_dir = Path(tmp) / f"data{copies}"
+            cold = run_child(days, data_dir, args.strategy, f"cold{copies}")
+            warm = run_child(days, data_dir, args.strategy, f"warm{copies}")
+            base_rss = base_rss or warm["rss_mb"]
+            print(f"{copies:>6} {warm['events']:>10,} {cold['events'] / cold['seconds']:>10,.0f} "
+                  f"{cold['rss_mb']:>8,.0f} {warm['events'] / warm['seconds']:>10,.0f} "
+                  f"{warm['rss_mb']:>8,.0f} {warm['rss_mb'] / base_rss:>11.2f}x")
+    print(f"({time.strftime('%Y-%m-%d %H:%M:%S')}; goal: warm MB within 1.2x of one copy)")
+
+
+if __name__ == "__main__":
+    main()
