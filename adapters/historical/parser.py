@@ -97,10 +97,12 @@ def _us_or_ms_ns(value: int) -> int:
     return value * _NS_PER_US if value >= MICROS_FROM else value * _NS_PER_MS
 
 
-def _binance_rows(layout: Layout, lines: Iterator[bytes], stats: LineCounts
-                  ) -> Iterator[tuple[int, bytes]]:
+def _timed_lines(layout: Layout, lines: Iterator[bytes], stats: LineCounts,
+                 header: bool) -> Iterator[tuple[int, bytes]]:
+    """(the layout's time column as read, the line) of every line of the layout's width;
+    the others are counted as corrupt (blank lines aside, and with `header` a first line
+    whose time is not a number: the header row)."""
     width, column = layout.width, layout.time_column
-    first = True
     for line in lines:
         stats.lines += 1
         fields = line.split(b",")
@@ -111,11 +113,17 @@ def _binance_rows(layout: Layout, lines: Iterator[bytes], stats: LineCounts
         try:
             ts = int(fields[column])
         except ValueError:
-            if not first:  # the first line may be the header row
+            if not header:
                 stats.corrupt_lines += 1
-            first = False
+            header = False
             continue
-        first = False
+        header = False
+        yield ts, line
+
+
+def _binance_rows(layout: Layout, lines: Iterator[bytes], stats: LineCounts
+                  ) -> Iterator[tuple[int, bytes]]:
+    for ts, line in _timed_lines(layout, lines, stats, header=True):
         yield _us_or_ms_ns(ts), line
 
 
@@ -134,22 +142,12 @@ def _with_market(path: Path, layout: Layout, first_row: bytes) -> Layout:
 
 def _tardis_rows(layout: Layout, lines: Iterator[bytes], stats: LineCounts
                  ) -> Iterator[tuple[int, bytes]]:
-    width, column = layout.width, layout.time_column
+    """Rows in microseconds; an L2 file's rows of one message (one time) as one group."""
     group: list[bytes] = []
     group_ts = -1
     grouped = layout.kind == BOOK_L2
-    for line in lines:
-        stats.lines += 1
-        fields = line.split(b",")
-        if len(fields) != width:
-            if line.strip():
-                stats.corrupt_lines += 1
-            continue
-        try:
-            ts = int(fields[column]) * _NS_PER_US
-        except ValueError:
-            stats.corrupt_lines += 1
-            continue
+    for us, line in _timed_lines(layout, lines, stats, header=False):
+        ts = us * _NS_PER_US
         if not grouped:
             yield ts, line
         elif ts == group_ts:
