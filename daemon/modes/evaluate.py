@@ -47,6 +47,7 @@ from daemon.backtest.evaluation_report import report_folder, tables, warnings, w
 from daemon.core.logs import configure_logging
 from daemon.feeds import resolve_markets
 from daemon.modes.data import data_specs
+from daemon.modes.progress import counted_bar
 from daemon.trading.session import build_strategy
 
 if TYPE_CHECKING:
@@ -146,21 +147,7 @@ class _progress:
 
     def __enter__(self) -> Callable[[RunMetrics, int, int], None]:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("runs {task.fields[last]}"), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), console=Console(stderr=True),
-                                 transient=True)
-            self._bar.start()
+            self._bar = counted_bar("evaluate", "runs {task.fields[last]}", transient=True)
             self._task = self._bar.add_task("evaluate", total=None, last="")
         return self.update
 

@@ -36,6 +36,7 @@ from config.settings import ConfigError
 from daemon.core.logs import configure_logging, get_logger
 from daemon.feeds import resolve_markets
 from daemon.modes.data import data_specs
+from daemon.modes.progress import counted_bar
 from daemon.rl import RLExtraMissing, model_folder, require_rl_extra
 
 if TYPE_CHECKING:
@@ -122,24 +123,10 @@ class _Display:
 
     def __enter__(self) -> _Display:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:>6,.0f} steps/s"),
-                TextColumn("{task.fields[episodes]:>6,} episodes"),
-                TextColumn("last reward {task.fields[reward]}, P&L {task.fields[pnl]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=False)
-            self._progress.start()
+            self._progress = counted_bar(
+                "train", "{task.fields[rate]:>6,.0f} steps/s",
+                "{task.fields[episodes]:>6,} episodes",
+                "last reward {task.fields[reward]}, P&L {task.fields[pnl]}", transient=False)
             self._task = self._progress.add_task("train", total=None, rate=0.0, episodes=0,
                                                  reward="-", pnl="-")
         self._next_line = time.monotonic() + LINE_EVERY_S
