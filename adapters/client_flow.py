@@ -436,27 +436,41 @@ class ClientFlow:
         """Time of the next fill (priced or not when it comes due); None at the end."""
         return self._next.ts_ns if self._next is not None else None
 
-    def due(self, until_ns: int) -> Iterator[ClientFill]:
-        """Fills with a time <= until_ns, each priced (if repricing) as it comes due."""
+    def arrivals(self, until_ns: int) -> Iterator[ClientFill]:
+        """Fills with a time <= until_ns as they arrived, not yet priced (`price` each once
+        the clock has moved to it: what the desk quotes by then is what the client sees)."""
         while self._next is not None and self._next.ts_ns <= until_ns:
             fill, self._next = self._next, next(self._fills, None)
-            if self._reprice is not None:
-                priced = self._reprice(fill)
-                if priced is None:
-                    self.unpriced += 1
-                    continue
-                fill = priced
-            self.delivered += 1
             yield fill
+
+    def price(self, arrival: ClientFill) -> ClientFill | None:
+        """The fill as priced now (if repricing), counted; None (counted) when it cannot be."""
+        fill = arrival
+        if self._reprice is not None:
+            fill = self._reprice(arrival)
+            if fill is None:
+                self.unpriced += 1
+                return None
+        self.delivered += 1
+        return fill
+
+    def due(self, until_ns: int) -> Iterator[ClientFill]:
+        """Fills with a time <= until_ns, each priced (if repricing) as it comes due."""
+        for arrival in self.arrivals(until_ns):
+            fill = self.price(arrival)
+            if fill is not None:
+                yield fill
 
     def deliver(self, until_ns: int, clock: SteppedClock, taker: FlowTaker) -> None:
         """The fills due by `until_ns` (the next market event's time) to `taker`, each at
         its own time: the clock moves to it and what is due by then (order latency,
-        timers) happens first."""
-        for fill in self.due(until_ns):
-            clock.advance_to(fill.ts_ns)
+        timers: a strategy's new client quote) happens first, then it is priced."""
+        for arrival in self.arrivals(until_ns):
+            clock.advance_to(arrival.ts_ns)
             taker.advance(clock())
-            taker.on_client_fill(fill)
+            fill = self.price(arrival)
+            if fill is not None:
+                taker.on_client_fill(fill)
 
 
 def timed_client_flow(settings: Any, hedge_quote: Callable[[], Quote | None],

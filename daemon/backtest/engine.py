@@ -619,11 +619,15 @@ class Backtest:
         (a strategy timer) comes before the fill is taken, one asked for while it was
         taken right after it."""
         clock, runner = self.clock, self.runner
-        for fill in self._client_flow(until_ns).due(until_ns):
-            clock.advance_to(fill.ts_ns)
+        flow = self._client_flow(until_ns)
+        for arrival in flow.arrivals(until_ns):
+            clock.advance_to(arrival.ts_ns)
             runner.advance(clock())
             if self._pause_ns == PAUSE_NOW:
                 yield True
+            fill = flow.price(arrival)  # at the quote the desk shows by now
+            if fill is None:
+                continue
             runner.on_client_fill(fill)
             if self._pause_ns == PAUSE_NOW:
                 yield True

@@ -103,7 +103,9 @@ def test_clients_are_shown_the_agents_shaded_quote(
     assert len(fills) > 20
     seen = set()
     for fill in fills:
-        shade = max(((t, s) for t, s in shades if t < fill["fill_ts_ns"]), default=(0, 0.0))[1]
+        # A decision at the fill's own time (its timer fired as time moved to the client)
+        # comes first: the client sees the quote it set.
+        shade = max(((t, s) for t, s in shades if t <= fill["fill_ts_ns"]), default=(0, 0.0))[1]
         markup_bps = (fill["client_price"] / fill["mid"] - 1.0) * 1e4
         # A client buying pays base - shade above mid; one selling gets base + shade below.
         expected = 3.0 - shade if fill["client_side"] == "buy" else -(3.0 + shade)

@@ -114,8 +114,9 @@ async def test_the_agent_decides_every_second_and_clients_pay_its_shaded_quote(
         ts = fill["inputs"]["fill_ts_ns"]
         shade = max(((t, s) for t, s in shades if t <= ts), default=(0, 0.0))[1]
         markup = 3.0 - shade if fill["inputs"]["client_side"] == "buy" else -(3.0 + shade)
-        mid = fill["inputs"]["client_price"] / (1.0 + markup * 1e-4)
-        assert fill["inputs"]["client_price"] == pytest.approx(mid * (1.0 + markup * 1e-4))
+        # The mid the desk saw at the fill is the one the client was quoted off.
+        expected = fill["inputs"]["mid"] * (1.0 + markup * 1e-4)
+        assert fill["inputs"]["client_price"] == pytest.approx(expected, rel=1e-12)
 
 
 async def test_never_hedge_only_hedges_back_to_the_limit(
