@@ -684,6 +684,53 @@ class RecordSettings(_Frozen):
     depth: bool = False
 
 
+class NatsSettings(_Frozen):
+    """The NATS server that carries market data, decision logs, heartbeats and control
+    between processes (`--bus-publish`, `--feed nats://`, `--mode feed|archive`)."""
+
+    #: Server address, nats://HOST:PORT (or tls://). `--bus-publish URL` and `--feed URL`
+    #: name it on the command line; this is the default for both and for the archiver.
+    url: str = "nats://127.0.0.1:4222"
+    #: Token the server requires (its `authorization { token }`); give it as an
+    #: environment variable or a secret file.
+    token: SecretStr | None = None
+    #: User name, with `password`, when the server requires user/password instead.
+    user: str | None = None
+    #: Password of `user`; never logged.
+    password: SecretStr | None = None
+    #: CA bundle that signed the server's certificate: connect with TLS, verified.
+    tls_ca_file: Path | None = None
+    #: Client certificate and key, when the server verifies clients (mutual TLS).
+    tls_cert_file: Path | None = None
+    #: Private key of `tls_cert_file`.
+    tls_key_file: Path | None = None
+    #: Give up a first connection attempt after this long (reconnects go on forever).
+    connect_timeout_s: Duration = 2.0
+    #: Between two reconnect attempts after the server went away.
+    reconnect_wait_s: Duration = 0.5
+    #: Name of this process on the bus (heartbeats `hb.<name>`, control `ctl.<name>.kill`);
+    #: empty: `<mode>-<strategy or venues>-<pid>`.
+    process_name: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("nats", "tls") or not sep or not rest:
+            raise ValueError("expected nats://HOST:PORT or tls://HOST:PORT")
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> NatsSettings:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        if self.token is not None and self.user is not None:
+            raise ValueError("give a token or user/password, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
+
 class CrossRateSettings(_Frozen):
     """One synthetic cross rate, e.g. ETH/BTC from ETH/USDT and BTC/USDT legs."""
 
@@ -764,6 +811,7 @@ class Settings(BaseSettings):
     backtest: BacktestSettings = BacktestSettings()
     record: RecordSettings = RecordSettings()
     synthetic: SyntheticSettings = SyntheticSettings()
+    nats: NatsSettings = NatsSettings()
 
     @field_validator("venues", mode="before")
     @classmethod

@@ -28,3 +28,13 @@ def shared_file(shared_data: Path) -> Callable[[str], Path]:
         return path
 
     return lookup
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path):
+    """A real nats-server with JetStream on 127.0.0.1 (tests/helpers/nats_server.py),
+    stopped by its PID after the test."""
+    from tests.helpers.nats_server import NatsServer
+
+    with NatsServer(tmp_path / "nats") as server:
+        yield server

@@ -1,0 +1,1 @@
+"""Past one process: the market stream, decision logs, heartbeats and control over NATS."""
