@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.settings import Settings
+from daemon.bridge.process import Bridge
 from daemon.core.clock import now_ns
 from daemon.core.logs import get_logger
 from daemon.core.routes import Callbacks
@@ -54,6 +55,9 @@ class App:
     trading: TradingStats = field(default_factory=TradingStats)
     #: The decision log writer of a strategy mode (its counters go to /metrics).
     decision_log: DecisionLogWriter | None = None
+    #: This process's NATS connection and the parts running on it (daemon/bridge); not
+    #: joined unless given a NATS address (`--bus-publish`, `--feed nats://`).
+    bridge: Bridge = field(default_factory=Bridge)
 
     @property
     def replaying(self) -> bool:

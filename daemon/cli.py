@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feed", default="live",
                         help="market data: live (default), sample, or "
                         "replay:FILE[@VENUE:SYMBOL][,FILE...]")
+    parser.add_argument("--bus-publish", default=None, metavar="nats://HOST:PORT",
+                        help="publish this process's market data (and decision log) on NATS")
     parser.add_argument("--speed", type=_speed, default=1.0,
                         help="replay pace: 1 = real time (default), N = N x, max = no pacing")
     parser.add_argument("--format", choices=("table", "json"), default=None,

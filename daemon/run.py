@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from config.settings import ConfigError, Settings
 from daemon.app import App
+from daemon.bridge.process import start_bridge
 from daemon.core.logs import configure_logging, get_logger
 from daemon.core.tasks import install_loop_handler, watch_tasks
 from daemon.ops.metrics import start_operations
@@ -92,6 +93,11 @@ async def _supervise(app: App, runner: ModeRunner) -> int:
     log.info("start", mode=app.args.mode, strategy=app.args.strategy,
              venues=app.settings.enabled_venues(), symbols=app.settings.symbols)
     operations = await start_operations(app)  # /metrics, /healthz, /book (long-running modes)
+    try:
+        app.bridge = await start_bridge(app)  # NATS, when given an address (daemon/bridge)
+    except BaseException:
+        await operations.aclose()
+        raise
     # Plain tasks, not `spawn`: both are awaited right here, and a mode's failure is the
     # process's exit status (run_mode logs it).
     work = asyncio.create_task(runner(app), name=f"mode:{app.args.mode}")
@@ -110,6 +116,7 @@ async def _supervise(app: App, runner: ModeRunner) -> int:
         return 0
     finally:
         stopper.cancel()
+        await app.bridge.aclose()
         await operations.aclose()
         await app.stop_background()
         app.snapshot_rings()

@@ -14,14 +14,15 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 from nats.aio.client import Client
 
-from config.settings import NatsSettings
+from config.settings import ConfigError, NatsSettings
 from daemon.core.logs import get_logger
 
 log = get_logger("nats")
 
 
-class NatsUnavailable(Exception):
-    """The first connection to the server failed (address, credentials or TLS)."""
+class NatsUnavailable(ConfigError):
+    """The first connection to the server failed (address, credentials or TLS): the
+    process exits 2 with this one line, as for any setting it cannot use."""
 
 
 def redact_url(url: str) -> str:
