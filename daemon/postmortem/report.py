@@ -226,6 +226,7 @@ def write_summary_and_html(report: Report, target: Path, charts: bool = True
                  "(torn or corrupt)."]
         notes += [_unfinished(run, last) for run, last in report.unfinished_runs.items()]
         notes += halt_lines(report.summaries)
+        notes += [chance_line(chance) for chance in report.chance]
         title = f"cryptopipe post-mortem — {_label(report.log_filter)}"
         exports["html"].write_text(report_html(report.summaries, title, notes), encoding="utf-8")
     return exports
@@ -331,6 +332,16 @@ def print_report(report: Report, console: Console) -> None:
                   f"{skipped:,} line(s) skipped (torn or corrupt)")
     for name, path in report.exports.items():
         console.print(f"{name}: {path}")
+
+
+def chance_line(chance: AgainstChance) -> str:
+    """One comparison in a sentence (the HTML report's notes)."""
+    spread = chance.figures()["baseline_pnl"]
+    return (f"Against chance: {chance.run_id} ({chance.strategy}) P&L {_money(chance.pnl)} "
+            f"among {len(chance.seed_pnls)} {BASELINE} seeds ({chance.seed_runs_text()}): "
+            f"mean {_money(spread['mean'])}, median {_money(spread['median'])}, "
+            f"p5 {_money(spread['p5'])}, p95 {_money(spread['p95'])}; percentile "
+            f"{chance.percentile:.0f} (50 = chance).")
 
 
 def _chance_table(report: Report) -> Table:

@@ -111,9 +111,13 @@ def test_the_post_mortem_shows_the_strategy_against_its_seeds(
         assert chance.pnl == pytest.approx(pnl["mc"])
         assert chance.seed_pnls == pytest.approx(seeds)
         assert chance.percentile == pytest.approx(100 * below / 3)
-    # The run's own report lists only the run, as before; the comparison comes beside it.
-    assert [s.run_id for s in build_report(data_dir, LogFilter(run_id="mc"),
-                                           charts=False).summaries] == ["mc"]
+    # The run's own report lists only the run, as before; the comparison comes beside it,
+    # in the HTML report too.
+    alone = build_report(data_dir, LogFilter(run_id="mc"))
+    assert [s.run_id for s in alone.summaries] == ["mc"]
+    page = alone.exports["html"].read_text(encoding="utf-8")
+    assert "Against chance: mc (inventory-mm) P&amp;L" in page
+    assert "among 3 random-inventory seeds (mc-seed42 .. mc-seed44)" in page
     shown = run_main(["--mode", "post-mortem", "--run", "mc"], data_dir)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "Against chance" in shown.stdout and "mc-seed42 .. mc-seed44" in shown.stdout
