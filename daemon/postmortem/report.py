@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon.core.logs import get_logger
+from daemon.postmortem.chance import BASELINE, SEED_RUN, AgainstChance, compare_with_seeds
 from daemon.postmortem.charts import report_html
 from daemon.postmortem.exports import REPORTS_DIR
 from daemon.postmortem.figures import RunSummary, groups, summarise
@@ -58,6 +59,8 @@ class Report:
     unfinished_runs: dict[str, int] = field(default_factory=dict)
     summaries: list[RunSummary] = field(default_factory=list)
     exports: dict[str, Path] = field(default_factory=dict)
+    #: Each reported run beside its `random-inventory` seed runs (`--seeds N`).
+    chance: list[AgainstChance] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -86,6 +89,7 @@ class Report:
             "runs_not_ended_cleanly": [
                 {"run_id": run, "last_durable_ts_ns": last, "last_durable": _time(last)}
                 for run, last in self.unfinished_runs.items()],
+            "against_chance": [chance.figures() for chance in self.chance],
             "exports": {name: str(path) for name, path in self.exports.items()},
             "message": self.message() if self.empty else "",
         }
@@ -151,7 +155,31 @@ def _compute_and_export(loaded: LoadedLog, report: Report, data_dir: Path, targe
     for summary in report.summaries:
         summary.run_start_ns, summary.run_end_ns = loaded.run_spans.get(
             summary.run_id, (summary.start_ns, summary.end_ns))
+    filtered = report.log_filter.run_id or report.log_filter.strategy
+    report.chance = compare_with_seeds(
+        ((s.run_id, s.strategy, s.total_pnl) for s in report.summaries),
+        (lambda run_id: _seed_runs(data_dir, report.log_filter, run_id)) if filtered else None)
     report.exports.update(write_summary_and_html(report, target, charts))
+
+
+def _seed_runs(data_dir: Path, log_filter: LogFilter, run_id: str
+               ) -> dict[int, tuple[str, float]]:
+    """The baseline seed runs of `run_id` that the filter left out: {seed: (run, P&L)},
+    each read under the same time filter."""
+    names = {path.stem for path in decisions_dir(data_dir).glob(f"*/{run_id}-seed*.jsonl")}
+    found = {}
+    for seed_run in sorted(names):
+        matched = SEED_RUN.fullmatch(seed_run)
+        if not matched or matched["run"] != run_id:
+            continue
+        loaded = load_log(data_dir, replace(log_filter, run_id=seed_run, strategy=None))
+        try:
+            if loaded.records and (seed_run, BASELINE) in groups(loaded.db):
+                pnl = summarise(loaded.db, seed_run, BASELINE).total_pnl
+                found[int(matched["seed"])] = (seed_run, pnl)
+        finally:
+            loaded.db.close()
+    return found
 
 
 def _label(log_filter: LogFilter) -> str:
@@ -198,6 +226,7 @@ def write_summary_and_html(report: Report, target: Path, charts: bool = True
                  "(torn or corrupt)."]
         notes += [_unfinished(run, last) for run, last in report.unfinished_runs.items()]
         notes += halt_lines(report.summaries)
+        notes += [chance_line(chance) for chance in report.chance]
         title = f"cryptopipe post-mortem — {_label(report.log_filter)}"
         exports["html"].write_text(report_html(report.summaries, title, notes), encoding="utf-8")
     return exports
@@ -294,6 +323,8 @@ def print_report(report: Report, console: Console) -> None:
                   _arbitrage_table(report), _internalize_table(report)):
         if table is not None and table.row_count:
             console.print(table)
+    if report.chance:
+        console.print(_chance_table(report))
     for line in halt_lines(report.summaries):
         console.print(line, markup=False)
     skipped = report.corrupt_lines + report.unsupported_lines
@@ -301,6 +332,32 @@ def print_report(report: Report, console: Console) -> None:
                   f"{skipped:,} line(s) skipped (torn or corrupt)")
     for name, path in report.exports.items():
         console.print(f"{name}: {path}")
+
+
+def chance_line(chance: AgainstChance) -> str:
+    """One comparison in a sentence (the HTML report's notes)."""
+    spread = chance.figures()["baseline_pnl"]
+    return (f"Against chance: {chance.run_id} ({chance.strategy}) P&L {_money(chance.pnl)} "
+            f"among {len(chance.seed_pnls)} {BASELINE} seeds ({chance.seed_runs_text()}): "
+            f"mean {_money(spread['mean'])}, median {_money(spread['median'])}, "
+            f"p5 {_money(spread['p5'])}, p95 {_money(spread['p95'])}; percentile "
+            f"{chance.percentile:.0f} (50 = chance).")
+
+
+def _chance_table(report: Report) -> Table:
+    table = Table(title=f"Against chance: P&L among the run's {BASELINE} seeds (percentile: "
+                        "seeds below, ties half; 50 = chance)")
+    for column in ("run", "strategy", "P&L", "seeds", "seed runs", "mean", "median", "p5",
+                   "p95", "percentile"):
+        table.add_column(column, justify="left" if column in ("run", "strategy", "seed runs")
+                         else "right")
+    for chance in report.chance:
+        spread = chance.figures()["baseline_pnl"]
+        table.add_row(chance.run_id, chance.strategy, _money(chance.pnl),
+                      f"{len(chance.seed_pnls):,}", chance.seed_runs_text(),
+                      _money(spread["mean"]), _money(spread["median"]), _money(spread["p5"]),
+                      _money(spread["p95"]), f"{chance.percentile:.0f}")
+    return table
 
 
 def _runs_table(report: Report) -> Table:

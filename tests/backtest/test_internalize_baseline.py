@@ -106,3 +106,33 @@ async def test_the_results_csv_shows_the_hedge_fills_from_the_log(
     assert len(twin_filled) > 0.9 * len(rows)
     for fill_id, row in rows.items():
         assert (row["always_hedge_source"] == "always_hedge") == (fill_id in twin_filled)
+
+
+async def test_the_twin_leaves_the_desks_own_decisions_and_fills_unchanged(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    """The twin trades on a paper account and book of its own: the desk decides and fills
+    exactly as it does with the twin off (its order ids carry the run's prefix only)."""
+    specs = [ReplaySpec(shared_file(name)) for name in ETH]
+    await run(tmp_path, specs, "with")
+    await run(tmp_path, specs, "without", always_hedge_baseline=False)
+
+    def desk(run_id: str) -> list[bytes]:
+        prefixes = {r["client_order_id"].split("-", 1)[0] for r in log_records(tmp_path, run_id)
+                    if r["type"] == "intent"}
+        records = log_records(tmp_path, run_id)
+        orders = {r["client_order_id"] for r in records
+                  if r["type"] == "intent" and r["strategy"] == "internalize"}
+        lines = [orjson.dumps({k: v for k, v in r.items() if k != "run_id"}) for r in records
+                 if r.get("strategy") == "internalize" or r.get("client_order_id") in orders]
+        for prefix in prefixes:
+            lines = [line.replace(prefix.encode(), b"RUN") for line in lines]
+        return lines
+
+    with_twin, alone = desk("with"), desk("without")
+    assert len(alone) > 500 and sum(b'"type":"fill"' in line for line in alone) > 100
+    assert sum(b'"type":"ack"' in line for line in alone) > 100
+    assert with_twin == alone
+    twin = [r for r in log_records(tmp_path, "with")
+            if r.get("strategy") == "internalize.always-hedge" and r["type"] == "fill"]
+    assert len(twin) > 100  # the twin did trade beside it

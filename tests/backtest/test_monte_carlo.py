@@ -83,3 +83,46 @@ def test_backtest_with_seeds_places_the_strategy_among_the_baseline_s(
                       "--seeds", "1", "--data", str(recording)], data_dir)
     assert clash.returncode == 2 and "'x-seed42' already has a decision log" in clash.stderr
     assert not records(data_dir, "x")
+
+
+def test_the_post_mortem_shows_the_strategy_against_its_seeds(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    """`--seeds N` leaves the strategy's run and one run per seed; the post-mortem of the
+    strategy's run (`--run R`) and of every run put them together: the seeds' P&L spread
+    and the strategy's percentile in it, from the post-mortem's own P&L figures."""
+    from daemon.postmortem.reader import LogFilter
+    from daemon.postmortem.report import build_report
+
+    recording = shared_file(RECORDING)
+    data_dir = tmp_path / "data"
+    done = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id", "mc",
+                     "--seeds", "3", "--data", str(recording)], data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    every = build_report(data_dir, LogFilter(), charts=False)
+    pnl = {s.run_id: s.total_pnl for s in every.summaries}
+    assert set(pnl) == {"mc", "mc-seed42", "mc-seed43", "mc-seed44"}
+    seeds = {seed: pnl[f"mc-seed{seed}"] for seed in (42, 43, 44)}
+    below = sum(p < pnl["mc"] for p in seeds.values()) + 0.5 * sum(
+        p == pnl["mc"] for p in seeds.values())
+    for log_filter in (LogFilter(), LogFilter(run_id="mc")):
+        (chance,) = build_report(data_dir, log_filter, charts=False).chance
+        assert (chance.run_id, chance.strategy) == ("mc", "inventory-mm")
+        assert chance.pnl == pytest.approx(pnl["mc"])
+        assert chance.seed_pnls == pytest.approx(seeds)
+        assert chance.percentile == pytest.approx(100 * below / 3)
+    # The run's own report lists only the run, as before; the comparison comes beside it,
+    # in the HTML report too.
+    alone = build_report(data_dir, LogFilter(run_id="mc"))
+    assert [s.run_id for s in alone.summaries] == ["mc"]
+    page = alone.exports["html"].read_text(encoding="utf-8")
+    assert "Against chance: mc (inventory-mm) P&amp;L" in page
+    assert "among 3 random-inventory seeds (mc-seed42 .. mc-seed44)" in page
+    shown = run_main(["--mode", "post-mortem", "--run", "mc"], data_dir)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "Against chance" in shown.stdout and "mc-seed42 .. mc-seed44" in shown.stdout
+    as_json = run_main(["--mode", "post-mortem", "--run", "mc", "--format", "json"], data_dir)
+    (figures,) = orjson.loads(as_json.stdout)["against_chance"]
+    assert figures["seeds"] == 3 and figures["percentile"] == pytest.approx(100 * below / 3)
+    # A seed run alone has nothing to be compared with.
+    assert not build_report(data_dir, LogFilter(run_id="mc-seed42"), charts=False).chance

@@ -312,7 +312,9 @@ async def test_a_disk_that_refuses_every_write_is_reported_and_nothing_blocks_or
     assert writer.queued == 1_000 and writer.durable_records == 0
     monkeypatch.undo()  # the disk is back: everything is written, in order
     deadline = time.monotonic() + 30
-    while writer.queued and time.monotonic() < deadline:
+    # Written (queued 0) comes before durable (the fsync that clears `failing`), in the
+    # writer's thread: wait for both, or a slow fsync fails the test.
+    while (writer.queued or writer.failing is not None) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert writer.failing is None
     monkeypatch.setattr(DecisionLogWriter, "_write_all", disk_full)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gzip
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -432,6 +433,29 @@ async def test_probabilistic_queue_in_a_backtest_fills_no_more_maker_orders_than
     # On this sample the two are equal today (0.001 each): inventory-mm's quotes rest off
     # the touch and fill when the market trades through them, which no queue holds back.
     assert maker_qty["probabilistic"] <= maker_qty["none"]
+
+
+async def test_probabilistic_queue_holds_back_maker_fills_at_the_touch_on_the_btc_recording(
+    tmp_path: Path, shared_file: Callable[[str], Path],
+) -> None:
+    """random-inventory rests its post-only orders at the touch, where the queue ahead is
+    the whole shown size: on the shared BTCUSDT recording the probabilistic queue fills it
+    less and later than `none`, which puts it first in line."""
+    recording = shared_file("binance_spot_btcusdt_20240808.gz")
+    fills: dict[str, list[dict]] = {}
+    for model in ("none", "probabilistic"):
+        settings = load_settings({"data_dir": tmp_path / model,
+                                  "execution": {"queue_model": model}}, env_file=None)
+        result = await Backtest(settings, "random-inventory", [ReplaySpec(recording)],
+                                "queue").run()
+        log = b"".join(path.read_bytes() for path in result.log_files)
+        fills[model] = [r for r in map(orjson.loads, log.splitlines()) if r["type"] == "fill"]
+    first_in_line, queued = fills["none"], fills["probabilistic"]
+    assert all(f["liquidity"] == "maker" for f in first_in_line + queued)
+    assert len(first_in_line) > 20
+    assert len(queued) < len(first_in_line)
+    assert sum(f["qty"] for f in queued) < sum(f["qty"] for f in first_in_line)
+    assert queued[0]["ts_ns"] > first_in_line[0]["ts_ns"]
 
 
 def test_queue_model_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
