@@ -8,10 +8,13 @@ awaits the network: when the buffer is full the event is dropped and counted
 (`cryptopipe_nats_md_dropped`, a warning at most every `DROP_LOG_INTERVAL_S`).
 
 The task encodes (msgpack) and hands each event to nats-py, which writes in the
-background. While the server is away nats-py holds what is published up to its pending
-buffer and sends it on reconnect; past that `publish` refuses, and the event is dropped
-and counted as well. A slow server makes nats-py's flush wait: the task waits, the buffer
-fills, the feed goes on.
+background. A slow server makes nats-py's flush wait: the task waits, the buffer fills,
+the feed goes on. While the connection is down (nats-py reconnecting) events are dropped
+and counted (`server_away`) rather than left in nats-py's reconnect buffer: a quote held
+for minutes and delivered in a burst after the reconnect would reach strategies as if it
+were new; a gap is what they can handle (their NATS feed flags the keys stale meanwhile,
+and the next quote clears it). The local ring and recorder of the feed process keep
+everything.
 
 Core NATS publish, captured by a JetStream stream on `md.>` (`ensure_market_stream`,
 created or updated at start: max age `nats.md_max_age_s`, max bytes `nats.md_max_bytes`):
@@ -77,7 +80,7 @@ class MarketPublisher:
         #: Events handed to the NATS client (sent, or held by it during a reconnect).
         self.published = 0
         #: Events dropped, by reason: buffer_full (the task fell behind), server_away
-        #: (nats-py's reconnect buffer was full too), closed (the connection is gone).
+        #: (the connection was down, or nats-py refused more), closed (we are stopping).
         self.dropped_by: Counter[str] = Counter()
         self._dropped_logged = 0
         self._last_drop_log = -DROP_LOG_INTERVAL_S
@@ -132,13 +135,18 @@ class MarketPublisher:
         self._task = spawn(self._run(), name="nats-md-publisher")
 
     async def _run(self) -> None:
-        buffer, publish = self._buffer, self._client.publish
+        client, buffer = self._client, self._buffer
+        publish = client.publish
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             sent = 0
             while buffer:
                 key_subject, encode, event = buffer.popleft()
+                if not client.is_connected:  # see the module doc: a gap, not a late burst
+                    self._drop("server_away", 1 + len(buffer))
+                    buffer.clear()
+                    break
                 try:
                     await publish(key_subject, encode(event))
                 except nats_errors.OutboundBufferLimitError:
@@ -232,7 +240,7 @@ async def start_market_out(app: MarketApp, bridge: Bridge) -> MarketPublisher | 
     bridge.add_metric("md_published", "Market events handed to the NATS client.",
                       lambda: publisher.published)
     bridge.add_metric("md_dropped", "Market events dropped: the publish buffer was full, "
-                      "or the server was away and nats-py's buffer full too.",
+                      "or the connection to the server was down.",
                       lambda: publisher.dropped)
     bridge.add_metric("md_buffered", "Market events waiting for the publisher task now.",
                       lambda: publisher.buffered, counter=False)
