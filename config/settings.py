@@ -716,10 +716,10 @@ class NatsSettings(_Frozen):
     md_stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "MD"
     #: The market-data stream drops messages older than this.
     md_max_age_s: Duration = 86_400.0
-    #: ...and its oldest messages beyond this many bytes on the server.
+    #: The market-data stream drops its oldest messages beyond this many bytes.
     md_max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
-    #: Market events a publisher holds while the server is slow or away; one more is
-    #: dropped and counted (`cryptopipe_nats_md_dropped`), the feed never waits.
+    #: Market events a publisher holds for its task while the server is slow; one more
+    #: is dropped and counted (`cryptopipe_nats_md_dropped`): the feed never waits.
     md_publish_buffer: Annotated[int, Field(gt=0)] = 10_000
 
     @field_validator("url")
