@@ -61,7 +61,7 @@ class _KeyFeed:
     """One (venue, symbol): its routes, when it last spoke, whether we flagged it."""
 
     __slots__ = ("flagged", "last_rx_ns", "quote_route", "quoted", "stale_ns", "stats",
-                 "symbol", "trade_route", "venue")
+                 "symbol", "trade_route", "venue", "warned_no_quotes")
 
     def __init__(self, venue: str, symbol: str, sink: MarketSink, stats: VenueStats,
                  stale_ns: int, started_ns: int) -> None:
@@ -73,6 +73,7 @@ class _KeyFeed:
         self.last_rx_ns = started_ns  # monotonic: silence is counted from our start
         self.flagged = False
         self.quoted = False
+        self.warned_no_quotes = False
 
 
 def feed_keys(settings: Settings) -> list[Key]:
@@ -223,7 +224,9 @@ class NatsMarketFeed:
             if key.quoted:
                 key.stats.last_frame_ns = wall - silent_ns
             if silent_ns > key.stale_ns:
-                if not key.flagged:
+                if not key.quoted:
+                    self._warn_no_quotes(key, silent_ns)
+                elif not key.flagged:
                     self._flag(key, "silent" if connected else "server away", silent_ns)
             elif key.flagged:
                 latest = self.bus.view.quote(key.venue, key.symbol)
@@ -231,12 +234,18 @@ class NatsMarketFeed:
                     key.flagged = False
                     log.info("fresh", venue=key.venue, symbol=key.symbol)
 
+    def _warn_no_quotes(self, key: _KeyFeed, waited_ns: int) -> None:
+        """Once: no feed process publishes this key (or not to this server)."""
+        if not key.warned_no_quotes:
+            key.warned_no_quotes = True
+            log.warning("no_quotes", venue=key.venue, symbol=key.symbol, source="nats",
+                        waited_s=round(waited_ns / 1e9, 3),
+                        subject=subject(key.venue, key.symbol, QUOTE))
+
     def _flag(self, key: _KeyFeed, reason: str, silent_ns: int) -> None:
         key.flagged = True
         if self.bus.mark_stale(key.venue, key.symbol) is None:
-            log.warning("no_quotes", venue=key.venue, symbol=key.symbol, source="nats",
-                        waited_s=round(silent_ns / 1e9, 3))
-            return
+            return  # quoted only through the lockstep callbacks: nothing on this bus
         key.stats.stale_events += 1
         log.warning("stale", venue=key.venue, symbol=key.symbol, reason=reason,
                     silent_s=round(silent_ns / 1e9, 3), source="nats")
