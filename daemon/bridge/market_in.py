@@ -1,8 +1,8 @@
 """Bus bridge in: `--feed nats://HOST:PORT` takes market data from NATS onto the local bus.
 
 `NatsMarketFeed` plays an adapter's part for every enabled venue and its symbols
-(`Settings.symbols_for`): it subscribes to `md.<venue>.<SYMBOL>.quote` and `.trade` of
-exactly those keys (the server filters; nothing else crosses the wire), decodes each
+(`Settings.symbols_for`): it subscribes to `md.<venue>.<SYMBOL>.*` (quotes and trades)
+of exactly those keys (the server filters; nothing else crosses the wire), decodes each
 message into the `Quote`/`Trade` that was published (daemon/bridge/codec.py) and hands it
 to the key's bus route, as a parser does. Conflation, the ring buffer, the consolidated
 view, synthetic markets and strategies work unchanged.
@@ -34,14 +34,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from adapters.common.stats import VenueStats, stats_for
 from adapters.common.watchdogs import check_interval
 from config.settings import ConfigError, Settings
-from daemon.bridge.codec import QUOTE, TRADE, CodecError, decode_quote, decode_trade, subject
+from daemon.bridge.codec import (
+    QUOTE,
+    CodecError,
+    decode_quote,
+    decode_trade,
+    key_filter,
+    subject,
+)
 from daemon.core.clock import NS_PER_SECOND, now_ns
 from daemon.core.logs import get_logger
 from daemon.core.routes import Callbacks, MarketSink
@@ -55,6 +62,7 @@ if TYPE_CHECKING:
 log = get_logger("nats_md_in")
 
 Key = tuple[str, str]
+QUOTE_SUFFIX = "." + QUOTE
 
 
 class _KeyFeed:
@@ -128,45 +136,34 @@ class NatsMarketFeed:
     # -- live subscriptions ---------------------------------------------------------------------
 
     async def _subscribe(self) -> None:
+        # One subscription per key for both kinds: one task delivers them, so a key's
+        # quotes and trades reach the bus in the order they were published.
         for key in self.keys.values():
-            for kind, handler in ((QUOTE, self._quote_handler(key)),
-                                  (TRADE, self._trade_handler(key))):
-                self._subscriptions.append(
-                    await self.client.subscribe(subject(key.venue, key.symbol, kind),
-                                                cb=handler))
+            self._subscriptions.append(
+                await self.client.subscribe(key_filter(key.venue, key.symbol),
+                                            cb=self._handler(key)))
             key.stats.connects += 1
             key.stats.connected = self.client.is_connected
         await self.client.flush()  # the server has them all before the late join looks
 
-    def _quote_handler(self, key: _KeyFeed) -> Callable[[Msg], asyncio.Future[None]]:
+    def _handler(self, key: _KeyFeed) -> Callable[[Msg], Awaitable[None]]:
         venue, symbol, stats, monotonic_ns = key.venue, key.symbol, key.stats, self._monotonic_ns
+        quote_route, trade_route = key.quote_route, key.trade_route
 
         async def on_message(msg: Msg) -> None:
             stats.frames += 1
             try:
-                quote = decode_quote(venue, symbol, msg.data)
+                if msg.subject.endswith(QUOTE_SUFFIX):
+                    quote = decode_quote(venue, symbol, msg.data)
+                    key.last_rx_ns = monotonic_ns()
+                    key.quoted = True
+                    quote_route(quote)
+                else:
+                    trade_route(decode_trade(venue, symbol, msg.data))
             except CodecError:
                 stats.drop("bad_body")
-                return
-            key.last_rx_ns = monotonic_ns()
-            key.quoted = True
-            key.quote_route(quote)
 
-        return on_message  # type: ignore[return-value]
-
-    def _trade_handler(self, key: _KeyFeed) -> Callable[[Msg], asyncio.Future[None]]:
-        venue, symbol, stats = key.venue, key.symbol, key.stats
-
-        async def on_message(msg: Msg) -> None:
-            stats.frames += 1
-            try:
-                trade = decode_trade(venue, symbol, msg.data)
-            except CodecError:
-                stats.drop("bad_body")
-                return
-            key.trade_route(trade)
-
-        return on_message  # type: ignore[return-value]
+        return on_message
 
     async def _unsubscribe(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, []

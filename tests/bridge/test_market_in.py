@@ -119,7 +119,7 @@ async def test_a_silent_key_is_flagged_stale_and_its_next_quote_clears_it(nats_s
         nats_feed = NatsMarketFeed(into, strategy_settings(url), bus, monotonic_ns=clock)
         nats_feed._check_s = 3600  # the test drives the watchdog itself
         task = asyncio.create_task(nats_feed.run())
-        await eventually(lambda: nats_feed._subscriptions and len(nats_feed._subscriptions) == 8)
+        await eventually(lambda: nats_feed._subscriptions and len(nats_feed._subscriptions) == 4)
         await asyncio.sleep(0.1)  # past the late join
         feed.bus.publish_quote(quote(1))
         feed.bus.publish_quote(quote(1, "bybit_spot"))
@@ -160,7 +160,7 @@ async def test_a_body_that_does_not_decode_is_dropped_and_counted(nats_server):
         bus = Bus()
         nats_feed = NatsMarketFeed(into, strategy_settings(url), bus)
         task = asyncio.create_task(nats_feed.run())
-        await eventually(lambda: len(nats_feed._subscriptions) == 8)
+        await eventually(lambda: len(nats_feed._subscriptions) == 4)
         await asyncio.sleep(0.1)
         await out.publish(subject("binance_spot", "BTC/USDT", "quote"), b"not msgpack \xc1")
         await out.publish(subject("binance_spot", "BTC/USDT", "trade"), b"\x90")
@@ -206,7 +206,7 @@ async def test_lockstep_callbacks_get_the_events_instead_of_the_bus(nats_server)
         nats_feed = NatsMarketFeed(into, strategy_settings(url), bus,
                                    publish=Callbacks(handed.append, handed.append))
         task = asyncio.create_task(nats_feed.run())
-        await eventually(lambda: len(nats_feed._subscriptions) == 8)
+        await eventually(lambda: len(nats_feed._subscriptions) == 4)
         await asyncio.sleep(0.1)
         feed = FeedProcess(out)
         feed.bus.publish_quote(quote(1))
@@ -214,6 +214,36 @@ async def test_lockstep_callbacks_get_the_events_instead_of_the_bus(nats_server)
         await eventually(lambda: len(handed) == 2)
         assert sorted(handed, key=lambda e: type(e).__name__) == [quote(1), trade(2)]
         assert bus.view.quote("binance_spot", "BTC/USDT") is None  # the callbacks publish
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await feed.publisher.aclose()
+    finally:
+        await out.close()
+        await into.close()
+
+
+async def test_a_keys_quotes_and_trades_reach_the_bus_in_the_order_they_were_published(
+        nats_server):
+    url = nats_server.url
+    out = await connect(NatsSettings(url=url), name="feed")
+    into = await connect(NatsSettings(url=url), name="strategy")
+    try:
+        bus = Bus()
+        arrived: list[Quote | Trade] = []
+        bus.add_sink(on_quote=arrived.append, on_trade=arrived.append)
+        nats_feed = NatsMarketFeed(into, strategy_settings(url), bus)
+        task = asyncio.create_task(nats_feed.run())
+        await eventually(lambda: len(nats_feed._subscriptions) == 4)
+        await asyncio.sleep(0.1)
+        feed = FeedProcess(out)
+        sent: list[Quote | Trade] = []
+        for i in range(200):
+            sent += [quote(i), trade(i), trade(i + 1000)]
+        for event in sent:
+            (feed.bus.publish_quote if isinstance(event, Quote) else feed.bus.publish_trade)(
+                event)
+        await eventually(lambda: len(arrived) == len(sent))
+        assert arrived == sent
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await feed.publisher.aclose()

@@ -32,6 +32,8 @@ from tests.helpers.nats_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STALE_AFTER_S = "4"
+#: The span of binance_spot_btcusdt_20240808.gz (2024-08-08 23:54:13 to 24:00:00 UTC).
+RECORDED_FROM_NS, RECORDED_TO_NS = 1723161253 * 10**9, 1723161601 * 10**9
 WAIT_S = 180.0
 
 
@@ -153,6 +155,10 @@ def test_a_strategy_fed_over_nats_flags_stale_when_its_feed_dies_and_resumes_wit
             on_quotes(d) and not d["inputs"].get("stale") for d in strategy.decisions()),
             feed, strategy)
         wait_for("healthy", lambda: strategy.get("/healthz")[0] == 200, feed, strategy)
+        assert feed.get("/healthz")[0] == 200  # the feed process serves its health too
+        # The strategy's clock is the data's: the recording's receive times, not today's.
+        assert all(RECORDED_FROM_NS <= d["ts_ns"] <= RECORDED_TO_NS
+                   for d in strategy.decisions())
 
         # The feed process dies: within stale_after_s of silence the quote is flagged.
         feed.kill()
