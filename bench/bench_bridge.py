@@ -154,6 +154,11 @@ async def replay_through_nats(url: str, paths: list[Path], expected: int,
     started_ns = time.time_ns()
     await ReplayFeed([ReplaySpec(path) for path in paths], bus.publish_quote,
                      bus.publish_trade, speed=None, yield_every=64).run()
+    while publisher.buffered:
+        await asyncio.sleep(0.001)
+    handed_s = (time.time_ns() - started_ns) / 1e9
+    print(f"    feed side: replay + publisher handed all to nats-py in {handed_s:.2f} s "
+          f"({publisher.published / handed_s:,.0f} events/s)")
     kind, received, last_ns = await asyncio.to_thread(results.get)
     assert kind == "throughput"
     return received, (last_ns - started_ns) / 1e9, publisher, bus, client
