@@ -130,7 +130,7 @@ async def start_bridge(app: Joinable) -> Bridge:
     name = process_name(app)
     bridge = Bridge(await connect(app.settings.nats, url=url, name=name), name)
     try:
-        await start_market_out(app, bridge)  # type: ignore[arg-type]  # the App: bus, health
+        await start_market_out(app, bridge)  # type: ignore[arg-type]  # the App has its bus
     except BaseException:
         await bridge.aclose()
         raise

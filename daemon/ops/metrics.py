@@ -421,7 +421,7 @@ class DecisionLogCollector(Collector):
 
 class BridgeCollector(Collector):
     """The NATS bridge (daemon/bridge): whether it is connected and what its parts count
-    (published, dropped, received...), read at scrape time; nothing unless joined.
+    (market events published, dropped...), read at scrape time; nothing unless joined.
 
     Read through `app.bridge` as a duck (daemon.bridge is a sibling layer of daemon.ops)."""
 
