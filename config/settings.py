@@ -711,6 +711,16 @@ class NatsSettings(_Frozen):
     #: Name of this process on the bus (heartbeats `hb.<name>`, control `ctl.<name>.kill`);
     #: empty: `<mode>-<strategy or venues>-<pid>`.
     process_name: str = ""
+    #: JetStream stream that keeps the market data published on `md.>` (created or
+    #: updated by each publisher at start), so a process can replay it.
+    md_stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "MD"
+    #: The market-data stream drops messages older than this.
+    md_max_age_s: Duration = 86_400.0
+    #: The market-data stream drops its oldest messages beyond this many bytes.
+    md_max_bytes: Annotated[int, Field(gt=0)] = 1 << 30
+    #: Market events a publisher holds for its task while the server is slow; one more
+    #: is dropped and counted (`cryptopipe_nats_md_dropped`): the feed never waits.
+    md_publish_buffer: Annotated[int, Field(gt=0)] = 10_000
 
     @field_validator("url")
     @classmethod

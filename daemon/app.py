@@ -61,8 +61,9 @@ class App:
 
     @property
     def replaying(self) -> bool:
-        """Market data comes from recordings (`--feed sample|replay:...`): the feed's clock
-        is the recorded receive time, not the wall clock."""
+        """Market data comes from recordings (`--feed sample|replay:...`) or another
+        process (`--feed nats://`): the feed's clock is the data's receive time, not the
+        wall clock (daemon/bridge/market_in.py says why for NATS)."""
         return getattr(self.args, "feed", "live") != "live"
 
     @property
@@ -136,4 +137,5 @@ class App:
         from daemon.feeds import run_feed
 
         return run_feed(self.args.feed, self.settings, self.bus, speed=self.args.speed,
-                        yield_every=self.replay_yield_every, replay_to=replay_to)
+                        yield_every=self.replay_yield_every, replay_to=replay_to,
+                        nats=self.bridge.client)

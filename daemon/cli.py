@@ -20,7 +20,7 @@ from strategies import STRATEGIES as STRATEGY_FACTORIES
 #: The registry's names (its factories import their strategy modules only when called).
 STRATEGIES = tuple(STRATEGY_FACTORIES)
 MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate", "train",
-         "evaluate", "sweep")
+         "evaluate", "sweep", "feed")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=_positive_seconds, default=None,
                         help="stop cleanly after this many seconds")
     parser.add_argument("--feed", default="live",
-                        help="market data: live (default), sample, or "
-                        "replay:FILE[@VENUE:SYMBOL][,FILE...]")
+                        help="market data: live (default), sample, "
+                        "replay:FILE[@VENUE:SYMBOL][,FILE...], or nats://HOST:PORT (from "
+                        "a --mode feed process)")
     parser.add_argument("--bus-publish", default=None, metavar="nats://HOST:PORT",
                         help="publish this process's market data (and decision log) on NATS")
     parser.add_argument("--speed", type=_speed, default=1.0,

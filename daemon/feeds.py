@@ -7,12 +7,15 @@ import sys
 from typing import TYPE_CHECKING
 
 from config.settings import ConfigError, Settings
+from daemon.bridge.process import is_nats_url
 from daemon.core.logs import get_logger
 from daemon.core.routes import Callbacks
 from daemon.market.bus import Bus
 from daemon.trading.markets import FoundRules, apply_market_rules, missing_rules, wanted_markets
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
+
     from adapters.recordings.replay import ReplaySpec
 
 log = get_logger("feeds")
@@ -21,12 +24,15 @@ REPLAY_PREFIX = "replay:"
 
 
 async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | None,
-                   yield_every: int, replay_to: Callbacks | None = None) -> object:
-    """Run the chosen feed into `bus` until it ends (replay) or is cancelled (live).
+                   yield_every: int, replay_to: Callbacks | None = None,
+                   nats: Client | None = None) -> object:
+    """Run the chosen feed into `bus` until it ends (replay) or is cancelled (live, NATS).
 
-    `replay_to`: a replay hands each event to these callbacks instead of publishing it,
-    and they publish it on the bus themselves (an action replay that steps the strategy
-    with each event, as a backtest does). Live feeds always publish on the bus."""
+    `replay_to`: a replay (or a NATS feed) hands each event to these callbacks instead of
+    publishing it, and they publish it on the bus themselves (an action replay that steps
+    the strategy with each event, as a backtest does). Live feeds always publish on the
+    bus. `nats`: the process's NATS connection, for `--feed nats://HOST:PORT`
+    (daemon/bridge/market_in.py)."""
     if feed == "sample" or feed.startswith(REPLAY_PREFIX):
         publish = replay_to or Callbacks(bus.publish_quote, bus.publish_trade)
         return await _run_replay(feed, bus, publish, speed, yield_every)
@@ -34,8 +40,13 @@ async def run_feed(feed: str, settings: Settings, bus: Bus, *, speed: float | No
         from adapters.market_data import run_live
 
         return await run_live(settings, bus)
+    if is_nats_url(feed):
+        from daemon.bridge.market_in import run_nats_feed
+
+        return await run_nats_feed(nats, settings, bus, publish=replay_to)
     raise ConfigError(
-        f"invalid setting feed: {feed!r} (use live, sample or replay:FILE[@VENUE:SYMBOL],...)"
+        f"invalid setting feed: {feed!r} (use live, sample, replay:FILE[@VENUE:SYMBOL],... "
+        "or nats://HOST:PORT)"
     )
 
 
@@ -76,7 +87,8 @@ async def resolve_markets(settings: Settings, *, feed: str = "live",
     from adapters.recordings.replay import ReplayError, parse_specs, sample_specs
 
     paper = settings.execution.mode != "live"
-    if specs is None and feed != "live":
+    # From NATS the markets are the venues' own, as live (only what settings lack).
+    if specs is None and feed != "live" and not is_nats_url(feed):
         try:
             specs = sample_specs() if feed == "sample" else parse_specs(feed)
         except ReplayError:

@@ -3,7 +3,7 @@ forever, and every connection event logged without a secret in it.
 
 A process never stops for the broker: nats-py reconnects in the background and buffers
 what is published meanwhile (up to `pending_size`); what does not fit is the publisher's
-to count (daemon/bridge/publisher.py).
+to count (daemon/bridge/market_out.py).
 """
 
 from __future__ import annotations

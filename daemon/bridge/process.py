@@ -62,6 +62,16 @@ def process_name(app: Joinable) -> str:
     return "-".join(part for part in (mode, what, str(os.getpid())) if part)
 
 
+@dataclass(frozen=True)
+class BridgeMetric:
+    """One figure a part of the bridge shows on /metrics as `cryptopipe_nats_<name>`."""
+
+    name: str
+    help: str
+    read: Callable[[], float]
+    counter: bool = True
+
+
 @dataclass
 class Bridge:
     """The connection and the parts running on it; `aclose` stops parts, then drains."""
@@ -69,10 +79,28 @@ class Bridge:
     client: Client | None = None
     name: str = ""
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _metrics: list[BridgeMetric] = field(default_factory=list)
 
     @property
     def joined(self) -> bool:
         return self.client is not None
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.is_connected
+
+    def add_metric(self, name: str, help_text: str, read: Callable[[], float], *,
+                   counter: bool = True) -> None:
+        """Show `read()` on /metrics (read at scrape time: parts keep plain counters)."""
+        self._metrics.append(BridgeMetric(name, help_text, read, counter))
+
+    def metrics(self) -> list[BridgeMetric]:
+        """The parts' figures and the connection's reconnects (daemon/ops/metrics.py)."""
+        client = self.client
+        if client is None:
+            return []
+        return [BridgeMetric("reconnects", "Reconnections to the NATS server.",
+                             lambda: client.stats["reconnects"]), *self._metrics]
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         self._closers.append(closer)
@@ -97,7 +125,13 @@ async def start_bridge(app: Joinable) -> Bridge:
     if url is None:
         return Bridge()
     from daemon.bridge.connection import connect
+    from daemon.bridge.market_out import start_market_out
 
     name = process_name(app)
     bridge = Bridge(await connect(app.settings.nats, url=url, name=name), name)
+    try:
+        await start_market_out(app, bridge)  # type: ignore[arg-type]  # the App has its bus
+    except BaseException:
+        await bridge.aclose()
+        raise
     return bridge

@@ -70,7 +70,7 @@ log = get_logger("metrics")
 
 #: Modes that run until stopped and so get the endpoints. Backtest, calibrate and
 #: post-mortem are batch jobs: binding 9108 there would only collide with a running daemon.
-SERVED_MODES = frozenset({"watch", "record", "action"})
+SERVED_MODES = frozenset({"watch", "record", "action", "feed"})
 
 #: Tick-to-decision latency buckets, seconds: 50 µs to 1 s.
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -419,6 +419,27 @@ class DecisionLogCollector(Collector):
             yield family(f"cryptopipe_decision_log_{suffix}", help_text, value=counters[key])
 
 
+class BridgeCollector(Collector):
+    """The NATS bridge (daemon/bridge): whether it is connected and what its parts count
+    (market events published, dropped...), read at scrape time; nothing unless joined.
+
+    Read through `app.bridge` as a duck (daemon.bridge is a sibling layer of daemon.ops)."""
+
+    def __init__(self, app: Observed) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        bridge = getattr(self._app, "bridge", None)
+        if bridge is None or not bridge.joined:
+            return
+        yield GaugeMetricFamily("cryptopipe_nats_connected",
+                                "1 while the connection to the NATS server is up.",
+                                value=1.0 if bridge.connected else 0.0)
+        for metric in bridge.metrics():
+            family = CounterMetricFamily if metric.counter else GaugeMetricFamily
+            yield family(f"cryptopipe_nats_{metric.name}", metric.help, value=metric.read())
+
+
 def build_registry(app: Observed, book_socket: BookSocketServer | None = None) -> CollectorRegistry:
     """A registry of its own per app (not the global one), so tests can run several."""
     registry = CollectorRegistry(auto_describe=False)
@@ -429,6 +450,7 @@ def build_registry(app: Observed, book_socket: BookSocketServer | None = None) -
     registry.register(VenueStatsCollector())
     registry.register(TradingCollector(app.trading, app.bus.view))
     registry.register(DecisionLogCollector(app))
+    registry.register(BridgeCollector(app))
     if book_socket is not None:
         registry.register(BookSocketCollector(book_socket))
     return registry
