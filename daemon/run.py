@@ -47,6 +47,7 @@ MODE_ENTRY_POINTS = {
     "train": "daemon.modes.train:run_train",
     "evaluate": "daemon.modes.evaluate:run_evaluate",
     "sweep": "daemon.modes.sweep:run_sweep",
+    "archive": "daemon.modes.archive:run_archive",
 }
 
 

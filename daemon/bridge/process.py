@@ -22,6 +22,9 @@ from daemon.core.logs import get_logger
 if TYPE_CHECKING:  # nats-py loads only in a process that joins the bus
     from nats.aio.client import Client
 
+    from config.settings import NatsSettings
+    from daemon.bridge.dlog_ship import DurableLog
+
 log = get_logger("bridge")
 
 NATS_SCHEMES = ("nats://", "tls://")
@@ -69,10 +72,33 @@ class Bridge:
     client: Client | None = None
     name: str = ""
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: The parts' counters (heartbeats, decision-log shipping, archiving), for /metrics.
+    _counters: list[Callable[[], dict[str, float]]] = field(default_factory=list)
 
     @property
     def joined(self) -> bool:
         return self.client is not None
+
+    def add_counters(self, counters: Callable[[], dict[str, float]]) -> None:
+        self._counters.append(counters)
+
+    def counters(self) -> dict[str, float]:
+        """Every part's counters, merged (exported as `cryptopipe_bridge_<name>`)."""
+        merged: dict[str, float] = {}
+        for counters in self._counters:
+            merged.update(counters())
+        return merged
+
+    def ship_decision_log(self, writer: DurableLog, settings: NatsSettings) -> None:
+        """Ship `writer`'s durable records to `dlog.<run_id>.<kind>` until the bridge
+        closes (after the writer has: the rest is shipped then)."""
+        from daemon.bridge.dlog_ship import DecisionLogShipper
+
+        assert self.client is not None
+        shipper = DecisionLogShipper(self.client, writer, settings)
+        shipper.start()
+        self.on_close(shipper.aclose)
+        self.add_counters(shipper.counters)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         self._closers.append(closer)
@@ -100,4 +126,16 @@ async def start_bridge(app: Joinable) -> Bridge:
 
     name = process_name(app)
     bridge = Bridge(await connect(app.settings.nats, url=url, name=name), name)
+    if hasattr(app, "health_report"):  # heartbeats on hb.<name>, kill on ctl.<name>.kill
+        from daemon.bridge.control import Control
+
+        assert bridge.client is not None
+        control = Control(bridge.client, name, app, app.settings.nats)  # type: ignore[arg-type]
+        try:
+            await control.start()
+        except BaseException:
+            await bridge.aclose()
+            raise
+        bridge.on_close(control.aclose)
+        bridge.add_counters(control.counters)
     return bridge

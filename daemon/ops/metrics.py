@@ -70,7 +70,7 @@ log = get_logger("metrics")
 
 #: Modes that run until stopped and so get the endpoints. Backtest, calibrate and
 #: post-mortem are batch jobs: binding 9108 there would only collide with a running daemon.
-SERVED_MODES = frozenset({"watch", "record", "action"})
+SERVED_MODES = frozenset({"watch", "record", "action", "archive"})
 
 #: Tick-to-decision latency buckets, seconds: 50 µs to 1 s.
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -419,6 +419,25 @@ class DecisionLogCollector(Collector):
             yield family(f"cryptopipe_decision_log_{suffix}", help_text, value=counters[key])
 
 
+class BridgeCollector(Collector):
+    """The NATS bridge's parts (daemon/bridge): heartbeats, kill requests, decision-log
+    shipping and archiving, as `cryptopipe_bridge_<counter>`. Read at scrape time: the
+    parts start after the server (the bridge joins after it, the shipper with the log)."""
+
+    #: Counters that go down as well as up.
+    _GAUGES: ClassVar[frozenset[str]] = frozenset({"dlog_ship_backlog_bytes"})
+
+    def __init__(self, app: Observed) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        bridge = getattr(self._app, "bridge", None)
+        counters = bridge.counters() if bridge is not None else {}
+        for name, value in sorted(counters.items()):
+            family = GaugeMetricFamily if name in self._GAUGES else CounterMetricFamily
+            yield family(f"cryptopipe_bridge_{name}", f"NATS bridge: {name}.", value=value)
+
+
 def build_registry(app: Observed, book_socket: BookSocketServer | None = None) -> CollectorRegistry:
     """A registry of its own per app (not the global one), so tests can run several."""
     registry = CollectorRegistry(auto_describe=False)
@@ -429,6 +448,7 @@ def build_registry(app: Observed, book_socket: BookSocketServer | None = None) -
     registry.register(VenueStatsCollector())
     registry.register(TradingCollector(app.trading, app.bus.view))
     registry.register(DecisionLogCollector(app))
+    registry.register(BridgeCollector(app))
     if book_socket is not None:
         registry.register(BookSocketCollector(book_socket))
     return registry
