@@ -104,6 +104,7 @@ class Archiver:
         self.runs: set[str] = set()
         self.stats = ArchiveStats()
         self._subscription: Any = None
+        self._storing: asyncio.Future[None] | None = None
 
     def counters(self) -> dict[str, float]:
         return self.stats.counters()
@@ -126,11 +127,18 @@ class Archiver:
                 retry_s = min(retry_s * 2, RETRY_MAX_S)
                 continue
             retry_s = GAP_RETRY_S
-            await self.store(messages)
+            # A stop lets the batch finish (written, fsync'd, acked, counted): `aclose`
+            # waits for it, so a clean stop leaves nothing to redeliver.
+            self._storing = asyncio.ensure_future(self.store(messages))
+            await asyncio.shield(self._storing)
 
     async def aclose(self) -> None:
-        """Leave the consumer (it stays on the server, durable): a pull subscription
-        left open would hold the connection's drain until it times out."""
+        """Finish the batch in hand, then leave the consumer (it stays on the server,
+        durable): a pull subscription left open would hold the connection's drain."""
+        storing, self._storing = self._storing, None
+        if storing is not None:
+            with contextlib.suppress(Exception):
+                await storing
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             with contextlib.suppress(Exception):
