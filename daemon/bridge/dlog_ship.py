@@ -19,7 +19,10 @@ run_end; a `.` in a run id becomes `_` in the subject) with headers:
 A chunk of lines is published asynchronously and counts as shipped only when JetStream
 has acked every message of it; then the offset is remembered in a sidecar file
 (`<run_id>.jsonl.shipped` beside the log: the next byte to ship) so a restart under the
-same `--run-id` resumes where it stopped. A server that is away costs retries (counted,
+same `--run-id` resumes where it stopped; a run whose shipping stopped short and whose log
+has not changed for `LEFTOVER_IDLE_S` (a daemon that crashed and came back under a new run
+id) is taken over by the next shipper of the same `data_dir`. Logs never shipped (no
+sidecar: backtests, runs off the bus) are left alone. A server that is away costs retries (counted,
 logged once per streak), never a record: the file is the queue.
 """
 
@@ -61,6 +64,9 @@ RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
 #: At a clean stop, give what is left this long to reach the server.
 DRAIN_TIMEOUT_S = 15.0
+#: A run of this data_dir whose shipping stopped short is taken over once its log has
+#: not changed for this long (its process is gone).
+LEFTOVER_IDLE_S = 60.0
 
 _UNSAFE_TOKEN = re.compile(r"[^A-Za-z0-9_:+-]")
 _KIND = re.compile(rb'"type":"([A-Za-z0-9_]+)"')
@@ -150,7 +156,8 @@ class DecisionLogShipper:
         self._poll_s = poll_interval_s
         self._clock = clock
         self._file_name = f"{log_.run_id}.jsonl"
-        self._subject_prefix = f"dlog.{subject_token(log_.run_id)}."
+        #: Runs of earlier processes whose shipping stopped short (found at the first look).
+        self._leftover_runs: set[str] | None = None
         self._offsets: dict[Path, int] = {}
         self._stream_ready = False
         #: Set at the stop, once the writer has closed: every file is durable to its end.
@@ -226,7 +233,9 @@ class DecisionLogShipper:
             self._stream_ready = True
         backlog = 0
         shipped = False
-        for path in sorted(self._log.root.glob(f"*/{self._file_name}")):
+        if self._leftover_runs is None:
+            self._leftover_runs = self._find_leftovers()
+        for path in self._files():
             limit = self._durable_limit(path)
             offset = self._offset(path)
             if limit <= offset:
@@ -238,17 +247,47 @@ class DecisionLogShipper:
             if not chunk:
                 continue
             self.stats.backlog_bytes = backlog
-            await self._publish(path.parent.name, offset, chunk)
+            await self._publish(_run_of(path), path.parent.name, offset, chunk)
             self._remember(path, offset + len(chunk))
             backlog -= len(chunk)
             shipped = True
         self.stats.backlog_bytes = backlog
         return shipped
 
+    def _files(self) -> list[Path]:
+        """This run's files and the leftover runs', oldest day first."""
+        files = list(self._log.root.glob(f"*/{self._file_name}"))
+        for run_id in self._leftover_runs or ():
+            files.extend(self._log.root.glob(f"*/{run_id}.jsonl"))
+        return sorted(files)
+
+    def _find_leftovers(self) -> set[str]:
+        """Runs of this data_dir that were being shipped (they have a sidecar) and stopped
+        short of their end, untouched for `LEFTOVER_IDLE_S`: a daemon that crashed and
+        came back under a new run id. Shipping them twice is harmless (the ids)."""
+        runs: set[str] = set()
+        now = time.time()
+        for sidecar in self._log.root.glob(f"*/*.jsonl{SIDECAR_SUFFIX}"):
+            path = sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX))
+            run_id = _run_of(path)
+            if run_id == self._log.run_id:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if _read_sidecar(path) < stat.st_size and now - stat.st_mtime >= LEFTOVER_IDLE_S:
+                runs.add(run_id)
+        if runs:
+            log.info("dlog_ship_leftovers", runs=sorted(runs),
+                     hint="runs whose shipping stopped short (a crash): shipped now")
+        return runs
+
     def _durable_limit(self, path: Path) -> int:
         """How far `path` is fsync'd: the writer's mark for its current file, the whole
-        file for an earlier day (closed with an fsync), nothing for a later one."""
-        if self._final:
+        file for an earlier day (closed with an fsync), nothing for a later one; a
+        leftover run's file (no writer any more) to its end."""
+        if self._final or path.name != self._file_name:
             return _size(path)
         durable_path, durable_bytes = self._log.durable_end
         if durable_path is None:
@@ -275,13 +314,13 @@ class DecisionLogShipper:
         except OSError as exc:  # costs a resend after a restart, never a record
             log.warning("dlog_ship_sidecar_failed", path=str(path), error=repr(exc))
 
-    async def _publish(self, day: str, offset: int, chunk: bytes) -> None:
-        run_id = self._log.run_id
+    async def _publish(self, run_id: str, day: str, offset: int, chunk: bytes) -> None:
+        prefix = f"dlog.{subject_token(run_id)}."
         futures = []
         try:
             position = offset
             for line in split_lines(chunk):
-                subject = self._subject_prefix + record_kind(line)
+                subject = prefix + record_kind(line)
                 futures.append(await self._js.publish_async(
                     subject, line, stream=STREAM, headers=dlog_headers(run_id, day, position)))
                 position += len(line)
@@ -312,6 +351,10 @@ def _read_lines(path: Path, start: int, end: int) -> bytes:
 def split_lines(chunk: bytes) -> list[bytes]:
     """`chunk`'s lines, each with its newline (only `\\n` ends a line of the log)."""
     return [line + b"\n" for line in chunk.split(b"\n")[:-1]]
+
+
+def _run_of(path: Path) -> str:
+    return path.name.removesuffix(".jsonl")
 
 
 def _size(path: Path) -> int:

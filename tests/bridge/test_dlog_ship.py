@@ -4,6 +4,8 @@ that make a resend harmless, resumed after a restart, waiting out an absent serv
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +153,41 @@ async def test_a_live_writer_is_tailed_and_the_rest_shipped_at_close(nats_server
         shipped = await _stored(client, 6)
         assert b"".join(m.data for m in shipped) == local
         assert shipped[-1].subject == "dlog.live-1.run_end"
+    finally:
+        await client.close()
+
+
+async def test_a_crashed_run_is_taken_over_by_the_next_one(nats_server, tmp_path):
+    """A daemon died before shipping its last records and came back under a new run id:
+    the new one ships the rest of the old run, leaves logs never shipped alone (a
+    backtest's) and a run still being written (another process's)."""
+    settings = NatsSettings(url=nats_server.url)
+    client = await connect(settings, name="t")
+    day = tmp_path / "decisions" / "2024-08-08"
+    crashed, busy, backtest = day / "old.jsonl", day / "busy.jsonl", day / "bt.jsonl"
+    first = _line("decision", 1)
+    _write(crashed, first, _line("fill", 2), _line("ack", 3))
+    _write(busy, _line("decision", 4), _line("decision", 5))
+    _write(backtest, _line("decision", 6))
+    sidecar_path(crashed).write_text(f"{len(first)}\n")
+    sidecar_path(busy).write_text("0\n")
+    long_ago = time.time() - 3600
+    for path in (crashed, backtest):
+        os.utime(path, (long_ago, long_ago))
+    own = day / "new.jsonl"
+    _write(own, _line("decision", 7))
+    log = HandWrittenLog(tmp_path / "decisions", "new", (own, own.stat().st_size))
+    try:
+        shipper = DecisionLogShipper(client, log, settings)
+        while await shipper.ship_available():
+            pass
+        stored = await _stored(client, 3)
+        assert await _messages_in_stream(client) == 3
+        assert sorted(m.subject for m in stored) == ["dlog.new.decision", "dlog.old.ack",
+                                                     "dlog.old.fill"]
+        taken = next(m for m in stored if m.subject == "dlog.old.fill")
+        assert taken.headers["Nats-Msg-Id"] == f"old/2024-08-08/{len(first)}"
+        assert sidecar_path(crashed).read_text().strip() == str(crashed.stat().st_size)
     finally:
         await client.close()
 
