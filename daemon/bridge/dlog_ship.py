@@ -77,6 +77,10 @@ HEADER_OFFSET = "Cp-Offset"
 HEADER_MSG_ID = "Nats-Msg-Id"
 
 
+class ServerAway(ConnectionError):
+    """The connection is down (reconnecting): records wait in the file."""
+
+
 class DurableLog(Protocol):
     """What the shipper reads of a `DecisionLogWriter`."""
 
@@ -315,6 +319,8 @@ class DecisionLogShipper:
             log.warning("dlog_ship_sidecar_failed", path=str(path), error=repr(exc))
 
     async def _publish(self, run_id: str, day: str, offset: int, chunk: bytes) -> None:
+        if not self._client.is_connected:  # not into the client's reconnect buffer: the
+            raise ServerAway("not connected to the server")  # file is the queue
         prefix = f"dlog.{subject_token(run_id)}."
         futures = []
         try:

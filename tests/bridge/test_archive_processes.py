@@ -110,3 +110,42 @@ def _differences(left: object, right: object, where: str = "") -> list[str]:
         return [] if math.isclose(left, right, rel_tol=1e-12, abs_tol=1e-12) else [
             f"{where}: {left!r} != {right!r}"]
     return [] if left == right else [f"{where}: {left!r} != {right!r}"]
+
+
+def test_a_server_restart_costs_the_archive_nothing(nats_server, tmp_path: Path) -> None:
+    """The server goes away while a strategy trades and ships: the strategy keeps trading
+    (its log is the queue), ships the rest when the server is back, and the archive is its
+    log all the same."""
+    strategy_dir, archive_dir = tmp_path / "strategy", tmp_path / "archive"
+    strategy_dir.mkdir()
+    environment = _environment(strategy_dir)
+    environment.update(CRYPTOPIPE_NATS__PROCESS_NAME="mm-restart",
+                       CRYPTOPIPE_NATS__RECONNECT_WAIT_S="0.1",
+                       CRYPTOPIPE_POSTMORTEM__FLUSH_INTERVAL_MS="50")
+    strategy = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), "--strategy", "inventory-mm", "--mode",
+         "action", "--feed", "sample", "--speed", "5", "--run-id", "mm-r", "--bus-publish",
+         nats_server.url], cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not any((strategy_dir / "decisions").glob("*/mm-r.jsonl.shipped")):
+            assert strategy.poll() is None, strategy.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "nothing shipped"
+            time.sleep(0.05)
+        nats_server.stop()
+        time.sleep(3)  # the strategy trades on, records pile up in its file
+        assert strategy.poll() is None
+        nats_server.start()
+        _out, err = strategy.communicate(timeout=180)
+    finally:
+        if strategy.poll() is None:
+            strategy.kill()
+            strategy.communicate()
+    assert strategy.returncode == 0, err[-2000:]
+    assert "dlog_ship_waiting" in err  # it noticed, counted, and went on
+    archiver = _start_archiver(nats_server.url, archive_dir)
+    _wait_for_copy(strategy_dir, archive_dir, archiver)
+    figures = _stop(archiver)
+    assert figures["runs"] == ["mm-r"] and figures["duplicates"] == 0
+    assert _logs(archive_dir) == _logs(strategy_dir)
