@@ -56,6 +56,8 @@ ACK_WAIT_S = 30.0
 #: A record that came before one it follows is offered again after this long.
 GAP_RETRY_S = 0.5
 RETRY_MAX_S = 5.0
+#: A record that came early this many times in a row means the one before it is lost.
+GAP_ALERT_DELIVERIES = 20
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -105,6 +107,7 @@ class Archiver:
         self.stats = ArchiveStats()
         self._subscription: Any = None
         self._storing: asyncio.Future[None] | None = None
+        self._gaps_reported: set[Path] = set()
 
     def counters(self) -> dict[str, float]:
         return self.stats.counters()
@@ -175,6 +178,7 @@ class Archiver:
                 done.append(message)
             elif offset > size:
                 self.stats.out_of_order += 1
+                self._warn_gap(message, path, size, offset)
                 early.append(message)
             else:
                 to_write.append(_Placed(message, path, message.data))
@@ -211,6 +215,23 @@ class Archiver:
             return None
         self.runs.add(run_id)
         return offset, self.root / day / name
+
+    def _warn_gap(self, message: Msg, path: Path, size: int, offset: int) -> None:
+        """A record offered again and again while the one before it never comes: the
+        stream lost it (its limits dropped it before it was archived). Said once per file;
+        the file stays as it is (no line is ever invented) and the record waits."""
+        try:
+            delivered = message.metadata.num_delivered
+        except Exception:  # a message without JetStream metadata
+            return
+        if delivered < GAP_ALERT_DELIVERIES or path in self._gaps_reported:
+            return
+        self._gaps_reported.add(path)
+        log.error("archive_gap", path=str(path), have_bytes=size, next_offset=offset,
+                  deliveries=delivered,
+                  hint="records before this offset never reached the archive (the DLOG "
+                  "stream's limits, nats.dlog_max_age_s / dlog_max_bytes, may have dropped "
+                  "them); the strategy's own file still has them")
 
     def _size(self, path: Path) -> int:
         size = self._sizes.get(path)

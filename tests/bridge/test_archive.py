@@ -135,3 +135,26 @@ async def test_a_message_that_cannot_be_placed_is_dropped_and_counted(nats_serve
         await client.close()
     assert not (tmp_path / "archive" / "decisions").exists() or not list(
         (tmp_path / "archive" / "decisions").rglob("*.jsonl"))
+
+
+async def test_a_record_whose_predecessor_never_comes_waits_and_is_reported(
+        nats_server, tmp_path: Path, monkeypatch, capsys):
+    import daemon.bridge.archive as archive
+
+    monkeypatch.setattr(archive, "GAP_RETRY_S", 0.01)
+    monkeypatch.setattr(archive, "GAP_ALERT_DELIVERIES", 3)
+    settings = NatsSettings(url=nats_server.url)
+    client = await connect(settings, name="t")
+    js = client.jetstream()
+    await ensure_dlog_stream(js, settings)
+    archiver = Archiver(client, settings, tmp_path / "archive")
+    task = await _run(archiver)
+    try:
+        await _publish(js, "r1", "2024-08-08", 100, _line("fill", 2))  # bytes 0-99 lost
+        await _until(lambda: archiver.stats.out_of_order >= 4)
+    finally:
+        await _stop(archiver, task)
+        await client.close()
+    assert archiver.stats.archived_records == 0
+    assert not (tmp_path / "archive" / "decisions" / "2024-08-08" / "r1.jsonl").exists()
+    assert capsys.readouterr().out.count("archive_gap") == 1
