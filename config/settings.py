@@ -721,6 +721,26 @@ class NatsSettings(_Frozen):
     #: Market events a publisher holds for its task while the server is slow; one more
     #: is dropped and counted (`cryptopipe_nats_md_dropped`): the feed never waits.
     md_publish_buffer: Annotated[int, Field(gt=0)] = 10_000
+    #: A strategy process on the bus ships every decision-log record, from its durable
+    #: local file, to `dlog.<run_id>.<kind>` for `--mode archive` (false: keep it local).
+    ship_decision_log: bool = True
+    #: How long the server keeps shipped decision-log records (the `DLOG` stream on
+    #: `dlog.>`) for an archiver that is away.
+    dlog_max_age_s: Duration = 7 * 86_400.0
+    #: Most bytes the `DLOG` stream keeps; the oldest records go first beyond it.
+    dlog_max_bytes: Annotated[int, Field(gt=0)] = 1024 ** 3
+    #: The server drops a record sent again within this window (same message id): a
+    #: shipper that resends after a restart or a lost ack writes nothing twice.
+    dlog_duplicate_window_s: Duration = 120.0
+    #: Durable consumer name of `--mode archive`: an archiver restarted under the same name
+    #: goes on where it stopped; two archives of the same stream need two names.
+    archive_consumer: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = "archive"
+    #: Every process on the bus publishes a small JSON heartbeat on `hb.<process_name>`
+    #: this often (run id, mode, strategy, uptime, feeds, kill switch).
+    heartbeat_interval_s: Duration = 5.0
+    #: Token a request on `ctl.<process_name>.kill` must carry; unset: every kill request
+    #: is refused. Never logged.
+    control_token: SecretStr | None = None
 
     @field_validator("url")
     @classmethod

@@ -24,9 +24,10 @@ from daemon.core.tasks import spawn
 from daemon.market.bus import Bus
 from daemon.market.ringbuffer import RingStore, snapshot_every
 from daemon.market.synthetic import SyntheticQuotes, attach_synthetics
-from daemon.ops.health import Health
+from daemon.ops.health import Health, HealthReport
 from daemon.ops.metrics import TradingStats
 from daemon.postmortem.writer import DecisionLogWriter
+from daemon.trading.killswitch import KillSwitch
 
 log = get_logger("app")
 
@@ -58,6 +59,8 @@ class App:
     #: This process's NATS connection and the parts running on it (daemon/bridge); not
     #: joined unless given a NATS address (`--bus-publish`, `--feed nats://`).
     bridge: Bridge = field(default_factory=Bridge)
+    #: The trading kill switch of a strategy mode (action sets it): `kill` trips it.
+    kill_switch: KillSwitch | None = None
 
     @property
     def replaying(self) -> bool:
@@ -75,6 +78,22 @@ class App:
         to /healthz."""
         self.decision_log = writer
         self.health.decision_log_failing = lambda: writer.failing
+        if self.bridge.joined and self.settings.nats.ship_decision_log:
+            self.bridge.ship_decision_log(writer, self.settings.nats)  # dlog.<run_id>.<kind>
+
+    def health_report(self) -> HealthReport:
+        """What /healthz answers now (heartbeats on the bus carry its summary)."""
+        return self.health.evaluate(self.bus.view, replaying=self.replaying)
+
+    def kill(self, why: str) -> tuple[bool, bool]:
+        """Trip the kill switch (an operator's request, e.g. `ctl.<process>.kill`): the
+        trading one when a strategy runs here, else /healthz's. Returns (tripped now, a
+        trading kill switch was tripped)."""
+        if self.kill_switch is not None:
+            return self.kill_switch.fire(why), True
+        tripped = self.health.kill_switch_reason is None
+        self.health.trip_kill_switch(why)
+        return tripped, False
 
     def start_rings(self, *, warm: bool = True) -> RingStore:
         """Reload the last snapshot (dropping rows past retention) and attach to the bus.

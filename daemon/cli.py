@@ -20,7 +20,7 @@ from strategies import STRATEGIES as STRATEGY_FACTORIES
 #: The registry's names (its factories import their strategy modules only when called).
 STRATEGIES = tuple(STRATEGY_FACTORIES)
 MODES = ("action", "post-mortem", "backtest", "watch", "record", "calibrate", "train",
-         "evaluate", "sweep", "feed")
+         "evaluate", "sweep", "feed", "archive")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

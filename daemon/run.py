@@ -48,6 +48,7 @@ MODE_ENTRY_POINTS = {
     "evaluate": "daemon.modes.evaluate:run_evaluate",
     "sweep": "daemon.modes.sweep:run_sweep",
     "feed": "daemon.modes.feed:run_feed_mode",
+    "archive": "daemon.modes.archive:run_archive",
 }
 
 

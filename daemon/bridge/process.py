@@ -22,6 +22,9 @@ from daemon.core.logs import get_logger
 if TYPE_CHECKING:  # nats-py loads only in a process that joins the bus
     from nats.aio.client import Client
 
+    from config.settings import NatsSettings
+    from daemon.bridge.dlog_ship import DurableLog
+
 log = get_logger("bridge")
 
 NATS_SCHEMES = ("nats://", "tls://")
@@ -102,6 +105,24 @@ class Bridge:
         return [BridgeMetric("reconnects", "Reconnections to the NATS server.",
                              lambda: client.stats["reconnects"]), *self._metrics]
 
+    def add_counters(self, read: Callable[[], dict[str, float]], *,
+                     gauges: frozenset[str] = frozenset()) -> None:
+        """Show each figure of a part that counts in a dict (`read()` gives its names)."""
+        for name in read():
+            self.add_metric(name, f"NATS bridge: {name.replace('_', ' ')}.",
+                            lambda name=name: read()[name], counter=name not in gauges)
+
+    def ship_decision_log(self, writer: DurableLog, settings: NatsSettings) -> None:
+        """Ship `writer`'s durable records to `dlog.<run_id>.<kind>` until the bridge
+        closes (after the writer has: the rest is shipped then)."""
+        from daemon.bridge.dlog_ship import DecisionLogShipper
+
+        assert self.client is not None
+        shipper = DecisionLogShipper(self.client, writer, settings)
+        shipper.start()
+        self.on_close(shipper.aclose)
+        self.add_counters(shipper.counters, gauges=frozenset({"dlog_ship_backlog_bytes"}))
+
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         self._closers.append(closer)
 
@@ -131,6 +152,14 @@ async def start_bridge(app: Joinable) -> Bridge:
     bridge = Bridge(await connect(app.settings.nats, url=url, name=name), name)
     try:
         await start_market_out(app, bridge)  # type: ignore[arg-type]  # the App has its bus
+        if hasattr(app, "health_report"):  # heartbeats on hb.<name>, kill on ctl.<name>.kill
+            from daemon.bridge.control import Control
+
+            assert bridge.client is not None
+            control = Control(bridge.client, name, app, app.settings.nats)  # type: ignore[arg-type]
+            await control.start()
+            bridge.on_close(control.aclose)
+            bridge.add_counters(control.counters)
     except BaseException:
         await bridge.aclose()
         raise

@@ -224,6 +224,7 @@ def _arm_kill_switch(app: App, executor: GatedExecutor) -> None:
     disk stops taking."""
     kill_switch = executor.kill_switch
     kill_switch.on_fire(lambda why, _now: app.health.trip_kill_switch(why))
+    app.kill_switch = kill_switch  # an operator's kill on the bus (ctl.<process>.kill)
     app.health.tasks.on_failure(
         lambda name, exc: kill_switch.fire(f"task {name} died: {type(exc).__name__}: {exc}"))
     if app.decision_log is not None:  # no order the audit trail cannot hold

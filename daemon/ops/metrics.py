@@ -70,7 +70,7 @@ log = get_logger("metrics")
 
 #: Modes that run until stopped and so get the endpoints. Backtest, calibrate and
 #: post-mortem are batch jobs: binding 9108 there would only collide with a running daemon.
-SERVED_MODES = frozenset({"watch", "record", "action", "feed"})
+SERVED_MODES = frozenset({"watch", "record", "action", "feed", "archive"})
 
 #: Tick-to-decision latency buckets, seconds: 50 µs to 1 s.
 LATENCY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,

@@ -151,6 +151,9 @@ class DecisionLogWriter:
         self._written = 0
         self._durable = 0
         self.path: Path | None = None
+        #: (file, bytes) up to which that file is fsync'd; every earlier day's file of the
+        #: run is durable to its end. A shipper tails the log this far (daemon/bridge).
+        self.durable_end: tuple[Path | None, int] = (None, 0)
         # Async side.
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -315,6 +318,7 @@ class DecisionLogWriter:
                 os.fsync(self._fd)
                 self._durable = self._written
                 self.flushes += 1
+                self.durable_end = (self.path, os.lseek(self._fd, 0, os.SEEK_CUR))
             if self.failing is not None:
                 log.warning("decision_log_durable_again", run_id=self.run_id,
                             durable_records=self._durable)
@@ -370,6 +374,7 @@ class DecisionLogWriter:
         if self._durable < self._written:
             os.fsync(self._fd)
             self._durable = self._written
+        self.durable_end = (self.path, os.lseek(self._fd, 0, os.SEEK_CUR))
         os.close(self._fd)
         self._fd = -1
 
