@@ -179,9 +179,11 @@ def _exported_series(tmp_path: Path) -> set[str]:
     app.decision_log = DecisionLogWriter(tmp_path, "r", synchronous=True)
     no_server = SimpleNamespace(jetstream=lambda: None)
     nats = NatsSettings()
-    app.bridge.add_counters(DecisionLogShipper(no_server, app.decision_log, nats).counters)
-    app.bridge.add_counters(Archiver(no_server, nats, tmp_path).counters)
-    app.bridge.add_counters(Control(no_server, "p", app, nats).counters)
+    # Joined (the collector shows nothing otherwise), without a server to talk to.
+    app.bridge.client = SimpleNamespace(is_connected=True, stats={"reconnects": 0})
+    app.bridge.add_counters(DecisionLogShipper(no_server, app.decision_log, nats))
+    app.bridge.add_counters(Archiver(no_server, nats, tmp_path))
+    app.bridge.add_counters(Control(no_server, "p", app, nats))
     names: set[str] = set()
     for family in build_registry(app).collect():
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(

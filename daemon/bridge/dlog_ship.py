@@ -150,6 +150,9 @@ class ShipperStats:
 class DecisionLogShipper:
     """Tails one run's decision log and ships it (see the module doc)."""
 
+    #: Figures of `counters()` that go down as well as up (/metrics gauges).
+    gauges = frozenset({"dlog_ship_backlog_bytes"})
+
     def __init__(self, client: Client, log_: DurableLog, settings: NatsSettings, *,
                  poll_interval_s: float = POLL_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -65,6 +65,10 @@ def process_name(app: Joinable) -> str:
     return "-".join(part for part in (mode, what, str(os.getpid())) if part)
 
 
+class Counting(Protocol):
+    def counters(self) -> dict[str, float]: ...
+
+
 @dataclass(frozen=True)
 class BridgeMetric:
     """One figure a part of the bridge shows on /metrics as `cryptopipe_nats_<name>`."""
@@ -105,12 +109,13 @@ class Bridge:
         return [BridgeMetric("reconnects", "Reconnections to the NATS server.",
                              lambda: client.stats["reconnects"]), *self._metrics]
 
-    def add_counters(self, read: Callable[[], dict[str, float]], *,
-                     gauges: frozenset[str] = frozenset()) -> None:
-        """Show each figure of a part that counts in a dict (`read()` gives its names)."""
-        for name in read():
+    def add_counters(self, part: Counting) -> None:
+        """Show each figure of a part that counts in a dict (`part.counters()` names
+        them; those in its `gauges`, if it has any, may go down)."""
+        gauges: frozenset[str] = getattr(part, "gauges", frozenset())
+        for name in part.counters():
             self.add_metric(name, f"NATS bridge: {name.replace('_', ' ')}.",
-                            lambda name=name: read()[name], counter=name not in gauges)
+                            lambda name=name: part.counters()[name], counter=name not in gauges)
 
     def ship_decision_log(self, writer: DurableLog, settings: NatsSettings) -> None:
         """Ship `writer`'s durable records to `dlog.<run_id>.<kind>` until the bridge
@@ -121,7 +126,7 @@ class Bridge:
         shipper = DecisionLogShipper(self.client, writer, settings)
         shipper.start()
         self.on_close(shipper.aclose)
-        self.add_counters(shipper.counters, gauges=frozenset({"dlog_ship_backlog_bytes"}))
+        self.add_counters(shipper)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         self._closers.append(closer)
@@ -159,7 +164,7 @@ async def start_bridge(app: Joinable) -> Bridge:
             control = Control(bridge.client, name, app, app.settings.nats)  # type: ignore[arg-type]
             await control.start()
             bridge.on_close(control.aclose)
-            bridge.add_counters(control.counters)
+            bridge.add_counters(control)
     except BaseException:
         await bridge.aclose()
         raise

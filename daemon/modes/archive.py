@@ -38,7 +38,7 @@ async def run_archive(app: App) -> int:
     app.health.required_feeds = {}
     settings = app.settings
     archiver = Archiver(client, settings.nats, settings.data_dir)
-    app.bridge.add_counters(archiver.counters)
+    app.bridge.add_counters(archiver)
     try:
         await archiver.run()
     finally:
