@@ -130,8 +130,15 @@ class Health:
         view: ConsolidatedView,
         replaying: bool = False,
         clock: Callable[[], int] = now_ns,
+        *,
+        every_configured_feed: bool = False,
     ) -> HealthReport:
-        """Check every required feed against the view, the kill switch, and what is degraded."""
+        """Check every required feed against the view, the kill switch, and what is degraded.
+
+        `replaying`: ages are on the feed's clock and only the markets seen are required
+        (a recording has what it has), unless `every_configured_feed` (market data from
+        another process, which may never send a configured market). A market with no quote
+        at all is waited for on the wall clock."""
         if replaying:
             # The feed's clock: the newest receive time of any quote seen.
             now = max((q.local_ts_ns for q in view.all_quotes()), default=0)
@@ -139,6 +146,8 @@ class Health:
                 q.key: self.stale_after_by_venue.get(q.exchange, DEFAULT_STALE_AFTER_S)
                 for q in view.all_quotes()
             }
+            if every_configured_feed:
+                required = {**self.required_feeds, **required}
         else:
             now = clock()
             required = self.required_feeds
@@ -148,7 +157,7 @@ class Health:
             name = f"{venue} {symbol}"
             quote = view.quote(venue, symbol)
             if quote is None:
-                waited_s = (now - self.started_ns) / 1e9
+                waited_s = (clock() - self.started_ns) / 1e9
                 feeds[name] = {"status": "missing", "stale_after_s": stale_after_s}
                 if waited_s > stale_after_s:
                     reasons.append(f"{name}: no quote after {waited_s:.1f} s")

@@ -151,6 +151,20 @@ async def test_healthz_flips_on_a_stale_feed_and_back() -> None:
         assert (await health())[0] == 200
 
 
+async def test_a_process_fed_over_nats_is_unhealthy_when_a_configured_market_never_comes(
+) -> None:
+    """A replay requires only the markets it has; a NATS feed may simply never send one."""
+    for feed, expected in (("replay:x.gz", 200), ("nats://127.0.0.1:4222", 503)):
+        app = make_app(feed=feed)
+        async with operations(app) as port:
+            app.health.started_ns = now_ns() - 11 * 10**9  # nothing came in 11 s
+            status, body = await http_get(port, "/healthz")
+            assert status == expected, (feed, body)
+            if expected == 503:
+                assert "binance_spot BTC/USDT: no quote after 1" in orjson.loads(body)[
+                    "reasons"][0]
+
+
 async def test_healthz_reports_degraded_while_the_arbitrage_is_halted_after_a_failed_unwind(
 ) -> None:
     """Issue 14: a halted arbitrage was silent. While it waits out its cooldown, /healthz
