@@ -83,7 +83,7 @@ class Bridge:
         self._counters.append(counters)
 
     def counters(self) -> dict[str, float]:
-        """Every part's counters, merged (exported as `cryptopipe_bridge_<name>`)."""
+        """Every part's counters, merged (exported as `cryptopipe_nats_<name>`)."""
         merged: dict[str, float] = {}
         for counters in self._counters:
             merged.update(counters())

@@ -421,7 +421,7 @@ class DecisionLogCollector(Collector):
 
 class BridgeCollector(Collector):
     """The NATS bridge's parts (daemon/bridge): heartbeats, kill requests, decision-log
-    shipping and archiving, as `cryptopipe_bridge_<counter>`. Read at scrape time: the
+    shipping and archiving, as `cryptopipe_nats_<counter>`. Read at scrape time: the
     parts start after the server (the bridge joins after it, the shipper with the log)."""
 
     #: Counters that go down as well as up.
@@ -435,7 +435,7 @@ class BridgeCollector(Collector):
         counters = bridge.counters() if bridge is not None else {}
         for name, value in sorted(counters.items()):
             family = GaugeMetricFamily if name in self._GAUGES else CounterMetricFamily
-            yield family(f"cryptopipe_bridge_{name}", f"NATS bridge: {name}.", value=value)
+            yield family(f"cryptopipe_nats_{name}", f"NATS bridge: {name}.", value=value)
 
 
 def build_registry(app: Observed, book_socket: BookSocketServer | None = None) -> CollectorRegistry:
