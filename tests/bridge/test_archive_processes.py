@@ -149,3 +149,40 @@ def test_a_server_restart_costs_the_archive_nothing(nats_server, tmp_path: Path)
     figures = _stop(archiver)
     assert figures["runs"] == ["mm-r"] and figures["duplicates"] == 0
     assert _logs(archive_dir) == _logs(strategy_dir)
+
+
+def test_an_archiver_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
+        nats_server, tmp_path: Path) -> None:
+    """The archiver dies (SIGKILL: no clean stop, perhaps mid-write) while a strategy
+    ships; the restarted one finishes the copy, byte for byte."""
+    strategy_dir, archive_dir = tmp_path / "strategy", tmp_path / "archive"
+    strategy_dir.mkdir()
+    environment = _environment(strategy_dir)
+    environment.update(CRYPTOPIPE_POSTMORTEM__FLUSH_INTERVAL_MS="50")
+    strategy = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), "--strategy", "inventory-mm", "--mode",
+         "action", "--feed", "sample", "--speed", "5", "--run-id", "mm-k", "--bus-publish",
+         nats_server.url], cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    archiver = _start_archiver(nats_server.url, archive_dir)
+    try:
+        deadline = time.monotonic() + 90
+        while not _logs(archive_dir):  # the archiver has written some of the run
+            assert archiver.poll() is None, archiver.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "nothing archived"
+            time.sleep(0.05)
+        os.kill(archiver.pid, signal.SIGKILL)
+        archiver.communicate(timeout=30)
+        assert strategy.poll() is None  # killed mid-stream: the strategy still ships
+        _out, err = strategy.communicate(timeout=180)
+        assert strategy.returncode == 0, err[-2000:]
+        archiver = _start_archiver(nats_server.url, archive_dir)
+        _wait_for_copy(strategy_dir, archive_dir, archiver)
+        figures = _stop(archiver)
+    finally:
+        for process in (strategy, archiver):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert figures["runs"] == ["mm-k"] and figures["archived_records"] > 0
+    assert _logs(archive_dir) == _logs(strategy_dir)
