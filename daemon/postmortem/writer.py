@@ -17,7 +17,11 @@ It costs ~2-3x the bytes of IPC and slower parsing, which is fine at post-mortem
 
 How it works. `record()` runs on the caller's thread (the event loop): it encodes the
 record with orjson at once (about 1-2 µs), so the log holds what the strategy saw even if
-it later mutates its inputs dict, and appends the line to an in-memory batch. A writer
+it later mutates its inputs dict, and appends the line's bytes to the in-memory batch, one
+growing buffer (not a list of lines: orjson returns each line in a ~4 KB allocation it does
+not shrink, so holding an interval's lines costs a fresh page per record and was most of
+the producer's time; copied into the buffer, the line is freed at once and its allocation
+reused by the next). A writer
 task seals the batch every `flush_interval_ms` (or sooner when the queue fills up) and
 hands it to a dedicated thread that writes and fsyncs it, so neither encoding nor the disk
 ever stalls the loop in normal operation. Batches are written strictly in order under one
@@ -104,7 +108,7 @@ class _Batch:
     """Encoded lines of one UTC day, joined, waiting for the disk."""
 
     day: int
-    payload: bytes
+    payload: bytes | bytearray
     records: int
 
 
@@ -138,7 +142,8 @@ class DecisionLogWriter:
         # Producer side: touched on the caller's thread only.
         self._previous_ts = 0
         self._day = -1
-        self._pending: list[bytes] = []
+        self._pending = bytearray()  # the encoded lines of the open batch, joined
+        self._pending_records = 0
         self._enqueued = 0
         self._wake_at = max(1, queue_size // 4)
         self._room_at = max(1, queue_size // 2)
@@ -203,7 +208,8 @@ class DecisionLogWriter:
         if day > self._day:  # never back: a late ack stays in today's file
             self._seal()
             self._day = day
-        self._pending.append(line)
+        self._pending += line
+        self._pending_records += 1
         self._enqueued += 1
         queued = self._enqueued - self._written
         if queued >= self._queue_size:
@@ -263,10 +269,13 @@ class DecisionLogWriter:
 
     def _seal(self) -> None:
         """Move the pending lines into the ordered hand-over queue as one batch."""
-        if not self._pending:
+        if not self._pending_records:
             return
-        pending, self._pending = self._pending, []
-        self._batches.append(_Batch(self._day, b"".join(pending), len(pending)))
+        # Handed over as is: the producer starts a new buffer and never touches this one.
+        batch = _Batch(self._day, self._pending, self._pending_records)
+        self._pending = bytearray()
+        self._pending_records = 0
+        self._batches.append(batch)
 
     def _on_full(self, queued: int) -> None:
         self.max_queued = max(self.max_queued, queued)
