@@ -58,7 +58,7 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -75,7 +75,7 @@ import adapters
 import adapters.recordings.replay
 import daemon.core.model
 from adapters.recordings.replay import FileStats, ReplayFeed, ReplaySpec, ReplayStats
-from daemon.backtest.depth import DepthColumns, DepthRecorder
+from daemon.backtest.depth import DepthColumns, DepthRecorder, joined_depth
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote, Trade
 
@@ -422,7 +422,7 @@ class CachedEvents:
 
     def __init__(self, path: Path, keys: tuple[tuple[str, str], ...], sides: tuple[str, ...],
                  stats: ReplayStats, batches: list[tuple[int, int, str]],
-                 depth: DepthColumns | None) -> None:
+                 depth: DepthFile | None) -> None:
         self.path = path
         self.keys = keys
         self.sides = sides
@@ -481,12 +481,8 @@ class CachedEvents:
                     if int(chunk.local_ts_ns.max()) != high:
                         raise ValueError(f"chunk {index}: its times disagree with the summary")
         if _META_DEPTH in summary:
-            expected = orjson.loads(summary[_META_DEPTH])
-            depth = _read_depth(_depth_path(path))
-            if depth.digest() != expected["digest"]:
-                raise ValueError("depth checksum mismatch: the depth file's bytes were changed")
-            depth.check(len(events))
-            events.depth = depth
+            events.depth = DepthFile.open(_depth_path(path),
+                                          orjson.loads(summary[_META_DEPTH]), len(events))
         return events
 
     def chunks(self, start: int = 0, stop: int | None = None
@@ -525,13 +521,11 @@ class CachedEvents:
         chunk by chunk): ~65 bytes an event."""
         if self._whole is None:
             parts = [chunk for _, chunk in self.chunks()]
-            columns = {name: np.concatenate([getattr(part, name) for part in parts])
-                       if parts else np.array([], dtype=_SCHEMA.field(name).type.to_pandas_dtype())
-                       for name in NUMERIC_COLUMNS}
-            trade_id = pa.concat_arrays([part.trade_id for part in parts]) if parts \
-                else pa.array([], type=pa.string())
-            self._whole = BacktestData(keys=self.keys, sides=self.sides, trade_id=trade_id,
-                                       stats=self.stats, depth=self.depth, **columns)
+            depth = self.depth.in_memory() if self.depth is not None else None
+            if not parts:
+                return BacktestData.from_events([], self.stats, depth)
+            self._whole = dataclasses.replace(joined(parts), keys=self.keys, sides=self.sides,
+                                              stats=self.stats, depth=depth)
         return self._whole
 
     def __getattr__(self, name: str) -> Any:
@@ -620,7 +614,7 @@ class _CacheWriter:
         self._writer.write_batch(chunk.record_batch())
         self.batches.append([len(chunk), int(chunk.local_ts_ns.max()), digest])
 
-    def finish(self, stats: ReplayStats, depth: DepthColumns | None,
+    def finish(self, stats: ReplayStats, depth: DepthColumns | dict[str, Any] | None,
                keys: tuple[tuple[str, str], ...] | None = None,
                sides: tuple[str, ...] | None = None) -> None:
         summary = {
@@ -630,10 +624,15 @@ class _CacheWriter:
             _META_SPECS: orjson.dumps([str(spec) for spec in self.specs]),
             _META_BATCHES: orjson.dumps(self.batches),
         }
-        if depth is not None:  # first: a main file never names a missing depth file
-            _write_depth(_depth_path(self.path), depth)
-            summary[_META_DEPTH] = orjson.dumps({"changes": len(depth),
-                                                 "digest": depth.digest()})
+        if isinstance(depth, DepthColumns):  # first: a main file never names a missing one
+            writer = _DepthWriter(_depth_path(self.path))
+            try:
+                writer.write(depth)
+                depth = writer.finish(depth.keys)
+            finally:
+                writer.abandon()
+        if depth is not None:
+            summary[_META_DEPTH] = orjson.dumps(depth)
         summary[_META_DIGEST] = _summary_digest(summary)
         empty = pa.record_batch([pa.array([], type=field.type) for field in _SCHEMA],
                                 schema=_SCHEMA)
@@ -662,29 +661,56 @@ class _ChunkedBuild:
         self.key_ids: dict[tuple[str, str], int] = {}
         self.side_ids: dict[str, int] = {}
         self._buffer: list[Quote | Trade] = []
+        #: The chunk being gathered, as columns (events are ~0.5 kB as objects, ~65 bytes
+        #: as columns: a few thousand wait as objects, a chunk as columns).
+        self._parts: list[BacktestData] = []
+        self._gathered = 0  # rows in `_parts`
         self._written = 0
         self._rows = CHUNK_ROWS
+        self._pack = min(_PACK_EVENTS, CHUNK_ROWS)
 
     def __len__(self) -> int:
-        return self._written + len(self._buffer)
+        return self._written + self._gathered + len(self._buffer)
 
     def add(self, event: Quote | Trade) -> None:
         buffer = self._buffer
         buffer.append(event)
-        if len(buffer) >= self._rows:
+        if len(buffer) >= self._pack or len(buffer) + self._gathered >= self._rows:
+            self._columns()
+
+    def _columns(self) -> None:
+        if self._buffer:
+            self._parts.append(BacktestData.from_events(
+                self._buffer, _NO_STATS, key_ids=self.key_ids, side_ids=self.side_ids))
+            self._gathered += len(self._buffer)
+            self._buffer = []
+        if self._gathered >= self._rows:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buffer:
+        """Write what is gathered as one chunk (at the end: the last, shorter one)."""
+        if self._buffer:
+            self._columns()
+        if not self._parts:
             return
-        chunk = BacktestData.from_events(self._buffer, _NO_STATS, key_ids=self.key_ids,
-                                         side_ids=self.side_ids)
-        self.writer.write_chunk(chunk)
-        self._written += len(self._buffer)
-        self._buffer = []
+        self.writer.write_chunk(joined(self._parts))
+        self._written += self._gathered
+        self._parts, self._gathered = [], 0
 
 
 _NO_STATS = ReplayStats([])
+#: Building a cache, the replay's events wait as objects this many at a time.
+_PACK_EVENTS = 8_192
+
+
+def joined(parts: list[BacktestData]) -> BacktestData:
+    """Runs of rows as one, in order (the tables and stats of the last)."""
+    if len(parts) == 1:
+        return parts[0]
+    columns = {name: np.concatenate([getattr(part, name) for part in parts])
+               for name in NUMERIC_COLUMNS}
+    return dataclasses.replace(parts[-1], trade_id=pa.concat_arrays(
+        [part.trade_id for part in parts]), **columns)
 
 
 def _string_bytes(array: pa.Array) -> list[memoryview]:
@@ -707,59 +733,115 @@ def _depth_path(path: Path) -> Path:
     return path.with_name(path.stem + _DEPTH_SUFFIX)
 
 
-def _write_depth(path: Path, depth: DepthColumns) -> None:
-    """The depth changes as one Arrow table (the levels as list columns), atomically."""
-    offsets = pa.array(depth.offsets, type=pa.int32())
-    item = _DEPTH_SCHEMA.field("price").type
-    schema = _DEPTH_SCHEMA.with_metadata({b"keys": orjson.dumps([list(k) for k in depth.keys])})
-    batch = pa.record_batch([
-        depth.pos, depth.ts, depth.key, depth.reset, depth.n_bids,
-        pa.ListArray.from_arrays(offsets, pa.array(depth.price), type=item),
-        pa.ListArray.from_arrays(offsets, pa.array(depth.size), type=item),
-    ], schema=schema)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
+class _DepthWriter:
+    """The depth changes beside a cache file, written in batches as the replay emits them
+    (the levels as list columns, lz4), atomically: a temporary file, renamed by `finish`,
+    which returns the file's summary (kept in the events file's)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        self.batches: list[list[Any]] = []
         # lz4: levels repeat (the same prices, sizes that barely change): half the raw
         # float64 size, read back in ~13 ms for the shared 346 s files (zstd: a third
         # of the size but 32 ms, uncompressed twice the size, 1 ms).
         options = pa.ipc.IpcWriteOptions(compression=_DEPTH_COMPRESSION)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema,
-                                                                 options=options) as writer:
-            writer.write_batch(batch)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        self._sink = pa.OSFile(str(self.tmp), "wb")
+        self._writer = pa.ipc.new_file(self._sink, _DEPTH_SCHEMA, options=options)
+
+    def write(self, part: DepthColumns) -> None:
+        if not len(part):
+            return
+        offsets = pa.array(part.offsets, type=pa.int32())
+        item = _DEPTH_SCHEMA.field("price").type
+        self._writer.write_batch(pa.record_batch([
+            part.pos, part.ts, part.key, part.reset, part.n_bids,
+            pa.ListArray.from_arrays(offsets, pa.array(part.price), type=item),
+            pa.ListArray.from_arrays(offsets, pa.array(part.size), type=item),
+        ], schema=_DEPTH_SCHEMA))
+        self.batches.append([len(part), _depth_digest(part)])
+
+    def finish(self, keys: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+        self._writer.close()
+        self._sink.close()
+        _fsync(self.tmp)
+        os.replace(self.tmp, self.path)
+        return {"changes": sum(n for n, _ in self.batches),
+                "keys": [list(key) for key in keys], "batches": self.batches}
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            self._sink.close()
+        self.tmp.unlink(missing_ok=True)
 
 
-def _read_depth(path: Path) -> DepthColumns:
-    """The depth file beside a cache file (memory-mapped, like the events); raises if it
-    is missing or unusable, which has the whole cache rebuilt."""
-    reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-    if not reader.schema.equals(_DEPTH_SCHEMA, check_metadata=False):
-        raise ValueError(f"unexpected depth schema {reader.schema}")
-    table = reader.read_all().combine_chunks()
-    if not table.num_rows:
-        raise ValueError("depth: an empty depth file")
-    price = table.column("price").chunk(0)
-    size = table.column("size").chunk(0)
-    if price.offset or size.offset or not price.offsets.equals(size.offsets):
-        raise ValueError("depth: price and size levels disagree")
-    keys = orjson.loads((reader.schema.metadata or {}).get(b"keys", b"[]"))
-    return DepthColumns(
-        keys=tuple((str(exchange), str(symbol)) for exchange, symbol in keys),
-        pos=_column(table, "pos"), ts=_column(table, "ts"), key=_column(table, "key"),
-        reset=table.column("reset").chunk(0).to_numpy(zero_copy_only=False),
-        n_bids=_column(table, "n_bids"), offsets=price.offsets.to_numpy(),
-        price=price.values.to_numpy(), size=size.values.to_numpy(),
-    )
+def _depth_digest(part: DepthColumns) -> str:
+    return dataclasses.replace(part, keys=()).digest()
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    if not table.num_rows:
-        return np.array([], dtype=_SCHEMA.field(name).type.to_pandas_dtype())
-    # Views into the memory map, except bool (Arrow packs it into bits).
-    return table.column(name).chunk(0).to_numpy(zero_copy_only=name != "stale")
+class DepthFile:
+    """The depth changes beside a cache file, opened: read a batch at a time
+    (`batches`, what `RecordedDepth.load` takes). Opening checks every batch."""
+
+    def __init__(self, path: Path, summary: dict[str, Any]) -> None:
+        self.path = path
+        self.keys = tuple((str(exchange), str(symbol)) for exchange, symbol in summary["keys"])
+        self.summary = [(int(n), str(digest)) for n, digest in summary["batches"]]
+        self.changes = int(summary["changes"])
+
+    def __len__(self) -> int:
+        return self.changes
+
+    @classmethod
+    def open(cls, path: Path, summary: dict[str, Any], events: int) -> DepthFile:
+        """Raises if the file is missing or unusable (which has the whole cache rebuilt)."""
+        depth = cls(path, summary)
+        last_pos = 0
+        count = 0
+        for index, part in enumerate(depth.batches()):
+            n, digest = depth.summary[index]
+            if len(part) != n or _depth_digest(part) != digest:
+                raise ValueError("depth checksum mismatch: the depth file's bytes were changed")
+            part.check(events)
+            if int(part.pos[0]) < last_pos:
+                raise ValueError("depth: positions out of order")
+            last_pos = int(part.pos[-1])
+            count += 1
+        if count != len(depth.summary) or not count:
+            raise ValueError(f"depth: {count} batches, the summary lists {len(depth.summary)}")
+        return depth
+
+    def batches(self) -> Iterator[DepthColumns]:
+        with _open(self.path) as source:
+            reader = pa.ipc.open_file(source, memory_pool=_READ_POOL)
+            if not reader.schema.equals(_DEPTH_SCHEMA, check_metadata=False):
+                raise ValueError(f"unexpected depth schema {reader.schema}")
+            for index in range(reader.num_record_batches):
+                yield self._part(reader.get_batch(index))
+
+    def _part(self, batch: pa.RecordBatch) -> DepthColumns:
+        price, size = batch.column(5), batch.column(6)
+        if price.offset or size.offset or not price.offsets.equals(size.offsets):
+            raise ValueError("depth: price and size levels disagree")
+
+        def column(index: int) -> np.ndarray:
+            return batch.column(index).to_numpy(zero_copy_only=False)
+
+        return DepthColumns(keys=self.keys, pos=column(0), ts=column(1), key=column(2),
+                            reset=column(3), n_bids=column(4),
+                            offsets=price.offsets.to_numpy(), price=price.values.to_numpy(),
+                            size=size.values.to_numpy())
+
+    def in_memory(self) -> DepthColumns:
+        return joined_depth(list(self.batches()), self.keys)
+
+    def __getattr__(self, name: str) -> Any:
+        """A whole column (`pos`, `price`, ...): from `in_memory()` (tests and tools)."""
+        if name in DepthColumns.__dataclass_fields__ and name != "keys":
+            return getattr(self.in_memory(), name)
+        raise AttributeError(name)
 
 
 def _check(name: str, values: list[Any], expected: type) -> None:
@@ -810,11 +892,24 @@ async def decode(specs: list[ReplaySpec], depth: bool = True) -> BacktestData:
     in memory (a cache that cannot be saved; `build` writes them chunk by chunk instead);
     with `depth`, the depth books' changes too (Binance books kept)."""
     events: list[Quote | Trade] = []
-    recorder = DepthRecorder(events) if depth else None  # type: ignore[arg-type]
+    recorder = DepthRecorder(events) if depth else None
     stats = await ReplayFeed(specs, events.append, events.append, speed=None, books=depth,
                              publish_depth=recorder).run()
     return BacktestData.from_events(events, stats,
                                     recorder.columns() if recorder is not None else None)
+
+
+def _checked(events: Sized, writer: _DepthWriter) -> Callable[[DepthColumns], None]:
+    """The depth writer's batches, checked as the parsers guarantee them first."""
+
+    def write(part: DepthColumns) -> None:
+        try:
+            part.check(len(events))
+        except ValueError as exc:  # a file failing these is taken for damage: not cached
+            raise UncacheableEvents(str(exc)) from None
+        writer.write(part)
+
+    return write
 
 
 async def build(specs: list[ReplaySpec], path: Path, depth: bool = True) -> CachedEvents:
@@ -823,17 +918,22 @@ async def build(specs: list[ReplaySpec], path: Path, depth: bool = True) -> Cach
     (nothing is left behind) or OSError (the file could not be written)."""
     with _CacheWriter(path, specs) as writer:
         chunks = _ChunkedBuild(writer)
-        recorder = DepthRecorder(chunks) if depth else None  # type: ignore[arg-type]
-        stats = await ReplayFeed(specs, chunks.add, chunks.add, speed=None, books=depth,
-                                 publish_depth=recorder).run()
-        chunks.flush()
-        columns = recorder.columns() if recorder is not None else None
-        if columns is not None:
-            try:
-                columns.check(len(chunks))
-            except ValueError as exc:  # a file failing these is taken for damage
-                raise UncacheableEvents(str(exc)) from None
-        writer.finish(stats, columns, tuple(chunks.key_ids), tuple(chunks.side_ids))
+        depth_writer = _DepthWriter(_depth_path(path)) if depth else None
+        try:
+            recorder = DepthRecorder(chunks, _checked(chunks, depth_writer)) \
+                if depth_writer is not None else None
+            stats = await ReplayFeed(specs, chunks.add, chunks.add, speed=None, books=depth,
+                                     publish_depth=recorder).run()
+            chunks.flush()
+            summary = None
+            if recorder is not None and depth_writer is not None:
+                recorder.flush()
+                if depth_writer.batches:  # first: the events never name a missing file
+                    summary = depth_writer.finish(recorder.keys)
+            writer.finish(stats, summary, tuple(chunks.key_ids), tuple(chunks.side_ids))
+        finally:
+            if depth_writer is not None:
+                depth_writer.abandon()
     # Just written and fsync'd: not read back to check it.
     return CachedEvents.open(path, verify=False)
 

@@ -70,19 +70,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from adapters.client_flow import ClientFlow, timed_client_flow
 from adapters.quoted_flow import DeskQuote
 from adapters.recordings.replay import ReplayFeed, ReplaySpec, ReplayStats, check_usable
 from config.settings import Settings
 from daemon.backtest.cache import (
-    NUMERIC_COLUMNS,
     QUOTE,
     BacktestData,
     CachedEvents,
     CacheStatus,
     EventSource,
+    joined,
     load,
 )
 from daemon.backtest.depth import RecordedDepth
@@ -541,6 +540,8 @@ class Backtest:
                 plan, start = yield from self._next_chunk(plan, chunk, first, interest, start,
                                                           previous, trades_skipped)
                 due = None
+                if depth is not None:  # what every later walk sees, folded (bounded memory)
+                    depth.settle(start)
             rows = plan.rows
             local = rows - plan.offset
             columns = plan.data
@@ -654,7 +655,7 @@ class Backtest:
         offset = first
         if kept is not None and len(kept):
             offset = first - len(kept)
-            chunk = _joined(kept, chunk)
+            chunk = joined([kept, chunk])
         following = SkipPlan(chunk, interest, (offset, offset + len(chunk)), offset=offset,
                              first=first, carry=carry, previous=previous, origin=plan.origin,
                              before=plan.before + len(plan.rows))
@@ -872,14 +873,6 @@ def _built(build: Callable[[np.ndarray], list[Any]], rows: np.ndarray) -> Iterat
     chunk's rows are read at once, its objects (~0.5 kB each) only a few thousand ahead."""
     return chain.from_iterable(build(rows[at:at + BUILD_ROWS])
                                for at in range(0, len(rows), BUILD_ROWS))
-
-
-def _joined(head: BacktestData, tail: BacktestData) -> BacktestData:
-    """Two runs of rows as one (a chunk's rows kept ahead of the next chunk's)."""
-    columns = {name: np.concatenate((getattr(head, name), getattr(tail, name)))
-               for name in NUMERIC_COLUMNS}
-    return dataclasses.replace(tail, trade_id=pa.concat_arrays([head.trade_id, tail.trade_id]),
-                               **columns)
 
 
 def existing_logs(data_dir: Path, run_id: str) -> list[Path]:

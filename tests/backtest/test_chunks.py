@@ -17,6 +17,7 @@ import daemon.backtest.engine as engine_module
 from adapters.recordings.replay import SAMPLE_FILES, ReplaySpec
 from config.settings import load_settings
 from daemon.backtest.cache import BacktestData, CachedEvents, CacheStatus, cache_path, load
+from daemon.backtest.depth import DepthColumns, DepthRecorder, RecordedDepth
 from daemon.backtest.engine import Backtest
 from daemon.core.model import Quote
 from tests.backtest.test_cache import exactly, parsed, same_stats
@@ -162,3 +163,55 @@ async def test_a_backtest_holds_one_chunk_of_events_at_a_time(
     for events, chunks_read, _ in held:  # read as reached, not ahead
         assert chunks_read <= events // tiny_chunks + 2
     assert reads == [len(chunk) for _, chunk in chunks(data)] and np.sum(reads) == len(data)
+
+
+def test_recorded_depth_read_in_batches_and_folded_walks_the_books_of_the_frames() -> None:
+    """Depth changes read batch by batch and folded into sorted arrays as the rows pass
+    (`settle`) give the levels applying every change one by one gives, at every row and
+    clock (resets, removals, levels written twice in one change included)."""
+    rng = np.random.default_rng(18)
+    published: list[object] = []
+    parts: list[DepthColumns] = []
+    recorder = DepthRecorder(published, parts.append)
+    live = RecordedDepth(lambda: now[0])
+    changes = []
+    for pos in range(400):
+        key = ("v", "A/B") if rng.random() < 0.7 else ("w", "A/B")
+        prices = rng.integers(90, 110, size=rng.integers(0, 6)).astype(float)
+        levels = [(float(p), float(rng.choice([0.0, 1.0, 2.5]))) for p in prices]
+        bids = [level for level in levels if level[0] < 100]
+        asks = [level for level in levels if level[0] >= 100]
+        change = (pos // 3, pos * 10, bool(rng.random() < 0.03), bids, asks)
+        changes.append((key, change))
+        published[:] = [None] * change[0]
+        recorder(*key, *change[1:])
+        if pos % 37 == 36:
+            recorder.flush()  # a batch boundary
+    recorder.flush()
+    assert len(parts) > 10
+    source = DepthSourceOf(tuple(recorder.keys), parts)
+    cached = RecordedDepth(lambda: now[0])
+    cached.load(source)
+    now = [0]
+    emitted = 0
+    for at_row in range(0, 140, 3):
+        now[0] = at_row * 30 - 15
+        while emitted < len(changes) and changes[emitted][1][0] <= at_row:
+            key, change = changes[emitted]
+            live.apply(*key, *change[1:])
+            emitted += 1
+        if at_row % 2:
+            cached.settle(at_row)
+        cached.at_row = at_row
+        for exchange in ("v", "w"):
+            for side in ("bid", "ask"):
+                assert cached.levels(exchange, "A/B", side) == live.levels(exchange, "A/B", side)
+
+
+class DepthSourceOf:
+    def __init__(self, keys: tuple[tuple[str, str], ...], parts: list[DepthColumns]) -> None:
+        self.keys = keys
+        self.parts = parts
+
+    def batches(self) -> Iterator[DepthColumns]:
+        return iter(self.parts)
