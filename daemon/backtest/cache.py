@@ -85,7 +85,7 @@ log = get_logger("backtest_data")
 CACHE_FORMAT_VERSION = 4  # 2: the digest of the columns in the metadata; 3: depth beside;
 #                            4: chunks (record batches), the summary in a last empty one
 #: Rows per chunk of a cache file (a record batch): what is decoded or read at a time.
-CHUNK_ROWS = 131_072
+CHUNK_ROWS = 65_536
 QUOTE = 0
 TRADE = 1
 _SUFFIX = ".arrow"

@@ -109,7 +109,7 @@ PROGRESS_EVERY = 8_192
 #: Replaying columns, yield to the event loop every this many rows (Ctrl-C, progress).
 YIELD_EVERY_ROWS = 8_192
 #: The decision log is written (and fsync'd) every this many records.
-LOG_QUEUE_RECORDS = 2_048
+LOG_QUEUE_RECORDS = 512
 #: Events (Quote/Trade objects) are built this many rows ahead of the loop taking them.
 BUILD_ROWS = 4_096
 #: `Backtest._pause_ns` once `request_pause()` was called: every clock has reached it.
@@ -228,7 +228,7 @@ class Backtest:
             # Exports appended during the run (positions.csv) go to the run's report folder.
             attach_strategy_exports(self.strategy, settings.data_dir, run_id)
         log_class = DecisionLogWriter if decision_log else NullDecisionLog
-        # Written as it goes, a few thousand records at a time: the log's queue (100k
+        # Written as it goes, a few hundred records at a time: the log's queue (100k
         # records by default, sized for a live run's bursts) would otherwise hold every
         # encoded line of a long backtest, each ~8-16 kB in memory (orjson's buffer, not
         # the ~0.5 kB line): 9,646 records of 8 days of the spot recording held ~150 MB.
