@@ -30,10 +30,10 @@ columns are cut into chunks as views.
 
 With `execution.walk_depth` (the default) the replay also keeps the depth books' changes
 (daemon/backtest/depth.py) and saves them beside the events, `<digest>.depth` (Arrow,
-lz4: one row per change, its levels as list columns); the summary carries their count and
-SHA-256, so a missing or altered depth file has the cache rebuilt. Whether depth is kept
-is part of the name. (The depth changes are read whole, as numpy columns: ~16 bytes a
-level, ~1.5 MB per copy of the shared spot day.)
+lz4: one row per change, its levels as list columns), in batches as they are emitted
+(`_DepthWriter`), read back batch by batch (`DepthFile`); the summary carries their keys,
+count and each batch's SHA-256, so a missing or altered depth file has the cache rebuilt.
+Whether depth is kept is part of the name.
 
 The name is a digest of `CACHE_FORMAT_VERSION`, of the decoding code's own files (replay,
 parsers, model: a parser fix must not be hidden behind an old cache) and, per spec, of its

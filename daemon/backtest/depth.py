@@ -15,8 +15,10 @@ beside the event columns (`DepthColumns`, one row per change: `pos`, the number 
 published before it, its time, the key, whether it resets the book, and its levels) and
 applied lazily: when the executor asks for a market's levels while the engine runs event
 row r (`at_row`), that market's changes with `pos <= r` are the ones emitted so far, as
-frame by frame. So both paths walk the same books and write the same decision log, and
-markets nobody walks cost nothing at run time.
+frame by frame. So both paths walk the same books and write the same decision log. The
+changes are read in batches as the rows reach them, and those every later walk will see
+are folded into sorted arrays per market (`RecordedDepth.settle`), so a month of depth
+never sits in memory.
 
 Size (the 75 s Binance sample, spot + USD-M, 25,060 events): 2,156 depth changes with
 117,866 levels; the depth file (lz4) is 0.92 MB beside the events' 1.78 MB (1.96 MB as

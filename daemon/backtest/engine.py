@@ -38,12 +38,13 @@ fill at the touch, as before.
 
 Fast path (`backtest.cache`, on by default; issue #8): the frames are parsed once and the
 events kept as columns (daemon/backtest/cache.py), so a rerun over the same files reads
-them instead of parsing; and events that provably change nothing are skipped: those of
-markets the strategy does not trade, and trades it does not read that fill none of our
-orders, while nothing is due (daemon/backtest/skip.py). Events that run take the same
-path as above, one by one; the decision log is byte-identical to the frame-by-frame
-replay's. Skipped events still count in `events`; the result says how many ran
-(`processed`) and whether the cache was hit, built or off.
+them instead of parsing (a chunk at a time, the events built a few thousand ahead of the
+loop: memory does not grow with the days, issue 18); and events that provably change
+nothing are skipped: those of markets the strategy does not trade, and trades it does
+not read that fill none of our orders, while nothing is due (daemon/backtest/skip.py).
+Events that run take the same path as above, one by one; the decision log is
+byte-identical to the frame-by-frame replay's. Skipped events still count in `events`;
+the result says how many ran (`processed`) and whether the cache was hit, built or off.
 
 Stepped (issue 15: a Gymnasium environment on the real engine). The column loop is one
 synchronous generator (`_rows`): `run()` drives it to the end, yielding to the event loop
