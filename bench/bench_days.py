@@ -34,7 +34,7 @@ from daemon.backtest.engine import Backtest
 from daemon.core.logs import configure_logging
 from daemon.modes.data import data_specs
 configure_logging("bench", "warning", "json")
-settings = load_settings({{"data_dir": {data_dir!r}}}, env_file=None)
+settings = load_settings({{"data_dir": {data_dir!r}, **{overrides!r}}}, env_file=None)
 specs = data_specs([{days!r}], "backtest")
 started = time.perf_counter()
 result = asyncio.run(Backtest(settings, {strategy!r}, specs, {run_id!r}).run())
@@ -61,9 +61,10 @@ def shifted_copies(directory: Path, copies: int) -> Path:
     return directory
 
 
-def run_child(days: Path, data_dir: Path, strategy: str, run_id: str) -> dict:
+def run_child(days: Path, data_dir: Path, strategy: str, run_id: str,
+              overrides: dict | None = None) -> dict:
     code = CHILD.format(root=str(ROOT), data_dir=str(data_dir), days=str(days),
-                        strategy=strategy, run_id=run_id)
+                        strategy=strategy, run_id=run_id, overrides=overrides or {})
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONHASHSEED": "0"})
     if done.returncode != 0:
@@ -75,11 +76,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", default="1,4,16")
     parser.add_argument("--strategy", default="inventory-mm")
+    parser.add_argument("--retention", type=float, default=None,
+                        help="ring-buffer retention in seconds (default: the setting's, 24 h: "
+                             "every copy stays in the rings, whose memory grows with them)")
     args = parser.parse_args()
+    overrides = {"retention": args.retention} if args.retention is not None else {}
     if not SOURCE.is_file():
         sys.exit(f"bench_days: {SOURCE} is absent (../shared/data)")
     sizes = [int(n) for n in args.copies.split(",")]
-    print(f"{args.strategy} over N shifted copies of {SOURCE.name}; peak RSS of the child")
+    print(f"{args.strategy} over N shifted copies of {SOURCE.name}; peak RSS of the child"
+          + (f"; ring retention {args.retention:g} s" if args.retention is not None else ""))
     print(f"{'copies':>6} {'events':>10} {'cold ev/s':>10} {'cold MB':>8} {'warm ev/s':>10} "
           f"{'warm MB':>8} {'warm MB vs 1':>12}")
     base_rss = None
@@ -87,8 +93,8 @@ def main() -> None:
         for copies in sizes:
             days = shifted_copies(Path(tmp) / f"days{copies}", copies)
             data_dir = Path(tmp) / f"data{copies}"
-            cold = run_child(days, data_dir, args.strategy, f"cold{copies}")
-            warm = run_child(days, data_dir, args.strategy, f"warm{copies}")
+            cold = run_child(days, data_dir, args.strategy, f"cold{copies}", overrides)
+            warm = run_child(days, data_dir, args.strategy, f"warm{copies}", overrides)
             base_rss = base_rss or warm["rss_mb"]
             print(f"{copies:>6} {warm['events']:>10,} {cold['events'] / cold['seconds']:>10,.0f} "
                   f"{cold['rss_mb']:>8,.0f} {warm['events'] / warm['seconds']:>10,.0f} "

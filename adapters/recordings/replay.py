@@ -43,7 +43,6 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -571,12 +570,7 @@ class ReplayFeed:
     async def run(self) -> ReplayStats:
         """Replay every file once; returns what was read, parsed and dropped."""
         file_stats = [FileStats(str(spec.path)) for spec in self.specs]
-        sources = [
-            _tagged(index, iter_frames(spec.path, file_stats[index], spec.symbol))
-            for index, spec in enumerate(self.specs)
-        ]
-        # heapq.merge with a key is stable: equal receive times keep file order.
-        stream = sources[0] if len(sources) == 1 else heapq.merge(*sources, key=itemgetter(0))
+        stream = self._merged(file_stats)
         stats = ReplayStats(file_stats)
         started = time.perf_counter()
         paced = self.speed is not None
@@ -615,6 +609,45 @@ class ReplayFeed:
         stats.wall_seconds = time.perf_counter() - started
         self._collect(stats)
         return stats
+
+    def _merged(self, file_stats: list[FileStats]) -> Iterator[tuple[int, int, bytes, FrameMeta]]:
+        """(ts, spec index, frame, meta) of every file, by receive time; equal times keep
+        file order (what `heapq.merge` of all the files gives).
+
+        Streamed, and a file is opened only once the merge reaches its first frame (each
+        file's first time is read first, by a look at its head) and closed after its
+        last: the days of one market follow each other (whatever their names' order),
+        one open at a time, merged with the other markets' files of the same time. So the
+        memory of reading (a decompression buffer per open file) does not grow with the
+        days (`most_open`: the most files open at once)."""
+        specs = self.specs
+        self.most_open = 1
+        if len(specs) == 1:
+            yield from _tagged(0, iter_frames(specs[0].path, file_stats[0], specs[0].symbol))
+            return
+        # Not yet open, by their first frame's (time, index); an empty file goes first.
+        waiting = sorted((_first_ts(spec), index) for index, spec in enumerate(specs))
+        waiting.reverse()  # popped from the end
+        heap: list[tuple[int, int, bytes, FrameMeta, Iterator[tuple[int, bytes, FrameMeta]]]] = []
+        while heap or waiting:
+            # Open every file whose first frame comes before the next one of those open.
+            while waiting and (not heap or waiting[-1] < (heap[0][0], heap[0][1])):
+                _, index = waiting.pop()
+                spec = specs[index]
+                frames = iter_frames(spec.path, file_stats[index], spec.symbol)
+                for ts, frame, meta in frames:
+                    heapq.heappush(heap, (ts, index, frame, meta, frames))
+                    break
+                self.most_open = max(self.most_open, len(heap))
+            if not heap:
+                continue
+            ts, index, frame, meta, frames = heap[0]
+            yield ts, index, frame, meta
+            for ts, frame, meta in frames:
+                heapq.heapreplace(heap, (ts, index, frame, meta, frames))
+                break
+            else:
+                heapq.heappop(heap)  # the file is done (its generator closed)
 
     def _new_parser(self, index: int, meta: FrameMeta) -> FrameParser:
         spec = self.specs[index]
@@ -657,6 +690,18 @@ def make_frame_parser(meta: FrameMeta, sink: Callbacks, *, books: bool = False
     if meta.layout is not None:
         return HistoricalParser(meta.layout, sink)
     return make_parser(meta.venue, sink, books=books)
+
+
+def _first_ts(spec: ReplaySpec) -> int:
+    """The receive time of a file's first frame (meta lines count), read from its head;
+    the smallest time for a file with none (read first, it publishes nothing)."""
+    frames = iter_frames(spec.path, FileStats(str(spec.path)), spec.symbol)
+    try:
+        for ts, _, _ in frames:
+            return ts
+    finally:
+        frames.close()  # type: ignore[attr-defined]
+    return -(2**63)
 
 
 def _tagged(

@@ -15,8 +15,10 @@ beside the event columns (`DepthColumns`, one row per change: `pos`, the number 
 published before it, its time, the key, whether it resets the book, and its levels) and
 applied lazily: when the executor asks for a market's levels while the engine runs event
 row r (`at_row`), that market's changes with `pos <= r` are the ones emitted so far, as
-frame by frame. So both paths walk the same books and write the same decision log, and
-markets nobody walks cost nothing at run time.
+frame by frame. So both paths walk the same books and write the same decision log. The
+changes are read in batches as the rows reach them, and those every later walk will see
+are folded into sorted arrays per market (`RecordedDepth.settle`), so a month of depth
+never sits in memory.
 
 Size (the 75 s Binance sample, spot + USD-M, 25,060 events): 2,156 depth changes with
 117,866 levels; the depth file (lz4) is 0.92 MB beside the events' 1.78 MB (1.96 MB as
@@ -26,9 +28,11 @@ the markets walked; `bench/bench_backtest.py` compares runs with and without dep
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -61,10 +65,31 @@ class DepthColumns:
     def digest(self) -> str:
         """SHA-256 of the keys and every column's values."""
         digest = hashlib.sha256(repr(self.keys).encode())
-        for column in (self.pos, self.ts, self.key, self.reset, self.n_bids, self.offsets,
-                       self.price, self.size):
+        for column in (self.pos, self.ts, self.key, self.reset, self.n_bids,
+                       self.offsets.astype(np.int32), self.price, self.size):
             digest.update(np.ascontiguousarray(column).view(np.uint8))
         return digest.hexdigest()
+
+    def batches(self) -> Iterator[DepthColumns]:
+        """The changes in batches (in memory: one; a cache file's depth: as written)."""
+        yield self
+
+    def rows(self, start: int, stop: int) -> DepthColumns:
+        """Changes [start, stop), their levels rebased to start at 0 (views but offsets)."""
+        low, high = int(self.offsets[start]), int(self.offsets[stop])
+        return DepthColumns(self.keys, self.pos[start:stop], self.ts[start:stop],
+                            self.key[start:stop], self.reset[start:stop],
+                            self.n_bids[start:stop], self.offsets[start:stop + 1] - low,
+                            self.price[low:high], self.size[low:high])
+
+    def take(self, changes: np.ndarray) -> DepthColumns:
+        """These changes (indices, in order), with their levels."""
+        counts = np.diff(self.offsets)[changes]
+        levels = _spans(self.offsets[changes], counts)
+        return DepthColumns(self.keys, self.pos[changes], self.ts[changes],
+                            self.key[changes], self.reset[changes], self.n_bids[changes],
+                            np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+                            self.price[levels], self.size[levels])
 
     def check(self, events: int) -> None:
         """The invariants the recorder guarantees; raises ValueError naming the broken one."""
@@ -92,10 +117,15 @@ class DepthColumns:
 
 class DepthRecorder:
     """A `KeyedDepthCallback` that keeps every change with its position among the events
-    published so far (the length of `published`), to build `DepthColumns`."""
+    published so far (the length of `published`), to build `DepthColumns`.
 
-    def __init__(self, published: list[object]) -> None:
+    With a `sink` (a cache being built), the changes go to it in parts of ~`_PACK_LEVELS`
+    levels as they come (`flush()` hands over the last), and nothing is kept."""
+
+    def __init__(self, published: Sized,
+                 sink: Callable[[DepthColumns], None] | None = None) -> None:
         self._published = published
+        self._sink = sink
         self._keys: dict[tuple[str, str], int] = {}
         self._pos: list[int] = []
         self._ts: list[int] = []
@@ -105,6 +135,13 @@ class DepthRecorder:
         self._ends: list[int] = [0]
         self._price: list[float] = []
         self._size: list[float] = []
+        #: What was recorded before the lists above, as arrays: a level in a list costs
+        #: ~64 bytes (two float objects), in an array 16.
+        self._parts: list[DepthColumns] = []
+
+    @property
+    def keys(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self._keys)
 
     def __call__(self, exchange: str, symbol: str, local_ts_ns: int, reset: bool,
                  bids: Levels, asks: Levels) -> None:
@@ -122,75 +159,188 @@ class DepthRecorder:
             if side == 0:
                 self._n_bids.append(len(price) - start)
         self._ends.append(len(price))
+        if len(price) >= _PACK_LEVELS:
+            self.flush()
 
-    def columns(self) -> DepthColumns | None:
-        """What was recorded, None if nothing was."""
+    def flush(self) -> None:
+        """Pack the lists into arrays: a part kept, or handed to the sink."""
         if not self._pos:
-            return None
-        if self._ends[-1] >= 2**31:
-            raise ValueError(f"depth: {self._ends[-1]} levels, more than an Arrow list holds")
-        return DepthColumns(
-            keys=tuple(self._keys), pos=np.array(self._pos, dtype=np.int64),
+            return
+        part = DepthColumns(
+            keys=self.keys, pos=np.array(self._pos, dtype=np.int64),
             ts=np.array(self._ts, dtype=np.int64), key=np.array(self._key, dtype=np.int32),
             reset=np.array(self._reset, dtype=np.bool_),
             n_bids=np.array(self._n_bids, dtype=np.int32),
-            offsets=np.array(self._ends, dtype=np.int32),
+            offsets=np.array(self._ends, dtype=np.int64),
             price=np.array(self._price, dtype=np.float64),
             size=np.array(self._size, dtype=np.float64),
         )
+        self._pos, self._ts, self._key, self._reset, self._n_bids = [], [], [], [], []
+        self._ends, self._price, self._size = [0], [], []
+        if self._sink is not None:
+            self._sink(part)
+        else:
+            self._parts.append(part)
+
+    def columns(self) -> DepthColumns | None:
+        """What was recorded (without a sink), None if nothing was."""
+        self.flush()
+        if not self._parts:
+            return None
+        whole = joined_depth(self._parts, self.keys)
+        if whole.levels >= 2**31:
+            raise ValueError(f"depth: {whole.levels} levels, more than an Arrow list holds")
+        return whole
+
+
+def joined_depth(parts: list[DepthColumns], keys: tuple[tuple[str, str], ...]
+                 ) -> DepthColumns:
+    """Runs of changes as one, in order (offsets rebased)."""
+    if len(parts) == 1:
+        return dataclasses.replace(parts[0], keys=keys)
+    ends = np.cumsum([part.levels for part in parts])
+    offsets = [parts[0].offsets] + [part.offsets[1:] + end
+                                    for part, end in zip(parts[1:], ends[:-1], strict=True)]
+
+    def column(name: str) -> np.ndarray:
+        return np.concatenate([getattr(part, name) for part in parts])
+
+    return DepthColumns(keys, column("pos"), column("ts"), column("key"), column("reset"),
+                        column("n_bids"), np.concatenate(offsets), column("price"),
+                        column("size"))
+
+
+def _spans(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The indices start[i] .. start[i] + count[i] - 1 of every i, in order."""
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(counts)
+    return np.arange(total) - np.repeat(ends - counts - starts, counts)
+
+
+#: The recorder packs its lists into arrays every this many levels.
+_PACK_LEVELS = 1 << 18
 
 
 class RecordedDepth(DepthBooks):
     """The backtest's `DepthProvider` (see the module docstring): fed frame by frame
-    through `apply` (a `DepthBooks` on the executor's clock), or from `DepthColumns`
-    through `load` and `at_row`."""
+    through `apply` (a `DepthBooks` on the executor's clock), or from saved changes
+    through `load` (`DepthColumns`, or a cache file's depth read batch by batch) and
+    `at_row`.
+
+    From saved changes, memory stays bounded however long the data: the changes are
+    read as the rows reach them, and those every later walk will have applied (emitted
+    by the first row not yet run, `settle`, and received by the executor's clock, which
+    never goes back) are folded into each market's book, kept as sorted arrays (the last
+    size written at each price since the last reset, the sizes of 0 removed: what
+    applying them one by one leaves). A walk folds what it may see and reads the book."""
 
     def __init__(self, clock: Callable[[], int] = lambda: 0) -> None:
         super().__init__(clock)
         #: The event row being run: changes with pos <= at_row have been emitted.
         self.at_row = 0
-        self._columns: DepthColumns | None = None
+        self._batches: Iterator[DepthColumns] | None = None
         self._key_ids: dict[tuple[str, str], int] = {}
-        self._changes: list[list[int]] = []  # per key: its change indices
-        self._applied: list[int] = []  # per key: how many of them are applied
+        self._batch: DepthColumns | None = None
+        self._taken = 0  # changes of `_batch` moved to `_pending`
+        #: Per key: changes read, not folded yet (in order), and the folded book per side.
+        self._unfolded: list[list[DepthColumns]] = []
+        self._folded: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
 
-    # -- from the cache ------------------------------------------------------------------
+    # -- from saved changes --------------------------------------------------------------
 
-    def load(self, columns: DepthColumns) -> None:
-        self._columns = columns
+    def load(self, columns: DepthColumns | DepthSource) -> None:
+        self._batches = iter(columns.batches())
         self._key_ids = {key: index for index, key in enumerate(columns.keys)}
-        self._changes = [np.flatnonzero(columns.key == index).tolist()
-                         for index in range(len(columns.keys))]
-        self._applied = [0] * len(columns.keys)
+        self._batch, self._taken = None, 0
+        self._unfolded = [[] for _ in columns.keys]
+        self._folded = [{"bid": (_NO_LEVELS, _NO_LEVELS), "ask": (_NO_LEVELS, _NO_LEVELS)}
+                       for _ in columns.keys]
 
-    def _catch_up(self, exchange: str, symbol: str, now: int) -> None:
-        index = self._key_ids.get((exchange, symbol))
-        if index is None:
+    def settle(self, row: int) -> None:
+        """Fold every market's changes emitted by `row` (the first row not run yet: later
+        walks run at or after it) and received by the clock (called between chunks)."""
+        if self._batches is None:
             return
-        columns = self._columns
-        assert columns is not None
-        changes = self._changes[index]
-        done = self._applied[index]
-        book = self.book(exchange, symbol)
-        pos, ts, offsets, n_bids, reset = (columns.pos, columns.ts, columns.offsets,
-                                           columns.n_bids, columns.reset)
-        at_row = self.at_row
-        while done < len(changes):
-            change = changes[done]
-            if pos.item(change) > at_row or ts.item(change) > now:
-                break
-            start, end = offsets.item(change), offsets.item(change + 1)
-            middle = start + n_bids.item(change)
-            levels = list(zip(columns.price[start:end].tolist(),
-                              columns.size[start:end].tolist(), strict=True))
-            book.apply(ts.item(change), reset.item(change), levels[:middle - start],
-                       levels[middle - start:])
-            done += 1
-        self._applied[index] = done
+        self._take(row)
+        now = self.clock()  # type: ignore[misc]
+        for index, pending in enumerate(self._unfolded):
+            if pending:
+                self._fold(index, row, now)
+
+    def _take(self, row: int) -> None:
+        """Move the changes with pos <= row out of the batches, per key."""
+        assert self._batches is not None
+        while True:
+            batch = self._batch
+            if batch is None or self._taken >= len(batch):
+                batch = next(self._batches, None)
+                if batch is None:
+                    self._batch = None
+                    return
+                self._batch, self._taken = batch, 0
+            end = int(batch.pos.searchsorted(row, side="right"))
+            if end > self._taken:
+                part = batch.rows(self._taken, end)
+                for index in np.unique(part.key).tolist():
+                    self._unfolded[index].append(part.take(np.flatnonzero(part.key == index)))
+                self._taken = end
+            if end < len(batch):
+                return
+
+    def _fold(self, index: int, row: int, now: int) -> None:
+        """Fold the key's first changes with pos <= row and ts <= now into its book."""
+        pending = self._unfolded[index]
+        changes = joined_depth(pending, ()) if len(pending) > 1 else pending[0]
+        ready = (changes.pos <= row) & (changes.ts <= now)
+        count = len(changes) if ready.all() else int(np.argmin(ready))
+        self._unfolded[index] = [changes.rows(count, len(changes))] if count < len(changes) \
+            else []
+        if not count:
+            return
+        resets = np.flatnonzero(changes.reset[:count])
+        first = int(resets[-1]) if len(resets) else 0
+        done = changes.rows(first, count)
+        counts = np.diff(done.offsets)
+        within = np.arange(done.levels) - np.repeat(done.offsets[:-1], counts)
+        is_bid = within < np.repeat(done.n_bids, counts)
+        book = self._folded[index]
+        for side, mask in (("bid", is_bid), ("ask", ~is_bid)):
+            prices, sizes = book[side] if not len(resets) else (_NO_LEVELS, _NO_LEVELS)
+            prices = np.concatenate((prices, done.price[mask]))
+            sizes = np.concatenate((sizes, done.size[mask]))
+            # The last size written at each price (np.unique keeps the first of the
+            # reversed order), the removed ones (size 0) dropped.
+            unique, last = np.unique(prices[::-1], return_index=True)
+            kept = sizes[::-1][last]
+            book[side] = (unique[kept > 0.0], kept[kept > 0.0])
 
     # -- the provider --------------------------------------------------------------------
 
     def levels(self, exchange: str, symbol: str, side: str) -> list[tuple[float, float]] | None:
-        if self._columns is not None:
-            self._catch_up(exchange, symbol, self.clock())  # type: ignore[misc]
-        return super().levels(exchange, symbol, side)
+        if self._batches is None:
+            return super().levels(exchange, symbol, side)
+        index = self._key_ids.get((exchange, symbol))
+        if index is None:
+            return None
+        self._take(self.at_row)
+        if self._unfolded[index]:
+            self._fold(index, self.at_row, self.clock())  # type: ignore[misc]
+        prices, sizes = self._folded[index][side if side == "bid" else "ask"]
+        if not len(prices):
+            return None
+        if side == "bid":  # best first
+            return list(zip(prices[::-1].tolist(), sizes[::-1].tolist(), strict=True))
+        return list(zip(prices.tolist(), sizes.tolist(), strict=True))
+
+
+class DepthSource(Protocol):
+    """Saved depth changes read batch by batch (a cache file's depth)."""
+
+    keys: tuple[tuple[str, str], ...]
+
+    def batches(self) -> Iterator[DepthColumns]: ...
+
+
+_NO_LEVELS = np.zeros(0, dtype=np.float64)

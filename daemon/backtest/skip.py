@@ -45,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from daemon.backtest.cache import BacktestData
-from daemon.core.model import OrderIntent, Quote
+from daemon.core.model import OrderIntent, Quote, Trade
 from daemon.core.records import Record, RecordSink
 from strategies.base import MarketView
 
@@ -60,34 +60,57 @@ class UndeclaredMarket(RuntimeError):
 
 
 class SkipPlan:
-    """Where a backtest's rows of interest are and how to find the next row that is due."""
+    """Where a backtest's rows of interest are and how to find the next row that is due,
+    over one stretch of rows held in memory (a run's, or one chunk of it: see `chunk`)."""
 
     def __init__(self, data: BacktestData, interest: frozenset[Key] | None,
-                 window: tuple[int, int] | None = None) -> None:
+                 window: tuple[int, int] | None = None, *, offset: int = 0,
+                 first: int | None = None, carry: int = NO_GAP,
+                 previous: int | None = None, origin: int | None = None,
+                 before: int = 0) -> None:
         """`interest`: the markets whose every event runs; None runs every event.
-        `window`: the rows [start, stop) of the data to run (a stepped episode's part of
-        a recording); None: all of them. Rows outside it do not exist for the plan."""
-        start, stop = window if window is not None else (0, len(data))
-        #: The window's first row and the row after its last (rows are data rows).
+        `window`: the rows [start, stop) to plan (a stepped episode's part of a
+        recording); None: all of `data`. Rows outside it do not exist for the plan.
+
+        For one chunk of a longer run (rows are the run's, `data` holds rows
+        [offset, offset + len(data))): `first`, the first row whose rows of interest are
+        listed (rows before it were met in the chunk before, kept for their due rows);
+        `carry`, the running max receive time of the rows before `start`; `previous`, the
+        last row of interest before `first`; `origin`, the run's first row (`events`
+        count from it); `before`, the rows of interest before `first`."""
+        start, stop = window if window is not None else (offset, offset + len(data))
+        first = start if first is None else first
+        #: The rows [start, stop) planned, and where the run began (`events` count from it).
         self.start, self.stop = start, stop
-        running_max = np.maximum.accumulate(data.local_ts_ns[start:stop])
-        #: Running maximum of local_ts_ns over the window (index: row - start): sorted,
-        #: so due rows are found by bisection.
+        self.origin = start if origin is None else origin
+        self.data, self.offset = data, offset
+        #: Rows of interest of the run before this plan's (`processed` counts them).
+        self.before = before
+        #: The running max of the rows before `start`.
+        self.carry = carry
+        times = data.local_ts_ns[start - offset:stop - offset]
+        running_max = np.maximum.accumulate(times) if len(times) else times
+        if carry != NO_GAP and len(running_max):
+            running_max = np.maximum(running_max, carry)
+        #: Running maximum of local_ts_ns over the rows (index: row - start): sorted, so
+        #: due rows are found by bisection.
         self.running_max: np.ndarray = running_max
         if interest is None:
-            rows = np.arange(start, stop)
+            rows = np.arange(first, stop)
         else:
             wanted = np.array([key in interest for key in data.keys] or [False])
-            rows = np.flatnonzero(wanted[data.key[start:stop]]) + start
+            rows = np.flatnonzero(wanted[data.key[first - offset:stop - offset]]) + first
         #: Rows whose events always run, in order.
         self.rows: np.ndarray = rows
         #: Per row of interest: the running max time of the skippable rows just before it
         #: (the last of them), or NO_GAP when the row before it is of interest too.
         gap_max = np.full(len(rows), NO_GAP, dtype=np.int64)
         if len(rows):
-            previous = np.concatenate(([start - 1], rows[:-1]))
-            has_gap = rows - previous > 1
-            gap_max[has_gap] = running_max[rows[has_gap] - 1 - start]
+            last = start - 1 if previous is None else previous
+            preceding = np.concatenate(([last], rows[:-1]))
+            has_gap = rows - preceding > 1
+            with_carry = np.concatenate(([carry], running_max))  # index: row - start + 1
+            gap_max[has_gap] = with_carry[rows[has_gap] - start]
         self.gap_max: list[int] = gap_max.tolist()
 
     def __len__(self) -> int:
@@ -96,14 +119,20 @@ class SkipPlan:
 
     def first_due(self, start: int, stop: int, due_ns: int) -> int:
         """The first row in [start, stop) whose running max time reaches `due_ns`; `stop`
-        when there is none (every row in between may be skipped)."""
+        when there is none (every row in between may be skipped). Rows before the plan's
+        are not looked at: the engine keeps a chunk's rows with a chance to be due
+        (`Backtest._rows`)."""
         # The running max is sorted over the whole window: search all of it (no slice to
         # make), then keep the answer within [start, stop].
         found = int(self.running_max.searchsorted(due_ns)) + self.start
         return start if found < start else stop if found > stop else found
 
     def running_max_at(self, row: int) -> int:
-        return int(self.running_max[row - self.start])
+        """The running max receive time at `row` (`start - 1`: the carry)."""
+        return int(self.running_max[row - self.start]) if row >= self.start else self.carry
+
+    def event(self, row: int) -> Quote | Trade:
+        return self.data.event(row - self.offset)
 
 
 class GuardedMarketView:

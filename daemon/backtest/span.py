@@ -1,15 +1,16 @@
 """A time span of a backtest's data: the walk-forward split of `--mode sweep`.
 
 `--train FROM..TO` / `--test FROM..TO` run a backtest on the events received in
-[FROM, TO) only (receive time, the backtest clock; `TO` exclusive). The cached columns are
-cut to those rows before the run (`within`), so the strategy starts with an empty history
-at FROM, as a live start there would: nothing before it is seen, nothing after it runs.
+[FROM, TO) only (receive time, the backtest clock; `TO` exclusive). The engine runs only
+those rows of the cache (`span_rows`), so the strategy starts with an empty history at
+FROM, as a live start there would: nothing before it is seen, nothing after it runs.
 
 The rows are chosen by the running maximum of the receive time (the order the engine runs
 them in is the merged publish order, where a late frame of one file may come a little
 out of time order): rows [first running max >= FROM, first running max >= TO), one
-contiguous slice. Recorded depth changes are kept whole, their positions shifted: those
-emitted before the span are in the books at its first row, as the book would be live.
+contiguous range, which the engine runs as a stepped episode runs its window (no copy).
+Recorded depth changes are kept whole: those emitted before the span are in the books at
+its first row, as the book would be live.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from daemon.backtest.cache import BacktestData
+from daemon.backtest.cache import BacktestData, EventSource
 
 NS = 1_000_000_000
 
@@ -65,17 +66,18 @@ def _parse_time(text: str) -> int:
     return int(moment.timestamp()) * NS + moment.microsecond * 1_000
 
 
-def span_rows(data: BacktestData, span: Span) -> tuple[int, int]:
-    """The slice [first, stop) of the rows in the span (see the module docstring)."""
-    running_max = np.maximum.accumulate(data.local_ts_ns) if len(data) else data.local_ts_ns
-    first = int(running_max.searchsorted(span.start_ns, side="left"))
-    stop = int(running_max.searchsorted(span.end_ns, side="left"))
-    return first, stop
+def span_rows(data: EventSource, span: Span) -> tuple[int, int]:
+    """The slice [first, stop) of the rows in the span (see the module docstring): the
+    window the engine runs (`Backtest(span=...)`), read from the cache as any run's rows
+    are, chunk by chunk; nothing is copied."""
+    return data.rows_received(span.start_ns, span.end_ns)
 
 
-def within(data: BacktestData, span: Span) -> BacktestData:
-    """The columns cut to the rows in `span`; may be empty (the caller says so)."""
+def within(data: EventSource, span: Span) -> BacktestData:
+    """The columns in memory cut to the rows in `span` (tests and tools: the engine runs
+    the row range `span_rows` instead); may be empty."""
     first, stop = span_rows(data, span)
+    data = data.in_memory()
     columns = {name: getattr(data, name)[first:stop]
                for name in ("kind", "key", "local_ts_ns", "exchange_ts_ns", "price", "qty",
                             "ask", "ask_qty", "seq", "stale", "side")}

@@ -4,7 +4,8 @@
         --data ../shared/data/binance_spot_btcusdt_20240808.gz [FILE@VENUE:SYMBOL ...]
 
 The engine is daemon/backtest/engine.py; this entry checks the inputs, shows a progress bar
-on a terminal and prints the result (or JSON with `--format json`). What the replay lost
+with the time left on a terminal (a log line every 10 s elsewhere) and prints the result
+(or JSON with `--format json`). What the replay lost
 (corrupt lines, dropped frames, a file cut short) is printed on stderr; files that gave
 not one quote or trade exit 2 with one line saying so, as a missing file does, and so does
 a strategy none of whose markets is in the data (a warning if only some are missing).
@@ -16,9 +17,7 @@ data and prints where the strategy's P&L falls among them (daemon/backtest/monte
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adapters.quoted_flow import flow_tally
 from adapters.recordings.replay import ReplayError
@@ -28,6 +27,7 @@ from daemon.backtest.monte_carlo import against_chance, seed_range, seed_run_id
 from daemon.core.logs import get_logger
 from daemon.feeds import resolve_markets
 from daemon.modes.data import data_specs
+from daemon.modes.progress import RunProgress
 from daemon.modes.summary import RunSummary, print_summary, strategy_notes
 from daemon.postmortem.exports import write_strategy_exports
 
@@ -54,7 +54,9 @@ async def run_backtest(app: App) -> int:
     backtest = Backtest(settings, args.strategy, specs, app.run_id, bus=app.bus)
     app.warm_up_kernels()  # outside the timed run: its events/s is the engine's own
     log.info("backtest_started", strategy=backtest.strategy.name, files=[str(s) for s in specs])
-    with _progress_bar(enabled=sys.stderr.isatty()) as progress:
+    # The total is the cache's row count (known once the events are loaded).
+    with RunProgress("backtest", lambda: backtest.total,
+                     terminal=sys.stderr.isatty()) as progress:
         backtest._progress = progress
         try:
             result = await backtest.run()
@@ -85,45 +87,6 @@ async def run_backtest(app: App) -> int:
     return 0
 
 
-
-
-class _progress_bar:
-    """A rich progress line on stderr (events, events/s, feed time); nothing off a TTY."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
-        self._started = 0.0
-
-    def __enter__(self) -> Callable[[int, int], None] | None:
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(
-            SpinnerColumn(), TextColumn("backtest"),
-            TextColumn("{task.completed:>12,.0f} events"),
-            TextColumn("{task.fields[rate]:>10,.0f} events/s"),
-            TextColumn("feed {task.fields[feed_time]}"), TimeElapsedColumn(),
-            console=Console(stderr=True), transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("backtest", total=None, rate=0.0, feed_time="")
-        self._started = time.perf_counter()
-        return self.update
-
-    def update(self, events: int, feed_ns: int) -> None:
-        elapsed = time.perf_counter() - self._started
-        self._progress.update(self._task, completed=events,
-                              rate=events / elapsed if elapsed > 0 else 0.0,
-                              feed_time=time.strftime("%Y-%m-%d %H:%M:%S",
-                                                      time.gmtime(feed_ns / 1e9)))
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def _summary(result: BacktestResult) -> RunSummary:

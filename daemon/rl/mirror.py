@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from daemon.backtest.cache import QUOTE, BacktestData
+from daemon.backtest.cache import QUOTE, BacktestData, EventSource
 from daemon.backtest.depth import DepthColumns
 
 Key = tuple[str, str]
@@ -35,8 +35,9 @@ Key = tuple[str, str]
 _GRID_SLACK = 1e-7
 
 
-def first_mids(data: BacktestData, start: int = 0) -> dict[Key, float]:
+def first_mids(data: EventSource, start: int = 0) -> dict[Key, float]:
     """Each market's first quote mid at or after row `start` (the mirror's p0)."""
+    data = data.in_memory()
     mids: dict[Key, float] = {}
     rows = np.flatnonzero(data.kind[start:] == QUOTE) + start
     keys = data.key[rows]
@@ -48,10 +49,11 @@ def first_mids(data: BacktestData, start: int = 0) -> dict[Key, float]:
     return mids
 
 
-def mirror(data: BacktestData, p0: Mapping[Key, float],
+def mirror(data: EventSource, p0: Mapping[Key, float],
            ticks: Mapping[Key, float] | None = None) -> BacktestData:
     """`data` with each market in `p0` reflected through p0 (see the module docstring);
-    markets not in `p0` are left as they are."""
+    markets not in `p0` are left as they are. In memory (a cache file is read whole)."""
+    data = data.in_memory()
     ticks = ticks or {}
     centre = np.array([p0.get(key, math.nan) for key in data.keys] or [math.nan])
     tick = np.array([ticks.get(key, 0.0) for key in data.keys] or [0.0])

@@ -29,6 +29,7 @@ from adapters.recordings.replay import (
     venue_from_filename,
 )
 from daemon.core.model import Quote, Trade
+from tests.helpers.days import shifted_copies
 
 SPOT = "binance_spot_btcusdt_20240808.gz"
 USDM = "binance_usdm_btcusdt_20240808.gz"
@@ -401,3 +402,28 @@ async def test_a_connect_event_resets_sequence_checks(tmp_path: Path) -> None:
     stats, out = await replay([ReplaySpec(without)])
     assert stats.dropped == {"backwards_seq": 49, "duplicate_seq": 1}
     assert len(out.quotes) == 50
+
+
+async def test_days_of_one_market_are_read_in_time_order_one_file_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Issue 18 item 2: files of one market follow each other by their first event's
+    time, not their names, and only the files of the same time are open at once (one day
+    of spot beside the USD-M file of that day), so reading does not grow with the days."""
+    spot, usdm = SAMPLE_FILES
+    # Day 0 is named last, day 2 first: name order is not time order.
+    days = shifted_copies(spot, tmp_path, ["binance_spot_btcusdt_c.gz",
+                                           "binance_spot_btcusdt_a.gz",
+                                           "binance_spot_btcusdt_b.gz"])
+    specs = [ReplaySpec(path) for path in sorted(days)] + [ReplaySpec(usdm)]
+    out = Published()
+    feed = ReplayFeed(specs, out.quote, out.trade)
+    await feed.run()
+    (day, _), (futures, _) = await replay([ReplaySpec(spot)]), await replay([ReplaySpec(usdm)])
+    assert len(out.events) == 3 * (day.quotes + day.trades) + futures.quotes + futures.trades
+    spot_times = [e.local_ts_ns for e in out.events if e.exchange == "binance_spot"]
+    assert spot_times == sorted(spot_times)  # day 0, then 1, then 2
+    assert feed.most_open == 2  # day 0 beside USD-M; then one day at a time
+    # The same events as all files merged at once (heapq.merge of every file).
+    merged = [e.local_ts_ns for e in out.events]
+    assert merged == sorted(merged)

@@ -145,9 +145,11 @@ def test_backtest_refuses_a_run_id_that_has_a_log_and_missing_data(tmp_path: Pat
 
 
 def test_no_progress_bar_off_a_terminal(tmp_path: Path) -> None:
-    from daemon.modes.backtest import _progress_bar
+    from daemon.modes.progress import RunProgress
 
-    assert _progress_bar(enabled=False).__enter__() is None
+    plain = RunProgress("backtest", lambda: None, terminal=False)
+    plain.__enter__()
+    assert plain._bar is None  # progress lines instead (tests/modes/test_progress.py)
     done = backtest(tmp_path / "data", "inventory-mm", "quiet", SAMPLE_SPOT)
     assert "events/s" not in done.stderr  # the bar's line; the summary goes to stdout
     assert "events/s" in done.stdout
