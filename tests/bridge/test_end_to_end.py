@@ -29,7 +29,7 @@ def test_feed_strategy_and_archiver_processes_over_one_server(
     strategy = Process("strategy", ["--strategy", "inventory-mm", "--mode", "action",
                                     "--run-id", "mm-over-nats", "--feed", nats_server.url,
                                     *market], tmp_path)
-    feed = Process("feed", ["--mode", "feed", "--feed", f"replay:{recording}", "--speed", "20",
+    feed = Process("feed", ["--mode", "feed", "--feed", f"replay:{recording}", "--speed", "60",
                             "--bus-publish", nats_server.url, *market], tmp_path)
     archive_dir = tmp_path / "archive"
     archiver = _start_archiver(nats_server.url, archive_dir)
