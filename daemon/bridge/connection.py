@@ -9,6 +9,8 @@ to count (daemon/bridge/market_out.py).
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
@@ -18,6 +20,9 @@ from config.settings import ConfigError, NatsSettings
 from daemon.core.logs import get_logger
 
 log = get_logger("nats")
+
+#: While the server stays away, its connection errors are logged this often at most.
+ERROR_LOG_EVERY_S = 30.0
 
 
 class NatsUnavailable(ConfigError):
@@ -55,13 +60,16 @@ async def connect(settings: NatsSettings, *, url: str | None = None, name: str) 
     url = url or settings.url
     shown = redact_url(url)
 
+    errors = _ErrorLog(shown)
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats_error", server=shown, error=type(exc).__name__, detail=str(exc))
+        errors.seen(exc)
 
     async def on_disconnected() -> None:
         log.warning("nats_disconnected", server=shown)
 
     async def on_reconnected() -> None:
+        errors.reset()
         log.info("nats_reconnected", server=shown)
 
     credentials: dict[str, str] = {}
@@ -87,6 +95,29 @@ async def connect(settings: NatsSettings, *, url: str | None = None, name: str) 
     client.options["max_reconnect_attempts"] = -1
     log.info("nats_connected", server=shown, name=name)
     return client
+
+
+class _ErrorLog:
+    """While the server is away nats-py reports every failed reconnect attempt (ten a
+    second at a 0.1 s wait): log the first, then one line per `ERROR_LOG_EVERY_S` saying
+    how many came since."""
+
+    def __init__(self, server: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self._server, self._clock = server, clock
+        self._logged_at: float | None = None
+        self._since = 0
+
+    def seen(self, exc: Exception) -> None:
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < ERROR_LOG_EVERY_S:
+            self._since += 1
+            return
+        log.warning("nats_error", server=self._server, error=type(exc).__name__,
+                    detail=str(exc), repeated=self._since)
+        self._logged_at, self._since = now, 0
+
+    def reset(self) -> None:
+        self._logged_at, self._since = None, 0
 
 
 def _reason(exc: BaseException, credentials: dict[str, str]) -> str:

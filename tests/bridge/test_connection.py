@@ -75,3 +75,21 @@ def test_settings_refuse_half_credentials_and_odd_urls():
 def test_credentials_in_a_url_are_not_logged():
     assert redact_url("nats://desk:pa55@127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_an_outage_logs_its_first_error_then_one_line_per_interval(capsys):
+    from daemon.bridge.connection import ERROR_LOG_EVERY_S, _ErrorLog
+
+    now = [0.0]
+    errors = _ErrorLog("nats://127.0.0.1:1", clock=lambda: now[0])
+    for _ in range(50):  # five seconds of attempts every 0.1 s
+        errors.seen(ConnectionRefusedError("refused"))
+        now[0] += 0.1
+    assert capsys.readouterr().out.count("nats_error") == 1
+    now[0] += ERROR_LOG_EVERY_S
+    errors.seen(ConnectionRefusedError("refused"))
+    out = capsys.readouterr().out
+    assert out.count("nats_error") == 1 and "repeated=49" in out.replace('"', "")
+    errors.reset()  # reconnected: the next outage's first error is logged at once
+    errors.seen(ConnectionRefusedError("refused"))
+    assert capsys.readouterr().out.count("nats_error") == 1
