@@ -48,7 +48,7 @@ def _signed(subject: str, key: ec.EllipticCurvePrivateKey, ca_name: x509.Name,
             ca_key: ec.EllipticCurvePrivateKey, *, ca: bool,
             usage: x509.ExtendedKeyUsage | None = None,
             ips: tuple[str, ...] = (), dns: tuple[str, ...] = ()) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder()
                .subject_name(_name(subject)).issuer_name(ca_name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
