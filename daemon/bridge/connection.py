@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import nats
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from config.settings import ConfigError, NatsSettings
 from daemon.core.logs import get_logger
@@ -40,9 +40,36 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
-    """A verifying client context when a CA file is configured (or the URL says tls://)."""
-    if settings.tls_ca_file is None and not settings.url.startswith("tls://"):
+class TlsNotOffered(NatsError):
+    """TLS is configured but the server spoke in clear."""
+
+    def __str__(self) -> str:
+        return ("TLS is configured (tls:// or nats.tls_ca_file) but the server did not "
+                "offer it; nothing was sent in clear")
+
+
+class _TlsOnlyClient(Client):
+    """A client that sends CONNECT (and with it the token or password) only over TLS.
+
+    nats-py upgrades to TLS only when the server's INFO asks for it, whatever the URL or
+    the SSL context say: a server without TLS, or a man in the middle that strips
+    `tls_required` from INFO, would get the credentials and every message in clear. This
+    check runs before every CONNECT, first connection and reconnects alike (nats-py
+    counts a failed reconnect and tries again). It reads the stream writer nats-py keeps
+    (a private attribute): should that change, it finds no TLS and refuses, never the
+    other way round."""
+
+    def _connect_command(self) -> bytes:
+        writer = getattr(self._transport, "_io_writer", None)
+        if writer is None or writer.get_extra_info("ssl_object") is None:
+            raise TlsNotOffered()
+        return super()._connect_command()
+
+
+def tls_context(settings: NatsSettings, url: str | None = None) -> ssl.SSLContext | None:
+    """A verifying client context when a CA file is configured or the URL says tls://
+    (`url`: the address actually dialled, e.g. from `--feed`; default `settings.url`)."""
+    if settings.tls_ca_file is None and not (url or settings.url).startswith("tls://"):
         return None
     context = ssl.create_default_context(
         cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
@@ -78,9 +105,11 @@ async def connect(settings: NatsSettings, *, url: str | None = None, name: str) 
     if settings.user is not None and settings.password is not None:
         credentials["user"] = settings.user
         credentials["password"] = settings.password.get_secret_value()
+    tls = tls_context(settings, url)
+    client = _TlsOnlyClient() if tls is not None else Client()
     try:
-        client = await nats.connect(
-            servers=[url], name=name, tls=tls_context(settings),
+        await client.connect(
+            servers=[url], name=name, tls=tls,
             connect_timeout=settings.connect_timeout_s,
             reconnect_time_wait=settings.reconnect_wait_s,
             # One attempt first (a wrong address or token must not retry forever)...

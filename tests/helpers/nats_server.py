@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.tls_certs import TlsFiles
+
 
 def nats_server_binary() -> str | None:
     beside_python = Path(sys.executable).parent / "nats-server"
@@ -39,6 +41,7 @@ class NatsServer:
 
     def __init__(self, store_dir: Path, *, token: str | None = None,
                  user: str | None = None, password: str | None = None,
+                 tls: TlsFiles | None = None, verify_clients: bool = False,
                  extra_args: tuple[str, ...] = ()) -> None:
         binary = nats_server_binary()
         if binary is None:
@@ -54,6 +57,13 @@ class NatsServer:
             self.args += ["--auth", token]
         if user is not None and password is not None:
             self.args += ["--user", user, "--pass", password]
+        if tls is not None:
+            # TLS required of every client; with verify_clients, a client certificate
+            # signed by the same CA too (mutual TLS).
+            self.args += ["--tls", "--tlscert", str(tls.server_cert),
+                          "--tlskey", str(tls.server_key)]
+            if verify_clients:
+                self.args += ["--tlsverify", "--tlscacert", str(tls.ca_file)]
         self.process: subprocess.Popen[bytes] | None = None
         self._log_start = 0
 
