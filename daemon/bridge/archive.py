@@ -40,7 +40,7 @@ from daemon.bridge.dlog_ship import (
 )
 from daemon.core.logs import get_logger
 from daemon.postmortem.schema import log_file_name
-from daemon.postmortem.writer import decisions_dir
+from daemon.postmortem.writer import decisions_dir, fsync_directory
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -301,14 +301,7 @@ def _append_and_sync(placed: list[_Placed]) -> None:
         finally:
             os.close(fd)
         if fresh_file:
-            _fsync_directory(directory)
+            fsync_directory(directory)
         if fresh_directory:
-            _fsync_directory(directory.parent)
+            fsync_directory(directory.parent)
 
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -357,9 +357,9 @@ class DecisionLogWriter:
         self._fd_day = day
         self.path = path
         if fresh_file:  # make the new directory entry itself survive a crash
-            _fsync_directory(directory)
+            fsync_directory(directory)
             if fresh_directory:
-                _fsync_directory(self.root)
+                fsync_directory(self.root)
         else:
             self._terminate_torn_tail(path)
 
@@ -548,7 +548,8 @@ class NullDecisionLog(DecisionLogWriter):
         """No writer task: nothing is ever written."""
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a new file's directory entry durable (the archiver's files too)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
