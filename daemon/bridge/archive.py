@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapters.common.timings import BackoffPolicy
 from config.settings import NatsSettings
 from daemon.bridge.dlog_ship import (
     HEADER_DAY,
@@ -55,7 +56,8 @@ FETCH_WAIT_S = 1.0
 ACK_WAIT_S = 30.0
 #: A record that came before one it follows is offered again after this long.
 GAP_RETRY_S = 0.5
-RETRY_MAX_S = 5.0
+#: A failed fetch (server away) is tried again after 0.5 s doubling up to 5 s (jittered).
+FETCH_RETRY = BackoffPolicy(initial_s=0.5, max_s=5.0)
 #: A record that came early this many times in a row means the one before it is lost.
 GAP_ALERT_DELIVERIES = 20
 
@@ -115,7 +117,7 @@ class Archiver:
     async def run(self) -> None:
         """Archive until cancelled; a server that goes away is waited for."""
         subscription = self._subscription = await self._subscribe()
-        retry_s = GAP_RETRY_S
+        attempt = 0
         while True:
             try:
                 messages = await subscription.fetch(self._batch, timeout=FETCH_WAIT_S)
@@ -126,10 +128,10 @@ class Archiver:
                 if self.stats.fetch_errors == 1 or self.stats.fetch_errors % 100 == 0:
                     log.warning("archive_fetch_failed", error=type(exc).__name__,
                                 detail=str(exc)[:200], errors=self.stats.fetch_errors)
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, RETRY_MAX_S)
+                await asyncio.sleep(FETCH_RETRY.delay(attempt))
+                attempt += 1
                 continue
-            retry_s = GAP_RETRY_S
+            attempt = 0
             # A stop lets the batch finish (written, fsync'd, acked, counted): `aclose`
             # waits for it, so a clean stop leaves nothing to redeliver.
             self._storing = asyncio.ensure_future(self.store(messages))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from adapters.common.timings import BackoffPolicy
 from config.settings import NatsSettings
 from daemon.core.logs import get_logger
 from daemon.core.tasks import spawn
@@ -59,9 +60,8 @@ CHUNK_BYTES = 1 << 20
 ACK_TIMEOUT_S = 10.0
 #: Between two looks at the log when everything durable is shipped.
 POLL_INTERVAL_S = 0.1
-#: After a failure, wait this long before trying again (doubling up to the maximum).
-RETRY_INITIAL_S = 0.2
-RETRY_MAX_S = 5.0
+#: After a failure, wait before trying again: 0.2 s doubling up to 5 s (jittered).
+RETRY = BackoffPolicy(initial_s=0.2, max_s=5.0)
 #: At a clean stop, give what is left this long to reach the server.
 DRAIN_TIMEOUT_S = 15.0
 #: A run of this data_dir whose shipping stopped short is taken over once its log has
@@ -203,20 +203,20 @@ class DecisionLogShipper:
                  failures=self.stats.failures)
 
     async def _run(self) -> None:
-        retry_s = RETRY_INITIAL_S
+        attempt = 0
         while True:
             try:
                 progressed = await self.ship_available()
             except Exception as exc:  # a server away is a retry, not a crash
                 self._failed(exc)
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, RETRY_MAX_S)
+                await asyncio.sleep(RETRY.delay(attempt))
+                attempt += 1
                 continue
             if self.stats.first_failure:
                 log.info("dlog_ship_resumed", run_id=self._log.run_id,
                          failures=self.stats.failures)
                 self.stats.first_failure = 0.0
-            retry_s = RETRY_INITIAL_S
+            attempt = 0
             if not progressed:
                 await asyncio.sleep(self._poll_s)
 
