@@ -42,14 +42,14 @@ fresh client-flow seed (`strategies.internalize.seed` of that episode). With
 `mirror_prices` every window is played twice: as recorded, then, the next episode, its
 mirrored price path (daemon/rl/mirror.py: p0^2/p, bid and ask swapped, p0 the window's
 first mid; each chunk mirrored as the engine reads it, `MirroredEvents`) with a fresh flow
-seed of its own. An episode ends (`terminated`, never
-`truncated`: time in episode is observed, the horizon is part of the problem) when the
-window's data runs out; the engine then `finish()`es as a backtest ends (open orders
-cancelled, the cancels let through: a few milliseconds of feed time, balances
-snapshotted), and the last step's reward counts that too. The engine cannot pause inside
-that settling, so a decision whose timer falls due there is not a step: `end_policy`
-answers it (default: keep the shade, hedge nothing; a fixed policy replayed here passes
-itself, so its log is the plain backtest's). Training episodes write no decision log
+seed of its own. An episode ends (`terminated`, never `truncated`: time in episode is
+observed, the horizon is part of the problem) when the window's data runs out; the
+engine then `finish()`es as a backtest ends (open orders cancelled, the cancels let
+through: a few milliseconds of feed time, balances snapshotted), and the last step's
+reward counts that too. The engine cannot pause inside that settling, so a decision
+whose timer falls due there is not a step: `end_policy` answers it (default: keep the
+shade, hedge nothing; a fixed policy replayed here passes itself, so its log is the plain
+backtest's). Training episodes write no decision log
 (`decision_log=False`, the engine's null sink) and run without internalize's
 always-hedge twin (nobody compares with it there); `decision_log=True` writes the log
 under `run_id` and keeps the twin, as a backtest of the same settings would.

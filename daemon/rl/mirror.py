@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -157,8 +156,9 @@ def _tables(keys: Sequence[Key], p0: Mapping[Key, float], ticks: Mapping[Key, fl
 
 
 def _mirror_columns(data: BacktestData, centre: np.ndarray, tick: np.ndarray,
-                    depth: Any) -> BacktestData:
-    """The rows of `data` reflected (elementwise: any run of rows mirrors alone)."""
+                    depth: DepthColumns | MirroredDepth | None) -> BacktestData:
+    """The rows of `data` reflected (elementwise: any run of rows mirrors alone), `depth`
+    the mirrored changes beside them (a chunk carries its source's depth, read apart)."""
     square = (centre * centre)[data.key]
     row_tick = tick[data.key]
     mirrored = np.isfinite(square)
