@@ -17,13 +17,24 @@ tests/rl runs it (quoted client flow, 20 ETH limit, a decision a second). Best o
   (`reset` + a `step` per decision, the agent's greedy action given from outside), both
   timed from building the Backtest to its result, with the decision log and without
   (the null log of training). The environment's events are loaded once beforehand (not
-  timed); run() reads them from the cache inside its timing (~15 ms here).
+  timed); run() reads them from the cache inside its timing (~15 ms here);
+- memory in days (issue 18 item 2): the environment over 1, 8 and 64 (`--days`) copies of
+  the file, each shifted by whole spans so they follow one another as consecutive "days",
+  in a child process per size: `--memory-episodes` episodes of 60 s windows drawn over all
+  the days, each played again mirrored (`mirror_prices`), random actions; steps/s and the
+  child's peak RSS (`ru_maxrss`), the environment on the cache read a chunk at a time (as
+  `--mode train` runs it) and, for comparison, on the same columns all in memory (what it
+  held before issue 18).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,17 +46,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.recordings.replay import ReplaySpec
 from config.settings import Settings
-from daemon.backtest.cache import BacktestData
+from daemon.backtest.cache import EventSource
 from daemon.backtest.engine import Backtest
 from daemon.core.logs import configure_logging
 from strategies.rl_internalize import ActionGrid
 from tests.helpers.rl_models import write_random_model
 from tests.rl.common import TRAIN_FILE, rl_settings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+#: One environment over the days (a child process, so its peak RSS is its own).
+MEMORY_CHILD = """
+import asyncio, json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import numpy as np
+from daemon.core.logs import configure_logging
+from daemon.modes.data import data_specs
+from daemon.rl.env import InternalizeEnv, load_data
+from tests.rl.common import rl_settings
+configure_logging("bench-rl", "warning", "json")
+settings = rl_settings(Path({data_dir!r}), rl={{"episode_s": 60.0, "mirror_prices": True}})
+specs = data_specs([{days!r}], "train")
+data = asyncio.run(load_data(settings, specs))
+if {whole!r}:
+    data = data.in_memory()
+env = InternalizeEnv(settings, specs, data=data)
+rng = np.random.default_rng(0)
+steps = 0
+started = time.perf_counter()
+for episode in range({episodes!r}):
+    env.reset(seed=episode if episode == 0 else None)
+    done = False
+    while not done:
+        _, _, done, _, _ = env.step(int(rng.integers(env.action_space.n)))
+        steps += 1
+print(json.dumps({{"events": len(data), "steps": steps,
+                  "seconds": time.perf_counter() - started,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
 
 
-def env_steps_per_second(settings: Settings, specs: list[ReplaySpec], data: BacktestData,
+def env_steps_per_second(settings: Settings, specs: list[ReplaySpec], data: EventSource,
                          seconds: float) -> tuple[float, int, int]:
     from daemon.rl.env import InternalizeEnv
 
@@ -64,7 +107,7 @@ def env_steps_per_second(settings: Settings, specs: list[ReplaySpec], data: Back
 
 
 def training_steps_per_second(settings: Settings, specs: list[ReplaySpec],
-                              data: BacktestData, steps: int, scratch: Path) -> float:
+                              data: EventSource, steps: int, scratch: Path) -> float:
     from daemon.rl.train import train
 
     folder = scratch / f"model-{time.perf_counter_ns()}"
@@ -79,7 +122,7 @@ def plain_run(settings: Settings, specs: list[ReplaySpec], run_id: str,
     return result.events, time.perf_counter() - started
 
 
-def env_run(settings: Settings, specs: list[ReplaySpec], data: BacktestData, model: Path,
+def env_run(settings: Settings, specs: list[ReplaySpec], data: EventSource, model: Path,
             run_id: str, logged: bool) -> tuple[int, float, int]:
     from daemon.rl.env import InternalizeEnv
     from strategies.rl_internalize import AgentPolicy
@@ -97,12 +140,68 @@ def env_run(settings: Settings, specs: list[ReplaySpec], data: BacktestData, mod
     return info["result"].events, time.perf_counter() - started, steps
 
 
+def shifted_days(source: Path, directory: Path, days: int) -> Path:
+    """`days` copies of `source` in `directory`, copy k's receive times shifted by k spans
+    of the source (its exchange times left as recorded)."""
+    lines = gzip.decompress(source.read_bytes()).splitlines(keepends=True)
+    stamps = [int(line.split(b" ", 1)[0]) for line in lines if line[:1].isdigit()]
+    span = max(stamps) - min(stamps) + 1_000_000_000
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = source.name.split(".")[0].rsplit("_", 1)[0]  # binance_usdm_ethusdt
+    for k in range(days):
+        out = []
+        for line in lines:
+            stamp, sep, rest = line.partition(b" ")
+            out.append(b"%d%s%s" % (int(stamp) + k * span, sep, rest) if stamp.isdigit()
+                       else line)
+        (directory / f"{prefix}_day{k:03d}.gz").write_bytes(
+            gzip.compress(b"".join(out), compresslevel=1))
+    return directory
+
+
+def memory_child(days: Path, data_dir: Path, episodes: int, whole: bool) -> dict:
+    code = MEMORY_CHILD.format(root=str(ROOT), data_dir=str(data_dir), days=str(days),
+                               episodes=episodes, whole=whole)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": "0"})
+    if done.returncode != 0:
+        sys.exit(f"bench_rl: the environment over {days} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_in_days(source: Path, sizes: list[int], episodes: int) -> None:
+    """Steps/s and peak RSS of the environment over N days (see the module docstring)."""
+    print(f"memory in days: {episodes} episodes (60 s windows, each also mirrored) over N "
+          f"shifted copies of {source.name}; peak RSS of the child")
+    print(f"{'days':>5} {'events':>10} {'steps/s':>8} {'MB':>6} {'MB vs 1':>8}   "
+          f"{'in memory: steps/s':>18} {'MB':>6} {'MB vs 1':>8}")
+    base: dict[bool, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-rl-days-") as tmp:
+        for size in sizes:
+            days = shifted_days(source, Path(tmp) / f"days{size}", size)
+            data_dir = Path(tmp) / f"data{size}"
+            memory_child(days, data_dir, 1, False)  # builds the cache: not measured
+            row = []
+            for whole in (False, True):
+                figures = memory_child(days, data_dir, episodes, whole)
+                base.setdefault(whole, figures["rss_mb"])
+                row.append((figures, figures["rss_mb"] / base[whole]))
+            (chunked, chunked_ratio), (held, held_ratio) = row
+            print(f"{size:>5} {chunked['events']:>10,} "
+                  f"{chunked['steps'] / chunked['seconds']:>8,.0f} {chunked['rss_mb']:>6,.0f} "
+                  f"{chunked_ratio:>7.2f}x   {held['steps'] / held['seconds']:>18,.0f} "
+                  f"{held['rss_mb']:>6,.0f} {held_ratio:>7.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--file", default=TRAIN_FILE, help="a file of ../shared/data")
     parser.add_argument("--train-steps", type=int, default=3_000)
     parser.add_argument("--env-seconds", type=float, default=5.0)
+    parser.add_argument("--days", default="1,8,64",
+                        help="copies of the file for the memory figure (empty: skip it)")
+    parser.add_argument("--memory-episodes", type=int, default=20)
     args = parser.parse_args()
     path = SHARED / args.file
     if not path.is_file():
@@ -155,6 +254,8 @@ def main() -> None:
             print(f"env,   {label:<12} {events / stepped_best:>9,.0f} events/s  "
                   f"{stepped_best:6.3f} s  ({steps} steps)  rate x{plain_best / stepped_best:.2f} "
                   "that of run()")
+    if args.days:
+        memory_in_days(path, [int(n) for n in args.days.split(",")], args.memory_episodes)
 
 
 def _grid(settings: Settings) -> ActionGrid:

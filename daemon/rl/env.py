@@ -4,10 +4,14 @@ Each episode is a `daemon.backtest.engine.Backtest` of "rl-internalize" (the int
 desk of strategies/rl_internalize.py, with the configured client flow: `quoted`, clients
 who see the desk's shaded quote) over a window of recorded data, run synchronously with
 the engine's stepping API: `open(data, window)`, `run_until()`, `request_pause()`,
-`finish()`. The events come from the decoded-event columns (daemon/backtest/cache.py),
-loaded once per environment; every row goes through the bus, the strategy runner, the
-risk gate and kill switch and the paper executor as in any backtest. No second simulator,
-no thread: the environment's `step` is the engine's loop, resumed.
+`finish()`. The events come from the event cache (daemon/backtest/cache.py), opened once
+per environment and read as any backtest reads it: an episode's window is a row range of
+the cache (`window_rows`: the chunk index finds it), whose chunks the engine reads as it
+reaches them, building only the events it runs (issue 18: memory does not grow with the
+days of data; the environment keeps one pass's summary of them, `DataSurvey`). Every row
+goes through the bus, the strategy runner, the risk gate and kill switch and the paper
+executor as in any backtest. No second simulator, no thread: the environment's `step` is
+the engine's loop, resumed.
 
 **How the engine pauses.** The strategy's policy is replaced by a callable that, at every
 decision (the strategy timer, every `decision_interval_s` of feed time), returns None (so
@@ -37,14 +41,15 @@ window of `episode_s` feed seconds of the data (the whole data when it is shorte
 fresh client-flow seed (`strategies.internalize.seed` of that episode). With
 `mirror_prices` every window is played twice: as recorded, then, the next episode, its
 mirrored price path (daemon/rl/mirror.py: p0^2/p, bid and ask swapped, p0 the window's
-first mid) with a fresh flow seed of its own. An episode ends (`terminated`, never
-`truncated`: time in episode is observed, the horizon is part of the problem) when the
-window's data runs out; the engine then `finish()`es as a backtest ends (open orders
-cancelled, the cancels let through: a few milliseconds of feed time, balances
-snapshotted), and the last step's reward counts that too. The engine cannot pause inside
-that settling, so a decision whose timer falls due there is not a step: `end_policy`
-answers it (default: keep the shade, hedge nothing; a fixed policy replayed here passes
-itself, so its log is the plain backtest's). Training episodes write no decision log
+first mid; each chunk mirrored as the engine reads it, `MirroredEvents`) with a fresh flow
+seed of its own. An episode ends (`terminated`, never `truncated`: time in episode is
+observed, the horizon is part of the problem) when the window's data runs out; the
+engine then `finish()`es as a backtest ends (open orders cancelled, the cancels let
+through: a few milliseconds of feed time, balances snapshotted), and the last step's
+reward counts that too. The engine cannot pause inside that settling, so a decision
+whose timer falls due there is not a step: `end_policy` answers it (default: keep the
+shade, hedge nothing; a fixed policy replayed here passes itself, so its log is the plain
+backtest's). Training episodes write no decision log
 (`decision_log=False`, the engine's null sink) and run without internalize's
 always-hedge twin (nobody compares with it there); `decision_log=True` writes the log
 under `run_id` and keeps the twin, as a backtest of the same settings would.
@@ -61,7 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -71,10 +76,10 @@ from gymnasium import spaces
 
 from adapters.recordings.replay import ReplaySpec
 from config.settings import Settings
-from daemon.backtest.cache import BacktestData, load
+from daemon.backtest.cache import BacktestData, EventSource, load
 from daemon.backtest.engine import Backtest, BacktestResult, window_rows
 from daemon.core.clock import NS_PER_SECOND
-from daemon.rl.mirror import first_mids, mirror
+from daemon.rl.mirror import Key, MirroredEvents, first_mids, last_quote_rows
 from strategies.rl_internalize import (
     FEATURES,
     ActionGrid,
@@ -89,14 +94,41 @@ STRATEGY = "rl-internalize"
 _WINDOW_TRIES = 20
 
 
-async def load_data(settings: Settings, specs: Sequence[ReplaySpec]) -> BacktestData:
-    """The recordings' decoded events (the backtest cache: decoded once, then read)."""
+async def load_data(settings: Settings, specs: Sequence[ReplaySpec]) -> EventSource:
+    """The recordings' decoded events: the backtest cache, opened (decoded once, then read a
+    chunk at a time; in memory only when the cache cannot be saved)."""
     data, _ = await load(list(specs), settings.data_dir, settings.backtest.cache_max_mb * 1e6,
                          depth=settings.execution.walk_depth)
     if data is None:
         raise ValueError("these recordings cannot be held as event columns (see the log): "
                          "the environment steps the engine over the backtest cache")
     return data
+
+
+@dataclass(frozen=True, slots=True)
+class DataSurvey:
+    """What the environment keeps of its data, from one pass over the chunks: the span of
+    receive times the windows are drawn from, and each market's last quote row (where
+    looking for a mirrored window's first mid can stop)."""
+
+    first_ns: int
+    last_ns: int
+    last_quotes: dict[Key, int]
+
+    @classmethod
+    def of(cls, chunks: Iterable[tuple[int, BacktestData]]) -> DataSurvey:
+        first_ns = last_ns = None
+        last_quotes: dict[Key, int] = {}
+        for first, chunk in chunks:
+            if not len(chunk):
+                continue
+            low, high = int(chunk.local_ts_ns.min()), int(chunk.local_ts_ns.max())
+            first_ns = low if first_ns is None else min(first_ns, low)
+            last_ns = high if last_ns is None else max(last_ns, high)
+            last_quotes.update(last_quote_rows([(first, chunk)]))
+        if first_ns is None or last_ns is None:
+            raise ValueError("no events in the data: nothing to run an episode on")
+        return cls(first_ns, last_ns, last_quotes)
 
 
 def episode_settings(settings: Settings, *, flow_seed: int, twin: bool) -> Settings:
@@ -136,16 +168,16 @@ class _HoldPolicy:
 class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
     """rl-internalize on recorded data, one decision per step (see the module docstring).
 
-    `data`: the recordings' events already loaded (`await load_data(...)`); None loads
-    them here (outside a running event loop). `grid`: the action grid (default: the
-    settings'; a trained model's grid when replaying one). `end_policy`: see the module
-    docstring (the end of an episode).
+    `data`: the recordings' events already opened (`await load_data(...)`: a cache file,
+    read a chunk at a time); None opens them here (outside a running event loop). `grid`:
+    the action grid (default: the settings'; a trained model's grid when replaying one).
+    `end_policy`: see the module docstring (the end of an episode).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, settings: Settings, specs: Sequence[ReplaySpec], *,
-                 data: BacktestData | None = None, decision_log: bool = False,
+                 data: EventSource | None = None, decision_log: bool = False,
                  run_id: str = "train", grid: ActionGrid | None = None,
                  end_policy: Policy | None = None) -> None:
         super().__init__()
@@ -164,8 +196,8 @@ class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
         self.inventory_penalty = own.inventory_penalty
         self.observation_space = spaces.Box(-np.inf, np.inf, (len(FEATURES),), np.float32)
         self.action_space = spaces.Discrete(self.grid.size)
-        times = self.data.local_ts_ns
-        self._first_ns, self._last_ns = int(times.min()), int(times.max())
+        self.survey = DataSurvey.of(self.data.chunks())
+        self._first_ns, self._last_ns = self.survey.first_ns, self.survey.last_ns
         self._ticks = {(venue, symbol): float(rules.get("tick", 0.0))
                        for venue, config in settings.venues.items()
                        for symbol, rules in config.markets.items()}
@@ -255,9 +287,10 @@ class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
         """A new Backtest on the window, run to its first decision; False if it has none."""
         self.episodes += 1
         self.result = None
-        data = self.data
-        if mirrored:
-            data = mirror(data, first_mids(data, window[0]), self._ticks)
+        data: EventSource | MirroredEvents = self.data
+        if mirrored:  # reflected chunk by chunk as the engine reads them
+            p0 = first_mids(data, window[0], self.survey.last_quotes)
+            data = MirroredEvents(data, p0, self._ticks)
         settings = episode_settings(self.settings, flow_seed=flow_seed,
                                     twin=self.decision_log and
                                     self.settings.strategies.internalize.always_hedge_baseline)
@@ -270,7 +303,7 @@ class InternalizeEnv(gymnasium.Env[np.ndarray, np.int64]):
         agent = _PausingPolicy(backtest)
         strategy.agent = agent
         full = window == (0, len(data))
-        backtest.open(data, None if full else window)
+        backtest.open(data, None if full else window)  # type: ignore[arg-type]
         self.backtest, self.strategy, self._agent = backtest, strategy, agent
         self._mark = 0.0
         if not backtest.run_until(None):

@@ -15,48 +15,150 @@ Where the market's tick is known (`venues.<venue>.markets.<symbol>.tick`) the re
 prices go back on its grid: bids down, asks up (a quote keeps bid < ask; a level keeps
 its side), trades to the nearest tick. Without a tick they are left as computed.
 
-The mirrored data is a new `BacktestData` in memory: the engine runs it like any other,
-nothing of it is written to the cache.
+An episode mirrors as the engine reads (`MirroredEvents`, issue 18: many days in bounded
+memory): a view of the event source (a cache file read a chunk at a time, or columns in
+memory) whose chunks and depth batches are reflected as they are read, nothing kept and
+nothing written to the cache; p0 is found by reading chunks from the window's first row
+until each market has quoted (`first_mids`). The reflection is elementwise (a depth
+change's levels stay within their change), so chunk by chunk it gives, value for value,
+what `mirror` gives on the whole columns (tests and tools).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from adapters.recordings.replay import ReplayStats
 from daemon.backtest.cache import QUOTE, BacktestData, EventSource
-from daemon.backtest.depth import DepthColumns
+from daemon.backtest.depth import DepthColumns, DepthSource
 
 Key = tuple[str, str]
 #: Slack against float noise when putting a price back on the tick grid (in ticks).
 _GRID_SLACK = 1e-7
 
 
-def first_mids(data: EventSource, start: int = 0) -> dict[Key, float]:
-    """Each market's first quote mid at or after row `start` (the mirror's p0)."""
-    data = data.in_memory()
-    mids: dict[Key, float] = {}
-    rows = np.flatnonzero(data.kind[start:] == QUOTE) + start
-    keys = data.key[rows]
-    for index, key in enumerate(data.keys):
-        found = np.flatnonzero(keys == index)
-        if len(found):
-            row = rows[found[0]]
-            mids[key] = 0.5 * (float(data.price[row]) + float(data.ask[row]))
-    return mids
+def first_mids(data: EventSource, start: int = 0,
+               last_quotes: Mapping[Key, int] | None = None) -> dict[Key, float]:
+    """Each market's first quote mid at or after row `start` (the mirror's p0), read a
+    chunk at a time from `start` until every market has quoted.
+
+    `last_quotes`: each market's last quote row, if known (`last_quote_rows`): the markets
+    that quote no more after `start` are not looked for, so the read stops at the last
+    market's first quote instead of running to the end of the data for them."""
+    keys = data.keys
+    sought = {index for index, key in enumerate(keys)
+              if last_quotes is None or last_quotes.get(key, -1) >= start}
+    found: dict[int, float] = {}
+    if sought:
+        for _, chunk in data.chunks(start):
+            rows = np.flatnonzero(chunk.kind == QUOTE)
+            firsts, at = np.unique(chunk.key[rows], return_index=True)
+            for index, row in zip(firsts.tolist(), rows[at].tolist(), strict=True):
+                if index in sought and index not in found:
+                    found[index] = 0.5 * (float(chunk.price[row]) + float(chunk.ask[row]))
+            if len(found) == len(sought):
+                break
+    return {keys[index]: found[index] for index in sorted(found)}
+
+
+def last_quote_rows(chunks: Iterable[tuple[int, BacktestData]]) -> dict[Key, int]:
+    """Each market's last quote row in these chunks (for `first_mids`)."""
+    last: dict[Key, int] = {}
+    for first, chunk in chunks:
+        rows = np.flatnonzero(chunk.kind == QUOTE)
+        if not len(rows):
+            continue
+        # np.unique keeps each key's first place in the reversed rows: its last quote.
+        lasts, at = np.unique(chunk.key[rows][::-1], return_index=True)
+        for index, row in zip(lasts.tolist(), rows[::-1][at].tolist(), strict=True):
+            last[chunk.keys[index]] = first + row
+    return last
 
 
 def mirror(data: EventSource, p0: Mapping[Key, float],
            ticks: Mapping[Key, float] | None = None) -> BacktestData:
     """`data` with each market in `p0` reflected through p0 (see the module docstring);
-    markets not in `p0` are left as they are. In memory (a cache file is read whole)."""
+    markets not in `p0` are left as they are. In memory, whole (tests and tools; an
+    episode reads `MirroredEvents` instead)."""
     data = data.in_memory()
     ticks = ticks or {}
-    centre = np.array([p0.get(key, math.nan) for key in data.keys] or [math.nan])
-    tick = np.array([ticks.get(key, 0.0) for key in data.keys] or [0.0])
+    depth = data.depth
+    if depth is not None:
+        depth = _mirror_depth(depth, p0, ticks)
+    return _mirror_columns(data, *_tables(data.keys, p0, ticks), depth)
+
+
+class MirroredEvents:
+    """`source` with each market in `p0` reflected through p0, read as the engine reads
+    any event source (`chunks`, `depth.batches()`, `rows_received`, `window_stats`): each
+    chunk and depth batch is reflected when read (see the module docstring), so memory
+    holds what the source's reading holds. `Backtest.open` runs it as it runs the source.
+    """
+
+    def __init__(self, source: EventSource, p0: Mapping[Key, float],
+                 ticks: Mapping[Key, float] | None = None) -> None:
+        self.source = source
+        self.p0 = dict(p0)
+        self.ticks = dict(ticks or {})
+        self.keys = source.keys
+        self.sides = source.sides
+        self.stats = source.stats  # counts and times: the same mirrored
+        self._centre, self._tick = _tables(self.keys, self.p0, self.ticks)
+        self.depth = MirroredDepth(source.depth, self.p0, self.ticks) \
+            if source.depth is not None else None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def chunks(self, start: int = 0, stop: int | None = None
+               ) -> Iterator[tuple[int, BacktestData]]:
+        """(first row, mirrored columns) of the rows [start, stop), as the source's chunks."""
+        for first, chunk in self.source.chunks(start, stop):
+            yield first, _mirror_columns(chunk, self._centre, self._tick, self.depth)
+
+    def rows_received(self, start_ns: int, end_ns: int) -> tuple[int, int]:
+        return self.source.rows_received(start_ns, end_ns)  # times are not mirrored
+
+    def window_stats(self, start: int, stop: int) -> ReplayStats:
+        return self.source.window_stats(start, stop)  # nor kinds
+
+    def in_memory(self) -> BacktestData:
+        """The whole mirrored columns (tests and tools)."""
+        return mirror(self.source, self.p0, self.ticks)
+
+
+class MirroredDepth:
+    """A depth source (`keys`, `batches()`: what `RecordedDepth.load` reads) with each
+    batch of changes reflected as it is read."""
+
+    def __init__(self, source: DepthSource, p0: Mapping[Key, float],
+                 ticks: Mapping[Key, float]) -> None:
+        self.source = source
+        self.keys = source.keys
+        self.p0 = p0
+        self.ticks = ticks
+
+    def batches(self) -> Iterator[DepthColumns]:
+        for batch in self.source.batches():
+            yield _mirror_depth(batch, self.p0, self.ticks)
+
+
+def _tables(keys: Sequence[Key], p0: Mapping[Key, float], ticks: Mapping[Key, float]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Per key index: its p0 (NaN: not mirrored) and its tick (0: none known)."""
+    centre = np.array([p0.get(key, math.nan) for key in keys] or [math.nan])
+    tick = np.array([ticks.get(key, 0.0) for key in keys] or [0.0])
+    return centre, tick
+
+
+def _mirror_columns(data: BacktestData, centre: np.ndarray, tick: np.ndarray,
+                    depth: DepthColumns | MirroredDepth | None) -> BacktestData:
+    """The rows of `data` reflected (elementwise: any run of rows mirrors alone), `depth`
+    the mirrored changes beside them (a chunk carries its source's depth, read apart)."""
     square = (centre * centre)[data.key]
     row_tick = tick[data.key]
     mirrored = np.isfinite(square)
@@ -71,9 +173,6 @@ def mirror(data: EventSource, p0: Mapping[Key, float],
     qty = np.where(swap, data.ask_qty, data.qty)
     ask_qty = np.where(swap, data.qty, data.ask_qty)
     side = _swap_sides(data, mirrored & ~quote)
-    depth = data.depth
-    if depth is not None:
-        depth = _mirror_depth(depth, p0, ticks)
     return dataclasses.replace(data, price=price, ask=new_ask_column, qty=qty,
                                ask_qty=ask_qty, side=side, depth=depth)
 

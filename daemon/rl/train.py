@@ -48,7 +48,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from adapters.recordings.replay import ReplaySpec
 from config.settings import Settings
-from daemon.backtest.cache import BacktestData
+from daemon.backtest.cache import EventSource
 from daemon.rl.env import InternalizeEnv
 from daemon.rl.export import export_q_network
 from strategies.qnetwork import WEIGHTS_FILE, NumpyQNetwork
@@ -141,7 +141,7 @@ class _Curve(BaseCallback):
         self._file.close()
 
 
-def train(settings: Settings, specs: Sequence[ReplaySpec], data: BacktestData, steps: int,
+def train(settings: Settings, specs: Sequence[ReplaySpec], data: EventSource, steps: int,
           folder: Path, *, run_id: str = "train",
           report: Callable[[TrainingProgress], None] | None = None,
           stop: threading.Event | None = None) -> TrainingRun:
