@@ -915,7 +915,7 @@ def _stage_rings(rings: RingStore, columns: BacktestData, local: np.ndarray,
     key_ids = columns.key[local]
     buys = np.array([side == "buy" for side in columns.sides] or [False])
     sells = np.array([side == "sell" for side in columns.sides] or [False])
-    for key_id in np.unique(key_ids).tolist():
+    for key_id in np.flatnonzero(np.bincount(key_ids)).tolist():  # a few keys: no sort
         exchange, symbol = columns.keys[key_id]
         of_key = key_ids == key_id
         quote_rows = of_key & is_quote
