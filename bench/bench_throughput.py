@@ -11,7 +11,8 @@ child processes of its own (peak RSS: `ru_maxrss`): cold (the event cache built,
 on), warm with the skip on, and cold and warm with the skip off (every event through the
 strategy; its own cache directory, so its cold run builds too). The baseline is the
 smallest size in the same run: peak RSS as a ratio to it; events/s also as a ratio to
-the 1 M events/s goal.
+the 1 M events/s goal, and per second of the child's CPU time (a shared machine's other
+load slows the wall clock, much less the CPU time).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ from daemon.modes.data import data_specs
 configure_logging("bench", "warning", "json")
 settings = load_settings({{"data_dir": {data_dir!r}}}, env_file=None)
 specs = data_specs([{days!r}], "backtest")
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 result = asyncio.run(Backtest(settings, {strategy!r}, specs, {run_id!r}, skip={skip!r}).run())
 print(json.dumps({{"events": result.events, "processed": result.processed,
                   "cache": result.cache, "seconds": time.perf_counter() - started,
+                  "cpu_seconds": time.process_time() - cpu,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
@@ -81,7 +83,7 @@ def main() -> None:
     sizes = [int(n) for n in args.days.split(",")]
     print(f"{args.strategy} over N shifted days of {SOURCES[0].name} + {SOURCES[1].name}")
     print(f"{'days':>5} {'events':>11} {'run':<10} {'ran':>11} {'seconds':>8} {'ev/s':>10} "
-          f"{'vs 1M':>6} {'peak MB':>8} {'MB vs base':>10}")
+          f"{'vs 1M':>6} {'cpu ev/s':>10} {'peak MB':>8} {'MB vs base':>10}")
     base: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         for days in sizes:
@@ -92,14 +94,17 @@ def main() -> None:
                 run = run_child(folder, data_dir, args.strategy,
                                 f"{name.replace('/', '-')}{days}", skip)
                 rate = run["events"] / run["seconds"]
+                cpu_rate = run["events"] / run["cpu_seconds"]
                 base.setdefault(name, run["rss_mb"])
                 print(f"{days:>5} {run['events']:>11,} {name:<10} {run['processed']:>11,} "
                       f"{run['seconds']:>8.1f} {rate:>10,.0f} {rate / GOAL:>5.2f}x "
+                      f"{cpu_rate:>10,.0f} "
                       f"{run['rss_mb']:>8,.0f} {run['rss_mb'] / base[name]:>9.2f}x", flush=True)
             for path in folder.iterdir():  # the next size makes its own
                 path.unlink()
     print(f"({time.strftime('%Y-%m-%d %H:%M:%S')}; 'ran': events through the strategy path; "
-          f"'/all': the skip off, every event dispatched; goal >= 1M ev/s warm/all)")
+          f"'/all': the skip off, every event dispatched; goal >= 1M ev/s warm/all; 'cpu "
+          f"ev/s': per second of the process's own CPU time, steadier on a shared machine)")
 
 
 if __name__ == "__main__":

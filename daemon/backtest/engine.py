@@ -203,6 +203,11 @@ class Backtest:
     does, so the same data and settings give the same decision log either way.
     """
 
+    #: With every row run (the skip off), a chunk's rows go to the rings in bulk (made
+    #: visible as the loop reaches them) instead of one append per event; False appends
+    #: them one by one (tests compare the two).
+    stage_rings: bool = True
+
     def __init__(self, settings: Settings, strategy_name: str, specs: list[ReplaySpec],
                  run_id: str, progress: Callable[[int, int], None] | None = None,
                  bus: Bus | None = None, *, skip: bool = True, span: Span | None = None,
@@ -535,6 +540,14 @@ class Backtest:
         next_progress = start + YIELD_EVERY_ROWS  # and a yield to other tasks
         previous = origin - 1  # the last row of interest met
         plan: SkipPlan | None = None
+        # Every row runs (no skip): each chunk's rows go to the rings in bulk, made visible
+        # as the loop reaches them (`RingStore.feed_in_bulk`); `position.row` is the row
+        # being published, set just before its publish.
+        position = (_ReplayPosition(origin - 1) if interest is None and self.stage_rings
+                    else None)
+        if position is not None:
+            self.rings.feed_in_bulk(frozenset(keys) - self._synthetic_markets.keys())
+            bus.refresh_routes()
         for first, chunk in data.chunks(origin, end):
             if plan is None:
                 plan = SkipPlan(chunk, interest, offset=first, origin=origin)
@@ -548,6 +561,8 @@ class Backtest:
             local = rows - plan.offset
             columns = plan.data
             is_quote = columns.kind[local] == QUOTE
+            if position is not None:
+                _stage_rings(self.rings, columns, local, rows, is_quote, position)
             quotes = _built(columns.quotes, local[is_quote])
             trades = _built(columns.trades, local[~is_quote])
             next_quote, next_trade = quotes.__next__, trades.__next__
@@ -596,6 +611,8 @@ class Backtest:
                         yield from self._client_fills(now)
                 if now > clock.now_ns:
                     clock.now_ns = now
+                if position is not None:
+                    position.row = row
                 if quote:
                     publish_quote = quote_routes.get(key)
                     if publish_quote is None:
@@ -616,6 +633,8 @@ class Backtest:
                 start = row + 1
             if len(rows):
                 previous = int(rows[-1])
+            if position is not None:  # the loop is past every row of the chunk
+                self.rings.flush_staged()
             # The chunk's events go before the next chunk's are built.
             quotes = trades = iter(())
             next_quote, next_trade = quotes.__next__, trades.__next__
@@ -875,6 +894,44 @@ def _built(build: Callable[[np.ndarray], list[Any]], rows: np.ndarray) -> Iterat
     chunk's rows are read at once, its objects (~0.5 kB each) only a few thousand ahead."""
     return chain.from_iterable(build(rows[at:at + BUILD_ROWS])
                                for at in range(0, len(rows), BUILD_ROWS))
+
+
+class _ReplayPosition:
+    """The row a column replay is publishing (what staged ring rows are visible up to)."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: int) -> None:
+        self.row = row
+
+    def __call__(self) -> int:
+        return self.row
+
+
+def _stage_rings(rings: RingStore, columns: BacktestData, local: np.ndarray,
+                 rows: np.ndarray, is_quote: np.ndarray, position: _ReplayPosition) -> None:
+    """Hand the rows of one chunk (`local` in `columns`, `rows` their run positions, all
+    of which run) to each key's quote and trade rings, as their appends would write them."""
+    key_ids = columns.key[local]
+    buys = np.array([side == "buy" for side in columns.sides] or [False])
+    sells = np.array([side == "sell" for side in columns.sides] or [False])
+    for key_id in np.flatnonzero(np.bincount(key_ids)).tolist():  # a few keys: no sort
+        exchange, symbol = columns.keys[key_id]
+        of_key = key_ids == key_id
+        quote_rows = of_key & is_quote
+        if quote_rows.any():
+            at = local[quote_rows]
+            rings.stage_quotes(exchange, symbol, rows[quote_rows], [
+                columns.local_ts_ns[at], columns.exchange_ts_ns[at], columns.price[at],
+                columns.ask[at], columns.qty[at], columns.ask_qty[at]], position)
+        trade_rows = of_key & ~is_quote
+        if trade_rows.any():
+            at = local[trade_rows]
+            side, qty = columns.side[at], columns.qty[at]
+            # TradeRing.append: the taker's side signs the qty, an unknown side is 0.
+            signed_qty = np.where(buys[side], qty, np.where(sells[side], -qty, 0.0))
+            rings.stage_trades(exchange, symbol, rows[trade_rows],
+                               [columns.local_ts_ns[at], columns.price[at], signed_qty], position)
 
 
 def existing_logs(data_dir: Path, run_id: str) -> list[Path]:

@@ -236,6 +236,10 @@ class Bus:
         if sink is None:
             sink = Callbacks(on_quote or ignore, on_trade or ignore)
         self._sinks.append(sink)
+        self.refresh_routes()
+
+    def refresh_routes(self) -> None:
+        """Ask every sink for its routes again (one that changed which keys it takes)."""
         for exchange, channels in self._quote_channels.items():
             for symbol, channel in channels.items():
                 channel.routes = self._quote_routes(exchange, symbol)

@@ -36,6 +36,7 @@ import structlog
 
 from daemon.core.clock import NS_PER_SECOND
 from daemon.core.model import Quote, Trade
+from daemon.core.routes import ignore
 from daemon.market import kernels
 
 log = structlog.get_logger(component="ringbuffer")
@@ -177,6 +178,20 @@ def _read_only(column: np.ndarray) -> np.ndarray:
     return column
 
 
+class _Staged:
+    """Rows of one ring handed over ahead of their turn (`_Ring.stage`): columns in ring
+    order, the replay position of each row, and how many are written already."""
+
+    __slots__ = ("columns", "done", "position", "rows")
+
+    def __init__(self, rows: np.ndarray, columns: list[np.ndarray],
+                 position: Callable[[], int]) -> None:
+        self.rows = rows
+        self.columns = columns
+        self.position = position
+        self.done = 0
+
+
 class _Ring:
     """Shared machinery of the quote and trade rings: columns, bisection, snapshots.
 
@@ -217,10 +232,14 @@ class _Ring:
         self.max_clamp_ns = 0
         #: Rows with a field that was not a number, recorded with NaN in that field.
         self.malformed_rows = 0
+        #: Rows staged by a backtest, written once its replay reaches them (`stage`).
+        self._staged: _Staged | None = None
 
     # ----------------------------------------------------------------------- sizes
 
     def __len__(self) -> int:
+        if self._staged is not None:
+            self._sync()
         return min(self._total, self.capacity)
 
     @property
@@ -230,6 +249,8 @@ class _Ring:
     @property
     def total_rows(self) -> int:
         """Rows ever appended, including those the wrap-around has since overwritten."""
+        if self._staged is not None:
+            self._sync()
         return self._total
 
     @property
@@ -238,18 +259,22 @@ class _Ring:
 
     @property
     def oldest_ts_ns(self) -> int | None:
+        if self._staged is not None:
+            self._sync()
         if self._total == 0:
             return None
         return int(self._local_ts_ns[self._next if self._total > self.capacity else 0])
 
     @property
     def newest_ts_ns(self) -> int | None:
+        if self._staged is not None:
+            self._sync()
         if self._total == 0:
             return None
         return int(self._local_ts_ns[self._next - 1])
 
     def memory_bytes(self) -> MemoryUsage:
-        rows = len(self)
+        rows = len(self)  # staged rows reached first
         return MemoryUsage(
             allocated_bytes=sum(column.nbytes for column in self._columns),
             used_bytes=rows * self.bytes_per_row,
@@ -305,6 +330,44 @@ class _Ring:
             column[: kept - head] = values[skipped + head :]
         self._next = self._total % self.capacity
 
+    def stage(self, rows: np.ndarray, columns: list[np.ndarray],
+              position: Callable[[], int]) -> None:
+        """Take rows ahead of their turn, in bulk (a backtest holds its events as columns):
+        `columns` in `COLUMNS` order, `rows` the replay position of each (ascending). The
+        ring holds a staged row from the moment `position()` reaches its position: every
+        read first writes the rows reached since the last one (`_write_bulk`, the clamp
+        and counters as `append` would have them), so readers see exactly the rows up to
+        the replay's, as if each had been appended when it was published. Rows staged
+        before are written first (all of them: the replay is past them). Why: per row,
+        the bus route's call and the element-wise append were ~0.6 us of the ~2.8 us a
+        backtest event cost; a bulk copy a read costs next to nothing.
+
+        Appending to a ring with staged rows would put rows out of order: a backtest
+        stages a key's rows instead of routing them to `append` (RingStore.feed_in_bulk).
+        """
+        self.flush_staged()
+        typed = [np.asarray(values, dtype=dtype)
+                 for values, (_, dtype) in zip(columns, self.COLUMNS, strict=True)]
+        self._staged = _Staged(rows, typed, position)
+
+    def flush_staged(self) -> None:
+        """Write every staged row (the replay has passed them all) and stop staging."""
+        staged = self._staged
+        if staged is None:
+            return
+        self._staged = None
+        if staged.done < len(staged.rows):
+            self._write_bulk([column[staged.done:] for column in staged.columns])
+
+    def _sync(self) -> None:
+        """Write the staged rows the replay has reached since the last read."""
+        staged = self._staged
+        assert staged is not None
+        reached = int(np.searchsorted(staged.rows, staged.position(), "right"))
+        if reached > staged.done:
+            self._write_bulk([column[staged.done:reached] for column in staged.columns])
+            staged.done = reached
+
     # ----------------------------------------------------------------------- reads
 
     def _count_before(self, ts_ns: int, side: str) -> int:
@@ -315,6 +378,8 @@ class _Ring:
         is additive over the two runs: two O(log n) bisections, no copy.
         """
         ts_ns = _clip_int64(ts_ns)
+        if self._staged is not None:
+            self._sync()
         if self._total <= self.capacity:
             return int(np.searchsorted(self._local_ts_ns[: self._total], ts_ns, side))
         older = self._local_ts_ns[self._next :]
@@ -323,6 +388,8 @@ class _Ring:
 
     def _logical_slice(self, lo: int, hi: int) -> list[np.ndarray]:
         """Columns of logical rows [lo, hi) in time order: views, or one small concat."""
+        if self._staged is not None:
+            self._sync()
         if hi <= lo:
             return [_read_only(column[:0]) for column in self._columns]
         if self._total <= self.capacity:
@@ -385,6 +452,8 @@ class _Ring:
         (about a day old in a full 24 h ring); what is saved stays in time order, every
         row intact, with at most a gap among those oldest rows.
         """
+        if self._staged is not None:
+            self._sync()
         end = self._total
         row = end - min(end, self.capacity)
         while row < end:
@@ -855,6 +924,12 @@ class RingStore:
         # One snapshot at a time: the periodic one may still be running in its worker
         # thread when shutdown asks for the final one; both write the same tmp files.
         self._snapshot_lock = threading.Lock()
+        #: Keys whose rows a backtest stages in bulk rather than routes (`feed_in_bulk`).
+        self._bulk_keys: frozenset[tuple[str, str]] = frozenset()
+        #: Rows staged for rings not created yet (a key's ring appears on its first event,
+        #: as without staging): handed to the ring when it is created.
+        self._waiting_quotes: dict[tuple[str, str], _Staged] = {}
+        self._waiting_trades: dict[tuple[str, str], _Staged] = {}
 
     # ----------------------------------------------------------------------- bus sink
 
@@ -862,10 +937,51 @@ class RingStore:
     # itself: the bus's channel for the key appends to it with no lookup.
 
     def quote_route(self, exchange: str, symbol: str) -> Callable[[Quote], None]:
-        return self._quote_ring(exchange, symbol).append
+        ring = self._quote_ring(exchange, symbol)
+        return ignore if (exchange, symbol) in self._bulk_keys else ring.append
 
     def trade_route(self, exchange: str, symbol: str) -> Callable[[Trade], None]:
-        return self._trade_ring(exchange, symbol).append
+        ring = self._trade_ring(exchange, symbol)
+        return ignore if (exchange, symbol) in self._bulk_keys else ring.append
+
+    # ----------------------------------------------------------------------- bulk (backtest)
+
+    def feed_in_bulk(self, keys: frozenset[tuple[str, str]]) -> None:
+        """Rows of these keys come staged (`stage_quotes`/`stage_trades`), not through the
+        bus: their routes are `ignore` (the bus drops them; call before the bus asks for
+        them, or have it ask again). Each event of theirs must be staged, in order."""
+        self._bulk_keys = keys
+
+    def stage_quotes(self, exchange: str, symbol: str, rows: np.ndarray,
+                     columns: list[np.ndarray], position: Callable[[], int]) -> None:
+        """`_Ring.stage` for the quote ring of a bulk key (created by its first quote)."""
+        self._stage(self._quote_rings, self._waiting_quotes, (exchange, symbol),
+                    _Staged(rows, columns, position))
+
+    def stage_trades(self, exchange: str, symbol: str, rows: np.ndarray,
+                     columns: list[np.ndarray], position: Callable[[], int]) -> None:
+        """`_Ring.stage` for the trade ring of a bulk key (created by its first trade)."""
+        self._stage(self._trade_rings, self._waiting_trades, (exchange, symbol),
+                    _Staged(rows, columns, position))
+
+    def flush_staged(self) -> None:
+        """Write every staged row: the replay has passed them all (the end of a chunk)."""
+        for ring in self._rings():
+            ring.flush_staged()
+        if self._waiting_quotes or self._waiting_trades:
+            # Staged, never published: the ring of such a key was never asked for.
+            waiting = sorted({*self._waiting_quotes, *self._waiting_trades})
+            raise RuntimeError(f"rows staged for {waiting} but never published")
+
+    @staticmethod
+    def _stage(rings: dict[tuple[str, str], _Ring], waiting: dict[tuple[str, str], _Staged],
+               key: tuple[str, str], staged: _Staged) -> None:
+        if key not in waiting and (ring := rings.get(key)) is not None:
+            ring.stage(staged.rows, staged.columns, staged.position)
+        elif key in waiting:
+            raise RuntimeError(f"rows of {key} staged twice before it was published")
+        else:
+            waiting[key] = staged
 
     def on_quote(self, quote: Quote) -> None:
         """Record a quote of any key (the bus never passes its stale markers to sinks)."""
@@ -899,12 +1015,16 @@ class RingStore:
         self._quote_rings[ring.key] = ring
         self._quote_rings_by_exchange.setdefault(ring.exchange, {})[ring.symbol] = ring
         self._log_ring_added(ring, context)
+        if (staged := self._waiting_quotes.pop(ring.key, None)) is not None:
+            ring.stage(staged.rows, staged.columns, staged.position)
         return ring
 
     def _add_trade_ring(self, ring: TradeRing, **context: str) -> TradeRing:
         self._trade_rings[ring.key] = ring
         self._trade_rings_by_exchange.setdefault(ring.exchange, {})[ring.symbol] = ring
         self._log_ring_added(ring, context)
+        if (staged := self._waiting_trades.pop(ring.key, None)) is not None:
+            ring.stage(staged.rows, staged.columns, staged.position)
         return ring
 
     @staticmethod
