@@ -15,9 +15,13 @@ before it. They read glibc's own counters (`mallinfo2`), so they run only on gli
 from __future__ import annotations
 
 import ctypes
+import json
+import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 
 from daemon.backtest import cache
@@ -27,53 +31,66 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc"
                            reason="reads glibc's malloc counters (mallinfo2, glibc >= 2.33)")
 
 MB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
 
 
-class _MallInfo2(ctypes.Structure):
+#: Run in a process of its own: malloc's state is the process's, and an earlier test's
+#: freed blocks would serve these from the heap whatever the threshold.
+_PROBE = """
+import asyncio, ctypes, json, sys
+from pathlib import Path
+import numpy as np
+from adapters.recordings.replay import ReplaySpec
+from daemon.backtest import cache
+
+class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
         "fordblks", "keepcost")]
 
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
 
-def _mapped_bytes() -> int:
-    """Bytes malloc holds in blocks mapped apart (each unmapped when freed)."""
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = _MallInfo2
+def mapped():  # bytes malloc holds in blocks mapped apart (each unmapped when freed)
     return int(libc.mallinfo2().hblkhd)
 
+# What a backtest does first: its events from the cache (a small file suffices).
+data, _ = asyncio.run(cache.load([ReplaySpec(Path(sys.argv[1]))], Path(sys.argv[2]),
+                                 depth=False))
+assert data is not None and len(data)
+large = np.ones(8 << 17)  # 8 MB freed (a record batch, a depth batch's levels)
+del large
+before = mapped()
+chunk = np.ones(2 << 17)  # 2 MB, as a chunk's buffer
+chunk_mapped = mapped() - before
+del chunk
+after_free = mapped() - before
+column = np.ones(cache.CHUNK_ROWS)  # one of a chunk's columns, 512 kB
+column_mapped = mapped() - before
+print(json.dumps({"chunk_mapped": chunk_mapped, "after_free": after_free,
+                  "column_mapped": column_mapped, "column": column.nbytes}))
+"""
 
-async def _load_events(tmp_path, shared_file) -> None:
-    """What a backtest does first: its events from the cache (a small file suffices)."""
-    from adapters.recordings.replay import ReplaySpec
 
-    spec = ReplaySpec(shared_file("binance_usdm_btcusdt_20240718.gz"))
-    data, _ = await cache.load([spec], tmp_path, depth=False)
-    assert data is not None and len(data)
+def _probe(tmp_path: Path, source: Path) -> dict[str, int]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("MALLOC_")}  # glibc's own tunables would decide instead
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(source), str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @glibc
-async def test_a_chunk_sized_block_freed_goes_back_after_larger_ones(tmp_path, shared_file):
-    await _load_events(tmp_path, shared_file)
-    # A large block freed (a record batch, a depth batch): by default glibc now serves
-    # every smaller block from the heap.
-    large = np.ones(8 * MB // 8)
-    del large
-    before = _mapped_bytes()
-    chunk = np.ones(2 * MB // 8)  # a chunk's buffer: mapped apart, so returned when freed
-    assert _mapped_bytes() - before >= 2 * MB
-    del chunk
-    assert _mapped_bytes() - before < MB
-
-
-@glibc
-async def test_blocks_of_a_chunks_columns_stay_in_the_heap(tmp_path, shared_file):
-    """The threshold is not so low that every chunk column (64k rows x 8 bytes) is mapped
-    and faulted in anew (2.4x slower with 128 kB)."""
-    await _load_events(tmp_path, shared_file)
-    before = _mapped_bytes()
-    column = np.ones(cache.CHUNK_ROWS)
-    assert _mapped_bytes() - before < column.nbytes
-    del column
+def test_a_chunk_sized_block_freed_goes_back_after_larger_ones(tmp_path, shared_file):
+    """By default glibc serves every block below the largest mapped block freed from the
+    heap: the 2 MB block would stay there, resident once freed."""
+    found = _probe(tmp_path, shared_file("binance_usdm_btcusdt_20240718.gz"))
+    assert found["chunk_mapped"] >= 2 * MB
+    assert found["after_free"] < MB
+    # Not so low that every chunk column (64k rows x 8 bytes) is mapped and faulted in
+    # anew (2.4x slower at 128 kB): those are reused from the heap.
+    assert found["column_mapped"] < found["column"]
 
 
 @glibc
