@@ -29,6 +29,7 @@ from daemon.core.model import (
     Side,
 )
 from daemon.core.vocabulary import OrderStatus
+from daemon.postmortem import writer as writer_module
 from daemon.postmortem.writer import DecisionLogWriter
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -142,9 +143,12 @@ def test_golden_files_hold_every_kind_big_ints_as_text_and_no_secret() -> None:
     assert "日本語".encode() in both and b"NaN" not in both
 
 
-def test_a_queued_record_holds_its_bytes_not_an_encoder_allocation(tmp_path: Path) -> None:
+def test_a_queued_record_holds_its_bytes_not_an_encoder_allocation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """orjson returns every line in a ~4 KB buffer it does not shrink: a log that kept those
     lines until its flush held ~4 KB per queued record (and paid a page fault for each)."""
+    # Every record stays queued (a synchronous log writes its lines every 256 kB).
+    monkeypatch.setattr(writer_module, "SYNCHRONOUS_WRITE_BYTES", 1 << 40)
     records = varied_records()[1:] * 20
     writer = DecisionLogWriter(tmp_path, RUN_ID, synchronous=True, queue_size=10**6)
     writer.record(records[0])  # type: ignore[arg-type]  # warm up: the writer's own state
