@@ -75,7 +75,7 @@ import adapters
 import adapters.recordings.replay
 import daemon.core.model
 from adapters.recordings.replay import FileStats, ReplayFeed, ReplaySpec, ReplayStats
-from daemon.backtest.depth import DepthColumns, DepthRecorder, joined_depth
+from daemon.backtest.depth import ChangeIndex, DepthColumns, DepthRecorder, joined_depth
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote, Trade
 
@@ -814,12 +814,30 @@ class DepthFile:
         return depth
 
     def batches(self) -> Iterator[DepthColumns]:
+        return self.batches_from(0)
+
+    def batches_from(self, first: int) -> Iterator[DepthColumns]:
+        """The batches from the `first`'th on; those before are not read (a late window
+        seeks to its markets' last book resets: `RecordedDepth._seek`)."""
         with _open(self.path) as source:
             reader = pa.ipc.open_file(source, memory_pool=_READ_POOL)
             if not reader.schema.equals(_DEPTH_SCHEMA, check_metadata=False):
                 raise ValueError(f"unexpected depth schema {reader.schema}")
-            for index in range(reader.num_record_batches):
+            for index in range(first, reader.num_record_batches):
                 yield self._part(reader.get_batch(index))
+
+    def index_batches(self) -> Iterator[ChangeIndex]:
+        """Each batch's `pos`/`ts`/`key`/`reset` alone: only those columns' buffers are
+        read and decompressed, not the levels (~40 times their size)."""
+        options = pa.ipc.IpcReadOptions(included_fields=list(range(len(ChangeIndex._fields))))
+        with _open(self.path) as source:
+            reader = pa.ipc.open_file(source, options=options, memory_pool=_READ_POOL)
+            for index in range(reader.num_record_batches):
+                batch = reader.get_batch(index)
+                if batch.schema.names != list(ChangeIndex._fields):
+                    raise ValueError(f"unexpected depth schema {batch.schema}")
+                yield ChangeIndex(*(batch.column(column).to_numpy(zero_copy_only=False)
+                                    for column in range(batch.num_columns)))
 
     def _part(self, batch: pa.RecordBatch) -> DepthColumns:
         price, size = batch.column(5), batch.column(6)
