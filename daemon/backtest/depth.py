@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple, Protocol
@@ -314,14 +314,24 @@ class RecordedDepth(DepthBooks):
         go back. So every later fold of a market applies at least the changes ready now,
         and the book it builds starts at or after the last reset among those: the changes
         before it are never looked at, nor any change before every market's such reset
-        (a market without one is read from its first change). Only the index columns of
-        the batches up to `row` are read to find it."""
+        (a market without one is read from its first change). To find it, the batches
+        whose changes are all ready are looked at through their summaries (`summaries`,
+        a cache file's), the others up to `row` through their index columns alone."""
         source, self._source = self._source, None
         assert source is not None
         blocked: set[int] = set()  # markets with a change not ready: later ones wait
         #: Per market: (batch, change) of the first of its changes a later fold applies.
         floors: dict[int, tuple[int, int]] = {}
-        for number, index in enumerate(index_batches(source)):
+        # The batches all of whose changes are ready, from their summaries (nothing read).
+        start = 0
+        for summary in getattr(source, "summaries", None) or ():
+            if summary.last_pos > row or summary.last_ts > now:
+                break
+            for key, change in summary.firsts.items():
+                floors.setdefault(key, (start, change))
+            floors.update((key, (start, change)) for key, change in summary.resets.items())
+            start += 1
+        for number, index in enumerate(index_batches(source, start), start):
             if not len(index.pos) or int(index.pos[0]) > row:
                 break
             ready = (index.pos <= row) & (index.ts <= now)
@@ -341,7 +351,7 @@ class RecordedDepth(DepthBooks):
             if len(blocked) == len(self._key_ids):
                 break
         first, skip = min(floors.values()) if floors else (0, 0)
-        self._batches = _from_change(batches_from(source, first), skip)
+        self._batches = batches_from(source, first, skip)
 
     def _fold(self, index: int, row: int, now: int) -> None:
         """Fold the key's first changes with pos <= row and ts <= now into its book."""
@@ -393,8 +403,10 @@ class DepthSource(Protocol):
     """Saved depth changes read batch by batch (a cache file's depth).
 
     Optional (`index_batches`, `batches_from` fall back to `batches()`): the index
-    columns of each batch alone (`index_batches()`, cheap to read), and the batches from
-    the `first`'th on (`batches_from(first)`)."""
+    columns of each batch from the `first`'th on alone (`index_batches(first)`, cheap to
+    read), the batches from the `first`'th on, its first `skip` changes left out
+    (`batches_from(first, skip)`), and `summaries`, each batch's `BatchSummary` in order
+    (so a seek reads nothing of the batches before the window)."""
 
     keys: tuple[tuple[str, str], ...]
 
@@ -410,25 +422,50 @@ class ChangeIndex(NamedTuple):
     reset: np.ndarray
 
 
-def index_batches(source: DepthColumns | DepthSource) -> Iterator[ChangeIndex]:
-    """Each batch's index columns, in order: without their levels where the source can."""
+class BatchSummary(NamedTuple):
+    """What a seek needs of a batch whose changes are all ready (`RecordedDepth._seek`)."""
+
+    last_pos: int
+    last_ts: int  # the latest receive time
+    firsts: dict[int, int]  # per key in the batch: its first change
+    resets: dict[int, int]  # per key with a reset in the batch: its last one
+
+
+def summarized(batch: DepthColumns | ChangeIndex) -> BatchSummary:
+    """The batch's summary."""
+    keys, firsts = np.unique(batch.key, return_index=True)
+    resets = np.flatnonzero(batch.reset)
+    # np.unique keeps each key's first place in the reversed resets: its last one.
+    reset_keys, lasts = np.unique(batch.key[resets][::-1], return_index=True)
+    return BatchSummary(int(batch.pos[-1]), int(batch.ts.max()),
+                        dict(zip(keys.tolist(), firsts.tolist(), strict=True)),
+                        dict(zip(reset_keys.tolist(), resets[::-1][lasts].tolist(),
+                                 strict=True)))
+
+
+def index_batches(source: DepthColumns | DepthSource, first: int = 0
+                  ) -> Iterator[ChangeIndex]:
+    """Each batch's index columns from the `first`'th on, in order: without their levels
+    (and without reading the batches before) where the source can."""
     read = getattr(source, "index_batches", None)
     if read is not None:
-        yield from read()
+        yield from read(first)
         return
-    for batch in source.batches():
+    for batch in islice(source.batches(), first, None):
         yield ChangeIndex(batch.pos, batch.ts, batch.key, batch.reset)
 
 
-def batches_from(source: DepthColumns | DepthSource, first: int) -> Iterator[DepthColumns]:
-    """The source's batches from the `first`'th on (those before unread where it can)."""
+def batches_from(source: DepthColumns | DepthSource, first: int, skip: int = 0
+                 ) -> Iterator[DepthColumns]:
+    """The source's batches from the `first`'th on, the first `skip` changes of that one
+    left out (the batches before unread where the source can)."""
     read = getattr(source, "batches_from", None)
     if read is not None:
-        return iter(read(first))
-    return islice(source.batches(), first, None)
+        return iter(read(first, skip))
+    return skipped(islice(source.batches(), first, None), skip)
 
 
-def _from_change(batches: Iterator[DepthColumns], skip: int) -> Iterator[DepthColumns]:
+def skipped(batches: Iterable[DepthColumns], skip: int) -> Iterator[DepthColumns]:
     """The batches with the first one's first `skip` changes left out."""
     for batch in batches:
         yield batch.rows(skip, len(batch)) if skip else batch

@@ -19,7 +19,14 @@ import daemon.backtest.depth as depth_module
 import strategies
 from adapters.recordings.replay import SAMPLE_FILES, ReplaySpec
 from daemon.backtest.cache import CachedEvents, DepthFile, load
-from daemon.backtest.depth import DepthColumns, RecordedDepth
+from daemon.backtest.depth import (
+    ChangeIndex,
+    DepthColumns,
+    DepthRecorder,
+    RecordedDepth,
+    skipped,
+    summarized,
+)
 from daemon.backtest.engine import Backtest
 from daemon.backtest.span import Span
 from daemon.core.model import Side
@@ -134,11 +141,23 @@ async def test_a_late_span_reads_the_depth_from_the_markets_last_resets_with_the
         fold(self, index, row, now)
 
     monkeypatch.setattr(RecordedDepth, "_fold", noted)
+    index_read: list[int] = []
+    index_batches = getattr(DepthFile, "index_batches", None)
+
+    def counted_index(self: DepthFile, first: int = 0) -> Iterator[Any]:
+        assert index_batches is not None
+        for index in index_batches(self, first):
+            index_read.append(int(index.pos[0]))
+            yield index
+
+    monkeypatch.setattr(DepthFile, "index_batches", counted_index, raising=False)
     read_batches.clear()
     fills, log = await run_late_taker(tmp_path, days, span, "seek", monkeypatch)
     # Only the batches from the one holding the earliest of the markets' last resets (the
     # span runs to the end of the data: every one after it).
     assert read_batches == firsts[batch:]
+    # The batches before the window's are looked at through their summaries alone.
+    assert 1 <= len(index_read) <= 2 and index_read[0] >= firsts[batch]
     # Folding starts at that reset: nothing before it is applied.
     assert folded and min(folded) >= (int(depth.pos[change]), 0, False)
     assert (int(depth.pos[change]), int(depth.key[change]), True) in folded
@@ -208,3 +227,68 @@ def test_a_source_without_index_columns_is_read_whole_once_and_skipped_in_foldin
     seeking.at_row = 26
     assert seeking.levels("v", "A", "bid") == [(102.0, 1.0), (101.0, 3.0)]
     assert seeking.levels("v", "A", "ask") == [(103.0, 2.0)]
+
+
+class Summarized:
+    """A depth source with every optional part: summaries, index columns, a seek."""
+
+    def __init__(self, keys: tuple[tuple[str, str], ...], parts: list[DepthColumns]) -> None:
+        self.keys = keys
+        self.parts = parts
+        self.summaries = [summarized(part) for part in parts]
+
+    def batches(self) -> Iterator[DepthColumns]:
+        return iter(self.parts)
+
+    def batches_from(self, first: int, skip: int = 0) -> Iterator[DepthColumns]:
+        return skipped(self.parts[first:], skip)
+
+    def index_batches(self, first: int = 0) -> Iterator[ChangeIndex]:
+        for part in self.parts[first:]:
+            yield ChangeIndex(part.pos, part.ts, part.key, part.reset)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_seek_from_any_row_and_clock_gives_the_books_of_reading_everything(
+    seed: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Random changes of three markets (resets, receive times out of order within a
+    market, a clock behind some of them, batches of any size): from any first row and
+    clock on, the books with the seek are those of reading every change from the first."""
+    rng = np.random.default_rng(seed)
+    published: list[object] = []
+    parts: list[DepthColumns] = []
+    recorder = DepthRecorder(published, parts.append)
+    keys = [("v", "A/B"), ("w", "A/B"), ("x", "C/D")]
+    for pos in range(600):
+        key = keys[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
+        prices = rng.integers(90, 110, size=rng.integers(0, 6)).astype(float)
+        levels = [(float(p), float(rng.choice([0.0, 1.0, 2.5]))) for p in prices]
+        published[:] = [None] * (pos // 2)
+        ts = pos * 10 + int(rng.integers(-150, 150))  # out of order now and then
+        recorder(*key, ts, bool(rng.random() < 0.15),
+                 [level for level in levels if level[0] < 100],
+                 [level for level in levels if level[0] >= 100])
+        if rng.random() < 0.04:
+            recorder.flush()  # a batch boundary
+    recorder.flush()
+    assert len(parts) > 5
+    seek = RecordedDepth._seek
+    for start in rng.integers(0, 300, size=8).tolist():
+        lag = int(rng.integers(0, 200))  # the clock behind the rows' changes by this much
+        books = []
+        for method in (read_everything, seek):
+            monkeypatch.setattr(RecordedDepth, "_seek", method)
+            now = [0]
+            depth = RecordedDepth(lambda: now[0])  # noqa: B023 (read while `now` is this one)
+            depth.load(Summarized(recorder.keys, parts))
+            seen = []
+            for at_row in range(start, 310, 7):
+                now[0] = at_row * 20 - lag
+                if at_row % 3 == 0:
+                    depth.settle(at_row)
+                depth.at_row = at_row
+                seen.append([depth.levels(*key, side) for key in recorder.keys
+                             for side in ("bid", "ask")])
+            books.append(seen)
+        assert books[0] == books[1], (start, lag)
