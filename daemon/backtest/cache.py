@@ -77,7 +77,15 @@ import adapters
 import adapters.recordings.replay
 import daemon.core.model
 from adapters.recordings.replay import FileStats, ReplayFeed, ReplaySpec, ReplayStats
-from daemon.backtest.depth import DepthColumns, DepthRecorder, joined_depth
+from daemon.backtest.depth import (
+    BatchSummary,
+    ChangeIndex,
+    DepthColumns,
+    DepthRecorder,
+    joined_depth,
+    skipped,
+    summarized,
+)
 from daemon.core.logs import get_logger
 from daemon.core.model import Quote, Trade
 
@@ -833,6 +841,9 @@ class DepthFile:
         self.keys = tuple((str(exchange), str(symbol)) for exchange, symbol in summary["keys"])
         self.summary = [(int(n), str(digest)) for n, digest in summary["batches"]]
         self.changes = int(summary["changes"])
+        #: Each batch's `BatchSummary` (taken as `open` checks them): what a late
+        #: window's seek looks at instead of reading the batches before it.
+        self.summaries: list[BatchSummary] = []
 
     def __len__(self) -> int:
         return self.changes
@@ -852,17 +863,37 @@ class DepthFile:
                 raise ValueError("depth: positions out of order")
             last_pos = int(part.pos[-1])
             count += 1
+            depth.summaries.append(summarized(part))
         if count != len(depth.summary) or not count:
             raise ValueError(f"depth: {count} batches, the summary lists {len(depth.summary)}")
         return depth
 
     def batches(self) -> Iterator[DepthColumns]:
+        return self.batches_from(0)
+
+    def batches_from(self, first: int, skip: int = 0) -> Iterator[DepthColumns]:
+        """The batches from the `first`'th on, its first `skip` changes left out; those
+        before are not read (a late window seeks to its markets' last book resets:
+        `RecordedDepth._seek`)."""
         with _open(self.path) as source:
             reader = pa.ipc.open_file(source, memory_pool=_READ_POOL)
             if not reader.schema.equals(_DEPTH_SCHEMA, check_metadata=False):
                 raise ValueError(f"unexpected depth schema {reader.schema}")
-            for index in range(reader.num_record_batches):
-                yield self._part(reader.get_batch(index))
+            yield from skipped((self._part(reader.get_batch(index))
+                                for index in range(first, reader.num_record_batches)), skip)
+
+    def index_batches(self, first: int = 0) -> Iterator[ChangeIndex]:
+        """Each batch's `pos`/`ts`/`key`/`reset` alone, from the `first`'th on: only those
+        columns' buffers are read and decompressed, not the levels (~40 times their size)."""
+        options = pa.ipc.IpcReadOptions(included_fields=list(range(len(ChangeIndex._fields))))
+        with _open(self.path) as source:
+            reader = pa.ipc.open_file(source, options=options, memory_pool=_READ_POOL)
+            for index in range(first, reader.num_record_batches):
+                batch = reader.get_batch(index)
+                if batch.schema.names != list(ChangeIndex._fields):
+                    raise ValueError(f"unexpected depth schema {batch.schema}")
+                yield ChangeIndex(*(batch.column(column).to_numpy(zero_copy_only=False)
+                                    for column in range(batch.num_columns)))
 
     def _part(self, batch: pa.RecordBatch) -> DepthColumns:
         price, size = batch.column(5), batch.column(6)

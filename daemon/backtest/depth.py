@@ -20,6 +20,14 @@ changes are read in batches as the rows reach them, and those every later walk w
 are folded into sorted arrays per market (`RecordedDepth.settle`), so a month of depth
 never sits in memory.
 
+A run that starts late in the data (a sweep or walk-forward span, an RL episode, a stepped
+window) does not read its way there: a market's book as of the first walk is its last
+reset (a snapshot) and the changes after it, so the first read (`RecordedDepth._seek`)
+looks only at the small `pos`/`ts`/`key`/`reset` columns of the batches up to the first
+row asked for (`DepthSource.index_batches`, read column-wise from a cache file) and
+starts reading whole batches (`DepthSource.batches_from`) at the earliest change a later
+walk can need: each market's last reset among the changes it would already have applied.
+
 Size (the 75 s Binance sample, spot + USD-M, 25,060 events): 2,156 depth changes with
 117,866 levels; the depth file (lz4) is 0.92 MB beside the events' 1.78 MB (1.96 MB as
 raw float64). From the cache the changes are read with the events and applied only for
@@ -30,9 +38,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Protocol
+from itertools import islice
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -234,7 +243,9 @@ class RecordedDepth(DepthBooks):
     by the first row not yet run, `settle`, and received by the executor's clock, which
     never goes back) are folded into each market's book, kept as sorted arrays (the last
     size written at each price since the last reset, the sizes of 0 removed: what
-    applying them one by one leaves). A walk folds what it may see and reads the book."""
+    applying them one by one leaves). A walk folds what it may see and reads the book.
+    The first read seeks past what no walk from there on needs (`_seek`): a late window
+    reads from its markets' last resets, not from the start of the data."""
 
     def __init__(self, clock: Callable[[], int] = lambda: 0) -> None:
         super().__init__(clock)
@@ -247,11 +258,15 @@ class RecordedDepth(DepthBooks):
         #: Per key: changes read, not folded yet (in order), and the folded book per side.
         self._unfolded: list[list[DepthColumns]] = []
         self._folded: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+        #: The saved changes loaded, until the first read seeks into them (`_seek`).
+        self._source: DepthColumns | DepthSource | None = None
 
     # -- from saved changes --------------------------------------------------------------
 
     def load(self, columns: DepthColumns | DepthSource) -> None:
-        self._batches = iter(columns.batches())
+        """Walk these saved changes; nothing is read until the first walk or `settle`."""
+        self._source = columns
+        self._batches = iter(())
         self._key_ids = {key: index for index, key in enumerate(columns.keys)}
         self._batch, self._taken = None, 0
         self._unfolded = [[] for _ in columns.keys]
@@ -272,6 +287,8 @@ class RecordedDepth(DepthBooks):
     def _take(self, row: int) -> None:
         """Move the changes with pos <= row out of the batches, per key."""
         assert self._batches is not None
+        if self._source is not None:
+            self._seek(row, self.clock())  # type: ignore[misc]
         while True:
             batch = self._batch
             if batch is None or self._taken >= len(batch):
@@ -288,6 +305,53 @@ class RecordedDepth(DepthBooks):
                 self._taken = end
             if end < len(batch):
                 return
+
+    def _seek(self, row: int, now: int) -> None:
+        """Start reading at the earliest change a walk from (`row`, `now`) on can need.
+
+        A fold applies a market's changes in order up to the first not emitted by the row
+        or not received by the clock, from the last reset among them; row and clock never
+        go back. So every later fold of a market applies at least the changes ready now,
+        and the book it builds starts at or after the last reset among those: the changes
+        before it are never looked at, nor any change before every market's such reset
+        (a market without one is read from its first change). To find it, the batches
+        whose changes are all ready are looked at through their summaries (`summaries`,
+        a cache file's), the others up to `row` through their index columns alone."""
+        source, self._source = self._source, None
+        assert source is not None
+        blocked: set[int] = set()  # markets with a change not ready: later ones wait
+        #: Per market: (batch, change) of the first of its changes a later fold applies.
+        floors: dict[int, tuple[int, int]] = {}
+        # The batches all of whose changes are ready, from their summaries (nothing read).
+        start = 0
+        for summary in getattr(source, "summaries", None) or ():
+            if summary.last_pos > row or summary.last_ts > now:
+                break
+            for key, change in summary.firsts.items():
+                floors.setdefault(key, (start, change))
+            floors.update((key, (start, change)) for key, change in summary.resets.items())
+            start += 1
+        for number, index in enumerate(index_batches(source, start), start):
+            if not len(index.pos) or int(index.pos[0]) > row:
+                break
+            ready = (index.pos <= row) & (index.ts <= now)
+            for key in np.unique(index.key).tolist():
+                if key in blocked:
+                    continue
+                mine = np.flatnonzero(index.key == key)
+                waiting = np.flatnonzero(~ready[mine])
+                applied = mine[:int(waiting[0])] if len(waiting) else mine
+                resets = applied[index.reset[applied]]
+                if len(resets):
+                    floors[key] = (number, int(resets[-1]))
+                else:
+                    floors.setdefault(key, (number, int(mine[0])))
+                if len(waiting):
+                    blocked.add(key)
+            if len(blocked) == len(self._key_ids):
+                break
+        first, skip = min(floors.values()) if floors else (0, 0)
+        self._batches = batches_from(source, first, skip)
 
     def _fold(self, index: int, row: int, now: int) -> None:
         """Fold the key's first changes with pos <= row and ts <= now into its book."""
@@ -336,11 +400,76 @@ class RecordedDepth(DepthBooks):
 
 
 class DepthSource(Protocol):
-    """Saved depth changes read batch by batch (a cache file's depth)."""
+    """Saved depth changes read batch by batch (a cache file's depth).
+
+    Optional (`index_batches`, `batches_from` fall back to `batches()`): the index
+    columns of each batch from the `first`'th on alone (`index_batches(first)`, cheap to
+    read), the batches from the `first`'th on, its first `skip` changes left out
+    (`batches_from(first, skip)`), and `summaries`, each batch's `BatchSummary` in order
+    (so a seek reads nothing of the batches before the window)."""
 
     keys: tuple[tuple[str, str], ...]
 
     def batches(self) -> Iterator[DepthColumns]: ...
+
+
+class ChangeIndex(NamedTuple):
+    """A batch's index columns (those of `DepthColumns`): what a seek reads."""
+
+    pos: np.ndarray
+    ts: np.ndarray
+    key: np.ndarray
+    reset: np.ndarray
+
+
+class BatchSummary(NamedTuple):
+    """What a seek needs of a batch whose changes are all ready (`RecordedDepth._seek`)."""
+
+    last_pos: int
+    last_ts: int  # the latest receive time
+    firsts: dict[int, int]  # per key in the batch: its first change
+    resets: dict[int, int]  # per key with a reset in the batch: its last one
+
+
+def summarized(batch: DepthColumns | ChangeIndex) -> BatchSummary:
+    """The batch's summary."""
+    keys, firsts = np.unique(batch.key, return_index=True)
+    resets = np.flatnonzero(batch.reset)
+    # np.unique keeps each key's first place in the reversed resets: its last one.
+    reset_keys, lasts = np.unique(batch.key[resets][::-1], return_index=True)
+    return BatchSummary(int(batch.pos[-1]), int(batch.ts.max()),
+                        dict(zip(keys.tolist(), firsts.tolist(), strict=True)),
+                        dict(zip(reset_keys.tolist(), resets[::-1][lasts].tolist(),
+                                 strict=True)))
+
+
+def index_batches(source: DepthColumns | DepthSource, first: int = 0
+                  ) -> Iterator[ChangeIndex]:
+    """Each batch's index columns from the `first`'th on, in order: without their levels
+    (and without reading the batches before) where the source can."""
+    read = getattr(source, "index_batches", None)
+    if read is not None:
+        yield from read(first)
+        return
+    for batch in islice(source.batches(), first, None):
+        yield ChangeIndex(batch.pos, batch.ts, batch.key, batch.reset)
+
+
+def batches_from(source: DepthColumns | DepthSource, first: int, skip: int = 0
+                 ) -> Iterator[DepthColumns]:
+    """The source's batches from the `first`'th on, the first `skip` changes of that one
+    left out (the batches before unread where the source can)."""
+    read = getattr(source, "batches_from", None)
+    if read is not None:
+        return iter(read(first, skip))
+    return skipped(islice(source.batches(), first, None), skip)
+
+
+def skipped(batches: Iterable[DepthColumns], skip: int) -> Iterator[DepthColumns]:
+    """The batches with the first one's first `skip` changes left out."""
+    for batch in batches:
+        yield batch.rows(skip, len(batch)) if skip else batch
+        skip = 0
 
 
 _NO_LEVELS = np.zeros(0, dtype=np.float64)

@@ -34,7 +34,14 @@ import numpy as np
 
 from adapters.recordings.replay import ReplayStats
 from daemon.backtest.cache import QUOTE, BacktestData, EventSource
-from daemon.backtest.depth import DepthColumns, DepthSource
+from daemon.backtest.depth import (
+    BatchSummary,
+    ChangeIndex,
+    DepthColumns,
+    DepthSource,
+    batches_from,
+    index_batches,
+)
 
 Key = tuple[str, str]
 #: Slack against float noise when putting a price back on the tick grid (in ticks).
@@ -143,8 +150,23 @@ class MirroredDepth:
         self.ticks = ticks
 
     def batches(self) -> Iterator[DepthColumns]:
-        for batch in self.source.batches():
+        return self.batches_from(0)
+
+    def batches_from(self, first: int, skip: int = 0) -> Iterator[DepthColumns]:
+        """The batches from the `first`'th on, its first `skip` changes left out, mirrored;
+        those before are neither read nor mirrored (an episode's depth seeks to its
+        markets' last book resets: `RecordedDepth._seek`)."""
+        for batch in batches_from(self.source, first, skip):
             yield _mirror_depth(batch, self.p0, self.ticks)
+
+    def index_batches(self, first: int = 0) -> Iterator[ChangeIndex]:
+        """The source's index columns: mirroring moves only levels, never these."""
+        return index_batches(self.source, first)
+
+    @property
+    def summaries(self) -> list[BatchSummary] | None:
+        """The source's batch summaries, if it has them (nor these)."""
+        return getattr(self.source, "summaries", None)
 
 
 def _tables(keys: Sequence[Key], p0: Mapping[Key, float], ticks: Mapping[Key, float]
