@@ -2,15 +2,23 @@
 
 The bus calls `RingStore.on_quote` / `RingStore.on_trade` synchronously for every event,
 before any subscriber, so the history is complete even when a strategy conflates. Rings
-are preallocated numpy columns written in place (wrap-around overwrites the oldest row);
+are numpy columns written in place, bounded by the retention in time: a ring starts at
+4,096 rows, writes a new row over its oldest one once that row is older than the
+retention (keeping the newest such row, the quote prevailing at the retention's start),
+and doubles (copying its rows, in order, into new columns) only when its oldest rows are
+still within the retention, up to retention x max rate rows; a ring that full overwrites
+its oldest row whatever its age (a venue faster than the max rate keeps the newest rows).
+So its memory tracks the rows within the retention, not the days since it appeared;
 window queries bisect the timestamp column and hand out read-only column views, never a
 copy of the whole buffer; statistics run as numba kernels (`daemon.market.kernels`) over those
 views; the whole store snapshots to Feather (Arrow IPC) files and reloads at start.
 
 Threading: every write happens on the event-loop thread. Window queries are meant to be
-used on that thread too, within one callback: a window's arrays are views into the ring,
-valid until the ring has written `capacity - len(window)` more rows (for a 6-min window
-in a 24 h ring, about a day). `RingStore.snapshot` may run in a worker thread
+used on that thread too, within one callback: a window's arrays are views into the ring's
+columns, valid until the ring overwrites their rows: not before those rows are older than
+the retention, or, in a ring at its max capacity, until it has written
+`capacity - len(window)` more rows (a ring that grows leaves its old columns as they were:
+views into them stay valid). `RingStore.snapshot` may run in a worker thread
 (`snapshot_every` does so): it copies the columns chunk by chunk and discards any row the
 writer may have overwritten meanwhile (see `_Ring._consistent_chunks`).
 """
@@ -60,14 +68,20 @@ _SNAPSHOT_SUFFIX = ".feather"
 #: Rows per Arrow record batch in a snapshot: big enough that per-batch overhead vanishes,
 #: small enough (48 MB of quotes) that the snapshot thread's copy never holds much memory.
 _SNAPSHOT_CHUNK_ROWS = 1 << 20
+#: Rows a ring starts with (192 kB of quotes); it doubles while its rows are within the
+#: retention. Small enough that thousands of quiet keys cost little, big enough that a
+#: busy one doubles only a dozen times on its way to a day.
+_INITIAL_ROWS = 4096
 
 
 class MemoryUsage(NamedTuple):
     """Bytes reserved by ring columns vs bytes holding rows.
 
-    `allocated_bytes` is virtual: columns come from `np.empty`, and Linux commits a page
-    only when it is first written, so resident memory tracks `used_bytes` until a ring
-    wraps, then stays at its capacity.
+    `allocated_bytes` is the rings' current columns: they start small and grow only while
+    their rows are within the retention, so it tracks the rows within the retention (at
+    most about twice them), up to retention x max rate. Columns from `np.empty`: Linux
+    commits a page when first written. Columns a ring grew out of, still referenced by a
+    window's views, are not counted.
     """
 
     allocated_bytes: int
@@ -192,15 +206,40 @@ class _Staged:
         self.done = 0
 
 
+class _Layout:
+    """The columns a ring writes: absolute row n lives at physical (n - base) % size.
+
+    A ring that grows gets a new layout; the old one is never written again, and
+    `retired_at` (the ring's `_total` when it was replaced, set before the swap) tells a
+    snapshot thread still copying from it which rows it holds.
+    """
+
+    __slots__ = ("base", "columns", "retired_at", "size", "views")
+
+    def __init__(self, columns: tuple[np.ndarray, ...], base: int) -> None:
+        self.columns = columns
+        self.size = int(columns[0].shape[0])
+        self.base = base
+        self.views = tuple(memoryview(column) for column in columns)
+        self.retired_at: int | None = None
+
+
 class _Ring:
     """Shared machinery of the quote and trade rings: columns, bisection, snapshots.
 
     Invariants. Absolute row number n (0 = first row ever appended) lives at physical
-    index n % capacity. `_total` counts rows ever appended, `_next` == `_total % capacity`
-    is the next physical write index. The ring holds the absolute rows
-    [_total - len, _total), which are two sorted segments once it has wrapped:
-    [_next, capacity) holds the older rows, [0, _next) the newer ones. `local_ts_ns` is
-    non-decreasing in that logical order (see `_clamp_backwards`).
+    index (n - base) % size of the current `_Layout`. `_total` counts rows ever appended;
+    the ring holds the absolute rows [_first, _total) (at most `size`), which are one
+    sorted run of physical slots from (_first - base) % size, or two once they wrap
+    around. `local_ts_ns` is non-decreasing in that logical order (see
+    `_clamp_backwards`). `_next` == (_total - base) % size is the next physical write
+    index, always a free slot; `append` writes up to `_limit` (the end of the free run or
+    of the columns) and then calls `_make_room`, which evicts expired rows, grows, or
+    wraps: the hot path pays one comparison, as a fixed ring's wrap test did.
+
+    Eviction keeps the newest row older than `newest - retention` (the row prevailing at
+    the retention's start, for as-of joins and `arrival_rate`'s observed span), so every
+    read of a window within the retention returns what a ring that kept every row would.
 
     Writers bump `_total` *before* writing a row's fields, so a snapshot thread that reads
     `_total` after copying knows every row that could have been overwritten meanwhile.
@@ -210,21 +249,24 @@ class _Ring:
     COLUMNS: ClassVar[tuple[tuple[str, type], ...]]
     KIND: ClassVar[str]
 
-    def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
+    def __init__(self, exchange: str, symbol: str, capacity: int,
+                 retention_s: float = math.inf) -> None:
+        """`capacity`: the most rows the ring may hold (retention x max rate); `retention_s`:
+        rows older than the newest's time minus this may be overwritten (inf: by count
+        only, the newest `capacity` rows)."""
         if capacity < 1:
             raise ValueError(f"ring capacity must be >= 1 row, got {capacity}")
         self.exchange = exchange
         self.symbol = symbol
         self.capacity = capacity
-        # np.empty, not np.zeros: the allocation is an untouched mmap and Linux commits
-        # its pages lazily on first write, so a 24 h x 200 rows/s ring (17.3 M rows,
-        # 830 MB of quotes) costs no resident memory until rows actually arrive.
-        self._columns: tuple[np.ndarray, ...] = tuple(
-            np.empty(capacity, dtype=dtype) for _, dtype in self.COLUMNS
+        self._retention_ns: int | None = (
+            None if math.isinf(retention_s) else _span_ns(retention_s)
         )
-        self._local_ts_ns = self._columns[0]
         self._total = 0
+        self._first = 0
+        self._set_layout(_Layout(self._empty_columns(min(capacity, _INITIAL_ROWS)), base=0))
         self._next = 0
+        self._limit = self._size
         self._last_ts_ns = _INT64_MIN
         #: Rows whose local_ts_ns arrived below the previous row's and were clamped.
         self.clamped_rows = 0
@@ -235,12 +277,85 @@ class _Ring:
         #: Rows staged by a backtest, written once its replay reaches them (`stage`).
         self._staged: _Staged | None = None
 
+    # ----------------------------------------------------------------------- layout
+
+    def _empty_columns(self, rows: int) -> tuple[np.ndarray, ...]:
+        # np.empty, not np.zeros: a large allocation is an untouched mmap whose pages
+        # Linux commits on first write.
+        return tuple(np.empty(rows, dtype=dtype) for _, dtype in self.COLUMNS)
+
+    def _set_layout(self, layout: _Layout) -> None:
+        """Switch the writer and the readers to `layout` (the event-loop thread only)."""
+        self._layout = layout  # one assignment: what a snapshot thread reads first
+        self._columns = layout.columns
+        self._views = layout.views
+        self._local_ts_ns = layout.columns[0]
+        self._size = layout.size
+        self._base = layout.base
+
+    def _held_from(self) -> int:
+        """Absolute number of the oldest held row. A ring at its max capacity overwrites by
+        count, as a fixed ring does: its appends leave `_first` behind (no per-row work)."""
+        return max(self._first, self._total - self._size)
+
+    def _segments(self) -> tuple[int, int, int]:
+        """(physical start of the oldest held row, rows before the columns' end, rows)."""
+        first = self._held_from()
+        count = self._total - first
+        start = (first - self._base) % self._size
+        return start, min(count, self._size - start), count
+
+    def _expired_rows(self) -> int:
+        """Held rows that may go: older than newest - retention, but the newest of those."""
+        if self._retention_ns is None or self._total == self._held_from():
+            return 0
+        cutoff = _clip_int64(self._last_ts_ns - self._retention_ns)
+        return max(0, self._held_count_before(cutoff, "left") - 1)
+
+    def _make_room(self) -> int:
+        """Called when `append` reached `_limit`: free the next slot; returns its index.
+
+        A full ring drops its expired rows when there are enough of them (an eighth of its
+        size, so a ring rolling its retention does this once per many rows, not per row);
+        otherwise it grows (doubling, up to `capacity`); at `capacity` it overwrites its
+        oldest row whatever its age, from the next append on (`_held_from`).
+        """
+        index = (self._total - self._base) % self._size
+        if self._total - self._first >= self._size:
+            if self._size >= self.capacity:
+                self._first = self._total - self._size
+                self._limit = self._size  # every slot up to the columns' end is the oldest
+                self._next = index
+                return index
+            expired = self._expired_rows()
+            self._first += expired
+            if expired < max(1, self._size // 8):
+                self._grow(min(2 * self._size, self.capacity))
+            index = (self._total - self._base) % self._size
+        free = self._size - (self._total - self._first)
+        self._limit = min(self._size, index + free)
+        self._next = index
+        return index
+
+    def _grow(self, rows: int) -> None:
+        """Move the held rows, oldest first, to the start of new columns of `rows` rows."""
+        start, head, count = self._segments()
+        columns = self._empty_columns(rows)
+        if count > 0:
+            for new, old in zip(columns, self._columns, strict=True):
+                new[:head] = old[start : start + head]
+                new[head:count] = old[: count - head]
+        layout = _Layout(columns, base=self._first)
+        # Before the swap: a snapshot thread that sees the new _total also sees this.
+        self._layout.retired_at = self._total
+        self._set_layout(layout)
+
     # ----------------------------------------------------------------------- sizes
 
     def __len__(self) -> int:
         if self._staged is not None:
             self._sync()
-        return min(self._total, self.capacity)
+        return self._total - self._held_from()
 
     @property
     def bytes_per_row(self) -> int:
@@ -261,17 +376,17 @@ class _Ring:
     def oldest_ts_ns(self) -> int | None:
         if self._staged is not None:
             self._sync()
-        if self._total == 0:
+        if self._total == self._first:
             return None
-        return int(self._local_ts_ns[self._next if self._total > self.capacity else 0])
+        return int(self._local_ts_ns[(self._held_from() - self._base) % self._size])
 
     @property
     def newest_ts_ns(self) -> int | None:
         if self._staged is not None:
             self._sync()
-        if self._total == 0:
+        if self._total == self._first:
             return None
-        return int(self._local_ts_ns[self._next - 1])
+        return int(self._local_ts_ns[(self._total - 1 - self._base) % self._size])
 
     def memory_bytes(self) -> MemoryUsage:
         rows = len(self)  # staged rows reached first
@@ -302,11 +417,32 @@ class _Ring:
         self.max_clamp_ns = max(self.max_clamp_ns, self._last_ts_ns - ts_ns)
         return self._last_ts_ns
 
-    def _reserve_bulk(self, row_count: int) -> tuple[int, int]:
-        """Reserve `row_count` rows for a bulk write; returns (first absolute row, kept)."""
-        first = self._total
-        self._total = first + row_count
-        return first, min(row_count, self.capacity)
+    def _reserve_bulk(self, row_count: int, expired_new: int = 0) -> tuple[int, int]:
+        """Make room for `row_count` new rows and reserve them; returns (first absolute
+        row, rows kept: the newest). `_last_ts_ns` is already the newest new row's, and
+        `expired_new` of the new rows are older than it minus the retention.
+
+        The rows kept are the held and the new ones minus the expired but the newest of
+        those (as `_expired_rows`) and minus the oldest beyond `capacity`; the ring grows
+        (doubling, up to `capacity`) when they do not fit.
+        """
+        self._first = self._held_from()
+        first, held = self._total, self._total - self._first
+        drop = 0
+        if self._retention_ns is not None:
+            cutoff = _clip_int64(self._last_ts_ns - self._retention_ns)
+            drop = max(0, self._held_count_before(cutoff, "left") + expired_new - 1)
+        drop += max(0, held + row_count - drop - self.capacity)
+        # Held rows go first; beyond them, the oldest of the new rows are never written.
+        self._first = self._first + drop if drop <= held else first + (drop - held)
+        needed = first + row_count - self._first
+        if needed > self._size:
+            rows = self._size
+            while rows < needed:
+                rows *= 2
+            self._grow(min(rows, self.capacity))
+        self._total = first + row_count  # reserve before writing: see _consistent_chunks
+        return first, needed if drop > held else row_count
 
     def _write_bulk(self, arrays: list[np.ndarray]) -> None:
         """Append whole columns (snapshot reload, backtest preload): clamp, then copy."""
@@ -321,14 +457,18 @@ class _Ring:
             self.max_clamp_ns = max(self.max_clamp_ns, int((clamped - ts).max()))
         arrays = [clamped, *arrays[1:]]
         self._last_ts_ns = int(clamped[-1])
-        first, kept = self._reserve_bulk(row_count)
-        skipped = row_count - kept  # more rows than capacity: only the newest fit
-        start = (first + skipped) % self.capacity
-        head = min(kept, self.capacity - start)
+        expired_new = (
+            0 if self._retention_ns is None
+            else int(np.searchsorted(clamped, self._last_ts_ns - self._retention_ns, "left"))
+        )
+        first, kept = self._reserve_bulk(row_count, expired_new)
+        skipped = row_count - kept  # expired, or more rows than capacity: the newest fit
+        start = (first + skipped - self._base) % self._size
+        head = min(kept, self._size - start)
         for column, values in zip(self._columns, arrays, strict=True):
             column[start : start + head] = values[skipped : skipped + head]
             column[: kept - head] = values[skipped + head :]
-        self._next = self._total % self.capacity
+        self._make_room()  # the slot at _next must be free for `append`
 
     def stage(self, rows: np.ndarray, columns: list[np.ndarray],
               position: Callable[[], int]) -> None:
@@ -377,14 +517,18 @@ class _Ring:
         count of rows below (side="left") or at-or-below (side="right") the value, which
         is additive over the two runs: two O(log n) bisections, no copy.
         """
-        ts_ns = _clip_int64(ts_ns)
         if self._staged is not None:
             self._sync()
-        if self._total <= self.capacity:
-            return int(np.searchsorted(self._local_ts_ns[: self._total], ts_ns, side))
-        older = self._local_ts_ns[self._next :]
-        newer = self._local_ts_ns[: self._next]
-        return int(np.searchsorted(older, ts_ns, side)) + int(np.searchsorted(newer, ts_ns, side))
+        return self._held_count_before(_clip_int64(ts_ns), side)
+
+    def _held_count_before(self, ts_ns: int, side: str) -> int:
+        """`_count_before` without the staged rows' sync (the write path uses it)."""
+        start, head, count = self._segments()
+        ts = self._local_ts_ns
+        below = int(np.searchsorted(ts[start : start + head], ts_ns, side))
+        if count > head:
+            below += int(np.searchsorted(ts[: count - head], ts_ns, side))
+        return below
 
     def _logical_slice(self, lo: int, hi: int) -> list[np.ndarray]:
         """Columns of logical rows [lo, hi) in time order: views, or one small concat."""
@@ -392,17 +536,15 @@ class _Ring:
             self._sync()
         if hi <= lo:
             return [_read_only(column[:0]) for column in self._columns]
-        if self._total <= self.capacity:
-            return [_read_only(column[lo:hi]) for column in self._columns]
-        older_len = self.capacity - self._next
+        start, older_len, _ = self._segments()
         if hi <= older_len:
-            start = self._next + lo
-            return [_read_only(column[start : start + hi - lo]) for column in self._columns]
+            return [_read_only(column[start + lo : start + hi]) for column in self._columns]
         if lo >= older_len:
             return [_read_only(column[lo - older_len : hi - older_len]) for column in self._columns]
         # The window straddles the wrap point: concatenate just its two pieces.
         return [
-            _read_only(np.concatenate((column[self._next + lo :], column[: hi - older_len])))
+            _read_only(np.concatenate((column[start + lo : start + older_len],
+                                       column[: hi - older_len])))
             for column in self._columns
         ]
 
@@ -443,28 +585,40 @@ class _Ring:
     ) -> Iterator[list[np.ndarray]]:
         """Copies of the held rows in time order, safe to take from another thread.
 
-        The rows to save are fixed when the iteration starts (absolute [first, end)).
-        Each chunk is copied, then `_total` is read: any row the event-loop thread wrote
-        or was writing during the copy has an absolute number below `_total`, and it
-        overwrote the row `capacity` earlier, so rows below `_total - capacity` may be
-        torn and are dropped. Rows are visited oldest first, the order in which the
-        writer overwrites them, so dropped rows are always the oldest of the history
-        (about a day old in a full 24 h ring); what is saved stays in time order, every
-        row intact, with at most a gap among those oldest rows.
+        The layout (columns) and the rows to save are fixed when the iteration starts
+        (absolute [first, end), end capped at the layout's `retired_at`: a ring that grew
+        since writes new columns, never the old ones). Each chunk is copied, then `_total`
+        is read: any row the event-loop thread wrote or was writing into these columns
+        during the copy has an absolute number below `_total` (and below `retired_at`),
+        and it overwrote the row `size` earlier, so rows below that bound minus `size`
+        may be torn and are dropped. Rows are visited oldest first, the order in which
+        the writer overwrites them, so dropped rows are always the oldest of the history;
+        what is saved stays in time order, every row intact, with at most a gap among
+        those oldest rows.
         """
         if self._staged is not None:
             self._sync()
-        end = self._total
-        row = end - min(end, self.capacity)
+        layout = self._layout  # first: the rows read below are all in these columns
+        first = self._first
+        end = self._written_into(layout)
+        size = layout.size
+        row = max(first, end - size)
         while row < end:
-            physical = row % self.capacity
-            count = min(chunk_rows, end - row, self.capacity - physical)
-            copies = [column[physical : physical + count].copy() for column in self._columns]
-            overwritten_below = self._total - self.capacity
+            physical = (row - layout.base) % size
+            count = min(chunk_rows, end - row, size - physical)
+            copies = [column[physical : physical + count].copy() for column in layout.columns]
+            overwritten_below = self._written_into(layout) - size
             torn = max(0, min(count, overwritten_below - row))
             if torn < count:
                 yield [copy[torn:] for copy in copies]
             row += count
+
+    def _written_into(self, layout: _Layout) -> int:
+        """Rows written into `layout` so far, at most: `_total` first, then `retired_at`
+        (set before a swap, so a None read after `_total` means no swap before it)."""
+        total = self._total
+        retired = layout.retired_at
+        return total if retired is None else min(total, retired)
 
 
 class QuoteRing(_Ring):
@@ -490,25 +644,23 @@ class QuoteRing(_Ring):
                         & (bid_qty > 0) & (ask_qty > 0))
         return int(possible.size - np.count_nonzero(possible))
 
-    def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
-        super().__init__(exchange, symbol, capacity)
-        # Appends write through memoryviews. Per row, measured on the dev box (Python
-        # 3.11, best of 7 runs over 400k quotes, including the loop and a method call):
-        #   numpy scalar setitem, 6 columns         338 ns (~55 ns a column)
-        #   memoryview setitem, 6 columns           205 ns (~22 ns a column)
-        #   struct.pack_into one row-major record   205 ns (but columns would be strided,
-        #                                                   and np.searchsorted copies them)
-        #   list-of-tuples staging, flushed every 1024 rows into the columns via
-        #     np.array(structured)                  338 ns; via zip(*rows)   354 ns
-        #   staging the Quote objects, flushed with list comprehensions        280 ns
-        #   two flat lists, extend per row, np.array per flush                 277 ns
-        #   array.array('q'/'d') staging, np.frombuffer per flush              524 ns
-        #   baseline: list.append of the same 6-tuple                          177 ns
-        # Direct memoryview writes are the fastest and, with no staging, every read sees
-        # every row with no flush to forget. With the clamp and counters, on real quotes
-        # (bench/bench_ringbuffer.py): ~260-280 ns a row, ~1.4x that list.append baseline,
-        # ~340 ns through RingStore.on_quote; orjson.loads of the frame alone is ~720 ns.
-        self._views = tuple(memoryview(column) for column in self._columns)
+    # Appends write through memoryviews. Per row, measured on the dev box (Python
+    # 3.11, best of 7 runs over 400k quotes, including the loop and a method call):
+    #   numpy scalar setitem, 6 columns         338 ns (~55 ns a column)
+    #   memoryview setitem, 6 columns           205 ns (~22 ns a column)
+    #   struct.pack_into one row-major record   205 ns (but columns would be strided,
+    #                                                   and np.searchsorted copies them)
+    #   list-of-tuples staging, flushed every 1024 rows into the columns via
+    #     np.array(structured)                  338 ns; via zip(*rows)   354 ns
+    #   staging the Quote objects, flushed with list comprehensions        280 ns
+    #   two flat lists, extend per row, np.array per flush                 277 ns
+    #   array.array('q'/'d') staging, np.frombuffer per flush              524 ns
+    #   baseline: list.append of the same 6-tuple                          177 ns
+    # Direct memoryview writes are the fastest and, with no staging, every read sees
+    # every row with no flush to forget. With the clamp and counters, on real quotes
+    # (bench/bench_ringbuffer.py): ~260-280 ns a row, ~1.4x that list.append baseline,
+    # ~340 ns through RingStore.on_quote; orjson.loads of the frame alone is ~720 ns.
+    # (`_Ring._set_layout` keeps one memoryview per column in `_views`.)
 
     def append(self, quote: Quote) -> None:
         """Record one quote (hot path: the bus calls this for every quote it publishes)."""
@@ -539,7 +691,7 @@ class QuoteRing(_Ring):
             )
         self._last_ts_ns = local_ts_ns
         index += 1
-        self._next = index if index != self.capacity else 0
+        self._next = index if index != self._limit else self._make_room()
 
     def _append_coerced(
         self, index: int, local_ts_ns: object, exchange_ts_ns: object, prices: tuple[object, ...]
@@ -655,10 +807,6 @@ class TradeRing(_Ring):
                         & (signed_qty != 0))
         return int(possible.size - np.count_nonzero(possible))
 
-    def __init__(self, exchange: str, symbol: str, capacity: int) -> None:
-        super().__init__(exchange, symbol, capacity)
-        self._views = tuple(memoryview(column) for column in self._columns)
-
     def append(self, trade: Trade) -> None:
         """Record one trade print (hot path, same scheme as `QuoteRing.append`)."""
         total = self._total
@@ -681,7 +829,7 @@ class TradeRing(_Ring):
             local_ts_ns = self._append_coerced(index, trade)
         self._last_ts_ns = local_ts_ns
         index += 1
-        self._next = index if index != self.capacity else 0
+        self._next = index if index != self._limit else self._make_room()
 
     def _append_coerced(self, index: int, trade: Trade) -> int:
         malformed = False
@@ -857,7 +1005,8 @@ def _read_ring_snapshot(
             ring_class, capacity = TradeRing, trade_capacity
         else:
             raise ValueError(f"unknown ring kind {kind!r}")
-        ring = ring_class(metadata["cryptopipe.exchange"], metadata["cryptopipe.symbol"], capacity)
+        ring = ring_class(metadata["cryptopipe.exchange"], metadata["cryptopipe.symbol"], capacity,
+                          retention_s)
         expected = ring._arrow_schema()
         if not reader.schema.equals(expected, check_metadata=False):
             raise ValueError(f"schema {reader.schema} is not {expected}")
@@ -900,9 +1049,10 @@ def _check_batch(ring: _Ring, arrays: list[np.ndarray], version: str | None,
 class RingStore:
     """All rings, keyed by (exchange, symbol); the bus's synchronous sink.
 
-    Capacity per ring = retention x max rate, rounded up: `max_rate_hz` quote rows/s
-    (`settings.ring.max_rate_hz`), `max_trade_rate_hz` trade rows/s. A quote ring appears
-    on the key's first quote, a trade ring on its first trade.
+    Max capacity per ring = retention x max rate, rounded up: `max_rate_hz` quote rows/s
+    (`settings.ring.max_rate_hz`), `max_trade_rate_hz` trade rows/s; a ring holds what is
+    within the retention, growing to that capacity only if its rows need it. A quote ring
+    appears on the key's first quote, a trade ring on its first trade.
     """
 
     def __init__(
@@ -1002,13 +1152,15 @@ class RingStore:
     def _quote_ring(self, exchange: str, symbol: str) -> QuoteRing:
         ring = self._quote_rings.get((exchange, symbol))
         if ring is None:
-            ring = self._add_quote_ring(QuoteRing(exchange, symbol, self.quote_capacity))
+            ring = self._add_quote_ring(QuoteRing(exchange, symbol, self.quote_capacity,
+                                                       self.retention_s))
         return ring
 
     def _trade_ring(self, exchange: str, symbol: str) -> TradeRing:
         ring = self._trade_rings.get((exchange, symbol))
         if ring is None:
-            ring = self._add_trade_ring(TradeRing(exchange, symbol, self.trade_capacity))
+            ring = self._add_trade_ring(TradeRing(exchange, symbol, self.trade_capacity,
+                                                       self.retention_s))
         return ring
 
     def _add_quote_ring(self, ring: QuoteRing, **context: str) -> QuoteRing:
