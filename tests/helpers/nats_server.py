@@ -29,6 +29,14 @@ def nats_server_binary() -> str | None:
     return shutil.which("nats-server")
 
 
+#: Tries at a fresh port when the first one was taken before nats-server could bind it.
+PORT_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """nats-server could not bind its port: another process has it."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -66,6 +74,7 @@ class NatsServer:
                 self.args += ["--tlsverify", "--tlscacert", str(tls.ca_file)]
         self.process: subprocess.Popen[bytes] | None = None
         self._log_start = 0
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -76,6 +85,22 @@ class NatsServer:
         return self.process.pid if self.process is not None else None
 
     def start(self, timeout_s: float = 10.0) -> NatsServer:
+        """Start the server; on its first start, a port another process took between
+        `free_port()` and the bind (tests run in parallel workers) means another free port."""
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start(timeout_s)
+            except PortTaken:
+                if self._started:
+                    raise  # a restart keeps its port: the clients reconnect to that URL
+                self._set_port(free_port())
+        return self._start(timeout_s)
+
+    def _set_port(self, port: int) -> None:
+        self.args[self.args.index("-p") + 1] = str(port)
+        self.port = port
+
+    def _start(self, timeout_s: float) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         # A restart appends to the same log: only what this process writes counts.
         self._log_start = self.log_file.stat().st_size if self.log_file.is_file() else 0
@@ -84,9 +109,11 @@ class NatsServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited {self.process.returncode}: "
-                                   f"{self._log_tail()}")
+                error = PortTaken if b"address already in use" in self._log() else RuntimeError
+                raise error(f"nats-server exited {self.process.returncode}: "
+                            f"{self._log_tail()}")
             if self._ready():
+                self._started = True
                 return self
             time.sleep(0.02)
         self.stop()
@@ -106,11 +133,15 @@ class NatsServer:
 
     def _ready(self) -> bool:
         # The log says so once JetStream is up and the client port listens.
+        return b"Server is ready" in self._log()
+
+    def _log(self) -> bytes:
+        """What this process wrote to the log so far."""
         if not self.log_file.is_file():
-            return False
+            return b""
         with self.log_file.open("rb") as log:
             log.seek(self._log_start)
-            return b"Server is ready" in log.read()
+            return log.read()
 
     def _log_tail(self) -> str:
         if not self.log_file.is_file():

@@ -537,6 +537,12 @@ def _depth_view(side: dict[str, str], bids: bool, depth: int) -> list[tuple[str,
     return [(price, side[price]) for price in prices]
 
 
+#: How long the cursor waits after a "cross" fault for the client's resubscribe: below
+#: the 5 s silence/stale timers of the adapter tests, so only a resync caused by the
+#: crossed delta itself comes in time.
+CROSS_HOLD_S = 3.0
+
+
 class BybitServer(_ReplayServer):
     """Bybit v5 public stream server (spot or linear: the protocol is the same)."""
 
@@ -582,6 +588,7 @@ class BybitServer(_ReplayServer):
         if fault.kind != "cross":
             await super()._apply(fault)
             return
+        crossed: list[str] = []
         for connection in list(self.connections):
             state = self.states.get(connection)
             if state is None:
@@ -590,9 +597,26 @@ class BybitServer(_ReplayServer):
                 if not name.startswith("orderbook.") or topic.snapshot_due:
                     continue
                 topic.update_id += 1  # in sequence: only the content is wrong
+                crossed.append(name)
                 with contextlib.suppress(Exception):
                     await connection.send(_book_message(
                         name, "delta", 0, [[b"10000000", b"1"]], [], topic.update_id))
+        await self._await_resubscribe(crossed)
+
+    async def _await_resubscribe(self, topics: list[str]) -> None:
+        """Hold the cursor until every crossed topic is subscribed again (at most
+        CROSS_HOLD_S). The client's reaction is then measured in tape frames, not in how
+        fast a loaded CPU runs its event loop: without the hold, a starved loop let the
+        broadcaster catch up on its schedule by sending dozens of frames (seconds of
+        feed time) before the client had read the crossed delta. A client that never
+        resubscribes gets the rest of the tape after the hold, as before."""
+        before = {name: self.subscribe_counts[name] for name in topics}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CROSS_HOLD_S
+        while any(self.subscribe_counts[name] == count for name, count in before.items()):
+            if loop.time() > deadline:
+                return
+            await asyncio.sleep(0.005)
 
     async def on_request(self, connection: ServerConnection, state: BybitConnectionState,
                          request: dict[str, Any]) -> None:
