@@ -86,7 +86,9 @@ class Fault:
     #: "close" (clean close frame) | "drop" (TCP abort) | "stall" | "inject" |
     #: "cross" (Bybit: a delta in sequence whose bid is above every ask, per book topic)
     kind: str
-    seconds: float = 0.0  # stall length
+    #: "stall": its length; "drop": the longest the cursor then waits for every stream
+    #: the dropped connections had to be subscribed again (0: it goes straight on)
+    seconds: float = 0.0
     frames: list[bytes | str] = field(default_factory=list)  # inject: sent as given
 
 
@@ -245,6 +247,23 @@ class _ReplayServer:
                 await asyncio.sleep(0)  # frames nobody wants need no send: yield anyway
         self.finished.set()
 
+    def streams_of(self, connections: list[ServerConnection]) -> set[str]:
+        """The streams these connections are subscribed to (venues that say which)."""
+        return set()
+
+    async def _await_streams(self, streams: set[str], dropped: list[ServerConnection],
+                             hold_s: float) -> None:
+        """Hold the cursor until every stream of the dropped connections is subscribed on
+        a new one (at most `hold_s`): what comes after a drop is then sent to the client's
+        new connections however slowly a loaded CPU lets it reconnect, instead of the tape
+        running out meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + hold_s
+        while not streams <= self.streams_of([c for c in self.connections if c not in dropped]):
+            if loop.time() > deadline:
+                return
+            await asyncio.sleep(0.005)
+
     async def _apply(self, fault: Fault) -> None:
         connections = list(self.connections)
         if fault.kind == "close":
@@ -252,8 +271,11 @@ class _ReplayServer:
                 with contextlib.suppress(Exception):
                     await connection.close(1001, "going away")
         elif fault.kind == "drop":
+            streams = self.streams_of(connections)
             for connection in connections:
                 connection.transport.abort()
+            if fault.seconds:
+                await self._await_streams(streams, connections, fault.seconds)
         elif fault.kind == "stall":
             await asyncio.sleep(fault.seconds)
         elif fault.kind == "inject":
@@ -337,6 +359,9 @@ class BinanceServer(_ReplayServer):
 
     def subscribed(self, state: _BinanceConnection) -> bool:
         return bool(state.streams)
+
+    def streams_of(self, connections: list[ServerConnection]) -> set[str]:
+        return set().union(*(self.states[c].streams for c in connections if c in self.states))
 
     def frames_at(self, index: int, state: _BinanceConnection) -> Iterator[bytes]:
         frame = self.tape[index]
