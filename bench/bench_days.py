@@ -23,7 +23,6 @@ written, up to their capacity: a ring's pages are committed as rows are first wr
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -33,6 +32,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers.days import shifted_copies  # noqa: E402
+
 SOURCE = ROOT.parent / "shared" / "data" / "binance_spot_btcusdt_20240808.gz"
 
 CHILD = """
@@ -60,20 +63,10 @@ SHIFTS = ("day", "span")
 DAY_NS = 86_400 * 1_000_000_000
 
 
-def shifted_copies(directory: Path, copies: int, shift: str = "day") -> Path:
+def day_copies(directory: Path, copies: int, shift: str = "day") -> Path:
     """`copies` files in `directory`, copy k shifted by k days or k spans of the source."""
-    lines = gzip.decompress(SOURCE.read_bytes()).splitlines(keepends=True)
-    stamps = [int(line.split(b" ", 1)[0]) for line in lines if line[:1].isdigit()]
-    span = max(stamps) - min(stamps) + 1_000_000_000 if shift == "span" else DAY_NS
-    directory.mkdir(parents=True, exist_ok=True)
-    for k in range(copies):
-        out = []
-        for line in lines:
-            stamp, sep, rest = line.partition(b" ")
-            out.append(b"%d%s%s" % (int(stamp) + k * span, sep, rest) if stamp.isdigit()
-                       else line)
-        name = f"binance_spot_btcusdt_day{k:03d}.gz"
-        (directory / name).write_bytes(gzip.compress(b"".join(out), compresslevel=1))
+    names = [f"binance_spot_btcusdt_day{k:03d}.gz" for k in range(copies)]
+    shifted_copies(SOURCE, directory, names, DAY_NS if shift == "day" else None)
     return directory
 
 
@@ -111,7 +104,7 @@ def main() -> None:
     base_rss = None
     with tempfile.TemporaryDirectory(prefix="bench-days-") as tmp:
         for copies in sizes:
-            days = shifted_copies(Path(tmp) / f"days{copies}", copies, args.shift)
+            days = day_copies(Path(tmp) / f"days{copies}", copies, args.shift)
             data_dir = Path(tmp) / f"data{copies}"
             cold = run_child(days, data_dir, args.strategy, f"cold{copies}", overrides)
             warm = run_child(days, data_dir, args.strategy, f"warm{copies}", overrides)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import os
 import subprocess
@@ -50,6 +49,7 @@ from daemon.backtest.cache import EventSource
 from daemon.backtest.engine import Backtest
 from daemon.core.logs import configure_logging
 from strategies.rl_internalize import ActionGrid
+from tests.helpers.days import shifted_copies
 from tests.helpers.rl_models import write_random_model
 from tests.rl.common import TRAIN_FILE, rl_settings
 
@@ -143,19 +143,8 @@ def env_run(settings: Settings, specs: list[ReplaySpec], data: EventSource, mode
 def shifted_days(source: Path, directory: Path, days: int) -> Path:
     """`days` copies of `source` in `directory`, copy k's receive times shifted by k spans
     of the source (its exchange times left as recorded)."""
-    lines = gzip.decompress(source.read_bytes()).splitlines(keepends=True)
-    stamps = [int(line.split(b" ", 1)[0]) for line in lines if line[:1].isdigit()]
-    span = max(stamps) - min(stamps) + 1_000_000_000
-    directory.mkdir(parents=True, exist_ok=True)
     prefix = source.name.split(".")[0].rsplit("_", 1)[0]  # binance_usdm_ethusdt
-    for k in range(days):
-        out = []
-        for line in lines:
-            stamp, sep, rest = line.partition(b" ")
-            out.append(b"%d%s%s" % (int(stamp) + k * span, sep, rest) if stamp.isdigit()
-                       else line)
-        (directory / f"{prefix}_day{k:03d}.gz").write_bytes(
-            gzip.compress(b"".join(out), compresslevel=1))
+    shifted_copies(source, directory, [f"{prefix}_day{k:03d}.gz" for k in range(days)])
     return directory
 
 
