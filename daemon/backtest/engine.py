@@ -219,9 +219,10 @@ class Backtest:
         self.run_id = run_id
         self.clock = SimulatedClock()
         self.bus = bus or Bus()
-        # Fresh history: a backtest never reads the live ring snapshot.
+        # Fresh history: a backtest never reads the live ring snapshot. Growable rings:
+        # memory follows the rows within the retention, not the days replayed.
         self.rings = RingStore(retention_s=settings.retention,
-                               max_rate_hz=settings.ring.max_rate_hz)
+                               max_rate_hz=settings.ring.max_rate_hz, growable=True)
         self.bus.add_sink(self.rings)  # each key's channel writes straight to its ring
         # Configured cross rates, published as markets of their own (synthetic.crosses).
         synthetics = attach_synthetics(self.bus, settings)

@@ -1,6 +1,6 @@
 """Rings bounded by their retention in time (issue 18, item 2).
 
-A ring starts small, reuses the slots of rows older than `newest - retention` and grows
+A backtest's (growable) ring starts small, reuses the slots of rows older than `newest - retention` and grows
 only when its oldest rows are still within the retention, so its memory tracks the rows
 within the retention, not every row written since the ring appeared. Every read of a
 window within the retention returns what a ring holding every row ever written returns
@@ -49,11 +49,25 @@ def feed_days(store: RingStore, days: int, rows_per_day: int, step_ns: int) -> l
     return allocated
 
 
+def test_a_live_ring_holds_its_capacity_from_the_start_and_never_copies_itself() -> None:
+    # A growth copies the ring on the event-loop thread (0.3 s at 1 M rows, 2 s at 8 M
+    # measured): live rings are allocated whole (pages committed as written), never moved.
+    store = RingStore(retention_s=60, max_rate_hz=1_000, max_trade_rate_hz=1_000)
+    store.on_quote(make_quote(T0, 0))
+    ring = store.quotes(*KEY)
+    assert ring is not None
+    columns = ring._columns
+    allocated = feed_days(store, days=3, rows_per_day=30_000, step_ns=1_000_000)
+    assert ring._columns is columns
+    assert allocated[0] == allocated[-1]
+    assert ring.memory_bytes().allocated_bytes == store.quote_capacity * ring.bytes_per_row
+
+
 def test_rows_older_than_the_retention_are_reclaimed_and_memory_stops_growing() -> None:
     # 60 s retention sized for 1,000 quotes/s (60,000 rows); each "day" is 3,000 rows over
     # 30 s. Before: the ring kept writing forward (48,000 rows after 16 days, 15 days of
     # them far older than the retention), every new row a freshly committed page.
-    store = RingStore(retention_s=60, max_rate_hz=1_000, max_trade_rate_hz=1_000)
+    store = RingStore(retention_s=60, max_rate_hz=1_000, max_trade_rate_hz=1_000, growable=True)
     allocated = feed_days(store, days=16, rows_per_day=3_000, step_ns=10_000_000)
     assert allocated[-1] == allocated[1]  # flat across days
     quotes, trades = store.quotes(*KEY), store.trades(*KEY)
@@ -74,7 +88,7 @@ def test_a_quiet_ring_does_not_hold_days_of_rows() -> None:
     # One quote a minute for 10 days with a 1 h retention: the ring needs ~61 rows, and
     # reuses the slots of its first 4,096 rather than keeping all 14,400 (before: every
     # row, in 14,400 committed rows of a 720,000-row ring).
-    ring = QuoteRing(*KEY, capacity=3_600 * 200, retention_s=3_600)
+    ring = QuoteRing(*KEY, capacity=3_600 * 200, retention_s=3_600, growable=True)
     for row in range(10 * 24 * 60):
         ring.append(make_quote(T0 + row * 60 * NS, row))
     assert len(ring) <= ringbuffer._INITIAL_ROWS
@@ -148,8 +162,8 @@ def test_reads_within_the_retention_match_the_ring_that_keeps_every_row(
     # overwriting at the max capacity all happen within a few hundred rows.
     monkeypatch.setattr(ringbuffer, "_INITIAL_ROWS", 4)
     retention_s = retention_ms / 1000
-    quotes = QuoteRing(*KEY, capacity=max_rows, retention_s=retention_s)
-    trades = TradeRing(*KEY, capacity=max_rows, retention_s=retention_s)
+    quotes = QuoteRing(*KEY, capacity=max_rows, retention_s=retention_s, growable=True)
+    trades = TradeRing(*KEY, capacity=max_rows, retention_s=retention_s, growable=True)
     ref_quotes, ref_trades = reference_rings(max_rows)
     fill(quotes, trades, ts_steps, bulk_every)
     fill(ref_quotes, ref_trades, ts_steps, bulk_every)
@@ -187,7 +201,7 @@ def test_reads_within_the_retention_match_the_ring_that_keeps_every_row(
 def test_growth_keeps_every_row_and_views_handed_out_stay_valid(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ringbuffer, "_INITIAL_ROWS", 8)
-    ring = QuoteRing(*KEY, capacity=10_000, retention_s=3_600)
+    ring = QuoteRing(*KEY, capacity=10_000, retention_s=3_600, growable=True)
     ref, _ = reference_rings(10_000)
     for row in range(6):
         ring.append(make_quote(T0 + row * NS, row))
@@ -212,7 +226,7 @@ def test_snapshot_during_growth_is_consistent(monkeypatch: pytest.MonkeyPatch) -
     # The snapshot thread copies chunk by chunk; the writer grows the ring between two
     # chunks (deterministically: the generator is lazy), then laps the new columns.
     monkeypatch.setattr(ringbuffer, "_INITIAL_ROWS", 16)
-    ring = QuoteRing(*KEY, capacity=64, retention_s=math.inf)
+    ring = QuoteRing(*KEY, capacity=64, retention_s=math.inf, growable=True)
     quotes = [make_quote(T0 + row * NS, row) for row in range(400)]
     for quote in quotes[:16]:
         ring.append(quote)
@@ -231,7 +245,7 @@ def test_snapshot_during_growth_is_consistent(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_snapshot_round_trip_of_a_grown_and_reused_ring(tmp_path) -> None:
-    store = RingStore(retention_s=60, max_rate_hz=1_000, max_trade_rate_hz=1_000)
+    store = RingStore(retention_s=60, max_rate_hz=1_000, max_trade_rate_hz=1_000, growable=True)
     feed_days(store, days=3, rows_per_day=5_000, step_ns=10_000_000)
     store.snapshot(tmp_path)
     newest = store.quotes(*KEY).newest_ts_ns
