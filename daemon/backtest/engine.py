@@ -547,7 +547,7 @@ class Backtest:
         position = (_ReplayPosition(origin - 1) if interest is None and self.stage_rings
                     else None)
         if position is not None:
-            self.rings.feed_in_bulk(frozenset(keys) - self._synthetic_markets.keys())
+            self.rings.feed_in_bulk(frozenset(keys).difference(self._synthetic_markets))
             bus.refresh_routes()
         for first, chunk in data.chunks(origin, end):
             if plan is None:
