@@ -1,8 +1,9 @@
 """Rings bounded by their retention in time (issue 18, item 2).
 
-A backtest's (growable) ring starts small, reuses the slots of rows older than `newest - retention` and grows
-only when its oldest rows are still within the retention, so its memory tracks the rows
-within the retention, not every row written since the ring appeared. Every read of a
+A backtest's (growable) ring starts small, reuses the slots of rows older than
+`newest - retention` and grows only when its oldest rows are still within the retention,
+so its memory tracks the rows within the retention, not every row written since the ring
+appeared. Every read of a
 window within the retention returns what a ring holding every row ever written returns
 (the reference here: a ring with no retention and room for every row).
 """
