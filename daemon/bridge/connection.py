@@ -149,6 +149,19 @@ class _ErrorLog:
         self._logged_at, self._since = None, 0
 
 
+async def flush_all(client: Client) -> None:
+    """Return once the server has processed every command written before the call (a SUB
+    just made included).
+
+    nats-py 2.16's `flush()` writes its PING straight to the socket, ahead of commands
+    still queued for its flusher task: the PONG may come back before the server saw a
+    subscription made just before (seen in a server trace: PING, PONG, a PUB, then the
+    SUB; the message was lost). While the first round trip waits, the flusher (woken
+    before the PONG can arrive) writes the queue; the second PING goes after it."""
+    await client.flush()
+    await client.flush()
+
+
 def _reason(exc: BaseException, credentials: dict[str, str]) -> str:
     text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
     for secret in credentials.values():

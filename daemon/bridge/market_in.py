@@ -49,6 +49,7 @@ from daemon.bridge.codec import (
     key_filter,
     subject,
 )
+from daemon.bridge.connection import flush_all
 from daemon.core.clock import NS_PER_SECOND, now_ns
 from daemon.core.logs import get_logger
 from daemon.core.routes import Callbacks, MarketSink
@@ -144,7 +145,7 @@ class NatsMarketFeed:
                                             cb=self._handler(key)))
             key.stats.connects += 1
             key.stats.connected = self.client.is_connected
-        await self.client.flush()  # the server has them all before the late join looks
+        await flush_all(self.client)  # the server has them all before the late join looks
 
     def _handler(self, key: _KeyFeed) -> Callable[[Msg], Awaitable[None]]:
         venue, symbol, stats, monotonic_ns = key.venue, key.symbol, key.stats, self._monotonic_ns

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import NatsSettings
-from daemon.bridge.connection import NatsUnavailable, connect, redact_url
+from daemon.bridge.connection import NatsUnavailable, connect, flush_all, redact_url
 from tests.helpers.nats_server import NatsServer, free_port
 
 
@@ -98,3 +98,20 @@ def test_an_outage_logs_its_first_error_then_one_line_per_interval(capsys):
     errors.reset()  # reconnected: the next outage's first error is logged at once
     errors.seen(ConnectionRefusedError("refused"))
     assert logged().count("nats_error") == 1
+
+
+async def test_flush_all_returns_once_the_server_has_a_subscription_just_made(tmp_path):
+    # nats-py's flush() writes its PING ahead of a SUB still queued for its flusher task:
+    # the server's trace showed PING, PONG, a PUB, then the SUB (the message lost); with a
+    # bare flush() here the SUB came after the last PONG in 2 of 3 runs. The late joiner
+    # (daemon/bridge/market_in.py) needs its subscriptions live before it reads the
+    # stream's latest quotes.
+    with NatsServer(tmp_path / "nats", extra_args=("-DV",)) as server:
+        client = await connect(NatsSettings(url=server.url), name="c")
+        try:
+            await client.subscribe("probe.subject")
+            await flush_all(client)
+            trace = server.log_file.read_text()
+        finally:
+            await client.close()
+    assert trace.index("<<- [SUB probe.subject") < trace.rindex("->> [PONG]")
