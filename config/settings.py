@@ -675,6 +675,12 @@ class BacktestSettings(_Frozen):
     #: The cache is kept under this many MB: building a new entry removes the least
     #: recently used ones beyond it.
     cache_max_mb: float = Field(default=2048.0, gt=0.0)
+    #: From the cache, rows that change nothing but the clocks and the latest quotes (the
+    #: strategy's quick check passes, no paper order is reached, no loss check fires,
+    #: nothing is due) are checked in bulk, compiled, without building an event; the last
+    #: quote of each market in such a stretch still runs. The log is the same byte for
+    #: byte; false runs every row as an event (inventory-mm only so far).
+    quiet_rows: bool = True
 
 
 class RecordSettings(_Frozen):

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from daemon.core.clock import Clock
 from daemon.core.model import ClientFill, Decision, Fill, OrderAck, Quote, Trade
+from daemon.core.quiet import QuietRows
 
 
 class MarketView(Protocol):
@@ -76,6 +77,9 @@ class Strategy(Protocol):
     #: A twin run beside the strategy on paper with the same inputs, as the baseline its
     #: results are compared with (internalize's always-hedge policy), or None.
     baseline: Strategy | None
+    #: True: `first_loud` can tell a backtest which rows the strategy would ignore, so
+    #: they need not be built as events (daemon/core/quiet.py).
+    quiet_rows: bool
 
     def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None: ...
 
@@ -88,6 +92,12 @@ class Strategy(Protocol):
     def on_ack(self, ack: OrderAck) -> Decision | None: ...
 
     def on_timer(self, now_ns: int) -> Decision | None: ...
+
+    def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        """The first of a backtest's rows [start, stop) whose event the strategy must get:
+        before it, `on_quote`/`on_trade` would return None and change nothing but which
+        quote is its market's latest (daemon/core/quiet.py). `start` if it cannot tell."""
+        ...
 
     def on_kill(self, reason: str) -> Decision | None:
         """The kill switch fired: stop quoting for good; optionally return a flatten decision."""
@@ -127,9 +137,13 @@ class StrategyBase:
     reads_trades: bool = True
     takes_client_flow: bool = False
     baseline: Strategy | None = None
+    quiet_rows: bool = False
 
     def bind(self, market: MarketView, account: AccountView, clock: Clock) -> None:
         pass
+
+    def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        return start  # a subclass's callbacks may act on any event
 
     def on_quote(self, quote: Quote) -> Decision | None:
         return None

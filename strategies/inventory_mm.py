@@ -99,11 +99,18 @@ from daemon.core.model import (
     is_perp_symbol,
     split_symbol,
 )
+from daemon.core.quiet import QuietRows
 from daemon.core.vocabulary import Action, OrderStatus
 from strategies.base import AccountView, ExportSink, MarketView, StrategyBase
 from strategies.kernels_mm import (
+    NO_SKIP,
+    SKIP_CROSSED,
+    SKIP_NARROW,
+    SKIP_STALE,
+    QuoteCheck,
     as_quotes,
     as_quotes_rolling_horizon,
+    first_requote_row,
     fit_arrival_decay,
     trades_since,
 )
@@ -121,6 +128,9 @@ ARRIVAL_GRID_BPS = np.arange(1, 81) * 0.25
 TRADE_HISTORY = 1 << 16
 #: A move of the mid re-evaluates at most every requote_interval / this.
 REQUOTE_SPACING_DIVISOR = 10
+#: Why a quote of the market is not quoted on (besides a narrow spread).
+STALE_QUOTE = "stale quote"
+CROSSED_QUOTE = "crossed quote"
 #: Client order ids remembered after their order closed, so a late fill is still booked.
 KNOWN_ORDER_IDS = 10_000
 #: The positions export (appended during the run) and its columns: one row per market of
@@ -362,6 +372,51 @@ class InventoryMMStrategy(StrategyBase):
             return None
         return self._requote(now, quote, log_hold=False)
 
+    @property
+    def quiet_rows(self) -> bool:  # type: ignore[override]
+        """`first_loud` mirrors this class's callbacks; a subclass's may act otherwise."""
+        cls = type(self)
+        return (cls.on_quote is InventoryMMStrategy.on_quote
+                and cls.on_trade is InventoryMMStrategy.on_trade)
+
+    def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        """Where `on_quote`'s quick check first fails (or a rebalance market's quote comes,
+        or a trade the k fit reads) in rows [start, stop) (daemon/core/quiet.py)."""
+        if not self.quiet_rows:
+            return start
+        marked_keys = np.array([exchange == self.venue and symbol in self.books
+                                for exchange, symbol in rows.keys])
+        check = QuoteCheck(
+            quoted_key=rows.key_ids(self.venue, self.symbol),
+            stopped=self.stopped_reason is not None,
+            must_evaluate=self._dirty or self._spread_narrow,
+            repeated_skip=self._repeated_skip(), reads_trades=self._k_auto,
+            stale_after_ns=self.stale_after_ns, min_spread_bps=float(self._min_spread_bps),
+            loss_floor=float(self._loss_floor), cash=float(self.cash),
+            position=float(self.position), books_value=float(self._books_value),
+            last_eval_ns=self._last_eval_ns, last_eval_mid=float(self._last_eval_mid),
+            requote_ns=self._requote_ns, requote_spacing_ns=self._requote_spacing_ns,
+            price_tolerance=float(self._price_tolerance))
+        return first_requote_row(rows.kind, rows.key, rows.local_ts_ns, rows.clock_ns,
+                                 rows.price, rows.ask, rows.stale, start, stop, marked_keys,
+                                 check)
+
+    def _repeated_skip(self) -> int:
+        """The skip a quote leaves as it was (`_skip` logs nothing, cancels nothing, and
+        `_unusable_reason` changes nothing): the last one logged, with every quote order
+        cancelled already (and for a narrow market, no wide spell begun)."""
+        if not self._dirty or any(not order.cancelling and order.kind == "quote"
+                                  for order in self.orders.values()):
+            return NO_SKIP
+        if self._last_skip == STALE_QUOTE:
+            return SKIP_STALE
+        if self._last_skip == CROSSED_QUOTE:
+            return SKIP_CROSSED
+        if (self._last_skip == self._narrow_reason and self._spread_narrow
+                and self._wide_since_ns is None):
+            return SKIP_NARROW
+        return NO_SKIP
+
     def on_trade(self, trade: Trade) -> Decision | None:
         if not self._k_auto:  # only the k fit looks at trades
             return None
@@ -464,9 +519,9 @@ class InventoryMMStrategy(StrategyBase):
 
     def _unusable_reason(self, quote: Quote, now: int) -> str | None:
         if quote.stale or now - quote.local_ts_ns > self.stale_after_ns:
-            return "stale quote"
+            return STALE_QUOTE
         if quote.crossed:
-            return "crossed quote"
+            return CROSSED_QUOTE
         return self._narrow_market_reason(quote, now)
 
     def _narrow_market_reason(self, quote: Quote, now: int) -> str | None:
@@ -809,9 +864,9 @@ class InventoryMMStrategy(StrategyBase):
 
     def _unusable_mark(self, quote: Quote, now: int) -> str | None:
         if quote.stale or now - quote.local_ts_ns > self.stale_after_ns:
-            return "stale quote"
+            return STALE_QUOTE
         if quote.crossed or not quote.bid > 0.0:
-            return "crossed quote"
+            return CROSSED_QUOTE
         return None
 
     def _rebalance(self, now: int, quote: Quote) -> Decision | None:

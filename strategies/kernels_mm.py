@@ -28,9 +28,12 @@ Kernels are pure: floats or numpy arrays in, floats out, no Python objects, no I
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+
+from daemon.core.quiet import QUOTE as QUOTE_ROW
 
 
 @njit(cache=True)
@@ -152,6 +155,96 @@ def trades_since(trade_ts_ns: np.ndarray, start_ns: int) -> tuple[int, int]:
             count += 1
             oldest = min(oldest, ts_ns)
     return count, (oldest if count else start_ns)
+
+
+#: `QuoteCheck.repeated_skip`: why `on_quote` skips a quote of the quoted market.
+NO_SKIP = 0
+SKIP_STALE = 1
+SKIP_CROSSED = 2
+SKIP_NARROW = 3
+
+
+class QuoteCheck(NamedTuple):
+    """`InventoryMMStrategy.on_quote`'s quick "nothing to do" check, its state frozen at
+    the start of a stretch of rows (`first_requote_row`)."""
+
+    #: The key id of the quoted market in the rows (-1: none there).
+    quoted_key: int
+    #: Stopped for good: a quote of the market only becomes the latest.
+    stopped: bool
+    #: A fill or a narrow spread is pending: the next quote is evaluated in full.
+    must_evaluate: bool
+    #: The skip (SKIP_STALE, SKIP_CROSSED, SKIP_NARROW) a quote of the market leaves
+    #: untouched when it was the last one logged and nothing is left to cancel (NO_SKIP:
+    #: every skip is an event).
+    repeated_skip: int
+    #: k is fitted from the quoted market's trades: each one is an event.
+    reads_trades: bool
+    stale_after_ns: int
+    min_spread_bps: float
+    loss_floor: float
+    cash: float
+    position: float
+    books_value: float
+    last_eval_ns: int
+    last_eval_mid: float
+    requote_ns: int
+    requote_spacing_ns: int
+    price_tolerance: float
+
+
+@njit(cache=True)
+def first_requote_row(kind: np.ndarray, key: np.ndarray, local_ts_ns: np.ndarray,
+                      clock_ns: np.ndarray, price: np.ndarray, ask: np.ndarray,
+                      stale: np.ndarray, start: int, stop: int, marked_keys: np.ndarray,
+                      check: QuoteCheck) -> int:
+    """The first of rows [start, stop) that `on_quote`/`on_trade` must get: a quote of the
+    quoted market failing the quick check (its comparisons, operation for operation, with
+    the clock at that row), a quote of a market whose mark the strategy keeps
+    (`marked_keys`), or a trade of the quoted market when trades feed the k fit."""
+    for row in range(start, stop):
+        k = key[row]
+        if kind[row] != QUOTE_ROW:
+            if check.reads_trades and k == check.quoted_key:
+                return row
+            continue
+        if k != check.quoted_key:
+            if marked_keys[k]:
+                return row
+            continue
+        if check.stopped:
+            continue
+        now = clock_ns[row]
+        bid, ask_price = price[row], ask[row]
+        mid = (bid + ask_price) * 0.5
+        elapsed = now - check.last_eval_ns
+        if (not check.must_evaluate and not stale[row]
+                and now - local_ts_ns[row] <= check.stale_after_ns and bid < ask_price
+                and not (check.min_spread_bps > 0.0 and mid > 0
+                         and (ask_price - bid) / mid * 1e4 < check.min_spread_bps)
+                and check.cash + check.position * mid + check.books_value >= check.loss_floor
+                and elapsed < check.requote_ns
+                and not (elapsed >= check.requote_spacing_ns
+                         and abs(mid - check.last_eval_mid) > check.price_tolerance * mid)):
+            continue  # the quick check passes: nothing to do
+        if check.repeated_skip == NO_SKIP or skip_reason(
+                stale[row], now - local_ts_ns[row], bid, ask_price, check) != check.repeated_skip:
+            return row
+    return stop
+
+
+@njit(cache=True)
+def skip_reason(stale: bool, age_ns: int, bid: float, ask: float, check: QuoteCheck) -> int:
+    """`_unusable_reason` of a quote, as a code: stale, crossed, narrow, else NO_SKIP (the
+    spread test as `Quote.spread_bps` makes it; a narrow market stays narrow below it)."""
+    if stale or age_ns > check.stale_after_ns:
+        return SKIP_STALE
+    if bid >= ask:
+        return SKIP_CROSSED
+    mid = (bid + ask) * 0.5
+    if mid > 0 and (ask - bid) / mid * 1e4 < check.min_spread_bps:
+        return SKIP_NARROW
+    return NO_SKIP
 
 
 def warm_up() -> None:

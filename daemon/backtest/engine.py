@@ -86,11 +86,13 @@ from daemon.backtest.cache import (
     load,
 )
 from daemon.backtest.depth import RecordedDepth
+from daemon.backtest.quiet import last_rows, quiet_rows
 from daemon.backtest.skip import NO_GAP, GuardedMarketView, GuardedSink, SkipPlan
 from daemon.backtest.span import Span, span_rows
 from daemon.core.clock import SimulatedClock
 from daemon.core.logs import get_logger
 from daemon.core.model import Decision, Fill, OrderIntent, Quote, Trade
+from daemon.core.quiet import QuietRows
 from daemon.market.bus import Bus
 from daemon.market.market_view import RingMarketView
 from daemon.market.ringbuffer import RingStore
@@ -136,8 +138,11 @@ class BacktestResult:
     dropped: dict[str, int]
     #: Where the events came from: "hit", "built", "unsaved" or "off" (CacheStatus).
     cache: str = CacheStatus.OFF.value
-    #: Events that went through the per-event path; the others were skipped.
+    #: Events that went through the per-event path; the others were skipped or quiet.
     processed: int = 0
+    #: Events checked in bulk and found to change nothing but the clocks and the latest
+    #: quotes (daemon/core/quiet.py): never built as objects.
+    quiet: int = 0
     #: Client fills left out, by what was wrong with them (a file's bad rows).
     client_fills_skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     #: What the replay lost on the way (ReplayStats.damage_summary), None if nothing.
@@ -149,7 +154,7 @@ class BacktestResult:
 
     @property
     def skipped(self) -> int:
-        return self.events - self.processed
+        return self.events - self.processed - self.quiet
 
     @property
     def events_per_second(self) -> float:
@@ -211,7 +216,7 @@ class Backtest:
     def __init__(self, settings: Settings, strategy_name: str, specs: list[ReplaySpec],
                  run_id: str, progress: Callable[[int, int], None] | None = None,
                  bus: Bus | None = None, *, skip: bool = True, span: Span | None = None,
-                 decision_log: bool = True) -> None:
+                 decision_log: bool = True, quiet: bool | None = None) -> None:
         self.settings = settings
         #: Only the events received in this span run (walk-forward: daemon/backtest/span.py).
         self.span = span
@@ -304,6 +309,10 @@ class Backtest:
         #: last `_note_progress` (the counts of a stepped run finished early).
         self._due_rows_run = 0
         self._interest_ran = 0
+        #: Check quiet rows in bulk where the run's handlers can (`_quiet_rows`); None:
+        #: as `backtest.quiet_rows` says. Rows so checked and not built as events: `quiet`.
+        self._quiet = settings.backtest.quiet_rows if quiet is None else quiet
+        self.quiet = 0
 
     def _check_markets(self, present: Iterable[tuple[str, str]]) -> None:
         """Raises `NoMarketData` if none of the strategy's markets is in the data; notes
@@ -504,6 +513,161 @@ class Backtest:
         return interest
 
     def _rows(self, data: EventSource, window: tuple[int, int]) -> Generator[bool, None, None]:
+        """The rows of `window` in order: quiet stretches checked in bulk where the run's
+        handlers can tell them (`_quiet_rows`), else one event at a time (`_event_rows`).
+
+        Yields False every YIELD_EVERY_ROWS rows (`run()` lets other tasks run there) and
+        True where stepping pauses (see `run_until`); the run goes on when it is resumed."""
+        interest = self._interest(data)
+        replayed = self._quiet_keys(data, interest)
+        if replayed is not None:
+            yield from self._quiet_rows(data, window, replayed)
+        else:
+            yield from self._event_rows(data, window, interest)
+
+    def _quiet_keys(self, data: EventSource,
+                    interest: frozenset[tuple[str, str]] | None) -> list[bool] | None:
+        """Per key of the data, whether its quiet rows leave state behind (`_quiet_rows`
+        replays its last quote: every market, or with the skip on those of interest; the
+        others' state nothing reads). Their rows then go to the rings in bulk. None: the
+        quiet path is off or some handler cannot tell its quiet rows (the runner, gate,
+        paper executor or strategy says so; client flow, a twin, synthetic markets, a bus
+        sink or subscriber besides the rings would see events left out)."""
+        if not (self._quiet and self.stage_rings and self.runner.quiet_rows) or (
+                self._takes_client_flow or self.baseline is not None
+                or self._synthetic_markets or self._synthetic_legs):
+            return None
+        replayed = [interest is None or key in interest for key in data.keys]
+        bulk = frozenset(key for key, kept in zip(data.keys, replayed, strict=True) if kept)
+        self.rings.feed_in_bulk(bulk)
+        self.bus.refresh_routes()
+        if any(self.bus.listened(*key) for key in bulk):
+            self.rings.feed_in_bulk(frozenset())
+            self.bus.refresh_routes()
+            return None
+        return replayed
+
+    def _quiet_rows(self, data: EventSource, window: tuple[int, int],
+                    replayed: list[bool]) -> Generator[bool, None, None]:
+        """`_event_rows`, with each stretch of rows no handler must see as an event checked
+        in bulk (daemon/core/quiet.py): the runner's `first_loud` (gate, paper executor,
+        strategy) over the chunk's columns, bounded by what is due by time (`_due_ns`: the
+        strategy timer, paper latencies, balance snapshots; a stepping pause). Such a stretch
+        is never built as events: the last quote of each market in it runs (at its row's
+        clock) so every latest quote is the one the stretch would leave, then the clocks
+        move to its end (daemon/backtest/quiet.py). The first row a handler must see runs
+        as `_event_rows` runs it. The rows go to the rings in bulk, visible up to the row
+        run (or replayed)."""
+        origin, end = window
+        depth = self.depth if data.depth is not None else None
+        if depth is not None:
+            depth.load(data.depth)  # type: ignore[arg-type]
+        keys = data.keys
+        bus, clock, snapshots, runner = self.bus, self.clock, self.snapshots, self.runner
+        quote_routes: dict[int, Callable[[Quote], None]] = {}
+        trade_routes: dict[int, Callable[[Trade], None]] = {}
+
+        def publish(event: Quote | Trade, key: int) -> None:
+            """The event to the bus and the runner, as `on_quote`/`on_trade` send it."""
+            if type(event) is Quote:
+                route = quote_routes.get(key)
+                if route is None:
+                    route = quote_routes[key] = bus.quote_route(*keys[key])
+                route(event)
+                runner.on_quote(event)
+            else:
+                publish_trade = trade_routes.get(key)
+                if publish_trade is None:
+                    publish_trade = trade_routes[key] = bus.trade_route(*keys[key])
+                publish_trade(event)  # type: ignore[arg-type]
+                runner.on_trade(event)  # type: ignore[arg-type]
+
+        position = _ReplayPosition(origin - 1)
+        in_bulk = np.array(replayed, dtype=bool)
+        next_progress = origin + YIELD_EVERY_ROWS
+        run = quiet = 0
+        for first, chunk in data.chunks(origin, end):
+            if depth is not None and first > origin:
+                depth.settle(first)  # what every later walk sees, folded (bounded memory)
+            local = np.arange(len(chunk))
+            bulk = in_bulk[chunk.key]
+            _stage_rings(self.rings, chunk, local[bulk], first + local[bulk],
+                         chunk.kind[bulk] == QUOTE, position)
+            rows = quiet_rows(chunk, clock.now_ns)
+            at = 0
+            while at < len(chunk):
+                if first + at >= next_progress:  # every few thousand rows: progress, other tasks
+                    next_progress = first + at + YIELD_EVERY_ROWS
+                    self.events, self.processed, self.quiet = first + at - origin, run, quiet
+                    if self.events >= self._next_progress:
+                        self._report_progress(clock.now_ns)
+                    yield False
+                bound = min(len(chunk), next_progress - first)
+                loud = self._first_loud(rows, at, bound)
+                if loud > at:  # rows [at, loud) are quiet
+                    replays = self._settle_quiet(rows, chunk, first, at, loud, replayed,
+                                                 position, publish, trade_routes)
+                    run += replays
+                    quiet += loud - at - replays
+                if loud == bound:
+                    at = loud
+                    continue
+                row = first + loud
+                event = chunk.event(loud)
+                now = event.local_ts_ns
+                if depth is not None:
+                    depth.at_row = row
+                if now > clock.now_ns:
+                    clock.now_ns = now
+                position.row = row
+                publish(event, int(rows.key[loud]))
+                run += 1
+                at = loud + 1
+                if clock.now_ns >= self._pause_ns:  # stepping: hand over before the snapshot
+                    self.events, self.processed, self.quiet = row + 1 - origin, run, quiet
+                    yield True
+                if now >= snapshots.next_ns:
+                    snapshots.record_now(now)
+            self.rings.flush_staged()  # the loop is past every row of the chunk
+        if depth is not None:
+            depth.at_row = end  # the end of the data: every change is in
+        self.events, self.processed, self.quiet = end - origin, run, quiet
+
+    def _first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        """The first of rows [start, stop) that must run as an event: one whose clock
+        reaches what is due by time, or one a handler must see (`runner.first_loud`)."""
+        due = min(self._due_ns(), self._pause_ns)
+        stop = start + int(rows.clock_ns[start:stop].searchsorted(due))
+        return self.runner.first_loud(rows, start, stop)
+
+    def _settle_quiet(self, rows: QuietRows, chunk: BacktestData, first: int, start: int,
+                      stop: int, replayed: list[bool], position: _ReplayPosition,
+                      publish: Callable[[Quote | Trade, int], None],
+                      trade_routes: dict[int, Callable[[Trade], None]]) -> int:
+        """Leave every handler as the quiet rows [start, stop) would (see `_quiet_rows`):
+        the last quote of each market, in row order, at its row's clock; then the clocks
+        at the stretch's end. Returns how many quotes ran."""
+        last_quote, last_trade = last_rows(rows.kind, rows.key, start, stop, len(rows.keys))
+        clock = self.clock
+        ran = 0
+        for row in sorted(row for key, row in enumerate(last_quote.tolist())
+                          if row >= 0 and replayed[key]):
+            clock.now_ns = int(rows.clock_ns[row])
+            position.row = first + row
+            publish(chunk.event(row), int(rows.key[row]))
+            ran += 1
+        for key, row in enumerate(last_trade.tolist()):
+            if row >= 0 and replayed[key] and key not in trade_routes:
+                # As a published trade would: the bus asks the rings for the key's route
+                # (a staged trade ring exists from then).
+                trade_routes[key] = self.bus.trade_route(*rows.keys[key])
+        clock.now_ns = int(rows.clock_ns[stop - 1])
+        self.paper.note_time(clock.now_ns)
+        return ran
+
+    def _event_rows(self, data: EventSource, window: tuple[int, int],
+                    interest: frozenset[tuple[str, str]] | None
+                    ) -> Generator[bool, None, None]:
         """Every event of interest through the per-event path, in order; of the others only
         those at which something is due (daemon/backtest/skip.py).
 
@@ -514,11 +678,9 @@ class Backtest:
         carries over from chunk to chunk (see `_next_chunk`), so the rows that run are
         those a single pass over all the rows would run.
 
-        Yields False every YIELD_EVERY_ROWS rows (`run()` lets other tasks run there) and
-        True where stepping pauses (see `run_until`); the run goes on when it is resumed.
+        Yields as `_rows` does.
         """
         origin, end = window
-        interest = self._interest(data)
         # With recorded depth, the books a walk reads are those as of the row being run.
         depth = self.depth if data.depth is not None else None
         if depth is not None:
@@ -865,6 +1027,7 @@ class Backtest:
             dropped=dict(stats.dropped),
             cache=self.cache.value,
             processed=self.processed,
+            quiet=self.quiet,
             client_fills_skipped=dict(flow.skipped) if flow else {},
             damage=stats.damage_summary(),
             decisions=self.writer.kinds[Decision],

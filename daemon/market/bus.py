@@ -247,6 +247,12 @@ class Bus:
             for symbol, trade_channel in trade_channels.items():
                 trade_channel.routes = self._trade_routes(exchange, symbol)
 
+    def listened(self, exchange: str, symbol: str) -> bool:
+        """Whether anything but the view takes this key's events: a sink's route, or any
+        subscriber (a backtest may then not leave out events of the key: quiet rows)."""
+        return bool(self._quote_routes(exchange, symbol) or self._trade_routes(exchange, symbol)
+                    or self._subscriptions or self._trade_subscriptions)
+
     def keep_depth(self, clock: Callable[[], int] | None = None) -> DepthBooks:
         """Keep the depth books parsers send (the paper executor walks them). Call it
         before the feed starts: a parser asks for a key's depth route once."""

@@ -99,5 +99,6 @@ def _summary(result: BacktestResult) -> RunSummary:
         client_fills=result.client_fills, client_fills_unpriced=result.client_fills_unpriced,
         client_fills_skipped=result.client_fills_skipped,
         events_note=(f"cache {result.cache}; {result.processed:,} through the strategy "
-                     f"path, {result.skipped:,} skipped (they change nothing)"),
+                     f"path, {result.quiet:,} checked in bulk (quiet), {result.skipped:,} "
+                     "skipped (they change nothing)"),
     )

@@ -21,11 +21,13 @@ from collections.abc import Mapping
 
 from daemon.core.logs import get_logger
 from daemon.core.model import ClientFill, Fill, OrderAck, OrderIntent, OrderType, Quote, Side, Trade
+from daemon.core.quiet import QuietRows
 from daemon.core.records import RecordSink
 from daemon.core.vocabulary import OrderStatus
 from daemon.trading.events import ExecutionEvents
 from daemon.trading.executor import OrderGateway
 from daemon.trading.killswitch import KillSwitch
+from daemon.trading.paper import PaperExecutor
 from daemon.trading.risk import RiskGate, rejection_decision
 
 log = get_logger("gate")
@@ -104,6 +106,16 @@ class GatedExecutor(ExecutionEvents):
         self.executor.on_trade(trade)
         if self.kill_switch.flag_file is not None:
             self.kill_switch.poll(trade.local_ts_ns)
+
+    def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        """The first of rows [start, stop) the gate or the executor must see as an event
+        (daemon/core/quiet.py); every row with a kill-switch flag file to poll, or an
+        executor that cannot tell (only paper can)."""
+        if self.kill_switch.flag_file is not None or not isinstance(self.executor,
+                                                                     PaperExecutor):
+            return start
+        stop = self.gate.first_loud(rows, start, stop)
+        return self.executor.first_loud(rows, start, stop)
 
     def advance(self, now_ns: int) -> None:
         self.executor.advance(now_ns)

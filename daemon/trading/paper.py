@@ -82,6 +82,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from types import MappingProxyType
 
+import numpy as np
+
 from config.settings import ExecutionSettings, Settings, VenueSettings
 from daemon.core.clock import NS_PER_MS
 from daemon.core.logs import get_logger
@@ -96,8 +98,10 @@ from daemon.core.model import (
     is_perp_symbol,
     split_symbol,
 )
+from daemon.core.quiet import QuietRows
 from daemon.core.vocabulary import OrderStatus
 from daemon.trading.events import ExecutionEvents
+from daemon.trading.kernels import NO_LIMITS, first_crossing_row
 from daemon.trading.order_ids import ClientOrderIds, run_prefix
 
 log = get_logger("paper")
@@ -508,6 +512,25 @@ class PaperExecutor(ExecutionEvents):
         venue_books = self._books.get(venue)
         book = venue_books.get(symbol) if venue_books is not None else None
         return book is not None and (price <= book.best_buy or price >= book.best_sell)
+
+    def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        """The first of rows [start, stop) this executor must see as an event
+        (daemon/core/quiet.py): a quote that crosses a resting order or passes a level we
+        took, a print at or through a resting order. Before it, a quote only becomes its
+        market's book quote and the clock moves (what is due by time the caller bounds,
+        `next_event_ns`). With queue positions every quote and print may move a queue."""
+        if self._queue_power is not None:
+            return start
+        limits = np.empty((len(rows.keys), 4))
+        limits[:] = NO_LIMITS
+        for key_id, (venue, symbol) in enumerate(rows.keys):
+            venue_books = self._books.get(venue)
+            book = venue_books.get(symbol) if venue_books is not None else None
+            if book is not None:
+                limits[key_id] = (book.best_buy, book.best_sell, book.lowest_taken_ask,
+                                  book.highest_taken_bid)
+        return first_crossing_row(rows.kind, rows.key, rows.price, rows.ask, rows.stale, start,
+                                  stop, limits)
 
     def note_time(self, now_ns: int) -> None:
         """Move the feed clock to `now_ns` and land nothing: what a market event of a

@@ -46,6 +46,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from config.settings import RiskSettings
 from daemon.core.clock import NS_PER_DAY, NS_PER_SECOND
 from daemon.core.logs import get_logger
@@ -60,8 +62,16 @@ from daemon.core.model import (
     Side,
     split_symbol,
 )
+from daemon.core.quiet import QuietRows
 from daemon.core.vocabulary import Action
 from daemon.market.synthetic import SYNTHETIC_VENUE
+from daemon.trading.kernels import (
+    LOSS_BAND,
+    LOSS_DAY,
+    LOSS_LOUD,
+    LOSS_NONE,
+    first_loss_check_row,
+)
 from daemon.trading.ratelimit import TokenBucket
 
 log = get_logger("risk")
@@ -161,6 +171,32 @@ class RiskGate:
             if -self._daily_loss_limit < daily < math.inf:  # NaN and +inf: the full check
                 return None
         return self._check_loss(now_ns)
+
+    def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        """The first of rows [start, stop) whose quote the loss check must see as an event
+        (daemon/core/quiet.py): `on_quote` would report a breach, roll the day or weigh
+        several markets there. Before it, a quote only becomes its market's latest."""
+        if self._client_markets:
+            return start
+        markets = self._markets
+        if not any(market.qty for market in markets.values()):
+            return stop  # no position: no loss to check
+        modes = np.full(len(rows.keys), LOSS_NONE, dtype=np.int8)
+        qty = np.zeros(len(rows.keys))
+        cash = np.zeros(len(rows.keys))
+        for key_id, key in enumerate(rows.keys):
+            market = markets.get(key)
+            if market is None or not market.qty:
+                continue
+            qty[key_id], cash[key_id] = market.qty, market.cash
+            if self.loss_breach is not None:
+                modes[key_id] = LOSS_DAY  # `_check_loss` says nothing more until the day ends
+            else:
+                modes[key_id] = LOSS_BAND if len(markets) == 1 else LOSS_LOUD
+        return first_loss_check_row(rows.kind, rows.key, rows.local_ts_ns, rows.price, rows.ask,
+                                    rows.stale, start, stop, modes, qty, cash,
+                                    self._day_start_pnl, self._daily_loss_limit,
+                                    self._day_start_ns, self._day_end_ns)
 
     def on_submitted(self, intent: OrderIntent) -> None:
         """An intent passed the gate and went to the executor: count it as open."""

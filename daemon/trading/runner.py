@@ -37,10 +37,12 @@ from daemon.core.model import (
     Trade,
     TransferIntent,
 )
+from daemon.core.quiet import QuietRows
 from daemon.core.records import RecordSink
 from daemon.core.vocabulary import Action
 from daemon.trading.errors import TransferRefused
 from daemon.trading.executor import Executor
+from daemon.trading.gate import GatedExecutor
 from strategies.base import AccountView, MarketView, Strategy
 
 log = get_logger("runner")
@@ -119,6 +121,23 @@ class StrategyRunner:
         self._deliver(self.strategy.on_trade, trade)
         if trade.local_ts_ns >= self.next_timer_ns:
             self._fire_timer(trade.local_ts_ns)
+
+    @property
+    def quiet_rows(self) -> bool:
+        """Whether `first_loud` can tell quiet rows at all: a strategy that says it can,
+        behind the gate (which knows when paper can); a twin would need the same of its
+        own strategy (not done)."""
+        return (self.twin is None and self.strategy.quiet_rows
+                and isinstance(self.executor, GatedExecutor))
+
+    def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
+        """The first of a backtest's rows [start, stop) whose event the gate, the executor
+        or the strategy must get (daemon/core/quiet.py); what is due by time (the
+        strategy timer, `next_timer_ns`) the caller bounds."""
+        if not self.quiet_rows or self._dispatching or self._queue:
+            return start
+        stop = self.executor.first_loud(rows, start, stop)  # type: ignore[attr-defined]
+        return self.strategy.first_loud(rows, start, stop)
 
     def advance(self, now_ns: int) -> None:
         """Time passes without market data: latency, transfers and timers still happen."""

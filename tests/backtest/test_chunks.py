@@ -124,12 +124,15 @@ def quotes_held_in_lists() -> int:
                if type(o) is list and o and type(o[0]) is Quote)
 
 
+@pytest.mark.parametrize("quiet", [False, True])
 async def test_a_backtest_holds_one_chunk_of_events_at_a_time(
     specs: list[ReplaySpec], tmp_path: Path, tiny_chunks: int, monkeypatch: pytest.MonkeyPatch,
+    quiet: bool,
 ) -> None:
-    """Memory does not grow with the data: every event dispatched (skip off), the events
-    built ahead of use never exceed one chunk's rows, and the file is read as the run
-    goes (a chunk read when reached). Structural, not measured: counted objects."""
+    """Memory does not grow with the data: every event dispatched (skip off; every one
+    built, or the quiet ones checked in bulk), the events built ahead of use never exceed
+    one chunk's rows, and the file is read as the run goes (a chunk read when reached).
+    Structural, not measured: counted objects."""
     monkeypatch.setattr(engine_module, "YIELD_EVERY_ROWS", 500)
     monkeypatch.setattr(engine_module, "PROGRESS_EVERY", 500)
     settings = load_settings({"data_dir": tmp_path / "data"}, env_file=None)
@@ -155,9 +158,10 @@ async def test_a_backtest_holds_one_chunk_of_events_at_a_time(
         held.append((events, len(reads), quotes_held_in_lists()))
 
     backtest = Backtest(settings, "inventory-mm", specs, "bounded", progress=progress,
-                        skip=False)
+                        skip=False, quiet=quiet)
     result = await backtest.run()
-    assert result.cache == "hit" and result.processed == result.events == len(data)
+    assert result.cache == "hit" and result.processed + result.quiet == result.events == len(data)
+    assert (result.quiet > 0) is quiet
     assert len(held) > 30
     assert max(quotes for _, _, quotes in held) <= tiny_chunks
     for events, chunks_read, _ in held:  # read as reached, not ahead

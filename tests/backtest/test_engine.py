@@ -172,38 +172,44 @@ def test_client_flow_hands_out_fills_as_the_clock_passes_them() -> None:
 
 
 async def run_engine(data_dir: Path, strategy: str, specs: list[ReplaySpec], *,
-                     cache: bool, skip: bool = True, run_id: str = "parity",
-                     **overrides: Any) -> tuple[BacktestResult, bytes]:
-    """One in-process backtest; its result and decision log (all files, in order)."""
+                     cache: bool, skip: bool = True, quiet: bool = False,
+                     run_id: str = "parity", **overrides: Any) -> tuple[BacktestResult, bytes]:
+    """One in-process backtest; its result and decision log (all files, in order). Quiet
+    rows (daemon/core/quiet.py) only when asked for: these tests pin the event paths."""
     settings = load_settings({"data_dir": data_dir, "backtest": {"cache": cache},
                               **overrides}, env_file=None)
-    result = await Backtest(settings, strategy, specs, run_id, skip=skip).run()
+    result = await Backtest(settings, strategy, specs, run_id, skip=skip, quiet=quiet).run()
     return result, b"".join(path.read_bytes() for path in result.log_files)
 
 
 async def assert_fast_path_is_exact(tmp_path: Path, strategy: str, specs: list[ReplaySpec],
                                     **overrides: Any) -> dict[str, BacktestResult]:
     """Frame by frame without the cache, building the cache, reading it (with and without
-    the skip): the same decision log, byte for byte, and the same counts."""
+    the skip, event by event and with quiet rows checked in bulk): the same decision log,
+    byte for byte, and the same counts."""
     results: dict[str, BacktestResult] = {}
     logs: dict[str, bytes] = {}
-    runs = (("frames", False, True), ("built", True, True), ("hit", True, True),
-            ("hit, no skip", True, False))
-    for name, cache, skip in runs:
+    runs = (("frames", False, True, False), ("built", True, True, False),
+            ("hit", True, True, False), ("hit, no skip", True, False, False),
+            ("hit, quiet", True, True, True), ("hit, no skip, quiet", True, False, True))
+    for name, cache, skip, quiet in runs:
         data_dir = tmp_path / name.replace(", ", "-").replace(" ", "-")
         if name.startswith("hit"):  # the cache built by the run before, nothing else
             shutil.copytree(tmp_path / "built" / "cache", data_dir / "cache")
         results[name], logs[name] = await run_engine(data_dir, strategy, specs, cache=cache,
-                                                     skip=skip, **overrides)
-    assert [r.cache for r in results.values()] == ["off", "built", "hit", "hit"]
+                                                     skip=skip, quiet=quiet, **overrides)
+    assert [r.cache for r in results.values()] == ["off", "built"] + ["hit"] * 4
     assert logs["frames"], "no decision log"
-    for name in ("built", "hit", "hit, no skip"):
+    for name in ("built", "hit", "hit, no skip", "hit, quiet", "hit, no skip, quiet"):
         assert logs[name] == logs["frames"], f"{strategy}: {name} differs from the frames"
         for figure in ("events", "quotes", "trades", "records", "first_ts_ns", "last_ts_ns",
                        "corrupt_lines", "dropped", "client_fills", "client_fills_unpriced"):
             assert getattr(results[name], figure) == getattr(results["frames"], figure), figure
     assert results["frames"].processed == results["frames"].events
     assert results["hit, no skip"].processed == results["hit"].events
+    for name in ("hit, quiet", "hit, no skip, quiet"):
+        quiet = results[name]  # a strategy that can tell its quiet rows skips nothing
+        assert quiet.skipped == 0 or quiet.quiet == 0
     return results
 
 
@@ -219,6 +225,11 @@ async def test_inventory_mm_decides_the_same_from_the_cache_with_the_skip(
     # the paper executor looks at them): only where a timer, order or snapshot was due,
     # or a trade printed through a resting order. Every one of the 28k spot quotes runs.
     assert 28_040 < hit.processed < 30_000
+    # Checked in bulk, most of them change nothing but the clocks and the latest quotes:
+    # only those where the strategy, the paper executor or the risk gate acts, or where
+    # something is due, run as events (with each quiet stretch's last quote per market).
+    for name in ("hit, quiet", "hit, no skip, quiet"):
+        assert results[name].processed < 3_000 and results[name].skipped == 0
 
 
 async def test_arbitrage_decides_the_same_from_the_cache(
@@ -311,8 +322,14 @@ def test_the_mode_says_whether_the_cache_was_built_hit_or_off(tmp_path: Path) ->
                     "--format", "json", "--data", str(SAMPLE_SPOT), str(SAMPLE_USDM)], data_dir)
     figures = orjson.loads(hit.stdout)
     assert figures["cache"] == "hit" and figures["events"] == 25_060
+    assert figures["processed"] + figures["quiet"] + figures["skipped"] == figures["events"]
+    assert figures["quiet"] > 20_000  # most events change nothing (quiet rows, on by default)
+    skipping = run_main(["--strategy", "inventory-mm", "--mode", "backtest", "--run-id", "four",
+                         "--format", "json", "--data", str(SAMPLE_SPOT), str(SAMPLE_USDM)],
+                        data_dir, CRYPTOPIPE_BACKTEST__QUIET_ROWS="false")
+    figures = orjson.loads(skipping.stdout)
     assert figures["processed"] + figures["skipped"] == figures["events"]
-    assert figures["skipped"] > 10_000  # most USD-M events
+    assert figures["skipped"] > 10_000 and figures["quiet"] == 0  # most USD-M events
     off = backtest(data_dir, "inventory-mm", "three", SAMPLE_SPOT, SAMPLE_USDM,
                    CRYPTOPIPE_BACKTEST__CACHE="false")
     assert "cache off" in off.stdout and " 0 skipped" in off.stdout

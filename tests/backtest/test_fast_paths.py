@@ -137,46 +137,52 @@ async def test_a_dispatched_backtest_with_rings_in_bulk_is_exact(
 ) -> None:
     """Every event dispatched (skip off) over the real recordings, in small chunks: the
     same decision log, byte for byte, and the same ring reads at every strategy read,
-    whether the rings take each event's append or the chunk's rows in bulk."""
+    whether the rings take each event's append or the chunk's rows in bulk, and with the
+    quiet rows checked in bulk (daemon/core/quiet.py) instead of built one by one."""
     import daemon.backtest.cache as cache_module
 
     monkeypatch.setattr(cache_module, "CHUNK_ROWS", 20_011, raising=False)
     specs = [ReplaySpec(shared_file(SPOT)), ReplaySpec(shared_file(USDM))]
-    reads: dict[bool, list[float]] = {True: [], False: []}
+    variants = ("appended", "staged", "quiet")
+    reads: dict[str, list[float]] = {variant: [] for variant in variants}
     volatility, trade_rate = RingMarketView.volatility, RingMarketView.trade_rate
-    staging = [True]
+    current = [variants[0]]
 
     def seen_volatility(self: RingMarketView, *args: object) -> float:
         value = volatility(self, *args)  # type: ignore[arg-type]
-        reads[staging[0]].append(value)
+        reads[current[0]].append(value)
         return value
 
     def seen_trade_rate(self: RingMarketView, *args: object) -> float:
         value = trade_rate(self, *args)  # type: ignore[arg-type]
-        reads[staging[0]].append(value)
+        reads[current[0]].append(value)
         return value
 
     monkeypatch.setattr(RingMarketView, "volatility", seen_volatility)
     monkeypatch.setattr(RingMarketView, "trade_rate", seen_trade_rate)
-    logs: dict[bool, bytes] = {}
-    orders: dict[bool, int] = {}
+    logs: dict[str, bytes] = {}
+    orders: dict[str, int] = {}
+    ends: dict[str, list[tuple[object, ...]]] = {}
     settings = load_settings({"data_dir": tmp_path / "data"}, env_file=None)
-    for bulk in (True, False):
-        staging[0] = bulk
-        backtest = Backtest(settings, "inventory-mm", specs, f"bulk-{bulk}", skip=False)
-        backtest.stage_rings = bulk
+    for variant in variants:
+        current[0] = variant
+        backtest = Backtest(settings, "inventory-mm", specs, variant, skip=False,
+                            quiet=variant == "quiet")
+        backtest.stage_rings = variant != "appended"
         result = await backtest.run()
-        assert result.processed == result.events > 100_000
-        orders[bulk] = result.orders
-        logs[bulk] = b"".join(path.read_bytes() for path in result.log_files).replace(
-            f"bulk-{bulk}".encode(), b"run")
-        rings = backtest.rings
-        ends = [ring_state(ring) for ring in rings._rings()]
-        if bulk:
-            bulk_ends = ends
+        if variant == "quiet":
+            assert result.processed < 5_000 and result.quiet == result.events - result.processed
         else:
-            assert ends == bulk_ends
-    assert logs[True] == logs[False]
-    assert orders[True] == orders[False] > 10
-    assert len(reads[True]) > 100
-    assert np.array_equal(reads[True], reads[False], equal_nan=True)
+            assert result.processed == result.events > 100_000
+        orders[variant] = result.orders
+        logs[variant] = b"".join(path.read_bytes() for path in result.log_files).replace(
+            variant.encode(), b"run")
+        # By content: quiet rows create a key's rings where its first quote runs.
+        ends[variant] = sorted((ring_state(ring) for ring in backtest.rings._rings()),
+                               key=lambda state: state[:4])
+    for variant in variants[1:]:
+        assert logs[variant] == logs["appended"], variant
+        assert orders[variant] == orders["appended"] > 10
+        assert ends[variant] == ends["appended"], variant
+        assert np.array_equal(reads[variant], reads["appended"], equal_nan=True), variant
+    assert len(reads["appended"]) > 100
