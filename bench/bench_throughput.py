@@ -8,11 +8,13 @@ recordings of 2024-08-08 (~125 k events, 346 s); day k is both files with every 
 time shifted by k spans, so the days follow each other (generated in a temporary
 directory, never in the repo; 80 days ~ 10 M events, ~0.5 GB of gzip). Each size runs in
 child processes of its own (peak RSS: `ru_maxrss`): cold (the event cache built, the skip
-on), warm with the skip on, and cold and warm with the skip off (every event through the
-strategy; its own cache directory, so its cold run builds too). The baseline is the
-smallest size in the same run: peak RSS as a ratio to it; events/s also as a ratio to
-the 1 M events/s goal, and per second of the child's CPU time (a shared machine's other
-load slows the wall clock, much less the CPU time).
+and quiet rows on: the default), warm so, warm with the skip alone (the default before
+quiet rows), cold and warm with both off (every event built and run through the strategy
+path; its own cache directory, so its cold run builds too), and warm with the skip off and
+quiet rows on (every event checked by every handler, those that act run). The baseline is
+the smallest size in the same run: peak RSS as a ratio to it; events/s also as a ratio to
+the 1 M events/s goal, per second of the child's CPU time (a shared machine's other load
+slows the wall clock, much less the CPU time), and quiet rows against the runs without.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from tests.helpers.days import shifted_copies  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 SOURCES = (DATA / "binance_spot_btcusdt_20240808.gz", DATA / "binance_usdm_btcusdt_20240808.gz")
 GOAL = 1_000_000
+#: (name, skip, quiet rows, cache folder): each cache folder's first run builds it (cold).
+RUNS = (("cold", True, True, "on"), ("warm", True, True, "on"),
+        ("warm/skip", True, False, "on"), ("cold/all", False, False, "all"),
+        ("warm/all", False, False, "all"), ("warm/quiet", False, True, "all"))
 
 CHILD = """
 import asyncio, json, resource, sys, time
@@ -46,8 +52,10 @@ configure_logging("bench", "warning", "json")
 settings = load_settings({{"data_dir": {data_dir!r}}}, env_file=None)
 specs = data_specs([{days!r}], "backtest")
 started, cpu = time.perf_counter(), time.process_time()
-result = asyncio.run(Backtest(settings, {strategy!r}, specs, {run_id!r}, skip={skip!r}).run())
+result = asyncio.run(Backtest(settings, {strategy!r}, specs, {run_id!r}, skip={skip!r},
+                              quiet={quiet!r}).run())
 print(json.dumps({{"events": result.events, "processed": result.processed,
+                  "quiet": result.quiet,
                   "cache": result.cache, "seconds": time.perf_counter() - started,
                   "cpu_seconds": time.process_time() - cpu,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
@@ -62,9 +70,10 @@ def make_days(directory: Path, days: int) -> Path:
     return directory
 
 
-def run_child(days: Path, data_dir: Path, strategy: str, run_id: str, skip: bool) -> dict:
+def run_child(days: Path, data_dir: Path, strategy: str, run_id: str, skip: bool,
+              quiet: bool) -> dict:
     code = CHILD.format(root=str(ROOT), data_dir=str(data_dir), days=str(days),
-                        strategy=strategy, run_id=run_id, skip=skip)
+                        strategy=strategy, run_id=run_id, skip=skip, quiet=quiet)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONHASHSEED": "0"})
     if done.returncode != 0:
@@ -82,29 +91,36 @@ def main() -> None:
         sys.exit(f"bench_throughput: {', '.join(missing)} absent (../shared/data)")
     sizes = [int(n) for n in args.days.split(",")]
     print(f"{args.strategy} over N shifted days of {SOURCES[0].name} + {SOURCES[1].name}")
-    print(f"{'days':>5} {'events':>11} {'run':<10} {'ran':>11} {'seconds':>8} {'ev/s':>10} "
-          f"{'vs 1M':>6} {'cpu ev/s':>10} {'peak MB':>8} {'MB vs base':>10}")
+    print(f"{'days':>5} {'events':>11} {'run':<11} {'ran':>9} {'quiet':>11} {'seconds':>8} "
+          f"{'ev/s':>10} {'vs 1M':>6} {'cpu ev/s':>10} {'peak MB':>8} {'MB vs base':>10}")
     base: dict[str, float] = {}
+    rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         for days in sizes:
             folder = make_days(Path(tmp) / f"days{days}", days)
-            for name, skip, cache in (("cold", True, "on"), ("warm", True, "on"),
-                                      ("cold/all", False, "all"), ("warm/all", False, "all")):
+            for name, skip, quiet, cache in RUNS:
                 data_dir = Path(tmp) / f"data{days}-{cache}"
                 run = run_child(folder, data_dir, args.strategy,
-                                f"{name.replace('/', '-')}{days}", skip)
+                                f"{name.replace('/', '-')}{days}", skip, quiet)
                 rate = run["events"] / run["seconds"]
                 cpu_rate = run["events"] / run["cpu_seconds"]
                 base.setdefault(name, run["rss_mb"])
-                print(f"{days:>5} {run['events']:>11,} {name:<10} {run['processed']:>11,} "
-                      f"{run['seconds']:>8.1f} {rate:>10,.0f} {rate / GOAL:>5.2f}x "
-                      f"{cpu_rate:>10,.0f} "
+                rates[name] = rate
+                print(f"{days:>5} {run['events']:>11,} {name:<11} {run['processed']:>9,} "
+                      f"{run['quiet']:>11,} {run['seconds']:>8.1f} {rate:>10,.0f} "
+                      f"{rate / GOAL:>5.2f}x {cpu_rate:>10,.0f} "
                       f"{run['rss_mb']:>8,.0f} {run['rss_mb'] / base[name]:>9.2f}x", flush=True)
+            print(f"{'':>5} warm/quiet vs warm/all (every event built and run): "
+                  f"{rates['warm/quiet'] / rates['warm/all']:.2f}x; warm (skip, quiet) vs "
+                  f"warm/skip (skip only): {rates['warm'] / rates['warm/skip']:.2f}x", flush=True)
             for path in folder.iterdir():  # the next size makes its own
                 path.unlink()
-    print(f"({time.strftime('%Y-%m-%d %H:%M:%S')}; 'ran': events through the strategy path; "
-          f"'/all': the skip off, every event dispatched; goal >= 1M ev/s warm/all; 'cpu "
-          f"ev/s': per second of the process's own CPU time, steadier on a shared machine)")
+    print(f"({time.strftime('%Y-%m-%d %H:%M:%S')}; 'ran': events built and run through the "
+          "strategy path; 'quiet': events checked in bulk, compiled, and found to change "
+          "nothing (daemon/core/quiet.py); '/all': the skip and quiet rows off, every event "
+          "built and dispatched; '/quiet': the skip off, every event checked by every handler; "
+          "goal >= 1M ev/s warm with every event dispatched; 'cpu ev/s': per second of the "
+          "process's own CPU time, steadier on a shared machine)")
 
 
 if __name__ == "__main__":
