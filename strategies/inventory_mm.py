@@ -327,6 +327,8 @@ class InventoryMMStrategy(StrategyBase):
         self._trade_ts = np.full(TRADE_HISTORY, -1, dtype=np.int64)
         self._trade_distance = np.zeros(TRADE_HISTORY)
         self._trade_count = 0
+        #: `first_loud`: per tuple of a backtest's keys, which are rebalance markets.
+        self._marked_keys: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
 
     # -- Strategy contract -------------------------------------------------------------------
 
@@ -384,8 +386,11 @@ class InventoryMMStrategy(StrategyBase):
         or a trade the k fit reads) in rows [start, stop) (daemon/core/quiet.py)."""
         if not self.quiet_rows:
             return start
-        marked_keys = np.array([exchange == self.venue and symbol in self.books
-                                for exchange, symbol in rows.keys])
+        marked_keys = self._marked_keys.get(rows.keys)
+        if marked_keys is None:  # the rebalance markets (their quotes move `_books_value`)
+            marked_keys = self._marked_keys[rows.keys] = np.array(
+                [exchange == self.venue and symbol in self.books for exchange, symbol in rows.keys],
+                dtype=bool)
         check = QuoteCheck(
             quoted_key=rows.key_ids(self.venue, self.symbol),
             stopped=self.stopped_reason is not None,
@@ -399,7 +404,7 @@ class InventoryMMStrategy(StrategyBase):
             price_tolerance=float(self._price_tolerance))
         return first_requote_row(rows.kind, rows.key, rows.local_ts_ns, rows.clock_ns,
                                  rows.price, rows.ask, rows.stale, start, stop, marked_keys,
-                                 check)
+                                 tuple(check))
 
     def _repeated_skip(self) -> int:
         """The skip a quote leaves as it was (`_skip` logs nothing, cancels nothing, and

@@ -197,52 +197,59 @@ class QuoteCheck(NamedTuple):
 def first_requote_row(kind: np.ndarray, key: np.ndarray, local_ts_ns: np.ndarray,
                       clock_ns: np.ndarray, price: np.ndarray, ask: np.ndarray,
                       stale: np.ndarray, start: int, stop: int, marked_keys: np.ndarray,
-                      check: QuoteCheck) -> int:
+                      check: tuple) -> int:  # type: ignore[type-arg]
     """The first of rows [start, stop) that `on_quote`/`on_trade` must get: a quote of the
     quoted market failing the quick check (its comparisons, operation for operation, with
-    the clock at that row), a quote of a market whose mark the strategy keeps
-    (`marked_keys`), or a trade of the quoted market when trades feed the k fit."""
+    the clock at that row) unless it repeats the last skip, a quote of a market whose mark
+    the strategy keeps (`marked_keys`), or a trade of the quoted market when trades feed
+    the k fit. `check`: a QuoteCheck as a plain tuple (numba types a NamedTuple argument
+    several times slower, and this runs once per stretch of rows)."""
+    (quoted_key, stopped, must_evaluate, repeated_skip, reads_trades, stale_after_ns,
+     min_spread_bps, loss_floor, cash, position, books_value, last_eval_ns, last_eval_mid,
+     requote_ns, requote_spacing_ns, price_tolerance) = check
     for row in range(start, stop):
         k = key[row]
         if kind[row] != QUOTE_ROW:
-            if check.reads_trades and k == check.quoted_key:
+            if reads_trades and k == quoted_key:
                 return row
             continue
-        if k != check.quoted_key:
+        if k != quoted_key:
             if marked_keys[k]:
                 return row
             continue
-        if check.stopped:
+        if stopped:
             continue
         now = clock_ns[row]
         bid, ask_price = price[row], ask[row]
         mid = (bid + ask_price) * 0.5
-        elapsed = now - check.last_eval_ns
-        if (not check.must_evaluate and not stale[row]
-                and now - local_ts_ns[row] <= check.stale_after_ns and bid < ask_price
-                and not (check.min_spread_bps > 0.0 and mid > 0
-                         and (ask_price - bid) / mid * 1e4 < check.min_spread_bps)
-                and check.cash + check.position * mid + check.books_value >= check.loss_floor
-                and elapsed < check.requote_ns
-                and not (elapsed >= check.requote_spacing_ns
-                         and abs(mid - check.last_eval_mid) > check.price_tolerance * mid)):
+        elapsed = now - last_eval_ns
+        if (not must_evaluate and not stale[row]
+                and now - local_ts_ns[row] <= stale_after_ns and bid < ask_price
+                and not (min_spread_bps > 0.0 and mid > 0
+                         and (ask_price - bid) / mid * 1e4 < min_spread_bps)
+                and cash + position * mid + books_value >= loss_floor
+                and elapsed < requote_ns
+                and not (elapsed >= requote_spacing_ns
+                         and abs(mid - last_eval_mid) > price_tolerance * mid)):
             continue  # the quick check passes: nothing to do
-        if check.repeated_skip == NO_SKIP or skip_reason(
-                stale[row], now - local_ts_ns[row], bid, ask_price, check) != check.repeated_skip:
+        if repeated_skip == NO_SKIP or skip_reason(
+                stale[row], now - local_ts_ns[row], bid, ask_price, stale_after_ns,
+                min_spread_bps) != repeated_skip:
             return row
     return stop
 
 
 @njit(cache=True)
-def skip_reason(stale: bool, age_ns: int, bid: float, ask: float, check: QuoteCheck) -> int:
+def skip_reason(stale: bool, age_ns: int, bid: float, ask: float, stale_after_ns: int,
+                min_spread_bps: float) -> int:
     """`_unusable_reason` of a quote, as a code: stale, crossed, narrow, else NO_SKIP (the
     spread test as `Quote.spread_bps` makes it; a narrow market stays narrow below it)."""
-    if stale or age_ns > check.stale_after_ns:
+    if stale or age_ns > stale_after_ns:
         return SKIP_STALE
     if bid >= ask:
         return SKIP_CROSSED
     mid = (bid + ask) * 0.5
-    if mid > 0 and (ask - bid) / mid * 1e4 < check.min_spread_bps:
+    if mid > 0 and (ask - bid) / mid * 1e4 < min_spread_bps:
         return SKIP_NARROW
     return NO_SKIP
 
