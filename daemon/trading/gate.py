@@ -107,15 +107,21 @@ class GatedExecutor(ExecutionEvents):
         if self.kill_switch.flag_file is not None:
             self.kill_switch.poll(trade.local_ts_ns)
 
+    @property
+    def quiet_rows(self) -> bool:
+        """Whether `first_loud` can tell quiet rows: not with a kill-switch flag file to
+        poll at every event, and only in front of paper that can."""
+        executor = self.executor
+        return (self.kill_switch.flag_file is None and isinstance(executor, PaperExecutor)
+                and executor.quiet_rows)
+
     def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
         """The first of rows [start, stop) the gate or the executor must see as an event
-        (daemon/core/quiet.py); every row with a kill-switch flag file to poll, or an
-        executor that cannot tell (only paper can)."""
-        if self.kill_switch.flag_file is not None or not isinstance(self.executor,
-                                                                     PaperExecutor):
+        (daemon/core/quiet.py); `start` if it cannot tell (`quiet_rows`)."""
+        if not self.quiet_rows:
             return start
         stop = self.gate.first_loud(rows, start, stop)
-        return self.executor.first_loud(rows, start, stop)
+        return self.executor.first_loud(rows, start, stop)  # type: ignore[attr-defined]
 
     def advance(self, now_ns: int) -> None:
         self.executor.advance(now_ns)

@@ -513,13 +513,19 @@ class PaperExecutor(ExecutionEvents):
         book = venue_books.get(symbol) if venue_books is not None else None
         return book is not None and (price <= book.best_buy or price >= book.best_sell)
 
+    @property
+    def quiet_rows(self) -> bool:
+        """Whether `first_loud` can tell quiet rows: not with queue positions, which every
+        quote and print of a market with our orders may move."""
+        return self._queue_power is None
+
     def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
         """The first of rows [start, stop) this executor must see as an event
         (daemon/core/quiet.py): a quote that crosses a resting order or passes a level we
         took, a print at or through a resting order. Before it, a quote only becomes its
         market's book quote and the clock moves (what is due by time the caller bounds,
-        `next_event_ns`). With queue positions every quote and print may move a queue."""
-        if self._queue_power is not None:
+        `next_event_ns`). `start` if it cannot tell (`quiet_rows`)."""
+        if not self.quiet_rows:
             return start
         limits = np.empty((len(rows.keys), 4))
         limits[:] = NO_LIMITS

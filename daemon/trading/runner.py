@@ -128,7 +128,7 @@ class StrategyRunner:
         behind the gate (which knows when paper can); a twin would need the same of its
         own strategy (not done)."""
         return (self.twin is None and self.strategy.quiet_rows
-                and isinstance(self.executor, GatedExecutor))
+                and isinstance(self.executor, GatedExecutor) and self.executor.quiet_rows)
 
     def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
         """The first of a backtest's rows [start, stop) whose event the gate, the executor
