@@ -49,6 +49,11 @@ from daemon.core.routes import Levels
 from daemon.market.depth import DepthBooks
 
 
+class UndeclaredBook(RuntimeError):
+    """An order walked the book of a market its strategy did not declare (its changes were
+    not kept: `RecordedDepth.load(markets=...)`): the strategy broke its promise."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class DepthColumns:
     """Depth changes in emission order; the levels of change i are rows
@@ -260,14 +265,20 @@ class RecordedDepth(DepthBooks):
         self._folded: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
         #: The saved changes loaded, until the first read seeks into them (`_seek`).
         self._source: DepthColumns | DepthSource | None = None
+        #: Per key: whether an order may walk its book (else its changes are dropped).
+        self._walked: list[bool] = []
 
     # -- from saved changes --------------------------------------------------------------
 
-    def load(self, columns: DepthColumns | DepthSource) -> None:
-        """Walk these saved changes; nothing is read until the first walk or `settle`."""
+    def load(self, columns: DepthColumns | DepthSource,
+             markets: frozenset[tuple[str, str]] | None = None) -> None:
+        """Walk these saved changes; nothing is read until the first walk or `settle`.
+        `markets`: the only ones an order can walk (the strategy's declared markets);
+        the other markets' changes are never folded. None: every market's are."""
         self._source = columns
         self._batches = iter(())
         self._key_ids = {key: index for index, key in enumerate(columns.keys)}
+        self._walked = [markets is None or key in markets for key in columns.keys]
         self._batch, self._taken = None, 0
         self._unfolded = [[] for _ in columns.keys]
         self._folded = [{"bid": (_NO_LEVELS, _NO_LEVELS), "ask": (_NO_LEVELS, _NO_LEVELS)}
@@ -301,7 +312,9 @@ class RecordedDepth(DepthBooks):
             if end > self._taken:
                 part = batch.rows(self._taken, end)
                 for index in np.unique(part.key).tolist():
-                    self._unfolded[index].append(part.take(np.flatnonzero(part.key == index)))
+                    if self._walked[index]:
+                        self._unfolded[index].append(
+                            part.take(np.flatnonzero(part.key == index)))
                 self._taken = end
             if end < len(batch):
                 return
@@ -328,15 +341,17 @@ class RecordedDepth(DepthBooks):
             if summary.last_pos > row or summary.last_ts > now:
                 break
             for key, change in summary.firsts.items():
-                floors.setdefault(key, (start, change))
-            floors.update((key, (start, change)) for key, change in summary.resets.items())
+                if self._walked[key]:
+                    floors.setdefault(key, (start, change))
+            floors.update((key, (start, change)) for key, change in summary.resets.items()
+                          if self._walked[key])
             start += 1
         for number, index in enumerate(index_batches(source, start), start):
             if not len(index.pos) or int(index.pos[0]) > row:
                 break
             ready = (index.pos <= row) & (index.ts <= now)
             for key in np.unique(index.key).tolist():
-                if key in blocked:
+                if key in blocked or not self._walked[key]:
                     continue
                 mine = np.flatnonzero(index.key == key)
                 waiting = np.flatnonzero(~ready[mine])
@@ -348,7 +363,7 @@ class RecordedDepth(DepthBooks):
                     floors.setdefault(key, (number, int(mine[0])))
                 if len(waiting):
                     blocked.add(key)
-            if len(blocked) == len(self._key_ids):
+            if len(blocked) == sum(self._walked):
                 break
         first, skip = min(floors.values()) if floors else (0, 0)
         self._batches = batches_from(source, first, skip)
@@ -388,6 +403,9 @@ class RecordedDepth(DepthBooks):
         index = self._key_ids.get((exchange, symbol))
         if index is None:
             return None
+        if not self._walked[index]:
+            raise UndeclaredBook(f"an order in {exchange} {symbol}, a market the strategy "
+                                   "did not declare: its recorded book was not kept")
         self._take(self.at_row)
         if self._unfolded[index]:
             self._fold(index, self.at_row, self.clock())  # type: ignore[misc]

@@ -560,8 +560,8 @@ class Backtest:
         run (or replayed)."""
         origin, end = window
         depth = self.depth if data.depth is not None else None
-        if depth is not None:
-            depth.load(data.depth)  # type: ignore[arg-type]
+        if depth is not None:  # an order walks only the strategy's markets' books
+            depth.load(data.depth, self.markets)  # type: ignore[arg-type]
         keys = data.keys
         bus, clock, snapshots, runner = self.bus, self.clock, self.snapshots, self.runner
         quote_routes: dict[int, Callable[[Quote], None]] = {}
@@ -683,8 +683,8 @@ class Backtest:
         origin, end = window
         # With recorded depth, the books a walk reads are those as of the row being run.
         depth = self.depth if data.depth is not None else None
-        if depth is not None:
-            depth.load(data.depth)  # type: ignore[arg-type]
+        if depth is not None:  # an order walks only the strategy's markets' books
+            depth.load(data.depth, self.markets)  # type: ignore[arg-type]
         # The steps of `on_quote`/`on_trade` and `_after`, inlined: this loop runs every
         # event of interest, and the calls and the bus's key lookup were ~0.4 us of each.
         # The bus channel of a key is asked for when the key is first published, as

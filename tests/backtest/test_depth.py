@@ -21,7 +21,7 @@ import strategies
 from adapters.bybit.parser import BybitParser
 from adapters.recordings.replay import SAMPLE_FILES, ReplaySpec
 from config.settings import load_settings
-from daemon.backtest.depth import DepthRecorder, RecordedDepth
+from daemon.backtest.depth import DepthRecorder, RecordedDepth, UndeclaredBook
 from daemon.backtest.engine import Backtest
 from daemon.core.model import Decision, Fill, OrderIntent, OrderType, Quote, Side
 from daemon.core.routes import Callbacks
@@ -241,3 +241,26 @@ def test_recorded_depth_applies_a_markets_changes_in_order_up_to_the_row_and_the
         cached.at_row = at_row
         assert cached.levels("v", "S", "ask") == live.levels("v", "S", "ask") == asks
     assert cached.levels("v", "S", "bid") == [(98.0, 1.0)]
+
+
+def test_only_the_books_of_the_strategys_markets_are_kept() -> None:
+    """An order walks only a market its strategy declared (`Strategy.market_keys`), so the
+    other markets' changes are never folded (from the cache that was most of the depth
+    work: the USD-M book moves twice as often as spot's), and an order in one of them
+    fails loudly rather than taking an empty book."""
+    published: list[object] = []
+    recorder = DepthRecorder(published)
+    for market in ("S", "T"):
+        recorder("v", market, 10, True, [(99.0, 1.0)], [(101.0, 1.0)])
+    columns = recorder.columns()
+    assert columns is not None
+    every, declared = RecordedDepth(lambda: 100), RecordedDepth(lambda: 100)
+    every.load(columns)
+    declared.load(columns, frozenset({("v", "S")}))
+    for depth in (every, declared):
+        depth.settle(1)
+    assert declared.levels("v", "S", "ask") == every.levels("v", "S", "ask") == [(101.0, 1.0)]
+    assert every.levels("v", "T", "bid") == [(99.0, 1.0)]
+    assert [len(book["bid"][0]) for book in declared._folded] == [1, 0]  # T never folded
+    with pytest.raises(UndeclaredBook, match="v T, a market the strategy did not declare"):
+        declared.levels("v", "T", "bid")

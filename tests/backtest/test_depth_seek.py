@@ -89,12 +89,14 @@ def read_everything(self: RecordedDepth, row: int, now: int) -> None:
     self._batches = iter(source.batches())
 
 
-def needed_from(source: DepthFile, row: int) -> tuple[int, int]:
-    """(batch, change) of the earliest of the markets' last resets emitted by `row`."""
+def needed_from(source: DepthFile, row: int,
+                markets: frozenset[tuple[str, str]] | None = None) -> tuple[int, int]:
+    """(batch, change) of the earliest of the markets' last resets emitted by `row`: of
+    those whose books are walked (`markets`; None: all)."""
     firsts = np.concatenate(([0], np.cumsum([len(b.pos) for b in source.batches()])))
     depth = source.in_memory()
     resets = [int(np.flatnonzero((depth.key == key) & depth.reset & (depth.pos <= row))[-1])
-              for key in range(len(depth.keys))]
+              for key, market in enumerate(depth.keys) if markets is None or market in markets]
     change = min(resets)
     batch = int(np.searchsorted(firsts, change, side="right")) - 1
     return batch, change
@@ -129,7 +131,8 @@ async def test_a_late_span_reads_the_depth_from_the_markets_last_resets_with_the
     first_row = int(len(times) * 0.85)  # in the last day
     span = Span(int(times[first_row]), int(times[-1]) + 1)
     start_row = int(np.searchsorted(np.maximum.accumulate(times), span.start_ns))
-    batch, change = needed_from(data.depth, start_row)
+    # Only the taker's market: the other market's book is never walked, nor kept.
+    batch, change = needed_from(data.depth, start_row, frozenset({("binance_spot", "BTC/USDT")}))
     assert batch >= 0.6 * len(firsts)  # the last day's snapshots, late in the file
 
     folded: list[tuple[int, int, bool]] = []  # (pos, key, reset) of the first change folded
