@@ -103,6 +103,53 @@ def accumulate_log_returns(
 
 
 @njit(cache=True, nogil=True)
+def squared_log_returns(bid: np.ndarray, ask: np.ndarray, previous_mid: float,
+                        out: np.ndarray) -> float:
+    """Each row's term of `accumulate_log_returns`, kept so a sliding window need not take
+    the logs again: the squared log return from the previous valid mid (`previous_mid`
+    before the first row; NaN: none), 0.0 where the mid did not change or no valid mid
+    came before, NaN for a row with no valid mid. Returns the last valid mid."""
+    for row in range(bid.shape[0]):
+        mid = _valid_mid(bid[row], ask[row])
+        if math.isnan(mid):
+            out[row] = math.nan
+            continue
+        if math.isnan(previous_mid) or mid == previous_mid:
+            out[row] = 0.0
+        else:
+            log_return = math.log(mid / previous_mid)
+            out[row] = log_return * log_return
+        previous_mid = mid
+    return previous_mid
+
+
+@njit(cache=True, nogil=True)
+def sum_squared_returns(local_ts_ns: np.ndarray,
+                        squared: np.ndarray) -> tuple[float, int, int, int]:
+    """`accumulate_log_returns` from no state over rows whose terms are known
+    (`squared_log_returns`): the first valid row adds nothing, each later one its term, in
+    order (a 0.0 adds nothing either), so the same number as the pass that takes the logs.
+    Returns (sum_squared_returns, return_count, first_ts_ns, last_ts_ns)."""
+    total = 0.0
+    count = 0
+    first_ts_ns = 0
+    last_ts_ns = 0
+    seen = False
+    for row in range(squared.shape[0]):
+        term = squared[row]
+        if math.isnan(term):
+            continue
+        if seen:
+            total += term
+            count += 1
+        else:
+            seen = True
+            first_ts_ns = local_ts_ns[row]
+        last_ts_ns = local_ts_ns[row]
+    return total, count, first_ts_ns, last_ts_ns
+
+
+@njit(cache=True, nogil=True)
 def volatility_of_returns(
     sum_squared_returns: float, return_count: int, first_ts_ns: int, last_ts_ns: int
 ) -> tuple[float, float, float, int, float]:
