@@ -46,6 +46,16 @@ Events that run take the same path as above, one by one; the decision log is
 byte-identical to the frame-by-frame replay's. Skipped events still count in `events`;
 the result says how many ran (`processed`) and whether the cache was hit, built or off.
 
+Quiet rows (`backtest.quiet_rows`, on by default; issue 18): from the cache, where every
+handler of the per-event path can tell which rows it must see (the runner, risk gate, paper
+executor and strategy: `first_loud`, numba kernels over the chunk's columns), a stretch of
+rows before the first such row, or before anything is due by time, is not built into
+events: the last quote of each market in it runs (so every latest quote is exact) and the
+clocks move (daemon/backtest/quiet.py, daemon/core/quiet.py). The log is the same byte for
+byte; the result counts those rows in `quiet`. A strategy that cannot tell (every one but
+inventory-mm so far), client flow, a twin, a kill-switch flag file, the queue model,
+synthetic markets or another bus listener keep the row-by-row path with the skip.
+
 Stepped (issue 15: a Gymnasium environment on the real engine). The column loop is one
 synchronous generator (`_rows`): `run()` drives it to the end, yielding to the event loop
 at its periodic pause points; `open(data, window)`, `run_until(ts_ns)` and `finish()` drive
