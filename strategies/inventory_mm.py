@@ -376,14 +376,17 @@ class InventoryMMStrategy(StrategyBase):
 
     @property
     def quiet_rows(self) -> bool:  # type: ignore[override]
-        """`first_loud` mirrors this class's callbacks; a subclass's may act otherwise."""
+        """`first_loud` mirrors this class's callbacks (a subclass's may act otherwise),
+        with k configured."""
         cls = type(self)
-        return (cls.on_quote is InventoryMMStrategy.on_quote
+        # Fitting k, each trade of the market is an event (its distance from the mid of
+        # the moment): stretches a few rows long, slower than running every row.
+        return (not self._k_auto and cls.on_quote is InventoryMMStrategy.on_quote
                 and cls.on_trade is InventoryMMStrategy.on_trade)
 
     def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
-        """Where `on_quote`'s quick check first fails (or a rebalance market's quote comes,
-        or a trade the k fit reads) in rows [start, stop) (daemon/core/quiet.py)."""
+        """Where `on_quote`'s quick check first fails (or a rebalance market's quote comes)
+        in rows [start, stop) (daemon/core/quiet.py)."""
         if not self.quiet_rows:
             return start
         marked_keys = self._marked_keys.get(rows.keys)
@@ -395,7 +398,7 @@ class InventoryMMStrategy(StrategyBase):
             quoted_key=rows.key_ids(self.venue, self.symbol),
             stopped=self.stopped_reason is not None,
             must_evaluate=self._dirty or self._spread_narrow,
-            repeated_skip=self._repeated_skip(), reads_trades=self._k_auto,
+            repeated_skip=self._repeated_skip(),
             stale_after_ns=self.stale_after_ns, min_spread_bps=float(self._min_spread_bps),
             loss_floor=float(self._loss_floor), cash=float(self.cash),
             position=float(self.position), books_value=float(self._books_value),

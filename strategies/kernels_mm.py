@@ -178,8 +178,6 @@ class QuoteCheck(NamedTuple):
     #: untouched when it was the last one logged and nothing is left to cancel (NO_SKIP:
     #: every skip is an event).
     repeated_skip: int
-    #: k is fitted from the quoted market's trades: each one is an event.
-    reads_trades: bool
     stale_after_ns: int
     min_spread_bps: float
     loss_floor: float
@@ -198,21 +196,19 @@ def first_requote_row(kind: np.ndarray, key: np.ndarray, local_ts_ns: np.ndarray
                       clock_ns: np.ndarray, price: np.ndarray, ask: np.ndarray,
                       stale: np.ndarray, start: int, stop: int, marked_keys: np.ndarray,
                       check: tuple) -> int:  # type: ignore[type-arg]
-    """The first of rows [start, stop) that `on_quote`/`on_trade` must get: a quote of the
-    quoted market failing the quick check (its comparisons, operation for operation, with
-    the clock at that row) unless it repeats the last skip, a quote of a market whose mark
-    the strategy keeps (`marked_keys`), or a trade of the quoted market when trades feed
-    the k fit. `check`: a QuoteCheck as a plain tuple (numba types a NamedTuple argument
-    several times slower, and this runs once per stretch of rows)."""
-    (quoted_key, stopped, must_evaluate, repeated_skip, reads_trades, stale_after_ns,
+    """The first of rows [start, stop) that `on_quote` must get: a quote of the quoted
+    market failing the quick check (its comparisons, operation for operation, with the
+    clock at that row) unless it repeats the last skip, or a quote of a market whose mark
+    the strategy keeps (`marked_keys`); trades are read only by the k fit, and a strategy
+    fitting k has no quiet rows. `check`: a QuoteCheck as a plain tuple (numba types a
+    NamedTuple argument several times slower, and this runs once per stretch of rows)."""
+    (quoted_key, stopped, must_evaluate, repeated_skip, stale_after_ns,
      min_spread_bps, loss_floor, cash, position, books_value, last_eval_ns, last_eval_mid,
      requote_ns, requote_spacing_ns, price_tolerance) = check
     for row in range(start, stop):
         k = key[row]
         if kind[row] != QUOTE_ROW:
-            if reads_trades and k == quoted_key:
-                return row
-            continue
+            continue  # k is configured: `on_trade` reads no trade
         if k != quoted_key:
             if marked_keys[k]:
                 return row
