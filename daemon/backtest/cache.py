@@ -594,6 +594,15 @@ def _mallopt(param: int, value: int) -> int:
     return int(ctypes.CDLL(None).mallopt(ctypes.c_int(param), ctypes.c_int(value)))
 
 
+def _set_madvise_hugepage(enabled: bool) -> None:
+    """numpy's run-time switch of what `NUMPY_MADVISE_HUGEPAGE` sets at import (numpy
+    2's private module; absent elsewhere, then nothing changes)."""
+    switch = getattr(getattr(np, "_core", None), "multiarray", None)
+    setter = getattr(switch, "_set_madvise_hugepage", None)
+    if setter is not None:
+        setter(enabled)
+
+
 def tune_allocator() -> None:
     """Keep glibc's malloc from holding a chunk's freed buffers (once per process, at the
     start of a backtest, a sweep worker's or a training run's: `load` calls it).
@@ -610,11 +619,21 @@ def tune_allocator() -> None:
     numpy buffers the engine derives from a chunk stay with malloc whatever the pool.
 
     Not on other C libraries, and not when `MALLOC_MMAP_THRESHOLD_` is set (the user's
-    choice wins). The daemon's live modes never call it."""
+    choice wins). The daemon's live modes never call it.
+
+    Nor does numpy ask for transparent huge pages for its large arrays (it does by
+    default where the kernel's THP mode is `madvise`), unless `NUMPY_MADVISE_HUGEPAGE`
+    says otherwise: with THP defrag on `madvise` too, the kernel compacts memory
+    synchronously to fault a huge page in, and a growing ring's new columns are such
+    faults. Measured (16 shifted days of spot + USD-M, every event checked, warm): 640-670 k
+    events/s with the advice, 790-840 k without; a 1 M -> 2 M row copy of 6 columns took
+    14-440 ms with it, 13-34 ms without."""
     global _allocator_tuned
     if _allocator_tuned:
         return
     _allocator_tuned = True
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        _set_madvise_hugepage(False)
     if platform.libc_ver()[0] != "glibc" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     if not _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
