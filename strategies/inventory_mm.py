@@ -395,7 +395,7 @@ class InventoryMMStrategy(StrategyBase):
                 [exchange == self.venue and symbol in self.books for exchange, symbol in rows.keys],
                 dtype=bool)
         check = QuoteCheck(
-            quoted_key=rows.key_ids(self.venue, self.symbol),
+            quoted_key=rows.key_id(self.venue, self.symbol),
             stopped=self.stopped_reason is not None,
             must_evaluate=self._dirty or self._spread_narrow,
             repeated_skip=self._repeated_skip(),

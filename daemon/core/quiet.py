@@ -40,7 +40,7 @@ class QuietRows(NamedTuple):
     ask: np.ndarray
     stale: np.ndarray
 
-    def key_ids(self, exchange: str, symbol: str) -> int:
+    def key_id(self, exchange: str, symbol: str) -> int:
         """The key id of a market, -1 when it has no row here."""
         try:
             return self.keys.index((exchange, symbol))
