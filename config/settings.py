@@ -679,7 +679,7 @@ class BacktestSettings(_Frozen):
     #: strategy's quick check passes, no paper order is reached, no loss check fires,
     #: nothing is due) are checked in bulk, compiled, without building an event; the last
     #: quote of each market in such a stretch still runs. The log is the same byte for
-    #: byte; false runs every row as an event (inventory-mm only so far).
+    #: byte; false runs every row as an event (inventory-mm with k set, so far).
     quiet_rows: bool = True
 
 
