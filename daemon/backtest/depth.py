@@ -286,8 +286,10 @@ class RecordedDepth(DepthBooks):
 
     def settle(self, row: int) -> None:
         """Fold every market's changes emitted by `row` (the first row not run yet: later
-        walks run at or after it) and received by the clock (called between chunks)."""
-        if self._batches is None:
+        walks run at or after it) and received by the clock (called between chunks).
+        Before the first walk nothing is read: that walk reads from each market's last
+        reset (`_seek`), so a run whose orders never walk reads no depth at all."""
+        if self._batches is None or self._source is not None:
             return
         self._take(row)
         now = self.clock()  # type: ignore[misc]

@@ -295,3 +295,22 @@ def test_a_seek_from_any_row_and_clock_gives_the_books_of_reading_everything(
                              for side in ("bid", "ask")])
             books.append(seen)
         assert books[0] == books[1], (start, lag)
+
+
+async def test_a_run_whose_orders_never_walk_reads_no_depth(
+    tmp_path: Path, days: list[ReplaySpec], small_batches: None, read_batches: list[int],
+) -> None:
+    """inventory-mm rests post-only quotes: nothing walks a book, so no depth batch is read
+    (from the cache that was ~8 % of an 80-day backtest), and the log is the one a run
+    without depth writes."""
+    data, _ = await load(days, tmp_path / "with")
+    assert isinstance(data, CachedEvents) and data.depth is not None
+    read_batches.clear()
+    logs = []
+    for name, walk in (("with", True), ("without", False)):
+        settings = settings_for(tmp_path / name, execution={"walk_depth": walk})
+        result = await Backtest(settings, "inventory-mm", days, "rest").run()
+        assert result.orders > 50
+        logs.append(b"".join(path.read_bytes() for path in result.log_files))
+    assert read_batches == []
+    assert logs[0] == logs[1]
