@@ -278,6 +278,12 @@ class InventoryMMStrategy(StrategyBase):
         self._k_auto = settings.k_bps == "auto"
         # Trades feed only the fit of k: with k set, on_trade returns None untouched.
         self.reads_trades = self._k_auto
+        # `first_loud` mirrors this class's callbacks (a subclass's may act otherwise),
+        # with k set: fitting k, each trade of the market is an event (its distance from
+        # the mid of the moment), stretches a few rows long, slower than every row run.
+        cls = type(self)
+        self.quiet_rows = (not self._k_auto and cls.on_quote is InventoryMMStrategy.on_quote
+                           and cls.on_trade is InventoryMMStrategy.on_trade)
         # Account of this strategy's own trades (quote currency, base units).
         self.inventory = 0.0  # q: net base from quoting and flatten fills
         self.position = 0.0  # all fills, including portfolio rebalancing
@@ -373,16 +379,6 @@ class InventoryMMStrategy(StrategyBase):
         if not self._due(now, quote.mid):
             return None
         return self._requote(now, quote, log_hold=False)
-
-    @property
-    def quiet_rows(self) -> bool:  # type: ignore[override]
-        """`first_loud` mirrors this class's callbacks (a subclass's may act otherwise),
-        with k configured."""
-        cls = type(self)
-        # Fitting k, each trade of the market is an event (its distance from the mid of
-        # the moment): stretches a few rows long, slower than running every row.
-        return (not self._k_auto and cls.on_quote is InventoryMMStrategy.on_quote
-                and cls.on_trade is InventoryMMStrategy.on_trade)
 
     def first_loud(self, rows: QuietRows, start: int, stop: int) -> int:
         """Where `on_quote`'s quick check first fails (or a rebalance market's quote comes)
