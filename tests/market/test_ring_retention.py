@@ -214,7 +214,8 @@ def test_growth_keeps_every_row_and_views_handed_out_stay_valid(
         ring.append(make_quote(T0 + row * NS, row))
         ref.append(make_quote(T0 + row * NS, row))
         sizes.add(ring.memory_bytes().allocated_bytes // ring.bytes_per_row)
-    assert sizes == {8, 16, 32, 64, 128, 256, 512, 1024}
+    growth = ringbuffer._GROWTH  # 8, then each size times the step, up to >= 1,000 rows
+    assert sizes == {8 * growth**step for step in range(12) if 8 * growth**step < 1_000 * growth}
     assert np.array_equal(before.bid, kept)  # the old columns are left as they were
     assert len(ring) == 1_000
     for seconds in (0, 1, 7, 100, 999, 3_600):
@@ -227,22 +228,24 @@ def test_snapshot_during_growth_is_consistent(monkeypatch: pytest.MonkeyPatch) -
     # The snapshot thread copies chunk by chunk; the writer grows the ring between two
     # chunks (deterministically: the generator is lazy), then laps the new columns.
     monkeypatch.setattr(ringbuffer, "_INITIAL_ROWS", 16)
-    ring = QuoteRing(*KEY, capacity=64, retention_s=math.inf, growable=True)
-    quotes = [make_quote(T0 + row * NS, row) for row in range(400)]
+    capacity = 16 * ringbuffer._GROWTH**2  # two growths: the snapshot's columns retire
+    end = 16 + 4 * capacity
+    ring = QuoteRing(*KEY, capacity=capacity, retention_s=math.inf, growable=True)
+    quotes = [make_quote(T0 + row * NS, row) for row in range(end)]
     for quote in quotes[:16]:
         ring.append(quote)
     chunks = ring._consistent_chunks(chunk_rows=5)
     first = next(chunks)  # rows 0..4
-    for quote in quotes[16:300]:  # grows 16 -> 32 -> 64, then wraps many times
+    for quote in quotes[16:end]:  # grows to the capacity, then wraps many times
         ring.append(quote)
     rest = list(chunks)
     saved = [int(ts) for chunk in [first, *rest] for ts in chunk[0]]
     bids = [float(bid) for chunk in [first, *rest] for bid in chunk[2]]
     assert saved == [q.local_ts_ns for q in quotes[:16]]  # the old columns: all intact
     assert bids == [q.bid for q in quotes[:16]]
-    # A snapshot started after the growth sees the newest 64 rows.
+    # A snapshot started after the growth sees the newest `capacity` rows.
     saved = [int(ts) for chunk in ring._consistent_chunks(chunk_rows=7) for ts in chunk[0]]
-    assert saved == [q.local_ts_ns for q in quotes[236:300]]
+    assert saved == [q.local_ts_ns for q in quotes[end - capacity:end]]
 
 
 def test_snapshot_round_trip_of_a_grown_and_reused_ring(tmp_path) -> None:
