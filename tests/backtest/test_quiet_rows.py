@@ -17,7 +17,6 @@ import dataclasses
 import gzip
 import math
 import random
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import daemon.backtest.cache as cache_module
 import strategies
 from adapters.recordings.replay import SAMPLE_FILES, ReplaySpec
 from config.settings import Settings, load_settings
-from daemon.backtest.cache import QUOTE, BacktestData, load
+from daemon.backtest.cache import QUOTE, BacktestData
 from daemon.backtest.engine import Backtest, BacktestResult, window_rows
 from daemon.backtest.span import Span
 from daemon.core.model import Decision, Quote
@@ -40,6 +39,7 @@ from daemon.market.bus import Bus
 from daemon.postmortem.exports import exports_dir
 from daemon.trading.paper import PaperExecutor
 from strategies.inventory_mm import InventoryMMStrategy
+from tests.helpers.caches import Caches
 
 SPOT_SAMPLE, USDM_SAMPLE = SAMPLE_FILES  # 75 s of both recordings, in the repository
 SPOT = "binance_spot_btcusdt_20240808.gz"  # ~6 minutes (../shared/data)
@@ -125,32 +125,6 @@ class Run:
         return counts
 
 
-class Caches:
-    """Each set of files is decoded once per chunk size for the module; its cache is
-    copied into every run's data directory, so each run reads it as a rerun would."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.built: dict[tuple[object, ...], tuple[Path, BacktestData]] = {}
-
-    async def prepare(self, specs: list[ReplaySpec], *data_dirs: Path) -> BacktestData:
-        key = (*map(str, specs), cache_module.CHUNK_ROWS)
-        if key not in self.built:
-            home = self.root / str(len(self.built))
-            data, _ = await load(specs, home)
-            assert data is not None
-            self.built[key] = (home, data)
-        home, data = self.built[key]
-        for data_dir in data_dirs:
-            shutil.copytree(home / "cache", data_dir / "cache")
-        return data
-
-
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory: pytest.TempPathFactory) -> Caches:
-    return Caches(tmp_path_factory.mktemp("quiet-events"))
-
-
 def settings_for(data_dir: Path, overrides: dict[str, Any]) -> Settings:
     return load_settings({"data_dir": data_dir, **overrides}, env_file=None)
 
@@ -166,7 +140,7 @@ async def backtest(caches: Caches, data_dir: Path, specs: list[ReplaySpec],
                    overrides: dict[str, Any], *, quiet: bool | None, skip: bool = True,
                    strategy: str = "inventory-mm", span: Span | None = None,
                    bus: Bus | None = None) -> Run:
-    await caches.prepare(specs, data_dir)
+    await caches.load(specs, data_dir)
     settings = settings_for(data_dir, overrides)
     options: dict[str, Any] = {} if quiet is None else {"quiet": quiet}
     engine = Backtest(settings, strategy, specs, RUN, skip=skip, span=span, bus=bus,
@@ -394,7 +368,7 @@ async def test_quiet_rows_among_stale_and_crossed_quotes(caches: Caches,
     stepped run over all rows). The strategy skips on them,
     the gate and the paper executor leave them alone: none of them is a quiet row's."""
     specs = [ReplaySpec(SPOT_SAMPLE), ReplaySpec(USDM_SAMPLE)]
-    data = (await caches.prepare(specs)).in_memory()
+    data = (await caches.load(specs)).in_memory()
     spot_quotes = np.flatnonzero((data.kind == QUOTE) & (data.key == 0))
     stale = data.stale.copy()
     stale[spot_quotes[::37]] = True
@@ -528,7 +502,7 @@ async def pnl_at_the_stop(caches: Caches, data_dir: Path, specs: list[ReplaySpec
     """(P&L the limit was checked against, time) where the strategy stopped, per event:
     the strategy's own from its exit's inputs; the risk gate's day P&L when the kill
     switch fired."""
-    await caches.prepare(specs, data_dir)
+    await caches.load(specs, data_dir)
     engine = Backtest(settings_for(data_dir, overrides), "inventory-mm", specs, RUN,
                       skip=False, quiet=False)
     executor = engine.executor
@@ -608,7 +582,7 @@ async def test_quiet_rows_when_something_falls_due_at_the_very_time_of_a_row(
 async def test_a_span_runs_its_rows_alike_with_quiet_rows(caches: Caches,
                                                             tmp_path: Path) -> None:
     specs = [ReplaySpec(SPOT_SAMPLE), ReplaySpec(USDM_SAMPLE)]
-    data = await caches.prepare(specs)
+    data = await caches.load(specs)
     first = int(data.local_ts_ns[0])
     span = Span(first + 20 * SECOND, first + 55 * SECOND)
     runs = await assert_quiet_is_exact(caches, tmp_path, specs, BUSY, span=span)
@@ -636,7 +610,7 @@ async def test_a_stepped_run_with_quiet_rows_writes_the_plain_runs_log(
     """A pause on time comes right after the row that brings the clock there: a quiet
     run must stop short of it, so the steps land where the per-event path's land."""
     specs = [ReplaySpec(SPOT_SAMPLE), ReplaySpec(USDM_SAMPLE)]
-    data = await caches.prepare(specs)
+    data = await caches.load(specs)
     window = None
     if windowed:
         first = int(data.local_ts_ns[0])
@@ -647,7 +621,7 @@ async def test_a_stepped_run_with_quiet_rows_writes_the_plain_runs_log(
             data_dir = tmp_path / f"{how}-{quiet}"
             settings = settings_for(data_dir, BUSY)
             if how == "plain":
-                await caches.prepare(specs, data_dir)
+                await caches.load(specs, data_dir)
             engine = Backtest(settings, "inventory-mm", specs, RUN, quiet=quiet)
             if how == "stepped":
                 result, steps = step_through(engine, data, int(every_s * SECOND), window)
@@ -803,7 +777,7 @@ async def test_a_run_without_a_decision_log_counts_the_same_with_quiet_rows(
     results = []
     for quiet in (False, True):
         data_dir = tmp_path / str(quiet)
-        await caches.prepare(specs, data_dir)
+        await caches.load(specs, data_dir)
         engine = Backtest(settings_for(data_dir, BUSY), "inventory-mm", specs, RUN,
                           quiet=quiet, decision_log=False)
         results.append(await engine.run())

@@ -5,7 +5,6 @@ training runs."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -17,11 +16,12 @@ import pytest
 import strategies
 from adapters.recordings.replay import ReplaySpec
 from config.settings import Settings, load_settings
-from daemon.backtest.cache import QUOTE, BacktestData, load
+from daemon.backtest.cache import QUOTE, BacktestData
 from daemon.backtest.engine import Backtest, BacktestResult, window_rows
 from daemon.core.model import ClientFill, Decision, OrderIntent, OrderType, Quote, Side
 from daemon.core.vocabulary import Action
 from strategies.base import StrategyBase
+from tests.helpers.caches import Caches
 
 SPOT = "binance_spot_btcusdt_20240808.gz"
 USDM = "binance_usdm_btcusdt_20240808.gz"
@@ -37,33 +37,6 @@ def settings_for(data_dir: Path, **overrides: Any) -> Settings:
 
 def log_of(result: BacktestResult) -> bytes:
     return b"".join(path.read_bytes() for path in result.log_files)
-
-
-class Caches:
-    """The events of each set of files, decoded once for the module (as an environment
-    loads them once for every episode), and their cache copied into each test's data
-    directory so that a plain run there reads it too."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.built: dict[tuple[str, ...], tuple[Path, BacktestData]] = {}
-
-    async def load(self, specs: list[ReplaySpec], *data_dirs: Path) -> BacktestData:
-        key = tuple(map(str, specs))
-        if key not in self.built:
-            home = self.root / str(len(self.built))
-            data, _ = await load(specs, home)
-            assert data is not None
-            self.built[key] = (home, data)
-        home, data = self.built[key]
-        for data_dir in data_dirs:
-            shutil.copytree(home / "cache", data_dir / "cache")
-        return data
-
-
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory: pytest.TempPathFactory) -> Caches:
-    return Caches(tmp_path_factory.mktemp("events"))
 
 
 def step_through(engine: Backtest, data: BacktestData, every_ns: int,
